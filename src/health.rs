@@ -1,0 +1,243 @@
+//! Readiness: one HTTP GET of the health path, and the polling loop around it (API.md
+//! `waitForBackendReady`). The probe is a minimal HTTP/1.1 client on a plain TCP connection to the literal
+//! host address: it can never be routed to a proxy (DESIGN.md §5) and never resolves `localhost`. It sends
+//! `Connection: close`, so no idle keep-alive connection delays the backend's own shutdown later.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{sleep, timeout, Instant};
+
+/// While nothing listens yet, a probe is a refused connect that costs the backend nothing: probe often.
+pub const REFUSED_DELAY_CAP: Duration = Duration::from_millis(20);
+const REFUSED_DELAY_START: Duration = Duration::from_millis(2);
+/// Once the backend answers but is not healthy yet, back off from here towards the caller's cap.
+const ANSWERED_DELAY_START: Duration = Duration::from_millis(25);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeOutcome {
+  Healthy(u16),
+  /// Nothing listens on the port (yet).
+  Refused,
+  /// It answered, but not with 2xx.
+  Unhealthy(u16),
+  TimedOut,
+  Failed(String),
+}
+
+impl ProbeOutcome {
+  pub fn is_healthy(&self) -> bool {
+    matches!(self, ProbeOutcome::Healthy(_))
+  }
+
+  pub fn describe(&self) -> String {
+    match self {
+      ProbeOutcome::Healthy(status) => format!("HTTP {status}"),
+      ProbeOutcome::Refused => "connection refused".into(),
+      ProbeOutcome::Unhealthy(status) => format!("HTTP {status}"),
+      ProbeOutcome::TimedOut => "timed out".into(),
+      ProbeOutcome::Failed(reason) => reason.clone(),
+    }
+  }
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+  pub host: IpAddr,
+  pub port: u16,
+  pub path: String,
+}
+
+impl Target {
+  fn host_header(&self) -> String {
+    match self.host {
+      IpAddr::V4(ip) => format!("{ip}:{}", self.port),
+      IpAddr::V6(ip) => format!("[{ip}]:{}", self.port),
+    }
+  }
+}
+
+/// One GET of `http://host:port/path`; healthy on any 2xx status, within `probe_timeout` overall.
+pub async fn probe(target: &Target, probe_timeout: Duration) -> ProbeOutcome {
+  match timeout(probe_timeout, probe_once(target)).await {
+    Ok(outcome) => outcome,
+    Err(_) => ProbeOutcome::TimedOut,
+  }
+}
+
+async fn probe_once(target: &Target) -> ProbeOutcome {
+  let addr = SocketAddr::new(target.host, target.port);
+  let mut stream = match TcpStream::connect(addr).await {
+    Ok(s) => s,
+    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return ProbeOutcome::Refused,
+    Err(e) => return ProbeOutcome::Failed(e.to_string()),
+  };
+  let _ = stream.set_nodelay(true);
+  let request = format!(
+    "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: backend-process-manager\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+    target.path,
+    target.host_header()
+  );
+  if let Err(e) = stream.write_all(request.as_bytes()).await {
+    return ProbeOutcome::Failed(e.to_string());
+  }
+  // Only the status line matters; read until it is complete (it is in the first packet in practice).
+  let mut head = Vec::with_capacity(256);
+  let mut buf = [0u8; 256];
+  loop {
+    match stream.read(&mut buf).await {
+      Ok(0) => break,
+      Ok(n) => {
+        head.extend_from_slice(&buf[..n]);
+        if head.contains(&b'\n') || head.len() > 4096 {
+          break;
+        }
+      }
+      Err(e) => return ProbeOutcome::Failed(e.to_string()),
+    }
+  }
+  match parse_status(&head) {
+    Some(status) if (200..300).contains(&status) => ProbeOutcome::Healthy(status),
+    Some(status) => ProbeOutcome::Unhealthy(status),
+    None if head.is_empty() => {
+      ProbeOutcome::Failed("the connection closed without an HTTP answer".into())
+    }
+    None => ProbeOutcome::Failed("the answer is not HTTP".into()),
+  }
+}
+
+/// `HTTP/1.x NNN reason` → NNN.
+fn parse_status(head: &[u8]) -> Option<u16> {
+  let line = head.split(|&b| b == b'\n').next()?;
+  let line = std::str::from_utf8(line).ok()?;
+  let mut parts = line.split_whitespace();
+  if !parts.next()?.starts_with("HTTP/") {
+    return None;
+  }
+  let status = parts.next()?;
+  (status.len() == 3).then(|| status.parse().ok()).flatten()
+}
+
+/// The result of a readiness wait that did not end healthy.
+#[derive(Debug, Clone)]
+pub struct NotReady {
+  pub last: ProbeOutcome,
+}
+
+/// Polls until healthy or `deadline`. The first probe is immediate; while the port refuses connections,
+/// probes stay at most `REFUSED_DELAY_CAP` apart; once the backend answers unhealthy or times out, the delay
+/// doubles up to `answered_delay_cap`. A probe never runs past the deadline.
+pub async fn wait_until_healthy(
+  target: &Target,
+  probe_timeout: Duration,
+  deadline: Instant,
+  answered_delay_cap: Duration,
+) -> Result<ProbeOutcome, NotReady> {
+  let mut refused_delay = REFUSED_DELAY_START;
+  let mut answered_delay = ANSWERED_DELAY_START.min(answered_delay_cap);
+  loop {
+    let now = Instant::now();
+    let remaining = deadline.saturating_duration_since(now);
+    let outcome = probe(target, probe_timeout.min(remaining.max(Duration::from_millis(1)))).await;
+    if outcome.is_healthy() {
+      return Ok(outcome);
+    }
+    let delay = if outcome == ProbeOutcome::Refused {
+      let d = refused_delay;
+      refused_delay = (refused_delay * 2).min(REFUSED_DELAY_CAP);
+      d
+    } else {
+      let d = answered_delay;
+      answered_delay = (answered_delay * 2).min(answered_delay_cap.max(ANSWERED_DELAY_START));
+      d
+    };
+    let now = Instant::now();
+    if now >= deadline {
+      return Err(NotReady { last: outcome });
+    }
+    sleep(delay.min(deadline - now)).await;
+    if Instant::now() >= deadline {
+      // One last look at the deadline itself, so a backend that became healthy during the wait counts.
+      let last = probe(target, probe_timeout.min(Duration::from_millis(50))).await;
+      return if last.is_healthy() {
+        Ok(last)
+      } else {
+        Err(NotReady { last })
+      };
+    }
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use tokio::net::TcpListener;
+
+  async fn serve_once(listener: TcpListener, answer: &'static str) {
+    let (mut socket, _) = listener.accept().await.unwrap();
+    let mut buf = [0u8; 1024];
+    let _ = socket.read(&mut buf).await;
+    socket.write_all(answer.as_bytes()).await.unwrap();
+  }
+
+  fn target(port: u16) -> Target {
+    Target {
+      host: "127.0.0.1".parse().unwrap(),
+      port,
+      path: "/health".into(),
+    }
+  }
+
+  #[test]
+  fn status_lines_parse() {
+    assert_eq!(parse_status(b"HTTP/1.1 204 No Content\r\n"), Some(204));
+    assert_eq!(parse_status(b"HTTP/1.0 503\r\n"), Some(503));
+    assert_eq!(parse_status(b"SSH-2.0-OpenSSH\r\n"), None);
+    assert_eq!(parse_status(b""), None);
+  }
+
+  #[tokio::test]
+  async fn a_2xx_answer_is_healthy_and_a_503_is_not() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(serve_once(listener, "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
+    assert_eq!(probe(&target(port), Duration::from_secs(1)).await, ProbeOutcome::Healthy(200));
+    server.await.unwrap();
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(serve_once(listener, "HTTP/1.1 503 Busy\r\n\r\n"));
+    assert_eq!(probe(&target(port), Duration::from_secs(1)).await, ProbeOutcome::Unhealthy(503));
+    server.await.unwrap();
+  }
+
+  #[tokio::test]
+  async fn a_closed_port_is_refused_and_the_wait_ends_at_the_deadline() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+      .unwrap()
+      .local_addr()
+      .unwrap()
+      .port();
+    assert_eq!(probe(&target(port), Duration::from_secs(1)).await, ProbeOutcome::Refused);
+    let started = Instant::now();
+    let result = wait_until_healthy(
+      &target(port),
+      Duration::from_secs(1),
+      started + Duration::from_millis(200),
+      Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(result.unwrap_err().last, ProbeOutcome::Refused);
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(200) && waited < Duration::from_secs(2), "{waited:?}");
+  }
+
+  #[tokio::test]
+  async fn a_silent_server_times_out() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    assert_eq!(probe(&target(port), Duration::from_millis(100)).await, ProbeOutcome::TimedOut);
+    drop(listener);
+  }
+}

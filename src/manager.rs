@@ -1,0 +1,596 @@
+//! The lifecycle of one named backend: clean up orphans → pick a port → spawn → record → wait until
+//! healthy → run → stop. Ties the other modules together; holds no napi types.
+
+use crate::error::{PmError, Result};
+use crate::health::{self, Target};
+use crate::identity;
+use crate::orphans::{self, CleanupAction};
+use crate::port::{self, FindOptions};
+use crate::record::{self, Record, RECORD_VERSION};
+use crate::spawn::{self, Child, ExitInfo, LineSink, SpawnSpec, Stream};
+use crate::stop;
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{watch, OnceCell};
+use tokio::time::Instant;
+
+/// How many more ports are tried when the backend reports `EADDRINUSE` before it is healthy.
+pub const ADDRESS_IN_USE_RETRIES: usize = 3;
+/// How long an error report waits for the backend's last stderr lines after it exited.
+const OUTPUT_DRAIN: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone)]
+pub struct Config {
+  pub name: String,
+  pub host: IpAddr,
+  pub port: u16,
+  pub port_range: u16,
+  pub port_env: String,
+  pub health_path: String,
+  pub health_timeout: Duration,
+  pub start_timeout: Duration,
+  pub stop_timeout: Duration,
+  pub state_dir: PathBuf,
+}
+
+/// What to run; resolved by the JS layer from the options and `startBackend`'s arguments. `{port}` and
+/// `{host}` in `args` are replaced here, once the port is known.
+#[derive(Debug, Clone)]
+pub struct Launch {
+  pub program: String,
+  pub args: Vec<String>,
+  pub cwd: PathBuf,
+  pub env: Vec<(String, String)>,
+  /// The script the Node runtime runs, checked before spawning so a typo gives a clear error.
+  pub entry_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendInfo {
+  pub pid: u32,
+  pub port: u16,
+  pub host: String,
+  pub url: String,
+  pub started_at: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct StopResult {
+  pub pid: u32,
+  pub exit: ExitInfo,
+  pub forced: bool,
+  pub duration: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Level {
+  Info,
+  Warn,
+  Error,
+}
+
+/// Where the manager reports what happens (the binding forwards these to JS).
+pub trait Events: Send + Sync {
+  fn line(&self, stream: Stream, text: String);
+  fn exit(&self, pid: u32, exit: &ExitInfo, expected: bool);
+  fn log(&self, level: Level, message: String);
+}
+
+/// One spawned backend process and what the manager knows of it.
+struct Backend {
+  info: BackendInfo,
+  child: Arc<Child>,
+  record_path: Option<PathBuf>,
+  stop_requested: AtomicBool,
+  stop_requested_at: Mutex<Option<Instant>>,
+  finished: OnceCell<StopResult>,
+}
+
+enum Phase {
+  Idle,
+  Starting {
+    cancel: watch::Sender<bool>,
+    backend: Option<Arc<Backend>>,
+  },
+  Running(Arc<Backend>),
+}
+
+pub struct Manager {
+  config: Config,
+  events: Arc<dyn Events>,
+  phase: Mutex<Phase>,
+  /// One start at a time; a second caller waits and then finds the backend running.
+  start_lock: tokio::sync::Mutex<()>,
+}
+
+fn now_ms() -> u64 {
+  SystemTime::now()
+    .duration_since(UNIX_EPOCH)
+    .map(|d| d.as_millis() as u64)
+    .unwrap_or(0)
+}
+
+fn url_for(host: IpAddr, port: u16) -> String {
+  match host {
+    IpAddr::V4(ip) => format!("http://{ip}:{port}"),
+    IpAddr::V6(ip) => format!("http://[{ip}]:{port}"),
+  }
+}
+
+/// Runs blocking work on a short-lived thread of its own, not on the async runtime's blocking pool (whose
+/// idle threads can keep Node from exiting, napi-rs#2884).
+pub async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+  let (tx, rx) = tokio::sync::oneshot::channel();
+  std::thread::spawn(move || {
+    let _ = tx.send(work());
+  });
+  rx.await.expect("blocking work panicked")
+}
+
+enum Attempt {
+  Ready(Arc<Backend>),
+  /// The backend lost the race for its port; try the next one.
+  PortTaken(u16),
+}
+
+impl Manager {
+  pub fn new(config: Config, events: Arc<dyn Events>) -> Result<Self> {
+    record::validate_name(&config.name)?;
+    Ok(Manager {
+      config,
+      events,
+      phase: Mutex::new(Phase::Idle),
+      start_lock: tokio::sync::Mutex::new(()),
+    })
+  }
+
+  pub fn config(&self) -> &Config {
+    &self.config
+  }
+
+  fn log(&self, level: Level, message: impl Into<String>) {
+    self.events.log(level, message.into());
+  }
+
+  fn phase(&self) -> std::sync::MutexGuard<'_, Phase> {
+    self.phase.lock().unwrap_or_else(|e| e.into_inner())
+  }
+
+  /// The running backend, if one is ready.
+  pub fn backend(&self) -> Option<BackendInfo> {
+    match &*self.phase() {
+      Phase::Running(b) => Some(b.info.clone()),
+      _ => None,
+    }
+  }
+
+  fn target(&self, port: u16) -> Target {
+    Target {
+      host: self.config.host,
+      port,
+      path: self.config.health_path.clone(),
+    }
+  }
+
+  pub async fn check_health(&self, port: u16) -> bool {
+    health::probe(&self.target(port), self.config.health_timeout)
+      .await
+      .is_healthy()
+  }
+
+  pub async fn wait_for_ready(&self, port: u16, max_retries: u32, retry_delay: Duration) -> bool {
+    let deadline = Instant::now() + retry_delay * max_retries.max(1);
+    health::wait_until_healthy(
+      &self.target(port),
+      self.config.health_timeout,
+      deadline,
+      retry_delay,
+    )
+    .await
+    .is_ok()
+  }
+
+  /// Terminates orphaned backends of this name; deletes stale and unreadable records. True when one was
+  /// terminated.
+  pub async fn kill_existing(&self) -> Result<bool> {
+    let dir = self.config.state_dir.clone();
+    let name = self.config.name.clone();
+    let grace = self.config.stop_timeout;
+    let items = off_thread(move || orphans::cleanup(&dir, Some(&name), grace)).await;
+    let mut terminated = false;
+    for item in items {
+      let level = match item.action {
+        CleanupAction::Terminated => {
+          terminated = true;
+          Level::Info
+        }
+        CleanupAction::StaleRemoved => Level::Info,
+        CleanupAction::InvalidRemoved | CleanupAction::Failed | CleanupAction::NotDeleted => {
+          Level::Warn
+        }
+      };
+      self.log(level, format!("{} ({})", item.detail, item.file.display()));
+    }
+    Ok(terminated)
+  }
+
+  pub async fn start(self: &Arc<Self>, launch: Launch) -> Result<BackendInfo> {
+    let _one_start = self.start_lock.lock().await;
+    if let Some(info) = self.backend() {
+      return Ok(info);
+    }
+    let (cancel, cancel_rx) = watch::channel(false);
+    *self.phase() = Phase::Starting {
+      cancel,
+      backend: None,
+    };
+    let result = self.start_inner(launch, cancel_rx).await;
+    let mut phase = self.phase();
+    match &result {
+      Ok(backend) => *phase = Phase::Running(backend.clone()),
+      Err(_) => *phase = Phase::Idle,
+    }
+    drop(phase);
+    result.map(|b| b.info.clone())
+  }
+
+  async fn start_inner(
+    self: &Arc<Self>,
+    launch: Launch,
+    cancel: watch::Receiver<bool>,
+  ) -> Result<Arc<Backend>> {
+    let config = &self.config;
+    let state_dir = config.state_dir.clone();
+    off_thread(move || record::ensure_state_dir(&state_dir)).await?;
+    if let Some(entry) = &launch.entry_file {
+      if !entry.is_file() {
+        return Err(PmError::SpawnFailed {
+          command: launch.program.clone(),
+          reason: format!(
+            "the backend entry {} does not exist; check `entry` and the project root",
+            entry.display()
+          ),
+        });
+      }
+    }
+    if !launch.cwd.is_dir() {
+      return Err(PmError::SpawnFailed {
+        command: launch.program.clone(),
+        reason: format!("the working folder {} does not exist", launch.cwd.display()),
+      });
+    }
+    self.kill_existing().await?;
+
+    let last_port = config.port.saturating_add(config.port_range);
+    let mut exclude = HashSet::new();
+    let mut start_from = config.port;
+    for attempt in 0..=ADDRESS_IN_USE_RETRIES {
+      let find = FindOptions {
+        start_port: start_from,
+        end_port: last_port,
+        exclude: exclude.clone(),
+        host: None,
+      };
+      let port = match port::find_available_port(&find) {
+        Ok(p) => p,
+        Err(PmError::NoFreePort { .. }) => {
+          return Err(PmError::NoFreePort {
+            start_port: config.port,
+            end_port: last_port,
+          })
+        }
+        Err(e) => return Err(e),
+      };
+      if port != config.port {
+        self.log(
+          Level::Info,
+          format!("port {} is in use, using port {port}", config.port),
+        );
+      }
+      match self.attempt(&launch, port, cancel.clone()).await {
+        Ok(Attempt::Ready(backend)) => return Ok(backend),
+        Ok(Attempt::PortTaken(port)) if attempt < ADDRESS_IN_USE_RETRIES => {
+          self.log(
+            Level::Warn,
+            format!("another program took port {port} before the backend could; trying the next port"),
+          );
+          exclude.insert(port);
+          start_from = port.saturating_add(1).min(last_port);
+        }
+        Ok(Attempt::PortTaken(port)) => {
+          return Err(PmError::BackendExited {
+            message: format!(
+              "the backend could not listen: port {port} and {ADDRESS_IN_USE_RETRIES} others were taken by other programs first"
+            ),
+            exit_code: None,
+            signal: None,
+            stderr_tail: Vec::new(),
+          })
+        }
+        Err(e) => return Err(e),
+      }
+    }
+    unreachable!("the loop returns on its last attempt")
+  }
+
+  fn substitute(&self, text: &str, port: u16) -> String {
+    text
+      .replace("{port}", &port.to_string())
+      .replace("{host}", &self.config.host.to_string())
+  }
+
+  async fn attempt(
+    self: &Arc<Self>,
+    launch: &Launch,
+    port: u16,
+    mut cancel: watch::Receiver<bool>,
+  ) -> Result<Attempt> {
+    let config = &self.config;
+    if *cancel.borrow() {
+      return Err(stopped_during_start(None, Vec::new()));
+    }
+    let mut env = launch.env.clone();
+    env.retain(|(k, _)| k != &config.port_env && k != "HOST");
+    env.push((config.port_env.clone(), port.to_string()));
+    env.push(("HOST".into(), config.host.to_string()));
+    let spec = SpawnSpec {
+      program: launch.program.clone(),
+      args: launch.args.iter().map(|a| self.substitute(a, port)).collect(),
+      cwd: launch.cwd.clone(),
+      env,
+    };
+    self.log(
+      Level::Info,
+      format!("starting backend: {} {}", spec.program, spec.args.join(" ")),
+    );
+    let events = self.events.clone();
+    let sink: LineSink = Arc::new(move |stream, line| events.line(stream, line));
+    let child = match spawn::spawn(spec, sink).await {
+      Ok(c) => c,
+      Err(e) => {
+        port::release_port(port);
+        return Err(e);
+      }
+    };
+    let started_at = now_ms();
+    let info = BackendInfo {
+      pid: child.pid,
+      port,
+      host: config.host.to_string(),
+      url: url_for(config.host, port),
+      started_at,
+    };
+    self.log(Level::Info, format!("backend started with pid {} on port {port}", child.pid));
+
+    let record_path = match self.write_record(&info) {
+      Ok(path) => Some(path),
+      Err(e) => {
+        stop::stop_child(&child, config.stop_timeout).await;
+        port::release_port(port);
+        return Err(e);
+      }
+    };
+    let backend = Arc::new(Backend {
+      info,
+      child: child.clone(),
+      record_path,
+      stop_requested: AtomicBool::new(false),
+      stop_requested_at: Mutex::new(None),
+      finished: OnceCell::new(),
+    });
+    if let Phase::Starting { backend: slot, .. } = &mut *self.phase() {
+      *slot = Some(backend.clone());
+    }
+    self.watch_exit(backend.clone());
+
+    let deadline = Instant::now() + config.start_timeout;
+    let target = self.target(port);
+    let cancelled = async {
+      while !*cancel.borrow_and_update() {
+        if cancel.changed().await.is_err() {
+          std::future::pending::<()>().await;
+        }
+      }
+    };
+    tokio::select! {
+      biased;
+      _ = cancelled => {
+        let result = self.finish(&backend, true).await;
+        Err(stopped_during_start(Some(result.exit), child.output.stderr_tail()))
+      }
+      exit = child.exited() => {
+        child.output.wait_closed(OUTPUT_DRAIN).await;
+        let port_taken = child.output.address_in_use.load(Ordering::SeqCst);
+        self.finish(&backend, false).await;
+        if port_taken {
+          return Ok(Attempt::PortTaken(port));
+        }
+        let tail = child.output.stderr_tail();
+        let hint = tail.last().map(|l| format!(": {l}")).unwrap_or_default();
+        Err(PmError::BackendExited {
+          message: format!(
+            "the backend exited with {} before it became healthy{hint}. See stderrTail for its last output",
+            exit.describe()
+          ),
+          exit_code: exit.exit_code,
+          signal: exit.signal,
+          stderr_tail: tail,
+        })
+      }
+      ready = health::wait_until_healthy(&target, config.health_timeout, deadline, Duration::from_millis(500)) => {
+        match ready {
+          Ok(_) => {
+            self.refresh_record(&backend);
+            self.log(Level::Info, format!("backend is ready at {}", backend.info.url));
+            Ok(Attempt::Ready(backend))
+          }
+          Err(not_ready) => {
+            self.log(Level::Warn, format!(
+              "backend not healthy after {} ms ({}); stopping it",
+              config.start_timeout.as_millis(), not_ready.last.describe()
+            ));
+            self.finish(&backend, true).await;
+            Err(PmError::StartTimeout {
+              port,
+              timeout_ms: config.start_timeout.as_millis() as u64,
+              last_health_error: not_ready.last.describe(),
+            })
+          }
+        }
+      }
+    }
+  }
+
+  fn write_record(&self, info: &BackendInfo) -> Result<PathBuf> {
+    let me = identity::own_pid();
+    let owner = identity::identity(me);
+    let backend = identity::identity(info.pid);
+    let record = Record {
+      version: RECORD_VERSION,
+      name: self.config.name.clone(),
+      pid: info.pid,
+      port: info.port,
+      host: info.host.clone(),
+      started_at: info.started_at,
+      exe: backend.as_ref().and_then(|b| b.exe.clone()),
+      start_time: backend.map(|b| b.start_time).unwrap_or(0),
+      owner_pid: me,
+      owner_start_time: owner.map(|o| o.start_time).unwrap_or(0),
+    };
+    record::write_record(&self.config.state_dir, &record)
+  }
+
+  /// A launcher may have exec'd the real server since the record was written: record what runs now.
+  fn refresh_record(&self, backend: &Backend) {
+    if let Err(e) = self.write_record(&backend.info) {
+      self.log(Level::Warn, format!("could not update the PID record: {e}"));
+    }
+  }
+
+  /// Handles an exit nobody asked for: the rest of the group is stopped, the record deleted, `exit` emitted.
+  fn watch_exit(self: &Arc<Self>, backend: Arc<Backend>) {
+    let manager = Arc::downgrade(self);
+    tokio::spawn(async move {
+      backend.child.exited().await;
+      match manager.upgrade() {
+        Some(manager) => {
+          manager.finish(&backend, false).await;
+        }
+        None => {
+          stop::stop_child(&backend.child, Duration::from_secs(1)).await;
+        }
+      }
+    });
+  }
+
+  /// Ends a backend exactly once, whoever gets here first: stops it (when `request_stop`) or deals with its
+  /// exit, stops what is left of its group, deletes its record, frees its port, and emits `exit`.
+  async fn finish(&self, backend: &Arc<Backend>, request_stop: bool) -> StopResult {
+    if request_stop && !backend.stop_requested.swap(true, Ordering::SeqCst) {
+      *backend
+        .stop_requested_at
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+    backend
+      .finished
+      .get_or_init(|| async {
+        let began = backend
+          .stop_requested_at
+          .lock()
+          .unwrap_or_else(|e| e.into_inner())
+          .unwrap_or_else(Instant::now);
+        let expected = backend.stop_requested.load(Ordering::SeqCst);
+        let pid = backend.info.pid;
+        if expected && backend.child.exit_info().is_none() {
+          self.log(Level::Info, format!("stopping backend pid {pid}"));
+        }
+        let outcome = stop::stop_child(&backend.child, self.config.stop_timeout).await;
+        if outcome.forced {
+          self.log(
+            Level::Warn,
+            format!(
+              "backend pid {pid} did not stop within {} ms; force-killed its process group",
+              self.config.stop_timeout.as_millis()
+            ),
+          );
+        }
+        if let Some(path) = &backend.record_path {
+          if let Err(e) = record::delete_record(path) {
+            self.log(Level::Warn, format!("could not delete {}: {e}", path.display()));
+          }
+        }
+        port::release_port(backend.info.port);
+        {
+          let mut phase = self.phase();
+          let is_current = match &*phase {
+            Phase::Running(b) => Arc::ptr_eq(b, backend),
+            _ => false,
+          };
+          if is_current {
+            *phase = Phase::Idle;
+          }
+        }
+        if expected {
+          self.log(Level::Info, format!("backend pid {pid} stopped ({})", outcome.exit.describe()));
+        } else {
+          self.log(Level::Warn, format!("backend pid {pid} exited unexpectedly ({})", outcome.exit.describe()));
+        }
+        self.events.exit(pid, &outcome.exit, expected);
+        StopResult {
+          pid,
+          exit: outcome.exit,
+          forced: outcome.forced,
+          duration: began.elapsed(),
+        }
+      })
+      .await
+      .clone()
+  }
+
+  /// Stops the backend (also one still starting). `None` when nothing runs.
+  pub async fn stop(&self) -> Option<StopResult> {
+    enum Found {
+      Nothing,
+      NotSpawnedYet,
+      Backend(Arc<Backend>),
+    }
+    let found = match &*self.phase() {
+      Phase::Idle => Found::Nothing,
+      Phase::Running(b) => Found::Backend(b.clone()),
+      Phase::Starting { cancel, backend } => {
+        let _ = cancel.send(true);
+        match backend {
+          Some(b) => Found::Backend(b.clone()),
+          None => Found::NotSpawnedYet,
+        }
+      }
+    };
+    match found {
+      Found::Nothing => None,
+      Found::NotSpawnedYet => {
+        // The start sees the cancel before it spawns, or stops what it spawned; wait for it to settle.
+        let _settled = self.start_lock.lock().await;
+        None
+      }
+      Found::Backend(backend) => Some(self.finish(&backend, true).await),
+    }
+  }
+}
+
+fn stopped_during_start(exit: Option<ExitInfo>, stderr_tail: Vec<String>) -> PmError {
+  let exit = exit.unwrap_or(ExitInfo {
+    exit_code: None,
+    signal: None,
+  });
+  PmError::BackendExited {
+    message: "stopBackend() was called while the backend was starting; it has been stopped".into(),
+    exit_code: exit.exit_code,
+    signal: exit.signal,
+    stderr_tail,
+  }
+}
