@@ -27,6 +27,8 @@ class ProcessManager extends EventEmitter {
   #native
   #starting = null
   #stopping = null
+  /** A ref'd timer while a backend starts or runs: like a child process, it keeps Node's event loop alive. */
+  #keepAlive = null
 
   /** @param {import('./index').ProcessManagerOptions} [options] */
   constructor(options) {
@@ -43,6 +45,7 @@ class ProcessManager extends EventEmitter {
           this.emit(event.kind, event.text)
           break
         case 'exit':
+          this.#releaseLoopIfIdle()
           this.emit('exit', {
             pid: event.pid,
             exitCode: event.exitCode ?? null,
@@ -75,6 +78,7 @@ class ProcessManager extends EventEmitter {
     if (this.#starting) return this.#starting
     const running = this.backend
     if (running) return running
+    this.#keepAlive ??= setInterval(() => {}, 2 ** 30)
     this.#starting = (async () => {
       if (this.#stopping) await this.#stopping.catch(() => {})
       const info = await call(() => this.#native.start(this.#launch(projectRoot, Boolean(isPackaged))))
@@ -85,6 +89,14 @@ class ProcessManager extends EventEmitter {
       return await this.#starting
     } finally {
       this.#starting = null
+      this.#releaseLoopIfIdle()
+    }
+  }
+
+  #releaseLoopIfIdle() {
+    if (this.#keepAlive && !this.#starting && !this.#native.backend) {
+      clearInterval(this.#keepAlive)
+      this.#keepAlive = null
     }
   }
 
@@ -95,6 +107,7 @@ class ProcessManager extends EventEmitter {
       return await this.#stopping
     } finally {
       this.#stopping = null
+      this.#releaseLoopIfIdle()
     }
   }
 

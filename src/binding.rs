@@ -28,10 +28,11 @@ fn invalid(message: String) -> napi::Error {
 }
 
 fn port_arg(port: u32, what: &str) -> napi::Result<u16> {
-  u16::try_from(port)
-    .ok()
-    .filter(|p| *p > 0)
-    .ok_or_else(|| invalid(format!("{what} must be an integer from 1 to 65535, got {port}")))
+  u16::try_from(port).ok().filter(|p| *p > 0).ok_or_else(|| {
+    invalid(format!(
+      "{what} must be an integer from 1 to 65535, got {port}"
+    ))
+  })
 }
 
 fn host_arg(host: &str) -> napi::Result<IpAddr> {
@@ -44,7 +45,9 @@ fn host_arg(host: &str) -> napi::Result<IpAddr> {
 
 fn ms(value: f64, what: &str) -> napi::Result<Duration> {
   if !value.is_finite() || value < 0.0 {
-    return Err(invalid(format!("{what} must be a non-negative number of milliseconds, got {value}")));
+    return Err(invalid(format!(
+      "{what} must be a non-negative number of milliseconds, got {value}"
+    )));
   }
   Ok(Duration::from_secs_f64(value / 1000.0))
 }
@@ -104,7 +107,10 @@ pub struct PortHolder {
 /// systems return an empty list for now.
 #[napi]
 pub async fn port_holders(ports: Vec<u32>) -> Vec<PortHolder> {
-  let ports: Vec<u16> = ports.into_iter().filter_map(|p| u16::try_from(p).ok()).collect();
+  let ports: Vec<u16> = ports
+    .into_iter()
+    .filter_map(|p| u16::try_from(p).ok())
+    .collect();
   manager::off_thread(move || sockets::port_holders(&ports))
     .await
     .into_iter()
@@ -120,13 +126,22 @@ pub async fn port_holders(ports: Vec<u32>) -> Vec<PortHolder> {
 
 /// One GET of `http://host:port/path`; true on a 2xx answer within `timeoutMs`. Never uses a proxy.
 #[napi]
-pub async fn check_health(host: String, port: u32, path: String, timeout_ms: f64) -> napi::Result<bool> {
+pub async fn check_health(
+  host: String,
+  port: u32,
+  path: String,
+  timeout_ms: f64,
+) -> napi::Result<bool> {
   let target = health::Target {
     host: host_arg(&host)?,
     port: port_arg(port, "port")?,
     path,
   };
-  Ok(health::probe(&target, ms(timeout_ms, "timeoutMs")?).await.is_healthy())
+  Ok(
+    health::probe(&target, ms(timeout_ms, "timeoutMs")?)
+      .await
+      .is_healthy(),
+  )
 }
 
 // ---- records -----------------------------------------------------------------------------------------
@@ -167,7 +182,10 @@ pub async fn record_statuses(state_dir: String) -> Vec<RecordStatus> {
     .into_iter()
     .map(|s| {
       let r = s.record.as_ref();
-      let alive = matches!(s.state, orphans::RecordState::Running | orphans::RecordState::Orphaned);
+      let alive = matches!(
+        s.state,
+        orphans::RecordState::Running | orphans::RecordState::Orphaned
+      );
       RecordStatus {
         file: s.file.to_string_lossy().into_owned(),
         state: s.state.as_str().into(),
@@ -194,7 +212,9 @@ pub async fn record_statuses(state_dir: String) -> Vec<RecordStatus> {
 #[napi(object, use_nullable = true)]
 pub struct CleanupItem {
   pub file: String,
-  #[napi(ts_type = "'terminated' | 'stale-removed' | 'invalid-removed' | 'failed' | 'not-deleted'")]
+  #[napi(
+    ts_type = "'terminated' | 'stale-removed' | 'invalid-removed' | 'failed' | 'not-deleted'"
+  )]
   pub action: String,
   pub name: Option<String>,
   pub pid: Option<u32>,
@@ -328,7 +348,8 @@ impl ManagerEvent {
 const EVENT_QUEUE: usize = 4096;
 
 /// Weak: a callback held by Rust never keeps Node's event loop alive (DESIGN.md §10).
-type EventCallback = ThreadsafeFunction<ManagerEvent, (), ManagerEvent, Status, false, true, EVENT_QUEUE>;
+type EventCallback =
+  ThreadsafeFunction<ManagerEvent, (), ManagerEvent, Status, false, true, EVENT_QUEUE>;
 
 struct JsEvents {
   callback: EventCallback,
@@ -396,10 +417,17 @@ pub struct NativeManager {
 
 #[napi]
 impl NativeManager {
-  #[napi(constructor, ts_args_type = "config: ManagerConfig, onEvent: (event: ManagerEvent) => void")]
+  #[napi(
+    constructor,
+    ts_args_type = "config: ManagerConfig, onEvent: (event: ManagerEvent) => void"
+  )]
   pub fn new(config: ManagerConfig, on_event: EventCallback) -> napi::Result<Self> {
-    let port_range = u16::try_from(config.port_range)
-      .map_err(|_| invalid(format!("portRange must be 0-65534, got {}", config.port_range)))?;
+    let port_range = u16::try_from(config.port_range).map_err(|_| {
+      invalid(format!(
+        "portRange must be 0-65534, got {}",
+        config.port_range
+      ))
+    })?;
     let core = Config {
       port: port_arg(config.port, "port")?,
       host: host_arg(&config.host)?,

@@ -139,7 +139,11 @@ pub async fn wait_until_healthy(
   loop {
     let now = Instant::now();
     let remaining = deadline.saturating_duration_since(now);
-    let outcome = probe(target, probe_timeout.min(remaining.max(Duration::from_millis(1)))).await;
+    let outcome = probe(
+      target,
+      probe_timeout.min(remaining.max(Duration::from_millis(1))),
+    )
+    .await;
     if outcome.is_healthy() {
       return Ok(outcome);
     }
@@ -201,14 +205,23 @@ mod tests {
   async fn a_2xx_answer_is_healthy_and_a_503_is_not() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let server = tokio::spawn(serve_once(listener, "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
-    assert_eq!(probe(&target(port), Duration::from_secs(1)).await, ProbeOutcome::Healthy(200));
+    let server = tokio::spawn(serve_once(
+      listener,
+      "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+    ));
+    assert_eq!(
+      probe(&target(port), Duration::from_secs(1)).await,
+      ProbeOutcome::Healthy(200)
+    );
     server.await.unwrap();
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = tokio::spawn(serve_once(listener, "HTTP/1.1 503 Busy\r\n\r\n"));
-    assert_eq!(probe(&target(port), Duration::from_secs(1)).await, ProbeOutcome::Unhealthy(503));
+    assert_eq!(
+      probe(&target(port), Duration::from_secs(1)).await,
+      ProbeOutcome::Unhealthy(503)
+    );
     server.await.unwrap();
   }
 
@@ -219,7 +232,10 @@ mod tests {
       .local_addr()
       .unwrap()
       .port();
-    assert_eq!(probe(&target(port), Duration::from_secs(1)).await, ProbeOutcome::Refused);
+    assert_eq!(
+      probe(&target(port), Duration::from_secs(1)).await,
+      ProbeOutcome::Refused
+    );
     let started = Instant::now();
     let result = wait_until_healthy(
       &target(port),
@@ -230,14 +246,20 @@ mod tests {
     .await;
     assert_eq!(result.unwrap_err().last, ProbeOutcome::Refused);
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(200) && waited < Duration::from_secs(2), "{waited:?}");
+    assert!(
+      waited >= Duration::from_millis(200) && waited < Duration::from_secs(2),
+      "{waited:?}"
+    );
   }
 
   #[tokio::test]
   async fn a_silent_server_times_out() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    assert_eq!(probe(&target(port), Duration::from_millis(100)).await, ProbeOutcome::TimedOut);
+    assert_eq!(
+      probe(&target(port), Duration::from_millis(100)).await,
+      ProbeOutcome::TimedOut
+    );
     drop(listener);
   }
 }

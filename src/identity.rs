@@ -151,7 +151,10 @@ mod imp {
       .with_cpu();
     system.refresh_processes_specifics(ProcessesToUpdate::Some(&[spid]), true, kind);
     let process = system.process(spid)?;
-    if matches!(process.status(), ProcessStatus::Zombie | ProcessStatus::Dead) {
+    if matches!(
+      process.status(),
+      ProcessStatus::Zombie | ProcessStatus::Dead
+    ) {
       return None;
     }
     Some(f(process))
@@ -238,7 +241,10 @@ mod tests {
       start_time: first.start_time + 1,
       exe: first.exe.clone(),
     };
-    assert!(!matches(me, &other_start), "a different start time is another process");
+    assert!(
+      !matches(me, &other_start),
+      "a different start time is another process"
+    );
   }
 
   #[test]

@@ -339,7 +339,11 @@ impl Manager {
     env.push(("HOST".into(), config.host.to_string()));
     let spec = SpawnSpec {
       program: launch.program.clone(),
-      args: launch.args.iter().map(|a| self.substitute(a, port)).collect(),
+      args: launch
+        .args
+        .iter()
+        .map(|a| self.substitute(a, port))
+        .collect(),
       cwd: launch.cwd.clone(),
       env,
     };
@@ -364,7 +368,10 @@ impl Manager {
       url: url_for(config.host, port),
       started_at,
     };
-    self.log(Level::Info, format!("backend started with pid {} on port {port}", child.pid));
+    self.log(
+      Level::Info,
+      format!("backend started with pid {} on port {port}", child.pid),
+    );
 
     let record_path = match self.write_record(&info) {
       Ok(path) => Some(path),
@@ -521,7 +528,10 @@ impl Manager {
         }
         if let Some(path) = &backend.record_path {
           if let Err(e) = record::delete_record(path) {
-            self.log(Level::Warn, format!("could not delete {}: {e}", path.display()));
+            self.log(
+              Level::Warn,
+              format!("could not delete {}: {e}", path.display()),
+            );
           }
         }
         port::release_port(backend.info.port);
@@ -536,9 +546,18 @@ impl Manager {
           }
         }
         if expected {
-          self.log(Level::Info, format!("backend pid {pid} stopped ({})", outcome.exit.describe()));
+          self.log(
+            Level::Info,
+            format!("backend pid {pid} stopped ({})", outcome.exit.describe()),
+          );
         } else {
-          self.log(Level::Warn, format!("backend pid {pid} exited unexpectedly ({})", outcome.exit.describe()));
+          self.log(
+            Level::Warn,
+            format!(
+              "backend pid {pid} exited unexpectedly ({})",
+              outcome.exit.describe()
+            ),
+          );
         }
         self.events.exit(pid, &outcome.exit, expected);
         StopResult {

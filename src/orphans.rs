@@ -137,14 +137,20 @@ pub fn cleanup(dir: &Path, name: Option<&str>, grace: Duration) -> Vec<CleanupIt
         RecordState::Running => continue,
         RecordState::Stale | RecordState::Invalid => item(
           CleanupAction::StaleRemoved,
-          format!("deleted stale record: process {} is gone or is another program now", r.pid),
+          format!(
+            "deleted stale record: process {} is gone or is another program now",
+            r.pid
+          ),
           Some(r),
         ),
         RecordState::Orphaned => {
           if crate::stop::terminate_orphan(r.pid, &r.identity(), grace) {
             item(
               CleanupAction::Terminated,
-              format!("terminated orphaned backend pid {} (port {})", r.pid, r.port),
+              format!(
+                "terminated orphaned backend pid {} (port {})",
+                r.pid, r.port
+              ),
               Some(r),
             )
           } else if r.backend_is_alive() {

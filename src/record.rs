@@ -71,7 +71,9 @@ pub fn validate_name(name: &str) -> Result<()> {
   let bad = name.is_empty()
     || name.len() > 100
     || name.starts_with('.')
-    || name.chars().any(|c| matches!(c, '/' | '\\' | '\0') || c.is_control());
+    || name
+      .chars()
+      .any(|c| matches!(c, '/' | '\\' | '\0') || c.is_control());
   if bad {
     return Err(PmError::InvalidArg(format!(
       "name {name:?} is not usable: it must be 1-100 characters with no path separators"

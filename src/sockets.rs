@@ -98,7 +98,11 @@ fn scan_fds(inode_port: &HashMap<u64, u16>, owners: &mut HashMap<u16, u32>) {
     return;
   };
   for entry in procs.flatten() {
-    let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+    let Some(pid) = entry
+      .file_name()
+      .to_str()
+      .and_then(|s| s.parse::<u32>().ok())
+    else {
       continue;
     };
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {

@@ -154,7 +154,10 @@ impl Drop for Child {
 /// Starts the backend on its own waiter thread and returns once it runs (or failed to start).
 pub async fn spawn(spec: SpawnSpec, on_line: LineSink) -> Result<Arc<Child>> {
   let (started_tx, started_rx) = oneshot::channel::<Result<Arc<Child>>>();
-  let thread_name = format!("bpm-waiter-{}", spec.program.rsplit(['/', '\\']).next().unwrap_or(""));
+  let thread_name = format!(
+    "bpm-waiter-{}",
+    spec.program.rsplit(['/', '\\']).next().unwrap_or("")
+  );
   let spawned = std::thread::Builder::new()
     .name(thread_name)
     .spawn(move || waiter_thread(spec, on_line, started_tx));
@@ -196,7 +199,14 @@ fn build_command(spec: &SpawnSpec) -> Command {
     // allocates.
     unsafe {
       cmd.pre_exec(move || {
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) != 0 {
+        if libc::prctl(
+          libc::PR_SET_PDEATHSIG,
+          libc::SIGTERM as libc::c_ulong,
+          0,
+          0,
+          0,
+        ) != 0
+        {
           return Err(std::io::Error::last_os_error());
         }
         // The app may have died between fork and prctl; then no signal will ever come.
@@ -223,7 +233,11 @@ fn waiter_thread(spec: SpawnSpec, on_line: LineSink, started: oneshot::Sender<Re
     Err(e) => {
       let reason = match e.kind() {
         std::io::ErrorKind::NotFound => {
-          format!("{e} (is `{}` installed and on the PATH, and does {} exist?)", spec.program, spec.cwd.display())
+          format!(
+            "{e} (is `{}` installed and on the PATH, and does {} exist?)",
+            spec.program,
+            spec.cwd.display()
+          )
         }
         std::io::ErrorKind::PermissionDenied => format!("{e} (is it executable?)"),
         _ => e.to_string(),
@@ -253,11 +267,21 @@ fn waiter_thread(spec: SpawnSpec, on_line: LineSink, started: oneshot::Sender<Re
   .into_iter()
   .flatten()
   .collect();
-  *output.open_streams.lock().unwrap_or_else(|e| e.into_inner()) = streams.len();
+  *output
+    .open_streams
+    .lock()
+    .unwrap_or_else(|e| e.into_inner()) = streams.len();
   for (stream, pipe) in streams {
     let reader_output = output.clone();
     let on_line = on_line.clone();
-    let name = format!("bpm-{}-{pid}", if stream == Stream::Stdout { "out" } else { "err" });
+    let name = format!(
+      "bpm-{}-{pid}",
+      if stream == Stream::Stdout {
+        "out"
+      } else {
+        "err"
+      }
+    );
     let reader = std::thread::Builder::new()
       .name(name)
       .spawn(move || read_lines(stream, pipe, &reader_output, &on_line));
@@ -294,12 +318,20 @@ fn waiter_thread(spec: SpawnSpec, on_line: LineSink, started: oneshot::Sender<Re
   let _ = process.wait();
 }
 
-fn read_lines(stream: Stream, pipe: Box<dyn Read + Send>, output: &OutputState, on_line: &LineSink) {
+fn read_lines(
+  stream: Stream,
+  pipe: Box<dyn Read + Send>,
+  output: &OutputState,
+  on_line: &LineSink,
+) {
   let mut reader = BufReader::with_capacity(16 * 1024, pipe);
   let mut buf = Vec::with_capacity(256);
   loop {
     buf.clear();
-    let n = match (&mut reader).take(MAX_LINE_BYTES as u64).read_until(b'\n', &mut buf) {
+    let n = match (&mut reader)
+      .take(MAX_LINE_BYTES as u64)
+      .read_until(b'\n', &mut buf)
+    {
       Ok(n) => n,
       Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
       Err(_) => 0,
@@ -470,7 +502,9 @@ mod tests {
     }
   }
 
-  fn collect() -> (LineSink, Arc<Mutex<Vec<(Stream, String)>>>) {
+  type Lines = Arc<Mutex<Vec<(Stream, String)>>>;
+
+  fn collect() -> (LineSink, Lines) {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink_lines = lines.clone();
     let sink: LineSink = Arc::new(move |s, l| sink_lines.lock().unwrap().push((s, l)));
@@ -480,7 +514,9 @@ mod tests {
   #[tokio::test]
   async fn reports_exit_code_and_output_lines() {
     let (sink, lines) = collect();
-    let child = spawn(sh("echo out; echo err >&2; exit 3"), sink).await.unwrap();
+    let child = spawn(sh("echo out; echo err >&2; exit 3"), sink)
+      .await
+      .unwrap();
     let info = child.exited().await;
     assert_eq!(info.exit_code, Some(3));
     child.output.wait_closed(Duration::from_secs(2)).await;
@@ -498,7 +534,9 @@ mod tests {
     let mut spec = sh("");
     spec.program = "/nonexistent/backend-binary".into();
     match spawn(spec, sink).await {
-      Err(PmError::SpawnFailed { command, .. }) => assert_eq!(command, "/nonexistent/backend-binary"),
+      Err(PmError::SpawnFailed { command, .. }) => {
+        assert_eq!(command, "/nonexistent/backend-binary")
+      }
       other => panic!("expected SpawnFailed, got {:?}", other.err()),
     }
   }
@@ -508,7 +546,10 @@ mod tests {
     let (sink, _) = collect();
     let child = spawn(sh("sleep 30"), sink).await.unwrap();
     assert_eq!(crate::identity::process_group(child.pid), Some(child.pid));
-    assert!(crate::signal::signal_group(child.pid, crate::signal::Stop::Force));
+    assert!(crate::signal::signal_group(
+      child.pid,
+      crate::signal::Stop::Force
+    ));
     let info = child.exited().await;
     assert_eq!(info.signal.as_deref(), Some("SIGKILL"));
     child.release();
@@ -516,8 +557,12 @@ mod tests {
 
   #[test]
   fn recognises_address_in_use_messages() {
-    assert!(says_address_in_use("Error: listen EADDRINUSE: address already in use 127.0.0.1:8000"));
-    assert!(says_address_in_use("OSError: [Errno 98] Address already in use"));
+    assert!(says_address_in_use(
+      "Error: listen EADDRINUSE: address already in use 127.0.0.1:8000"
+    ));
+    assert!(says_address_in_use(
+      "OSError: [Errno 98] Address already in use"
+    ));
     assert!(!says_address_in_use("listening on 8000"));
   }
 }

@@ -1,0 +1,338 @@
+'use strict'
+// The backend lifecycle with real processes (issue 3's acceptance scenarios). Every test stops what it
+// started and kills any leftover by pid, even when it fails.
+const test = require('node:test')
+const assert = require('node:assert/strict')
+const fs = require('node:fs')
+const path = require('node:path')
+const http = require('node:http')
+const { spawn, spawnSync } = require('node:child_process')
+const { once } = require('node:events')
+const { ProcessManager } = require('..')
+const { ROOT, FIXTURE, tempDir, holdPort, freeRun, isAlive, waitFor, killIfAlive, memoryLogger, fixtureManager, startScript } = require('./helpers')
+
+function get(url) {
+  return new Promise((resolve, reject) => {
+    http.get(url, { agent: false }, (res) => {
+      res.resume()
+      res.on('end', () => resolve(res.statusCode))
+    }).on('error', reject)
+  })
+}
+
+const records = (dir) => fs.readdirSync(dir).filter((f) => f.endsWith('.json'))
+
+test('start → healthy backend with a record → stop: process gone, record deleted, not forced', async (t) => {
+  const port = await freeRun(5)
+  const { pm, stateDir } = fixtureManager(t, { port })
+  const readyEvents = []
+  pm.on('ready', (b) => readyEvents.push(b))
+  const b = await pm.startBackend(ROOT)
+  assert.deepEqual(pm.backend, b)
+  assert.deepEqual(readyEvents, [b])
+  assert.equal(b.port, port)
+  assert.equal(b.host, '127.0.0.1')
+  assert.equal(b.url, `http://127.0.0.1:${port}`)
+  assert.ok(Math.abs(b.startedAt - Date.now()) < 60000)
+  assert.equal(await get(`${b.url}/health`), 200)
+  assert.equal(await pm.checkBackendHealth(port), true)
+
+  const file = path.join(stateDir, `fixture-${b.pid}.json`)
+  const record = JSON.parse(fs.readFileSync(file, 'utf8'))
+  assert.equal(record.version, 1)
+  assert.equal(record.name, 'fixture')
+  assert.equal(record.pid, b.pid)
+  assert.equal(record.port, port)
+  assert.equal(record.ownerPid, process.pid)
+  assert.equal(record.exe, fs.realpathSync(process.execPath))
+  assert.equal(typeof record.startTime, 'number')
+  assert.equal(fs.statSync(file).mode & 0o777, 0o600)
+
+  const exits = []
+  pm.on('exit', (e) => exits.push(e))
+  const result = await pm.stopBackend()
+  assert.equal(result.pid, b.pid)
+  assert.equal(result.forced, false)
+  assert.equal(result.exitCode, 0)
+  assert.equal(result.signal, null)
+  assert.equal(typeof result.durationMs, 'number')
+  assert.equal(isAlive(b.pid), false)
+  assert.deepEqual(records(stateDir), [])
+  assert.equal(pm.backend, null)
+  assert.deepEqual(exits, [{ pid: b.pid, exitCode: 0, signal: null, expected: true }])
+  assert.equal(await pm.stopBackend(), null, 'a second stop finds nothing running')
+  assert.equal(await pm.isPortAvailable(port), true, 'the port is free again')
+})
+
+test('the preferred port held by another process → the next free port', async (t) => {
+  const port = await freeRun(5)
+  await holdPort(t, '127.0.0.1', port)
+  const { pm, logger } = fixtureManager(t, { port })
+  const b = await pm.startBackend(ROOT)
+  assert.equal(b.port, port + 1)
+  assert.ok(logger.lines.some((l) => l.includes(`port ${port} is in use`)), logger.lines.join('\n'))
+})
+
+test('a backend that listens after ~1.5 s is seen ready within 100 ms of listening', async (t) => {
+  const mark = path.join(tempDir(t), 'listened')
+  const { pm } = fixtureManager(t, { port: await freeRun(3), env: { LISTEN_DELAY_MS: '1500', LISTEN_MARK_FILE: mark } })
+  const before = Date.now()
+  await pm.startBackend(ROOT)
+  const resolvedAt = performance.timeOrigin + performance.now()
+  const listenedAt = Number(fs.readFileSync(mark, 'utf8').trim())
+  assert.ok(listenedAt - before >= 1400, 'it did wait for the delayed listen')
+  const delay = resolvedAt - listenedAt
+  t.diagnostic(`readiness delay ${delay.toFixed(1)} ms`)
+  assert.ok(delay >= 0 && delay < 100, `resolved ${delay} ms after listening`)
+})
+
+test('a backend exiting with code 3 at start rejects at once with its exit code and stderr', async (t) => {
+  const { pm, stateDir } = fixtureManager(t, { port: await freeRun(3), env: { EXIT_AT_START: '3' } })
+  const exits = []
+  pm.on('exit', (e) => exits.push(e))
+  const started = Date.now()
+  const err = await pm.startBackend(ROOT).catch((e) => e)
+  const took = Date.now() - started
+  assert.equal(err.code, 'ERR_BACKEND_EXITED')
+  assert.equal(err.exitCode, 3)
+  assert.equal(err.signal, null)
+  assert.ok(err.stderrTail.includes('fixture: failing at start on purpose'), JSON.stringify(err.stderrTail))
+  assert.match(err.message, /exit code 3/)
+  assert.ok(took < 1000, `took ${took} ms`)
+  assert.deepEqual(records(stateDir), [])
+  assert.equal(pm.backend, null)
+  assert.equal(exits.length, 1)
+  assert.equal(isAlive(exits[0].pid), false)
+})
+
+test('a backend answering 503 forever → ERR_START_TIMEOUT after startTimeoutMs, stopped, record gone', async (t) => {
+  const { pm, stateDir } = fixtureManager(t, { port: await freeRun(3), startTimeoutMs: 1500, env: { HEALTH_STATUS: '503' } })
+  let pid
+  pm.on('stdout', () => (pid ??= pm.backend?.pid))
+  pm.on('exit', (e) => (pid = e.pid))
+  const started = Date.now()
+  const err = await pm.startBackend(ROOT).catch((e) => e)
+  const took = Date.now() - started
+  assert.equal(err.code, 'ERR_START_TIMEOUT')
+  assert.match(err.lastHealthError, /503/)
+  assert.equal(typeof err.port, 'number')
+  assert.ok(took >= 1400 && took < 4000, `took ${took} ms`)
+  assert.ok(pid > 0)
+  assert.equal(isAlive(pid), false)
+  assert.deepEqual(records(stateDir), [])
+  assert.equal(await pm.isPortAvailable(err.port), true)
+})
+
+test('a backend that ignores SIGTERM is force-killed after stopTimeoutMs', async (t) => {
+  const { pm } = fixtureManager(t, { port: await freeRun(3), stopTimeoutMs: 800, env: { IGNORE_SIGTERM: '1' } })
+  const b = await pm.startBackend(ROOT)
+  const started = Date.now()
+  const result = await pm.stopBackend()
+  const took = Date.now() - started
+  assert.equal(result.forced, true)
+  assert.equal(result.signal, 'SIGKILL')
+  assert.ok(took >= 750 && took < 3000, `took ${took} ms`)
+  assert.equal(isAlive(b.pid), false)
+})
+
+test('a backend with two grandchildren: after stop none of the three runs', async (t) => {
+  const { pm, grandchildren } = fixtureManager(t, { port: await freeRun(3), env: { GRANDCHILDREN: '2' } })
+  const b = await pm.startBackend(ROOT)
+  await waitFor(() => grandchildren.length === 2, 5000, 'two grandchildren')
+  for (const pid of grandchildren) assert.equal(isAlive(pid), true)
+  await pm.stopBackend()
+  for (const pid of [b.pid, ...grandchildren]) assert.equal(isAlive(pid), false, `pid ${pid} still runs`)
+})
+
+test('a record naming an unrelated live process is stale: nothing is killed, the record is deleted', async (t) => {
+  const stateDir = tempDir(t)
+  const bystander = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' })
+  t.after(() => killIfAlive(bystander.pid))
+  await waitFor(() => isAlive(bystander.pid))
+  const start = Number(fs.readFileSync(`/proc/${bystander.pid}/stat`, 'utf8').split(') ')[1].split(' ')[19])
+  // Same pid and executable, but the start time of an earlier process: a reused pid. Its owner is gone.
+  const reused = { version: 1, name: 'fixture', pid: bystander.pid, port: 8000, host: '127.0.0.1', startedAt: Date.now(), exe: fs.realpathSync(process.execPath), startTime: start - 1, ownerPid: 999999, ownerStartTime: 1 }
+  fs.writeFileSync(path.join(stateDir, `fixture-${bystander.pid}.json`), JSON.stringify(reused), { mode: 0o600 })
+  fs.writeFileSync(path.join(stateDir, 'fixture-12345.json'), '{ this is not json', { mode: 0o600 })
+  const logger = memoryLogger()
+  const pm = new ProcessManager({ name: 'fixture', stateDir, logger })
+  assert.equal(await pm.killExistingBackend(), false)
+  assert.equal(isAlive(bystander.pid), true)
+  assert.deepEqual(records(stateDir), [])
+  assert.ok(logger.lines.some((l) => l.startsWith('warn:') && l.includes('fixture-12345.json')), logger.lines.join('\n'))
+})
+
+/** An app process that starts a fixture backend and prints `READY <pid> <port>`. */
+function ownerScript(t, stateDir, env = {}, { name = 'fixture', port = 0 } = {}) {
+  const code = `
+    const { ProcessManager } = require(${JSON.stringify(ROOT)})
+    const pm = new ProcessManager({ name: ${JSON.stringify(name)}, command: process.execPath, args: [${JSON.stringify(FIXTURE)}],
+      stateDir: ${JSON.stringify(stateDir)}, port: ${port || 8000}, logger: false, env: ${JSON.stringify(env)} })
+    pm.startBackend(process.cwd()).then((b) => console.log('READY', b.pid, b.port), (e) => { console.error(e); process.exit(1) })
+    setInterval(() => {}, 1000)`
+  return startScript(t, code)
+}
+
+test('an orphan that ignores SIGTERM survives its killed app; the next manager terminates it', async (t) => {
+  const stateDir = tempDir(t)
+  const owner = ownerScript(t, stateDir, { IGNORE_SIGTERM: '1' }, { port: await freeRun(3) })
+  const [, pid] = (await owner.line(/^READY/)).split(' ').map(Number)
+  t.after(() => killIfAlive(pid))
+  owner.child.kill('SIGKILL')
+  await owner.exited
+  assert.equal(isAlive(pid), true, 'ignoring SIGTERM, it outlives its app')
+  const status = await new ProcessManager({ name: 'fixture', stateDir, logger: false }).status()
+  assert.equal(status.records[0].state, 'orphaned')
+  const pm = new ProcessManager({ name: 'fixture', stateDir, stopTimeoutMs: 300, logger: false })
+  assert.equal(await pm.killExistingBackend(), true)
+  assert.equal(isAlive(pid), false)
+  assert.deepEqual(records(stateDir), [])
+})
+
+test('a backend gets SIGTERM when its app is killed, and is gone within 1 s', async (t) => {
+  const stateDir = tempDir(t)
+  const owner = ownerScript(t, stateDir, {}, { port: await freeRun(3) })
+  const [, pid] = (await owner.line(/^READY/)).split(' ').map(Number)
+  t.after(() => killIfAlive(pid))
+  owner.child.kill('SIGKILL')
+  await owner.exited
+  const killedAt = Date.now()
+  await waitFor(() => !isAlive(pid), 1000, 'the backend to exit after its app died')
+  t.diagnostic(`backend gone ${Date.now() - killedAt} ms after its app`)
+})
+
+test('two running apps with managers of the same name each keep their own backend', async (t) => {
+  const stateDir = tempDir(t)
+  const port = await freeRun(6)
+  const first = ownerScript(t, stateDir, {}, { port })
+  const [, pid1] = (await first.line(/^READY/)).split(' ').map(Number)
+  t.after(() => killIfAlive(pid1))
+  const second = ownerScript(t, stateDir, {}, { port })
+  const [, pid2, port2] = (await second.line(/^READY/)).split(' ').map(Number)
+  t.after(() => killIfAlive(pid2))
+  assert.notEqual(pid1, pid2)
+  assert.notEqual(port2, port)
+  assert.equal(isAlive(pid1), true, "the second start did not kill the first app's backend")
+  assert.equal(isAlive(pid2), true)
+  assert.equal(records(stateDir).length, 2)
+  const pm = new ProcessManager({ name: 'fixture', stateDir, logger: false })
+  assert.equal(await pm.killExistingBackend(), false, 'backends with live owners are not orphans')
+  assert.equal(isAlive(pid1) && isAlive(pid2), true)
+  for (const owner of [first, second]) owner.child.kill('SIGTERM')
+  await Promise.all([first.exited, second.exited])
+})
+
+test('HTTP_PROXY pointing at a dead port does not affect health checks', async (t) => {
+  const dead = await freeRun(1)
+  const saved = { HTTP_PROXY: process.env.HTTP_PROXY, http_proxy: process.env.http_proxy }
+  process.env.HTTP_PROXY = process.env.http_proxy = `http://127.0.0.1:${dead}`
+  t.after(() => {
+    for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v
+  })
+  const { pm } = fixtureManager(t, { port: await freeRun(3) })
+  const b = await pm.startBackend(ROOT)
+  assert.equal(await pm.checkBackendHealth(b.port), true)
+  assert.equal(await pm.waitForBackendReady(b.port, 3, 100), true)
+})
+
+const hasPython = spawnSync('python3', ['--version']).status === 0
+test('a Python backend: python3 -m http.server', { skip: !hasPython && 'python3 not installed' }, async (t) => {
+  const { pm } = fixtureManager(t, {
+    name: 'python',
+    command: 'python3',
+    args: ['-m', 'http.server', '{port}', '--bind', '{host}'],
+    healthPath: '/',
+    port: await freeRun(3),
+    cwd: tempDir(t),
+  })
+  const b = await pm.startBackend(ROOT)
+  assert.equal(await get(`${b.url}/`), 200)
+  const result = await pm.stopBackend()
+  assert.equal(result.forced, false)
+  assert.equal(isAlive(b.pid), false)
+})
+
+test('three concurrent starts spawn one process; an outside SIGKILL is reported as an unexpected exit', async (t) => {
+  const { pm, stateDir } = fixtureManager(t, { port: await freeRun(3) })
+  const [a, b, c] = await Promise.all([pm.startBackend(ROOT), pm.startBackend(ROOT), pm.startBackend(ROOT)])
+  assert.deepEqual(a, b)
+  assert.deepEqual(b, c)
+  assert.equal(records(stateDir).length, 1)
+  assert.deepEqual(await pm.startBackend(ROOT), a, 'a start while running returns the running backend')
+  const exited = once(pm, 'exit')
+  const killedAt = Date.now()
+  process.kill(a.pid, 'SIGKILL')
+  const [event] = await exited
+  const took = Date.now() - killedAt
+  assert.deepEqual(event, { pid: a.pid, exitCode: null, signal: 'SIGKILL', expected: false })
+  assert.ok(took < 200, `exit reported after ${took} ms`)
+  assert.equal(pm.backend, null)
+  assert.deepEqual(records(stateDir), [])
+})
+
+test('a script that starts and stops a backend exits by itself within 1 s of the stop', async (t) => {
+  const stateDir = tempDir(t)
+  const code = `
+    const { ProcessManager } = require(${JSON.stringify(ROOT)})
+    const pm = new ProcessManager({ name: 'exit-test', command: process.execPath, args: [${JSON.stringify(FIXTURE)}],
+      stateDir: ${JSON.stringify(stateDir)}, port: ${await freeRun(3)}, logger: false })
+    pm.on('stdout', () => {})
+    pm.startBackend(process.cwd()).then((b) => { console.log('READY', b.pid); return pm.stopBackend() })
+      .then(() => console.log('STOPPED'))`
+  const script = startScript(t, code)
+  await script.line(/^STOPPED/)
+  const stoppedAt = Date.now()
+  const [exitCode] = await script.exited
+  const took = Date.now() - stoppedAt
+  t.diagnostic(`script exited ${took} ms after the stop`)
+  assert.equal(exitCode, 0)
+  assert.ok(took < 1000, `exited ${took} ms after the stop`)
+})
+
+test('a missing entry file fails with ERR_SPAWN_FAILED naming the file; nothing runs', async (t) => {
+  const stateDir = tempDir(t)
+  const pm = new ProcessManager({ name: 'missing', entry: 'no/such/server.js', stateDir, logger: false })
+  const err = await pm.startBackend(ROOT).catch((e) => e)
+  assert.equal(err.code, 'ERR_SPAWN_FAILED')
+  assert.match(err.message, /no\/such\/server\.js/)
+  assert.equal(err.command, process.execPath)
+  assert.deepEqual(records(stateDir), [])
+  assert.equal(pm.backend, null)
+})
+
+test('a command that does not exist fails with ERR_SPAWN_FAILED', async (t) => {
+  const pm = new ProcessManager({ name: 'nocmd', command: 'definitely-not-a-command-bpm', stateDir: tempDir(t), logger: false })
+  const err = await pm.startBackend(ROOT).catch((e) => e)
+  assert.equal(err.code, 'ERR_SPAWN_FAILED')
+  assert.equal(err.command, 'definitely-not-a-command-bpm')
+})
+
+test('an unusable stateDir fails with ERR_STATE_DIR before anything is spawned', async (t) => {
+  const file = path.join(tempDir(t), 'a-file')
+  fs.writeFileSync(file, '')
+  for (const stateDir of [file, path.join(file, 'below')]) {
+    const { pm } = fixtureManager(t, { stateDir })
+    const spawned = []
+    pm.on('stdout', (l) => spawned.push(l))
+    const err = await pm.startBackend(ROOT).catch((e) => e)
+    assert.equal(err.code, 'ERR_STATE_DIR')
+    assert.equal(err.path, stateDir)
+    assert.deepEqual(spawned, [])
+  }
+})
+
+test('stopBackend during startBackend stops the starting backend and rejects the start', async (t) => {
+  const { pm, stateDir } = fixtureManager(t, { port: await freeRun(3), env: { LISTEN_DELAY_MS: '3000' } })
+  const pids = []
+  pm.on('exit', (e) => pids.push(e.pid))
+  const starting = pm.startBackend(ROOT).then(() => assert.fail('the start should fail'), (e) => e)
+  await waitFor(() => records(stateDir).length === 1, 5000, 'the record')
+  const result = await pm.stopBackend()
+  const err = await starting
+  assert.equal(err.code, 'ERR_BACKEND_EXITED')
+  assert.match(err.message, /stopBackend\(\) was called/)
+  assert.equal(result.forced, false)
+  assert.equal(pids.length, 1)
+  assert.equal(isAlive(pids[0]), false)
+  assert.deepEqual(records(stateDir), [])
+})

@@ -1,0 +1,72 @@
+'use strict'
+const test = require('node:test')
+const assert = require('node:assert/strict')
+const path = require('node:path')
+const { ProcessManager, defaultStateDir } = require('..')
+
+test('defaults reproduce the original setup', () => {
+  const pm = new ProcessManager()
+  const o = pm.options
+  assert.equal(o.name, 'backend')
+  assert.equal(o.entry, 'backend-nodejs/server.js')
+  assert.equal(o.command, undefined)
+  assert.deepEqual(o.args, [])
+  assert.equal(o.host, '127.0.0.1')
+  assert.equal(o.port, 8000)
+  assert.equal(o.portRange, 100)
+  assert.equal(o.portEnv, 'PORT')
+  assert.equal(o.healthPath, '/health')
+  assert.equal(o.healthTimeoutMs, 1000)
+  assert.equal(o.startTimeoutMs, 10000)
+  assert.equal(o.stopTimeoutMs, 5000)
+  assert.equal(o.stateDir, defaultStateDir())
+  assert.equal(pm.backend, null)
+})
+
+test('the default state folder is per user, not a shared /tmp path', () => {
+  const dir = defaultStateDir()
+  assert.ok(path.isAbsolute(dir))
+  assert.match(dir, /backend-process-manager$/)
+  if (process.env.XDG_RUNTIME_DIR) assert.ok(dir.startsWith(process.env.XDG_RUNTIME_DIR))
+})
+
+test('bad options throw ERR_INVALID_ARG at construction', () => {
+  const bad = [
+    { port: 0 },
+    { port: 65536 },
+    { port: 1.5 },
+    { port: '8000' },
+    { portRange: -1 },
+    { startTimeoutMs: -1 },
+    { stopTimeoutMs: -5 },
+    { healthTimeoutMs: NaN },
+    { name: '' },
+    { name: 'a/b' },
+    { name: 'a\\b' },
+    { name: 42 },
+    { args: 'x' },
+    { env: 'x' },
+    { host: 'not a host' },
+    { healthPath: 'health' },
+    { logger: 'loud' },
+    { startTimeout: 5 }, // a typo of startTimeoutMs
+  ]
+  for (const options of bad) {
+    assert.throws(() => new ProcessManager(options), { code: 'ERR_INVALID_ARG' }, JSON.stringify(options))
+  }
+  assert.throws(() => new ProcessManager('x'), { code: 'ERR_INVALID_ARG' })
+})
+
+test('good options are kept; localhost becomes the literal 127.0.0.1', () => {
+  const pm = new ProcessManager({ name: 'api', host: 'localhost', port: 9000, logger: false, env: { A: '1' } })
+  assert.equal(pm.options.host, '127.0.0.1')
+  assert.equal(pm.options.port, 9000)
+  assert.deepEqual(pm.options.env, { A: '1' })
+  assert.equal(new ProcessManager({ host: '::1' }).options.host, '::1')
+})
+
+test('the package loads the native binary through its loader', () => {
+  const binding = require('../binding.js')
+  assert.equal(binding.__napiBindingTarget ?? 'native', 'native')
+  assert.equal(typeof binding.NativeManager, 'function')
+})

@@ -1,0 +1,55 @@
+// Type test (tsc --noEmit in `npm test`): the public API as API.md shows it must type-check, and misuse must not.
+import {
+  ProcessManager,
+  findAvailablePort,
+  isPortAvailable,
+  findPortHolders,
+  listRecords,
+  cleanupRecords,
+  defaultStateDir,
+  type BackendInfo,
+  type StopResult,
+  type ProcessManagerError,
+  type StatusReport,
+} from '../../index'
+import * as binding from '../../binding'
+
+async function main(): Promise<void> {
+  const pm = new ProcessManager({ name: 'myfinance-backend', port: 8000, logger: false })
+  const backend: BackendInfo = await pm.startBackend('/app', false)
+  const url: string = backend.url
+  pm.on('ready', (info) => info.port.toFixed())
+  pm.on('exit', (e) => (e.expected ? e.exitCode : e.signal))
+  pm.on('stdout', (line) => line.toUpperCase())
+  const stopped: StopResult | null = await pm.stopBackend()
+  const forced: boolean | undefined = stopped?.forced
+  const port: number = await pm.findAvailablePort()
+  const free: boolean = await pm.isPortAvailable(port)
+  const healthy: boolean = await pm.checkBackendHealth(port)
+  const ready: boolean = await pm.waitForBackendReady(port, 10, 1000)
+  const killed: boolean = await pm.killExistingBackend()
+  const report: StatusReport = await pm.status()
+  const states = report.records.map((r) => r.state)
+  const low: number = await findAvailablePort(3000, { endPort: 3100, exclude: [3001], host: '127.0.0.1' })
+  const lowFree: boolean = await isPortAvailable(low)
+  const holders = await findPortHolders([low])
+  const records = await listRecords(defaultStateDir())
+  const cleaned = await cleanupRecords(undefined, { name: 'x' })
+  try {
+    await pm.startBackend('/app')
+  } catch (err) {
+    const e = err as ProcessManagerError
+    if (e.code === 'ERR_BACKEND_EXITED') console.log(e.exitCode, e.stderrTail)
+  }
+  // The generated binding agrees on the shared shapes.
+  const nativeInfo: binding.BackendInfo = backend
+  void [url, forced, free, healthy, ready, killed, states, lowFree, holders, records, cleaned, nativeInfo]
+
+  // @ts-expect-error ports are numbers
+  await pm.isPortAvailable('80')
+  // @ts-expect-error unknown option
+  new ProcessManager({ startTimeout: 5 })
+  // @ts-expect-error events are typed
+  pm.on('ready', (info: string) => info)
+}
+void main
