@@ -1,0 +1,157 @@
+'use strict'
+// The backend-pm command line, run as a child process.
+const test = require('node:test')
+const assert = require('node:assert/strict')
+const fs = require('node:fs')
+const path = require('node:path')
+const { execFile } = require('node:child_process')
+const { ROOT, FIXTURE, tempDir, holdPort, freeRun, isAlive, killIfAlive, fixtureManager, startScript } = require('./helpers')
+
+const CLI = path.join(ROOT, 'cli.js')
+
+function cli(args, { cwd = ROOT, env = {} } = {}) {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [CLI, ...args], { cwd, env: { ...process.env, ...env }, timeout: 30000 }, (err, stdout, stderr) => {
+      resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr })
+    })
+  })
+}
+
+/** An app that started a SIGTERM-ignoring backend and was then killed: its backend is an orphan. */
+async function makeOrphan(t, stateDir) {
+  const code = `
+    const { ProcessManager } = require(${JSON.stringify(ROOT)})
+    const pm = new ProcessManager({ name: 'orphan', command: process.execPath, args: [${JSON.stringify(FIXTURE)}],
+      stateDir: ${JSON.stringify(stateDir)}, port: ${await freeRun(3)}, logger: false, env: { IGNORE_SIGTERM: '1' } })
+    pm.startBackend(process.cwd()).then((b) => console.log('READY', b.pid, b.port))`
+  const owner = startScript(t, code)
+  const [, pid, port] = (await owner.line(/^READY/)).split(' ').map(Number)
+  t.after(() => killIfAlive(pid))
+  owner.child.kill('SIGKILL')
+  await owner.exited
+  return { pid, port }
+}
+
+function staleRecord(stateDir) {
+  const record = { version: 1, name: 'stale', pid: 999999, port: 8123, host: '127.0.0.1', startedAt: Date.now(), exe: '/bin/false', startTime: 1, ownerPid: 999998, ownerStartTime: 1 }
+  const file = path.join(stateDir, 'stale-999999.json')
+  fs.writeFileSync(file, JSON.stringify(record), { mode: 0o600 })
+  return file
+}
+
+test('status --json lists a running backend and marks an orphan as orphaned', async (t) => {
+  const { pm, stateDir } = fixtureManager(t, { port: await freeRun(3) })
+  const running = await pm.startBackend(ROOT)
+  const orphan = await makeOrphan(t, stateDir)
+  const { code, stdout } = await cli(['status', '--json', '--state-dir', stateDir])
+  assert.equal(code, 0)
+  const report = JSON.parse(stdout)
+  assert.equal(report.stateDir, stateDir)
+  const byPid = new Map(report.records.map((r) => [r.pid, r]))
+  assert.equal(byPid.get(running.pid).state, 'running')
+  assert.equal(byPid.get(running.pid).port, running.port)
+  assert.equal(byPid.get(running.pid).listenerPid, running.pid)
+  assert.ok(byPid.get(running.pid).memoryBytes > 0)
+  assert.equal(byPid.get(orphan.pid).state, 'orphaned')
+  assert.equal(byPid.get(orphan.pid).orphaned, true)
+
+  const human = await cli(['status', '--state-dir', stateDir])
+  assert.equal(human.code, 0)
+  assert.match(human.stdout, /PID\s+NAME\s+PORT\s+STATE\s+UPTIME\s+CPU\s+MEMORY\s+LISTENER/)
+  assert.match(human.stdout, new RegExp(`${orphan.pid}\\s+orphan\\s+${orphan.port}\\s+orphaned`))
+  assert.match(human.stdout, new RegExp(`${running.pid}\\s+fixture\\s+${running.port}\\s+running`))
+})
+
+test('cleanup terminates an orphan, deletes a stale record, reports both, and spares a live backend', async (t) => {
+  const { pm, stateDir } = fixtureManager(t, { port: await freeRun(3) })
+  const running = await pm.startBackend(ROOT)
+  const orphan = await makeOrphan(t, stateDir)
+  const stale = staleRecord(stateDir)
+  const { code, stdout } = await cli(['cleanup', '--json', '--state-dir', stateDir])
+  assert.equal(code, 0)
+  const report = JSON.parse(stdout)
+  assert.equal(report.terminated, 1)
+  assert.equal(report.removed, 1)
+  assert.equal(report.failed, 0)
+  assert.deepEqual(report.items.map((i) => [i.pid, i.action]).sort(), [[999999, 'stale-removed'], [orphan.pid, 'terminated']].sort())
+  assert.equal(isAlive(orphan.pid), false)
+  assert.equal(fs.existsSync(stale), false)
+  assert.equal(isAlive(running.pid), true, 'a backend whose app is alive is left alone')
+  assert.ok(fs.existsSync(path.join(stateDir, `fixture-${running.pid}.json`)))
+
+  staleRecord(stateDir)
+  const human = await cli(['cleanup', '--state-dir', stateDir])
+  assert.equal(human.code, 0)
+  assert.match(human.stdout, /stale-removed/)
+  assert.match(human.stdout, /0 orphan\(s\) terminated, 1 stale record\(s\) deleted, 0 failure\(s\)/)
+})
+
+test('test-ports marks a held port busy and names the holding process', async (t) => {
+  const start = await freeRun(5)
+  await holdPort(t, '127.0.0.1', start + 2)
+  const { code, stdout } = await cli(['test-ports', String(start), '--count', '5', '--json'])
+  assert.equal(code, 0)
+  const { ports } = JSON.parse(stdout)
+  assert.deepEqual(ports.map((p) => p.port), [start, start + 1, start + 2, start + 3, start + 4])
+  const held = ports[2]
+  assert.equal(held.available, false)
+  assert.equal(held.pid, process.pid)
+  assert.equal(held.processName, 'node')
+  for (const i of [0, 1, 3, 4]) assert.equal(ports[i].available, true)
+
+  const human = await cli(['test-ports', String(start), '--count', '5'])
+  assert.match(human.stdout, new RegExp(`${start + 2}\\s+busy\\s+pid ${process.pid} \\(node\\)`))
+  assert.match(human.stdout, /4 of 5 ports free/)
+})
+
+test('start runs a backend, prints its port, and stops it gracefully on SIGINT', async (t) => {
+  const stateDir = tempDir(t)
+  const port = await freeRun(3)
+  const child = require('node:child_process').spawn(process.execPath,
+    [CLI, 'start', '--command', process.execPath, '--state-dir', stateDir, '--port', String(port), '--name', 'cli-start', '--', FIXTURE],
+    { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
+  t.after(() => killIfAlive(child.pid))
+  let out = ''
+  child.stdout.on('data', (d) => (out += d))
+  child.stderr.on('data', (d) => (out += d))
+  const exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)))
+  const deadline = Date.now() + 10000
+  let m
+  while (!(m = /running: pid (\d+), port (\d+)/.exec(out))) {
+    if (Date.now() > deadline) assert.fail(`no "running" line: ${out}`)
+    await new Promise((r) => setTimeout(r, 20))
+  }
+  const pid = Number(m[1])
+  t.after(() => killIfAlive(pid))
+  assert.equal(Number(m[2]), port)
+  assert.equal(isAlive(pid), true)
+  child.kill('SIGINT')
+  assert.equal(await exited, 0, out)
+  assert.match(out, /backend stopped in \d+ ms/)
+  assert.equal(isAlive(pid), false)
+  assert.deepEqual(fs.readdirSync(stateDir).filter((f) => f.endsWith('.json')), [])
+})
+
+test('unknown commands and flags print usage and exit 2', async () => {
+  for (const args of [['bogus'], ['status', '--bogus'], ['test-ports', '--count'], ['status', 'extra'], ['test-ports', 'x']]) {
+    const { code, stderr } = await cli(args)
+    assert.equal(code, 2, args.join(' '))
+    assert.match(stderr, /Usage: backend-pm <command>/)
+  }
+  const help = await cli(['--help'])
+  assert.equal(help.code, 0)
+  assert.match(help.stdout, /Usage: backend-pm/)
+})
+
+test('defaults come from "backendProcessManager" in ./package.json', async (t) => {
+  const project = tempDir(t)
+  const stateDir = path.join(project, 'records')
+  fs.writeFileSync(path.join(project, 'package.json'), JSON.stringify({ name: 'app', backendProcessManager: { stateDir: 'records', name: 'api' } }))
+  fs.mkdirSync(stateDir, { mode: 0o700 })
+  staleRecord(stateDir)
+  const { code, stdout } = await cli(['status', '--json'], { cwd: project })
+  assert.equal(code, 0)
+  const report = JSON.parse(stdout)
+  assert.equal(report.stateDir, stateDir)
+  assert.deepEqual(report.records.map((r) => r.state), ['stale'])
+})

@@ -1,0 +1,234 @@
+#!/usr/bin/env node
+'use strict'
+// backend-pm: troubleshooting commands for backends run by backend-process-manager.
+const fs = require('node:fs')
+const path = require('node:path')
+const { parseArgs } = require('node:util')
+const { ProcessManager, isPortAvailable, findPortHolders, listRecords, cleanupRecords, defaultStateDir } = require('./index.js')
+const { recordsTable, table } = require('./lib/format.js')
+
+const USAGE = `Usage: backend-pm <command> [options]
+
+Commands:
+  status [--json]                         list PID records: pid, port, running/orphaned/stale, uptime,
+                                          CPU, memory, and who listens on their ports
+  cleanup [--json]                        terminate orphaned backends, delete stale records
+  test-ports [port] [--count N] [--json]  availability of port … port+N-1 (default 8000, 10 ports) and
+                                          the process holding each busy one
+  start [--entry FILE] [--command CMD] [-- args…]
+                                          run a backend in the foreground; Ctrl-C stops it gracefully
+
+Options for every command:
+  --name NAME        backend name (records <name>-<pid>.json); status/cleanup: only this name
+  --state-dir DIR    folder of the PID records (default: ${defaultStateDir()})
+  --host HOST        address the backend listens on (default 127.0.0.1)
+  --port PORT        preferred port (default 8000)
+  -h, --help         show this help
+
+Defaults can come from a "backendProcessManager" object in ./package.json (same keys as the
+ProcessManager options). Exit codes: 0 success, 1 failure, 2 bad usage.`
+
+class UsageError extends Error {}
+
+const COMMON = {
+  name: { type: 'string' },
+  'state-dir': { type: 'string' },
+  host: { type: 'string' },
+  port: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+}
+const COMMANDS = {
+  status: { json: { type: 'boolean' } },
+  cleanup: { json: { type: 'boolean' } },
+  'test-ports': { json: { type: 'boolean' }, count: { type: 'string' } },
+  start: { entry: { type: 'string' }, command: { type: 'string' } },
+}
+
+function parse(argv) {
+  const [command, ...rest] = argv
+  if (command === undefined || command === '-h' || command === '--help' || command === 'help') return { command: 'help' }
+  if (!(command in COMMANDS)) throw new UsageError(`unknown command ${JSON.stringify(command)}`)
+  let parsed
+  try {
+    parsed = parseArgs({ args: rest, options: { ...COMMON, ...COMMANDS[command] }, allowPositionals: true, strict: true })
+  } catch (err) {
+    throw new UsageError(err.message)
+  }
+  const { values, positionals } = parsed
+  const dashDash = rest.indexOf('--')
+  const extraArgs = dashDash >= 0 ? rest.slice(dashDash + 1) : []
+  const beforeDashDash = dashDash >= 0 ? positionals.slice(0, positionals.length - extraArgs.length) : positionals
+  if (command === 'test-ports' ? beforeDashDash.length > 1 : beforeDashDash.length > 0) {
+    throw new UsageError(`unexpected argument ${JSON.stringify(beforeDashDash.at(-1))}`)
+  }
+  if (command !== 'start' && extraArgs.length > 0) throw new UsageError(`"--" arguments only go with start`)
+  return { command, values, positionals: beforeDashDash, extraArgs }
+}
+
+function integer(text, what, min, max) {
+  const n = Number(text)
+  if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`${what} must be an integer from ${min} to ${max}, got ${JSON.stringify(text)}`)
+  return n
+}
+
+/** The "backendProcessManager" object of ./package.json, if any. */
+function projectConfig() {
+  const file = path.join(process.cwd(), 'package.json')
+  let pkg
+  try {
+    pkg = JSON.parse(fs.readFileSync(file, 'utf8'))
+  } catch (err) {
+    if (err.code === 'ENOENT') return {}
+    throw new Error(`cannot read ${file}: ${err.message}`)
+  }
+  const config = pkg.backendProcessManager ?? {}
+  if (typeof config !== 'object' || Array.isArray(config)) throw new Error(`"backendProcessManager" in ${file} must be an object`)
+  return config
+}
+
+function managerOptions(values) {
+  const options = { ...projectConfig() }
+  if (values.name !== undefined) options.name = values.name
+  if (values['state-dir'] !== undefined) options.stateDir = path.resolve(values['state-dir'])
+  else if (options.stateDir !== undefined) options.stateDir = path.resolve(options.stateDir)
+  if (values.host !== undefined) options.host = values.host
+  if (values.port !== undefined) options.port = integer(values.port, '--port', 1, 65535)
+  if (values.entry !== undefined) options.entry = values.entry
+  if (values.command !== undefined) options.command = values.command
+  return options
+}
+
+const print = (text) => {
+  process.stdout.write(`${text}\n`)
+}
+const printJson = (value) => print(JSON.stringify(value, null, 2))
+
+async function status(values, options) {
+  const pm = new ProcessManager({ ...options, logger: false })
+  const stateDir = pm.options.stateDir
+  let records = await listRecords(stateDir)
+  if (values.name !== undefined) records = records.filter((r) => r.name === values.name)
+  if (values.json) return printJson({ stateDir, records })
+  print(`State folder: ${stateDir}`)
+  print(records.length === 0 ? 'No backend records.' : recordsTable(records))
+  const orphans = records.filter((r) => r.state === 'orphaned').length
+  const stale = records.filter((r) => r.state === 'stale' || r.state === 'invalid').length
+  if (orphans + stale > 0) print(`\n${orphans} orphaned, ${stale} stale: run "backend-pm cleanup" to clean up.`)
+}
+
+async function cleanup(values, options) {
+  const pm = new ProcessManager({ ...options, logger: false })
+  const { stateDir, stopTimeoutMs } = pm.options
+  const items = await cleanupRecords(stateDir, { name: values.name, stopTimeoutMs })
+  const count = (...actions) => items.filter((i) => actions.includes(i.action)).length
+  const summary = {
+    terminated: count('terminated'),
+    removed: count('stale-removed', 'invalid-removed'),
+    failed: count('failed', 'not-deleted'),
+  }
+  if (values.json) printJson({ stateDir, items, ...summary })
+  else {
+    print(`State folder: ${stateDir}`)
+    for (const item of items) print(`${item.action.padEnd(15)} ${item.detail}`)
+    print(`${summary.terminated} orphan(s) terminated, ${summary.removed} stale record(s) deleted, ${summary.failed} failure(s).`)
+  }
+  return summary.failed > 0 ? 1 : 0
+}
+
+async function testPorts(values, positionals, options) {
+  const first = positionals.length > 0 ? integer(positionals[0], 'port', 1, 65535) : (options.port ?? 8000)
+  const count = values.count === undefined ? 10 : integer(values.count, '--count', 1, 10000)
+  const last = Math.min(first + count - 1, 65535)
+  const ports = []
+  for (let p = first; p <= last; p++) ports.push(p)
+  const available = await Promise.all(ports.map((p) => isPortAvailable(p)))
+  const holders = new Map((await findPortHolders(ports.filter((_, i) => !available[i]))).map((h) => [h.port, h]))
+  const rows = ports.map((port, i) => ({
+    port,
+    available: available[i],
+    pid: holders.get(port)?.pid ?? null,
+    processName: holders.get(port)?.name ?? null,
+  }))
+  if (values.json) return printJson({ ports: rows })
+  print(table(['PORT', 'STATUS', 'HELD BY'], rows.map((r) => [
+    r.port,
+    r.available ? 'free' : 'busy',
+    r.available ? '' : r.pid != null ? `pid ${r.pid} (${r.processName ?? '?'})` : 'unknown process',
+  ])))
+  print(`${rows.filter((r) => r.available).length} of ${rows.length} ports free.`)
+}
+
+async function start(options, extraArgs) {
+  if (extraArgs.length > 0) options.args = extraArgs
+  const pm = new ProcessManager({
+    ...options,
+    logger: { info: (m) => console.error(m), warn: (m) => console.error(m), error: (m) => console.error(m) },
+  })
+  pm.on('stdout', (line) => process.stdout.write(`${line}\n`))
+  pm.on('stderr', (line) => process.stderr.write(`${line}\n`))
+  let stopping = null
+  const stop = (signal) => {
+    if (stopping) return
+    console.error(`received ${signal}, stopping the backend…`)
+    stopping = pm.stopBackend()
+  }
+  const exited = new Promise((resolve) => pm.once('exit', resolve))
+  process.on('SIGINT', () => stop('SIGINT'))
+  process.on('SIGTERM', () => stop('SIGTERM'))
+  const backend = await pm.startBackend(process.cwd())
+  print(`backend "${pm.options.name}" running: pid ${backend.pid}, port ${backend.port}, ${backend.url}`)
+  print('press Ctrl-C to stop it')
+  const exit = await exited
+  if (!exit.expected) {
+    console.error(`the backend exited on its own (${exit.exitCode !== null ? `exit code ${exit.exitCode}` : exit.signal})`)
+    return 1
+  }
+  const result = await stopping
+  print(`backend stopped${result.forced ? ' (force-killed after the grace period)' : ''} in ${Math.round(result.durationMs)} ms`)
+  return 0
+}
+
+async function main(argv) {
+  let parsed
+  try {
+    parsed = parse(argv)
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err
+    process.stderr.write(`backend-pm: ${err.message}\n\n${USAGE}\n`)
+    return 2
+  }
+  const { command, values, positionals, extraArgs } = parsed
+  if (command === 'help' || values.help) {
+    print(USAGE)
+    return 0
+  }
+  try {
+    const options = managerOptions(values)
+    switch (command) {
+      case 'status':
+        return (await status(values, options)) ?? 0
+      case 'cleanup':
+        return await cleanup(values, options)
+      case 'test-ports':
+        return (await testPorts(values, positionals, options)) ?? 0
+      case 'start':
+        return await start(options, extraArgs)
+    }
+  } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`backend-pm: ${err.message}\n\n${USAGE}\n`)
+      return 2
+    }
+    process.stderr.write(`backend-pm: ${err.message}${err.code ? ` (${err.code})` : ''}\n`)
+    if (err.stderrTail?.length) process.stderr.write(`last output of the backend:\n  ${err.stderrTail.join('\n  ')}\n`)
+    return err.code === 'ERR_INVALID_ARG' ? 2 : 1
+  }
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2)).then((code) => {
+    process.exitCode = code
+  })
+}
+
+module.exports = { main }

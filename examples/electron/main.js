@@ -1,0 +1,61 @@
+'use strict'
+// An Electron main process that runs its backend with backend-process-manager: the backend starts before the
+// window, the window loads only once the backend answers, and quitting waits for a graceful stop.
+// Packaging (electron-builder): keep the addon and the backend out of the asar archive —
+//   "asarUnpack": ["**/*.node", "backend/**"]
+// The manager maps app.asar → app.asar.unpacked for the backend when `app.isPackaged` is true, and runs it
+// with Electron's own Node (ELECTRON_RUN_AS_NODE=1), so users need no Node installed.
+const path = require('node:path')
+const { app, BrowserWindow, dialog } = require('electron')
+const { ProcessManager } = require('backend-process-manager')
+
+const projectRoot = path.resolve(__dirname, '..') // holds backend/server.js
+const pm = new ProcessManager({
+  name: 'example-app-backend',
+  entry: 'backend/server.js',
+  port: 8000,
+  startTimeoutMs: 15000,
+})
+
+let quitting = false
+
+function explain(err) {
+  const lines = [err.message]
+  if (err.code) lines.push(`(${err.code})`)
+  if (err.stderrTail?.length) lines.push('', 'Last output of the backend:', ...err.stderrTail)
+  return lines.join('\n')
+}
+
+async function createWindow() {
+  let backend
+  try {
+    backend = await pm.startBackend(projectRoot, app.isPackaged)
+  } catch (err) {
+    dialog.showErrorBox('The backend could not start', explain(err))
+    app.quit()
+    return
+  }
+  const win = new BrowserWindow({ width: 1200, height: 800 })
+  await win.loadURL(backend.url)
+}
+
+pm.on('exit', ({ expected, exitCode, signal }) => {
+  if (expected || quitting) return
+  dialog.showErrorBox('The backend stopped', `It exited with ${exitCode !== null ? `code ${exitCode}` : signal}. Restart the app.`)
+})
+
+app.whenReady().then(createWindow)
+
+app.on('window-all-closed', () => {
+  if (process.platform !== 'darwin') app.quit()
+})
+
+app.on('before-quit', (event) => {
+  if (quitting || !pm.backend) return
+  // Hold the quit until the backend has stopped (it may be saving data), then quit for real.
+  event.preventDefault()
+  quitting = true
+  pm.stopBackend()
+    .catch((err) => console.error(`stopping the backend failed: ${err.message}`))
+    .finally(() => app.quit())
+})

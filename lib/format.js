@@ -1,0 +1,59 @@
+'use strict'
+// Human-readable output shared by the CLI and the demo: durations, sizes and aligned tables.
+
+function formatDuration(ms) {
+  if (ms == null) return '-'
+  const s = Math.floor(ms / 1000)
+  if (s < 60) return `${s}s`
+  const m = Math.floor(s / 60)
+  if (m < 60) return `${m}m${String(s % 60).padStart(2, '0')}s`
+  const h = Math.floor(m / 60)
+  if (h < 48) return `${h}h${String(m % 60).padStart(2, '0')}m`
+  return `${Math.floor(h / 24)}d${String(h % 24).padStart(2, '0')}h`
+}
+
+function formatBytes(bytes) {
+  if (bytes == null) return '-'
+  const units = ['B', 'KiB', 'MiB', 'GiB']
+  let value = bytes
+  let unit = 0
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024
+    unit++
+  }
+  return `${value.toFixed(unit === 0 ? 0 : 1)} ${units[unit]}`
+}
+
+/** Columns padded to their widest cell; numbers right-aligned. */
+function table(headers, rows) {
+  const cells = [headers, ...rows.map((r) => r.map((c) => (c == null ? '-' : String(c))))]
+  const widths = headers.map((_, i) => Math.max(...cells.map((r) => r[i].length)))
+  const numeric = headers.map((_, i) => rows.length > 0 && rows.every((r) => r[i] == null || /^-?[\d.]+( ?[%A-Za-z]+)?$/.test(String(r[i])) || r[i] === '-'))
+  return cells
+    .map((r) => r.map((c, i) => (numeric[i] ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join('  ').trimEnd())
+    .join('\n')
+}
+
+function listener(record) {
+  if (record.listenerPid == null) return record.state === 'running' || record.state === 'orphaned' ? 'none' : '-'
+  return `${record.listenerPid} (${record.listenerName ?? '?'})`
+}
+
+/** The status table of PID records. */
+function recordsTable(records) {
+  return table(
+    ['PID', 'NAME', 'PORT', 'STATE', 'UPTIME', 'CPU', 'MEMORY', 'LISTENER'],
+    records.map((r) => [
+      r.pid,
+      r.name ?? r.file,
+      r.port,
+      r.state,
+      formatDuration(r.uptimeMs),
+      r.cpuPercent == null ? '-' : `${r.cpuPercent.toFixed(1)}%`,
+      formatBytes(r.memoryBytes),
+      listener(r),
+    ]),
+  )
+}
+
+module.exports = { formatDuration, formatBytes, table, recordsTable }
