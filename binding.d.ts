@@ -53,15 +53,17 @@ export declare function defaultStateDir(): string
 
 /**
  * The first available port in `[startPort, endPort]`, skipping `exclude` and ports reserved in this
- * process; the port returned is reserved for 15 s.
+ * process; the port returned is reserved for 15 s. Synchronous for the same reason as `isPortAvailable`:
+ * one netlink query and a few binds.
  */
-export declare function findAvailablePort(startPort: number, endPort: number, exclude?: Array<number> | undefined | null, host?: string | undefined | null): Promise<number>
+export declare function findAvailablePort(startPort: number, endPort: number, exclude?: Array<number> | undefined | null, host?: string | undefined | null): number
 
 /**
  * True when `port` can be bound on 127.0.0.1, ::1 (where IPv6 exists), 0.0.0.0 and :: — or only on
- * `host` when given.
+ * `host` when given. Synchronous: a few binds take microseconds, less than a hop to another thread
+ * (`index.js` still returns a promise).
  */
-export declare function isPortAvailable(port: number, host?: string | undefined | null): Promise<boolean>
+export declare function isPortAvailable(port: number, host?: string | undefined | null): boolean
 
 export interface LaunchSpec {
   program: string

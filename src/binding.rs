@@ -55,18 +55,20 @@ fn ms(value: f64, what: &str) -> napi::Result<Duration> {
 // ---- ports -------------------------------------------------------------------------------------------
 
 /// True when `port` can be bound on 127.0.0.1, ::1 (where IPv6 exists), 0.0.0.0 and :: — or only on
-/// `host` when given.
+/// `host` when given. Synchronous: a few binds take microseconds, less than a hop to another thread
+/// (`index.js` still returns a promise).
 #[napi]
-pub async fn is_port_available(port: u32, host: Option<String>) -> napi::Result<bool> {
+pub fn is_port_available(port: u32, host: Option<String>) -> napi::Result<bool> {
   let port = port_arg(port, "port")?;
   let host = host.as_deref().map(host_arg).transpose()?;
   Ok(port::is_port_available(port, host))
 }
 
 /// The first available port in `[startPort, endPort]`, skipping `exclude` and ports reserved in this
-/// process; the port returned is reserved for 15 s.
+/// process; the port returned is reserved for 15 s. Synchronous for the same reason as `isPortAvailable`:
+/// one netlink query and a few binds.
 #[napi]
-pub async fn find_available_port(
+pub fn find_available_port(
   start_port: u32,
   end_port: u32,
   exclude: Option<Vec<u32>>,

@@ -119,10 +119,17 @@ fn parse_status(head: &[u8]) -> Option<u16> {
   (status.len() == 3).then(|| status.parse().ok()).flatten()
 }
 
+/// A readiness wait that ended healthy, after `probes` health checks.
+#[derive(Debug, Clone)]
+pub struct Ready {
+  pub probes: u32,
+}
+
 /// The result of a readiness wait that did not end healthy.
 #[derive(Debug, Clone)]
 pub struct NotReady {
   pub last: ProbeOutcome,
+  pub probes: u32,
 }
 
 /// Polls until healthy or `deadline`. The first probe is immediate; while the port refuses connections,
@@ -133,7 +140,8 @@ pub async fn wait_until_healthy(
   probe_timeout: Duration,
   deadline: Instant,
   answered_delay_cap: Duration,
-) -> Result<ProbeOutcome, NotReady> {
+) -> Result<Ready, NotReady> {
+  let mut probes = 0;
   let mut refused_delay = REFUSED_DELAY_START;
   let mut answered_delay = ANSWERED_DELAY_START.min(answered_delay_cap);
   loop {
@@ -144,8 +152,9 @@ pub async fn wait_until_healthy(
       probe_timeout.min(remaining.max(Duration::from_millis(1))),
     )
     .await;
+    probes += 1;
     if outcome.is_healthy() {
-      return Ok(outcome);
+      return Ok(Ready { probes });
     }
     let delay = if outcome == ProbeOutcome::Refused {
       let d = refused_delay;
@@ -158,16 +167,20 @@ pub async fn wait_until_healthy(
     };
     let now = Instant::now();
     if now >= deadline {
-      return Err(NotReady { last: outcome });
+      return Err(NotReady {
+        last: outcome,
+        probes,
+      });
     }
     sleep(delay.min(deadline - now)).await;
     if Instant::now() >= deadline {
       // One last look at the deadline itself, so a backend that became healthy during the wait counts.
       let last = probe(target, probe_timeout.min(Duration::from_millis(50))).await;
+      probes += 1;
       return if last.is_healthy() {
-        Ok(last)
+        Ok(Ready { probes })
       } else {
-        Err(NotReady { last })
+        Err(NotReady { last, probes })
       };
     }
   }

@@ -394,7 +394,8 @@ impl Manager {
     }
     self.watch_exit(backend.clone());
 
-    let deadline = Instant::now() + config.start_timeout;
+    let waiting_since = Instant::now();
+    let deadline = waiting_since + config.start_timeout;
     let target = self.target(port);
     let cancelled = async {
       while !*cancel.borrow_and_update() {
@@ -430,15 +431,18 @@ impl Manager {
       }
       ready = health::wait_until_healthy(&target, config.health_timeout, deadline, Duration::from_millis(500)) => {
         match ready {
-          Ok(_) => {
+          Ok(ready) => {
             self.refresh_record(&backend);
-            self.log(Level::Info, format!("backend is ready at {}", backend.info.url));
+            self.log(Level::Info, format!(
+              "backend is ready at {} ({} health checks in {} ms)",
+              backend.info.url, ready.probes, waiting_since.elapsed().as_millis()
+            ));
             Ok(Attempt::Ready(backend))
           }
           Err(not_ready) => {
             self.log(Level::Warn, format!(
-              "backend not healthy after {} ms ({}); stopping it",
-              config.start_timeout.as_millis(), not_ready.last.describe()
+              "backend not healthy after {} ms and {} health checks (last: {}); stopping it",
+              config.start_timeout.as_millis(), not_ready.probes, not_ready.last.describe()
             ));
             self.finish(&backend, true).await;
             Err(PmError::StartTimeout {
