@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, Instant};
 
 /// While nothing listens yet, a probe is a refused connect that costs the backend nothing: probe often.
-pub const REFUSED_DELAY_CAP: Duration = Duration::from_millis(20);
+pub const REFUSED_DELAY_CAP: Duration = Duration::from_millis(10);
 const REFUSED_DELAY_START: Duration = Duration::from_millis(2);
 /// Once the backend answers but is not healthy yet, back off from here towards the caller's cap.
 const ANSWERED_DELAY_START: Duration = Duration::from_millis(25);

@@ -54,11 +54,11 @@ pub struct RecordStatus {
 /// Every record of `dir` with its state, the backend's CPU and memory, and who listens on its port.
 pub fn statuses(dir: &Path) -> Vec<RecordStatus> {
   let entries = record::list_records(dir, None);
-  let ports: Vec<u16> = entries
+  let (ports, pids): (Vec<u16>, Vec<u32>) = entries
     .iter()
-    .filter_map(|e| e.record.as_ref().ok().map(|r| r.port))
-    .collect();
-  let holders = sockets::port_holders(&ports);
+    .filter_map(|e| e.record.as_ref().ok().map(|r| (r.port, r.pid)))
+    .unzip();
+  let holders = sockets::port_holders_hinted(&ports, &pids);
   entries
     .into_iter()
     .map(|Entry { path, record }| match record {

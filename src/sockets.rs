@@ -170,6 +170,12 @@ pub fn listening_ports() -> Option<HashSet<u16>> {
 
 /// For each port, the process listening on it, if any and if the OS tells.
 pub fn port_holders(ports: &[u16]) -> Vec<PortHolder> {
+  port_holders_hinted(ports, &[])
+}
+
+/// Like `port_holders`, looking first at the processes in `likely` (a record's backend usually holds its
+/// own port), so that the full scan of every process's descriptors is needed only for the rest.
+pub fn port_holders_hinted(ports: &[u16], likely: &[u32]) -> Vec<PortHolder> {
   #[cfg(target_os = "linux")]
   {
     let mut inode_port: HashMap<u64, u16> = HashMap::new();
@@ -183,8 +189,27 @@ pub fn port_holders(ports: &[u16]) -> Vec<PortHolder> {
       }
     }
     let mut owners: HashMap<u16, u32> = HashMap::new();
-    if !inode_port.is_empty() {
-      scan_fds(&inode_port, &mut owners);
+    let wanted = inode_port.values().collect::<HashSet<_>>().len();
+    for &pid in likely {
+      if owners.len() < wanted {
+        scan_process_fds(pid, &inode_port, &mut owners);
+      }
+    }
+    if owners.len() < wanted {
+      if let Ok(procs) = std::fs::read_dir("/proc") {
+        for entry in procs.flatten() {
+          let pid = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok());
+          if let Some(pid) = pid.filter(|p| !likely.contains(p)) {
+            scan_process_fds(pid, &inode_port, &mut owners);
+            if owners.len() == wanted {
+              break;
+            }
+          }
+        }
+      }
     }
     ports
       .iter()
@@ -202,46 +227,33 @@ pub fn port_holders(ports: &[u16]) -> Vec<PortHolder> {
   }
   #[cfg(not(target_os = "linux"))]
   {
-    let _ = (ports, HashMap::<u8, u8>::new(), HashSet::<u8>::new());
+    let _ = (
+      ports,
+      likely,
+      HashMap::<u8, u8>::new(),
+      HashSet::<u8>::new(),
+    );
     Vec::new()
   }
 }
 
-/// Match socket inodes against `/proc/*/fd/*` links (`socket:[INODE]`).
+/// Matches one process's descriptors (`/proc/PID/fd/*` → `socket:[INODE]`) against the wanted inodes.
 #[cfg(target_os = "linux")]
-fn scan_fds(inode_port: &HashMap<u64, u16>, owners: &mut HashMap<u16, u32>) {
-  let Ok(procs) = std::fs::read_dir("/proc") else {
+fn scan_process_fds(pid: u32, inode_port: &HashMap<u64, u16>, owners: &mut HashMap<u16, u32>) {
+  let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
     return;
   };
-  for entry in procs.flatten() {
-    let Some(pid) = entry
-      .file_name()
-      .to_str()
-      .and_then(|s| s.parse::<u32>().ok())
-    else {
+  for fd in fds.flatten() {
+    let Ok(target) = std::fs::read_link(fd.path()) else {
       continue;
     };
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-      continue;
-    };
-    for fd in fds.flatten() {
-      let Ok(target) = std::fs::read_link(fd.path()) else {
-        continue;
-      };
-      let target = target.to_string_lossy();
-      let Some(inode) = target
-        .strip_prefix("socket:[")
-        .and_then(|s| s.strip_suffix(']'))
-        .and_then(|s| s.parse::<u64>().ok())
-      else {
-        continue;
-      };
-      if let Some(&port) = inode_port.get(&inode) {
-        owners.entry(port).or_insert(pid);
-        if owners.len() == inode_port.values().collect::<HashSet<_>>().len() {
-          return;
-        }
-      }
+    let target = target.to_string_lossy();
+    let inode = target
+      .strip_prefix("socket:[")
+      .and_then(|s| s.strip_suffix(']'))
+      .and_then(|s| s.parse::<u64>().ok());
+    if let Some(&port) = inode.and_then(|i| inode_port.get(&i)) {
+      owners.entry(port).or_insert(pid);
     }
   }
 }

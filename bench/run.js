@@ -1,0 +1,118 @@
+'use strict'
+// npm run bench: every area side by side with its peers, in one run on this machine. Prints one table per
+// area (median, p95, ratio to ours, correctness), and writes bench/RESULTS.md, bench/chart.svg and
+// bench/results/latest.json. Usage: node bench/run.js [area…] [--quick]
+const fs = require('node:fs')
+const path = require('node:path')
+const { machine, fmt } = require('./lib')
+
+const AREAS = ['ports', 'readiness', 'stopping', 'status', 'footprint']
+const args = process.argv.slice(2)
+const quick = args.includes('--quick')
+const chosen = args.filter((a) => !a.startsWith('--'))
+const RUNS = { ports: quick ? 50 : 200, readiness: quick ? 10 : 30, stopping: quick ? 5 : 15, status: quick ? 20 : 60, footprint: quick ? 10 : 20 }
+
+const isOurs = (name) => name.startsWith('backend-process-manager')
+
+function withRatios(result) {
+  for (const row of result.rows) {
+    const ref = result.rows.find((r) => isOurs(r.name) && (r.group ?? 'all') === (row.group ?? 'all'))
+    row.ratio = ref ? row.median / ref.median : NaN
+  }
+  return result
+}
+
+function tableText(result) {
+  const head = ['contender', 'median', 'p95', '× ours', 'correct']
+  const rows = result.rows.map((r) => [r.name, fmt(r.median), fmt(r.p95), isOurs(r.name) ? '1' : r.ratio.toFixed(1), r.correct ? 'yes' : 'NO'])
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)))
+  const line = (r) => r.map((c, i) => (i === 0 || i === 4 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ')
+  return [line(head), ...rows.map(line)].join('\n')
+}
+
+function markdownTable(result) {
+  const out = ['| contender | median (ms) | p95 (ms) | time vs ours | correct |', '| --- | ---: | ---: | ---: | --- |']
+  for (const r of result.rows) {
+    out.push(`| ${r.name} | ${fmt(r.median)} | ${fmt(r.p95)} | ${isOurs(r.name) ? '1×' : `${r.ratio.toFixed(1)}×`} | ${r.correct ? 'yes' : `**no**${r.note ? `: ${r.note}` : ''}`} |`)
+  }
+  return out.join('\n')
+}
+
+function escapeXml(s) {
+  return s.replace(/[<>&"]/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;' })[c])
+}
+
+/** Horizontal bars of the median per contender, one panel per area, log scale. */
+function chart(results) {
+  const panels = results.filter((r) => r.rows.length > 0)
+  const width = 900
+  const barH = 18
+  const labelW = 430
+  let y = 40
+  const parts = [`<text x="10" y="24" font-size="16" font-weight="bold">backend-process-manager vs peers — median time, log scale (shorter is better)</text>`]
+  const all = panels.flatMap((p) => p.rows.map((r) => r.median)).filter((v) => v > 0)
+  const lo = Math.log10(Math.min(...all) / 2)
+  const hi = Math.log10(Math.max(...all) * 2)
+  const scale = (v) => ((Math.log10(Math.max(v, 10 ** lo)) - lo) / (hi - lo)) * (width - labelW - 90)
+  for (const p of panels) {
+    y += 10
+    parts.push(`<text x="10" y="${y + 12}" font-size="13" font-weight="bold">${escapeXml(p.title)}</text>`)
+    y += 20
+    for (const r of p.rows) {
+      const w = Math.max(2, scale(r.median))
+      const color = isOurs(r.name) ? '#2b8a3e' : r.correct ? '#868e96' : '#e03131'
+      parts.push(`<text x="10" y="${y + 13}" font-size="12">${escapeXml(r.name.slice(0, 62))}</text>`)
+      parts.push(`<rect x="${labelW}" y="${y + 2}" width="${w.toFixed(1)}" height="${barH - 4}" fill="${color}"/>`)
+      const tag = `${fmt(r.median)} ms${isOurs(r.name) ? '' : ` (${r.ratio.toFixed(1)}×)`}${r.correct ? '' : ' wrong'}`
+      parts.push(`<text x="${labelW + w + 6}" y="${y + 13}" font-size="12">${escapeXml(tag)}</text>`)
+      y += barH
+    }
+  }
+  y += 16
+  parts.push(`<text x="10" y="${y}" font-size="11" fill="#495057">green: backend-process-manager · grey: peer · red: peer with wrong answers or processes left alive</text>`)
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${y + 10}" font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>${parts.join('')}</svg>\n`
+}
+
+async function main() {
+  const info = machine()
+  const date = new Date().toISOString().slice(0, 10)
+  console.log(`Machine: ${info.cpu}, ${info.cores} cores, ${info.memoryGiB} GiB, ${info.os}, Node ${info.node} — ${date}${quick ? ' (quick)' : ''}\n`)
+  const results = []
+  for (const area of chosen.length ? chosen : AREAS) {
+    if (!AREAS.includes(area)) throw new Error(`unknown area ${area}; areas: ${AREAS.join(', ')}`)
+    const result = withRatios(await require(`./${area}.js`)({ runs: RUNS[area] }))
+    result.area = area
+    results.push(result)
+    console.log(`${result.title}${result.unit ? ` (${result.unit})` : ''}`)
+    if (result.rows.length) console.log(tableText(result))
+    for (const r of result.rows) if (r.note) console.log(`  ${r.name}: ${r.note}`)
+    if (result.figures) for (const [k, v] of Object.entries(result.figures)) console.log(`  ${k}: ${typeof v === 'number' ? v.toFixed(2) : v}`)
+    console.log()
+  }
+  if (chosen.length) return // a partial run does not replace the report
+  const md = [
+    `# Benchmark results`,
+    ``,
+    `${date}, ${info.cpu}, ${info.cores} cores, ${info.memoryGiB} GiB, ${info.os}, Node ${info.node}. Written by \`npm run bench\`; every`,
+    `contender measured in the same run. "time vs ours" is the contender's median divided by ours (higher: we are faster).`,
+    ``,
+    ...results.flatMap((r) => [
+      `## ${r.title}`,
+      ``,
+      ...(r.rows.length ? [markdownTable(r), ''] : []),
+      ...r.rows.filter((x) => x.note).map((x) => `- ${x.name}: ${x.note}`),
+      ...(r.figures ? Object.entries(r.figures).map(([k, v]) => `- ${k}: ${typeof v === 'number' ? v.toFixed(2) : v}`) : []),
+      ``,
+    ]),
+  ].join('\n')
+  fs.writeFileSync(path.join(__dirname, 'RESULTS.md'), md)
+  fs.writeFileSync(path.join(__dirname, 'chart.svg'), chart(results))
+  fs.mkdirSync(path.join(__dirname, 'results'), { recursive: true })
+  fs.writeFileSync(path.join(__dirname, 'results', 'latest.json'), JSON.stringify({ date, machine: info, results }, null, 2))
+  console.log('wrote bench/RESULTS.md, bench/chart.svg, bench/results/latest.json')
+}
+
+main().catch((err) => {
+  console.error(err)
+  process.exitCode = 1
+})
