@@ -180,7 +180,14 @@ export interface PortHolder {
   name: string | null
 }
 
-export type CleanupAction = 'terminated' | 'stale-removed' | 'invalid-removed' | 'failed' | 'not-deleted'
+export type CleanupAction =
+  | 'terminated'
+  | 'stale-removed'
+  | 'invalid-removed'
+  | 'failed'
+  | 'not-deleted'
+  | 'untrusted'
+  | 'busy'
 
 export interface CleanupItem {
   file: string

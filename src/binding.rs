@@ -248,6 +248,8 @@ pub async fn cleanup_records(
           CleanupAction::InvalidRemoved => "invalid-removed",
           CleanupAction::Failed => "failed",
           CleanupAction::NotDeleted => "not-deleted",
+          CleanupAction::Untrusted => "untrusted",
+          CleanupAction::Busy => "busy",
         }
         .into(),
         name: i.name,

@@ -125,9 +125,13 @@ fn url_for(host: IpAddr, port: u16) -> String {
 /// idle threads can keep Node from exiting, napi-rs#2884).
 pub async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
   let (tx, rx) = tokio::sync::oneshot::channel();
-  std::thread::spawn(move || {
-    let _ = tx.send(work());
-  });
+  std::thread::Builder::new()
+    .name("bpm-blocking".into())
+    .stack_size(spawn::THREAD_STACK)
+    .spawn(move || {
+      let _ = tx.send(work());
+    })
+    .expect("a thread for blocking work");
   rx.await.expect("blocking work panicked")
 }
 
@@ -208,10 +212,11 @@ impl Manager {
           terminated = true;
           Level::Info
         }
-        CleanupAction::StaleRemoved => Level::Info,
-        CleanupAction::InvalidRemoved | CleanupAction::Failed | CleanupAction::NotDeleted => {
-          Level::Warn
-        }
+        CleanupAction::StaleRemoved | CleanupAction::Busy => Level::Info,
+        CleanupAction::InvalidRemoved
+        | CleanupAction::Failed
+        | CleanupAction::NotDeleted
+        | CleanupAction::Untrusted => Level::Warn,
       };
       self.log(level, format!("{} ({})", item.detail, item.file.display()));
     }

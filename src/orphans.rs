@@ -2,7 +2,7 @@
 //! app is gone), which records are stale — and the cleanup that terminates true orphans only.
 
 use crate::identity;
-use crate::record::{self, Entry, Record};
+use crate::record::{self, Entry, Problem, Record};
 use crate::sockets;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -81,7 +81,7 @@ pub fn statuses(dir: &Path) -> Vec<RecordStatus> {
         file: path,
         record: None,
         state: RecordState::Invalid,
-        problem: Some(problem),
+        problem: Some(problem.reason().to_string()),
         usage: None,
         listener: None,
       },
@@ -101,6 +101,10 @@ pub enum CleanupAction {
   Failed,
   /// A record file could not be deleted.
   NotDeleted,
+  /// A file that is not safe to act on (symlink, another user's, writable by others) was left in place.
+  Untrusted,
+  /// Another process holds the record's lock: it is cleaning up that orphan right now.
+  Busy,
 }
 
 #[derive(Debug, Clone)]
@@ -127,10 +131,20 @@ pub fn cleanup(dir: &Path, name: Option<&str>, grace: Duration) -> Vec<CleanupIt
       action,
       detail,
     };
+    // Held while an orphan is terminated, so that a second cleaner skips it (dropped at the end of the loop).
+    let mut _lock = None;
     let mut found = match &record {
-      Err(problem) => item(
+      Err(Problem::Untrusted(reason)) => {
+        items.push(item(
+          CleanupAction::Untrusted,
+          format!("ignored a file that is not safe to act on ({reason}); remove it by hand if it is yours"),
+          None,
+        ));
+        continue;
+      }
+      Err(Problem::Invalid(reason)) => item(
         CleanupAction::InvalidRemoved,
-        format!("deleted unreadable record: {problem}"),
+        format!("deleted unreadable record: {reason}"),
         None,
       ),
       Ok(r) => match classify(r) {
@@ -144,6 +158,18 @@ pub fn cleanup(dir: &Path, name: Option<&str>, grace: Duration) -> Vec<CleanupIt
           Some(r),
         ),
         RecordState::Orphaned => {
+          _lock = record::lock_record(&path);
+          if _lock.is_none() {
+            items.push(item(
+              CleanupAction::Busy,
+              format!(
+                "orphaned backend pid {} is being cleaned up by another process",
+                r.pid
+              ),
+              Some(r),
+            ));
+            continue;
+          }
           if crate::stop::terminate_orphan(r.pid, &r.identity(), grace) {
             item(
               CleanupAction::Terminated,

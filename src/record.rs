@@ -179,16 +179,31 @@ pub fn delete_record(path: &Path) -> std::io::Result<()> {
   }
 }
 
-/// One file of the state folder, parsed or with the reason it cannot be trusted.
+/// Why a file of the state folder is not a usable record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+  /// The file is not safe to act on (a symlink, another user's file, writable by others): it is left alone.
+  Untrusted(String),
+  /// The file is ours but not a record (garbage, another version): it may be deleted.
+  Invalid(String),
+}
+
+impl Problem {
+  pub fn reason(&self) -> &str {
+    match self {
+      Problem::Untrusted(r) | Problem::Invalid(r) => r,
+    }
+  }
+}
+
+/// One file of the state folder, parsed or with the reason it cannot be used.
 #[derive(Debug)]
 pub struct Entry {
   pub path: PathBuf,
-  pub record: std::result::Result<Record, String>,
+  pub record: std::result::Result<Record, Problem>,
 }
 
-/// Reads a record without following a symlink, and only from a regular file that this user owns and that
-/// no one else can write.
-pub fn read_record(path: &Path) -> std::result::Result<Record, String> {
+fn open_no_follow(path: &Path) -> std::io::Result<fs::File> {
   let mut options = fs::OpenOptions::new();
   options.read(true);
   #[cfg(unix)]
@@ -196,35 +211,52 @@ pub fn read_record(path: &Path) -> std::result::Result<Record, String> {
     use std::os::unix::fs::OpenOptionsExt;
     options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
   }
-  let file = options.open(path).map_err(|e| match e.raw_os_error() {
+  options.open(path)
+}
+
+/// Reads a record without following a symlink, and only from a regular file that this user owns and that
+/// no one else can write.
+pub fn read_record(path: &Path) -> std::result::Result<Record, Problem> {
+  let file = open_no_follow(path).map_err(|e| match e.raw_os_error() {
     #[cfg(unix)]
-    Some(libc::ELOOP) => "it is a symbolic link".to_string(),
-    _ => e.to_string(),
+    Some(libc::ELOOP) => Problem::Untrusted("it is a symbolic link".into()),
+    _ => Problem::Invalid(e.to_string()),
   })?;
-  let meta = file.metadata().map_err(|e| e.to_string())?;
+  let meta = file
+    .metadata()
+    .map_err(|e| Problem::Invalid(e.to_string()))?;
   if !meta.is_file() {
-    return Err("it is not a regular file".into());
+    return Err(Problem::Untrusted("it is not a regular file".into()));
   }
   #[cfg(unix)]
   {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid has no preconditions.
     if meta.uid() != unsafe { libc::geteuid() } {
-      return Err("it belongs to another user".into());
+      return Err(Problem::Untrusted("it belongs to another user".into()));
     }
     if meta.mode() & 0o022 != 0 {
-      return Err("other users can write it".into());
+      return Err(Problem::Untrusted("other users can write it".into()));
     }
   }
   if meta.len() > MAX_RECORD_BYTES {
-    return Err("it is too large to be a record".into());
+    return Err(Problem::Invalid("it is too large to be a record".into()));
   }
   let mut text = String::new();
   file
     .take(MAX_RECORD_BYTES)
     .read_to_string(&mut text)
-    .map_err(|e| e.to_string())?;
-  parse_record(&text)
+    .map_err(|e| Problem::Invalid(e.to_string()))?;
+  parse_record(&text).map_err(Problem::Invalid)
+}
+
+/// Locks a record file against other cleaners (another app instance, the CLI) while its orphan is being
+/// terminated, so exactly one of them signals it. `None` when another process holds the lock or the file
+/// is gone.
+pub fn lock_record(path: &Path) -> Option<fs::File> {
+  let file = open_no_follow(path).ok()?;
+  file.try_lock().ok()?;
+  Some(file)
 }
 
 pub fn parse_record(text: &str) -> std::result::Result<Record, String> {
@@ -250,7 +282,10 @@ pub fn list_records(dir: &Path, name: Option<&str>) -> Vec<Entry> {
     .into_iter()
     .map(|path| {
       let record = read_record(&path).and_then(|r| match name {
-        Some(n) if r.name != n => Err(format!("it names backend {:?}, not {n:?}", r.name)),
+        Some(n) if r.name != n => Err(Problem::Invalid(format!(
+          "it names backend {:?}, not {n:?}",
+          r.name
+        ))),
         _ => Ok(r),
       });
       Entry { path, record }
@@ -347,9 +382,15 @@ mod tests {
     fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).unwrap();
     let link = dir.path().join("api-99.json");
     std::os::unix::fs::symlink(&target, &link).unwrap();
-    assert!(read_record(&link).unwrap_err().contains("symbolic link"));
+    assert_eq!(
+      read_record(&link),
+      Err(Problem::Untrusted("it is a symbolic link".into()))
+    );
     fs::set_permissions(&target, fs::Permissions::from_mode(0o666)).unwrap();
-    assert!(read_record(&target).unwrap_err().contains("other users"));
+    assert_eq!(
+      read_record(&target),
+      Err(Problem::Untrusted("other users can write it".into()))
+    );
   }
 
   #[test]

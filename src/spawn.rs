@@ -19,6 +19,9 @@ use tokio::sync::{oneshot, watch};
 pub const STDERR_TAIL_LINES: usize = 20;
 /// A longer line is cut into pieces of this size, so one endless line cannot grow memory without bound.
 const MAX_LINE_BYTES: usize = 16 * 1024;
+/// Our threads only wait and copy lines: a small stack keeps the memory of many backends (and of the C
+/// library's cache of exited threads' stacks) small.
+pub const THREAD_STACK: usize = 256 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct SpawnSpec {
@@ -160,6 +163,7 @@ pub async fn spawn(spec: SpawnSpec, on_line: LineSink) -> Result<Arc<Child>> {
   );
   let spawned = std::thread::Builder::new()
     .name(thread_name)
+    .stack_size(THREAD_STACK)
     .spawn(move || waiter_thread(spec, on_line, started_tx));
   if let Err(e) = spawned {
     return Err(PmError::SpawnFailed {
@@ -284,6 +288,7 @@ fn waiter_thread(spec: SpawnSpec, on_line: LineSink, started: oneshot::Sender<Re
     );
     let reader = std::thread::Builder::new()
       .name(name)
+      .stack_size(THREAD_STACK)
       .spawn(move || read_lines(stream, pipe, &reader_output, &on_line));
     if reader.is_err() {
       // Without a reader the pipe would fill and block the backend; it gets no output events instead.

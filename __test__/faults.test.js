@@ -1,0 +1,185 @@
+'use strict'
+// Faults and hostile input: what a backend, the machine or another process can do to the manager.
+const test = require('node:test')
+const assert = require('node:assert/strict')
+const fs = require('node:fs')
+const path = require('node:path')
+const { execFile } = require('node:child_process')
+const { once } = require('node:events')
+const { ProcessManager, cleanupRecords } = require('..')
+const { ROOT, FIXTURE, tempDir, freeRun, isAlive, waitFor, killIfAlive, memoryLogger, fixtureManager, startScript } = require('./helpers')
+
+const records = (dir) => fs.readdirSync(dir).filter((f) => f.endsWith('.json'))
+
+test('a backend that closes stdout and stderr keeps running and stops normally', async (t) => {
+  const { pm } = fixtureManager(t, { port: await freeRun(3), env: { CLOSE_STDIO: '1' } })
+  const b = await pm.startBackend(ROOT)
+  assert.equal(await pm.checkBackendHealth(b.port), true)
+  assert.equal(await pm.waitForBackendReady(b.port, 2, 100), true)
+  const result = await pm.stopBackend()
+  assert.equal(result.forced, false)
+  assert.equal(isAlive(b.pid), false)
+})
+
+test('a backend flooding megabytes of output is neither blocked nor buffered without bound', async (t) => {
+  const mark = path.join(tempDir(t), 'flood-done')
+  const { pm } = fixtureManager(t, { port: await freeRun(3), env: { FLOOD_MB: '40', FLOOD_MARK_FILE: mark } })
+  let lines = 0
+  pm.on('stdout', () => lines++)
+  const rssBefore = process.memoryUsage().rss
+  const b = await pm.startBackend(ROOT)
+  // The backend finishes writing 40 MiB (it is never blocked by a slow app) and stays healthy meanwhile.
+  await waitFor(() => fs.existsSync(mark), 20000, 'the flood to finish')
+  assert.equal(await pm.checkBackendHealth(b.port), true)
+  const growthMiB = (process.memoryUsage().rss - rssBefore) / 2 ** 20
+  t.diagnostic(`${lines} lines delivered, RSS growth ${growthMiB.toFixed(1)} MiB for 40 MiB of output`)
+  assert.ok(lines > 1000, `only ${lines} lines delivered`)
+  assert.ok(growthMiB < 40, `the app's memory grew by ${growthMiB} MiB`)
+  assert.equal((await pm.stopBackend()).forced, false)
+})
+
+test('a grandchild that calls setsid leaves the group and survives the stop (documented); the group dies', async (t) => {
+  const { pm, grandchildren } = fixtureManager(t, { port: await freeRun(3), env: { DETACHED_GRANDCHILD: '1', GRANDCHILDREN: '1' } })
+  let detached
+  pm.on('stdout', (l) => l.startsWith('DETACHED ') && (detached = Number(l.split(' ')[1])))
+  const b = await pm.startBackend(ROOT)
+  await waitFor(() => detached && grandchildren.length === 1, 5000, 'the grandchildren')
+  t.after(() => killIfAlive(detached))
+  await pm.stopBackend()
+  assert.equal(isAlive(b.pid), false)
+  assert.equal(isAlive(grandchildren[0]), false, 'the grandchild in the group is gone')
+  assert.equal(isAlive(detached), true, 'a process in a session of its own is out of reach of group signals')
+})
+
+test('the state folder deleted while a backend runs: stop, status and the next start still work', async (t) => {
+  const { pm, stateDir } = fixtureManager(t, { port: await freeRun(3) })
+  const b = await pm.startBackend(ROOT)
+  fs.rmSync(stateDir, { recursive: true })
+  assert.deepEqual((await pm.status()).records, [])
+  const result = await pm.stopBackend()
+  assert.equal(result.forced, false)
+  assert.equal(isAlive(b.pid), false)
+  const again = await pm.startBackend(ROOT)
+  assert.deepEqual(records(stateDir), [`fixture-${again.pid}.json`])
+})
+
+test('a record replaced by a symlink is neither followed nor overwritten', async (t) => {
+  const dir = tempDir(t)
+  const victim = path.join(dir, 'precious.txt')
+  fs.writeFileSync(victim, 'precious')
+  const { pm, stateDir, logger } = fixtureManager(t, { port: await freeRun(3) })
+  const b = await pm.startBackend(ROOT)
+  const file = path.join(stateDir, `fixture-${b.pid}.json`)
+  fs.rmSync(file)
+  fs.symlinkSync(victim, file)
+  // Another manager's cleanup reads the folder: the link is not trusted, and left alone.
+  const other = new ProcessManager({ name: 'fixture', stateDir, logger: memoryLogger() })
+  assert.equal(await other.killExistingBackend(), false)
+  assert.equal(isAlive(b.pid), true)
+  const status = await other.status()
+  assert.equal(status.records[0].state, 'invalid')
+  assert.match(status.records[0].problem, /symbolic link/)
+  await pm.stopBackend()
+  assert.equal(fs.readFileSync(victim, 'utf8'), 'precious')
+  assert.equal(fs.existsSync(file), false, 'the stop removed the link itself')
+  assert.ok(!logger.lines.some((l) => l.startsWith('error')))
+})
+
+test('records writable by others or owned by another user are ignored with a warning', async (t) => {
+  const stateDir = tempDir(t)
+  const bystander = require('node:child_process').spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' })
+  t.after(() => killIfAlive(bystander.pid))
+  await waitFor(() => isAlive(bystander.pid))
+  const start = Number(fs.readFileSync(`/proc/${bystander.pid}/stat`, 'utf8').split(') ')[1].split(' ')[19])
+  // A record that would match the live process exactly, with a dead owner: only its file's trust differs.
+  const record = { version: 1, name: 'fixture', pid: bystander.pid, port: 8000, host: '127.0.0.1', startedAt: Date.now(), exe: fs.realpathSync(process.execPath), startTime: start, ownerPid: 999999, ownerStartTime: 1 }
+  const writable = path.join(stateDir, `fixture-${bystander.pid}.json`)
+  fs.writeFileSync(writable, JSON.stringify(record))
+  fs.chmodSync(writable, 0o666)
+  const cases = [[writable, /other users can write it/]]
+  if (process.getuid?.() === 0) {
+    const foreign = path.join(stateDir, 'fixture-424242.json')
+    fs.writeFileSync(foreign, JSON.stringify({ ...record, pid: bystander.pid }), { mode: 0o600 })
+    fs.chownSync(foreign, 65534, 65534)
+    cases.push([foreign, /belongs to another user/])
+  } else {
+    t.diagnostic('not root: the other-user case needs chown')
+  }
+  const logger = memoryLogger()
+  const pm = new ProcessManager({ name: 'fixture', stateDir, logger })
+  assert.equal(await pm.killExistingBackend(), false)
+  assert.equal(isAlive(bystander.pid), true, 'nothing was signalled')
+  for (const [file, reason] of cases) {
+    assert.ok(fs.existsSync(file), `${file} was left in place`)
+    assert.ok(logger.lines.some((l) => l.startsWith('warn:') && reason.test(l) && l.includes(path.basename(file))), logger.lines.join('\n'))
+  }
+})
+
+test('two processes cleaning up the same orphan: exactly one kill, no error', async (t) => {
+  const project = tempDir(t)
+  const stateDir = path.join(project, 'records')
+  const sigtermLog = path.join(project, 'sigterms')
+  fs.writeFileSync(path.join(project, 'package.json'), JSON.stringify({ backendProcessManager: { stateDir: 'records', stopTimeoutMs: 500 } }))
+  const code = `
+    const { ProcessManager } = require(${JSON.stringify(ROOT)})
+    const pm = new ProcessManager({ name: 'orphan', command: process.execPath, args: [${JSON.stringify(FIXTURE)}],
+      stateDir: ${JSON.stringify(stateDir)}, port: ${await freeRun(3)}, logger: false,
+      env: { IGNORE_SIGTERM: '1', SIGTERM_LOG_FILE: ${JSON.stringify(sigtermLog)} } })
+    pm.startBackend(process.cwd()).then((b) => console.log('READY', b.pid))`
+  const owner = startScript(t, code)
+  const pid = Number((await owner.line(/^READY/)).split(' ')[1])
+  t.after(() => killIfAlive(pid))
+  owner.child.kill('SIGKILL')
+  await owner.exited
+  const sigterms = () => (fs.existsSync(sigtermLog) ? fs.readFileSync(sigtermLog, 'utf8').split('\n').filter(Boolean).length : 0)
+  // The kernel sends the parent-death SIGTERM as each thread of the dead app is passed over as the new
+  // parent, so there may be more than one; wait until they have all been handled.
+  let seen = -1
+  let stableSince = Date.now()
+  await waitFor(() => {
+    const n = sigterms()
+    if (n !== seen) [seen, stableSince] = [n, Date.now()]
+    return n >= 1 && Date.now() - stableSince > 200
+  }, 5000, 'the parent-death SIGTERMs')
+  const before = sigterms()
+  const cleanup = () => new Promise((resolve) => execFile(process.execPath, [path.join(ROOT, 'cli.js'), 'cleanup', '--json'], { cwd: project }, (err, stdout, stderr) => resolve({ code: err ? err.code : 0, stdout, stderr })))
+  const [a, b] = await Promise.all([cleanup(), cleanup()])
+  assert.equal(a.code, 0, a.stderr)
+  assert.equal(b.code, 0, b.stderr)
+  const reports = [JSON.parse(a.stdout), JSON.parse(b.stdout)]
+  assert.equal(reports.reduce((n, r) => n + r.terminated, 0), 1, JSON.stringify(reports))
+  assert.equal(isAlive(pid), false)
+  assert.equal(sigterms(), before + 1, 'exactly one cleaner signalled the orphan')
+  assert.deepEqual(records(stateDir), [])
+})
+
+test('the app exiting while its backend starts: the backend dies with it; the next start cleans up', async (t) => {
+  const stateDir = tempDir(t)
+  const code = `
+    const { ProcessManager } = require(${JSON.stringify(ROOT)})
+    const pm = new ProcessManager({ name: 'fixture', command: process.execPath, args: [${JSON.stringify(FIXTURE)}],
+      stateDir: ${JSON.stringify(stateDir)}, port: ${await freeRun(3)}, logger: false, env: { LISTEN_DELAY_MS: '5000' } })
+    pm.on('stdout', (line) => { if (line.startsWith('BOOT ')) { console.log(line); process.exit(0) } })
+    pm.startBackend(process.cwd()).catch(() => {})`
+  const app = startScript(t, code)
+  const pid = Number((await app.line(/^BOOT /)).split(' ')[1])
+  t.after(() => killIfAlive(pid))
+  await app.exited
+  await waitFor(() => !isAlive(pid), 1000, 'the backend to end with its app')
+  assert.deepEqual(records(stateDir), [`fixture-${pid}.json`], 'the app had no time to delete its record')
+  const logger = memoryLogger()
+  const pm = new ProcessManager({ name: 'fixture', stateDir, logger })
+  assert.equal(await pm.killExistingBackend(), false)
+  assert.deepEqual(records(stateDir), [])
+  assert.ok(logger.lines.some((l) => l.includes('stale')))
+})
+
+test('cleanupRecords on a folder of garbage deletes it all and signals nothing', async (t) => {
+  const stateDir = tempDir(t)
+  const garbage = ['', '{', 'null', '[]', '{"version":1,"pid":1}', '\u0000\u0001binary', JSON.stringify({ version: 1, name: 'x', pid: 1, port: 1, host: 'h', startedAt: 0, exe: null, startTime: 0, ownerPid: 1, ownerStartTime: 0 })]
+  garbage.forEach((text, i) => fs.writeFileSync(path.join(stateDir, `x-${i + 10}.json`), text, { mode: 0o600 }))
+  const items = await cleanupRecords(stateDir, { stopTimeoutMs: 100 })
+  assert.equal(items.length, garbage.length)
+  for (const item of items) assert.ok(['invalid-removed', 'stale-removed'].includes(item.action), JSON.stringify(item))
+  assert.deepEqual(records(stateDir), [])
+})

@@ -1,0 +1,23 @@
+'use strict'
+// The short soak (the long one is `npm run soak`): repeated start/stop with crashes, stops during start and
+// parallel managers leaves no process, no record and no descriptor behind, and memory flat.
+const test = require('node:test')
+const assert = require('node:assert/strict')
+const path = require('node:path')
+const { execFile } = require('node:child_process')
+
+test('short soak: 50 mixed cycles after warm-up leave nothing behind', async (t) => {
+  const script = path.join(__dirname, '..', 'scripts', 'soak.js')
+  const { stdout, stderr, code } = await new Promise((resolve) => {
+    execFile(process.execPath, ['--expose-gc', script, '--cycles', '50', '--warmup', '100', '--json'], { timeout: 120000 }, (err, stdout, stderr) => resolve({ code: err ? err.code : 0, stdout, stderr }))
+  })
+  const { ok, figures, limits } = JSON.parse(stdout)
+  t.diagnostic(JSON.stringify(figures))
+  assert.equal(figures.processesLeft, 0)
+  assert.equal(figures.recordsLeft, 0)
+  assert.ok(Math.abs(figures.fdsAfter - figures.fdsBefore) <= limits.fdDelta, `fds ${figures.fdsBefore} -> ${figures.fdsAfter}`)
+  assert.ok(figures.rssGrowthMiB < limits.rssGrowthMiB, `RSS grew ${figures.rssGrowthMiB} MiB`)
+  assert.ok(figures.crashes > 0 && figures.stopsDuringStart > 0 && figures.parallel > 0)
+  assert.equal(ok, true)
+  assert.equal(code, 0, stderr)
+})
