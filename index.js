@@ -6,7 +6,7 @@ const { EventEmitter } = require('node:events')
 const path = require('node:path')
 const native = require('./binding.js')
 const { fromNative, invalidArg } = require('./lib/errors.js')
-const { resolveOptions, checkPort, checkPositiveInt } = require('./lib/options.js')
+const { resolveOptions, checkPort, checkPositiveInt, checkTimeout } = require('./lib/options.js')
 
 /** Calls a native async function and rebuilds its error as the public one. */
 async function call(fn, ...args) {
@@ -129,9 +129,7 @@ class ProcessManager extends EventEmitter {
   async waitForBackendReady(port, maxRetries = 10, retryDelayMs = 1000) {
     checkPort(port, 'port')
     checkPositiveInt(maxRetries, 'maxRetries')
-    if (typeof retryDelayMs !== 'number' || !(retryDelayMs >= 0) || !Number.isFinite(retryDelayMs)) {
-      throw invalidArg(`retryDelayMs must be a non-negative number, got ${describe(retryDelayMs)}`)
-    }
+    checkTimeout(retryDelayMs, 'retryDelayMs')
     return call(() => this.#native.waitForReady(port, maxRetries, retryDelayMs))
   }
 

@@ -70,3 +70,26 @@ test('the package loads the native binary through its loader', () => {
   assert.equal(binding.__napiBindingTarget ?? 'native', 'native')
   assert.equal(typeof binding.NativeManager, 'function')
 })
+
+test('property: arbitrary option values either construct or throw ERR_INVALID_ARG, never anything else', () => {
+  // A small seeded generator, so a failure can be replayed.
+  let seed = 20261126
+  const rand = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31)
+  const pick = (list) => list[Math.floor(rand() * list.length)]
+  const values = [
+    undefined, null, true, false, 0, -1, 1, 1.5, 80, 8000, 65535, 65536, 2 ** 31, 2 ** 53, 1e300, -1e300, NaN, Infinity, -Infinity,
+    '', 'x', 'a/b', '..', '/health', 'health', '127.0.0.1', '::1', '[::1]', 'localhost', '999.1.1.1', 'name\u0000', '\u{1F600}',
+    [], ['a'], [1], {}, { A: '1' }, { A: 1 }, { A: {} }, () => {}, Symbol('s'), 10n,
+  ]
+  const keys = Object.keys(require('../lib/options.js').DEFAULTS).concat(['unknownKey'])
+  for (let i = 0; i < 3000; i++) {
+    const options = {}
+    for (let k = 0, n = 1 + Math.floor(rand() * 4); k < n; k++) options[pick(keys)] = pick(values)
+    try {
+      const pm = new ProcessManager({ logger: false, ...options })
+      assert.equal(typeof pm.options.port, 'number')
+    } catch (err) {
+      assert.equal(err.code, 'ERR_INVALID_ARG', `${err.stack}\nfor ${require('node:util').inspect(options)}`)
+    }
+  }
+})

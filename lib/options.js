@@ -35,9 +35,12 @@ function checkPort(value, what) {
   }
 }
 
-function checkPositiveInt(value, what) {
-  if (!Number.isInteger(value) || value < 1) throw invalidArg(`${what} must be a positive integer, got ${show(value)}`)
+function checkPositiveInt(value, what, max = 2 ** 32 - 1) {
+  if (!Number.isInteger(value) || value < 1 || value > max) throw invalidArg(`${what} must be an integer from 1 to ${max}, got ${show(value)}`)
 }
+
+/** Like setTimeout's limit: about 24.8 days. */
+const MAX_TIMEOUT_MS = 2 ** 31 - 1
 
 function checkString(value, what, { allowEmpty = false } = {}) {
   if (typeof value !== 'string' || (!allowEmpty && value === '')) {
@@ -46,8 +49,8 @@ function checkString(value, what, { allowEmpty = false } = {}) {
 }
 
 function checkTimeout(value, what) {
-  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
-    throw invalidArg(`${what} must be a non-negative number of milliseconds, got ${show(value)}`)
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0 || value > MAX_TIMEOUT_MS) {
+    throw invalidArg(`${what} must be a number of milliseconds from 0 to ${MAX_TIMEOUT_MS}, got ${show(value)}`)
   }
 }
 
@@ -108,4 +111,4 @@ function resolveOptions(options) {
   return o
 }
 
-module.exports = { resolveOptions, checkPort, checkPositiveInt, DEFAULTS }
+module.exports = { resolveOptions, checkPort, checkPositiveInt, checkTimeout, DEFAULTS }

@@ -49,7 +49,9 @@ fn ms(value: f64, what: &str) -> napi::Result<Duration> {
       "{what} must be a non-negative number of milliseconds, got {value}"
     )));
   }
-  Ok(Duration::from_secs_f64(value / 1000.0))
+  // A property test found that a huge value (1e300) made `from_secs_f64` panic: reject it instead.
+  Duration::try_from_secs_f64(value / 1000.0)
+    .map_err(|_| invalid(format!("{what} is too large: {value} ms")))
 }
 
 // ---- ports -------------------------------------------------------------------------------------------
@@ -508,5 +510,38 @@ impl NativeManager {
     let port = port_arg(port, "port")?;
     let delay = ms(retry_delay_ms, "retryDelayMs")?;
     Ok(self.inner.wait_for_ready(port, max_retries, delay).await)
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use proptest::prelude::*;
+
+  proptest! {
+    #[test]
+    fn ports_are_accepted_exactly_in_range(port in any::<u32>()) {
+      prop_assert_eq!(port_arg(port, "port").is_ok(), (1..=65535).contains(&port));
+    }
+
+    #[test]
+    fn durations_are_accepted_only_when_finite_and_not_negative(value in any::<f64>()) {
+      let representable = Duration::try_from_secs_f64(value / 1000.0).is_ok();
+      prop_assert_eq!(ms(value, "t").is_ok(), value.is_finite() && value >= 0.0 && representable);
+    }
+
+    #[test]
+    fn hosts_are_ip_literals_or_rejected(host in ".{0,40}") {
+      let parsed = host_arg(&host);
+      let bare = host.trim_start_matches('[').trim_end_matches(']');
+      prop_assert_eq!(parsed.is_ok(), bare.parse::<IpAddr>().is_ok());
+    }
+  }
+
+  #[test]
+  fn a_rejected_value_carries_the_invalid_arg_code() {
+    let err = port_arg(0, "port").unwrap_err();
+    let payload: serde_json::Value = serde_json::from_str(&err.reason).unwrap();
+    assert_eq!(payload["code"], "ERR_INVALID_ARG");
   }
 }

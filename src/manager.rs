@@ -187,7 +187,11 @@ impl Manager {
   }
 
   pub async fn wait_for_ready(&self, port: u16, max_retries: u32, retry_delay: Duration) -> bool {
-    let deadline = Instant::now() + retry_delay * max_retries.max(1);
+    let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+    let deadline = retry_delay
+      .checked_mul(max_retries.max(1))
+      .and_then(|total| Instant::now().checked_add(total))
+      .unwrap_or(far_future);
     health::wait_until_healthy(
       &self.target(port),
       self.config.health_timeout,
