@@ -108,15 +108,27 @@ mod imp {
     } else {
       0.0
     };
-    let name = fs::read_to_string(format!("/proc/{pid}/comm"))
-      .map(|s| s.trim_end().to_owned())
-      .unwrap_or_default();
+    let name = process_name(pid).unwrap_or_default();
     Some(Usage {
       cpu_percent,
       memory_bytes: num(RSS_PAGES)? * page_size(),
       uptime_ms: (alive_seconds * 1000.0) as u64,
       name,
     })
+  }
+
+  /// The executable's file name; the kernel's short `comm` name where the executable cannot be read (another
+  /// user's process). Not `comm` first: a runtime may rename its main thread (Node 24 calls it
+  /// "MainThread").
+  pub fn process_name(pid: u32) -> Option<String> {
+    fs::read_link(format!("/proc/{pid}/exe"))
+      .ok()
+      .and_then(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
+      .or_else(|| {
+        fs::read_to_string(format!("/proc/{pid}/comm"))
+          .ok()
+          .map(|s| s.trim_end().to_owned())
+      })
   }
 
   /// Live members of process group `pgid`, other than `except`. Scans `/proc` (a few ms with hundreds of
@@ -171,6 +183,10 @@ mod imp {
     })
   }
 
+  pub fn process_name(pid: u32) -> Option<String> {
+    with_process(pid, |p| p.name().to_string_lossy().into_owned())
+  }
+
   pub fn process_group(pid: u32) -> Option<u32> {
     #[cfg(unix)]
     {
@@ -209,7 +225,7 @@ mod imp {
   }
 }
 
-pub use imp::{group_members, identity, is_alive, process_group, usage};
+pub use imp::{group_members, identity, is_alive, process_group, process_name, usage};
 
 /// True when `pid` is alive and is still the process that `expected` describes (same start time, and the
 /// same executable where both are known).

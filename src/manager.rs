@@ -626,3 +626,112 @@ fn stopped_during_start(exit: Option<ExitInfo>, stderr_tail: Vec<String>) -> PmE
     stderr_tail,
   }
 }
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use std::sync::Mutex as StdMutex;
+
+  #[derive(Default)]
+  struct Recorded {
+    exits: StdMutex<Vec<(u32, ExitInfo, bool)>>,
+    logs: StdMutex<Vec<String>>,
+  }
+
+  impl Events for Recorded {
+    fn line(&self, _stream: Stream, _text: String) {}
+    fn exit(&self, pid: u32, exit: &ExitInfo, expected: bool) {
+      self
+        .exits
+        .lock()
+        .unwrap()
+        .push((pid, exit.clone(), expected));
+    }
+    fn log(&self, _level: Level, message: String) {
+      self.logs.lock().unwrap().push(message);
+    }
+  }
+
+  fn python_available() -> bool {
+    std::process::Command::new("python3")
+      .arg("--version")
+      .output()
+      .is_ok_and(|o| o.status.success())
+  }
+
+  fn manager(dir: &std::path::Path, port: u16) -> (Arc<Manager>, Arc<Recorded>) {
+    let events = Arc::new(Recorded::default());
+    let config = Config {
+      name: "core-test".into(),
+      host: "127.0.0.1".parse().unwrap(),
+      port,
+      port_range: 50,
+      port_env: "PORT".into(),
+      health_path: "/".into(),
+      health_timeout: Duration::from_secs(1),
+      start_timeout: Duration::from_secs(10),
+      stop_timeout: Duration::from_secs(2),
+      state_dir: dir.to_path_buf(),
+    };
+    (
+      Arc::new(Manager::new(config, events.clone()).unwrap()),
+      events,
+    )
+  }
+
+  fn python_server(dir: &std::path::Path) -> Launch {
+    Launch {
+      program: "python3".into(),
+      args: vec![
+        "-m".into(),
+        "http.server".into(),
+        "{port}".into(),
+        "--bind".into(),
+        "{host}".into(),
+      ],
+      cwd: dir.to_path_buf(),
+      env: std::env::vars().collect(),
+      entry_file: None,
+    }
+  }
+
+  /// The whole lifecycle without Node: start → healthy → stop; then a crash from outside.
+  #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+  async fn start_stop_and_crash_without_node() {
+    if !python_available() {
+      eprintln!("python3 is not installed: skipped");
+      return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+      .unwrap()
+      .local_addr()
+      .unwrap()
+      .port();
+    let (pm, events) = manager(dir.path(), port);
+    let info = pm.start(python_server(dir.path())).await.unwrap();
+    assert!(pm.check_health(info.port).await);
+    assert_eq!(record::list_records(dir.path(), None).len(), 1);
+    let stopped = pm.stop().await.unwrap();
+    assert!(!stopped.forced);
+    assert!(!identity::is_alive(info.pid));
+    assert!(record::list_records(dir.path(), None).is_empty());
+    assert!(pm.stop().await.is_none());
+
+    let info = pm.start(python_server(dir.path())).await.unwrap();
+    crate::signal::signal_pid(info.pid, crate::signal::Stop::Force);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while events.exits.lock().unwrap().len() < 2 && std::time::Instant::now() < deadline {
+      tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let exits = events.exits.lock().unwrap().clone();
+    assert_eq!(exits.len(), 2, "{exits:?}");
+    assert!(exits[0].2, "the first exit was asked for");
+    assert_eq!(
+      (exits[1].0, exits[1].1.signal.as_deref(), exits[1].2),
+      (info.pid, Some("SIGKILL"), false)
+    );
+    assert!(pm.backend().is_none());
+    assert!(record::list_records(dir.path(), None).is_empty());
+  }
+}

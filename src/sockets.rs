@@ -216,11 +216,7 @@ pub fn port_holders_hinted(ports: &[u16], likely: &[u32]) -> Vec<PortHolder> {
       .filter(|p| listened.contains(p))
       .map(|&port| {
         let pid = owners.get(&port).copied();
-        let name = pid.and_then(|pid| {
-          std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .ok()
-            .map(|s| s.trim_end().to_owned())
-        });
+        let name = pid.and_then(crate::identity::process_name);
         PortHolder { port, pid, name }
       })
       .collect()

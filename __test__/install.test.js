@@ -1,0 +1,69 @@
+'use strict'
+// Installed as users install it: the platform package is made by `napi artifacts` for this machine's
+// target, both packages are packed with `npm pack`, installed into a fresh project outside this repository
+// (no access to its node_modules), and used there: require, start and stop the example backend, run the CLI.
+const test = require('node:test')
+const assert = require('node:assert/strict')
+const fs = require('node:fs')
+const path = require('node:path')
+const { execFileSync } = require('node:child_process')
+const { ROOT, tempDir, isAlive } = require('./helpers')
+
+const TRIPLE = { 'linux-x64': ['x86_64-unknown-linux-gnu', 'linux-x64-gnu'] }[`${process.platform}-${process.arch}`]
+const NPM = process.platform === 'win32' ? 'npm.cmd' : 'npm'
+const npm = (args, cwd) => execFileSync(NPM, args, { cwd, encoding: 'utf8', env: { ...process.env, NODE_PATH: '' } })
+
+test('the packed packages install into a fresh project and work there', { skip: !TRIPLE && 'packaging is tested on linux x64' }, async (t) => {
+  const [target, platform] = TRIPLE
+  const binaryName = `backend-process-manager.${platform}.node`
+  const work = tempDir(t, 'bpm-pack-')
+
+  // 1. napi packaging for the local target: the built binary goes into its platform package.
+  const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8'))
+  pkg.napi.targets = [target]
+  fs.writeFileSync(path.join(work, 'package.json'), JSON.stringify(pkg, null, 2))
+  fs.cpSync(path.join(ROOT, 'npm', platform), path.join(work, 'npm', platform), { recursive: true })
+  fs.mkdirSync(path.join(work, 'artifacts', `bindings-${target}`), { recursive: true })
+  fs.copyFileSync(path.join(ROOT, binaryName), path.join(work, 'artifacts', `bindings-${target}`, binaryName))
+  execFileSync(process.execPath, [path.join(ROOT, 'node_modules', '@napi-rs', 'cli', 'dist', 'cli.js'), 'artifacts', '--cwd', work, '-d', 'artifacts', '--npm-dir', 'npm'], { stdio: 'pipe' })
+
+  // 2. npm pack both packages; the main package ships only what users need.
+  const [platformPack] = JSON.parse(npm(['pack', '--json', '--pack-destination', work], path.join(work, 'npm', platform)))
+  assert.deepEqual(platformPack.files.map((f) => f.path).sort(), ['README.md', binaryName, 'package.json'])
+  const [mainPack] = JSON.parse(npm(['pack', '--json', '--pack-destination', work], ROOT))
+  const shipped = mainPack.files.map((f) => f.path).sort()
+  assert.deepEqual(shipped, ['LICENSE', 'README.md', 'binding.d.ts', 'binding.js', 'cli.js', 'index.d.ts', 'index.js', 'lib/errors.js', 'lib/format.js', 'lib/options.js', 'package.json'])
+  t.diagnostic(`main package ${mainPack.size} bytes packed; platform package ${platformPack.size} bytes packed`)
+
+  // 3. A fresh app project, outside the repository, installs both tarballs.
+  const app = path.join(work, 'app')
+  fs.mkdirSync(path.join(app, 'backend-nodejs'), { recursive: true })
+  fs.writeFileSync(path.join(app, 'package.json'), JSON.stringify({ name: 'app', version: '1.0.0', private: true }))
+  fs.copyFileSync(path.join(ROOT, 'examples', 'backend', 'server.js'), path.join(app, 'backend-nodejs', 'server.js'))
+  npm(['install', '--no-audit', '--no-fund', '--offline', path.join(work, mainPack.filename), path.join(work, platformPack.filename)], app)
+  const installed = path.join(app, 'node_modules', 'backend-process-manager')
+  assert.ok(!fs.readdirSync(installed).some((f) => f.endsWith('.node')), 'the binary comes from the platform package')
+
+  // 4. Use it there, with the defaults of the original setup (backend-nodejs/server.js, port 8000…).
+  const stateDir = path.join(work, 'state')
+  const script = `
+    const http = require('node:http')
+    const { ProcessManager } = require('backend-process-manager')
+    const binary = require.resolve('backend-process-manager-${platform}')
+    const pm = new ProcessManager({ stateDir: ${JSON.stringify(stateDir)}, logger: false })
+    pm.startBackend(process.cwd()).then(async (b) => {
+      const status = await new Promise((resolve, reject) => http.get(b.url + '/health', (res) => { res.resume(); resolve(res.statusCode) }).on('error', reject))
+      const stopped = await pm.stopBackend()
+      console.log(JSON.stringify({ binary, pid: b.pid, status, stopped }))
+    })`
+  const out = JSON.parse(execFileSync(process.execPath, ['-e', script], { cwd: app, encoding: 'utf8', env: { ...process.env, NODE_PATH: '' } }))
+  assert.ok(out.binary.startsWith(path.join(app, 'node_modules')), out.binary)
+  assert.equal(out.status, 200)
+  assert.equal(out.stopped.forced, false)
+  assert.equal(isAlive(out.pid), false)
+  assert.deepEqual(fs.readdirSync(stateDir), [])
+
+  // 5. The CLI is linked as a bin.
+  const help = execFileSync(path.join(app, 'node_modules', '.bin', 'backend-pm'), ['--help'], { cwd: app, encoding: 'utf8' })
+  assert.match(help, /Usage: backend-pm <command>/)
+})
