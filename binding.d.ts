@@ -21,6 +21,7 @@ export declare class NativeManager {
   waitForReady(port: number, maxRetries: number, retryDelayMs: number): Promise<boolean>
 }
 
+/** The running backend. */
 export interface BackendInfo {
   pid: number
   port: number
@@ -33,6 +34,7 @@ export interface BackendInfo {
 /** One GET of `http://host:port/path`; true on a 2xx answer within `timeoutMs`. Never uses a proxy. */
 export declare function checkHealth(host: string, port: number, path: string, timeoutMs: number): Promise<boolean>
 
+/** What a cleanup did with one file of the state folder. */
 export interface CleanupItem {
   file: string
   action: 'terminated' | 'stale-removed' | 'invalid-removed' | 'failed' | 'not-deleted'
@@ -111,8 +113,13 @@ export interface PortHolder {
  */
 export declare function portHolders(ports: Array<number>): Promise<Array<PortHolder>>
 
+/** One PID record of the state folder and what is known of its backend now. */
 export interface RecordStatus {
   file: string
+  /**
+   * `running`: alive, its app too; `orphaned`: alive, its app gone; `stale`: the process is gone or is
+   * another program now; `invalid`: the file cannot be trusted or parsed (see `problem`).
+   */
   state: 'running' | 'orphaned' | 'stale' | 'invalid'
   name: string | null
   pid: number | null
@@ -123,11 +130,15 @@ export interface RecordStatus {
   alive: boolean
   orphaned: boolean
   uptimeMs: number | null
+  /** Average CPU use over the backend's life, in percent of one core. */
   cpuPercent: number | null
+  /** Resident memory. */
   memoryBytes: number | null
   processName: string | null
+  /** The process listening on the record's port, where the OS tells. */
   listenerPid: number | null
   listenerName: string | null
+  /** Why an `invalid` record cannot be used. */
   problem: string | null
 }
 
@@ -137,10 +148,14 @@ export declare function recordStatuses(stateDir: string): Promise<Array<RecordSt
 /** Gives a port reserved by `findAvailablePort` back before its reservation ends. */
 export declare function releasePort(port: number): void
 
+/** How a stop went. */
 export interface StopResult {
   pid: number
   exitCode: number | null
+  /** The signal that ended the backend, such as `'SIGKILL'`. */
   signal: string | null
+  /** The force kill was needed: the backend did not exit within `stopTimeoutMs`. */
   forced: boolean
+  /** From the stop request until the whole process group was gone. */
   durationMs: number
 }

@@ -1,5 +1,11 @@
-// Public types of backend-process-manager (API.md). The native binding's generated types are in binding.d.ts.
+// Public types of backend-process-manager. Shapes that the native binding returns as they are come from its
+// generated types (binding.d.ts), so the two cannot drift apart.
 import { EventEmitter } from 'node:events'
+import type { BackendInfo, StopResult, RecordStatus, CleanupItem, PortHolder } from './binding'
+
+export type { BackendInfo, StopResult, RecordStatus, CleanupItem, PortHolder }
+export type RecordState = RecordStatus['state']
+export type CleanupAction = CleanupItem['action']
 
 /** The methods the manager logs through; `console` by default. */
 export interface Logger {
@@ -43,56 +49,12 @@ export interface ProcessManagerOptions {
   logger?: Logger | false
 }
 
-export interface BackendInfo {
-  pid: number
-  port: number
-  host: string
-  url: string
-  /** Epoch milliseconds. */
-  startedAt: number
-}
-
-export interface StopResult {
-  pid: number
-  exitCode: number | null
-  signal: string | null
-  /** The force kill was needed: the backend did not exit within `stopTimeoutMs`. */
-  forced: boolean
-  durationMs: number
-}
-
 export interface ExitEvent {
   pid: number
   exitCode: number | null
   signal: string | null
   /** False when nobody asked the backend to stop (it crashed or was killed from outside). */
   expected: boolean
-}
-
-export type RecordState = 'running' | 'orphaned' | 'stale' | 'invalid'
-
-/** One PID record of the state folder and what is known of its backend now. */
-export interface RecordStatus {
-  file: string
-  state: RecordState
-  name: string | null
-  pid: number | null
-  port: number | null
-  host: string | null
-  startedAt: number | null
-  ownerPid: number | null
-  alive: boolean
-  orphaned: boolean
-  uptimeMs: number | null
-  /** Average CPU use over the backend's life, in percent of one core. */
-  cpuPercent: number | null
-  memoryBytes: number | null
-  processName: string | null
-  /** The process listening on the record's port, where the OS tells. */
-  listenerPid: number | null
-  listenerName: string | null
-  /** Why an `invalid` record cannot be trusted. */
-  problem: string | null
 }
 
 export interface StatusReport {
@@ -172,30 +134,6 @@ export interface FindPortOptions {
   exclude?: Iterable<number>
   /** Check only this address instead of all four (127.0.0.1, ::1, 0.0.0.0, ::). */
   host?: string
-}
-
-export interface PortHolder {
-  port: number
-  pid: number | null
-  name: string | null
-}
-
-export type CleanupAction =
-  | 'terminated'
-  | 'stale-removed'
-  | 'invalid-removed'
-  | 'failed'
-  | 'not-deleted'
-  | 'untrusted'
-  | 'busy'
-
-export interface CleanupItem {
-  file: string
-  action: CleanupAction
-  name: string | null
-  pid: number | null
-  port: number | null
-  detail: string
 }
 
 /** True when `port` binds on 127.0.0.1, ::1 (where IPv6 exists), 0.0.0.0 and ::. */

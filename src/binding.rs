@@ -156,9 +156,12 @@ pub fn default_state_dir() -> String {
   record::default_state_dir().to_string_lossy().into_owned()
 }
 
+/// One PID record of the state folder and what is known of its backend now.
 #[napi(object, use_nullable = true)]
 pub struct RecordStatus {
   pub file: String,
+  /// `running`: alive, its app too; `orphaned`: alive, its app gone; `stale`: the process is gone or is
+  /// another program now; `invalid`: the file cannot be trusted or parsed (see `problem`).
   #[napi(ts_type = "'running' | 'orphaned' | 'stale' | 'invalid'")]
   pub state: String,
   pub name: Option<String>,
@@ -170,11 +173,15 @@ pub struct RecordStatus {
   pub alive: bool,
   pub orphaned: bool,
   pub uptime_ms: Option<f64>,
+  /// Average CPU use over the backend's life, in percent of one core.
   pub cpu_percent: Option<f64>,
+  /// Resident memory.
   pub memory_bytes: Option<f64>,
   pub process_name: Option<String>,
+  /// The process listening on the record's port, where the OS tells.
   pub listener_pid: Option<u32>,
   pub listener_name: Option<String>,
+  /// Why an `invalid` record cannot be used.
   pub problem: Option<String>,
 }
 
@@ -213,6 +220,7 @@ pub async fn record_statuses(state_dir: String) -> Vec<RecordStatus> {
     .collect()
 }
 
+/// What a cleanup did with one file of the state folder.
 #[napi(object, use_nullable = true)]
 pub struct CleanupItem {
   pub file: String,
@@ -289,6 +297,7 @@ pub struct LaunchSpec {
   pub entry_file: Option<String>,
 }
 
+/// The running backend.
 #[napi(object)]
 pub struct BackendInfo {
   pub pid: u32,
@@ -311,12 +320,16 @@ impl From<manager::BackendInfo> for BackendInfo {
   }
 }
 
+/// How a stop went.
 #[napi(object, use_nullable = true)]
 pub struct StopResult {
   pub pid: u32,
   pub exit_code: Option<i32>,
+  /// The signal that ended the backend, such as `'SIGKILL'`.
   pub signal: Option<String>,
+  /// The force kill was needed: the backend did not exit within `stopTimeoutMs`.
   pub forced: bool,
+  /// From the stop request until the whole process group was gone.
   pub duration_ms: f64,
 }
 

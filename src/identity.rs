@@ -26,7 +26,7 @@ pub fn own_pid() -> u32 {
 }
 
 #[cfg(target_os = "linux")]
-mod imp {
+mod linux {
   use super::{Identity, Usage};
   use std::fs;
 
@@ -149,13 +149,17 @@ mod imp {
   }
 }
 
-#[cfg(not(target_os = "linux"))]
-mod imp {
+/// macOS, Windows and the rest, through `sysinfo`. Also compiled into Linux test builds, so that its use of
+/// `sysinfo` is checked and exercised on the machine where the project is built.
+#[cfg(any(not(target_os = "linux"), test))]
+#[cfg_attr(target_os = "linux", allow(dead_code))]
+mod portable {
   use super::{Identity, Usage};
   use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System, UpdateKind};
 
   fn with_process<T>(pid: u32, f: impl FnOnce(&sysinfo::Process) -> T) -> Option<T> {
-    let mut system = System::new();
+    // sysinfo 0.40: System::new() returns a Result.
+    let mut system = System::new().ok()?;
     let spid = Pid::from_u32(pid);
     let kind = ProcessRefreshKind::nothing()
       .with_exe(UpdateKind::Always)
@@ -183,8 +187,15 @@ mod imp {
     })
   }
 
+  /// The executable's file name where known, else the name the OS reports.
   pub fn process_name(pid: u32) -> Option<String> {
-    with_process(pid, |p| p.name().to_string_lossy().into_owned())
+    with_process(pid, |p| {
+      p.exe()
+        .and_then(|e| e.file_name())
+        .unwrap_or(p.name())
+        .to_string_lossy()
+        .into_owned()
+    })
   }
 
   pub fn process_group(pid: u32) -> Option<u32> {
@@ -225,7 +236,10 @@ mod imp {
   }
 }
 
-pub use imp::{group_members, identity, is_alive, process_group, process_name, usage};
+#[cfg(target_os = "linux")]
+pub use linux::{group_members, identity, is_alive, process_group, process_name, usage};
+#[cfg(not(target_os = "linux"))]
+pub use portable::{group_members, identity, is_alive, process_group, process_name, usage};
 
 /// True when `pid` is alive and is still the process that `expected` describes (same start time, and the
 /// same executable where both are known).
@@ -270,6 +284,24 @@ mod tests {
     child.wait().unwrap();
     assert!(!is_alive(pid));
     assert!(identity(pid).is_none());
+  }
+
+  /// The sysinfo-based code of the other systems agrees with /proc on what it can be compared on.
+  #[test]
+  fn the_portable_implementation_agrees_with_proc() {
+    let me = own_pid();
+    assert!(portable::is_alive(me));
+    assert_eq!(
+      portable::identity(me).unwrap().exe,
+      identity(me).unwrap().exe
+    );
+    assert_eq!(portable::process_name(me), process_name(me));
+    assert_eq!(portable::process_group(me), process_group(me));
+    assert!(portable::usage(me).unwrap().memory_bytes > 1024 * 1024);
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    assert!(!portable::is_alive(pid));
   }
 
   #[test]
