@@ -78,7 +78,9 @@ class ProcessManager extends EventEmitter {
     if (this.#starting) return this.#starting
     const running = this.backend
     if (running) return running
-    this.#keepAlive ??= setInterval(() => {}, 2 ** 30)
+    // The timer's callback holds `this`, so the manager (and the native side that will report the exit)
+    // cannot be garbage-collected while its backend runs, even if the app drops its last reference.
+    this.#keepAlive ??= setInterval(() => void this, 2 ** 30)
     this.#starting = (async () => {
       if (this.#stopping) await this.#stopping.catch(() => {})
       const info = await call(() => this.#native.start(this.#launch(projectRoot, Boolean(isPackaged))))

@@ -73,6 +73,30 @@ test('the preferred port held by another process → the next free port', async 
   assert.ok(logger.lines.some((l) => l.includes(`port ${port} is in use`)), logger.lines.join('\n'))
 })
 
+test('a backend that loses its port to another program (EADDRINUSE) is started again on the next port', async (t) => {
+  const port = await freeRun(8)
+  const { pm, stateDir, logger } = fixtureManager(t, { port, env: { EADDRINUSE_BELOW: String(port + 2) } })
+  const exits = []
+  pm.on('exit', (e) => exits.push(e))
+  const b = await pm.startBackend(ROOT)
+  assert.equal(b.port, port + 2)
+  assert.equal(exits.length, 2, 'two attempts ended')
+  for (const e of exits) assert.equal(isAlive(e.pid), false)
+  assert.deepEqual(records(stateDir), [`fixture-${b.pid}.json`])
+  assert.equal(logger.lines.filter((l) => l.includes('took port')).length, 2, logger.lines.join('\n'))
+})
+
+test('when every retry loses its port, the start fails with ERR_BACKEND_EXITED and the last output', async (t) => {
+  const port = await freeRun(8)
+  const { pm, stateDir } = fixtureManager(t, { port, env: { EADDRINUSE_BELOW: String(port + 100) } })
+  const err = await pm.startBackend(ROOT).catch((e) => e)
+  assert.equal(err.code, 'ERR_BACKEND_EXITED')
+  assert.equal(err.exitCode, 1)
+  assert.match(err.message, /EADDRINUSE/)
+  assert.match(err.stderrTail.at(-1), new RegExp(`EADDRINUSE.*:${port + 3}$`), 'four tries: the port and three more')
+  assert.deepEqual(records(stateDir), [])
+})
+
 test('a backend that listens after ~1.5 s is seen ready within 100 ms of listening', async (t) => {
   const mark = path.join(tempDir(t), 'listened')
   const { pm } = fixtureManager(t, { port: await freeRun(3), env: { LISTEN_DELAY_MS: '1500', LISTEN_MARK_FILE: mark } })

@@ -137,8 +137,12 @@ pub async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'st
 
 enum Attempt {
   Ready(Arc<Backend>),
-  /// The backend lost the race for its port; try the next one.
-  PortTaken(u16),
+  /// The backend lost the race for its port (it said so, then exited); try the next one. `exited` is the
+  /// error to report if no try is left.
+  PortTaken {
+    port: u16,
+    exited: PmError,
+  },
 }
 
 impl Manager {
@@ -302,23 +306,34 @@ impl Manager {
       }
       match self.attempt(&launch, port, cancel.clone()).await {
         Ok(Attempt::Ready(backend)) => return Ok(backend),
-        Ok(Attempt::PortTaken(port)) if attempt < ADDRESS_IN_USE_RETRIES => {
+        Ok(Attempt::PortTaken { port, .. }) if attempt < ADDRESS_IN_USE_RETRIES => {
           self.log(
             Level::Warn,
-            format!("another program took port {port} before the backend could; trying the next port"),
+            format!(
+              "another program took port {port} before the backend could; trying the next port"
+            ),
           );
           exclude.insert(port);
           start_from = port.saturating_add(1).min(last_port);
         }
-        Ok(Attempt::PortTaken(port)) => {
+        Ok(Attempt::PortTaken { port, exited }) => {
+          let PmError::BackendExited {
+            exit_code,
+            signal,
+            stderr_tail,
+            ..
+          } = exited
+          else {
+            return Err(exited);
+          };
           return Err(PmError::BackendExited {
             message: format!(
-              "the backend could not listen: port {port} and {ADDRESS_IN_USE_RETRIES} others were taken by other programs first"
+              "the backend could not listen: port {port} and the {ADDRESS_IN_USE_RETRIES} ports tried before it were taken by other programs first (EADDRINUSE). See stderrTail for its last output"
             ),
-            exit_code: None,
-            signal: None,
-            stderr_tail: Vec::new(),
-          })
+            exit_code,
+            signal,
+            stderr_tail,
+          });
         }
         Err(e) => return Err(e),
       }
@@ -423,12 +438,9 @@ impl Manager {
         child.output.wait_closed(OUTPUT_DRAIN).await;
         let port_taken = child.output.address_in_use.load(Ordering::SeqCst);
         self.finish(&backend, false).await;
-        if port_taken {
-          return Ok(Attempt::PortTaken(port));
-        }
         let tail = child.output.stderr_tail();
         let hint = tail.last().map(|l| format!(": {l}")).unwrap_or_default();
-        Err(PmError::BackendExited {
+        let exited = PmError::BackendExited {
           message: format!(
             "the backend exited with {} before it became healthy{hint}. See stderrTail for its last output",
             exit.describe()
@@ -436,7 +448,11 @@ impl Manager {
           exit_code: exit.exit_code,
           signal: exit.signal,
           stderr_tail: tail,
-        })
+        };
+        if port_taken {
+          return Ok(Attempt::PortTaken { port, exited });
+        }
+        Err(exited)
       }
       ready = health::wait_until_healthy(&target, config.health_timeout, deadline, Duration::from_millis(500)) => {
         match ready {
