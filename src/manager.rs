@@ -87,6 +87,8 @@ struct Backend {
   record_path: Option<PathBuf>,
   stop_requested: AtomicBool,
   stop_requested_at: Mutex<Option<Instant>>,
+  /// Set, under the phase lock, once the backend is gone and its record deleted.
+  ended: AtomicBool,
   finished: OnceCell<StopResult>,
 }
 
@@ -244,6 +246,9 @@ impl Manager {
     let result = self.start_inner(launch, cancel_rx).await;
     let mut phase = self.phase();
     match &result {
+      // A backend that died right after its health check was already finished (and its `exit` emitted)
+      // while the phase still said "starting": it must not be left looking like the running one.
+      Ok(backend) if backend.ended.load(Ordering::SeqCst) => *phase = Phase::Idle,
       Ok(backend) => *phase = Phase::Running(backend.clone()),
       Err(_) => *phase = Phase::Idle,
     }
@@ -411,6 +416,7 @@ impl Manager {
       record_path,
       stop_requested: AtomicBool::new(false),
       stop_requested_at: Mutex::new(None),
+      ended: AtomicBool::new(false),
       finished: OnceCell::new(),
     });
     if let Phase::Starting { backend: slot, .. } = &mut *self.phase() {
@@ -566,6 +572,7 @@ impl Manager {
         port::release_port(backend.info.port);
         {
           let mut phase = self.phase();
+          backend.ended.store(true, Ordering::SeqCst);
           let is_current = match &*phase {
             Phase::Running(b) => Arc::ptr_eq(b, backend),
             _ => false,
