@@ -34,30 +34,39 @@ class ProcessManager extends EventEmitter {
   constructor(options) {
     super()
     this.#options = resolveOptions(options)
-    const { logger, name } = this.#options
-    const log = (level, text) => {
-      if (logger && typeof logger[level] === 'function') logger[level](`[${name}] ${text}`)
-    }
-    this.#native = wrapNative(() => new native.NativeManager(nativeConfig(this.#options), (event) => {
-      switch (event.kind) {
-        case 'stdout':
-        case 'stderr':
-          this.emit(event.kind, event.text)
-          break
-        case 'exit':
-          this.#releaseLoopIfIdle()
-          this.emit('exit', {
-            pid: event.pid,
-            exitCode: event.exitCode ?? null,
-            signal: event.signal ?? null,
-            expected: event.expected === true,
-          })
-          break
-        case 'log':
-          log(event.level || 'info', event.text)
-          break
+    // The native side holds this callback for good; through a WeakRef it does not hold the manager, so an
+    // idle manager the app no longer uses can be garbage-collected (a running one is held by #keepAlive).
+    const onEvent = ProcessManager.#forwarder(new WeakRef(this))
+    this.#native = wrapNative(() => new native.NativeManager(nativeConfig(this.#options), onEvent))
+  }
+
+  /** Built outside the constructor, so the closure cannot capture the instance itself. */
+  static #forwarder(weak) {
+    return (event) => weak.deref()?.#onNativeEvent(event)
+  }
+
+  #onNativeEvent(event) {
+    switch (event.kind) {
+      case 'stdout':
+      case 'stderr':
+        this.emit(event.kind, event.text)
+        break
+      case 'exit':
+        this.#releaseLoopIfIdle()
+        this.emit('exit', {
+          pid: event.pid,
+          exitCode: event.exitCode ?? null,
+          signal: event.signal ?? null,
+          expected: event.expected === true,
+        })
+        break
+      case 'log': {
+        const { logger, name } = this.#options
+        const level = event.level || 'info'
+        if (logger && typeof logger[level] === 'function') logger[level](`[${name}] ${event.text}`)
+        break
       }
-    }))
+    }
   }
 
   /** The options in force, defaults applied. */

@@ -93,3 +93,17 @@ test('property: arbitrary option values either construct or throw ERR_INVALID_AR
     }
   }
 })
+
+test('managers the app no longer references are garbage-collected (no cycle through the native callback)', (t) => {
+  const { execFileSync } = require('node:child_process')
+  const code = `
+    const { ProcessManager } = require(${JSON.stringify(path.resolve(__dirname, '..'))})
+    let collected = 0
+    const registry = new FinalizationRegistry(() => collected++)
+    for (let i = 0; i < 200; i++) registry.register(new ProcessManager({ logger: false }), i)
+    const settle = (n) => { gc(); if (n === 0) return console.log(collected); setTimeout(() => settle(n - 1), 20) }
+    settle(10)`
+  const collected = Number(execFileSync(process.execPath, ['--expose-gc', '-e', code], { encoding: 'utf8' }))
+  t.diagnostic(`${collected} of 200 managers collected`)
+  assert.ok(collected >= 190, `only ${collected} of 200 managers were collected`)
+})
