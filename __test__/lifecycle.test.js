@@ -360,3 +360,12 @@ test('stopBackend during startBackend stops the starting backend and rejects the
   assert.equal(isAlive(pids[0]), false)
   assert.deepEqual(records(stateDir), [])
 })
+
+test('a backend listening on every interface (host 0.0.0.0) is probed and reached through loopback', async (t) => {
+  const { pm } = fixtureManager(t, { host: '0.0.0.0', port: await freeRun(3) })
+  const b = await pm.startBackend(ROOT)
+  assert.equal(b.host, '0.0.0.0')
+  assert.equal(b.url, `http://127.0.0.1:${b.port}`)
+  assert.equal(await get(`${b.url}/health`), 200)
+  assert.equal(await pm.isPortAvailable(b.port), false)
+})

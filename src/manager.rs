@@ -116,8 +116,19 @@ fn now_ms() -> u64 {
     .unwrap_or(0)
 }
 
-fn url_for(host: IpAddr, port: u16) -> String {
+/// Where to reach a backend that listens on `host`: a wildcard address (0.0.0.0, ::) means "every
+/// interface", which is reached through loopback — connecting to the wildcard itself fails on macOS and
+/// Windows.
+fn reachable(host: IpAddr) -> IpAddr {
   match host {
+    IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+    other => other,
+  }
+}
+
+fn url_for(host: IpAddr, port: u16) -> String {
+  match reachable(host) {
     IpAddr::V4(ip) => format!("http://{ip}:{port}"),
     IpAddr::V6(ip) => format!("http://[{ip}]:{port}"),
   }
@@ -180,7 +191,7 @@ impl Manager {
 
   fn target(&self, port: u16) -> Target {
     Target {
-      host: self.config.host,
+      host: reachable(self.config.host),
       port,
       path: self.config.health_path.clone(),
     }
@@ -673,6 +684,20 @@ mod tests {
     fn log(&self, _level: Level, message: String) {
       self.logs.lock().unwrap().push(message);
     }
+  }
+
+  #[test]
+  fn a_wildcard_host_is_reached_through_loopback() {
+    assert_eq!(
+      url_for("0.0.0.0".parse().unwrap(), 80),
+      "http://127.0.0.1:80"
+    );
+    assert_eq!(url_for("::".parse().unwrap(), 80), "http://[::1]:80");
+    assert_eq!(url_for("::1".parse().unwrap(), 80), "http://[::1]:80");
+    assert_eq!(
+      url_for("127.0.0.2".parse().unwrap(), 80),
+      "http://127.0.0.2:80"
+    );
   }
 
   fn python_available() -> bool {
