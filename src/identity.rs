@@ -71,24 +71,14 @@ mod linux {
     live_stat(pid)?.get(PGRP)?.parse().ok()
   }
 
-  fn clock_ticks_per_second() -> f64 {
+  /// A `sysconf` value, or `fallback` where the system does not say.
+  fn sysconf_or(name: libc::c_int, fallback: u64) -> u64 {
     // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 {
-      ticks as f64
-    } else {
-      100.0
-    }
-  }
-
-  fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 {
-      size as u64
-    } else {
-      4096
-    }
+    let value = unsafe { libc::sysconf(name) };
+    u64::try_from(value)
+      .ok()
+      .filter(|v| *v > 0)
+      .unwrap_or(fallback)
   }
 
   fn uptime_seconds() -> Option<f64> {
@@ -99,7 +89,7 @@ mod linux {
   pub fn usage(pid: u32) -> Option<Usage> {
     let fields = live_stat(pid)?;
     let num = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    let hz = clock_ticks_per_second();
+    let hz = sysconf_or(libc::_SC_CLK_TCK, 100) as f64;
     let cpu_seconds = (num(UTIME)? + num(STIME)?) as f64 / hz;
     let started = num(START_TIME)? as f64 / hz;
     let alive_seconds = (uptime_seconds()? - started).max(0.0);
@@ -111,7 +101,7 @@ mod linux {
     let name = process_name(pid).unwrap_or_default();
     Some(Usage {
       cpu_percent,
-      memory_bytes: num(RSS_PAGES)? * page_size(),
+      memory_bytes: num(RSS_PAGES)? * sysconf_or(libc::_SC_PAGESIZE, 4096),
       uptime_ms: (alive_seconds * 1000.0) as u64,
       name,
     })
