@@ -147,13 +147,13 @@ async function testPorts(values, positionals, options) {
     port,
     available: available[i],
     pid: holders.get(port)?.pid ?? null,
-    processName: holders.get(port)?.name ?? null,
+    name: holders.get(port)?.name ?? null,
   }))
   if (values.json) return printJson({ ports: rows })
   print(table(['PORT', 'STATUS', 'HELD BY'], rows.map((r) => [
     r.port,
     r.available ? 'free' : 'busy',
-    r.available ? '' : r.pid != null ? `pid ${r.pid} (${r.processName ?? '?'})` : 'unknown process',
+    r.available ? '' : r.pid != null ? `pid ${r.pid} (${r.name ?? '?'})` : 'unknown process',
   ])))
   print(`${rows.filter((r) => r.available).length} of ${rows.length} ports free.`)
 }

@@ -96,7 +96,7 @@ test('test-ports marks a held port busy and names the holding process', async (t
   const held = ports[2]
   assert.equal(held.available, false)
   assert.equal(held.pid, process.pid)
-  assert.equal(held.processName, 'node')
+  assert.equal(held.name, 'node')
   for (const i of [0, 1, 3, 4]) assert.equal(ports[i].available, true)
 
   const human = await cli(['test-ports', String(start), '--count', '5'])
