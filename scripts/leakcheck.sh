@@ -11,5 +11,5 @@ echo "valgrind on $binary"
 valgrind --quiet --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite \
   --error-exitcode=1 --trace-children=no --child-silent-after-fork=yes \
   "$binary" --test-threads=1 spawn:: stop:: manager:: identity:: record:: health:: port:: sockets:: \
-  --skip the_portable_implementation_agrees_with_proc 2>&1 | tee /tmp/bpm-leakcheck.log
+  --skip the_portable_implementation_agrees_with_proc 2>&1 | tee target/leakcheck.log
 echo "leakcheck: no definite leaks, no memory errors"
