@@ -125,25 +125,52 @@ impl PinnedProcess {
 
   pub fn signal(&self, sig: Stop) -> bool {
     #[cfg(target_os = "linux")]
-    if let Some(fd) = &self.pidfd {
-      use std::os::fd::AsRawFd;
-      let signo = match sig {
-        Stop::Polite => libc::SIGTERM,
-        Stop::Force => libc::SIGKILL,
-      };
-      // SAFETY: the fd is a valid pidfd we own; a null siginfo is allowed.
-      let rc = unsafe {
-        libc::syscall(
-          libc::SYS_pidfd_send_signal,
-          fd.as_raw_fd(),
-          signo,
-          std::ptr::null::<libc::siginfo_t>(),
-          0,
-        )
-      };
-      return rc == 0;
+    if self.pidfd.is_some() {
+      return self.pidfd_signal(sig, 0) == Some(true);
     }
     signal_pid(self.pid, sig)
+  }
+
+  /// Signals the process group this (verified) process leads, each process once. Linux 6.9+ does it through
+  /// the pidfd (`PIDFD_SIGNAL_PROCESS_GROUP`), so it cannot reach a group whose leader was replaced; before
+  /// that, `killpg` right after the identity check.
+  pub fn signal_group(&self, sig: Stop) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+      const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
+      if let Some(sent) = self.pidfd_signal(sig, PIDFD_SIGNAL_PROCESS_GROUP) {
+        return sent;
+      }
+    }
+    signal_group(self.pid, sig)
+  }
+
+  /// `Some(sent)`, or `None` when the kernel does not know the flags (or there is no pidfd).
+  #[cfg(target_os = "linux")]
+  fn pidfd_signal(&self, sig: Stop, flags: libc::c_uint) -> Option<bool> {
+    use std::os::fd::AsRawFd;
+    let fd = self.pidfd.as_ref()?;
+    let signo = match sig {
+      Stop::Polite => libc::SIGTERM,
+      Stop::Force => libc::SIGKILL,
+    };
+    // SAFETY: the fd is a valid pidfd we own; a null siginfo is allowed.
+    let rc = unsafe {
+      libc::syscall(
+        libc::SYS_pidfd_send_signal,
+        fd.as_raw_fd(),
+        signo,
+        std::ptr::null::<libc::siginfo_t>(),
+        flags,
+      )
+    };
+    if rc == 0 {
+      Some(true)
+    } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+      None
+    } else {
+      Some(false)
+    }
   }
 
   /// Waits up to `timeout` for the process to exit; true when it has.

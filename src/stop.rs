@@ -96,13 +96,14 @@ pub fn terminate_orphan(pid: u32, expected: &identity::Identity, grace: Duration
   if !identity::matches(pid, expected) {
     return false;
   }
-  // The backend led its own group; grandchildren in it get the same signals. Only while the pinned leader
-  // is alive and verified does that group id belong to it.
+  // The backend led its own group; grandchildren in it get the same signals, each process one of each.
+  // Only while the pinned leader is alive and verified does that group id belong to it.
   let leads_group = identity::process_group(pid) == Some(pid);
   let signal_all = |sig: Stop| {
-    pinned.signal(sig);
     if leads_group {
-      signal_group(pid, sig);
+      pinned.signal_group(sig);
+    } else {
+      pinned.signal(sig);
     }
   };
   signal_all(Stop::Polite);
@@ -118,4 +119,65 @@ pub fn terminate_orphan(pid: u32, expected: &identity::Identity, grace: Duration
   }
   signal_all(Stop::Force);
   pinned.wait_exit(FORCE_GRACE)
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use std::os::unix::process::CommandExt;
+
+  /// A process leading its own group, with two children in that group (like a backend found through an
+  /// orphan's record).
+  fn group_with_children() -> std::process::Child {
+    std::process::Command::new("/bin/sh")
+      .args(["-c", "sleep 30 & sleep 30 & wait"])
+      .process_group(0)
+      .spawn()
+      .unwrap()
+  }
+
+  fn wait_for_members(pgid: u32, count: usize) -> Vec<u32> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+      let members = identity::group_members(pgid, pgid);
+      if members.len() >= count || std::time::Instant::now() > deadline {
+        return members;
+      }
+      std::thread::sleep(Duration::from_millis(5));
+    }
+  }
+
+  #[test]
+  fn terminating_a_matching_orphan_ends_its_whole_group() {
+    let mut leader = group_with_children();
+    let pid = leader.id();
+    let children = wait_for_members(pid, 2);
+    assert_eq!(children.len(), 2, "the two children started");
+    let expected = identity::identity(pid).unwrap();
+    assert!(terminate_orphan(pid, &expected, Duration::from_secs(2)));
+    leader.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while children.iter().any(|&c| identity::is_alive(c)) && std::time::Instant::now() < deadline {
+      std::thread::sleep(Duration::from_millis(5));
+    }
+    for child in children {
+      assert!(!identity::is_alive(child), "group member {child} survived");
+    }
+  }
+
+  #[test]
+  fn a_process_that_does_not_match_its_record_is_not_signalled() {
+    let mut leader = group_with_children();
+    let pid = leader.id();
+    let mut other_start = identity::identity(pid).unwrap();
+    other_start.start_time += 1;
+    assert!(!terminate_orphan(
+      pid,
+      &other_start,
+      Duration::from_millis(100)
+    ));
+    assert!(identity::is_alive(pid));
+    signal_group(pid, Stop::Force);
+    leader.wait().unwrap();
+  }
 }
