@@ -93,7 +93,7 @@ export interface ManagerConfig {
 export interface ManagerEvent {
   kind: 'stdout' | 'stderr' | 'exit' | 'log'
   text: string | null
-  level: 'info' | 'warn' | 'error' | null | null
+  level: 'info' | 'warn' | null | null
   pid: number | null
   exitCode: number | null
   signal: string | null

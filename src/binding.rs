@@ -340,7 +340,7 @@ pub struct ManagerEvent {
   #[napi(ts_type = "'stdout' | 'stderr' | 'exit' | 'log'")]
   pub kind: String,
   pub text: Option<String>,
-  #[napi(ts_type = "'info' | 'warn' | 'error' | null")]
+  #[napi(ts_type = "'info' | 'warn' | null")]
   pub level: Option<String>,
   pub pid: Option<u32>,
   pub exit_code: Option<i32>,
@@ -419,7 +419,6 @@ impl Events for JsEvents {
       match level {
         Level::Info => "info",
         Level::Warn => "warn",
-        Level::Error => "error",
       }
       .into(),
     );

@@ -70,7 +70,6 @@ pub struct StopResult {
 pub enum Level {
   Info,
   Warn,
-  Error,
 }
 
 /// Where the manager reports what happens (the binding forwards these to JS).
@@ -669,21 +668,17 @@ mod tests {
   #[derive(Default)]
   struct Recorded {
     exits: StdMutex<Vec<(u32, ExitInfo, bool)>>,
-    logs: StdMutex<Vec<String>>,
+    exit_count: tokio::sync::watch::Sender<usize>,
   }
 
   impl Events for Recorded {
     fn line(&self, _stream: Stream, _text: String) {}
     fn exit(&self, pid: u32, exit: &ExitInfo, expected: bool) {
-      self
-        .exits
-        .lock()
-        .unwrap()
-        .push((pid, exit.clone(), expected));
+      let mut exits = self.exits.lock().unwrap();
+      exits.push((pid, exit.clone(), expected));
+      self.exit_count.send_replace(exits.len());
     }
-    fn log(&self, _level: Level, message: String) {
-      self.logs.lock().unwrap().push(message);
-    }
+    fn log(&self, _level: Level, _message: String) {}
   }
 
   #[test]
@@ -767,11 +762,13 @@ mod tests {
     assert!(pm.stop().await.is_none());
 
     let info = pm.start(python_server(dir.path())).await.unwrap();
+    let mut exit_count = events.exit_count.subscribe();
     crate::signal::signal_pid(info.pid, crate::signal::Stop::Force);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while events.exits.lock().unwrap().len() < 2 && std::time::Instant::now() < deadline {
-      tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let second_exit = exit_count.wait_for(|n| *n >= 2);
+    tokio::time::timeout(Duration::from_secs(5), second_exit)
+      .await
+      .expect("the crash is reported")
+      .unwrap();
     let exits = events.exits.lock().unwrap().clone();
     assert_eq!(exits.len(), 2, "{exits:?}");
     assert!(exits[0].2, "the first exit was asked for");
