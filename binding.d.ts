@@ -11,14 +11,22 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 
 /** The native half of `ProcessManager`: one named backend's lifecycle. */
 export declare class NativeManager {
-  constructor(config: ManagerConfig, onEvent: (event: ManagerEvent) => void)
+  /** Checks the options (every rule of the API lives in the core) and makes the manager. */
+  constructor(options: Record<string, unknown> | undefined | null, onEvent: (event: ManagerEvent) => void)
+  /** The options in force, defaults applied. */
+  get options(): Record<string, unknown>
   /** The running backend, or null. */
   get backend(): BackendInfo | null
-  start(launch: LaunchSpec): Promise<BackendInfo>
+  start(projectRoot: string, isPackaged: boolean | undefined, runtime: RuntimeInfo): Promise<BackendInfo>
   stop(): Promise<StopResult | null>
   killExisting(): Promise<boolean>
   checkHealth(port: number): Promise<boolean>
-  waitForReady(port: number, maxRetries: number, retryDelayMs: number): Promise<boolean>
+  waitForReady(port: number, maxRetries?: number, retryDelayMs?: number): Promise<boolean>
+  /**
+   * `pm.findAvailablePort(startPort = port)`: in `[startPort, startPort + portRange]`, reserved for 15 s
+   * (a reservation that never blocks this manager's own start).
+   */
+  findAvailablePort(startPort?: number): number
 }
 
 /** The running backend. */
@@ -31,13 +39,10 @@ export interface BackendInfo {
   startedAt: number
 }
 
-/** One GET of `http://host:port/path`; true on a 2xx answer within `timeoutMs`. Never uses a proxy. */
-export declare function checkHealth(host: string, port: number, path: string, timeoutMs: number): Promise<boolean>
-
 /** What a cleanup did with one file of the state folder. */
 export interface CleanupItem {
   file: string
-  action: 'terminated' | 'stale-removed' | 'invalid-removed' | 'failed' | 'not-deleted'
+  action: 'terminated' | 'stale-removed' | 'invalid-removed' | 'failed' | 'not-deleted' | 'untrusted' | 'foreign' | 'busy' | 'protected'
   name: string | null
   pid: number | null
   port: number | null
@@ -45,51 +50,29 @@ export interface CleanupItem {
 }
 
 /**
- * Terminates orphaned backends (of `name`, or all) that still match their records, and deletes stale and
- * unreadable records. Backends whose app is alive are never touched.
+ * Terminates orphaned backends (of `name`, or all) that still match their records, and deletes stale
+ * and broken records of this library. Backends whose app is alive, and files that are not ours, are never
+ * touched.
  */
-export declare function cleanupRecords(stateDir: string, name: string | undefined | null, stopTimeoutMs: number): Promise<Array<CleanupItem>>
+export declare function cleanupRecords(stateDir?: string | null, options?: { name?: string, stopTimeoutMs?: number } | null): Promise<CleanupItem[]>
 
 /** The per-user folder where PID records are kept by default. */
 export declare function defaultStateDir(): string
 
 /**
- * The first available port in `[startPort, endPort]`, skipping `exclude` and ports reserved in this
- * process; the port returned is reserved for 15 s. Synchronous for the same reason as `isPortAvailable`:
- * one netlink query and a few binds.
+ * The first available port from `startPort` (to `endPort`, default `startPort + 100`), skipping
+ * `exclude` and reserved ports; the port returned is reserved for 15 s for this process and the
+ * user's other processes. Synchronous for the same reason as `isPortAvailable`.
  */
-export declare function findAvailablePort(startPort: number, endPort: number, exclude?: Array<number> | undefined | null, host?: string | undefined | null): number
+export declare function findAvailablePort(startPort: number, options?: { endPort?: number, exclude?: number[], host?: string } | null): number
 
 /**
  * True when `port` can be bound on 127.0.0.1, ::1 (where IPv6 exists), 0.0.0.0 and :: — or only on
- * `host` when given. Synchronous: a few binds take microseconds, less than a hop to another thread
- * (`index.js` still returns a promise).
+ * `host` when given. Synchronous: a few binds take microseconds, less than a hop to another thread.
  */
-export declare function isPortAvailable(port: number, host?: string | undefined | null): boolean
+export declare function isPortAvailable(port: number, host?: string | null): boolean
 
-export interface LaunchSpec {
-  program: string
-  args: Array<string>
-  cwd: string
-  env: Record<string, string>
-  entryFile?: string
-}
-
-/** Options with the defaults of API.md already applied by `index.js`. */
-export interface ManagerConfig {
-  name: string
-  host: string
-  port: number
-  portRange: number
-  portEnv: string
-  healthPath: string
-  healthTimeoutMs: number
-  startTimeoutMs: number
-  stopTimeoutMs: number
-  stateDir: string
-}
-
-/** One thing that happened to the managed backend, delivered to the JS layer in order. */
+/** One thing that happened to the managed backend. */
 export interface ManagerEvent {
   kind: 'stdout' | 'stderr' | 'exit' | 'log'
   text: string | null
@@ -107,46 +90,62 @@ export interface PortHolder {
   name?: string
 }
 
-/**
- * The processes listening on the given ports (only busy ports are listed). Linux reads /proc; other
- * systems return an empty list for now.
- */
-export declare function portHolders(ports: Array<number>): Promise<Array<PortHolder>>
+/** The processes listening on the given ports (only busy ports are listed). */
+export declare function portHolders(ports: number[]): Promise<PortHolder[]>
 
-/** One PID record of the state folder and what is known of its backend now. */
+/** One file of the state folder and what is known of its backend now. */
 export interface RecordStatus {
   file: string
   /**
-   * `running`: alive, its app too; `orphaned`: alive, its app gone; `stale`: the process is gone or is
-   * another program now; `invalid`: the file cannot be trusted or parsed (see `problem`).
+   * `running`: alive, its app too; `orphaned`: alive (or its group is), its app gone; `stale`: the process
+   * is gone or is another program now; `invalid`: a record of ours that cannot be read; `foreign`: not a
+   * record of this library, or not safe to act on (see `problem`).
    */
-  state: 'running' | 'orphaned' | 'stale' | 'invalid'
+  state: 'running' | 'orphaned' | 'stale' | 'invalid' | 'foreign'
   name: string | null
   pid: number | null
   port: number | null
   host: string | null
   startedAt: number | null
   ownerPid: number | null
+  restarts: number | null
   alive: boolean
   orphaned: boolean
   uptimeMs: number | null
-  /** Average CPU use over the backend's life, in percent of one core. */
+  /** Average CPU use of the backend's whole process tree over its life, in percent of one core. */
   cpuPercent: number | null
-  /** Resident memory. */
+  /** CPU time the tree has used so far (for a sampled rate: the difference of two readings). */
+  cpuTimeMs: number | null
+  /** Resident memory of the whole tree. */
   memoryBytes: number | null
+  /** Processes in the tree. */
+  processCount: number | null
   processName: string | null
   /** The process listening on the record's port, where the OS tells. */
   listenerPid: number | null
   listenerName: string | null
-  /** Why an `invalid` record cannot be used. */
+  /** Why an `invalid` or `foreign` file cannot be used. */
   problem: string | null
 }
 
-/** Every record of `stateDir` with its state, CPU, memory and the listener of its port. */
-export declare function recordStatuses(stateDir: string): Promise<Array<RecordStatus>>
+/**
+ * Every record-like file of `stateDir` (default: the per-user folder) with its state, the CPU and memory
+ * of its backend's tree, and the listener of its port.
+ */
+export declare function recordStatuses(stateDir?: string | null): Promise<RecordStatus[]>
 
 /** Gives a port reserved by `findAvailablePort` back before its reservation ends. */
 export declare function releasePort(port: number): void
+
+/** What the JS layer knows of its runtime. */
+export interface RuntimeInfo {
+  /** `process.execPath`. */
+  nodePath: string
+  /** Running inside Electron. */
+  electron: boolean
+  /** `process.env`. */
+  env: Record<string, string>
+}
 
 /** How a stop went. */
 export interface StopResult {
@@ -158,4 +157,6 @@ export interface StopResult {
   forced: boolean
   /** From the stop request until the whole process group was gone. */
   durationMs: number
+  /** Processes of the backend still alive after the force kill (normally none); their record is kept. */
+  survivors: Array<number>
 }

@@ -836,7 +836,6 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.NativeManager = nativeBinding.NativeManager
-module.exports.checkHealth = nativeBinding.checkHealth
 module.exports.cleanupRecords = nativeBinding.cleanupRecords
 module.exports.defaultStateDir = nativeBinding.defaultStateDir
 module.exports.findAvailablePort = nativeBinding.findAvailablePort

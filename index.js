@@ -1,43 +1,45 @@
 'use strict'
-// The public API of backend-process-manager (API.md). A thin layer over the native binding: it owns the
-// defaults, checks the options, resolves what to run, and turns native notifications into events.
+// The public API of backend-process-manager (docs/api.md): a thin layer over the native binding. The core
+// checks every option and argument and owns every default; this layer keeps what only JS has (the logger,
+// the event emitter, `process.env` and `process.execPath`) and turns native notifications into events.
 
 const { EventEmitter } = require('node:events')
-const path = require('node:path')
 const native = require('./binding.js')
-const { fromNative, invalidArg } = require('./lib/errors.js')
-const { resolveOptions, checkPort, checkPositiveInt, checkTimeout } = require('./lib/options.js')
 
-/** Calls a native async function and rebuilds its error as the public one. */
-async function call(fn, ...args) {
-  try {
-    return await fn(...args)
-  } catch (err) {
-    throw fromNative(err)
+/** The options the JS layer keeps for itself. */
+function splitLogger(options) {
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) return { logger: console, rest: options }
+  const { logger = console, ...rest } = options
+  if (logger !== false && (logger === null || typeof logger !== 'object')) {
+    const err = new Error(`logger must be an object with info, warn and error methods, or false, got ${logger === null ? 'null' : typeof logger}`)
+    err.code = 'ERR_INVALID_ARG'
+    throw err
   }
+  return { logger, rest }
 }
 
-/** `app.asar` cannot hold a running program: packaged apps run the backend from `app.asar.unpacked`. */
-function unpackedPath(p) {
-  return p.replace(/([\\/])app\.asar([\\/]|$)/, '$1app.asar.unpacked$2')
+function runtime() {
+  return { nodePath: process.execPath, electron: Boolean(process.versions.electron), env: { ...process.env } }
 }
 
 class ProcessManager extends EventEmitter {
-  #options
   #native
-  #starting = null
-  #stopping = null
+  #logger
+  #prefix
   /** A ref'd timer while a backend starts or runs: like a child process, it keeps Node's event loop alive. */
   #keepAlive = null
+  #busy = 0
 
   /** @param {import('./index').ProcessManagerOptions} [options] */
   constructor(options) {
     super()
-    this.#options = resolveOptions(options)
+    const { logger, rest } = splitLogger(options)
     // The native side holds this callback for good; through a WeakRef it does not hold the manager, so an
     // idle manager the app no longer uses can be garbage-collected (a running one is held by #keepAlive).
     const onEvent = ProcessManager.#forwarder(new WeakRef(this))
-    this.#native = wrapNative(() => new native.NativeManager(nativeConfig(this.#options), onEvent))
+    this.#native = new native.NativeManager(rest, onEvent)
+    this.#logger = logger
+    this.#prefix = `[${this.#native.options.name}]`
   }
 
   /** Built outside the constructor, so the closure cannot capture the instance itself. */
@@ -53,26 +55,19 @@ class ProcessManager extends EventEmitter {
         break
       case 'exit':
         this.#releaseLoopIfIdle()
-        this.emit('exit', {
-          pid: event.pid,
-          exitCode: event.exitCode ?? null,
-          signal: event.signal ?? null,
-          expected: event.expected === true,
-        })
+        this.emit('exit', { pid: event.pid, exitCode: event.exitCode ?? null, signal: event.signal ?? null, expected: event.expected === true })
         break
       case 'log': {
-        const { logger, name } = this.#options
-        const level = event.level || 'info'
-        if (logger && typeof logger[level] === 'function') logger[level](`[${name}] ${event.text}`)
+        const log = this.#logger && this.#logger[event.level ?? 'info']
+        if (typeof log === 'function') log.call(this.#logger, `${this.#prefix} ${event.text}`)
         break
       }
     }
   }
 
-  /** The options in force, defaults applied. */
+  /** The options in force, defaults applied (without the logger). */
   get options() {
-    const { logger, ...rest } = this.#options
-    return { ...rest, env: { ...rest.env }, args: [...rest.args] }
+    return this.#native.options
   }
 
   /** The running backend, or `null`. */
@@ -80,179 +75,89 @@ class ProcessManager extends EventEmitter {
     return this.#native.backend ?? null
   }
 
-  async startBackend(projectRoot = process.cwd(), isPackaged = false) {
-    if (typeof projectRoot !== 'string' || projectRoot === '') {
-      throw invalidArg(`projectRoot must be a folder path, got ${describe(projectRoot)}`)
-    }
-    if (this.#starting) return this.#starting
-    const running = this.backend
-    if (running) return running
+  /** Keeps Node alive while `work` runs and while a backend runs after it (as a child process would). */
+  async #holdingLoop(work) {
     // The timer's callback holds `this`, so the manager (and the native side that will report the exit)
     // cannot be garbage-collected while its backend runs, even if the app drops its last reference.
     this.#keepAlive ??= setInterval(() => void this, 2 ** 30)
-    this.#starting = (async () => {
-      if (this.#stopping) await this.#stopping.catch(() => {})
-      const info = await call(() => this.#native.start(this.#launch(projectRoot, Boolean(isPackaged))))
-      this.emit('ready', info)
-      return info
-    })()
+    this.#busy++
     try {
-      return await this.#starting
+      return await work()
     } finally {
-      this.#starting = null
+      this.#busy--
       this.#releaseLoopIfIdle()
     }
   }
 
   #releaseLoopIfIdle() {
-    if (this.#keepAlive && !this.#starting && !this.#native.backend) {
+    if (this.#keepAlive && this.#busy === 0 && !this.#native.backend) {
       clearInterval(this.#keepAlive)
       this.#keepAlive = null
     }
   }
 
-  async stopBackend() {
-    if (this.#stopping) return this.#stopping
-    this.#stopping = call(() => this.#native.stop())
-    try {
-      return await this.#stopping
-    } finally {
-      this.#stopping = null
-      this.#releaseLoopIfIdle()
-    }
+  async startBackend(projectRoot = process.cwd(), isPackaged = false) {
+    const starting = this.#native.start(projectRoot, isPackaged, runtime())
+    const info = await this.#holdingLoop(() => starting)
+    this.emit('ready', info)
+    return info
   }
 
-  async findAvailablePort(startPort = this.#options.port) {
-    checkPort(startPort, 'startPort')
-    const endPort = Math.min(startPort + this.#options.portRange, 65535)
-    return call(native.findAvailablePort, startPort, endPort, [], null)
+  async stopBackend() {
+    const stopping = this.#native.stop()
+    return this.#holdingLoop(() => stopping)
+  }
+
+  async findAvailablePort(startPort) {
+    return this.#native.findAvailablePort(startPort)
   }
 
   async isPortAvailable(port) {
-    return isPortAvailable(port)
+    return native.isPortAvailable(port)
   }
 
   async checkBackendHealth(port) {
-    checkPort(port, 'port')
-    return call(() => this.#native.checkHealth(port))
+    return this.#native.checkHealth(port)
   }
 
-  async waitForBackendReady(port, maxRetries = 10, retryDelayMs = 1000) {
-    checkPort(port, 'port')
-    checkPositiveInt(maxRetries, 'maxRetries')
-    checkTimeout(retryDelayMs, 'retryDelayMs')
-    return call(() => this.#native.waitForReady(port, maxRetries, retryDelayMs))
+  async waitForBackendReady(port, maxRetries, retryDelayMs) {
+    return this.#native.waitForReady(port, maxRetries, retryDelayMs)
   }
 
   async killExistingBackend() {
-    return call(() => this.#native.killExisting())
+    return this.#native.killExisting()
   }
 
   /** This manager's backend and every record of the state folder. */
   async status() {
-    const records = await call(native.recordStatuses, this.#options.stateDir)
-    return { name: this.#options.name, stateDir: this.#options.stateDir, backend: this.backend, records }
-  }
-
-  #launch(projectRoot, isPackaged) {
-    const o = this.#options
-    let root = path.resolve(projectRoot)
-    if (isPackaged) root = unpackedPath(root)
-    const usesNode = o.command === undefined
-    const program = usesNode ? process.execPath : o.command
-    let entryFile
-    let args = [...o.args]
-    if (usesNode) {
-      entryFile = path.resolve(root, o.entry)
-      if (isPackaged) entryFile = unpackedPath(entryFile)
-      args = [entryFile, ...args]
-    }
-    let cwd = o.cwd === undefined ? root : path.resolve(root, o.cwd)
-    if (isPackaged) cwd = unpackedPath(cwd)
-    const env = {}
-    for (const [k, v] of Object.entries({ ...process.env, ...o.env })) {
-      if (v !== undefined && v !== null) env[k] = String(v)
-    }
-    // Inside Electron, process.execPath is the Electron binary: this makes it behave as plain Node.
-    if (usesNode && process.versions.electron) env.ELECTRON_RUN_AS_NODE = '1'
-    return { program, args, cwd, env, entryFile }
+    const { name, stateDir } = this.options
+    const records = await native.recordStatuses(stateDir)
+    return { name, stateDir, backend: this.backend, records }
   }
 }
 
-function nativeConfig(o) {
-  return {
-    name: o.name,
-    host: o.host,
-    port: o.port,
-    portRange: o.portRange,
-    portEnv: o.portEnv,
-    healthPath: o.healthPath,
-    healthTimeoutMs: o.healthTimeoutMs,
-    startTimeoutMs: o.startTimeoutMs,
-    stopTimeoutMs: o.stopTimeoutMs,
-    stateDir: o.stateDir,
-  }
-}
-
-function wrapNative(create) {
-  try {
-    return create()
-  } catch (err) {
-    throw fromNative(err)
-  }
-}
-
-function describe(value) {
-  return typeof value === 'string' ? JSON.stringify(value) : String(value)
-}
-
-/** True when `port` binds on 127.0.0.1, ::1 (where IPv6 exists), 0.0.0.0 and ::. */
-async function isPortAvailable(port) {
-  checkPort(port, 'port')
-  return call(native.isPortAvailable, port, null)
+/** True when `port` binds on 127.0.0.1, ::1 (where IPv6 exists), 0.0.0.0 and :: (or only on `options.host`). */
+async function isPortAvailable(port, options) {
+  return native.isPortAvailable(port, options?.host ?? null)
 }
 
 /**
  * The first available port from `startPort` to `endPort` (default `startPort + 100`), skipping `exclude`;
- * with `host`, only that address is checked. The port is reserved in this process for 15 s.
+ * with `host`, only that address is checked. The port is reserved for 15 s.
  */
-async function findAvailablePort(startPort, options = {}) {
-  checkPort(startPort, 'startPort')
-  if (options === null || typeof options !== 'object') throw invalidArg('options must be an object')
-  const endPort = options.endPort === undefined ? Math.min(startPort + 100, 65535) : options.endPort
-  checkPort(endPort, 'endPort')
-  if (endPort < startPort) throw invalidArg(`endPort ${endPort} is below startPort ${startPort}`)
-  const exclude = options.exclude === undefined ? [] : [...options.exclude]
-  for (const p of exclude) checkPort(p, 'exclude entry')
-  if (options.host !== undefined && typeof options.host !== 'string') throw invalidArg('host must be a string')
-  return call(native.findAvailablePort, startPort, endPort, exclude, options.host ?? null)
-}
-
-/** The processes listening on `ports`, where the OS tells (Linux). Only busy ports are listed. */
-async function findPortHolders(ports) {
-  if (!Array.isArray(ports)) throw invalidArg('ports must be an array of port numbers')
-  for (const p of ports) checkPort(p, 'port')
-  return call(native.portHolders, ports)
-}
-
-/** Every PID record of `stateDir` with its state, CPU, memory and port listener. */
-async function listRecords(stateDir = native.defaultStateDir()) {
-  if (typeof stateDir !== 'string') throw invalidArg('stateDir must be a string')
-  return call(native.recordStatuses, stateDir)
-}
-
-/** Terminates orphans (of `name`, or all) that match their records; deletes stale and unreadable records. */
-async function cleanupRecords(stateDir = native.defaultStateDir(), { name, stopTimeoutMs = 5000 } = {}) {
-  if (typeof stateDir !== 'string') throw invalidArg('stateDir must be a string')
-  return call(native.cleanupRecords, stateDir, name ?? null, stopTimeoutMs)
+async function findAvailablePort(startPort, options) {
+  return native.findAvailablePort(startPort, options)
 }
 
 module.exports = {
   ProcessManager,
   isPortAvailable,
   findAvailablePort,
-  findPortHolders,
-  listRecords,
-  cleanupRecords,
+  /** The processes listening on `ports`, where the OS tells. Only busy ports are listed. */
+  findPortHolders: async (ports) => native.portHolders(ports),
+  /** Every PID record of `stateDir` with its state, CPU, memory and port listener. */
+  listRecords: async (stateDir) => native.recordStatuses(stateDir),
+  /** Terminates orphans (of `name`, or all) that match their records; deletes stale and broken records. */
+  cleanupRecords: async (stateDir, options) => native.cleanupRecords(stateDir, options),
   defaultStateDir: native.defaultStateDir,
 }

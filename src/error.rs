@@ -1,9 +1,12 @@
-//! One error type for the whole core. Each variant is one `code` of API.md's error table; the binding turns
-//! it into a JS `Error` with that code and the variant's fields (see `to_js_payload`).
+//! One error type for the whole core. Each variant is one `code` of the API reference's error table
+//! (docs/api.md, "Errors"); the binding turns it into a JS `Error` with that code, the variant's fields and,
+//! where an OS error lies underneath, that error as `cause`.
 
-use serde_json::{json, Value};
+use std::io;
+use std::sync::Arc;
 
-#[derive(Debug, thiserror::Error)]
+/// Cloneable, so that every caller waiting on one start gets its error.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PmError {
   #[error("{0}")]
   InvalidArg(String),
@@ -12,7 +15,12 @@ pub enum PmError {
   NoFreePort { start_port: u16, end_port: u16 },
 
   #[error("could not start `{command}`: {reason}")]
-  SpawnFailed { command: String, reason: String },
+  SpawnFailed {
+    command: String,
+    reason: String,
+    #[source]
+    source: Option<Arc<io::Error>>,
+  },
 
   #[error("{message}")]
   BackendExited {
@@ -29,11 +37,29 @@ pub enum PmError {
     last_health_error: String,
   },
 
-  #[error("state folder {path} cannot be used: {reason}. Pass a writable `stateDir`")]
-  StateDir { path: String, reason: String },
+  #[error("state folder {path} cannot be used: {reason}")]
+  StateDir {
+    path: String,
+    reason: String,
+    #[source]
+    source: Option<Arc<io::Error>>,
+  },
+
+  /// A bug: a panic or a broken invariant. The message says where.
+  #[error("internal error in backend-process-manager: {0}. Please report it")]
+  Internal(String),
 }
 
 pub type Result<T> = std::result::Result<T, PmError>;
+
+/// The extra fields of an error code, in the API's names and JS-ready types.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Field {
+  Number(f64),
+  Text(String),
+  Lines(Vec<String>),
+  Null,
+}
 
 impl PmError {
   pub fn code(&self) -> &'static str {
@@ -44,42 +70,104 @@ impl PmError {
       PmError::BackendExited { .. } => "ERR_BACKEND_EXITED",
       PmError::StartTimeout { .. } => "ERR_START_TIMEOUT",
       PmError::StateDir { .. } => "ERR_STATE_DIR",
+      PmError::Internal(_) => "ERR_INTERNAL",
     }
   }
 
-  pub fn state_dir(path: &std::path::Path, err: impl std::fmt::Display) -> Self {
+  pub fn invalid(message: impl Into<String>) -> Self {
+    PmError::InvalidArg(message.into())
+  }
+
+  pub fn state_dir(path: &std::path::Path, reason: impl Into<String>) -> Self {
     PmError::StateDir {
       path: path.display().to_string(),
-      reason: err.to_string(),
+      reason: reason.into(),
+      source: None,
     }
   }
 
-  /// The code, message and extra fields of API.md, as the JSON object the JS layer rebuilds the error from.
-  pub fn to_js_payload(&self) -> Value {
-    let mut payload = json!({ "code": self.code(), "message": self.to_string() });
-    let extra = match self {
-      PmError::InvalidArg(_) => json!({}),
+  /// A state-folder error caused by an OS error, which is kept as the cause.
+  pub fn state_dir_io(path: &std::path::Path, doing: &str, err: io::Error) -> Self {
+    PmError::StateDir {
+      path: path.display().to_string(),
+      reason: format!("{doing}: {err}"),
+      source: Some(Arc::new(err)),
+    }
+  }
+
+  /// The fields the API lists for this code (`startPort`, `exitCode`, …).
+  pub fn fields(&self) -> Vec<(&'static str, Field)> {
+    let opt_num = |n: Option<i32>| n.map_or(Field::Null, |n| Field::Number(n.into()));
+    let opt_text = |t: &Option<String>| t.clone().map_or(Field::Null, Field::Text);
+    match self {
+      PmError::InvalidArg(_) | PmError::Internal(_) => Vec::new(),
       PmError::NoFreePort {
         start_port,
         end_port,
-      } => json!({ "startPort": start_port, "endPort": end_port }),
-      PmError::SpawnFailed { command, .. } => json!({ "command": command }),
+      } => vec![
+        ("startPort", Field::Number((*start_port).into())),
+        ("endPort", Field::Number((*end_port).into())),
+      ],
+      PmError::SpawnFailed { command, .. } => vec![("command", Field::Text(command.clone()))],
       PmError::BackendExited {
         exit_code,
         signal,
         stderr_tail,
         ..
-      } => json!({ "exitCode": exit_code, "signal": signal, "stderrTail": stderr_tail }),
+      } => vec![
+        ("exitCode", opt_num(*exit_code)),
+        ("signal", opt_text(signal)),
+        ("stderrTail", Field::Lines(stderr_tail.clone())),
+      ],
       PmError::StartTimeout {
         port,
         last_health_error,
         ..
-      } => json!({ "port": port, "lastHealthError": last_health_error }),
-      PmError::StateDir { path, .. } => json!({ "path": path }),
-    };
-    if let (Value::Object(target), Value::Object(fields)) = (&mut payload, extra) {
-      target.extend(fields);
+      } => vec![
+        ("port", Field::Number((*port).into())),
+        ("lastHealthError", Field::Text(last_health_error.clone())),
+      ],
+      PmError::StateDir { path, .. } => vec![("path", Field::Text(path.clone()))],
     }
-    payload
+  }
+
+  /// The OS error underneath, if any.
+  pub fn os_cause(&self) -> Option<&io::Error> {
+    match self {
+      PmError::SpawnFailed { source, .. } | PmError::StateDir { source, .. } => source.as_deref(),
+      _ => None,
+    }
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn every_code_has_the_fields_of_the_api() {
+    let exited = PmError::BackendExited {
+      message: "m".into(),
+      exit_code: Some(3),
+      signal: None,
+      stderr_tail: vec!["x".into()],
+    };
+    assert_eq!(exited.code(), "ERR_BACKEND_EXITED");
+    assert_eq!(
+      exited.fields(),
+      vec![
+        ("exitCode", Field::Number(3.0)),
+        ("signal", Field::Null),
+        ("stderrTail", Field::Lines(vec!["x".into()]))
+      ]
+    );
+    let dir = PmError::state_dir_io(
+      std::path::Path::new("/x"),
+      "creating it",
+      io::Error::from(io::ErrorKind::PermissionDenied),
+    );
+    assert_eq!(dir.code(), "ERR_STATE_DIR");
+    assert!(dir.os_cause().is_some());
+    assert_eq!(PmError::Internal("x".into()).code(), "ERR_INTERNAL");
   }
 }

@@ -1,7 +1,11 @@
-//! Readiness: one HTTP GET of the health path, and the polling loop around it (API.md
+//! Readiness: one HTTP GET of the health path, and the polling loop around it (docs/api.md,
 //! `waitForBackendReady`). The probe is a minimal HTTP/1.1 client on a plain TCP connection to the literal
 //! host address: it can never be routed to a proxy (DESIGN.md §5) and never resolves `localhost`. It sends
 //! `Connection: close`, so no idle keep-alive connection delays the backend's own shutdown later.
+//!
+//! Why not reqwest (measured, see the README's "Performance"): a probe through reqwest costs more per
+//! request than this client on loopback, which readiness pays at every poll, and it cannot set the socket
+//! options a fast refused connect needs on Windows (`TCP_MAXRT`). The status line is parsed by httparse.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -24,6 +28,8 @@ pub enum ProbeOutcome {
   Unhealthy(u16),
   TimedOut,
   Failed(String),
+  /// A 2xx answer, but from a listener that is not the backend's (another program on the same port).
+  Stranger(u16),
 }
 
 impl ProbeOutcome {
@@ -38,6 +44,9 @@ impl ProbeOutcome {
       ProbeOutcome::Unhealthy(status) => format!("HTTP {status}"),
       ProbeOutcome::TimedOut => "timed out".into(),
       ProbeOutcome::Failed(reason) => reason.clone(),
+      ProbeOutcome::Stranger(status) => format!(
+        "HTTP {status}, but from another program listening on the port, not the backend"
+      ),
     }
   }
 }
@@ -47,6 +56,8 @@ pub struct Target {
   pub host: IpAddr,
   pub port: u16,
   pub path: String,
+  /// Sent as `Authorization: Bearer <token>` when set.
+  pub token: Option<String>,
 }
 
 impl Target {
@@ -74,8 +85,13 @@ async fn probe_once(target: &Target) -> ProbeOutcome {
     Err(e) => return ProbeOutcome::Failed(e.to_string()),
   };
   let _ = stream.set_nodelay(true);
+  let authorization = target
+    .token
+    .as_ref()
+    .map(|t| format!("Authorization: Bearer {t}\r\n"))
+    .unwrap_or_default();
   let request = format!(
-    "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: backend-process-manager\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+    "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: backend-process-manager\r\nAccept: */*\r\n{authorization}Connection: close\r\n\r\n",
     target.path,
     target.host_header()
   );
@@ -107,16 +123,14 @@ async fn probe_once(target: &Target) -> ProbeOutcome {
   }
 }
 
-/// `HTTP/1.x NNN reason` → NNN.
+/// The status code of an HTTP/1.x response head (which may be cut short after the status line).
 fn parse_status(head: &[u8]) -> Option<u16> {
-  let line = head.split(|&b| b == b'\n').next()?;
-  let line = std::str::from_utf8(line).ok()?;
-  let mut parts = line.split_whitespace();
-  if !parts.next()?.starts_with("HTTP/") {
-    return None;
+  let mut headers = [httparse::EMPTY_HEADER; 32];
+  let mut response = httparse::Response::new(&mut headers);
+  match response.parse(head) {
+    Ok(_) | Err(httparse::Error::TooManyHeaders) => response.code,
+    Err(_) => None,
   }
-  let status = parts.next()?;
-  (status.len() == 3).then(|| status.parse().ok()).flatten()
 }
 
 /// A readiness wait that ended healthy, after `probes` health checks.
@@ -134,27 +148,44 @@ pub struct NotReady {
 
 /// Polls until healthy or `deadline`. The first probe is immediate; while the port refuses connections,
 /// probes stay at most `REFUSED_DELAY_CAP` apart; once the backend answers unhealthy or times out, the delay
-/// doubles up to `answered_delay_cap`. A probe never runs past the deadline.
-pub async fn wait_until_healthy(
+/// doubles up to `answered_delay_cap`. A 2xx counts only when `is_own` agrees that the listener is the
+/// backend's. A probe never runs past the deadline.
+pub async fn wait_until_healthy<F, Fut>(
   target: &Target,
   probe_timeout: Duration,
   deadline: Instant,
   answered_delay_cap: Duration,
-) -> Result<Ready, NotReady> {
+  mut is_own: F,
+) -> Result<Ready, NotReady>
+where
+  F: FnMut() -> Fut,
+  Fut: std::future::Future<Output = bool>,
+{
   let mut probes = 0;
   let mut refused_delay = REFUSED_DELAY_START;
   let mut answered_delay = ANSWERED_DELAY_START.min(answered_delay_cap);
+  let mut last_look = false;
   loop {
-    let now = Instant::now();
-    let remaining = deadline.saturating_duration_since(now);
-    let outcome = probe(
-      target,
-      probe_timeout.min(remaining.max(Duration::from_millis(1))),
-    )
-    .await;
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let limit = if last_look {
+      probe_timeout.min(Duration::from_millis(50))
+    } else {
+      probe_timeout.min(remaining.max(Duration::from_millis(1)))
+    };
+    let mut outcome = probe(target, limit).await;
     probes += 1;
-    if outcome.is_healthy() {
-      return Ok(Ready { probes });
+    if let ProbeOutcome::Healthy(status) = outcome {
+      if is_own().await {
+        return Ok(Ready { probes });
+      }
+      outcome = ProbeOutcome::Stranger(status);
+    }
+    let now = Instant::now();
+    if last_look || now >= deadline {
+      return Err(NotReady {
+        last: outcome,
+        probes,
+      });
     }
     let delay = if outcome == ProbeOutcome::Refused {
       let d = refused_delay;
@@ -165,24 +196,9 @@ pub async fn wait_until_healthy(
       answered_delay = (answered_delay * 2).min(answered_delay_cap.max(ANSWERED_DELAY_START));
       d
     };
-    let now = Instant::now();
-    if now >= deadline {
-      return Err(NotReady {
-        last: outcome,
-        probes,
-      });
-    }
     sleep(delay.min(deadline - now)).await;
-    if Instant::now() >= deadline {
-      // One last look at the deadline itself, so a backend that became healthy during the wait counts.
-      let last = probe(target, probe_timeout.min(Duration::from_millis(50))).await;
-      probes += 1;
-      return if last.is_healthy() {
-        Ok(Ready { probes })
-      } else {
-        Err(NotReady { last, probes })
-      };
-    }
+    // At the deadline itself, one last look, so a backend that became healthy during the wait counts.
+    last_look = Instant::now() >= deadline;
   }
 }
 
@@ -203,13 +219,14 @@ mod tests {
       host: "127.0.0.1".parse().unwrap(),
       port,
       path: "/health".into(),
+      token: None,
     }
   }
 
   #[test]
   fn status_lines_parse() {
     assert_eq!(parse_status(b"HTTP/1.1 204 No Content\r\n"), Some(204));
-    assert_eq!(parse_status(b"HTTP/1.0 503\r\n"), Some(503));
+    assert_eq!(parse_status(b"HTTP/1.0 503 Busy\r\nContent-Le"), Some(503));
     assert_eq!(parse_status(b"SSH-2.0-OpenSSH\r\n"), None);
     assert_eq!(parse_status(b""), None);
   }
@@ -255,6 +272,7 @@ mod tests {
       Duration::from_secs(1),
       started + Duration::from_millis(200),
       Duration::from_secs(1),
+      || async { true },
     )
     .await;
     assert_eq!(result.unwrap_err().last, ProbeOutcome::Refused);

@@ -1,22 +1,29 @@
-//! PID records (API.md "PID records"): one JSON file per running backend, `<stateDir>/<name>-<pid>.json`,
-//! written atomically (temporary file + rename) with mode 0600 in a folder only the user can enter. A record
+//! PID records (docs/api.md, "PID records"): one JSON file per running backend, `<stateDir>/<name>-<pid>.json`,
+//! written atomically (temporary file + rename) with mode 0600 in a folder only the user can write. A record
 //! is only a hint: before anything is signalled, the live process must match its pid, start time and
-//! executable (see `identity`).
+//! executable (see `os::process`). Every record carries a marker field: a file without it is not ours and
+//! is never deleted, whatever its name (DESIGN.md §13).
 
 use crate::error::{PmError, Result};
-use crate::identity::{self, Identity};
+use crate::os::process::{self, Identity};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 pub const RECORD_VERSION: u32 = 1;
+/// The marker field's value: `"manager": "backend-process-manager"`.
+pub const MARKER: &str = "backend-process-manager";
 /// A record is a few hundred bytes; anything much larger is not one of ours.
 const MAX_RECORD_BYTES: u64 = 64 * 1024;
+/// File names stay well under the 255-byte limit of common file systems, whatever the name's script.
+const MAX_NAME_BYTES_IN_FILE_NAME: usize = 180;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Record {
+  /// Always `MARKER`.
+  pub manager: String,
   pub version: u32,
   pub name: String,
   pub pid: u32,
@@ -28,6 +35,9 @@ pub struct Record {
   pub start_time: u64,
   pub owner_pid: u32,
   pub owner_start_time: u64,
+  /// How many times the backend was restarted before this process.
+  #[serde(default)]
+  pub restarts: u32,
 }
 
 impl Record {
@@ -44,12 +54,12 @@ impl Record {
       start_time: self.owner_start_time,
       exe: None,
     };
-    !identity::matches(self.owner_pid, &owner)
+    !process::matches(self.owner_pid, &owner)
   }
 
   /// The backend named by the record is still that process.
   pub fn backend_is_alive(&self) -> bool {
-    self.pid > 1 && identity::matches(self.pid, &self.identity())
+    self.pid > 1 && process::matches(self.pid, &self.identity())
   }
 
   fn validate(&self) -> std::result::Result<(), String> {
@@ -62,103 +72,48 @@ impl Record {
     if self.port == 0 {
       return Err("port 0".into());
     }
-    validate_name(&self.name).map_err(|e| e.to_string())
+    crate::options::validate_name(&self.name).map_err(|e| e.to_string())
   }
 }
 
-/// A backend name is used in file names: no path separators, nothing empty or hidden.
-pub fn validate_name(name: &str) -> Result<()> {
-  let bad = name.is_empty()
-    || name.len() > 100
-    || name.starts_with('.')
-    || name
-      .chars()
-      .any(|c| matches!(c, '/' | '\\' | '\0') || c.is_control());
-  if bad {
-    return Err(PmError::InvalidArg(format!(
-      "name {name:?} is not usable: it must be 1-100 characters with no path separators"
-    )));
+/// The part of a record's file name that stands for its backend's name: the name itself, or for a very
+/// long one (100 characters of a 3- or 4-byte script) its start and a hash of the rest.
+pub fn file_stem(name: &str) -> String {
+  if name.len() <= MAX_NAME_BYTES_IN_FILE_NAME {
+    return name.to_string();
   }
-  Ok(())
-}
-
-/// The per-user folder for records: `$XDG_RUNTIME_DIR` (cleared at logout) or `$XDG_STATE_HOME` on Linux,
-/// Application Support on macOS, `%LOCALAPPDATA%` on Windows — not a world-writable `/tmp` path.
-pub fn default_state_dir() -> PathBuf {
-  const APP: &str = "backend-process-manager";
-  let env_dir = |var: &str| {
-    std::env::var_os(var)
-      .filter(|v| !v.is_empty())
-      .map(PathBuf::from)
-  };
-  let home = || env_dir("HOME").or_else(|| env_dir("USERPROFILE"));
-  let base = if cfg!(windows) {
-    env_dir("LOCALAPPDATA").or_else(|| home().map(|h| h.join("AppData").join("Local")))
-  } else if cfg!(target_os = "macos") {
-    home().map(|h| h.join("Library").join("Application Support"))
-  } else {
-    env_dir("XDG_RUNTIME_DIR")
-      .or_else(|| env_dir("XDG_STATE_HOME"))
-      .or_else(|| home().map(|h| h.join(".local").join("state")))
-  };
-  base.unwrap_or_else(std::env::temp_dir).join(APP)
-}
-
-/// Creates the folder (0700) if needed and checks that it is a folder this user owns and can write.
-pub fn ensure_state_dir(dir: &Path) -> Result<()> {
-  let mut builder = fs::DirBuilder::new();
-  builder.recursive(true);
-  #[cfg(unix)]
-  std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-  builder
-    .create(dir)
-    .map_err(|e| PmError::state_dir(dir, e))?;
-  let meta = fs::symlink_metadata(dir).map_err(|e| PmError::state_dir(dir, e))?;
-  if !meta.is_dir() {
-    return Err(PmError::state_dir(dir, "it is not a folder"));
+  let mut cut = MAX_NAME_BYTES_IN_FILE_NAME - 10;
+  while !name.is_char_boundary(cut) {
+    cut -= 1;
   }
-  #[cfg(unix)]
-  {
-    use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    if meta.uid() != me {
-      return Err(PmError::state_dir(dir, "it belongs to another user"));
-    }
-    // SAFETY: the path is a valid NUL-terminated string for the duration of the call.
-    let c_path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-      .map_err(|e| PmError::state_dir(dir, e))?;
-    if unsafe { libc::access(c_path.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
-      return Err(PmError::state_dir(dir, std::io::Error::last_os_error()));
-    }
-  }
-  Ok(())
+  // FNV-1a: stable across versions and platforms, unlike std's hasher.
+  let hash = name
+    .bytes()
+    .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+  format!("{}~{:08x}", &name[..cut], hash as u32)
 }
 
 pub fn record_path(dir: &Path, name: &str, pid: u32) -> PathBuf {
-  dir.join(format!("{name}-{pid}.json"))
+  dir.join(format!("{}-{pid}.json", file_stem(name)))
 }
 
 /// Writes the record atomically: a 0600 temporary file in the same folder, flushed, then renamed over the
-/// final name, so a reader never sees half a record.
+/// final name, so a reader never sees half a record. Blocking (fsync).
 pub fn write_record(dir: &Path, record: &Record) -> Result<PathBuf> {
-  ensure_state_dir(dir)?;
+  crate::state::dir::ensure_state_dir(dir)?;
   let path = record_path(dir, &record.name, record.pid);
   let tmp = dir.join(format!(
     ".{}-{}.{}.tmp",
-    record.name,
+    file_stem(&record.name),
     record.pid,
-    identity::own_pid()
+    process::own_pid()
   ));
-  let body = serde_json::to_vec_pretty(record).expect("a record always serializes");
+  let body = serde_json::to_vec_pretty(record)
+    .map_err(|e| PmError::Internal(format!("a record did not serialize: {e}")))?;
   let write = || -> std::io::Result<()> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-      use std::os::unix::fs::OpenOptionsExt;
-      options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
-    }
+    no_follow(&mut options, 0o600);
     let mut file = options.open(&tmp)?;
     file.write_all(&body)?;
     file.sync_all()?;
@@ -166,7 +121,7 @@ pub fn write_record(dir: &Path, record: &Record) -> Result<PathBuf> {
   };
   write().map_err(|e| {
     let _ = fs::remove_file(&tmp);
-    PmError::state_dir(dir, e)
+    PmError::state_dir_io(dir, "a PID record cannot be written", e)
   })?;
   Ok(path)
 }
@@ -182,16 +137,18 @@ pub fn delete_record(path: &Path) -> std::io::Result<()> {
 /// Why a file of the state folder is not a usable record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
-  /// The file is not safe to act on (a symlink, another user's file, writable by others): it is left alone.
+  /// Not one of ours (no marker, not JSON): reported, never touched.
+  Foreign(String),
+  /// The file is not safe to act on (a symlink, another user's file, writable by others): left alone.
   Untrusted(String),
-  /// The file is ours but not a record (garbage, another version): it may be deleted.
+  /// One of ours, but broken (another version, a bad field): it may be deleted.
   Invalid(String),
 }
 
 impl Problem {
   pub fn reason(&self) -> &str {
     match self {
-      Problem::Untrusted(r) | Problem::Invalid(r) => r,
+      Problem::Foreign(r) | Problem::Untrusted(r) | Problem::Invalid(r) => r,
     }
   }
 }
@@ -203,36 +160,44 @@ pub struct Entry {
   pub record: std::result::Result<Record, Problem>,
 }
 
-fn open_no_follow(path: &Path) -> std::io::Result<fs::File> {
-  let mut options = fs::OpenOptions::new();
-  options.read(true);
+fn no_follow(options: &mut fs::OpenOptions, mode: u32) {
   #[cfg(unix)]
   {
     use std::os::unix::fs::OpenOptionsExt;
-    options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    use rustix::fs::OFlags;
+    options
+      .mode(mode)
+      .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32);
   }
+  #[cfg(not(unix))]
+  let _ = (options, mode);
+}
+
+fn open_no_follow(path: &Path) -> std::io::Result<fs::File> {
+  let mut options = fs::OpenOptions::new();
+  options.read(true);
+  no_follow(&mut options, 0);
   options.open(path)
 }
 
 /// Reads a record without following a symlink, and only from a regular file that this user owns and that
 /// no one else can write.
 pub fn read_record(path: &Path) -> std::result::Result<Record, Problem> {
-  let file = open_no_follow(path).map_err(|e| match e.raw_os_error() {
+  let file = open_no_follow(path).map_err(|e| {
     #[cfg(unix)]
-    Some(libc::ELOOP) => Problem::Untrusted("it is a symbolic link".into()),
-    _ => Problem::Invalid(e.to_string()),
+    if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+      return Problem::Untrusted("it is a symbolic link".into());
+    }
+    Problem::Foreign(e.to_string())
   })?;
-  let meta = file
-    .metadata()
-    .map_err(|e| Problem::Invalid(e.to_string()))?;
+  let meta = file.metadata().map_err(|e| Problem::Foreign(e.to_string()))?;
   if !meta.is_file() {
     return Err(Problem::Untrusted("it is not a regular file".into()));
   }
   #[cfg(unix)]
   {
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no preconditions.
-    if meta.uid() != unsafe { libc::geteuid() } {
+    if meta.uid() != rustix::process::geteuid().as_raw() {
       return Err(Problem::Untrusted("it belongs to another user".into()));
     }
     if meta.mode() & 0o022 != 0 {
@@ -240,14 +205,14 @@ pub fn read_record(path: &Path) -> std::result::Result<Record, Problem> {
     }
   }
   if meta.len() > MAX_RECORD_BYTES {
-    return Err(Problem::Invalid("it is too large to be a record".into()));
+    return Err(Problem::Foreign("it is too large to be a record".into()));
   }
   let mut text = String::new();
   file
     .take(MAX_RECORD_BYTES)
     .read_to_string(&mut text)
-    .map_err(|e| Problem::Invalid(e.to_string()))?;
-  parse_record(&text).map_err(Problem::Invalid)
+    .map_err(|e| Problem::Foreign(e.to_string()))?;
+  parse_record(&text)
 }
 
 /// Locks a record file against other cleaners (another app instance, the CLI) while its orphan is being
@@ -259,31 +224,40 @@ pub fn lock_record(path: &Path) -> Option<fs::File> {
   Some(file)
 }
 
-pub fn parse_record(text: &str) -> std::result::Result<Record, String> {
-  let record: Record =
-    serde_json::from_str(text).map_err(|e| format!("it is not a valid record: {e}"))?;
-  record.validate()?;
+/// A record of ours, a broken record of ours (`Invalid`), or someone else's file (`Foreign`).
+pub fn parse_record(text: &str) -> std::result::Result<Record, Problem> {
+  let value: serde_json::Value = serde_json::from_str(text)
+    .map_err(|_| Problem::Foreign("it is not JSON".into()))?;
+  if value.get("manager").and_then(|m| m.as_str()) != Some(MARKER) {
+    return Err(Problem::Foreign(format!(
+      "it has no \"manager\": \"{MARKER}\" field, so it is not a PID record of this library"
+    )));
+  }
+  let record: Record = serde_json::from_value(value)
+    .map_err(|e| Problem::Invalid(format!("it is not a valid record: {e}")))?;
+  record.validate().map_err(Problem::Invalid)?;
   Ok(record)
 }
 
-/// Every record file of `dir` (optionally only those of backend `name`), in file-name order. A missing
-/// folder has no records.
+/// Every file of `dir` named like a record (`<name>-<digits>.json`; optionally only those of backend
+/// `name`), in file-name order. A missing folder has no records.
 pub fn list_records(dir: &Path, name: Option<&str>) -> Vec<Entry> {
   let Ok(read) = fs::read_dir(dir) else {
     return Vec::new();
   };
+  let stem = name.map(file_stem);
   let mut paths: Vec<PathBuf> = read
     .flatten()
     .map(|e| e.path())
-    .filter(|p| is_record_file_name(p, name))
+    .filter(|p| is_record_file_name(p, stem.as_deref()))
     .collect();
   paths.sort();
   paths
     .into_iter()
     .map(|path| {
       let record = read_record(&path).and_then(|r| match name {
-        Some(n) if r.name != n => Err(Problem::Invalid(format!(
-          "it names backend {:?}, not {n:?}",
+        Some(n) if r.name != n => Err(Problem::Foreign(format!(
+          "it is the record of backend {:?}, not {n:?}",
           r.name
         ))),
         _ => Ok(r),
@@ -293,32 +267,31 @@ pub fn list_records(dir: &Path, name: Option<&str>) -> Vec<Entry> {
     .collect()
 }
 
-/// `<name>-<pid>.json`, where the pid part is digits; temporary and hidden files are not records.
-fn is_record_file_name(path: &Path, name: Option<&str>) -> bool {
+/// `<stem>-<pid>.json`, where the pid part is digits; temporary and hidden files are not records.
+fn is_record_file_name(path: &Path, stem: Option<&str>) -> bool {
   let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
     return false;
   };
-  let Some(stem) = file.strip_suffix(".json") else {
-    return false;
-  };
-  if stem.starts_with('.') {
-    return false;
-  }
-  let Some((record_name, pid)) = stem.rsplit_once('-') else {
+  let Some((record_stem, pid)) = file
+    .strip_suffix(".json")
+    .filter(|s| !s.starts_with('.'))
+    .and_then(|s| s.rsplit_once('-'))
+  else {
     return false;
   };
   !pid.is_empty()
     && pid.bytes().all(|b| b.is_ascii_digit())
-    && name.is_none_or(|n| n == record_name)
+    && stem.is_none_or(|n| n == record_stem)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
   use super::*;
 
-  fn sample(name: &str, pid: u32) -> Record {
-    let me = identity::identity(identity::own_pid()).unwrap();
+  pub(crate) fn sample(name: &str, pid: u32) -> Record {
+    let me = process::identity(process::own_pid()).unwrap();
     Record {
+      manager: MARKER.into(),
       version: RECORD_VERSION,
       name: name.into(),
       pid,
@@ -327,8 +300,9 @@ mod tests {
       started_at: 1,
       exe: me.exe.clone(),
       start_time: me.start_time,
-      owner_pid: identity::own_pid(),
+      owner_pid: process::own_pid(),
       owner_start_time: me.start_time,
+      restarts: 0,
     }
   }
 
@@ -347,8 +321,7 @@ mod tests {
         0o600
       );
     }
-    let listed = list_records(dir.path(), Some("api"));
-    assert_eq!(listed.len(), 1);
+    assert_eq!(list_records(dir.path(), Some("api")).len(), 1);
     assert!(list_records(dir.path(), Some("other")).is_empty());
     delete_record(&path).unwrap();
     delete_record(&path).unwrap();
@@ -356,20 +329,25 @@ mod tests {
   }
 
   #[test]
-  fn names_with_separators_are_rejected() {
-    for bad in ["", "a/b", "a\\b", "..", ".hidden", "a\nb"] {
-      assert!(validate_name(bad).is_err(), "{bad:?}");
-    }
-    assert!(validate_name("myfinance-backend").is_ok());
+  fn a_name_of_100_characters_of_any_script_fits_in_a_file_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = "😀".repeat(100);
+    let record = sample(&name, 4242);
+    let path = write_record(dir.path(), &record).unwrap();
+    assert!(path.file_name().unwrap().len() < 255);
+    let listed = list_records(dir.path(), Some(&name));
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].record.as_ref().unwrap().name, name);
+    assert_ne!(file_stem(&name), file_stem(&format!("{name}x")), "different names, different files");
   }
 
   #[test]
-  fn a_live_owner_means_not_orphaned() {
-    let record = sample("api", 4242);
-    assert!(!record.is_orphaned());
-    let mut gone_owner = record.clone();
-    gone_owner.owner_start_time += 1;
-    assert!(gone_owner.is_orphaned());
+  fn files_without_the_marker_are_foreign_and_broken_records_of_ours_invalid() {
+    for text in ["", "{", "null", "[1,2]", "{\"version\":1,\"pid\":5}", "invoice 2024"] {
+      assert!(matches!(parse_record(text), Err(Problem::Foreign(_))), "{text:?}");
+    }
+    let ours_but_broken = format!("{{\"manager\":\"{MARKER}\",\"version\":7}}");
+    assert!(matches!(parse_record(&ours_but_broken), Err(Problem::Invalid(_))));
   }
 
   #[cfg(unix)]
@@ -391,12 +369,5 @@ mod tests {
       read_record(&target),
       Err(Problem::Untrusted("other users can write it".into()))
     );
-  }
-
-  #[test]
-  fn garbage_is_rejected() {
-    for text in ["", "{", "null", "{\"version\":1}", "[1,2]"] {
-      assert!(parse_record(text).is_err(), "{text:?}");
-    }
   }
 }

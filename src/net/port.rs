@@ -1,17 +1,16 @@
 //! Free ports: a port is available only when it binds on every loopback and wildcard address of both
-//! families (DESIGN.md §6), and a port handed out is reserved in this process for a while so that parallel
-//! callers get different ports. The race with other processes cannot be closed from outside; the manager
-//! detects `EADDRINUSE` from the backend and moves on to the next port.
+//! families (DESIGN.md §6), and a port handed out is reserved (see `reservation`) so that parallel callers,
+//! in this process or another of this user's, get different ports. The race with other programs cannot
+//! be closed from outside; the manager detects `EADDRINUSE` from the backend and moves on to the next port.
 
+use super::reservation::{self, Owner, Reservation};
 use crate::error::{PmError, Result};
 use socket2::{Domain, Protocol, Socket, Type};
-use std::collections::{HashMap, HashSet};
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// How long a port handed out by `find_available_port` is withheld from other callers in this process.
+/// How long a port handed out by `findAvailablePort` is withheld from other callers.
 pub const RESERVATION: Duration = Duration::from_secs(15);
 
 /// The addresses a port must bind on to count as free.
@@ -21,11 +20,6 @@ const ALL_FAMILIES: [IpAddr; 4] = [
   IpAddr::V4(Ipv4Addr::UNSPECIFIED),
   IpAddr::V6(Ipv6Addr::UNSPECIFIED),
 ];
-
-fn reservations() -> &'static Mutex<HashMap<u16, Instant>> {
-  static RESERVED: OnceLock<Mutex<HashMap<u16, Instant>>> = OnceLock::new();
-  RESERVED.get_or_init(|| Mutex::new(HashMap::new()))
-}
 
 /// Binds `addr:port` (without listening) and reports whether that worked. An address family this machine
 /// lacks (no IPv6) does not make the port busy.
@@ -49,22 +43,24 @@ fn binds(addr: IpAddr, port: u16) -> bool {
   match socket.bind(&SocketAddr::new(addr, port).into()) {
     Ok(()) => true,
     Err(e) => {
-      let no_such_address = e.kind() == ErrorKind::AddrNotAvailable
-        || e.raw_os_error() == Some(libc_eafnosupport())
-        || e.kind() == ErrorKind::Unsupported;
+      let no_such_address = matches!(
+        e.kind(),
+        ErrorKind::AddrNotAvailable | ErrorKind::Unsupported
+      ) || is_family_unsupported(&e);
       addr.is_ipv6() && no_such_address
     }
   }
 }
 
-fn libc_eafnosupport() -> i32 {
+fn is_family_unsupported(e: &std::io::Error) -> bool {
   #[cfg(unix)]
   {
-    libc::EAFNOSUPPORT
+    e.raw_os_error() == Some(rustix::io::Errno::AFNOSUPPORT.raw_os_error())
   }
   #[cfg(windows)]
   {
-    10047 // WSAEAFNOSUPPORT
+    const WSAEAFNOSUPPORT: i32 = 10047;
+    e.raw_os_error() == Some(WSAEAFNOSUPPORT)
   }
 }
 
@@ -79,60 +75,49 @@ pub fn is_port_available(port: u16, host: Option<IpAddr>) -> bool {
   }
 }
 
-pub struct FindOptions {
+/// What to look for.
+#[derive(Debug, Clone)]
+pub struct Search {
   pub start_port: u16,
   pub end_port: u16,
-  pub exclude: HashSet<u16>,
+  pub exclude: Vec<u16>,
   pub host: Option<IpAddr>,
+  pub owner: Owner,
 }
 
-/// The first port of `[start_port, end_port]` that is not excluded, not reserved in this process and
-/// available; it is then reserved for `RESERVATION`.
-pub fn find_available_port(options: &FindOptions) -> Result<u16> {
-  let FindOptions {
-    start_port,
-    end_port,
-    ..
-  } = *options;
-  if start_port == 0 || end_port < start_port {
-    return Err(PmError::InvalidArg(format!(
-      "port range {start_port}..{end_port} is empty: the start port must be 1-65535 and not above the end port"
+/// The first port of the range that is not excluded, not reserved by anyone but `owner`, and available;
+/// it comes back reserved.
+pub fn find_available_port(search: &Search) -> Result<Reservation> {
+  let (start, end) = (search.start_port, search.end_port);
+  if start == 0 || end < start {
+    return Err(PmError::invalid(format!(
+      "port range {start}..{end} is empty: the start port must be 1-65535 and not above the end port"
     )));
   }
   // One read of the kernel's listening-socket table skips held ports without a bind each; the chosen
   // candidate is still confirmed by binding it on every family.
-  let listening = if options.host.is_none() {
-    crate::sockets::listening_ports()
-  } else {
-    None
+  let listening = match search.host {
+    None => super::listeners::listening_ports(),
+    Some(_) => None,
   };
-  let mut reserved = reservations().lock().unwrap_or_else(|e| e.into_inner());
-  let now = Instant::now();
-  reserved.retain(|_, until| *until > now);
-  for port in start_port..=end_port {
-    if options.exclude.contains(&port) || reserved.contains_key(&port) {
+  for port in start..=end {
+    if search.exclude.contains(&port)
+      || listening.as_ref().is_some_and(|l| l.contains(&port))
+      || reservation::held_by_other(port, search.owner)
+    {
       continue;
     }
-    if listening.as_ref().is_some_and(|l| l.contains(&port)) {
+    let Some(reserved) = reservation::reserve(port, search.owner) else {
       continue;
-    }
-    if is_port_available(port, options.host) {
-      reserved.insert(port, now + RESERVATION);
-      return Ok(port);
+    };
+    if is_port_available(port, search.host) {
+      return Ok(reserved);
     }
   }
   Err(PmError::NoFreePort {
-    start_port,
-    end_port,
+    start_port: start,
+    end_port: end,
   })
-}
-
-/// Gives a reserved port back early (the backend that was to use it failed or stopped).
-pub fn release_port(port: u16) {
-  reservations()
-    .lock()
-    .unwrap_or_else(|e| e.into_inner())
-    .remove(&port);
 }
 
 #[cfg(test)]
@@ -140,12 +125,13 @@ mod tests {
   use super::*;
   use std::net::TcpListener;
 
-  fn options(start_port: u16, end_port: u16) -> FindOptions {
-    FindOptions {
+  fn search(start_port: u16, end_port: u16) -> Search {
+    Search {
       start_port,
       end_port,
-      exclude: HashSet::new(),
+      exclude: Vec::new(),
       host: None,
+      owner: Owner::new(),
     }
   }
 
@@ -174,8 +160,7 @@ mod tests {
 
   #[test]
   fn a_released_port_is_available() {
-    let port = fresh_port();
-    assert!(is_port_available(port, None));
+    assert!(is_port_available(fresh_port(), None));
   }
 
   #[test]
@@ -183,19 +168,31 @@ mod tests {
     let held = TcpListener::bind("127.0.0.1:0").unwrap();
     let start = held.local_addr().unwrap().port();
     let end = start.saturating_add(20);
-    let first = find_available_port(&options(start, end)).unwrap();
-    assert_ne!(first, start);
-    let second = find_available_port(&options(start, end)).unwrap();
-    assert_ne!(first, second, "a reserved port is not handed out twice");
-    release_port(first);
-    release_port(second);
+    let first = find_available_port(&search(start, end)).unwrap();
+    assert_ne!(first.port(), start);
+    let second = find_available_port(&search(start, end)).unwrap();
+    assert_ne!(first.port(), second.port(), "a reserved port is not handed out twice");
+  }
+
+  #[test]
+  fn an_owner_is_not_blocked_by_its_own_reservation() {
+    let port = fresh_port();
+    let mut mine = search(port, port);
+    find_available_port(&mine)
+      .unwrap()
+      .hold_until(std::time::Instant::now() + RESERVATION);
+    assert!(find_available_port(&search(port, port)).is_err(), "others are");
+    let again = find_available_port(&mine).unwrap();
+    assert_eq!(again.port(), port);
+    mine.exclude.push(port);
+    assert!(find_available_port(&mine).is_err(), "excluded ports are skipped");
   }
 
   #[test]
   fn an_exhausted_range_is_an_error_naming_the_range() {
     let held = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().port();
-    match find_available_port(&options(port, port)) {
+    match find_available_port(&search(port, port)) {
       Err(PmError::NoFreePort {
         start_port,
         end_port,
@@ -204,11 +201,24 @@ mod tests {
     }
   }
 
+  /// Twenty threads at once (real concurrency, not one after another) get twenty different ports.
   #[test]
-  fn excluded_ports_are_skipped() {
-    let port = fresh_port();
-    let mut opts = options(port, port);
-    opts.exclude.insert(port);
-    assert!(find_available_port(&opts).is_err());
+  fn parallel_callers_get_different_ports() {
+    let start = fresh_port().max(20_000).min(60_000);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(20));
+    let found: Vec<Reservation> = std::thread::scope(|s| {
+      let handles: Vec<_> = (0..20)
+        .map(|_| {
+          let barrier = barrier.clone();
+          s.spawn(move || {
+            barrier.wait();
+            find_available_port(&search(start, start + 200)).unwrap()
+          })
+        })
+        .collect();
+      handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ports: std::collections::HashSet<u16> = found.iter().map(|r| r.port()).collect();
+    assert_eq!(ports.len(), 20);
   }
 }

@@ -1,0 +1,426 @@
+//! The Node-API surface: hands JS values to the core (which checks them), and core results and errors back
+//! as JS values. No process logic lives here. The public API is the hand-written `index.js` on top.
+
+mod error;
+mod events;
+mod value;
+
+use crate::lifecycle::launch::Runtime;
+use crate::lifecycle::{self, Manager};
+use crate::net::{listeners, port, reservation};
+use crate::options::{self, CleanupArgs, FindArgs, Options, StartArgs};
+use crate::state::orphans::{self, RecordState};
+use crate::{blocking, state};
+use error::{promise, sync};
+use events::{JsEvents, ManagerEvent};
+use napi::bindgen_prelude::{Function, PromiseRaw};
+use napi::{Env, Unknown};
+use napi_derive::napi;
+use std::collections::HashMap;
+use std::sync::Arc;
+use value::{from_js, JsPlain};
+
+// ---- ports -------------------------------------------------------------------------------------------
+
+/// True when `port` can be bound on 127.0.0.1, ::1 (where IPv6 exists), 0.0.0.0 and :: — or only on
+/// `host` when given. Synchronous: a few binds take microseconds, less than a hop to another thread.
+#[napi(ts_args_type = "port: number, host?: string | null")]
+pub fn is_port_available(env: &Env, port: Unknown, host: Unknown) -> napi::Result<bool> {
+  let (port, host) = (from_js(port)?, from_js(host)?);
+  sync(env, || {
+    let port = options::port(&port, "port")?;
+    let host = match host {
+      options::Value::Undefined | options::Value::Null => None,
+      h => Some(options::host(&h, "host")?),
+    };
+    Ok(port::is_port_available(port, host))
+  })
+}
+
+/// The first available port from `startPort` (to `endPort`, default `startPort + 100`), skipping
+/// `exclude` and reserved ports; the port returned is reserved for 15 s for this process and the
+/// user's other processes. Synchronous for the same reason as `isPortAvailable`.
+#[napi(ts_args_type = "startPort: number, options?: { endPort?: number, exclude?: number[], host?: string } | null")]
+pub fn find_available_port(env: &Env, start_port: Unknown, options: Unknown) -> napi::Result<u32> {
+  let (start, options) = (from_js(start_port)?, from_js(options)?);
+  sync(env, || {
+    let args = FindArgs::parse(&start, &options)?;
+    let reserved = port::find_available_port(&port::Search {
+      start_port: args.start_port,
+      end_port: args.end_port,
+      exclude: args.exclude,
+      host: args.host,
+      owner: reservation::Owner::ANYONE,
+    })?;
+    let port = reserved.port();
+    reserved.hold_until(std::time::Instant::now() + port::RESERVATION);
+    Ok(port.into())
+  })
+}
+
+/// Gives a port reserved by `findAvailablePort` back before its reservation ends.
+#[napi]
+pub fn release_port(port: u32) {
+  if let Ok(port) = u16::try_from(port) {
+    reservation::release(port);
+  }
+}
+
+#[napi(object)]
+pub struct PortHolder {
+  pub port: u32,
+  /// The process listening on the port, or null when the OS does not tell (another user's process).
+  pub pid: Option<u32>,
+  pub name: Option<String>,
+}
+
+/// The processes listening on the given ports (only busy ports are listed).
+#[napi(ts_args_type = "ports: number[]", ts_return_type = "Promise<PortHolder[]>")]
+pub fn port_holders<'env>(env: &'env Env, ports: Unknown) -> napi::Result<PromiseRaw<'env, Vec<PortHolder>>> {
+  let ports = from_js(ports)?;
+  promise(
+    env,
+    async move {
+      let ports = options::ports(&ports, "ports")?;
+      blocking::run(move || listeners::port_holders(&ports, &[])).await
+    },
+    |holders| {
+      holders
+        .into_iter()
+        .map(|h| PortHolder {
+          port: h.port.into(),
+          pid: h.pid,
+          name: h.name,
+        })
+        .collect()
+    },
+  )
+}
+
+// ---- records -----------------------------------------------------------------------------------------
+
+/// The per-user folder where PID records are kept by default.
+#[napi]
+pub fn default_state_dir() -> String {
+  state::dir::default_state_dir().to_string_lossy().into_owned()
+}
+
+/// One file of the state folder and what is known of its backend now.
+#[napi(object, use_nullable = true)]
+pub struct RecordStatus {
+  pub file: String,
+  /// `running`: alive, its app too; `orphaned`: alive (or its group is), its app gone; `stale`: the process
+  /// is gone or is another program now; `invalid`: a record of ours that cannot be read; `foreign`: not a
+  /// record of this library, or not safe to act on (see `problem`).
+  #[napi(ts_type = "'running' | 'orphaned' | 'stale' | 'invalid' | 'foreign'")]
+  pub state: String,
+  pub name: Option<String>,
+  pub pid: Option<u32>,
+  pub port: Option<u32>,
+  pub host: Option<String>,
+  pub started_at: Option<f64>,
+  pub owner_pid: Option<u32>,
+  pub restarts: Option<u32>,
+  pub alive: bool,
+  pub orphaned: bool,
+  pub uptime_ms: Option<f64>,
+  /// Average CPU use of the backend's whole process tree over its life, in percent of one core.
+  pub cpu_percent: Option<f64>,
+  /// CPU time the tree has used so far (for a sampled rate: the difference of two readings).
+  pub cpu_time_ms: Option<f64>,
+  /// Resident memory of the whole tree.
+  pub memory_bytes: Option<f64>,
+  /// Processes in the tree.
+  pub process_count: Option<u32>,
+  pub process_name: Option<String>,
+  /// The process listening on the record's port, where the OS tells.
+  pub listener_pid: Option<u32>,
+  pub listener_name: Option<String>,
+  /// Why an `invalid` or `foreign` file cannot be used.
+  pub problem: Option<String>,
+}
+
+fn record_status(s: orphans::RecordStatus) -> RecordStatus {
+  let r = s.record.as_ref();
+  let u = s.usage.as_ref();
+  let alive = matches!(
+    s.state,
+    RecordState::Running | RecordState::Orphaned | RecordState::OrphanedGroup
+  );
+  RecordStatus {
+    file: s.file.to_string_lossy().into_owned(),
+    state: s.state.as_str().into(),
+    name: r.map(|r| r.name.clone()),
+    pid: r.map(|r| r.pid),
+    port: r.map(|r| r.port.into()),
+    host: r.map(|r| r.host.clone()),
+    started_at: r.map(|r| r.started_at as f64),
+    owner_pid: r.map(|r| r.owner_pid),
+    restarts: r.map(|r| r.restarts),
+    alive,
+    orphaned: matches!(s.state, RecordState::Orphaned | RecordState::OrphanedGroup),
+    uptime_ms: u.map(|u| u.uptime_ms as f64),
+    cpu_percent: u.map(|u| u.cpu_percent),
+    cpu_time_ms: u.map(|u| u.cpu_time_ms as f64),
+    memory_bytes: u.map(|u| u.memory_bytes as f64),
+    process_count: u.map(|u| u.process_count),
+    process_name: u.map(|u| u.name.clone()),
+    listener_pid: s.listener.as_ref().and_then(|l| l.pid),
+    listener_name: s.listener.as_ref().and_then(|l| l.name.clone()),
+    problem: s.problem,
+  }
+}
+
+/// Every record-like file of `stateDir` (default: the per-user folder) with its state, the CPU and memory
+/// of its backend's tree, and the listener of its port.
+#[napi(ts_args_type = "stateDir?: string | null", ts_return_type = "Promise<RecordStatus[]>")]
+pub fn record_statuses<'env>(env: &'env Env, state_dir: Unknown) -> napi::Result<PromiseRaw<'env, Vec<RecordStatus>>> {
+  let dir = from_js(state_dir)?;
+  promise(
+    env,
+    async move {
+      let dir = options::state_dir(Some(&dir))?;
+      blocking::run(move || orphans::statuses(&dir)).await
+    },
+    |statuses| statuses.into_iter().map(record_status).collect(),
+  )
+}
+
+/// What a cleanup did with one file of the state folder.
+#[napi(object, use_nullable = true)]
+pub struct CleanupItem {
+  pub file: String,
+  #[napi(
+    ts_type = "'terminated' | 'stale-removed' | 'invalid-removed' | 'failed' | 'not-deleted' | 'untrusted' | 'foreign' | 'busy' | 'protected'"
+  )]
+  pub action: String,
+  pub name: Option<String>,
+  pub pid: Option<u32>,
+  pub port: Option<u32>,
+  pub detail: String,
+}
+
+/// Terminates orphaned backends (of `name`, or all) that still match their records, and deletes stale
+/// and broken records of this library. Backends whose app is alive, and files that are not ours, are never
+/// touched.
+#[napi(
+  ts_args_type = "stateDir?: string | null, options?: { name?: string, stopTimeoutMs?: number } | null",
+  ts_return_type = "Promise<CleanupItem[]>"
+)]
+pub fn cleanup_records<'env>(
+  env: &'env Env,
+  state_dir: Unknown,
+  options: Unknown,
+) -> napi::Result<PromiseRaw<'env, Vec<CleanupItem>>> {
+  let (dir, options) = (from_js(state_dir)?, from_js(options)?);
+  promise(
+    env,
+    async move {
+      let args = CleanupArgs::parse(&dir, &options)?;
+      blocking::run(move || {
+        orphans::cleanup(&args.state_dir, args.name.as_deref(), args.stop_timeout)
+      })
+      .await
+    },
+    |items| {
+      items
+        .into_iter()
+        .map(|i| CleanupItem {
+          file: i.file.to_string_lossy().into_owned(),
+          action: i.action.as_str().into(),
+          name: i.name,
+          pid: i.pid,
+          port: i.port.map(u32::from),
+          detail: i.detail,
+        })
+        .collect()
+    },
+  )
+}
+
+// ---- the manager -------------------------------------------------------------------------------------
+
+/// What the JS layer knows of its runtime.
+#[napi(object, object_to_js = false)]
+pub struct RuntimeInfo {
+  /// `process.execPath`.
+  pub node_path: String,
+  /// Running inside Electron.
+  pub electron: bool,
+  /// `process.env`.
+  pub env: HashMap<String, String>,
+}
+
+/// The running backend.
+#[napi(object)]
+pub struct BackendInfo {
+  pub pid: u32,
+  pub port: u32,
+  pub host: String,
+  pub url: String,
+  /// Epoch milliseconds.
+  pub started_at: f64,
+}
+
+impl From<lifecycle::BackendInfo> for BackendInfo {
+  fn from(b: lifecycle::BackendInfo) -> Self {
+    BackendInfo {
+      pid: b.pid,
+      port: b.port.into(),
+      host: b.host,
+      url: b.url,
+      started_at: b.started_at as f64,
+    }
+  }
+}
+
+/// How a stop went.
+#[napi(object, use_nullable = true)]
+pub struct StopResult {
+  pub pid: u32,
+  pub exit_code: Option<i32>,
+  /// The signal that ended the backend, such as `'SIGKILL'`.
+  pub signal: Option<String>,
+  /// The force kill was needed: the backend did not exit within `stopTimeoutMs`.
+  pub forced: bool,
+  /// From the stop request until the whole process group was gone.
+  pub duration_ms: f64,
+  /// Processes of the backend still alive after the force kill (normally none); their record is kept.
+  pub survivors: Vec<u32>,
+}
+
+impl From<lifecycle::StopResult> for StopResult {
+  fn from(r: lifecycle::StopResult) -> Self {
+    StopResult {
+      pid: r.pid,
+      exit_code: r.exit.exit_code,
+      signal: r.exit.signal,
+      forced: r.forced,
+      duration_ms: (r.duration.as_secs_f64() * 10_000.0).round() / 10.0,
+      survivors: r.survivors,
+    }
+  }
+}
+
+/// The native half of `ProcessManager`: one named backend's lifecycle.
+#[napi]
+pub struct NativeManager {
+  inner: Arc<Manager>,
+}
+
+#[napi]
+impl NativeManager {
+  /// Checks the options (every rule of the API lives in the core) and makes the manager.
+  #[napi(
+    constructor,
+    ts_args_type = "options: Record<string, unknown> | undefined | null, onEvent: (event: ManagerEvent) => void"
+  )]
+  pub fn new(env: &Env, options: Unknown, on_event: Function<ManagerEvent, ()>) -> napi::Result<Self> {
+    let options = from_js(options)?;
+    let options = sync(env, || Options::parse(&options))?;
+    let events = Arc::new(JsEvents::new(on_event)?);
+    Ok(NativeManager {
+      inner: Manager::new(options, events),
+    })
+  }
+
+  /// The options in force, defaults applied.
+  #[napi(getter, ts_return_type = "Record<string, unknown>")]
+  pub fn options(&self) -> JsPlain {
+    JsPlain(self.inner.options.to_value())
+  }
+
+  /// The running backend, or null.
+  #[napi(getter)]
+  pub fn backend(&self) -> Option<BackendInfo> {
+    self.inner.backend().map(Into::into)
+  }
+
+  #[napi(
+    ts_args_type = "projectRoot: string, isPackaged: boolean | undefined, runtime: RuntimeInfo",
+    ts_return_type = "Promise<BackendInfo>"
+  )]
+  pub fn start<'env>(
+    &self,
+    env: &'env Env,
+    project_root: Unknown,
+    is_packaged: Unknown,
+    runtime: RuntimeInfo,
+  ) -> napi::Result<PromiseRaw<'env, BackendInfo>> {
+    let (root, packaged) = (from_js(project_root)?, from_js(is_packaged)?);
+    let args = sync(env, || StartArgs::parse(&root, &packaged))?;
+    let runtime = Runtime {
+      node_path: runtime.node_path,
+      electron: runtime.electron,
+      env: runtime.env.into_iter().collect(),
+    };
+    promise(env, self.inner.start(args, runtime), BackendInfo::from)
+  }
+
+  #[napi(ts_return_type = "Promise<StopResult | null>")]
+  pub fn stop<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, Option<StopResult>>> {
+    let stopping = self.inner.stop();
+    promise(env, async move { Ok(stopping.await) }, |r| r.map(StopResult::from))
+  }
+
+  #[napi(ts_return_type = "Promise<boolean>")]
+  pub fn kill_existing<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, bool>> {
+    let manager = self.inner.clone();
+    promise(env, async move { manager.kill_existing().await }, |b| b)
+  }
+
+  #[napi(ts_args_type = "port: number", ts_return_type = "Promise<boolean>")]
+  pub fn check_health<'env>(&self, env: &'env Env, port: Unknown) -> napi::Result<PromiseRaw<'env, bool>> {
+    let port = from_js(port)?;
+    let port = sync(env, || options::port(&port, "port"))?;
+    let manager = self.inner.clone();
+    promise(env, async move { Ok(manager.check_health(port).await) }, |b| b)
+  }
+
+  #[napi(
+    ts_args_type = "port: number, maxRetries?: number, retryDelayMs?: number",
+    ts_return_type = "Promise<boolean>"
+  )]
+  pub fn wait_for_ready<'env>(
+    &self,
+    env: &'env Env,
+    port: Unknown,
+    max_retries: Unknown,
+    retry_delay_ms: Unknown,
+  ) -> napi::Result<PromiseRaw<'env, bool>> {
+    let (port, retries, delay) = (from_js(port)?, from_js(max_retries)?, from_js(retry_delay_ms)?);
+    let (port, retries, delay) = sync(env, || {
+      Ok((
+        options::port(&port, "port")?,
+        match retries {
+          options::Value::Undefined => options::DEFAULT_READY_RETRIES,
+          r => options::count(&r, "maxRetries")?,
+        },
+        match delay {
+          options::Value::Undefined => options::DEFAULT_READY_RETRY_DELAY,
+          d => options::millis(&d, "retryDelayMs", 0.0)?,
+        },
+      ))
+    })?;
+    let manager = self.inner.clone();
+    promise(
+      env,
+      async move { Ok(manager.wait_for_ready(port, retries, delay).await) },
+      |b| b,
+    )
+  }
+
+  /// `pm.findAvailablePort(startPort = port)`: in `[startPort, startPort + portRange]`, reserved for 15 s
+  /// (a reservation that never blocks this manager's own start).
+  #[napi(ts_args_type = "startPort?: number")]
+  pub fn find_available_port(&self, env: &Env, start_port: Unknown) -> napi::Result<u32> {
+    let start = from_js(start_port)?;
+    sync(env, || {
+      let start = match start {
+        options::Value::Undefined => None,
+        s => Some(options::port(&s, "startPort")?),
+      };
+      self.inner.find_available_port(start).map(u32::from)
+    })
+  }
+}

@@ -1,0 +1,241 @@
+//! One try at starting the backend on one reserved port: spawn → record → wait until healthy, or until it
+//! exits, or until a stop cancels the start. Readiness counts only when the port's listener is one of the
+//! backend's own processes (DESIGN.md §11): a 2xx from a stranger on the same port is not our backend.
+
+use super::instance::Instance;
+use super::launch::Launch;
+use super::manager::{url_for, Manager, StartState};
+use super::{BackendInfo, Level};
+use crate::blocking;
+use crate::error::{PmError, Result};
+use crate::net::health;
+use crate::net::listeners;
+use crate::net::reservation::Reservation;
+use crate::os::spawn::{self, LineSink, Stream};
+use crate::os::tree;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long an error report waits for the backend's last stderr lines after it exited.
+const OUTPUT_DRAIN: Duration = Duration::from_millis(200);
+/// Once the backend answers but is not healthy yet, probes back off up to this.
+const ANSWERED_DELAY_CAP: Duration = Duration::from_millis(500);
+
+pub enum Attempt {
+  Ready(Arc<Instance>),
+  /// The backend lost the race for its port (it said so, then exited); try the next one. `exited` is the
+  /// error to report if no try is left.
+  PortTaken { port: u16, exited: PmError },
+}
+
+pub async fn run(
+  manager: &Arc<Manager>,
+  launch: &Launch,
+  port: Reservation,
+  start: &StartState,
+) -> Result<Attempt> {
+  let mut cancel = start.cancel.subscribe();
+  let cancelled = *cancel.borrow();
+  if cancelled {
+    return Err(manager.cancelled(start, None, Vec::new()));
+  }
+  let o = &manager.options;
+  let chosen = port.port();
+  let spec = launch.on_port(chosen, o.host, &o.port_env);
+  manager.log(
+    Level::Info,
+    format!("starting backend: {} {}", spec.program, spec.args.join(" ")),
+  );
+  let port_taken = Arc::new(AtomicBool::new(false));
+  let sink: LineSink = {
+    let manager = Arc::downgrade(manager);
+    let port_taken = port_taken.clone();
+    Arc::new(move |stream: Stream, line: &str| {
+      if says_port_taken(line, chosen) {
+        port_taken.store(true, Ordering::SeqCst);
+      }
+      if let Some(manager) = manager.upgrade() {
+        manager.line(stream, line);
+      }
+    })
+  };
+  let child = spawn::spawn(spec, sink).await?;
+  let info = BackendInfo {
+    pid: child.pid,
+    port: chosen,
+    host: o.host.to_string(),
+    url: url_for(o.host, chosen),
+    started_at: now_ms(),
+  };
+  manager.log(
+    Level::Info,
+    format!("backend started with pid {} on port {chosen}", child.pid),
+  );
+  let instance = Instance::new(info, child.clone(), port, &o.name, o.state_dir.clone(), 0);
+  manager.watch_exit(instance.clone());
+  if let Err(e) = instance.write_record().await {
+    manager.end(&instance, true).await;
+    return Err(e);
+  }
+
+  let waiting_since = Instant::now();
+  let deadline = waiting_since + o.start_timeout;
+  let target = manager.target(chosen);
+  let pid = child.pid;
+  let own_listener = move || async move {
+    // Off the async worker: this reads the tree's descriptors (and, rarely, scans every process).
+    blocking::run(move || listener_is_own(chosen, pid))
+      .await
+      .unwrap_or(false)
+  };
+  tokio::select! {
+    biased;
+    _ = async { cancel.wait_for(|c| *c).await.map(|_| ()) } => {
+      let stopped = manager.end(&instance, true).await;
+      Err(manager.cancelled(start, Some(stopped), child.output.stderr_tail()))
+    }
+    exit = child.exited() => {
+      child.output.wait_closed(OUTPUT_DRAIN).await;
+      manager.end(&instance, false).await;
+      let tail = child.output.stderr_tail();
+      let hint = tail.last().map(|l| format!(": {l}")).unwrap_or_default();
+      let exited = PmError::BackendExited {
+        message: format!(
+          "the backend exited with {} before it became healthy{hint}. See stderrTail for its last output",
+          exit.describe()
+        ),
+        exit_code: exit.exit_code,
+        signal: exit.signal,
+        stderr_tail: tail,
+      };
+      if port_taken.load(Ordering::SeqCst) {
+        return Ok(Attempt::PortTaken { port: chosen, exited });
+      }
+      Err(exited)
+    }
+    ready = health::wait_until_healthy(&target, o.health_timeout, deadline, ANSWERED_DELAY_CAP, own_listener) => {
+      match ready {
+        Ok(ready) => {
+          if let Err(e) = instance.write_record().await {
+            manager.log(Level::Warn, format!("could not update the PID record: {e}"));
+          }
+          manager.log(Level::Info, format!(
+            "backend is ready at {} ({} health checks in {} ms)",
+            instance.info.url, ready.probes, waiting_since.elapsed().as_millis()
+          ));
+          Ok(Attempt::Ready(instance))
+        }
+        Err(not_ready) => {
+          let last = not_ready.last.describe();
+          manager.log(Level::Warn, format!(
+            "backend not healthy after {} ms and {} health checks (last: {last}); stopping it",
+            o.start_timeout.as_millis(), not_ready.probes
+          ));
+          manager.end(&instance, true).await;
+          Err(PmError::StartTimeout {
+            port: chosen,
+            timeout_ms: o.start_timeout.as_millis() as u64,
+            last_health_error: last,
+          })
+        }
+      }
+    }
+  }
+}
+
+/// The port's listener is in the backend's tree, or in what its group holds (a server that a wrapper
+/// started and that left the tree). Where the OS cannot tell, the answer is taken as the backend's.
+fn listener_is_own(port: u16, pid: u32) -> bool {
+  let tree = tree::with_descendants(pid);
+  match listeners::listened_by(port, &tree) {
+    Some(true) | None => true,
+    Some(false) => {
+      let group: Vec<u32> = tree::group_members(pid).into_iter().map(|m| m.pid).collect();
+      listeners::listened_by(port, &group).unwrap_or(true)
+    }
+  }
+}
+
+fn now_ms() -> u64 {
+  std::time::SystemTime::now()
+    .duration_since(std::time::UNIX_EPOCH)
+    .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The line says the backend could not listen because the address is in use — on `port`, or on no port it
+/// names. A metrics endpoint or a second server failing on another port is not a port conflict of ours.
+pub fn says_port_taken(line: &str, port: u16) -> bool {
+  let lower = line.to_ascii_lowercase();
+  let in_use = [
+    "eaddrinuse",
+    "address already in use",
+    "address in use",
+    "connection in use",
+    "only one usage of each socket address",
+  ]
+    .iter()
+    .any(|m| lower.contains(m));
+  if !in_use {
+    return false;
+  }
+  let named = ports_named(&lower);
+  named.is_empty() || named.contains(&port)
+}
+
+/// Numbers in a line that can be ports: 2-5 digits, not part of a dotted address, not an error number.
+fn ports_named(lower: &str) -> Vec<u16> {
+  let bytes = lower.as_bytes();
+  let mut found = Vec::new();
+  let mut at = 0;
+  while at < bytes.len() {
+    if !bytes[at].is_ascii_digit() {
+      at += 1;
+      continue;
+    }
+    let begin = at;
+    while at < bytes.len() && bytes[at].is_ascii_digit() {
+      at += 1;
+    }
+    let before = lower[..begin].trim_end();
+    let dotted = (begin > 0 && bytes[begin - 1] == b'.') || bytes.get(at) == Some(&b'.');
+    let error_number = ["errno", "error", "os error", "winerror", "code"]
+      .iter()
+      .any(|w| before.ends_with(w));
+    if (2..=5).contains(&(at - begin)) && !dotted && !error_number {
+      if let Ok(n) = lower[begin..at].parse::<u16>() {
+        found.push(n);
+      }
+    }
+  }
+  found
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn a_port_conflict_counts_only_for_the_chosen_port_or_none() {
+    let ours = [
+      "Error: listen EADDRINUSE: address already in use 127.0.0.1:8000",
+      "OSError: [Errno 98] Address already in use",
+      "ERROR:    [Errno 98] error while attempting to bind on address ('127.0.0.1', 8000): address already in use",
+      "listen tcp 127.0.0.1:8000: bind: address already in use",
+      "[2025-01-01 10:00:00 +0000] [7] [ERROR] Connection in use: ('127.0.0.1', 8000)",
+      "OSError: [WinError 10048] Only one usage of each socket address is normally permitted",
+    ];
+    for line in ours {
+      assert!(says_port_taken(line, 8000), "{line}");
+    }
+    let elsewhere = [
+      "Error: listen EADDRINUSE: address already in use 127.0.0.1:9464",
+      "metrics: listen tcp [::1]:9090: bind: address already in use",
+    ];
+    for line in elsewhere {
+      assert!(!says_port_taken(line, 8000), "{line}");
+    }
+    assert!(!says_port_taken("listening on 8000", 8000));
+  }
+}

@@ -1,0 +1,151 @@
+//! One spawned backend process: what the app knows of it, its PID record, the port it holds, and its end,
+//! which happens exactly once, whoever gets there first (a stop, its own exit, a failed start).
+
+use super::{BackendInfo, StopResult};
+use crate::blocking;
+use crate::error::Result;
+use crate::net::reservation::Reservation;
+use crate::os::process;
+use crate::os::spawn::Child;
+use crate::os::stop;
+use crate::state::record::{self, Record, MARKER, RECORD_VERSION};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+/// The record file of an instance. Writes and the final delete are serialized by the lock around it, and
+/// once `closed` nothing is written again: a record never outlives its backend (nor is rewritten after).
+#[derive(Default)]
+struct RecordFile {
+  path: Option<PathBuf>,
+  closed: bool,
+}
+
+pub struct Instance {
+  pub info: BackendInfo,
+  pub child: Arc<Child>,
+  name: String,
+  state_dir: PathBuf,
+  restarts: u32,
+  port: Mutex<Option<Reservation>>,
+  record: tokio::sync::Mutex<RecordFile>,
+  stop_requested_at: Mutex<Option<Instant>>,
+  ended: AtomicBool,
+  finished: OnceCell<StopResult>,
+}
+
+impl Instance {
+  pub fn new(
+    info: BackendInfo,
+    child: Arc<Child>,
+    port: Reservation,
+    name: &str,
+    state_dir: PathBuf,
+    restarts: u32,
+  ) -> Arc<Instance> {
+    Arc::new(Instance {
+      info,
+      child,
+      name: name.to_string(),
+      state_dir,
+      restarts,
+      port: Mutex::new(Some(port)),
+      record: tokio::sync::Mutex::new(RecordFile::default()),
+      stop_requested_at: Mutex::new(None),
+      ended: AtomicBool::new(false),
+      finished: OnceCell::new(),
+    })
+  }
+
+  /// The backend ended and its end was dealt with.
+  pub fn has_ended(&self) -> bool {
+    self.ended.load(Ordering::SeqCst)
+  }
+
+  /// Writes (or rewrites) the PID record with what runs now: a launcher may have exec'd the real server
+  /// since the last write. Nothing is written once the instance has ended.
+  pub async fn write_record(&self) -> Result<()> {
+    let mut file = self.record.lock().await;
+    if file.closed {
+      return Ok(());
+    }
+    let record = self.record_now();
+    let dir = self.state_dir.clone();
+    file.path = Some(blocking::run(move || record::write_record(&dir, &record)).await??);
+    Ok(())
+  }
+
+  fn record_now(&self) -> Record {
+    let me = process::own_pid();
+    let backend = process::identity(self.info.pid);
+    Record {
+      manager: MARKER.into(),
+      version: RECORD_VERSION,
+      name: self.name.clone(),
+      pid: self.info.pid,
+      port: self.info.port,
+      host: self.info.host.clone(),
+      started_at: self.info.started_at,
+      exe: backend.as_ref().and_then(|b| b.exe.clone()),
+      start_time: backend.map_or(0, |b| b.start_time),
+      owner_pid: me,
+      owner_start_time: process::identity(me).map_or(0, |o| o.start_time),
+      restarts: self.restarts,
+    }
+  }
+
+  pub fn request_stop(&self) {
+    let mut at = self.stop_requested_at.lock().unwrap_or_else(|e| e.into_inner());
+    at.get_or_insert_with(Instant::now);
+  }
+
+  fn stop_requested(&self) -> Option<Instant> {
+    *self.stop_requested_at.lock().unwrap_or_else(|e| e.into_inner())
+  }
+
+  /// Ends the instance once: stops it (when a stop was requested) or deals with its exit, stops what is
+  /// left of its group, closes its record and gives its port back — unless something survived even the
+  /// force kill, whose record is then kept for a later cleanup. `on_end` runs once, before the result is
+  /// returned to anyone, with whether the end was asked for and what went wrong deleting the record.
+  pub async fn end(
+    &self,
+    stop_timeout: Duration,
+    on_end: impl FnOnce(&StopResult, bool, Option<String>),
+  ) -> StopResult {
+    self
+      .finished
+      .get_or_init(|| async {
+        let requested = self.stop_requested();
+        let began = requested.unwrap_or_else(Instant::now);
+        let outcome = stop::stop_child(&self.child, stop_timeout).await;
+        let mut file = self.record.lock().await;
+        file.closed = true;
+        let mut delete_error = None;
+        if outcome.survivors.is_empty() {
+          if let Some(path) = file.path.take() {
+            let shown = path.display().to_string();
+            if let Ok(Err(e)) = blocking::run(move || record::delete_record(&path)).await {
+              delete_error = Some(format!("could not delete {shown}: {e}"));
+            }
+          }
+          self.port.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
+        drop(file);
+        self.ended.store(true, Ordering::SeqCst);
+        let result = StopResult {
+          pid: self.info.pid,
+          exit: outcome.exit,
+          forced: outcome.forced,
+          duration: began.elapsed(),
+          survivors: outcome.survivors,
+        };
+        on_end(&result, requested.is_some(), delete_error);
+        result
+      })
+      .await
+      .clone()
+  }
+}

@@ -1,0 +1,626 @@
+//! Every option and argument the API takes is checked here, once, for every entry point (the constructor,
+//! the free functions, the CLI through them). The binding hands over JS values as they are (`Value`); this
+//! module applies the defaults of the API reference (docs/api.md) and turns bad input into
+//! `ERR_INVALID_ARG` with a message that says what is wrong.
+
+use crate::error::{PmError, Result};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A JS value as the binding found it, before any judgement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+  Undefined,
+  Null,
+  Bool(bool),
+  Number(f64),
+  String(String),
+  Array(Vec<Value>),
+  Object(Vec<(String, Value)>),
+  /// A function, symbol, bigint or anything else no option takes; the name of its type.
+  Other(&'static str),
+}
+
+impl Value {
+  fn describe(&self) -> String {
+    match self {
+      Value::Undefined => "undefined".into(),
+      Value::Null => "null".into(),
+      Value::Bool(b) => b.to_string(),
+      Value::Number(n) => js_number(*n),
+      Value::String(s) => format!("{s:?}"),
+      Value::Array(_) => "an array".into(),
+      Value::Object(_) => "an object".into(),
+      Value::Other(kind) => format!("a {kind}"),
+    }
+  }
+
+  fn is_absent(&self) -> bool {
+    matches!(self, Value::Undefined)
+  }
+
+  pub fn object(fields: Vec<(&str, Value)>) -> Value {
+    Value::Object(
+      fields
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+    )
+  }
+}
+
+fn js_number(n: f64) -> String {
+  if n.is_nan() {
+    "NaN".into()
+  } else if n.is_infinite() {
+    if n > 0.0 { "Infinity" } else { "-Infinity" }.into()
+  } else {
+    format!("{n}")
+  }
+}
+
+/// Like JS timers, a duration may not exceed 2^31 - 1 ms (about 24.8 days).
+pub const MAX_MS: f64 = 2_147_483_647.0;
+
+pub const DEFAULT_NAME: &str = "backend";
+pub const DEFAULT_ENTRY: &str = "backend-nodejs/server.js";
+pub const DEFAULT_HOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+pub const DEFAULT_PORT: u16 = 8000;
+pub const DEFAULT_PORT_RANGE: u16 = 100;
+pub const DEFAULT_PORT_ENV: &str = "PORT";
+pub const DEFAULT_HEALTH_PATH: &str = "/health";
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_millis(1000);
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_millis(10_000);
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_millis(5000);
+/// `waitForBackendReady(port, maxRetries = 10, retryDelayMs = 1000)`.
+pub const DEFAULT_READY_RETRIES: u32 = 10;
+pub const DEFAULT_READY_RETRY_DELAY: Duration = Duration::from_millis(1000);
+
+// ---- single values -------------------------------------------------------------------------------
+
+fn bad(what: &str, expected: &str, got: &Value) -> PmError {
+  PmError::invalid(format!("{what} must be {expected}, got {}", got.describe()))
+}
+
+/// A string with no NUL (which no OS call can carry).
+pub fn string(value: &Value, what: &str) -> Result<String> {
+  match value {
+    Value::String(s) if s.contains('\0') => Err(PmError::invalid(format!(
+      "{what} must not contain a NUL character"
+    ))),
+    Value::String(s) => Ok(s.clone()),
+    other => Err(bad(what, "a string", other)),
+  }
+}
+
+pub fn non_empty(value: &Value, what: &str) -> Result<String> {
+  let s = string(value, what)?;
+  if s.is_empty() {
+    return Err(PmError::invalid(format!("{what} must not be empty")));
+  }
+  Ok(s)
+}
+
+fn integer(value: &Value, what: &str, min: f64, max: f64) -> Result<f64> {
+  match value {
+    Value::Number(n) if n.fract() == 0.0 && *n >= min && *n <= max => Ok(*n),
+    other => Err(bad(
+      what,
+      &format!("an integer from {} to {}", js_number(min), js_number(max)),
+      other,
+    )),
+  }
+}
+
+pub fn port(value: &Value, what: &str) -> Result<u16> {
+  integer(value, what, 1.0, 65535.0).map(|n| n as u16)
+}
+
+pub fn port_range(value: &Value) -> Result<u16> {
+  integer(value, "portRange", 0.0, 65534.0).map(|n| n as u16)
+}
+
+pub fn count(value: &Value, what: &str) -> Result<u32> {
+  integer(value, what, 1.0, u32::MAX as f64).map(|n| n as u32)
+}
+
+/// A number of milliseconds from `min_ms` to `MAX_MS`.
+pub fn millis(value: &Value, what: &str, min_ms: f64) -> Result<Duration> {
+  match value {
+    Value::Number(n) if n.is_finite() && *n >= min_ms && *n <= MAX_MS => {
+      Ok(Duration::from_secs_f64(n / 1000.0))
+    }
+    other => Err(bad(
+      what,
+      &format!(
+        "a number of milliseconds from {} to {}",
+        js_number(min_ms),
+        js_number(MAX_MS)
+      ),
+      other,
+    )),
+  }
+}
+
+/// An IP address literal (brackets allowed around IPv6); `localhost` is taken as 127.0.0.1, since the
+/// backend and the probe must agree on one address and the name may resolve to either family.
+pub fn host(value: &Value, what: &str) -> Result<IpAddr> {
+  let text = non_empty(value, what)?;
+  if text == "localhost" {
+    return Ok(DEFAULT_HOST);
+  }
+  let bare = text
+    .strip_prefix('[')
+    .and_then(|t| t.strip_suffix(']'))
+    .unwrap_or(&text);
+  bare.parse().map_err(|_| {
+    PmError::invalid(format!(
+      "{what} must be an IP address such as 127.0.0.1 or ::1 (or \"localhost\"), got {text:?}"
+    ))
+  })
+}
+
+pub fn boolean(value: &Value, what: &str) -> Result<bool> {
+  match value {
+    Value::Bool(b) => Ok(*b),
+    other => Err(bad(what, "true or false", other)),
+  }
+}
+
+pub fn strings(value: &Value, what: &str) -> Result<Vec<String>> {
+  match value {
+    Value::Array(items) => items
+      .iter()
+      .enumerate()
+      .map(|(i, v)| string(v, &format!("{what}[{i}]")))
+      .collect(),
+    other => Err(bad(what, "an array of strings", other)),
+  }
+}
+
+/// Characters a backend name may not hold: it names files on every system.
+const NAME_FORBIDDEN: &[char] = &['/', '\\', ':', '*', '?', '"', '<', '>', '|'];
+pub const MAX_NAME_CHARS: usize = 100;
+
+pub fn validate_name(name: &str) -> Result<()> {
+  let problem = if name.is_empty() {
+    Some("it is empty".to_string())
+  } else if name.chars().count() > MAX_NAME_CHARS {
+    Some(format!(
+      "it has {} characters, more than {MAX_NAME_CHARS}",
+      name.chars().count()
+    ))
+  } else if name.starts_with('.') {
+    Some("it starts with a dot".into())
+  } else if let Some(c) = name
+    .chars()
+    .find(|c| NAME_FORBIDDEN.contains(c) || c.is_control())
+  {
+    Some(format!("it contains {c:?}, which cannot be part of a file name"))
+  } else {
+    None
+  };
+  match problem {
+    Some(p) => Err(PmError::invalid(format!(
+      "name {name:?} cannot be used: {p}. Use up to {MAX_NAME_CHARS} characters without path separators"
+    ))),
+    None => Ok(()),
+  }
+}
+
+pub fn name(value: &Value) -> Result<String> {
+  let name = string(value, "name")?;
+  validate_name(&name)?;
+  Ok(name)
+}
+
+fn env_name(key: &str, what: &str) -> Result<()> {
+  if key.is_empty() || key.contains(['=', '\0']) {
+    return Err(PmError::invalid(format!(
+      "{what} {key:?} is not an environment variable name (it must be non-empty, without '=')"
+    )));
+  }
+  Ok(())
+}
+
+/// `{ NAME: value }`; numbers and booleans become strings, null and undefined leave the variable out.
+pub fn env(value: &Value, what: &str) -> Result<Vec<(String, String)>> {
+  let Value::Object(fields) = value else {
+    return Err(bad(what, "an object of strings", value));
+  };
+  let mut out = Vec::with_capacity(fields.len());
+  for (key, v) in fields {
+    env_name(key, &format!("{what} key"))?;
+    let text = match v {
+      Value::Undefined | Value::Null => continue,
+      Value::String(_) => string(v, &format!("{what}.{key}"))?,
+      Value::Number(n) => js_number(*n),
+      Value::Bool(b) => b.to_string(),
+      other => return Err(bad(&format!("{what}.{key}"), "a string", other)),
+    };
+    out.push((key.clone(), text));
+  }
+  Ok(out)
+}
+
+fn health_path(value: &Value) -> Result<String> {
+  let path = non_empty(value, "healthPath")?;
+  if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    return Err(PmError::invalid(format!(
+      "healthPath must start with \"/\" and hold no spaces or control characters, got {path:?}"
+    )));
+  }
+  Ok(path)
+}
+
+// ---- objects ---------------------------------------------------------------------------------------
+
+/// The fields of an options object, taken one by one; whatever is left over is an unknown option.
+pub struct Fields<'a> {
+  what: &'a str,
+  fields: Vec<(&'a str, &'a Value)>,
+}
+
+impl<'a> Fields<'a> {
+  /// `undefined` and `null` are an empty object: every option takes its default.
+  pub fn of(value: &'a Value, what: &'a str) -> Result<Self> {
+    match value {
+      Value::Undefined | Value::Null => Ok(Fields {
+        what,
+        fields: Vec::new(),
+      }),
+      Value::Object(fields) => Ok(Fields {
+        what,
+        fields: fields.iter().map(|(k, v)| (k.as_str(), v)).collect(),
+      }),
+      other => Err(bad(what, "an object", other)),
+    }
+  }
+
+  /// The value of `key`, or `None` when it is missing or undefined.
+  pub fn take(&mut self, key: &str) -> Option<&'a Value> {
+    let at = self.fields.iter().position(|(k, _)| *k == key)?;
+    let (_, value) = self.fields.remove(at);
+    (!value.is_absent()).then_some(value)
+  }
+
+  pub fn finish(self, known: &[&str]) -> Result<()> {
+    match self.fields.first() {
+      None => Ok(()),
+      Some((key, _)) => Err(PmError::invalid(format!(
+        "unknown option {key:?} in {}; known options: {}",
+        self.what,
+        known.join(", ")
+      ))),
+    }
+  }
+}
+
+/// The options of `new ProcessManager(options)`, checked, with the defaults applied. `logger` is the JS
+/// layer's own and never reaches here.
+#[derive(Debug, Clone)]
+pub struct Options {
+  pub name: String,
+  pub entry: String,
+  pub command: Option<String>,
+  pub args: Vec<String>,
+  pub cwd: Option<String>,
+  pub env: Vec<(String, String)>,
+  pub host: IpAddr,
+  pub port: u16,
+  pub port_range: u16,
+  pub port_env: String,
+  pub health_path: String,
+  pub health_timeout: Duration,
+  pub start_timeout: Duration,
+  pub stop_timeout: Duration,
+  pub state_dir: PathBuf,
+}
+
+const MANAGER_OPTIONS: &[&str] = &[
+  "name",
+  "entry",
+  "command",
+  "args",
+  "cwd",
+  "env",
+  "host",
+  "port",
+  "portRange",
+  "portEnv",
+  "healthPath",
+  "healthTimeoutMs",
+  "startTimeoutMs",
+  "stopTimeoutMs",
+  "stateDir",
+  "logger",
+];
+
+impl Options {
+  pub fn parse(value: &Value) -> Result<Options> {
+    let mut f = Fields::of(value, "the ProcessManager options")?;
+    let options = Options {
+      name: f.take("name").map(name).transpose()?.unwrap_or_else(|| DEFAULT_NAME.into()),
+      entry: f
+        .take("entry")
+        .map(|v| non_empty(v, "entry"))
+        .transpose()?
+        .unwrap_or_else(|| DEFAULT_ENTRY.into()),
+      command: f.take("command").map(|v| non_empty(v, "command")).transpose()?,
+      args: f.take("args").map(|v| strings(v, "args")).transpose()?.unwrap_or_default(),
+      cwd: f.take("cwd").map(|v| non_empty(v, "cwd")).transpose()?,
+      env: f.take("env").map(|v| env(v, "env")).transpose()?.unwrap_or_default(),
+      host: f.take("host").map(|v| host(v, "host")).transpose()?.unwrap_or(DEFAULT_HOST),
+      port: f.take("port").map(|v| port(v, "port")).transpose()?.unwrap_or(DEFAULT_PORT),
+      port_range: f
+        .take("portRange")
+        .map(port_range)
+        .transpose()?
+        .unwrap_or(DEFAULT_PORT_RANGE),
+      port_env: f
+        .take("portEnv")
+        .map(|v| {
+          let key = non_empty(v, "portEnv")?;
+          env_name(&key, "portEnv")?;
+          Ok::<_, PmError>(key)
+        })
+        .transpose()?
+        .unwrap_or_else(|| DEFAULT_PORT_ENV.into()),
+      health_path: f
+        .take("healthPath")
+        .map(health_path)
+        .transpose()?
+        .unwrap_or_else(|| DEFAULT_HEALTH_PATH.into()),
+      health_timeout: f
+        .take("healthTimeoutMs")
+        .map(|v| millis(v, "healthTimeoutMs", 1.0))
+        .transpose()?
+        .unwrap_or(DEFAULT_HEALTH_TIMEOUT),
+      start_timeout: f
+        .take("startTimeoutMs")
+        .map(|v| millis(v, "startTimeoutMs", 0.0))
+        .transpose()?
+        .unwrap_or(DEFAULT_START_TIMEOUT),
+      stop_timeout: f
+        .take("stopTimeoutMs")
+        .map(|v| millis(v, "stopTimeoutMs", 0.0))
+        .transpose()?
+        .unwrap_or(DEFAULT_STOP_TIMEOUT),
+      state_dir: state_dir(f.take("stateDir"))?,
+    };
+    // The JS layer keeps the logger; it may still be in the object it passes on.
+    f.take("logger");
+    f.finish(MANAGER_OPTIONS)?;
+    Ok(options)
+  }
+
+  /// The options in force, as the JS layer shows them (`pm.options`).
+  pub fn to_value(&self) -> Value {
+    let text = |s: &str| Value::String(s.to_string());
+    let ms = |d: Duration| Value::Number(d.as_secs_f64() * 1000.0);
+    let opt = |s: &Option<String>| s.as_deref().map_or(Value::Undefined, text);
+    Value::object(vec![
+      ("name", text(&self.name)),
+      ("entry", text(&self.entry)),
+      ("command", opt(&self.command)),
+      ("args", Value::Array(self.args.iter().map(|a| text(a)).collect())),
+      ("cwd", opt(&self.cwd)),
+      (
+        "env",
+        Value::Object(self.env.iter().map(|(k, v)| (k.clone(), text(v))).collect()),
+      ),
+      ("host", Value::String(self.host.to_string())),
+      ("port", Value::Number(self.port.into())),
+      ("portRange", Value::Number(self.port_range.into())),
+      ("portEnv", text(&self.port_env)),
+      ("healthPath", text(&self.health_path)),
+      ("healthTimeoutMs", ms(self.health_timeout)),
+      ("startTimeoutMs", ms(self.start_timeout)),
+      ("stopTimeoutMs", ms(self.stop_timeout)),
+      ("stateDir", Value::String(self.state_dir.display().to_string())),
+    ])
+  }
+
+  /// The last port of the range `startBackend` may use.
+  pub fn last_port(&self) -> u16 {
+    self.port.saturating_add(self.port_range)
+  }
+}
+
+/// A state folder argument, or the per-user default.
+pub fn state_dir(value: Option<&Value>) -> Result<PathBuf> {
+  match value {
+    None | Some(Value::Undefined) => Ok(crate::state::dir::default_state_dir()),
+    Some(v) => non_empty(v, "stateDir").map(PathBuf::from),
+  }
+}
+
+/// The arguments of `startBackend(projectRoot, isPackaged)` plus what the JS layer knows of its runtime.
+#[derive(Debug, Clone)]
+pub struct StartArgs {
+  pub project_root: PathBuf,
+  pub is_packaged: bool,
+}
+
+impl StartArgs {
+  pub fn parse(project_root: &Value, is_packaged: &Value) -> Result<StartArgs> {
+    Ok(StartArgs {
+      project_root: PathBuf::from(non_empty(project_root, "projectRoot")?),
+      is_packaged: match is_packaged {
+        Value::Undefined | Value::Null => false,
+        v => boolean(v, "isPackaged")?,
+      },
+    })
+  }
+}
+
+/// `findAvailablePort(startPort, { endPort, exclude, host })`.
+#[derive(Debug, Clone)]
+pub struct FindArgs {
+  pub start_port: u16,
+  pub end_port: u16,
+  pub exclude: Vec<u16>,
+  pub host: Option<IpAddr>,
+}
+
+impl FindArgs {
+  pub fn parse(start: &Value, options: &Value) -> Result<FindArgs> {
+    let start_port = port(start, "startPort")?;
+    let mut f = Fields::of(options, "the findAvailablePort options")?;
+    let end_port = f
+      .take("endPort")
+      .map(|v| port(v, "endPort"))
+      .transpose()?
+      .unwrap_or_else(|| start_port.saturating_add(DEFAULT_PORT_RANGE));
+    let exclude = match f.take("exclude") {
+      None => Vec::new(),
+      Some(Value::Array(items)) => items
+        .iter()
+        .map(|p| port(p, "every exclude entry"))
+        .collect::<Result<_>>()?,
+      Some(other) => return Err(bad("exclude", "an array of ports", other)),
+    };
+    let host = f.take("host").map(|v| host(v, "host")).transpose()?;
+    f.finish(&["endPort", "exclude", "host"])?;
+    if end_port < start_port {
+      return Err(PmError::invalid(format!(
+        "endPort {end_port} is below startPort {start_port}"
+      )));
+    }
+    Ok(FindArgs {
+      start_port,
+      end_port,
+      exclude,
+      host,
+    })
+  }
+}
+
+/// `cleanupRecords(stateDir?, { name, stopTimeoutMs })`.
+#[derive(Debug, Clone)]
+pub struct CleanupArgs {
+  pub state_dir: PathBuf,
+  pub name: Option<String>,
+  pub stop_timeout: Duration,
+}
+
+impl CleanupArgs {
+  pub fn parse(dir: &Value, options: &Value) -> Result<CleanupArgs> {
+    let state_dir = state_dir(Some(dir))?;
+    let mut f = Fields::of(options, "the cleanupRecords options")?;
+    let name = f.take("name").map(name).transpose()?;
+    let stop_timeout = f
+      .take("stopTimeoutMs")
+      .map(|v| millis(v, "stopTimeoutMs", 0.0))
+      .transpose()?
+      .unwrap_or(DEFAULT_STOP_TIMEOUT);
+    f.finish(&["name", "stopTimeoutMs"])?;
+    Ok(CleanupArgs {
+      state_dir,
+      name,
+      stop_timeout,
+    })
+  }
+}
+
+pub fn ports(value: &Value, what: &str) -> Result<Vec<u16>> {
+  match value {
+    Value::Array(items) => items.iter().map(|p| port(p, &format!("every {what} entry"))).collect(),
+    other => Err(bad(what, "an array of ports", other)),
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  fn opts(fields: Vec<(&str, Value)>) -> Result<Options> {
+    Options::parse(&Value::object(fields))
+  }
+
+  fn n(x: f64) -> Value {
+    Value::Number(x)
+  }
+  fn s(x: &str) -> Value {
+    Value::String(x.into())
+  }
+
+  #[test]
+  fn defaults_reproduce_the_original_setup() {
+    let o = Options::parse(&Value::Undefined).unwrap();
+    assert_eq!(o.name, "backend");
+    assert_eq!(o.entry, "backend-nodejs/server.js");
+    assert_eq!((o.port, o.port_range), (8000, 100));
+    assert_eq!(o.host.to_string(), "127.0.0.1");
+    assert_eq!(o.stop_timeout, Duration::from_secs(5));
+    assert_eq!(o.state_dir, crate::state::dir::default_state_dir());
+  }
+
+  #[test]
+  fn bad_options_are_invalid_args_that_name_the_option() {
+    let cases: Vec<(&str, Value, &str)> = vec![
+      ("port", n(0.0), "port must be an integer from 1 to 65535, got 0"),
+      ("port", n(1.5), "got 1.5"),
+      ("port", s("8000"), "got \"8000\""),
+      ("port", n(f64::NAN), "got NaN"),
+      ("portRange", n(-1.0), "portRange"),
+      ("stopTimeoutMs", n(1e300), "stopTimeoutMs"),
+      ("healthTimeoutMs", n(0.0), "healthTimeoutMs"),
+      ("name", s("a/b"), "'/'"),
+      ("name", s(""), "empty"),
+      ("name", n(5.0), "name must be a string, got 5"),
+      ("command", s("no\0de"), "NUL"),
+      ("args", Value::Array(vec![s("a\0")]), "args[0] must not contain a NUL"),
+      ("portEnv", s("A=B"), "portEnv"),
+      ("host", s("banana"), "IP address"),
+      ("healthPath", s("health"), "healthPath"),
+      ("env", Value::object(vec![("A", Value::Other("function"))]), "env.A must be a string, got a function"),
+      ("startTimeout", n(5.0), "unknown option \"startTimeout\""),
+    ];
+    for (key, value, expected) in cases {
+      let err = opts(vec![(key, value.clone())]).unwrap_err();
+      assert_eq!(err.code(), "ERR_INVALID_ARG");
+      assert!(err.to_string().contains(expected), "{key}={value:?}: {err}");
+    }
+  }
+
+  #[test]
+  fn a_long_name_counts_characters_not_bytes() {
+    let cjk: String = "名".repeat(100);
+    assert!(opts(vec![("name", s(&cjk))]).is_ok());
+    assert!(opts(vec![("name", s(&"名".repeat(101)))]).is_err());
+  }
+
+  #[test]
+  fn localhost_and_bracketed_ipv6_are_hosts_everywhere() {
+    assert_eq!(opts(vec![("host", s("localhost"))]).unwrap().host, DEFAULT_HOST);
+    let find = FindArgs::parse(&n(9000.0), &Value::object(vec![("host", s("localhost"))])).unwrap();
+    assert_eq!(find.host, Some(DEFAULT_HOST));
+    assert_eq!(opts(vec![("host", s("[::1]"))]).unwrap().host.to_string(), "::1");
+    assert!(host(&s(":::::"), "host").is_err());
+  }
+
+  #[test]
+  fn env_values_become_strings_and_null_leaves_them_out() {
+    let o = opts(vec![(
+      "env",
+      Value::object(vec![("A", n(1.0)), ("B", Value::Bool(true)), ("C", Value::Null)]),
+    )])
+    .unwrap();
+    assert_eq!(o.env, vec![("A".into(), "1".into()), ("B".into(), "true".into())]);
+  }
+
+  #[test]
+  fn cleanup_arguments_are_checked_like_the_constructor_options() {
+    for (options, expected) in [
+      (Value::object(vec![("stopTimeoutMs", s("x"))]), "stopTimeoutMs"),
+      (Value::object(vec![("name", n(5.0))]), "name must be a string"),
+      (s("x"), "must be an object"),
+    ] {
+      let err = CleanupArgs::parse(&Value::Undefined, &options).unwrap_err();
+      assert!(err.to_string().contains(expected), "{err}");
+    }
+    assert!(CleanupArgs::parse(&Value::Undefined, &Value::Null).is_ok());
+  }
+}

@@ -1,0 +1,303 @@
+//! Facts about one process by pid: alive or not, its identity (start time and executable, which tell it
+//! apart from a later process that got the same pid), its group, parent, owner and name. Linux reads
+//! `/proc/PID/stat` directly (one small file, ~20 µs); other systems ask `sysinfo` for just that pid.
+
+use std::time::Duration;
+
+/// What tells one process apart from a later one that got the same pid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+  /// The start time as the OS reports it: clock ticks since boot on Linux, seconds since the epoch elsewhere.
+  pub start_time: u64,
+  /// The executable's path; `None` when the OS does not say (another user's process, for one).
+  pub exe: Option<String>,
+}
+
+/// What `/proc/PID/stat` (or the OS's equivalent) says of a live process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stat {
+  pub parent: u32,
+  pub group: u32,
+  /// User plus system CPU time so far.
+  pub cpu_time: Duration,
+  pub start_time: u64,
+  pub memory_bytes: u64,
+}
+
+pub fn own_pid() -> u32 {
+  std::process::id()
+}
+
+/// True when `pid` is alive and is still the process that `expected` describes (same start time, and the
+/// same executable where both are known).
+pub fn matches(pid: u32, expected: &Identity) -> bool {
+  identity(pid).is_some_and(|live| {
+    live.start_time == expected.start_time
+      && match (&live.exe, &expected.exe) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+      }
+  })
+}
+
+pub fn is_alive(pid: u32) -> bool {
+  pid > 0 && stat(pid).is_some()
+}
+
+pub fn identity(pid: u32) -> Option<Identity> {
+  let start_time = stat(pid)?.start_time;
+  Some(Identity {
+    start_time,
+    exe: imp::exe(pid),
+  })
+}
+
+pub fn process_group(pid: u32) -> Option<u32> {
+  stat(pid).map(|s| s.group)
+}
+
+pub fn parent(pid: u32) -> Option<u32> {
+  stat(pid).map(|s| s.parent)
+}
+
+pub use imp::{owner_uid, process_name, stat};
+
+#[cfg(target_os = "linux")]
+pub(crate) mod imp {
+  use super::Stat;
+  use std::fs;
+  use std::sync::OnceLock;
+  use std::time::Duration;
+
+  // Field numbers of proc_pid_stat(5), minus 3 (pid and comm come before the split).
+  const STATE: usize = 0;
+  const PPID: usize = 1;
+  const PGRP: usize = 2;
+  const UTIME: usize = 11;
+  const STIME: usize = 12;
+  const START_TIME: usize = 19;
+  const RSS_PAGES: usize = 21;
+
+  pub fn clock_ticks() -> u64 {
+    static TICKS: OnceLock<u64> = OnceLock::new();
+    *TICKS.get_or_init(|| rustix::param::clock_ticks_per_second().max(1))
+  }
+
+  fn page_size() -> u64 {
+    rustix::param::page_size() as u64
+  }
+
+  /// `/proc/PID/stat` of a live process; `None` when it is gone or only a zombie is left (it has exited; its
+  /// entry waits for its parent).
+  pub fn stat(pid: u32) -> Option<Stat> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text)
+  }
+
+  /// The fields after the command name, which may itself hold spaces and `)`.
+  pub fn parse_stat(text: &str) -> Option<Stat> {
+    let after_name = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    if matches!(fields.get(STATE), Some(&"Z") | Some(&"X") | None) {
+      return None;
+    }
+    let num = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    let ticks = num(UTIME)? + num(STIME)?;
+    Some(Stat {
+      parent: num(PPID)? as u32,
+      group: num(PGRP)? as u32,
+      cpu_time: Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64),
+      start_time: num(START_TIME)?,
+      memory_bytes: num(RSS_PAGES)? * page_size(),
+    })
+  }
+
+  pub fn exe(pid: u32) -> Option<String> {
+    fs::read_link(format!("/proc/{pid}/exe"))
+      .ok()
+      .map(|p| p.to_string_lossy().into_owned())
+  }
+
+  pub fn owner_uid(pid: u32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(format!("/proc/{pid}")).ok().map(|m| m.uid())
+  }
+
+  /// The executable's file name; the kernel's short `comm` name where the executable cannot be read
+  /// (another user's process). Not `comm` first: a runtime may rename its main thread (Node 24 calls it
+  /// "MainThread").
+  pub fn process_name(pid: u32) -> Option<String> {
+    fs::read_link(format!("/proc/{pid}/exe"))
+      .ok()
+      .and_then(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
+      .or_else(|| {
+        fs::read_to_string(format!("/proc/{pid}/comm"))
+          .ok()
+          .map(|s| s.trim_end().to_owned())
+      })
+  }
+
+  /// Seconds since boot, the clock of `Stat::start_time` (in ticks).
+  #[cfg(test)]
+  pub fn seconds_since_boot() -> Option<f64> {
+    let text = fs::read_to_string("/proc/uptime").ok()?;
+    text.split_whitespace().next()?.parse().ok()
+  }
+}
+
+/// macOS, Windows and the rest, through `sysinfo`. Also compiled into Linux test builds, so that its use of
+/// `sysinfo` is checked and exercised on the machine where the project is built.
+#[cfg(any(not(target_os = "linux"), test))]
+#[cfg_attr(target_os = "linux", allow(dead_code))]
+pub(crate) mod portable {
+  use super::Stat;
+  use std::time::Duration;
+  use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System, UpdateKind};
+
+  pub fn with_process<T>(pid: u32, f: impl FnOnce(&sysinfo::Process) -> T) -> Option<T> {
+    // sysinfo 0.40: System::new() returns a Result.
+    let mut system = System::new().ok()?;
+    let spid = Pid::from_u32(pid);
+    let kind = ProcessRefreshKind::nothing()
+      .with_exe(UpdateKind::Always)
+      .with_memory()
+      .with_cpu();
+    system.refresh_processes_specifics(ProcessesToUpdate::Some(&[spid]), true, kind);
+    let process = system.process(spid)?;
+    if matches!(
+      process.status(),
+      ProcessStatus::Zombie | ProcessStatus::Dead
+    ) {
+      return None;
+    }
+    Some(f(process))
+  }
+
+  pub fn stat(pid: u32) -> Option<Stat> {
+    if pid == 0 {
+      return None;
+    }
+    with_process(pid, |p| Stat {
+      parent: p.parent().map_or(0, |p| p.as_u32()),
+      group: group_of(pid),
+      cpu_time: Duration::from_millis(p.accumulated_cpu_time()),
+      start_time: p.start_time(),
+      memory_bytes: p.memory(),
+    })
+  }
+
+  fn group_of(pid: u32) -> u32 {
+    #[cfg(unix)]
+    {
+      rustix::process::Pid::from_raw(pid as i32)
+        .and_then(|p| rustix::process::getpgid(Some(p)).ok())
+        .map_or(0, |g| g.as_raw_nonzero().get() as u32)
+    }
+    #[cfg(not(unix))]
+    {
+      // Windows has no process groups; the backend's tree is its job (os/spawn/windows.rs).
+      pid
+    }
+  }
+
+  pub fn exe(pid: u32) -> Option<String> {
+    with_process(pid, |p| p.exe().map(|e| e.to_string_lossy().into_owned())).flatten()
+  }
+
+  pub fn owner_uid(pid: u32) -> Option<u32> {
+    #[cfg(unix)]
+    {
+      with_process(pid, |p| p.user_id().map(|u| **u)).flatten()
+    }
+    #[cfg(not(unix))]
+    {
+      let _ = pid;
+      None
+    }
+  }
+
+  /// The executable's file name where known, else the name the OS reports.
+  pub fn process_name(pid: u32) -> Option<String> {
+    with_process(pid, |p| {
+      p.exe()
+        .and_then(|e| e.file_name())
+        .unwrap_or(p.name())
+        .to_string_lossy()
+        .into_owned()
+    })
+  }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) use portable as imp;
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn own_process_is_alive_and_has_a_stable_identity() {
+    let me = own_pid();
+    assert!(is_alive(me));
+    let first = identity(me).expect("own identity");
+    assert_eq!(identity(me), Some(first.clone()));
+    assert!(matches(me, &first));
+    let other_start = Identity {
+      start_time: first.start_time + 1,
+      exe: first.exe.clone(),
+    };
+    assert!(
+      !matches(me, &other_start),
+      "a different start time is another process"
+    );
+  }
+
+  #[test]
+  fn a_reaped_child_is_not_alive() {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    assert!(!is_alive(pid));
+    assert!(identity(pid).is_none());
+  }
+
+  #[cfg(target_os = "linux")]
+  #[test]
+  fn a_command_name_with_spaces_and_parentheses_parses() {
+    let line = "42 (a) b (c)) S 1 42 42 0 -1 4194304 0 0 0 0 250 50 0 0 20 0 1 0 999 1000 10 0";
+    let stat = imp::parse_stat(line).unwrap();
+    assert_eq!((stat.parent, stat.group, stat.start_time), (1, 42, 999));
+    assert_eq!(stat.cpu_time, Duration::from_secs(300 / imp::clock_ticks()));
+    assert!(imp::parse_stat(&line.replace(" S ", " Z ")).is_none(), "a zombie is not alive");
+  }
+
+  /// The sysinfo-based code of the other systems agrees with /proc on everything identity rests on.
+  #[cfg(target_os = "linux")]
+  #[test]
+  fn the_portable_implementation_agrees_with_proc() {
+    let me = own_pid();
+    let proc = stat(me).unwrap();
+    let portable = portable::stat(me).unwrap();
+    assert_eq!((portable.parent, portable.group), (proc.parent, proc.group));
+    // sysinfo gives the start time in seconds since the epoch; /proc in ticks since boot.
+    let boot = std::time::SystemTime::now()
+      .duration_since(std::time::UNIX_EPOCH)
+      .unwrap()
+      .as_secs_f64()
+      - imp::seconds_since_boot().unwrap();
+    let started = boot + proc.start_time as f64 / imp::clock_ticks() as f64;
+    assert!(
+      (portable.start_time as f64 - started).abs() <= 2.0,
+      "start times {} and {started}",
+      portable.start_time
+    );
+    assert_eq!(portable::exe(me), imp::exe(me));
+    assert_eq!(portable::process_name(me), process_name(me));
+    assert_eq!(portable::owner_uid(me), owner_uid(me));
+    assert!(portable.memory_bytes > 1024 * 1024);
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    assert!(portable::stat(pid).is_none());
+  }
+}

@@ -1,0 +1,231 @@
+//! Signals to process groups and single processes, behind one small per-OS surface, and `PinnedProcess`:
+//! a process found through a record, held so that the identity check and the signal reach the same one.
+
+/// The polite and the forceful stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+  Polite,
+  Force,
+}
+
+#[cfg(unix)]
+mod imp {
+  use super::Stop;
+  use rustix::process::{kill_process, kill_process_group, Pid, Signal};
+
+  pub fn signal_of(sig: Stop) -> Signal {
+    match sig {
+      Stop::Polite => Signal::TERM,
+      Stop::Force => Signal::KILL,
+    }
+  }
+
+  /// `None` for 0 and 1: a signal there would mean "every process" or init.
+  pub fn target(pid: u32) -> Option<Pid> {
+    i32::try_from(pid)
+      .ok()
+      .filter(|p| *p > 1)
+      .and_then(Pid::from_raw)
+  }
+
+  /// Signals every process of group `pgid`. False when the group no longer exists.
+  pub fn signal_group(pgid: u32, sig: Stop) -> bool {
+    target(pgid).is_some_and(|g| kill_process_group(g, signal_of(sig)).is_ok())
+  }
+
+  /// Signals one process by pid. Only for pids whose identity was just checked (see `PinnedProcess`) or
+  /// our own unreaped children.
+  pub fn signal_pid(pid: u32, sig: Stop) -> bool {
+    target(pid).is_some_and(|p| kill_process(p, signal_of(sig)).is_ok())
+  }
+
+  pub fn name(signo: i32) -> String {
+    const KNOWN: [(Signal, &str); 15] = [
+      (Signal::HUP, "SIGHUP"),
+      (Signal::INT, "SIGINT"),
+      (Signal::QUIT, "SIGQUIT"),
+      (Signal::ILL, "SIGILL"),
+      (Signal::TRAP, "SIGTRAP"),
+      (Signal::ABORT, "SIGABRT"),
+      (Signal::BUS, "SIGBUS"),
+      (Signal::FPE, "SIGFPE"),
+      (Signal::KILL, "SIGKILL"),
+      (Signal::USR1, "SIGUSR1"),
+      (Signal::SEGV, "SIGSEGV"),
+      (Signal::USR2, "SIGUSR2"),
+      (Signal::PIPE, "SIGPIPE"),
+      (Signal::ALARM, "SIGALRM"),
+      (Signal::TERM, "SIGTERM"),
+    ];
+    KNOWN
+      .iter()
+      .find(|(s, _)| s.as_raw() == signo)
+      .map_or_else(|| format!("SIG{signo}"), |(_, n)| (*n).to_string())
+  }
+}
+
+#[cfg(windows)]
+mod imp {
+  use super::Stop;
+  /// Windows has no process groups to signal; the backend's job object is terminated instead.
+  pub fn signal_group(_pgid: u32, _sig: Stop) -> bool {
+    false
+  }
+  pub fn signal_pid(pid: u32, _sig: Stop) -> bool {
+    use windows_sys::Win32::Foundation::CloseHandle;
+    use windows_sys::Win32::System::Threading::{OpenProcess, TerminateProcess, PROCESS_TERMINATE};
+    // SAFETY: OpenProcess returns a handle we own or null; TerminateProcess and CloseHandle get that
+    // handle only when it is valid.
+    unsafe {
+      let handle = OpenProcess(PROCESS_TERMINATE, 0, pid);
+      if handle.is_null() {
+        return false;
+      }
+      let ok = TerminateProcess(handle, 1) != 0;
+      CloseHandle(handle);
+      ok
+    }
+  }
+  pub fn name(signo: i32) -> String {
+    format!("SIG{signo}")
+  }
+}
+
+pub use imp::{name, signal_group, signal_pid};
+
+/// A process found through a record, pinned so that the identity check and the signal reach the same
+/// process: on Linux a pidfd (a reused pid makes the signal fail with ESRCH instead of hitting a stranger).
+pub struct PinnedProcess {
+  pub pid: u32,
+  #[cfg(target_os = "linux")]
+  pidfd: Option<std::os::fd::OwnedFd>,
+}
+
+impl PinnedProcess {
+  /// `None` when the process is gone (or `pid` is 0 or 1).
+  pub fn pin(pid: u32) -> Option<Self> {
+    if pid <= 1 {
+      return None;
+    }
+    #[cfg(target_os = "linux")]
+    {
+      use rustix::process::{pidfd_open, PidfdFlags};
+      let pidfd = match pidfd_open(imp::target(pid)?, PidfdFlags::empty()) {
+        Ok(fd) => Some(fd),
+        Err(rustix::io::Errno::SRCH) => return None,
+        // A kernel before 5.3: plain pid signals, right after the identity check.
+        Err(_) => None,
+      };
+      Some(PinnedProcess { pid, pidfd })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+      Some(PinnedProcess { pid })
+    }
+  }
+
+  pub fn signal(&self, sig: Stop) -> bool {
+    #[cfg(target_os = "linux")]
+    if let Some(fd) = &self.pidfd {
+      return rustix::process::pidfd_send_signal(fd, imp::signal_of(sig)).is_ok();
+    }
+    signal_pid(self.pid, sig)
+  }
+
+  /// Signals the process group this (verified) process leads, each process once. Linux 6.9+ does it through
+  /// the pidfd (`PIDFD_SIGNAL_PROCESS_GROUP`), so it cannot reach a group whose leader was replaced; before
+  /// that, `killpg` right after the identity check.
+  pub fn signal_group(&self, sig: Stop) -> bool {
+    #[cfg(target_os = "linux")]
+    if let Some(sent) = self.pidfd_signal_group(sig) {
+      return sent;
+    }
+    signal_group(self.pid, sig)
+  }
+
+  /// `Some(sent)`, or `None` when the kernel does not know the flag (or there is no pidfd). rustix's
+  /// `pidfd_send_signal` takes no flags, hence the raw call.
+  #[cfg(target_os = "linux")]
+  fn pidfd_signal_group(&self, sig: Stop) -> Option<bool> {
+    use std::os::fd::AsRawFd;
+    const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
+    let fd = self.pidfd.as_ref()?;
+    // SAFETY: `fd` is a pidfd we own and keep open for the call; a null siginfo is allowed by
+    // pidfd_send_signal(2); the signal number is a valid one.
+    let rc = unsafe {
+      libc::syscall(
+        libc::SYS_pidfd_send_signal,
+        fd.as_raw_fd(),
+        imp::signal_of(sig).as_raw(),
+        std::ptr::null::<libc::siginfo_t>(),
+        PIDFD_SIGNAL_PROCESS_GROUP,
+      )
+    };
+    match rc {
+      0 => Some(true),
+      _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) => None,
+      _ => Some(false),
+    }
+  }
+
+  /// Waits up to `timeout` for the process to exit; true when it has.
+  pub fn wait_exit(&self, timeout: std::time::Duration) -> bool {
+    #[cfg(target_os = "linux")]
+    if let Some(fd) = &self.pidfd {
+      use rustix::event::{poll, PollFd, PollFlags, Timespec};
+      let deadline = std::time::Instant::now() + timeout;
+      loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut fds = [PollFd::new(fd, PollFlags::IN)];
+        let wait = Timespec::try_from(left).unwrap_or(Timespec {
+          tv_sec: i64::MAX,
+          tv_nsec: 0,
+        });
+        match poll(&mut fds, Some(&wait)) {
+          Ok(n) if n > 0 => return true,
+          Err(rustix::io::Errno::INTR) if !left.is_zero() => continue,
+          _ => return !crate::os::process::is_alive(self.pid),
+        }
+      }
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    while crate::os::process::is_alive(self.pid) {
+      if std::time::Instant::now() >= deadline {
+        return false;
+      }
+      std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    true
+  }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn names_of_common_signals() {
+    assert_eq!(name(9), "SIGKILL");
+    assert_eq!(name(15), "SIGTERM");
+    assert_eq!(name(77), "SIG77");
+  }
+
+  #[test]
+  fn init_and_every_process_are_never_targets() {
+    assert!(!signal_pid(0, Stop::Force));
+    assert!(!signal_pid(1, Stop::Polite));
+    assert!(!signal_group(1, Stop::Polite));
+    assert!(PinnedProcess::pin(1).is_none());
+  }
+
+  #[test]
+  fn a_pinned_process_is_signalled_and_its_exit_seen() {
+    let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let pinned = PinnedProcess::pin(child.id()).unwrap();
+    assert!(!pinned.wait_exit(std::time::Duration::from_millis(20)));
+    assert!(pinned.signal(Stop::Force));
+    assert!(pinned.wait_exit(std::time::Duration::from_secs(5)));
+    child.wait().unwrap();
+    assert!(!pinned.signal(Stop::Force), "a reaped process cannot be signalled through its pidfd");
+  }
+}

@@ -1,0 +1,64 @@
+//! The Unix half of spawning: a process group of its own, the parent-death signal, and a wait that leaves
+//! the child unreaped.
+
+use super::ExitInfo;
+use rustix::process::{waitid, Pid, WaitId, WaitIdOptions};
+use std::process::Command;
+
+pub fn configure(cmd: &mut Command) {
+  use std::os::unix::process::CommandExt;
+  cmd.process_group(0);
+  #[cfg(target_os = "linux")]
+  {
+    let app = rustix::process::getpid();
+    // SAFETY: the closure runs between fork and exec, where only async-signal-safe calls are allowed:
+    // prctl and getppid are plain system calls, and nothing here allocates (an io::Error from a raw OS
+    // error code does not).
+    unsafe {
+      cmd.pre_exec(move || {
+        // SIGTERM, not SIGKILL: the backend may save its data (DESIGN.md §2).
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))?;
+        // The app may have died between fork and prctl; then no signal will ever come.
+        if rustix::process::getppid() != Some(app) {
+          return Err(std::io::Error::from_raw_os_error(rustix::io::Errno::SRCH.raw_os_error()));
+        }
+        Ok(())
+      });
+    }
+  }
+}
+
+/// Blocks until the child exits, leaving it unreaped (`waitid(WNOWAIT)`), so that its pid and group id
+/// stay ours. A stop or continue (Ctrl-Z, a debugger) is not an exit: some systems report those too.
+pub fn wait_exit_keep_pid(process: &mut std::process::Child) -> ExitInfo {
+  let Some(pid) = Pid::from_raw(process.id() as i32) else {
+    return ExitInfo::default();
+  };
+  loop {
+    match waitid(
+      WaitId::Pid(pid),
+      WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
+    ) {
+      Ok(Some(status)) if status.exited() => {
+        return ExitInfo {
+          exit_code: status.exit_status(),
+          signal: None,
+        }
+      }
+      Ok(Some(status)) if status.killed() || status.dumped() => {
+        return ExitInfo {
+          exit_code: None,
+          signal: status.terminating_signal().map(crate::os::signal::name),
+        }
+      }
+      Ok(_) | Err(rustix::io::Errno::INTR) => continue,
+      // Someone else reaped it (only possible if the host calls waitpid(-1)): report what std sees.
+      Err(_) => {
+        return match process.try_wait() {
+          Ok(Some(status)) => super::exit_info_from(status),
+          _ => ExitInfo::default(),
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,362 @@
+//! Stopping: polite signal to the whole group → bounded wait → force kill of the whole tree → reap
+//! (systemd's `TimeoutStopSec` ladder). Also the termination of an orphan found through a record, whether
+//! its leader still runs or only its group is left (a wrapper that died and left its server behind).
+
+use super::process::{self, Identity};
+use super::signal::{signal_group, PinnedProcess, Stop};
+use super::spawn::{Child, ExitInfo};
+use super::tree;
+use std::collections::HashSet;
+use std::time::Duration;
+use tokio::time::{sleep, timeout, Instant};
+
+/// How long a force-killed process may take to disappear before we give up on it (and say so).
+pub const FORCE_GRACE: Duration = Duration::from_secs(5);
+/// How often a group is looked at while its last members shut down.
+const GROUP_POLL: Duration = Duration::from_millis(10);
+
+#[derive(Debug, Clone)]
+pub struct StopOutcome {
+  pub exit: ExitInfo,
+  /// The force kill was needed.
+  pub forced: bool,
+  /// Processes that were still alive after the force kill (uninterruptible sleep, another user's…).
+  pub survivors: Vec<u32>,
+}
+
+/// Stops our own backend and its whole process group. Safe to call when it already exited.
+pub async fn stop_child(child: &Child, grace: Duration) -> StopOutcome {
+  stop_child_within(child, grace, FORCE_GRACE).await
+}
+
+async fn stop_child_within(child: &Child, grace: Duration, force_grace: Duration) -> StopOutcome {
+  let deadline = Instant::now() + grace;
+  let mut forced = false;
+  let mut survivors = Vec::new();
+  if child.exit_info().is_none() {
+    send(child, Stop::Polite);
+    if timeout(grace, child.exited()).await.is_err() {
+      forced = true;
+      send(child, Stop::Force);
+      if timeout(force_grace, child.exited()).await.is_err() {
+        survivors.push(child.pid);
+      }
+    }
+  }
+  let exit = child.exit_info().unwrap_or_default();
+  let drained = drain_group(child, deadline, force_grace).await;
+  forced |= drained.forced;
+  survivors.extend(drained.survivors);
+  if survivors.is_empty() {
+    child.release();
+  }
+  StopOutcome {
+    exit,
+    forced,
+    survivors,
+  }
+}
+
+struct Drained {
+  forced: bool,
+  survivors: Vec<u32>,
+}
+
+/// After the leader exited: members of its group that are still alive (grandchildren) get until `deadline`
+/// to finish after the polite signal, then the force kill. The leader is still unreaped, so the group id
+/// cannot have been reused.
+async fn drain_group(child: &Child, deadline: Instant, force_grace: Duration) -> Drained {
+  let members = || -> Vec<u32> {
+    tree::group_members(child.pid)
+      .into_iter()
+      .map(|m| m.pid)
+      .filter(|&p| p != child.pid)
+      .collect()
+  };
+  if cfg!(windows) {
+    // The job holds the tree: terminating it ends whatever is left.
+    send(child, Stop::Force);
+    return Drained {
+      forced: false,
+      survivors: Vec::new(),
+    };
+  }
+  if members().is_empty() {
+    return Drained {
+      forced: false,
+      survivors: Vec::new(),
+    };
+  }
+  send(child, Stop::Polite);
+  while Instant::now() < deadline {
+    sleep(GROUP_POLL).await;
+    if members().is_empty() {
+      return Drained {
+        forced: false,
+        survivors: Vec::new(),
+      };
+    }
+  }
+  send(child, Stop::Force);
+  let give_up = Instant::now() + force_grace;
+  let mut left = members();
+  while !left.is_empty() && Instant::now() < give_up {
+    sleep(GROUP_POLL).await;
+    left = members();
+  }
+  Drained {
+    forced: true,
+    survivors: left,
+  }
+}
+
+fn send(child: &Child, sig: Stop) {
+  #[cfg(unix)]
+  {
+    signal_group(child.pid, sig);
+  }
+  #[cfg(windows)]
+  {
+    // No SIGTERM on Windows: both steps end the job (the whole tree).
+    let _ = sig;
+    match &child.job {
+      Some(job) => {
+        job.terminate();
+      }
+      None => {
+        super::signal::signal_pid(child.pid, Stop::Force);
+      }
+    }
+  }
+}
+
+/// What happened to an orphan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrphanEnd {
+  /// It is gone.
+  Terminated,
+  /// It is no longer the recorded process (or already gone): nothing was signalled.
+  NotFound,
+  /// Signalling it would have reached this process or one of its ancestors: nothing was signalled.
+  Protected,
+  /// It was signalled but is still alive.
+  Survived,
+}
+
+/// Terminates an orphaned backend found through a record, if it is still the recorded process: polite
+/// signal, up to `grace` to exit, then force. The process is pinned before its identity is checked, so the
+/// signals cannot reach a process that merely reused the pid. `protected` (this process and its ancestors)
+/// is never signalled.
+pub fn terminate_orphan(
+  pid: u32,
+  expected: &Identity,
+  grace: Duration,
+  protected: &HashSet<u32>,
+) -> OrphanEnd {
+  let Some(pinned) = PinnedProcess::pin(pid) else {
+    return OrphanEnd::NotFound;
+  };
+  if !process::matches(pid, expected) {
+    return OrphanEnd::NotFound;
+  }
+  // The backend led its own group; grandchildren in it get the same signals, each process one of each.
+  // Only while the pinned leader is alive and verified does that group id belong to it.
+  let leads_group = process::process_group(pid) == Some(pid);
+  if protected.contains(&pid) || (leads_group && group_touches(pid, protected)) {
+    return OrphanEnd::Protected;
+  }
+  let signal_all = |sig: Stop| {
+    if leads_group {
+      pinned.signal_group(sig);
+    } else {
+      pinned.signal(sig);
+    }
+  };
+  signal_all(Stop::Polite);
+  if !pinned.wait_exit(grace) {
+    signal_all(Stop::Force);
+    if !pinned.wait_exit(FORCE_GRACE) {
+      return OrphanEnd::Survived;
+    }
+  }
+  if leads_group {
+    // Members that outlived the leader belong to the orphan's tree.
+    return end_group(pid, 0, Duration::ZERO);
+  }
+  OrphanEnd::Terminated
+}
+
+/// Terminates what is left of an orphan's process group after its leader (a wrapper: `npm start`,
+/// nodemon, `sh -c`) is gone. While any process has `pgid` as its group, Linux keeps that pid allocated,
+/// so the group is still the backend's: its members must belong to this user and have started no earlier
+/// than the backend (`not_before`, in the units of `Identity::start_time`).
+pub fn terminate_orphaned_group(
+  pgid: u32,
+  not_before: u64,
+  grace: Duration,
+  protected: &HashSet<u32>,
+) -> OrphanEnd {
+  if orphaned_group(pgid, not_before).is_empty() {
+    return OrphanEnd::NotFound;
+  }
+  if group_touches(pgid, protected) {
+    return OrphanEnd::Protected;
+  }
+  end_group(pgid, not_before, grace)
+}
+
+/// The members of `pgid` that can be the rest of a backend started at `not_before` by this user.
+pub fn orphaned_group(pgid: u32, not_before: u64) -> Vec<u32> {
+  let me = own_uid();
+  tree::group_members(pgid)
+    .into_iter()
+    .filter(|m| m.start_time >= not_before && (me.is_none() || m.uid == me))
+    .map(|m| m.pid)
+    .collect()
+}
+
+fn own_uid() -> Option<u32> {
+  #[cfg(unix)]
+  {
+    Some(rustix::process::geteuid().as_raw())
+  }
+  #[cfg(not(unix))]
+  {
+    None
+  }
+}
+
+fn group_touches(pgid: u32, protected: &HashSet<u32>) -> bool {
+  tree::group_members(pgid)
+    .iter()
+    .any(|m| protected.contains(&m.pid))
+}
+
+/// Polite signal to the group, up to `grace` for it to empty, then force.
+fn end_group(pgid: u32, not_before: u64, grace: Duration) -> OrphanEnd {
+  let wait_empty = |limit: Duration| {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+      if orphaned_group(pgid, not_before).is_empty() {
+        return true;
+      }
+      if std::time::Instant::now() >= deadline {
+        return false;
+      }
+      std::thread::sleep(GROUP_POLL);
+    }
+  };
+  if wait_empty(Duration::ZERO) {
+    return OrphanEnd::Terminated;
+  }
+  if !grace.is_zero() {
+    signal_group(pgid, Stop::Polite);
+    if wait_empty(grace) {
+      return OrphanEnd::Terminated;
+    }
+  }
+  signal_group(pgid, Stop::Force);
+  if wait_empty(FORCE_GRACE) {
+    OrphanEnd::Terminated
+  } else {
+    OrphanEnd::Survived
+  }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+  use super::*;
+  use std::os::unix::process::CommandExt;
+
+  /// A process leading its own group, with two children in that group (like a backend found through an
+  /// orphan's record).
+  fn group_with_children(script: &str) -> std::process::Child {
+    std::process::Command::new("/bin/sh")
+      .args(["-c", script])
+      .process_group(0)
+      .spawn()
+      .unwrap()
+  }
+
+  fn wait_for(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !done() {
+      if std::time::Instant::now() > deadline {
+        return false;
+      }
+      std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+  }
+
+  fn members(pgid: u32) -> Vec<u32> {
+    tree::group_members(pgid).into_iter().map(|m| m.pid).filter(|&p| p != pgid).collect()
+  }
+
+  #[test]
+  fn terminating_a_matching_orphan_ends_its_whole_group() {
+    let mut leader = group_with_children("sleep 30 & sleep 30 & wait");
+    let pid = leader.id();
+    assert!(wait_for(|| members(pid).len() == 2), "the two children started");
+    let children = members(pid);
+    let expected = process::identity(pid).unwrap();
+    let end = terminate_orphan(pid, &expected, Duration::from_secs(2), &HashSet::new());
+    assert_eq!(end, OrphanEnd::Terminated);
+    leader.wait().unwrap();
+    assert!(wait_for(|| children.iter().all(|&c| !process::is_alive(c))), "a group member survived");
+  }
+
+  #[test]
+  fn a_process_that_does_not_match_its_record_is_not_signalled() {
+    let mut leader = group_with_children("sleep 30 & wait");
+    let pid = leader.id();
+    let mut other_start = process::identity(pid).unwrap();
+    other_start.start_time += 1;
+    let end = terminate_orphan(pid, &other_start, Duration::from_millis(100), &HashSet::new());
+    assert_eq!(end, OrphanEnd::NotFound);
+    assert!(process::is_alive(pid));
+    signal_group(pid, Stop::Force);
+    leader.wait().unwrap();
+  }
+
+  #[test]
+  fn the_rest_of_a_group_whose_leader_died_is_an_orphan() {
+    // The leader exits at once (a wrapper killed by the app's death), its server child stays in the group.
+    let mut leader = group_with_children("sleep 30 & exit 0");
+    let pid = leader.id();
+    let started = process::identity(pid).unwrap().start_time;
+    leader.wait().unwrap();
+    assert!(wait_for(|| members(pid).len() == 1));
+    let survivor = members(pid)[0];
+    assert_eq!(orphaned_group(pid, started), vec![survivor]);
+    assert!(orphaned_group(pid, u64::MAX).is_empty(), "members older than the backend are not its");
+    let end = terminate_orphaned_group(pid, started, Duration::from_secs(2), &HashSet::new());
+    assert_eq!(end, OrphanEnd::Terminated);
+    assert!(!process::is_alive(survivor));
+  }
+
+  #[test]
+  fn a_group_holding_a_protected_process_is_never_signalled() {
+    let mut leader = group_with_children("sleep 30 & wait");
+    let pid = leader.id();
+    let expected = process::identity(pid).unwrap();
+    let protected: HashSet<u32> = [pid].into();
+    assert_eq!(
+      terminate_orphan(pid, &expected, Duration::from_millis(100), &protected),
+      OrphanEnd::Protected
+    );
+    assert!(process::is_alive(pid));
+    signal_group(pid, Stop::Force);
+    leader.wait().unwrap();
+  }
+
+  /// A process that cannot be ended (here: a child whose exit never comes) is reported, not released.
+  #[tokio::test]
+  async fn a_backend_that_survives_the_force_kill_is_reported_as_a_survivor() {
+    let (child, _exit) = Child::never_ending(999_999);
+    let outcome =
+      stop_child_within(&child, Duration::from_millis(50), Duration::from_millis(50)).await;
+    assert!(outcome.forced);
+    assert_eq!(outcome.survivors, vec![999_999]);
+  }
+}

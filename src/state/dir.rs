@@ -1,0 +1,126 @@
+//! The state folder: where PID records live. It must be the user's own, and no one else may write to it:
+//! records decide what gets signalled, so a folder others can write to (or a shared temp folder) is refused
+//! rather than trusted (DESIGN.md §13).
+
+use crate::error::{PmError, Result};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+const APP: &str = "backend-process-manager";
+
+/// The per-user folder for records: `$XDG_RUNTIME_DIR` (cleared at logout) or `$XDG_STATE_HOME` on Linux,
+/// Application Support on macOS, `%LOCALAPPDATA%` on Windows — never a world-writable temp path.
+pub fn default_state_dir() -> PathBuf {
+  per_user_base().join(APP)
+}
+
+/// The per-user folder shared by every app of this user, whatever `stateDir` each uses: where port
+/// reservations are locked (DESIGN.md §11).
+pub fn shared_dir() -> PathBuf {
+  per_user_base().join(APP).join("shared")
+}
+
+fn per_user_base() -> PathBuf {
+  dirs::runtime_dir()
+    .or_else(dirs::state_dir)
+    .or_else(dirs::data_local_dir)
+    .or_else(|| dirs::home_dir().map(|h| h.join(".local").join("state")))
+    .unwrap_or_else(std::env::temp_dir)
+}
+
+/// Creates the folder (mode 0700) if needed; checks that it is a folder this user owns, can write and no
+/// one else can write. A symbolic link to such a folder is fine.
+pub fn ensure_state_dir(dir: &Path) -> Result<()> {
+  let mut builder = fs::DirBuilder::new();
+  builder.recursive(true);
+  #[cfg(unix)]
+  std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+  builder
+    .create(dir)
+    .map_err(|e| PmError::state_dir_io(dir, "it cannot be created", e))?;
+  let meta = fs::metadata(dir).map_err(|e| PmError::state_dir_io(dir, "it cannot be read", e))?;
+  if !meta.is_dir() {
+    return Err(PmError::state_dir(
+      dir,
+      "it is not a folder. Pass a folder as `stateDir`",
+    ));
+  }
+  check_private(dir, &meta)
+}
+
+#[cfg(unix)]
+fn check_private(dir: &Path, meta: &fs::Metadata) -> Result<()> {
+  use rustix::fs::{access, Access};
+  use std::os::unix::fs::MetadataExt;
+  if meta.uid() != rustix::process::geteuid().as_raw() {
+    return Err(PmError::state_dir(
+      dir,
+      "it belongs to another user. Use a folder of your own as `stateDir`",
+    ));
+  }
+  if meta.mode() & 0o022 != 0 {
+    let shared_temp = meta.mode() & 0o1000 != 0;
+    return Err(PmError::state_dir(
+      dir,
+      if shared_temp {
+        "it is a shared temporary folder that every user can write to, where another user could plant records. Use a folder of your own (the default state folder is one)".to_string()
+      } else {
+        format!(
+          "other users can write to it (mode {:o}), so its records cannot be trusted. Run `chmod go-w {}` or choose another `stateDir`",
+          meta.mode() & 0o777,
+          dir.display()
+        )
+      },
+    ));
+  }
+  access(dir, Access::WRITE_OK | Access::EXEC_OK)
+    .map_err(|e| PmError::state_dir_io(dir, "it is not writable", e.into()))
+}
+
+#[cfg(not(unix))]
+fn check_private(_dir: &Path, _meta: &fs::Metadata) -> Result<()> {
+  Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn the_default_folder_is_per_user_and_named_after_the_project() {
+    let dir = default_state_dir();
+    assert!(dir.is_absolute());
+    assert!(dir.ends_with(APP));
+    assert!(shared_dir().starts_with(&dir));
+  }
+
+  #[cfg(unix)]
+  #[test]
+  fn folders_others_can_write_are_refused_and_a_link_to_an_own_folder_is_fine() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let created = root.path().join("a").join("b");
+    ensure_state_dir(&created).unwrap();
+    assert_eq!(
+      fs::metadata(&created).unwrap().permissions().mode() & 0o777,
+      0o700
+    );
+    let link = root.path().join("link");
+    std::os::unix::fs::symlink(&created, &link).unwrap();
+    ensure_state_dir(&link).unwrap();
+
+    fs::set_permissions(&created, fs::Permissions::from_mode(0o775)).unwrap();
+    let err = ensure_state_dir(&created).unwrap_err();
+    assert_eq!(err.code(), "ERR_STATE_DIR");
+    assert!(err.to_string().contains("chmod go-w"), "{err}");
+    let err = ensure_state_dir(Path::new("/tmp")).unwrap_err();
+    assert!(err.to_string().contains("shared temporary folder"), "{err}");
+
+    let file = root.path().join("file");
+    fs::write(&file, "").unwrap();
+    assert!(ensure_state_dir(&file)
+      .unwrap_err()
+      .to_string()
+      .contains("not a folder"));
+  }
+}

@@ -1,0 +1,381 @@
+//! What the records of a state folder say about the machine: which backends run, which are orphans (their
+//! app is gone), which records are stale — and the cleanup that terminates true orphans only.
+
+use super::record::{self, Entry, Problem, Record};
+use crate::net::listeners::{self, PortHolder};
+use crate::os::process;
+use crate::os::stop::{self, OrphanEnd};
+use crate::os::tree;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordState {
+  /// The backend runs and the app that started it is alive.
+  Running,
+  /// The backend runs but its app is gone.
+  Orphaned,
+  /// The backend's own process is gone but processes of its group live on (a wrapper such as `npm start`
+  /// died and left its server running), and its app is gone.
+  OrphanedGroup,
+  /// The recorded process is gone, or its pid now names another process.
+  Stale,
+  /// One of ours, but unreadable.
+  Invalid,
+  /// Not a record of this library, or not safe to act on: left alone.
+  Foreign,
+}
+
+impl RecordState {
+  pub fn as_str(self) -> &'static str {
+    match self {
+      RecordState::Running => "running",
+      RecordState::Orphaned | RecordState::OrphanedGroup => "orphaned",
+      RecordState::Stale => "stale",
+      RecordState::Invalid => "invalid",
+      RecordState::Foreign => "foreign",
+    }
+  }
+}
+
+pub fn classify(record: &Record) -> RecordState {
+  if record.backend_is_alive() {
+    return if record.is_orphaned() {
+      RecordState::Orphaned
+    } else {
+      RecordState::Running
+    };
+  }
+  if record.is_orphaned() && !stop::orphaned_group(record.pid, record.start_time).is_empty() {
+    RecordState::OrphanedGroup
+  } else {
+    RecordState::Stale
+  }
+}
+
+/// What a backend's processes use together.
+#[derive(Debug, Clone, Default)]
+pub struct TreeStatus {
+  pub uptime_ms: u64,
+  /// Average over the backend's life, in percent of one core.
+  pub cpu_percent: f64,
+  pub cpu_time_ms: u64,
+  pub memory_bytes: u64,
+  pub process_count: u32,
+  /// The executable name of the backend's own process (or of its group's first member).
+  pub name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecordStatus {
+  pub file: PathBuf,
+  pub record: Option<Record>,
+  pub state: RecordState,
+  pub problem: Option<String>,
+  pub usage: Option<TreeStatus>,
+  /// The process listening on the record's port, where the OS tells.
+  pub listener: Option<PortHolder>,
+}
+
+/// The processes of a record's backend: its own tree, or what is left of its group.
+fn processes(record: &Record, state: RecordState) -> Vec<u32> {
+  match state {
+    RecordState::Running | RecordState::Orphaned => tree::with_descendants(record.pid),
+    RecordState::OrphanedGroup => stop::orphaned_group(record.pid, record.start_time),
+    _ => Vec::new(),
+  }
+}
+
+fn tree_status(record: &Record, pids: &[u32]) -> Option<TreeStatus> {
+  let first = *pids.first()?;
+  let usage = tree::usage(pids);
+  let uptime_ms = now_ms().saturating_sub(record.started_at);
+  let cpu_time_ms = usage.cpu_time.as_millis() as u64;
+  Some(TreeStatus {
+    uptime_ms,
+    cpu_percent: if uptime_ms > 0 {
+      (cpu_time_ms as f64 / uptime_ms as f64 * 1000.0).round() / 10.0
+    } else {
+      0.0
+    },
+    cpu_time_ms,
+    memory_bytes: usage.memory_bytes,
+    process_count: usage.process_count,
+    name: process::process_name(first).unwrap_or_default(),
+  })
+}
+
+fn now_ms() -> u64 {
+  std::time::SystemTime::now()
+    .duration_since(std::time::UNIX_EPOCH)
+    .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Every record-like file of `dir` with its state, the backend's CPU and memory (its whole tree), and who
+/// listens on its port. Blocking: run it off the JS thread.
+pub fn statuses(dir: &Path) -> Vec<RecordStatus> {
+  let entries = record::list_records(dir, None);
+  let classified: Vec<(Entry, RecordState, Vec<u32>)> = entries
+    .into_iter()
+    .map(|entry| {
+      let state = match &entry.record {
+        Ok(r) => classify(r),
+        Err(Problem::Invalid(_)) => RecordState::Invalid,
+        Err(_) => RecordState::Foreign,
+      };
+      let pids = entry.record.as_ref().map(|r| processes(r, state)).unwrap_or_default();
+      (entry, state, pids)
+    })
+    .collect();
+  let ports: Vec<u16> = classified
+    .iter()
+    .filter_map(|(e, _, _)| e.record.as_ref().ok().map(|r| r.port))
+    .collect();
+  let likely: Vec<u32> = classified.iter().flat_map(|(_, _, pids)| pids.iter().copied()).collect();
+  let holders = listeners::port_holders(&ports, &likely);
+  classified
+    .into_iter()
+    .map(|(Entry { path, record }, state, pids)| match record {
+      Ok(record) => RecordStatus {
+        usage: tree_status(&record, &pids),
+        listener: holders.iter().find(|h| h.port == record.port).cloned(),
+        file: path,
+        record: Some(record),
+        state,
+        problem: None,
+      },
+      Err(problem) => RecordStatus {
+        file: path,
+        record: None,
+        state,
+        problem: Some(problem.reason().to_string()),
+        usage: None,
+        listener: None,
+      },
+    })
+    .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CleanupAction {
+  /// An orphaned backend was terminated and its record deleted.
+  Terminated,
+  /// A record naming a gone or different process was deleted; nothing was signalled.
+  StaleRemoved,
+  /// A record of ours that cannot be read was deleted.
+  InvalidRemoved,
+  /// An orphan that matched its record could not be terminated (it is still alive).
+  Failed,
+  /// A record file could not be deleted.
+  NotDeleted,
+  /// A file that is not safe to act on (symlink, another user's, writable by others) was left in place.
+  Untrusted,
+  /// A file that is not a record of this library was left in place.
+  Foreign,
+  /// Another process holds the record's lock: it is cleaning up that orphan right now.
+  Busy,
+  /// The orphan's group holds this process or one of its ancestors: nothing was signalled.
+  Protected,
+}
+
+impl CleanupAction {
+  pub fn as_str(self) -> &'static str {
+    match self {
+      CleanupAction::Terminated => "terminated",
+      CleanupAction::StaleRemoved => "stale-removed",
+      CleanupAction::InvalidRemoved => "invalid-removed",
+      CleanupAction::Failed => "failed",
+      CleanupAction::NotDeleted => "not-deleted",
+      CleanupAction::Untrusted => "untrusted",
+      CleanupAction::Foreign => "foreign",
+      CleanupAction::Busy => "busy",
+      CleanupAction::Protected => "protected",
+    }
+  }
+
+  /// Whether the record file goes once the action is done.
+  fn deletes_record(self) -> bool {
+    matches!(
+      self,
+      CleanupAction::Terminated | CleanupAction::StaleRemoved | CleanupAction::InvalidRemoved
+    )
+  }
+}
+
+#[derive(Debug, Clone)]
+pub struct CleanupItem {
+  pub file: PathBuf,
+  pub name: Option<String>,
+  pub pid: Option<u32>,
+  pub port: Option<u16>,
+  pub action: CleanupAction,
+  pub detail: String,
+}
+
+/// Terminates orphaned backends (of `name`, or of every name) whose live process still matches its record,
+/// and the orphaned groups of dead wrappers; deletes stale records and broken records of ours. Backends
+/// whose app is alive, files that are not ours and this process's own ancestry are left alone. Blocking:
+/// run it off the JS thread.
+pub fn cleanup(dir: &Path, name: Option<&str>, grace: Duration) -> Vec<CleanupItem> {
+  let protected = tree::ancestry(process::own_pid());
+  record::list_records(dir, name)
+    .into_iter()
+    .filter_map(|Entry { path, record }| {
+      let (action, detail, record) = match record {
+        Ok(r) => {
+          let (action, detail) = clean_record(&path, &r, grace, &protected)?;
+          (action, detail, Some(r))
+        }
+        Err(problem) => {
+          let (action, detail) = problem_action(&problem);
+          (action, detail, None)
+        }
+      };
+      Some(finish_item(path, record, action, detail))
+    })
+    .collect()
+}
+
+fn problem_action(problem: &Problem) -> (CleanupAction, String) {
+  match problem {
+    Problem::Foreign(reason) => (
+      CleanupAction::Foreign,
+      format!("left a file that is not a PID record of this library in place ({reason})"),
+    ),
+    Problem::Untrusted(reason) => (
+      CleanupAction::Untrusted,
+      format!("ignored a file that is not safe to act on ({reason}); remove it by hand if it is yours"),
+    ),
+    Problem::Invalid(reason) => (
+      CleanupAction::InvalidRemoved,
+      format!("deleted an unreadable record: {reason}"),
+    ),
+  }
+}
+
+/// What to do with one readable record; `None` for a backend whose app is alive (left alone, unreported).
+fn clean_record(
+  path: &Path,
+  r: &Record,
+  grace: Duration,
+  protected: &HashSet<u32>,
+) -> Option<(CleanupAction, String)> {
+  let state = classify(r);
+  if state == RecordState::Running {
+    return None;
+  }
+  if state == RecordState::Stale {
+    return Some((
+      CleanupAction::StaleRemoved,
+      format!("deleted stale record: process {} is gone or is another program now", r.pid),
+    ));
+  }
+  // Held while the orphan is terminated, so that a second cleaner skips it.
+  let Some(_lock) = record::lock_record(path) else {
+    return Some((
+      CleanupAction::Busy,
+      format!("orphaned backend pid {} is being cleaned up by another process", r.pid),
+    ));
+  };
+  let end = match state {
+    RecordState::OrphanedGroup => {
+      stop::terminate_orphaned_group(r.pid, r.start_time, grace, protected)
+    }
+    _ => stop::terminate_orphan(r.pid, &r.identity(), grace, protected),
+  };
+  let what = if state == RecordState::OrphanedGroup {
+    format!("the processes left in the group of orphaned backend pid {} (port {})", r.pid, r.port)
+  } else {
+    format!("orphaned backend pid {} (port {})", r.pid, r.port)
+  };
+  Some(match end {
+    OrphanEnd::Terminated => (CleanupAction::Terminated, format!("terminated {what}")),
+    OrphanEnd::Survived => (CleanupAction::Failed, format!("could not terminate {what}")),
+    OrphanEnd::Protected => (
+      CleanupAction::Protected,
+      format!("did not signal {what}: its group holds this process or one of its parents"),
+    ),
+    // It ended (or another cleaner ended it) while we looked.
+    OrphanEnd::NotFound => (
+      CleanupAction::StaleRemoved,
+      format!("deleted the record of backend pid {}, which has exited", r.pid),
+    ),
+  })
+}
+
+fn finish_item(
+  file: PathBuf,
+  record: Option<Record>,
+  mut action: CleanupAction,
+  mut detail: String,
+) -> CleanupItem {
+  if action.deletes_record() {
+    if let Err(e) = record::delete_record(&file) {
+      action = CleanupAction::NotDeleted;
+      detail = format!("{detail}; but the record could not be deleted: {e}");
+    }
+  }
+  CleanupItem {
+    name: record.as_ref().map(|r| r.name.clone()),
+    pid: record.as_ref().map(|r| r.pid),
+    port: record.as_ref().map(|r| r.port),
+    file,
+    action,
+    detail,
+  }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+  use super::*;
+
+  fn write(dir: &Path, file: &str, text: &str) -> PathBuf {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(file);
+    let mut f = std::fs::OpenOptions::new()
+      .write(true)
+      .create_new(true)
+      .mode(0o600)
+      .open(&path)
+      .unwrap();
+    std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+    path
+  }
+
+  #[test]
+  fn files_that_are_not_ours_survive_every_cleanup() {
+    let dir = tempfile::tempdir().unwrap();
+    let invoice = write(dir.path(), "invoice-2024.json", "{\"total\": 12}");
+    let backup = write(dir.path(), "backup-20250101.json", "not even json");
+    let items = cleanup(dir.path(), None, Duration::from_millis(100));
+    assert_eq!(items.len(), 2);
+    assert!(items.iter().all(|i| i.action == CleanupAction::Foreign), "{items:?}");
+    assert!(invoice.exists() && backup.exists());
+    let invoice_named = cleanup(dir.path(), Some("invoice"), Duration::from_millis(100));
+    assert_eq!(invoice_named[0].action, CleanupAction::Foreign);
+    assert!(invoice.exists());
+  }
+
+  /// A record naming this very process (or its parent), with a dead owner: never signalled.
+  #[test]
+  fn a_cleanup_never_signals_its_own_process_or_its_ancestors() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = process::own_pid();
+    for pid in [me, process::parent(me).unwrap()] {
+      let mut r = crate::state::record::tests::sample("self", pid);
+      let identity = process::identity(pid).unwrap();
+      r.start_time = identity.start_time;
+      r.exe = identity.exe;
+      r.owner_pid = 999_999;
+      r.owner_start_time = 1;
+      record::write_record(dir.path(), &r).unwrap();
+    }
+    let items = cleanup(dir.path(), None, Duration::from_millis(100));
+    assert_eq!(items.len(), 2);
+    for item in &items {
+      assert_eq!(item.action, CleanupAction::Protected, "{item:?}");
+      assert!(item.file.exists(), "the record is kept");
+    }
+  }
+}
