@@ -4,18 +4,7 @@ const test = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const path = require('node:path')
-const { execFile } = require('node:child_process')
-const { ROOT, FIXTURE, tempDir, holdPort, freeRun, isAlive, killIfAlive, fixtureManager, startScript } = require('./helpers')
-
-const CLI = path.join(ROOT, 'cli.js')
-
-function cli(args, { cwd = ROOT, env = {} } = {}) {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args], { cwd, env: { ...process.env, ...env }, timeout: 30000 }, (err, stdout, stderr) => {
-      resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr })
-    })
-  })
-}
+const { ROOT, FIXTURE, CLI, tempDir, holdPort, freeRun, isAlive, records, killIfAlive, fixtureManager, startScript, cli } = require('./helpers')
 
 /** An app that started a SIGTERM-ignoring backend and was then killed: its backend is an orphan. */
 async function makeOrphan(t, stateDir) {
@@ -129,7 +118,7 @@ test('start runs a backend, prints its port, and stops it gracefully on SIGINT',
   assert.equal(await exited, 0, out)
   assert.match(out, /backend stopped in \d+ ms/)
   assert.equal(isAlive(pid), false)
-  assert.deepEqual(fs.readdirSync(stateDir).filter((f) => f.endsWith('.json')), [])
+  assert.deepEqual(records(stateDir), [])
 })
 
 test('unknown commands and flags print usage and exit 2', async () => {

@@ -7,9 +7,7 @@ const path = require('node:path')
 const { execFile } = require('node:child_process')
 const { once } = require('node:events')
 const { ProcessManager, cleanupRecords } = require('..')
-const { ROOT, FIXTURE, tempDir, freeRun, isAlive, waitFor, killIfAlive, memoryLogger, fixtureManager, startScript } = require('./helpers')
-
-const records = (dir) => fs.readdirSync(dir).filter((f) => f.endsWith('.json'))
+const { ROOT, FIXTURE, tempDir, freeRun, isAlive, records, waitFor, killIfAlive, memoryLogger, fixtureManager, startScript } = require('./helpers')
 
 test('a backend that closes stdout and stderr keeps running and stops normally', async (t) => {
   const { pm } = fixtureManager(t, { port: await freeRun(3), env: { CLOSE_STDIO: '1' } })

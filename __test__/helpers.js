@@ -5,12 +5,14 @@ const fs = require('node:fs')
 const os = require('node:os')
 const net = require('node:net')
 const path = require('node:path')
-const { spawn } = require('node:child_process')
+const http = require('node:http')
+const { spawn, execFile } = require('node:child_process')
 const { once } = require('node:events')
 const { ProcessManager } = require('..')
 
 const ROOT = path.resolve(__dirname, '..')
 const FIXTURE = path.join(__dirname, 'fixtures', 'backend.js')
+const CLI = path.join(ROOT, 'cli.js')
 
 /** A fresh state folder, removed after the test. */
 function tempDir(t, prefix = 'bpm-test-') {
@@ -40,15 +42,54 @@ async function freeRun(count) {
   throw new Error(`no run of ${count} free ports found`)
 }
 
+/** State, parent and process group of a process from /proc/<pid>/stat, or null when there is none. */
+function procStat(pid) {
+  let stat
+  try {
+    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+  } catch {
+    return null
+  }
+  // The command name may hold spaces and parentheses: the fields start after its last ')'.
+  const [state, ppid, pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return { state, ppid: Number(ppid), pgrp: Number(pgrp) }
+}
+
 /** Alive and not a zombie (a zombie has exited; only its entry waits for its parent). */
 function isAlive(pid) {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
-    return state !== 'Z' && state !== 'X'
-  } catch {
-    return false
+  const stat = procStat(pid)
+  return stat !== null && stat.state !== 'Z' && stat.state !== 'X'
+}
+
+/** `pid` and all its descendants, from /proc/<pid>/task/<tid>/children (Linux), parents before children. */
+function processTree(pid) {
+  const tree = []
+  const visit = (p) => {
+    tree.push(p)
+    let tasks = []
+    try {
+      tasks = fs.readdirSync(`/proc/${p}/task`)
+    } catch {}
+    for (const tid of tasks) {
+      let children = ''
+      try {
+        children = fs.readFileSync(`/proc/${p}/task/${tid}/children`, 'utf8')
+      } catch {}
+      for (const c of children.split(' ').filter(Boolean)) visit(Number(c))
+    }
   }
+  if (procStat(pid) !== null) visit(pid)
+  return tree
+}
+
+/** Live processes whose process group is `pgid`, found in /proc (also those re-parented away from the tree). */
+function groupMembers(pgid) {
+  return fs.readdirSync('/proc').filter((e) => /^\d+$/.test(e)).map(Number).filter((p) => procStat(p)?.pgrp === pgid && isAlive(p))
+}
+
+/** The PID record files of a state folder (none when it does not exist). */
+function records(dir) {
+  return fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => f.endsWith('.json')) : []
 }
 
 /** Polls `predicate` (for things no event announces, like another process's death) until true or timeout. */
@@ -66,6 +107,13 @@ function killIfAlive(pid, signal = 'SIGKILL') {
   try {
     if (pid > 1 && isAlive(pid)) process.kill(pid, signal)
   } catch {}
+}
+
+/** Kills a process this test started and every descendant it has now; resolves once they are all gone. */
+async function killTree(pid, timeoutMs = 5000) {
+  const pids = processTree(pid)
+  for (const p of pids) killIfAlive(p)
+  await waitFor(() => pids.every((p) => !isAlive(p)), timeoutMs, `the processes ${pids.join(', ')} to end`)
 }
 
 /** A logger that keeps lines for assertions. */
@@ -128,7 +176,8 @@ function startScript(t, code, env = {}) {
   })
   child.stderr.on('data', (d) => (stderr += d))
   const exited = once(child, 'exit')
-  t.after(() => killIfAlive(child.pid))
+  // The app's backend and anything else it started go with it.
+  t.after(() => killTree(child.pid))
   /** Resolves with the first stdout line matching `re`. */
   const line = (re, timeoutMs = 10000) =>
     new Promise((resolve, reject) => {
@@ -153,4 +202,49 @@ function startScript(t, code, env = {}) {
   return { child, lines, line, exited, stderr: () => stderr }
 }
 
-module.exports = { ROOT, FIXTURE, tempDir, holdPort, freeRun, isAlive, waitFor, killIfAlive, memoryLogger, fixtureManager, startScript }
+
+/** Runs `node cli.js …args`; resolves with its exit code and output. */
+function cli(args, { cwd = ROOT, env = {} } = {}) {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [CLI, ...args], { cwd, env: { ...process.env, ...env }, timeout: 30000 }, (err, stdout, stderr) => {
+      resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr })
+    })
+  })
+}
+
+/** One GET without keep-alive or proxy: `{ status, body }`; rejects when nothing answers. */
+function httpGet(url, timeoutMs = 5000) {
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { agent: false, timeout: timeoutMs }, (res) => {
+      let body = ''
+      res.setEncoding('utf8')
+      res.on('data', (d) => (body += d))
+      res.on('end', () => resolve({ status: res.statusCode, body }))
+      res.on('error', reject)
+    })
+    req.on('timeout', () => req.destroy(new Error(`no answer from ${url} within ${timeoutMs} ms`)))
+    req.on('error', reject)
+  })
+}
+
+module.exports = {
+  ROOT,
+  FIXTURE,
+  CLI,
+  tempDir,
+  holdPort,
+  freeRun,
+  procStat,
+  isAlive,
+  processTree,
+  groupMembers,
+  records,
+  waitFor,
+  killIfAlive,
+  killTree,
+  memoryLogger,
+  fixtureManager,
+  startScript,
+  cli,
+  httpGet,
+}

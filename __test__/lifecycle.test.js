@@ -9,7 +9,7 @@ const http = require('node:http')
 const { spawn, spawnSync } = require('node:child_process')
 const { once } = require('node:events')
 const { ProcessManager } = require('..')
-const { ROOT, FIXTURE, tempDir, holdPort, freeRun, isAlive, waitFor, killIfAlive, memoryLogger, fixtureManager, startScript } = require('./helpers')
+const { ROOT, FIXTURE, tempDir, holdPort, freeRun, isAlive, records, waitFor, killIfAlive, memoryLogger, fixtureManager, startScript } = require('./helpers')
 
 function get(url) {
   return new Promise((resolve, reject) => {
@@ -19,8 +19,6 @@ function get(url) {
     }).on('error', reject)
   })
 }
-
-const records = (dir) => fs.readdirSync(dir).filter((f) => f.endsWith('.json'))
 
 test('start → healthy backend with a record → stop: process gone, record deleted, not forced', async (t) => {
   const port = await freeRun(5)

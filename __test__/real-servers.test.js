@@ -1,0 +1,102 @@
+'use strict'
+// Real servers started the ways their users start them (uvicorn, gunicorn, flask's reloader, express,
+// nodemon, npm start): each becomes ready, shows as running, and stopBackend() leaves nothing behind — no
+// process of its tree, no listener on its port, no record.
+// The Python servers are installed at pinned versions by scripts/test-deps.js into .cache/pydeps.
+const test = require('node:test')
+const assert = require('node:assert/strict')
+const fs = require('node:fs')
+const path = require('node:path')
+const { ProcessManager, isPortAvailable } = require('..')
+const { ROOT, tempDir, freeRun, isAlive, processTree, groupMembers, records, waitFor, killIfAlive, memoryLogger, httpGet } = require('./helpers')
+const { ensurePythonDeps, PYDEPS, PYTHON } = require('../scripts/test-deps.js')
+
+const SERVERS_DIR = path.join(__dirname, 'fixtures', 'servers')
+const NODEMON = path.join(ROOT, 'node_modules', '.bin', 'nodemon')
+const PYTHON_ENV = { PYTHONPATH: PYDEPS, PYTHONDONTWRITEBYTECODE: '1', PYTHONUNBUFFERED: '1' }
+
+// `processes`: how many processes the server runs once it is up (the tree is watched until it has them all).
+// uvicorn's reloader and workers are multiprocessing "spawn" children, which also start a resource tracker.
+// (`go run` belongs here too, but needs Go installed.)
+const SERVERS = [
+  { name: 'uvicorn', command: PYTHON, args: ['-m', 'uvicorn', 'asgi_app:app', '--host', '{host}', '--port', '{port}'], processes: 1 },
+  { name: 'uvicorn --reload', command: PYTHON, args: ['-m', 'uvicorn', 'asgi_app:app', '--reload', '--host', '{host}', '--port', '{port}'], processes: 3 },
+  { name: 'uvicorn --workers 2', command: PYTHON, args: ['-m', 'uvicorn', 'asgi_app:app', '--workers', '2', '--host', '{host}', '--port', '{port}'], processes: 4 },
+  { name: 'gunicorn --workers 2', command: PYTHON, args: ['-m', 'gunicorn', '--workers', '2', '--bind', '{host}:{port}', 'wsgi_app:app'], processes: 3 },
+  { name: 'flask run --debug (reloader)', command: PYTHON, args: ['-m', 'flask', '--app', 'flask_app', 'run', '--debug', '--host', '{host}', '--port', '{port}'], processes: 2 },
+  // The Electron way: no command, the entry script run by the app's own Node runtime.
+  { name: 'express', entry: 'express-app.js', processes: 1 },
+  { name: 'nodemon', command: NODEMON, args: ['--no-update-notifier', 'http-server.js'], processes: 2 },
+  { name: 'npm start', command: 'npm', args: ['start'], env: { npm_config_update_notifier: 'false' }, processes: 3 },
+]
+
+test.before(() => ensurePythonDeps())
+
+/** `pid (command line)` for a diagnostic. */
+function describePid(pid) {
+  try {
+    return `${pid} (${fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean).join(' ').slice(0, 80)})`
+  } catch {
+    return `${pid} (gone)`
+  }
+}
+
+for (const server of SERVERS) {
+  test(`${server.name}: ready, shown running, and stopBackend() leaves no process, listener or record`, { timeout: 90000 }, async (t) => {
+    const stateDir = tempDir(t)
+    const port = await freeRun(10)
+    const { name, processes, ...launch } = server
+    const pm = new ProcessManager({
+      name: 'real',
+      cwd: SERVERS_DIR,
+      port,
+      stateDir,
+      startTimeoutMs: 30000,
+      logger: memoryLogger(),
+      ...launch,
+      env: { ...PYTHON_ENV, ...server.env },
+    })
+    const output = []
+    pm.on('stdout', (l) => output.push(l))
+    pm.on('stderr', (l) => output.push(l))
+    const seen = new Set()
+    t.after(async () => {
+      await pm.stopBackend().catch(() => {})
+      for (const p of seen) killIfAlive(p)
+    })
+
+    const b = await pm.startBackend(SERVERS_DIR)
+    // Every process of the tree, and of the backend's group (a member may have been re-parented away).
+    const look = () => [...processTree(b.pid), ...groupMembers(b.pid)].forEach((p) => seen.add(p))
+    look()
+    await waitFor(() => (look(), seen.size >= processes), 15000, `${name} to run ${processes} processes (has ${[...seen]})`)
+    const answer = (await httpGet(`${b.url}/`)).body.trim()
+    const servedBy = Number(/^pid (\d+)$/.exec(answer)?.[1])
+    assert.ok(seen.has(servedBy), `${b.url}/ answered ${JSON.stringify(answer)}, not a process of the backend's tree ${[...seen]}`)
+
+    const status = await pm.status()
+    assert.deepEqual(status.backend, b)
+    const record = status.records.find((r) => r.pid === b.pid)
+    assert.equal(record?.state, 'running', `status shows ${JSON.stringify(record)}`)
+    look()
+    const tree = [...seen].map(describePid)
+
+    const result = await pm.stopBackend()
+    const stoppedAt = Date.now()
+    const left = [...seen].filter(isAlive)
+    const portFree = await isPortAvailable(port)
+    const recordsLeft = records(stateDir)
+    // How long the leftovers take to go by themselves, if they do, says whether it is a race or a leak.
+    let goneAfter = 'still alive 5 s later'
+    if (left.length > 0) {
+      await waitFor(() => left.every((p) => !isAlive(p)), 5000, 'leftovers').then(() => (goneAfter = `gone ${Date.now() - stoppedAt} ms later`), () => {})
+    }
+    t.diagnostic(`${name}: ${seen.size} processes [${tree.join(', ')}]; stop: forced ${result.forced}, ${result.durationMs} ms, exit code ${result.exitCode}, signal ${result.signal}`)
+
+    const problems = []
+    if (left.length > 0) problems.push(`processes left after stopBackend (${goneAfter}): ${left.map(describePid).join(', ')}`)
+    if (!portFree) problems.push(`port ${port} is still held`)
+    if (recordsLeft.length > 0) problems.push(`records left: ${recordsLeft}`)
+    assert.equal(problems.length, 0, `${problems.join('; ')}\nserver output:\n${output.slice(-20).join('\n')}`)
+  })
+}

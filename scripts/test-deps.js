@@ -1,0 +1,59 @@
+'use strict'
+// Installs the Python servers that __test__/real-servers.test.js runs (uvicorn, gunicorn, flask and what they
+// need), at pinned versions, into .cache/pydeps with `pip install --target`: no virtualenv, nothing in the
+// user's site-packages. Idempotent: once installed, a stamp naming the pins makes the next run instant.
+// `node scripts/test-deps.js` installs; require() it for `ensurePythonDeps()` and `PYDEPS` (PYTHONPATH).
+const fs = require('node:fs')
+const path = require('node:path')
+const { spawnSync } = require('node:child_process')
+
+const PYDEPS = path.resolve(__dirname, '..', '.cache', 'pydeps')
+const PYTHON = process.env.PYTHON || 'python3'
+// The whole dependency closure is pinned, so every machine runs the same servers.
+const PINS = [
+  'uvicorn==0.54.0',
+  'h11==0.16.0',
+  'click==8.5.1',
+  'gunicorn==27.0.1',
+  'flask==3.1.3',
+  'werkzeug==3.1.9',
+  'jinja2==3.1.6',
+  'markupsafe==3.0.4',
+  'itsdangerous==2.2.0',
+  'blinker==1.9.0',
+]
+
+/** Installs the pinned packages unless they already are; throws with pip's output when that fails. */
+function ensurePythonDeps() {
+  const stamp = path.join(PYDEPS, '.pins')
+  const wanted = `${PINS.join('\n')}\n`
+  if (fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === wanted) return PYDEPS
+  // Install next to the target and move it in place at the end: an interrupted install never looks complete.
+  fs.mkdirSync(path.dirname(PYDEPS), { recursive: true })
+  const staging = `${PYDEPS}.staging-${process.pid}`
+  fs.rmSync(staging, { recursive: true, force: true })
+  const args = ['-m', 'pip', 'install', '--disable-pip-version-check', '--no-input', '--quiet', '--only-binary=:all:', '--target', staging, ...PINS]
+  const result = spawnSync(PYTHON, args, { encoding: 'utf8', env: { ...process.env, PIP_ROOT_USER_ACTION: 'ignore' } })
+  if (result.status !== 0) {
+    fs.rmSync(staging, { recursive: true, force: true })
+    const why = result.error ? result.error.message : `${result.stdout}${result.stderr}`
+    throw new Error(`could not install the Python test servers (${PYTHON} ${args.join(' ')}): ${why}`)
+  }
+  fs.writeFileSync(path.join(staging, '.pins'), wanted)
+  fs.rmSync(PYDEPS, { recursive: true, force: true })
+  fs.renameSync(staging, PYDEPS)
+  return PYDEPS
+}
+
+module.exports = { ensurePythonDeps, PYDEPS, PYTHON, PINS }
+
+if (require.main === module) {
+  try {
+    const started = Date.now()
+    ensurePythonDeps()
+    console.log(`Python test servers ready in ${path.relative(process.cwd(), PYDEPS) || PYDEPS} (${Date.now() - started} ms)`)
+  } catch (err) {
+    console.error(err.message)
+    process.exit(1)
+  }
+}
