@@ -65,10 +65,10 @@ function parse(argv) {
   return { command, values, positionals: beforeDashDash, extraArgs }
 }
 
-function integer(text, what, min, max) {
-  const n = Number(text)
-  if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`${what} must be an integer from ${min} to ${max}, got ${JSON.stringify(text)}`)
-  return n
+/** Decimal digits only: `0x1F40` or `8e3` are not a port someone meant to type. The range is checked where every other port is. */
+function integer(text, what) {
+  if (!/^[0-9]{1,9}$/.test(text)) throw new UsageError(`${what} must be a decimal integer, got ${JSON.stringify(text)}`)
+  return Number(text)
 }
 
 /** The "backendProcessManager" object of ./package.json, if any. */
@@ -92,7 +92,7 @@ function managerOptions(values) {
   if (values['state-dir'] !== undefined) options.stateDir = path.resolve(values['state-dir'])
   else if (options.stateDir !== undefined) options.stateDir = path.resolve(options.stateDir)
   if (values.host !== undefined) options.host = values.host
-  if (values.port !== undefined) options.port = integer(values.port, '--port', 1, 65535)
+  if (values.port !== undefined) options.port = integer(values.port, '--port')
   if (values.entry !== undefined) options.entry = values.entry
   if (values.command !== undefined) options.command = values.command
   return options
@@ -106,42 +106,50 @@ const printJson = (value) => print(JSON.stringify(value, null, 2))
 async function status(values, options) {
   const pm = new ProcessManager({ ...options, logger: false })
   const stateDir = pm.options.stateDir
+  // `--name`, else the project's configured name, else every name.
+  const name = options.name
   let records = await listRecords(stateDir)
-  if (values.name !== undefined) records = records.filter((r) => r.name === values.name)
+  if (name !== undefined) records = records.filter((r) => r.name === name)
   if (values.json) return printJson({ stateDir, records })
   print(`State folder: ${stateDir}`)
   print(records.length === 0 ? 'No backend records.' : recordsTable(records))
-  const orphans = records.filter((r) => r.state === 'orphaned').length
-  const stale = records.filter((r) => r.state === 'stale' || r.state === 'invalid').length
-  if (orphans + stale > 0) print(`\n${orphans} orphaned, ${stale} stale: run "backend-pm cleanup" to clean up.`)
+  const count = (state) => records.filter((r) => r.state === state).length
+  const [orphans, stale, invalid] = [count('orphaned'), count('stale'), count('invalid')]
+  if (orphans + stale + invalid > 0) print(`\n${orphans} orphaned, ${stale} stale, ${invalid} unreadable: run "backend-pm cleanup" to clean up.`)
+  const foreign = count('foreign')
+  if (foreign > 0) print(`${foreign} file(s) in the state folder are not records of this library; they are left alone.`)
 }
 
 async function cleanup(values, options) {
   const pm = new ProcessManager({ ...options, logger: false })
   const { stateDir, stopTimeoutMs } = pm.options
-  const items = await cleanupRecords(stateDir, { name: values.name, stopTimeoutMs })
+  const items = await cleanupRecords(stateDir, { name: options.name, stopTimeoutMs })
   const count = (...actions) => items.filter((i) => actions.includes(i.action)).length
   const summary = {
     terminated: count('terminated'),
     removed: count('stale-removed', 'invalid-removed'),
     failed: count('failed', 'not-deleted'),
+    left: count('foreign', 'untrusted', 'protected', 'busy'),
   }
   if (values.json) printJson({ stateDir, items, ...summary })
   else {
     print(`State folder: ${stateDir}`)
     for (const item of items) print(`${item.action.padEnd(15)} ${item.detail}`)
-    print(`${summary.terminated} orphan(s) terminated, ${summary.removed} stale record(s) deleted, ${summary.failed} failure(s).`)
+    print(`${summary.terminated} orphan(s) terminated, ${summary.removed} stale record(s) deleted, ${summary.failed} failure(s), ${summary.left} file(s) left alone.`)
   }
   return summary.failed > 0 ? 1 : 0
 }
 
 async function testPorts(values, positionals, options) {
-  const first = positionals.length > 0 ? integer(positionals[0], 'port', 1, 65535) : (options.port ?? 8000)
-  const count = values.count === undefined ? 10 : integer(values.count, '--count', 1, 10000)
+  const first = positionals.length > 0 ? integer(positionals[0], 'port') : (options.port ?? 8000)
+  const count = values.count === undefined ? 10 : integer(values.count, '--count')
+  if (count < 1 || count > 10000) throw new UsageError(`--count must be from 1 to 10000, got ${count}`)
   const last = Math.min(first + count - 1, 65535)
   const ports = []
   for (let p = first; p <= last; p++) ports.push(p)
-  const available = await Promise.all(ports.map((p) => isPortAvailable(p)))
+  // With --host, that address alone is checked; without it, every loopback and wildcard address.
+  const host = values.host ?? null
+  const available = await Promise.all(ports.map((p) => isPortAvailable(p, { host })))
   const holders = new Map((await findPortHolders(ports.filter((_, i) => !available[i]))).map((h) => [h.port, h]))
   const rows = ports.map((port, i) => ({
     port,
@@ -172,13 +180,30 @@ async function start(options, extraArgs) {
     console.error(`received ${signal}, stopping the backend…`)
     stopping = pm.stopBackend()
   }
-  const exited = new Promise((resolve) => pm.once('exit', resolve))
+  // Every exit is kept: a failed attempt on a taken port ends too, before the backend that is started.
+  const exits = []
+  let exitSeen = () => {}
+  pm.on('exit', (e) => {
+    exits.push(e)
+    exitSeen()
+  })
   process.on('SIGINT', () => stop('SIGINT'))
   process.on('SIGTERM', () => stop('SIGTERM'))
-  const backend = await pm.startBackend(process.cwd())
+  let backend
+  try {
+    backend = await pm.startBackend(process.cwd())
+  } catch (err) {
+    // Ctrl-C during the start: the stop cancelled it, which is a clean end.
+    if (!stopping) throw err
+    await stopping
+    print('backend stopped before it became ready')
+    return 0
+  }
   print(`backend "${pm.options.name}" running: pid ${backend.pid}, port ${backend.port}, ${backend.url}`)
   print('press Ctrl-C to stop it')
-  const exit = await exited
+  const ownExit = () => exits.find((e) => e.pid === backend.pid)
+  while (!ownExit()) await new Promise((resolve) => (exitSeen = resolve))
+  const exit = ownExit()
   if (!exit.expected) {
     console.error(`the backend exited on its own (${exit.exitCode !== null ? `exit code ${exit.exitCode}` : exit.signal})`)
     return 1

@@ -4,7 +4,7 @@ const test = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const path = require('node:path')
-const { ROOT, FIXTURE, CLI, tempDir, holdPort, freeRun, isAlive, records, killIfAlive, fixtureManager, startScript, cli } = require('./helpers')
+const { ROOT, FIXTURE, CLI, tempDir, holdPort, freeRun, isAlive, records, killIfAlive, fixtureManager, startScript, cli, recordOf } = require('./helpers')
 
 /** An app that started a SIGTERM-ignoring backend and was then killed: its backend is an orphan. */
 async function makeOrphan(t, stateDir) {
@@ -22,7 +22,7 @@ async function makeOrphan(t, stateDir) {
 }
 
 function staleRecord(stateDir) {
-  const record = { version: 1, name: 'stale', pid: 999999, port: 8123, host: '127.0.0.1', startedAt: Date.now(), exe: '/bin/false', startTime: 1, ownerPid: 999998, ownerStartTime: 1 }
+  const record = recordOf({ name: 'stale', pid: 999999, port: 8123, exe: '/bin/false', startTime: 1, ownerPid: 999998, ownerStartTime: 1 })
   const file = path.join(stateDir, 'stale-999999.json')
   fs.writeFileSync(file, JSON.stringify(record), { mode: 0o600 })
   return file

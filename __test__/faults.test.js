@@ -7,7 +7,7 @@ const path = require('node:path')
 const { execFile } = require('node:child_process')
 const { once } = require('node:events')
 const { ProcessManager, cleanupRecords } = require('..')
-const { ROOT, FIXTURE, tempDir, freeRun, isAlive, records, waitFor, killIfAlive, memoryLogger, fixtureManager, startScript } = require('./helpers')
+const { ROOT, FIXTURE, tempDir, freeRun, isAlive, records, waitFor, killIfAlive, memoryLogger, fixtureManager, startScript, recordOf } = require('./helpers')
 
 test('a backend that closes stdout and stderr keeps running and stops normally', async (t) => {
   const { pm } = fixtureManager(t, { port: await freeRun(3), env: { CLOSE_STDIO: '1' } })
@@ -75,7 +75,7 @@ test('a record replaced by a symlink is neither followed nor overwritten', async
   assert.equal(await other.killExistingBackend(), false)
   assert.equal(isAlive(b.pid), true)
   const status = await other.status()
-  assert.equal(status.records[0].state, 'invalid')
+  assert.equal(status.records[0].state, 'foreign')
   assert.match(status.records[0].problem, /symbolic link/)
   await pm.stopBackend()
   assert.equal(fs.readFileSync(victim, 'utf8'), 'precious')
@@ -90,7 +90,7 @@ test('records writable by others or owned by another user are ignored with a war
   await waitFor(() => isAlive(bystander.pid))
   const start = Number(fs.readFileSync(`/proc/${bystander.pid}/stat`, 'utf8').split(') ')[1].split(' ')[19])
   // A record that would match the live process exactly, with a dead owner: only its file's trust differs.
-  const record = { version: 1, name: 'fixture', pid: bystander.pid, port: 8000, host: '127.0.0.1', startedAt: Date.now(), exe: fs.realpathSync(process.execPath), startTime: start, ownerPid: 999999, ownerStartTime: 1 }
+  const record = recordOf({ name: 'fixture', pid: bystander.pid, port: 8000, exe: fs.realpathSync(process.execPath), startTime: start, ownerPid: 999999, ownerStartTime: 1 })
   const writable = path.join(stateDir, `fixture-${bystander.pid}.json`)
   fs.writeFileSync(writable, JSON.stringify(record))
   fs.chmodSync(writable, 0o666)
@@ -172,12 +172,28 @@ test('the app exiting while its backend starts: the backend dies with it; the ne
   assert.ok(logger.lines.some((l) => l.includes('stale')))
 })
 
-test('cleanupRecords on a folder of garbage deletes it all and signals nothing', async (t) => {
+test('cleanupRecords deletes broken records of its own, leaves every other file, and signals nothing', async (t) => {
   const stateDir = tempDir(t)
-  const garbage = ['', '{', 'null', '[]', '{"version":1,"pid":1}', '\u0000\u0001binary', JSON.stringify({ version: 1, name: 'x', pid: 1, port: 1, host: 'h', startedAt: 0, exe: null, startTime: 0, ownerPid: 1, ownerStartTime: 0 })]
-  garbage.forEach((text, i) => fs.writeFileSync(path.join(stateDir, `x-${i + 10}.json`), text, { mode: 0o600 }))
+  const foreign = ['', '{', 'null', '[]', '{"version":1,"pid":1}', '\u0000\u0001binary', '{"total": 12}']
+  foreign.forEach((text, i) => fs.writeFileSync(path.join(stateDir, `x-${i + 10}.json`), text, { mode: 0o600 }))
+  const broken = [recordOf({ name: 'x', pid: 1, port: 1, exe: null, startTime: 0, ownerPid: 1, ownerStartTime: 0 }), { manager: 'backend-process-manager', version: 9 }]
+  broken.forEach((r, i) => fs.writeFileSync(path.join(stateDir, `x-${i + 50}.json`), JSON.stringify(r), { mode: 0o600 }))
   const items = await cleanupRecords(stateDir, { stopTimeoutMs: 100 })
-  assert.equal(items.length, garbage.length)
-  for (const item of items) assert.ok(['invalid-removed', 'stale-removed'].includes(item.action), JSON.stringify(item))
-  assert.deepEqual(records(stateDir), [])
+  assert.equal(items.length, foreign.length + broken.length)
+  const byFile = new Map(items.map((i) => [path.basename(i.file), i.action]))
+  foreign.forEach((_, i) => assert.equal(byFile.get(`x-${i + 10}.json`), 'foreign'))
+  broken.forEach((_, i) => assert.equal(byFile.get(`x-${i + 50}.json`), 'invalid-removed'))
+  assert.deepEqual(records(stateDir), foreign.map((_, i) => `x-${i + 10}.json`).sort())
+})
+
+test('a record naming the cleaning process itself (its app gone) is never signalled', async (t) => {
+  const stateDir = tempDir(t)
+  const stat = fs.readFileSync(`/proc/${process.pid}/stat`, 'utf8')
+  const startTime = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19])
+  const record = recordOf({ name: 'self', pid: process.pid, port: 8000, exe: fs.realpathSync(process.execPath), startTime, ownerPid: 999999, ownerStartTime: 1 })
+  const file = path.join(stateDir, `self-${process.pid}.json`)
+  fs.writeFileSync(file, JSON.stringify(record), { mode: 0o600 })
+  const items = await cleanupRecords(stateDir, { stopTimeoutMs: 100 })
+  assert.deepEqual(items.map((i) => i.action), ['protected'])
+  assert.ok(fs.existsSync(file), 'the record is kept')
 })

@@ -55,10 +55,19 @@ function procStat(pid) {
   return { state, ppid: Number(ppid), pgrp: Number(pgrp) }
 }
 
-/** Alive and not a zombie (a zombie has exited; only its entry waits for its parent). */
+/**
+ * Alive and not a zombie (a zombie has exited; only its entry waits for its parent). A process whose main
+ * thread is a zombie while its other threads still run is still exiting (and holding its sockets): alive.
+ */
 function isAlive(pid) {
   const stat = procStat(pid)
-  return stat !== null && stat.state !== 'Z' && stat.state !== 'X'
+  if (stat === null) return false
+  if (stat.state !== 'Z' && stat.state !== 'X') return true
+  try {
+    return fs.readdirSync(`/proc/${pid}/task`).length > 1
+  } catch {
+    return false
+  }
 }
 
 /** `pid` and all its descendants, from /proc/<pid>/task/<tid>/children (Linux), parents before children. */
@@ -227,7 +236,13 @@ function httpGet(url, timeoutMs = 5000) {
   })
 }
 
+/** A PID record as this library writes it (with its marker field), for tests that plant records. */
+function recordOf(fields) {
+  return { manager: 'backend-process-manager', version: 1, host: '127.0.0.1', startedAt: Date.now(), restarts: 0, ...fields }
+}
+
 module.exports = {
+  recordOf,
   ROOT,
   FIXTURE,
   CLI,

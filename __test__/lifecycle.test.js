@@ -9,7 +9,7 @@ const http = require('node:http')
 const { spawn, spawnSync } = require('node:child_process')
 const { once } = require('node:events')
 const { ProcessManager } = require('..')
-const { ROOT, FIXTURE, tempDir, holdPort, freeRun, isAlive, records, waitFor, killIfAlive, memoryLogger, fixtureManager, startScript } = require('./helpers')
+const { ROOT, FIXTURE, tempDir, holdPort, freeRun, isAlive, records, waitFor, killIfAlive, memoryLogger, fixtureManager, startScript, recordOf } = require('./helpers')
 
 function get(url) {
   return new Promise((resolve, reject) => {
@@ -166,22 +166,22 @@ test('a backend with two grandchildren: after stop none of the three runs', asyn
   for (const pid of [b.pid, ...grandchildren]) assert.equal(isAlive(pid), false, `pid ${pid} still runs`)
 })
 
-test('a record naming an unrelated live process is stale: nothing is killed, the record is deleted', async (t) => {
+test('a record naming an unrelated live process is stale: nothing is killed, the record is deleted, a foreign file kept', async (t) => {
   const stateDir = tempDir(t)
   const bystander = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' })
   t.after(() => killIfAlive(bystander.pid))
   await waitFor(() => isAlive(bystander.pid))
   const start = Number(fs.readFileSync(`/proc/${bystander.pid}/stat`, 'utf8').split(') ')[1].split(' ')[19])
   // Same pid and executable, but the start time of an earlier process: a reused pid. Its owner is gone.
-  const reused = { version: 1, name: 'fixture', pid: bystander.pid, port: 8000, host: '127.0.0.1', startedAt: Date.now(), exe: fs.realpathSync(process.execPath), startTime: start - 1, ownerPid: 999999, ownerStartTime: 1 }
+  const reused = recordOf({ name: 'fixture', pid: bystander.pid, port: 8000, exe: fs.realpathSync(process.execPath), startTime: start - 1, ownerPid: 999999, ownerStartTime: 1 })
   fs.writeFileSync(path.join(stateDir, `fixture-${bystander.pid}.json`), JSON.stringify(reused), { mode: 0o600 })
   fs.writeFileSync(path.join(stateDir, 'fixture-12345.json'), '{ this is not json', { mode: 0o600 })
   const logger = memoryLogger()
   const pm = new ProcessManager({ name: 'fixture', stateDir, logger })
   assert.equal(await pm.killExistingBackend(), false)
   assert.equal(isAlive(bystander.pid), true)
-  assert.deepEqual(records(stateDir), [])
-  assert.ok(logger.lines.some((l) => l.startsWith('warn:') && l.includes('fixture-12345.json')), logger.lines.join('\n'))
+  assert.deepEqual(records(stateDir), ['fixture-12345.json'], 'the stale record is deleted; a file that is not a record is left')
+  assert.ok(logger.lines.some((l) => l.startsWith('warn:') && l.includes('fixture-12345.json') && l.includes('not a PID record')), logger.lines.join('\n'))
 })
 
 /** An app process that starts a fixture backend and prints `READY <pid> <port>`. */
@@ -366,4 +366,100 @@ test('a backend listening on every interface (host 0.0.0.0) is probed and reache
   assert.equal(b.url, `http://127.0.0.1:${b.port}`)
   assert.equal(await get(`${b.url}/health`), 200)
   assert.equal(await pm.isPortAvailable(b.port), false)
+})
+
+test('startBackend() while stopBackend() runs waits for the stop, then starts a new backend', async (t) => {
+  const { pm } = fixtureManager(t, { port: await freeRun(3), env: { TERM_DELAY_MS: '300' } })
+  const first = await pm.startBackend(ROOT)
+  const stopping = pm.stopBackend()
+  const second = await pm.startBackend(ROOT)
+  const stopped = await stopping
+  assert.equal(stopped.pid, first.pid)
+  assert.notEqual(second.pid, first.pid, 'not the backend being stopped')
+  assert.equal(isAlive(first.pid), false)
+  assert.equal(isAlive(second.pid), true)
+  assert.deepEqual(pm.backend, second)
+})
+
+test('a backend that dies right after its health check is never reported ready after its exit', async (t) => {
+  const { pm, stateDir } = fixtureManager(t, { port: await freeRun(3), env: { EXIT_AFTER_HEALTH: '1' } })
+  const events = []
+  pm.on('ready', () => events.push('ready'))
+  pm.on('exit', (e) => events.push(`exit ${e.exitCode}`))
+  const outcome = await pm.startBackend(ROOT).catch((e) => e)
+  await waitFor(() => events.includes('exit 4'), 5000, 'its exit event')
+  if (outcome instanceof Error) {
+    // Its exit was seen before the start settled: the start fails, with the exit code.
+    assert.equal(outcome.code, 'ERR_BACKEND_EXITED', outcome.stack)
+    assert.equal(outcome.exitCode, 4)
+    assert.deepEqual(events, ['exit 4'])
+  } else {
+    // It exited after the start settled: then `ready` came first.
+    assert.deepEqual(events, ['ready', 'exit 4'])
+  }
+  assert.equal(pm.backend, null)
+  assert.deepEqual(records(stateDir), [])
+})
+
+test('"address already in use" about another port is not a port conflict: one spawn, the real error', async (t) => {
+  const line = 'Error: listen EADDRINUSE: address already in use 127.0.0.1:9464 (metrics)'
+  const { pm } = fixtureManager(t, { port: await freeRun(3), env: { FAIL_WITH_LINE: line } })
+  const exits = []
+  pm.on('exit', (e) => exits.push(e))
+  const err = await pm.startBackend(ROOT).catch((e) => e)
+  assert.equal(err.code, 'ERR_BACKEND_EXITED')
+  assert.doesNotMatch(err.message, /taken by other programs/)
+  assert.deepEqual(err.stderrTail, [line])
+  assert.equal(exits.length, 1, 'spawned once, not once per port')
+})
+
+test('a failed start leaves no reservation: the same port starts at once for another manager', async (t) => {
+  const port = await freeRun(1)
+  const failing = fixtureManager(t, { port, portRange: 0, env: { EXIT_AT_START: '3' } })
+  assert.equal((await failing.pm.startBackend(ROOT).catch((e) => e)).code, 'ERR_BACKEND_EXITED')
+  const { pm } = fixtureManager(t, { port, portRange: 0 })
+  assert.equal((await pm.startBackend(ROOT)).port, port)
+})
+
+test("a port the manager reserved with findAvailablePort() is its own: startBackend() uses it", async (t) => {
+  const port = await freeRun(3)
+  const { pm, logger } = fixtureManager(t, { port })
+  assert.equal(await pm.findAvailablePort(), port)
+  const b = await pm.startBackend(ROOT)
+  assert.equal(b.port, port)
+  assert.ok(!logger.lines.some((l) => l.includes('is in use')), logger.lines.join('\n'))
+  const other = fixtureManager(t, { port, portRange: 0 }).pm
+  assert.equal((await other.startBackend(ROOT).catch((e) => e)).code, 'ERR_NO_FREE_PORT', 'still held for others')
+})
+
+test('status counts the whole tree: CPU and memory of the backend and its grandchildren, and how many', async (t) => {
+  const { pm, grandchildren } = fixtureManager(t, { port: await freeRun(3), env: { GRANDCHILDREN: '2' } })
+  const b = await pm.startBackend(ROOT)
+  await waitFor(() => grandchildren.length === 2, 5000, 'two grandchildren')
+  const record = (await pm.status()).records.find((r) => r.pid === b.pid)
+  assert.equal(record.processCount, 3)
+  const rss = (pid) => Number(fs.readFileSync(`/proc/${pid}/statm`, 'utf8').split(' ')[1]) * 4096
+  const own = rss(b.pid)
+  assert.ok(record.memoryBytes > own * 1.5, `${record.memoryBytes} bytes for three processes, the backend alone has ${own}`)
+  assert.equal(typeof record.cpuTimeMs, 'number')
+})
+
+test('a backend that ignores SIGTERM while starting: ERR_START_TIMEOUT within startTimeoutMs + stopTimeoutMs, nothing left', async (t) => {
+  const { pm, stateDir } = fixtureManager(t, { port: await freeRun(3), startTimeoutMs: 800, stopTimeoutMs: 600, env: { HEALTH_STATUS: '503', IGNORE_SIGTERM: '1' } })
+  const exits = []
+  pm.on('exit', (e) => exits.push(e))
+  const began = Date.now()
+  const err = await pm.startBackend(ROOT).catch((e) => e)
+  const took = Date.now() - began
+  assert.equal(err.code, 'ERR_START_TIMEOUT')
+  assert.ok(took >= 800 + 550 && took < 800 + 600 + 3000, `took ${took} ms`)
+  assert.equal(exits[0].signal, 'SIGKILL')
+  assert.equal(isAlive(exits[0].pid), false)
+  assert.deepEqual(records(stateDir), [])
+})
+
+test('a stop reports no survivors when the whole tree is gone', async (t) => {
+  const { pm } = fixtureManager(t, { port: await freeRun(3), env: { GRANDCHILDREN: '1' } })
+  await pm.startBackend(ROOT)
+  assert.deepEqual((await pm.stopBackend()).survivors, [])
 })

@@ -81,7 +81,7 @@ test('property: arbitrary option values either construct or throw ERR_INVALID_AR
     '', 'x', 'a/b', '..', '/health', 'health', '127.0.0.1', '::1', '[::1]', 'localhost', '999.1.1.1', 'name\u0000', '\u{1F600}',
     [], ['a'], [1], {}, { A: '1' }, { A: 1 }, { A: {} }, () => {}, Symbol('s'), 10n,
   ]
-  const keys = Object.keys(require('../lib/options.js').DEFAULTS).concat(['unknownKey'])
+  const keys = [...Object.keys(new ProcessManager({ logger: false }).options), 'command', 'cwd', 'logger', 'unknownKey']
   for (let i = 0; i < 3000; i++) {
     const options = {}
     for (let k = 0, n = 1 + Math.floor(rand() * 4); k < n; k++) options[pick(keys)] = pick(values)
@@ -106,4 +106,59 @@ test('managers the app no longer references are garbage-collected (no cycle thro
   const collected = Number(execFileSync(process.execPath, ['--expose-gc', '-e', code], { encoding: 'utf8' }))
   t.diagnostic(`${collected} of 200 managers collected`)
   assert.ok(collected >= 190, `only ${collected} of 200 managers were collected`)
+})
+
+test('every entry point checks an argument the same way (one layer of checks)', async (t) => {
+  const { findAvailablePort, isPortAvailable, cleanupRecords } = require('..')
+  assert.equal(new ProcessManager({ host: 'localhost', logger: false }).options.host, '127.0.0.1')
+  const port = await findAvailablePort(40000 + Math.floor(Math.random() * 20000), { host: 'localhost' })
+  assert.ok(port > 0)
+  assert.equal(typeof (await isPortAvailable(port, { host: 'localhost' })), 'boolean')
+  assert.throws(() => new ProcessManager({ host: 'banana' }), { code: 'ERR_INVALID_ARG', message: /IP address/ })
+  await assert.rejects(findAvailablePort(9000, { host: 'banana' }), { code: 'ERR_INVALID_ARG', message: /IP address/ })
+  // Names count characters, not bytes: 100 characters of any script are fine, 101 are not.
+  assert.equal(new ProcessManager({ name: '名'.repeat(100), logger: false }).options.name.length, 100)
+  assert.throws(() => new ProcessManager({ name: '名'.repeat(101) }), { code: 'ERR_INVALID_ARG', message: /101 characters/ })
+  const dir = require('node:fs').mkdtempSync(path.join(require('node:os').tmpdir(), 'bpm-opt-'))
+  t.after(() => require('node:fs').rmSync(dir, { recursive: true, force: true }))
+  await assert.rejects(cleanupRecords(dir, { stopTimeoutMs: 'x' }), { code: 'ERR_INVALID_ARG', message: /stopTimeoutMs/ })
+  await assert.rejects(cleanupRecords(dir, { name: 5 }), { code: 'ERR_INVALID_ARG', message: /name must be a string/ })
+  assert.deepEqual(await cleanupRecords(dir, null), [])
+})
+
+test('a NUL in any string option, or a port variable with "=", is ERR_INVALID_ARG', () => {
+  const bad = [
+    { command: 'no\0de' },
+    { args: ['a\0'] },
+    { env: { A: 'b\0' } },
+    { env: { 'A=B': '1' } },
+    { name: 'a\0' },
+    { cwd: 'x\0' },
+    { entry: 'x\0.js' },
+    { stateDir: '/tmp/x\0' },
+    { healthPath: '/h\0' },
+    { portEnv: 'A=B' },
+  ]
+  for (const options of bad) assert.throws(() => new ProcessManager(options), { code: 'ERR_INVALID_ARG' }, JSON.stringify(options))
+})
+
+test('errors are real Errors with a code, the API fields and the OS error as cause; never JSON', async () => {
+  const pm = new ProcessManager({ name: 'nocmd', command: 'definitely-not-a-command-bpm', logger: false, stateDir: require('node:fs').mkdtempSync(path.join(require('node:os').tmpdir(), 'bpm-err-')) })
+  const err = await pm.startBackend(__dirname).catch((e) => e)
+  require('node:fs').rmSync(pm.options.stateDir, { recursive: true, force: true })
+  assert.ok(err instanceof Error)
+  assert.equal(err.code, 'ERR_SPAWN_FAILED')
+  assert.equal(err.command, 'definitely-not-a-command-bpm')
+  assert.doesNotMatch(err.message, /^\{/)
+  assert.ok(err.cause instanceof Error, 'the OS error is the cause')
+  assert.equal(err.cause.code, 'NotFound')
+  assert.equal(typeof err.cause.errno, 'number')
+  let thrown
+  try {
+    new ProcessManager({ port: 0 })
+  } catch (e) {
+    thrown = e
+  }
+  assert.ok(thrown instanceof Error)
+  assert.equal(thrown.code, 'ERR_INVALID_ARG')
 })

@@ -85,7 +85,7 @@ async function orphanBehindWrapper(t, wrapper) {
   app.child.kill('SIGKILL')
   await app.exited
   const wrapperPids = tree.filter((p) => p !== server)
-  await waitFor(() => wrapperPids.every((p) => !isAlive(p)), 5000, `the wrapper processes ${wrapperPids} to exit`)
+  await waitFor(() => wrapperPids.every((p) => !isAlive(p)), 15000, `the wrapper processes ${wrapperPids} to exit`)
   const signals = fs.existsSync(proj.signalLog) ? fs.readFileSync(proj.signalLog, 'utf8').split('\n').filter(Boolean) : []
   t.diagnostic(`${wrapper.name}: wrapper gone ${Date.now() - killedAt} ms after the app; signals the server logged so far: [${signals}]`)
   assert.equal(isAlive(server), true, `the server ${server} died with its wrapper (it got [${signals}]): nothing is left to clean up`)

@@ -140,6 +140,31 @@ impl PmError {
   }
 }
 
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+  payload
+    .downcast_ref::<&str>()
+    .map(|s| s.to_string())
+    .or_else(|| payload.downcast_ref::<String>().cloned())
+    .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Runs `work`; a panic in it becomes `ERR_INTERNAL` with the panic's message instead of unwinding.
+pub fn catch_panic<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
+  std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+    .unwrap_or_else(|panic| Err(PmError::Internal(panic_message(&*panic))))
+}
+
+/// Runs `work` as a task of its own; a panic in it becomes `ERR_INTERNAL` with the panic's message.
+pub async fn catch_panic_async<T: Send + 'static>(
+  work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+  match tokio::spawn(work).await {
+    Ok(result) => result,
+    Err(join) if join.is_panic() => Err(PmError::Internal(panic_message(&*join.into_panic()))),
+    Err(_) => Err(PmError::Internal("the work was cancelled".into())),
+  }
+}
+
 #[cfg(test)]
 mod tests {
   use super::*;
@@ -169,5 +194,19 @@ mod tests {
     assert_eq!(dir.code(), "ERR_STATE_DIR");
     assert!(dir.os_cause().is_some());
     assert_eq!(PmError::Internal("x".into()).code(), "ERR_INTERNAL");
+  }
+
+  #[tokio::test]
+  async fn a_panic_becomes_an_internal_error_with_its_message() {
+    let err =
+      catch_panic::<()>(|| panic!("thread name may not contain interior null bytes")).unwrap_err();
+    assert_eq!(err.code(), "ERR_INTERNAL");
+    assert!(err.to_string().contains("interior null bytes"), "{err}");
+    let err = catch_panic_async::<()>(async { panic!("in a task: {}", 42) })
+      .await
+      .unwrap_err();
+    assert_eq!(err.code(), "ERR_INTERNAL");
+    assert!(err.to_string().contains("in a task: 42"), "{err}");
+    assert_eq!(catch_panic_async(async { Ok(7) }).await.unwrap(), 7);
   }
 }

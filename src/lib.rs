@@ -3,6 +3,8 @@
 //! contract is docs/api.md. Nothing is exported to Rust users: the modules are private, so the compiler
 //! reports code that nothing uses.
 
+// Used by Node through the napi registration, which a test build does not see.
+#[cfg_attr(test, allow(dead_code))]
 mod binding;
 mod blocking;
 mod error;

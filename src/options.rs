@@ -197,7 +197,9 @@ pub fn validate_name(name: &str) -> Result<()> {
     .chars()
     .find(|c| NAME_FORBIDDEN.contains(c) || c.is_control())
   {
-    Some(format!("it contains {c:?}, which cannot be part of a file name"))
+    Some(format!(
+      "it contains {c:?}, which cannot be part of a file name"
+    ))
   } else {
     None
   };
@@ -341,18 +343,41 @@ impl Options {
   pub fn parse(value: &Value) -> Result<Options> {
     let mut f = Fields::of(value, "the ProcessManager options")?;
     let options = Options {
-      name: f.take("name").map(name).transpose()?.unwrap_or_else(|| DEFAULT_NAME.into()),
+      name: f
+        .take("name")
+        .map(name)
+        .transpose()?
+        .unwrap_or_else(|| DEFAULT_NAME.into()),
       entry: f
         .take("entry")
         .map(|v| non_empty(v, "entry"))
         .transpose()?
         .unwrap_or_else(|| DEFAULT_ENTRY.into()),
-      command: f.take("command").map(|v| non_empty(v, "command")).transpose()?,
-      args: f.take("args").map(|v| strings(v, "args")).transpose()?.unwrap_or_default(),
+      command: f
+        .take("command")
+        .map(|v| non_empty(v, "command"))
+        .transpose()?,
+      args: f
+        .take("args")
+        .map(|v| strings(v, "args"))
+        .transpose()?
+        .unwrap_or_default(),
       cwd: f.take("cwd").map(|v| non_empty(v, "cwd")).transpose()?,
-      env: f.take("env").map(|v| env(v, "env")).transpose()?.unwrap_or_default(),
-      host: f.take("host").map(|v| host(v, "host")).transpose()?.unwrap_or(DEFAULT_HOST),
-      port: f.take("port").map(|v| port(v, "port")).transpose()?.unwrap_or(DEFAULT_PORT),
+      env: f
+        .take("env")
+        .map(|v| env(v, "env"))
+        .transpose()?
+        .unwrap_or_default(),
+      host: f
+        .take("host")
+        .map(|v| host(v, "host"))
+        .transpose()?
+        .unwrap_or(DEFAULT_HOST),
+      port: f
+        .take("port")
+        .map(|v| port(v, "port"))
+        .transpose()?
+        .unwrap_or(DEFAULT_PORT),
       port_range: f
         .take("portRange")
         .map(port_range)
@@ -404,7 +429,10 @@ impl Options {
       ("name", text(&self.name)),
       ("entry", text(&self.entry)),
       ("command", opt(&self.command)),
-      ("args", Value::Array(self.args.iter().map(|a| text(a)).collect())),
+      (
+        "args",
+        Value::Array(self.args.iter().map(|a| text(a)).collect()),
+      ),
       ("cwd", opt(&self.cwd)),
       (
         "env",
@@ -418,7 +446,10 @@ impl Options {
       ("healthTimeoutMs", ms(self.health_timeout)),
       ("startTimeoutMs", ms(self.start_timeout)),
       ("stopTimeoutMs", ms(self.stop_timeout)),
-      ("stateDir", Value::String(self.state_dir.display().to_string())),
+      (
+        "stateDir",
+        Value::String(self.state_dir.display().to_string()),
+      ),
     ])
   }
 
@@ -526,7 +557,10 @@ impl CleanupArgs {
 
 pub fn ports(value: &Value, what: &str) -> Result<Vec<u16>> {
   match value {
-    Value::Array(items) => items.iter().map(|p| port(p, &format!("every {what} entry"))).collect(),
+    Value::Array(items) => items
+      .iter()
+      .map(|p| port(p, &format!("every {what} entry")))
+      .collect(),
     other => Err(bad(what, "an array of ports", other)),
   }
 }
@@ -560,7 +594,11 @@ mod tests {
   #[test]
   fn bad_options_are_invalid_args_that_name_the_option() {
     let cases: Vec<(&str, Value, &str)> = vec![
-      ("port", n(0.0), "port must be an integer from 1 to 65535, got 0"),
+      (
+        "port",
+        n(0.0),
+        "port must be an integer from 1 to 65535, got 0",
+      ),
       ("port", n(1.5), "got 1.5"),
       ("port", s("8000"), "got \"8000\""),
       ("port", n(f64::NAN), "got NaN"),
@@ -571,11 +609,19 @@ mod tests {
       ("name", s(""), "empty"),
       ("name", n(5.0), "name must be a string, got 5"),
       ("command", s("no\0de"), "NUL"),
-      ("args", Value::Array(vec![s("a\0")]), "args[0] must not contain a NUL"),
+      (
+        "args",
+        Value::Array(vec![s("a\0")]),
+        "args[0] must not contain a NUL",
+      ),
       ("portEnv", s("A=B"), "portEnv"),
       ("host", s("banana"), "IP address"),
       ("healthPath", s("health"), "healthPath"),
-      ("env", Value::object(vec![("A", Value::Other("function"))]), "env.A must be a string, got a function"),
+      (
+        "env",
+        Value::object(vec![("A", Value::Other("function"))]),
+        "env.A must be a string, got a function",
+      ),
       ("startTimeout", n(5.0), "unknown option \"startTimeout\""),
     ];
     for (key, value, expected) in cases {
@@ -594,10 +640,16 @@ mod tests {
 
   #[test]
   fn localhost_and_bracketed_ipv6_are_hosts_everywhere() {
-    assert_eq!(opts(vec![("host", s("localhost"))]).unwrap().host, DEFAULT_HOST);
+    assert_eq!(
+      opts(vec![("host", s("localhost"))]).unwrap().host,
+      DEFAULT_HOST
+    );
     let find = FindArgs::parse(&n(9000.0), &Value::object(vec![("host", s("localhost"))])).unwrap();
     assert_eq!(find.host, Some(DEFAULT_HOST));
-    assert_eq!(opts(vec![("host", s("[::1]"))]).unwrap().host.to_string(), "::1");
+    assert_eq!(
+      opts(vec![("host", s("[::1]"))]).unwrap().host.to_string(),
+      "::1"
+    );
     assert!(host(&s(":::::"), "host").is_err());
   }
 
@@ -605,22 +657,80 @@ mod tests {
   fn env_values_become_strings_and_null_leaves_them_out() {
     let o = opts(vec![(
       "env",
-      Value::object(vec![("A", n(1.0)), ("B", Value::Bool(true)), ("C", Value::Null)]),
+      Value::object(vec![
+        ("A", n(1.0)),
+        ("B", Value::Bool(true)),
+        ("C", Value::Null),
+      ]),
     )])
     .unwrap();
-    assert_eq!(o.env, vec![("A".into(), "1".into()), ("B".into(), "true".into())]);
+    assert_eq!(
+      o.env,
+      vec![("A".into(), "1".into()), ("B".into(), "true".into())]
+    );
   }
 
   #[test]
   fn cleanup_arguments_are_checked_like_the_constructor_options() {
     for (options, expected) in [
-      (Value::object(vec![("stopTimeoutMs", s("x"))]), "stopTimeoutMs"),
-      (Value::object(vec![("name", n(5.0))]), "name must be a string"),
+      (
+        Value::object(vec![("stopTimeoutMs", s("x"))]),
+        "stopTimeoutMs",
+      ),
+      (
+        Value::object(vec![("name", n(5.0))]),
+        "name must be a string",
+      ),
       (s("x"), "must be an object"),
     ] {
       let err = CleanupArgs::parse(&Value::Undefined, &options).unwrap_err();
       assert!(err.to_string().contains(expected), "{err}");
     }
     assert!(CleanupArgs::parse(&Value::Undefined, &Value::Null).is_ok());
+  }
+
+  mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+      #[test]
+      fn ports_are_accepted_exactly_in_range(p in any::<f64>()) {
+        let expected = p.fract() == 0.0 && (1.0..=65535.0).contains(&p);
+        prop_assert_eq!(port(&Value::Number(p), "port").is_ok(), expected);
+      }
+
+      #[test]
+      fn durations_are_accepted_only_when_finite_and_in_range(v in any::<f64>()) {
+        let expected = v.is_finite() && (0.0..=MAX_MS).contains(&v);
+        prop_assert_eq!(millis(&Value::Number(v), "t", 0.0).is_ok(), expected);
+      }
+
+      #[test]
+      fn hosts_are_ip_literals_or_localhost(text in ".{0,40}") {
+        let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(&text);
+        let expected = text == "localhost" || (!text.contains('\0') && bare.parse::<IpAddr>().is_ok());
+        prop_assert_eq!(host(&Value::String(text.clone()), "host").is_ok(), expected);
+      }
+
+      /// Arbitrary option objects either parse or fail with ERR_INVALID_ARG; nothing panics.
+      #[test]
+      fn arbitrary_options_parse_or_are_invalid_args(
+        keys in proptest::collection::vec(prop_oneof![
+          Just("name"), Just("port"), Just("portRange"), Just("host"), Just("env"), Just("args"),
+          Just("stopTimeoutMs"), Just("healthPath"), Just("portEnv"), Just("bogus"),
+        ], 0..5),
+        numbers in proptest::collection::vec(any::<f64>(), 5),
+        texts in proptest::collection::vec(".{0,12}", 5),
+      ) {
+        let fields = keys.iter().enumerate().map(|(i, k)| {
+          let v = if i % 2 == 0 { Value::Number(numbers[i]) } else { Value::String(texts[i].clone()) };
+          (*k, v)
+        }).collect();
+        if let Err(e) = Options::parse(&Value::object(fields)) {
+          prop_assert_eq!(e.code(), "ERR_INVALID_ARG");
+        }
+      }
+    }
   }
 }

@@ -2,11 +2,10 @@
 //! API's `code`, its fields, and the OS error underneath as `cause`. No panic reaches JS as anything but
 //! `ERR_INTERNAL` (DESIGN.md §14).
 
-use crate::error::{Field, PmError, Result};
+use crate::error::{catch_panic, catch_panic_async, Field, PmError, Result};
 use napi::bindgen_prelude::{PromiseRaw, ToNapiValue};
 use napi::{Env, JsValue, Status};
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 
 /// The JS `Error` for a core error, as a napi error that throws (or rejects with) exactly that object.
 pub fn to_js(env: &Env, err: &PmError) -> napi::Error {
@@ -35,21 +34,9 @@ fn build(env: &Env, err: &PmError) -> napi::Result<napi::Error> {
   Ok(napi::Error::from(error.to_unknown()))
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-  payload
-    .downcast_ref::<&str>()
-    .map(|s| s.to_string())
-    .or_else(|| payload.downcast_ref::<String>().cloned())
-    .unwrap_or_else(|| "a panic without a message".into())
-}
-
 /// Runs a synchronous core call; its error (or panic) is thrown as the API's JS error.
 pub fn sync<T>(env: &Env, work: impl FnOnce() -> Result<T>) -> napi::Result<T> {
-  match std::panic::catch_unwind(AssertUnwindSafe(work)) {
-    Ok(Ok(value)) => Ok(value),
-    Ok(Err(err)) => Err(to_js(env, &err)),
-    Err(panic) => Err(to_js(env, &PmError::Internal(panic_message(&*panic)))),
-  }
+  catch_panic(work).map_err(|err| to_js(env, &err))
 }
 
 /// Runs a core future on the async runtime and settles a promise with its result; its error (or panic)
@@ -63,14 +50,7 @@ where
   T: Send + 'static,
   V: ToNapiValue + 'static,
 {
-  let guarded = async move {
-    // A task of its own, so that a panic in the work is caught and reported instead of aborting.
-    Ok(match tokio::spawn(work).await {
-      Ok(result) => result,
-      Err(join) if join.is_panic() => Err(PmError::Internal(panic_message(&*join.into_panic()))),
-      Err(_) => Err(PmError::Internal("the work was cancelled".into())),
-    })
-  };
+  let guarded = async move { Ok(catch_panic_async(work).await) };
   env.spawn_future_with_callback(guarded, move |env, result: Result<T>| match result {
     Ok(value) => Ok(convert(value)),
     Err(err) => Err(to_js(env, &err)),

@@ -60,7 +60,9 @@ impl JsEvents {
   }
 
   fn send(&self, event: ManagerEvent) {
-    self.callback.call(event, ThreadsafeFunctionCallMode::NonBlocking);
+    self
+      .callback
+      .call(event, ThreadsafeFunctionCallMode::NonBlocking);
   }
 
   fn log(&self, level: Level, message: String) {

@@ -40,7 +40,9 @@ pub fn is_port_available(env: &Env, port: Unknown, host: Unknown) -> napi::Resul
 /// The first available port from `startPort` (to `endPort`, default `startPort + 100`), skipping
 /// `exclude` and reserved ports; the port returned is reserved for 15 s for this process and the
 /// user's other processes. Synchronous for the same reason as `isPortAvailable`.
-#[napi(ts_args_type = "startPort: number, options?: { endPort?: number, exclude?: number[], host?: string } | null")]
+#[napi(
+  ts_args_type = "startPort: number, options?: { endPort?: number, exclude?: number[], host?: string } | null"
+)]
 pub fn find_available_port(env: &Env, start_port: Unknown, options: Unknown) -> napi::Result<u32> {
   let (start, options) = (from_js(start_port)?, from_js(options)?);
   sync(env, || {
@@ -75,8 +77,14 @@ pub struct PortHolder {
 }
 
 /// The processes listening on the given ports (only busy ports are listed).
-#[napi(ts_args_type = "ports: number[]", ts_return_type = "Promise<PortHolder[]>")]
-pub fn port_holders<'env>(env: &'env Env, ports: Unknown) -> napi::Result<PromiseRaw<'env, Vec<PortHolder>>> {
+#[napi(
+  ts_args_type = "ports: number[]",
+  ts_return_type = "Promise<PortHolder[]>"
+)]
+pub fn port_holders<'env>(
+  env: &'env Env,
+  ports: Unknown,
+) -> napi::Result<PromiseRaw<'env, Vec<PortHolder>>> {
   let ports = from_js(ports)?;
   promise(
     env,
@@ -102,7 +110,9 @@ pub fn port_holders<'env>(env: &'env Env, ports: Unknown) -> napi::Result<Promis
 /// The per-user folder where PID records are kept by default.
 #[napi]
 pub fn default_state_dir() -> String {
-  state::dir::default_state_dir().to_string_lossy().into_owned()
+  state::dir::default_state_dir()
+    .to_string_lossy()
+    .into_owned()
 }
 
 /// One file of the state folder and what is known of its backend now.
@@ -173,8 +183,14 @@ fn record_status(s: orphans::RecordStatus) -> RecordStatus {
 
 /// Every record-like file of `stateDir` (default: the per-user folder) with its state, the CPU and memory
 /// of its backend's tree, and the listener of its port.
-#[napi(ts_args_type = "stateDir?: string | null", ts_return_type = "Promise<RecordStatus[]>")]
-pub fn record_statuses<'env>(env: &'env Env, state_dir: Unknown) -> napi::Result<PromiseRaw<'env, Vec<RecordStatus>>> {
+#[napi(
+  ts_args_type = "stateDir?: string | null",
+  ts_return_type = "Promise<RecordStatus[]>"
+)]
+pub fn record_statuses<'env>(
+  env: &'env Env,
+  state_dir: Unknown,
+) -> napi::Result<PromiseRaw<'env, Vec<RecordStatus>>> {
   let dir = from_js(state_dir)?;
   promise(
     env,
@@ -315,7 +331,11 @@ impl NativeManager {
     constructor,
     ts_args_type = "options: Record<string, unknown> | undefined | null, onEvent: (event: ManagerEvent) => void"
   )]
-  pub fn new(env: &Env, options: Unknown, on_event: Function<ManagerEvent, ()>) -> napi::Result<Self> {
+  pub fn new(
+    env: &Env,
+    options: Unknown,
+    on_event: Function<ManagerEvent, ()>,
+  ) -> napi::Result<Self> {
     let options = from_js(options)?;
     let options = sync(env, || Options::parse(&options))?;
     let events = Arc::new(JsEvents::new(on_event)?);
@@ -360,7 +380,9 @@ impl NativeManager {
   #[napi(ts_return_type = "Promise<StopResult | null>")]
   pub fn stop<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, Option<StopResult>>> {
     let stopping = self.inner.stop();
-    promise(env, async move { Ok(stopping.await) }, |r| r.map(StopResult::from))
+    promise(env, async move { Ok(stopping.await) }, |r| {
+      r.map(StopResult::from)
+    })
   }
 
   #[napi(ts_return_type = "Promise<boolean>")]
@@ -370,11 +392,19 @@ impl NativeManager {
   }
 
   #[napi(ts_args_type = "port: number", ts_return_type = "Promise<boolean>")]
-  pub fn check_health<'env>(&self, env: &'env Env, port: Unknown) -> napi::Result<PromiseRaw<'env, bool>> {
+  pub fn check_health<'env>(
+    &self,
+    env: &'env Env,
+    port: Unknown,
+  ) -> napi::Result<PromiseRaw<'env, bool>> {
     let port = from_js(port)?;
     let port = sync(env, || options::port(&port, "port"))?;
     let manager = self.inner.clone();
-    promise(env, async move { Ok(manager.check_health(port).await) }, |b| b)
+    promise(
+      env,
+      async move { Ok(manager.check_health(port).await) },
+      |b| b,
+    )
   }
 
   #[napi(
@@ -388,7 +418,11 @@ impl NativeManager {
     max_retries: Unknown,
     retry_delay_ms: Unknown,
   ) -> napi::Result<PromiseRaw<'env, bool>> {
-    let (port, retries, delay) = (from_js(port)?, from_js(max_retries)?, from_js(retry_delay_ms)?);
+    let (port, retries, delay) = (
+      from_js(port)?,
+      from_js(max_retries)?,
+      from_js(retry_delay_ms)?,
+    );
     let (port, retries, delay) = sync(env, || {
       Ok((
         options::port(&port, "port")?,

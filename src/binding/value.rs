@@ -52,7 +52,10 @@ pub struct JsPlain(pub Value);
 impl ToNapiValue for JsPlain {
   /// # Safety
   /// As for every `ToNapiValue`: `env` must be the live env of the current call.
-  unsafe fn to_napi_value(env: napi::sys::napi_env, val: Self) -> napi::Result<napi::sys::napi_value> {
+  unsafe fn to_napi_value(
+    env: napi::sys::napi_env,
+    val: Self,
+  ) -> napi::Result<napi::sys::napi_value> {
     // SAFETY: each conversion below gets the same live `env`, as the caller guarantees.
     unsafe {
       match val.0 {

@@ -27,7 +27,10 @@ pub enum Attempt {
   Ready(Arc<Instance>),
   /// The backend lost the race for its port (it said so, then exited); try the next one. `exited` is the
   /// error to report if no try is left.
-  PortTaken { port: u16, exited: PmError },
+  PortTaken {
+    port: u16,
+    exited: PmError,
+  },
 }
 
 pub async fn run(
@@ -152,7 +155,10 @@ fn listener_is_own(port: u16, pid: u32) -> bool {
   match listeners::listened_by(port, &tree) {
     Some(true) | None => true,
     Some(false) => {
-      let group: Vec<u32> = tree::group_members(pid).into_iter().map(|m| m.pid).collect();
+      let group: Vec<u32> = tree::group_members(pid)
+        .into_iter()
+        .map(|m| m.pid)
+        .collect();
       listeners::listened_by(port, &group).unwrap_or(true)
     }
   }
@@ -175,8 +181,8 @@ pub fn says_port_taken(line: &str, port: u16) -> bool {
     "connection in use",
     "only one usage of each socket address",
   ]
-    .iter()
-    .any(|m| lower.contains(m));
+  .iter()
+  .any(|m| lower.contains(m));
   if !in_use {
     return false;
   }

@@ -10,7 +10,6 @@ use crate::os::spawn::Child;
 use crate::os::stop;
 use crate::state::record::{self, Record, MARKER, RECORD_VERSION};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::OnceCell;
@@ -33,7 +32,6 @@ pub struct Instance {
   port: Mutex<Option<Reservation>>,
   record: tokio::sync::Mutex<RecordFile>,
   stop_requested_at: Mutex<Option<Instant>>,
-  ended: AtomicBool,
   finished: OnceCell<StopResult>,
 }
 
@@ -55,14 +53,8 @@ impl Instance {
       port: Mutex::new(Some(port)),
       record: tokio::sync::Mutex::new(RecordFile::default()),
       stop_requested_at: Mutex::new(None),
-      ended: AtomicBool::new(false),
       finished: OnceCell::new(),
     })
-  }
-
-  /// The backend ended and its end was dealt with.
-  pub fn has_ended(&self) -> bool {
-    self.ended.load(Ordering::SeqCst)
   }
 
   /// Writes (or rewrites) the PID record with what runs now: a launcher may have exec'd the real server
@@ -98,12 +90,18 @@ impl Instance {
   }
 
   pub fn request_stop(&self) {
-    let mut at = self.stop_requested_at.lock().unwrap_or_else(|e| e.into_inner());
+    let mut at = self
+      .stop_requested_at
+      .lock()
+      .unwrap_or_else(|e| e.into_inner());
     at.get_or_insert_with(Instant::now);
   }
 
   fn stop_requested(&self) -> Option<Instant> {
-    *self.stop_requested_at.lock().unwrap_or_else(|e| e.into_inner())
+    *self
+      .stop_requested_at
+      .lock()
+      .unwrap_or_else(|e| e.into_inner())
   }
 
   /// Ends the instance once: stops it (when a stop was requested) or deals with its exit, stops what is
@@ -134,7 +132,6 @@ impl Instance {
           self.port.lock().unwrap_or_else(|e| e.into_inner()).take();
         }
         drop(file);
-        self.ended.store(true, Ordering::SeqCst);
         let result = StopResult {
           pid: self.info.pid,
           exit: outcome.exit,

@@ -46,7 +46,10 @@ impl Launch {
   pub fn resolve(options: &Options, start: &StartArgs, runtime: &Runtime) -> Result<Launch> {
     let package = |p: PathBuf| if start.is_packaged { unpacked(p) } else { p };
     let root = package(absolute(&start.project_root));
-    let program = options.command.clone().unwrap_or_else(|| runtime.node_path.clone());
+    let program = options
+      .command
+      .clone()
+      .unwrap_or_else(|| runtime.node_path.clone());
     let failed = |reason: String| PmError::SpawnFailed {
       command: program.clone(),
       reason,
@@ -148,10 +151,15 @@ mod tests {
     assert_eq!(launch.program, "/electron");
     assert_eq!(
       launch.args,
-      vec![unpacked_server.join("server.js").to_string_lossy().into_owned()]
+      vec![unpacked_server
+        .join("server.js")
+        .to_string_lossy()
+        .into_owned()]
     );
     assert_eq!(launch.cwd, dir.path().join("app.asar.unpacked"));
-    assert!(launch.env.contains(&("ELECTRON_RUN_AS_NODE".into(), "1".into())));
+    assert!(launch
+      .env
+      .contains(&("ELECTRON_RUN_AS_NODE".into(), "1".into())));
   }
 
   #[test]
@@ -178,8 +186,17 @@ mod tests {
     let dir = tempfile::tempdir().unwrap();
     let o = options(vec![
       ("command", Value::String("python3".into())),
-      ("args", Value::Array(vec![Value::String("--port={port}".into()), Value::String("{host}".into())])),
-      ("env", Value::object(vec![("PORT", Value::String("1".into()))])),
+      (
+        "args",
+        Value::Array(vec![
+          Value::String("--port={port}".into()),
+          Value::String("{host}".into()),
+        ]),
+      ),
+      (
+        "env",
+        Value::object(vec![("PORT", Value::String("1".into()))]),
+      ),
     ]);
     let start = StartArgs {
       project_root: dir.path().into(),

@@ -55,7 +55,10 @@ enum Phase {
 
 /// Resolves once a watch holds a value.
 async fn settled<T: Clone>(mut rx: watch::Receiver<Option<T>>) -> Option<T> {
-  rx.wait_for(Option::is_some).await.ok().and_then(|v| v.clone())
+  rx.wait_for(Option::is_some)
+    .await
+    .ok()
+    .and_then(|v| v.clone())
 }
 
 /// Where a backend listening on `host` is reached: a wildcard address (0.0.0.0, ::) means "every
@@ -249,7 +252,7 @@ impl Manager {
       let mut phase = self.phase();
       let still_ours = matches!(&*phase, Phase::Starting(s) if Arc::ptr_eq(s, start));
       let next = match result {
-        Ok(instance) if still_ours && !instance.has_ended() => {
+        Ok(instance) if still_ours && instance.child.exit_info().is_none() => {
           *phase = Phase::Running(instance.clone());
           Next::Ready(instance.info.clone())
         }
@@ -291,7 +294,10 @@ impl Manager {
       let port = self.reserve_port(&exclude)?;
       let chosen = port.port();
       if chosen != o.port && attempt == 0 {
-        self.log(Level::Info, format!("port {} is in use, using port {chosen}", o.port));
+        self.log(
+          Level::Info,
+          format!("port {} is in use, using port {chosen}", o.port),
+        );
       }
       match attempt::run(self, &launch, port, start).await? {
         Attempt::Ready(instance) => return Ok(instance),
@@ -330,7 +336,9 @@ impl Manager {
   fn reserve_port(&self, exclude: &[u16]) -> Result<Reservation> {
     let o = &self.options;
     let search = Search {
-      start_port: exclude.last().map_or(o.port, |p| p.saturating_add(1).min(o.last_port())),
+      start_port: exclude
+        .last()
+        .map_or(o.port, |p| p.saturating_add(1).min(o.last_port())),
       end_port: o.last_port(),
       exclude: exclude.to_vec(),
       host: None,
@@ -423,8 +431,16 @@ impl Manager {
     enum Plan {
       Nothing,
       Join(watch::Receiver<Option<Option<StopResult>>>),
-      Cancel(Arc<StartState>, u64, watch::Sender<Option<Option<StopResult>>>),
-      Stop(Arc<Instance>, u64, watch::Sender<Option<Option<StopResult>>>),
+      Cancel(
+        Arc<StartState>,
+        u64,
+        watch::Sender<Option<Option<StopResult>>>,
+      ),
+      Stop(
+        Arc<Instance>,
+        u64,
+        watch::Sender<Option<Option<StopResult>>>,
+      ),
     }
     let plan = {
       let mut phase = self.phase();
@@ -451,7 +467,11 @@ impl Manager {
         Plan::Join(done) => return settled(done).await.flatten(),
         Plan::Cancel(start, id, done) => {
           settled(start.outcome.subscribe()).await;
-          let stopped = start.stopped.lock().unwrap_or_else(|e| e.into_inner()).clone();
+          let stopped = start
+            .stopped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
           (stopped, id, done)
         }
         Plan::Stop(instance, id, done) => (Some(manager.end(&instance, true).await), id, done),
@@ -477,7 +497,8 @@ impl Manager {
     let exit = stopped.as_ref().map(|s| s.exit.clone()).unwrap_or_default();
     *start.stopped.lock().unwrap_or_else(|e| e.into_inner()) = stopped;
     PmError::BackendExited {
-      message: "stopBackend() was called while the backend was starting; it has been stopped".into(),
+      message: "stopBackend() was called while the backend was starting; it has been stopped"
+        .into(),
       exit_code: exit.exit_code,
       signal: exit.signal,
       stderr_tail,

@@ -58,3 +58,6 @@ pub trait Events: Send + Sync {
   fn line(&self, stream: Stream, text: &str);
   fn emit(&self, event: Event);
 }
+
+#[cfg(test)]
+mod tests;

@@ -44,9 +44,9 @@ impl ProbeOutcome {
       ProbeOutcome::Unhealthy(status) => format!("HTTP {status}"),
       ProbeOutcome::TimedOut => "timed out".into(),
       ProbeOutcome::Failed(reason) => reason.clone(),
-      ProbeOutcome::Stranger(status) => format!(
-        "HTTP {status}, but from another program listening on the port, not the backend"
-      ),
+      ProbeOutcome::Stranger(status) => {
+        format!("HTTP {status}, but from another program listening on the port, not the backend")
+      }
     }
   }
 }

@@ -24,7 +24,10 @@ pub fn port_holders(ports: &[u16], likely: &[u32]) -> Vec<PortHolder> {
   let Some(listening) = imp::listening() else {
     return Vec::new();
   };
-  let wanted: Vec<&Listener> = listening.iter().filter(|l| ports.contains(&l.port)).collect();
+  let wanted: Vec<&Listener> = listening
+    .iter()
+    .filter(|l| ports.contains(&l.port))
+    .collect();
   let owners = imp::owners(&wanted, likely);
   let busy: HashSet<u16> = wanted.iter().map(|l| l.port).collect();
   ports
@@ -64,7 +67,9 @@ pub struct Listener {
 #[cfg(target_os = "linux")]
 mod imp {
   use super::Listener;
-  use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
+  use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+  };
   use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
   use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
   use netlink_packet_sock_diag::SockDiagMessage;
@@ -90,13 +95,21 @@ mod imp {
     )
     .ok()?;
     let mut found = Vec::new();
-    for (family, id) in [(AF_INET, SocketId::new_v4()), (AF_INET6, SocketId::new_v6())] {
+    for (family, id) in [
+      (AF_INET, SocketId::new_v4()),
+      (AF_INET6, SocketId::new_v6()),
+    ] {
       dump(&socket, family, id, &mut found)?;
     }
     Some(found)
   }
 
-  fn dump(socket: &OwnedFd, family: u8, socket_id: SocketId, found: &mut Vec<Listener>) -> Option<()> {
+  fn dump(
+    socket: &OwnedFd,
+    family: u8,
+    socket_id: SocketId,
+    found: &mut Vec<Listener>,
+  ) -> Option<()> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let mut request = NetlinkMessage::new(
@@ -113,7 +126,13 @@ mod imp {
     request.finalize();
     let mut bytes = vec![0; request.buffer_len()];
     request.serialize(&mut bytes);
-    rustix::net::sendto(socket, &bytes, SendFlags::empty(), &SocketAddrNetlink::new(0, 0)).ok()?;
+    rustix::net::sendto(
+      socket,
+      &bytes,
+      SendFlags::empty(),
+      &SocketAddrNetlink::new(0, 0),
+    )
+    .ok()?;
 
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -207,9 +226,14 @@ mod imp {
       .filter(|l| l.key != 0)
       .map(|l| (l.key, l.port))
       .collect();
-    let ports_wanted = inode_port.values().collect::<std::collections::HashSet<_>>().len();
+    let ports_wanted = inode_port
+      .values()
+      .collect::<std::collections::HashSet<_>>()
+      .len();
     let mut owners = HashMap::new();
-    let rest = crate::os::tree::all_pids().into_iter().filter(|p| !likely.contains(p));
+    let rest = crate::os::tree::all_pids()
+      .into_iter()
+      .filter(|p| !likely.contains(p));
     for pid in likely.iter().copied().chain(rest) {
       if owners.len() == ports_wanted {
         break;
@@ -251,7 +275,10 @@ mod tests {
     let listen = "   0: 0100007F:E7CD 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 23406 1 0000000000000000 100 0 0 10 0";
     assert_eq!(
       imp::parse_listen_line(listen),
-      Some(Listener { port: 0xE7CD, key: 23406 })
+      Some(Listener {
+        port: 0xE7CD,
+        key: 23406
+      })
     );
     let established = listen.replace(" 0A ", " 01 ");
     assert_eq!(imp::parse_listen_line(&established), None);
@@ -269,7 +296,9 @@ mod tests {
     assert_eq!(listened_by(port, &[std::process::id()]), Some(true));
     assert_eq!(listened_by(port, &[1]), Some(false));
     if let Ok(v6) = std::net::TcpListener::bind("[::1]:0") {
-      assert!(listening_ports().unwrap().contains(&v6.local_addr().unwrap().port()));
+      assert!(listening_ports()
+        .unwrap()
+        .contains(&v6.local_addr().unwrap().port()));
     }
     drop(v4);
     assert_eq!(listened_by(port, &[std::process::id()]), Some(false));

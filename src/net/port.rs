@@ -171,7 +171,11 @@ mod tests {
     let first = find_available_port(&search(start, end)).unwrap();
     assert_ne!(first.port(), start);
     let second = find_available_port(&search(start, end)).unwrap();
-    assert_ne!(first.port(), second.port(), "a reserved port is not handed out twice");
+    assert_ne!(
+      first.port(),
+      second.port(),
+      "a reserved port is not handed out twice"
+    );
   }
 
   #[test]
@@ -181,11 +185,17 @@ mod tests {
     find_available_port(&mine)
       .unwrap()
       .hold_until(std::time::Instant::now() + RESERVATION);
-    assert!(find_available_port(&search(port, port)).is_err(), "others are");
+    assert!(
+      find_available_port(&search(port, port)).is_err(),
+      "others are"
+    );
     let again = find_available_port(&mine).unwrap();
     assert_eq!(again.port(), port);
     mine.exclude.push(port);
-    assert!(find_available_port(&mine).is_err(), "excluded ports are skipped");
+    assert!(
+      find_available_port(&mine).is_err(),
+      "excluded ports are skipped"
+    );
   }
 
   #[test]

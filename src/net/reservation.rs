@@ -139,7 +139,7 @@ enum Locked {
 }
 
 fn lock_dir() -> PathBuf {
-  crate::state::dir::shared_dir().join("ports")
+  crate::state::dir::port_locks_dir()
 }
 
 fn lock_file(port: u16) -> Locked {
@@ -150,7 +150,9 @@ fn lock_file(port: u16) -> Locked {
   #[cfg(unix)]
   {
     use std::os::unix::fs::OpenOptionsExt;
-    options.mode(0o600).custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    options
+      .mode(0o600)
+      .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
   }
   let opened = match options.open(&path) {
     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -207,7 +209,11 @@ mod tests {
   use std::time::Duration;
 
   fn unused_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+      .unwrap()
+      .local_addr()
+      .unwrap()
+      .port()
   }
 
   #[test]
@@ -226,8 +232,13 @@ mod tests {
   fn an_owner_takes_over_its_own_timed_reservation() {
     let port = unused_port();
     let me = Owner::new();
-    reserve(port, me).unwrap().hold_until(Instant::now() + Duration::from_secs(15));
-    assert!(reserve(port, Owner::new()).is_none(), "others are still blocked");
+    reserve(port, me)
+      .unwrap()
+      .hold_until(Instant::now() + Duration::from_secs(15));
+    assert!(
+      reserve(port, Owner::new()).is_none(),
+      "others are still blocked"
+    );
     assert!(reserve(port, Owner::ANYONE).is_none());
     let mine = reserve(port, me).expect("my own reservation does not block me");
     drop(mine);
@@ -237,7 +248,9 @@ mod tests {
   #[test]
   fn a_timed_reservation_ends_by_itself() {
     let port = unused_port();
-    reserve(port, Owner::ANYONE).unwrap().hold_until(Instant::now() + Duration::from_millis(30));
+    reserve(port, Owner::ANYONE)
+      .unwrap()
+      .hold_until(Instant::now() + Duration::from_millis(30));
     let deadline = Instant::now() + Duration::from_secs(5);
     while held_by_other(port, Owner::new()) && Instant::now() < deadline {
       std::thread::sleep(Duration::from_millis(10));

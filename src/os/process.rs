@@ -87,29 +87,38 @@ pub(crate) mod imp {
     rustix::param::page_size() as u64
   }
 
-  /// `/proc/PID/stat` of a live process; `None` when it is gone or only a zombie is left (it has exited; its
-  /// entry waits for its parent).
+  /// `/proc/PID/stat` of a live process; `None` when it is gone or only a zombie is left (it has exited and
+  /// released everything; its entry waits for its parent). A process whose main thread is a zombie while
+  /// other threads still run is still exiting, and still holds its files and sockets: it counts as alive.
   pub fn stat(pid: u32) -> Option<Stat> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&text)
-  }
-
-  /// The fields after the command name, which may itself hold spaces and `)`.
-  pub fn parse_stat(text: &str) -> Option<Stat> {
-    let after_name = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    if matches!(fields.get(STATE), Some(&"Z") | Some(&"X") | None) {
+    let (stat, exited) = parse_stat(&text)?;
+    if exited && !threads_left(pid) {
       return None;
     }
+    Some(stat)
+  }
+
+  fn threads_left(pid: u32) -> bool {
+    fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| tasks.count() > 1)
+  }
+
+  /// The fields after the command name (which may itself hold spaces and `)`), and whether the main
+  /// thread has exited (state Z or X).
+  pub fn parse_stat(text: &str) -> Option<(Stat, bool)> {
+    let after_name = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let exited = matches!(fields.get(STATE)?, &"Z" | &"X");
     let num = |i: usize| fields.get(i)?.parse::<u64>().ok();
     let ticks = num(UTIME)? + num(STIME)?;
-    Some(Stat {
+    let stat = Stat {
       parent: num(PPID)? as u32,
       group: num(PGRP)? as u32,
       cpu_time: Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64),
       start_time: num(START_TIME)?,
       memory_bytes: num(RSS_PAGES)? * page_size(),
-    })
+    };
+    Some((stat, exited))
   }
 
   pub fn exe(pid: u32) -> Option<String> {
@@ -160,6 +169,7 @@ pub(crate) mod portable {
     let spid = Pid::from_u32(pid);
     let kind = ProcessRefreshKind::nothing()
       .with_exe(UpdateKind::Always)
+      .with_user(UpdateKind::Always)
       .with_memory()
       .with_cpu();
     system.refresh_processes_specifics(ProcessesToUpdate::Some(&[spid]), true, kind);
@@ -265,10 +275,14 @@ mod tests {
   #[test]
   fn a_command_name_with_spaces_and_parentheses_parses() {
     let line = "42 (a) b (c)) S 1 42 42 0 -1 4194304 0 0 0 0 250 50 0 0 20 0 1 0 999 1000 10 0";
-    let stat = imp::parse_stat(line).unwrap();
+    let (stat, exited) = imp::parse_stat(line).unwrap();
     assert_eq!((stat.parent, stat.group, stat.start_time), (1, 42, 999));
     assert_eq!(stat.cpu_time, Duration::from_secs(300 / imp::clock_ticks()));
-    assert!(imp::parse_stat(&line.replace(" S ", " Z ")).is_none(), "a zombie is not alive");
+    assert!(!exited);
+    assert!(
+      imp::parse_stat(&line.replace(" S ", " Z ")).unwrap().1,
+      "a zombie has exited"
+    );
   }
 
   /// The sysinfo-based code of the other systems agrees with /proc on everything identity rests on.

@@ -220,12 +220,18 @@ mod tests {
 
   #[test]
   fn a_pinned_process_is_signalled_and_its_exit_seen() {
-    let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let mut child = std::process::Command::new("sleep")
+      .arg("30")
+      .spawn()
+      .unwrap();
     let pinned = PinnedProcess::pin(child.id()).unwrap();
     assert!(!pinned.wait_exit(std::time::Duration::from_millis(20)));
     assert!(pinned.signal(Stop::Force));
     assert!(pinned.wait_exit(std::time::Duration::from_secs(5)));
     child.wait().unwrap();
-    assert!(!pinned.signal(Stop::Force), "a reaped process cannot be signalled through its pidfd");
+    assert!(
+      !pinned.signal(Stop::Force),
+      "a reaped process cannot be signalled through its pidfd"
+    );
   }
 }

@@ -290,20 +290,30 @@ mod tests {
   }
 
   fn members(pgid: u32) -> Vec<u32> {
-    tree::group_members(pgid).into_iter().map(|m| m.pid).filter(|&p| p != pgid).collect()
+    tree::group_members(pgid)
+      .into_iter()
+      .map(|m| m.pid)
+      .filter(|&p| p != pgid)
+      .collect()
   }
 
   #[test]
   fn terminating_a_matching_orphan_ends_its_whole_group() {
     let mut leader = group_with_children("sleep 30 & sleep 30 & wait");
     let pid = leader.id();
-    assert!(wait_for(|| members(pid).len() == 2), "the two children started");
+    assert!(
+      wait_for(|| members(pid).len() == 2),
+      "the two children started"
+    );
     let children = members(pid);
     let expected = process::identity(pid).unwrap();
     let end = terminate_orphan(pid, &expected, Duration::from_secs(2), &HashSet::new());
     assert_eq!(end, OrphanEnd::Terminated);
     leader.wait().unwrap();
-    assert!(wait_for(|| children.iter().all(|&c| !process::is_alive(c))), "a group member survived");
+    assert!(
+      wait_for(|| children.iter().all(|&c| !process::is_alive(c))),
+      "a group member survived"
+    );
   }
 
   #[test]
@@ -312,7 +322,12 @@ mod tests {
     let pid = leader.id();
     let mut other_start = process::identity(pid).unwrap();
     other_start.start_time += 1;
-    let end = terminate_orphan(pid, &other_start, Duration::from_millis(100), &HashSet::new());
+    let end = terminate_orphan(
+      pid,
+      &other_start,
+      Duration::from_millis(100),
+      &HashSet::new(),
+    );
     assert_eq!(end, OrphanEnd::NotFound);
     assert!(process::is_alive(pid));
     signal_group(pid, Stop::Force);
@@ -329,7 +344,10 @@ mod tests {
     assert!(wait_for(|| members(pid).len() == 1));
     let survivor = members(pid)[0];
     assert_eq!(orphaned_group(pid, started), vec![survivor]);
-    assert!(orphaned_group(pid, u64::MAX).is_empty(), "members older than the backend are not its");
+    assert!(
+      orphaned_group(pid, u64::MAX).is_empty(),
+      "members older than the backend are not its"
+    );
     let end = terminate_orphaned_group(pid, started, Duration::from_secs(2), &HashSet::new());
     assert_eq!(end, OrphanEnd::Terminated);
     assert!(!process::is_alive(survivor));

@@ -78,14 +78,19 @@ pub struct Usage {
 }
 
 pub fn usage(pids: &[u32]) -> Usage {
-  pids
-    .iter()
-    .filter_map(|&pid| process::stat(pid))
-    .fold(Usage::default(), |total, Stat { cpu_time, memory_bytes, .. }| Usage {
+  pids.iter().filter_map(|&pid| process::stat(pid)).fold(
+    Usage::default(),
+    |total,
+     Stat {
+       cpu_time,
+       memory_bytes,
+       ..
+     }| Usage {
       cpu_time: total.cpu_time + cpu_time,
       memory_bytes: total.memory_bytes + memory_bytes,
       process_count: total.process_count + 1,
-    })
+    },
+  )
 }
 
 #[cfg(target_os = "linux")]
@@ -101,7 +106,11 @@ mod imp {
     let mut found = Vec::new();
     for task in tasks.flatten() {
       match fs::read_to_string(task.path().join("children")) {
-        Ok(text) => found.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok())),
+        Ok(text) => found.extend(
+          text
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok()),
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
           return all_pids()
             .into_iter()

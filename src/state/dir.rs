@@ -15,9 +15,10 @@ pub fn default_state_dir() -> PathBuf {
 }
 
 /// The per-user folder shared by every app of this user, whatever `stateDir` each uses: where port
-/// reservations are locked (DESIGN.md §11).
-pub fn shared_dir() -> PathBuf {
-  per_user_base().join(APP).join("shared")
+/// reservations are locked (DESIGN.md §11). Beside the default state folder, not in it, so that a state
+/// folder holds records only.
+pub fn port_locks_dir() -> PathBuf {
+  per_user_base().join(format!("{APP}-ports"))
 }
 
 fn per_user_base() -> PathBuf {
@@ -31,14 +32,20 @@ fn per_user_base() -> PathBuf {
 /// Creates the folder (mode 0700) if needed; checks that it is a folder this user owns, can write and no
 /// one else can write. A symbolic link to such a folder is fine.
 pub fn ensure_state_dir(dir: &Path) -> Result<()> {
-  let mut builder = fs::DirBuilder::new();
-  builder.recursive(true);
-  #[cfg(unix)]
-  std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-  builder
-    .create(dir)
-    .map_err(|e| PmError::state_dir_io(dir, "it cannot be created", e))?;
-  let meta = fs::metadata(dir).map_err(|e| PmError::state_dir_io(dir, "it cannot be read", e))?;
+  let meta = match fs::metadata(dir) {
+    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+      let mut builder = fs::DirBuilder::new();
+      builder.recursive(true);
+      #[cfg(unix)]
+      std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+      builder
+        .create(dir)
+        .map_err(|e| PmError::state_dir_io(dir, "it cannot be created", e))?;
+      fs::metadata(dir)
+    }
+    other => other,
+  }
+  .map_err(|e| PmError::state_dir_io(dir, "it cannot be read", e))?;
   if !meta.is_dir() {
     return Err(PmError::state_dir(
       dir,
@@ -91,7 +98,7 @@ mod tests {
     let dir = default_state_dir();
     assert!(dir.is_absolute());
     assert!(dir.ends_with(APP));
-    assert!(shared_dir().starts_with(&dir));
+    assert_eq!(port_locks_dir().parent(), dir.parent());
   }
 
   #[cfg(unix)]

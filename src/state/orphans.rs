@@ -124,7 +124,11 @@ pub fn statuses(dir: &Path) -> Vec<RecordStatus> {
         Err(Problem::Invalid(_)) => RecordState::Invalid,
         Err(_) => RecordState::Foreign,
       };
-      let pids = entry.record.as_ref().map(|r| processes(r, state)).unwrap_or_default();
+      let pids = entry
+        .record
+        .as_ref()
+        .map(|r| processes(r, state))
+        .unwrap_or_default();
       (entry, state, pids)
     })
     .collect();
@@ -132,7 +136,10 @@ pub fn statuses(dir: &Path) -> Vec<RecordStatus> {
     .iter()
     .filter_map(|(e, _, _)| e.record.as_ref().ok().map(|r| r.port))
     .collect();
-  let likely: Vec<u32> = classified.iter().flat_map(|(_, _, pids)| pids.iter().copied()).collect();
+  let likely: Vec<u32> = classified
+    .iter()
+    .flat_map(|(_, _, pids)| pids.iter().copied())
+    .collect();
   let holders = listeners::port_holders(&ports, &likely);
   classified
     .into_iter()
@@ -245,7 +252,9 @@ fn problem_action(problem: &Problem) -> (CleanupAction, String) {
     ),
     Problem::Untrusted(reason) => (
       CleanupAction::Untrusted,
-      format!("ignored a file that is not safe to act on ({reason}); remove it by hand if it is yours"),
+      format!(
+        "ignored a file that is not safe to act on ({reason}); remove it by hand if it is yours"
+      ),
     ),
     Problem::Invalid(reason) => (
       CleanupAction::InvalidRemoved,
@@ -268,14 +277,20 @@ fn clean_record(
   if state == RecordState::Stale {
     return Some((
       CleanupAction::StaleRemoved,
-      format!("deleted stale record: process {} is gone or is another program now", r.pid),
+      format!(
+        "deleted stale record: process {} is gone or is another program now",
+        r.pid
+      ),
     ));
   }
   // Held while the orphan is terminated, so that a second cleaner skips it.
   let Some(_lock) = record::lock_record(path) else {
     return Some((
       CleanupAction::Busy,
-      format!("orphaned backend pid {} is being cleaned up by another process", r.pid),
+      format!(
+        "orphaned backend pid {} is being cleaned up by another process",
+        r.pid
+      ),
     ));
   };
   let end = match state {
@@ -285,7 +300,10 @@ fn clean_record(
     _ => stop::terminate_orphan(r.pid, &r.identity(), grace, protected),
   };
   let what = if state == RecordState::OrphanedGroup {
-    format!("the processes left in the group of orphaned backend pid {} (port {})", r.pid, r.port)
+    format!(
+      "the processes left in the group of orphaned backend pid {} (port {})",
+      r.pid, r.port
+    )
   } else {
     format!("orphaned backend pid {} (port {})", r.pid, r.port)
   };
@@ -299,7 +317,10 @@ fn clean_record(
     // It ended (or another cleaner ended it) while we looked.
     OrphanEnd::NotFound => (
       CleanupAction::StaleRemoved,
-      format!("deleted the record of backend pid {}, which has exited", r.pid),
+      format!(
+        "deleted the record of backend pid {}, which has exited",
+        r.pid
+      ),
     ),
   })
 }
@@ -350,7 +371,10 @@ mod tests {
     let backup = write(dir.path(), "backup-20250101.json", "not even json");
     let items = cleanup(dir.path(), None, Duration::from_millis(100));
     assert_eq!(items.len(), 2);
-    assert!(items.iter().all(|i| i.action == CleanupAction::Foreign), "{items:?}");
+    assert!(
+      items.iter().all(|i| i.action == CleanupAction::Foreign),
+      "{items:?}"
+    );
     assert!(invoice.exists() && backup.exists());
     let invoice_named = cleanup(dir.path(), Some("invoice"), Duration::from_millis(100));
     assert_eq!(invoice_named[0].action, CleanupAction::Foreign);
@@ -376,6 +400,52 @@ mod tests {
     for item in &items {
       assert_eq!(item.action, CleanupAction::Protected, "{item:?}");
       assert!(item.file.exists(), "the record is kept");
+    }
+  }
+
+  mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+      #![proptest_config(ProptestConfig::with_cases(48))]
+
+      /// Records with arbitrary fields — some naming live bystanders with arbitrary start times and dead
+      /// owners — never get anything signalled: without the exact start time of the live process, a record
+      /// is stale. (Only processes this test started are named, never the test runner itself.)
+      #[test]
+      fn cleanup_of_arbitrary_records_signals_nothing(
+        texts in proptest::collection::vec(crate::state::record::tests::properties::record_like(), 1..6),
+        start_times in proptest::collection::vec(any::<u64>(), 6),
+      ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bystanders: Vec<std::process::Child> = (0..2)
+          .map(|_| std::process::Command::new("sleep").arg("30").spawn().unwrap())
+          .collect();
+        for (i, text) in texts.iter().enumerate() {
+          // Half the files: a well-formed record for a live bystander with an arbitrary start time.
+          let body = if i % 2 == 0 {
+            serde_json::json!({
+              "manager": record::MARKER, "version": 1, "name": "x", "pid": bystanders[(i / 2) % 2].id(),
+              "port": 8000, "host": "127.0.0.1", "startedAt": 0, "exe": null, "startTime": start_times[i],
+              "ownerPid": 999_999, "ownerStartTime": 1
+            }).to_string()
+          } else {
+            text.clone()
+          };
+          write(dir.path(), &format!("x-{}.json", 1000 + i), &body);
+        }
+        let items = cleanup(dir.path(), None, Duration::from_millis(50));
+        let alive = bystanders.iter_mut().all(|b| b.try_wait().unwrap().is_none());
+        for b in &mut bystanders {
+          let _ = b.kill();
+          let _ = b.wait();
+        }
+        prop_assert!(alive, "a bystander was signalled");
+        for item in &items {
+          prop_assert!(!matches!(item.action, CleanupAction::Terminated | CleanupAction::Failed), "{:?}", item);
+        }
+      }
     }
   }
 }

@@ -87,9 +87,9 @@ pub fn file_stem(name: &str) -> String {
     cut -= 1;
   }
   // FNV-1a: stable across versions and platforms, unlike std's hasher.
-  let hash = name
-    .bytes()
-    .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+  let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+    (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+  });
   format!("{}~{:08x}", &name[..cut], hash as u32)
 }
 
@@ -163,8 +163,8 @@ pub struct Entry {
 fn no_follow(options: &mut fs::OpenOptions, mode: u32) {
   #[cfg(unix)]
   {
-    use std::os::unix::fs::OpenOptionsExt;
     use rustix::fs::OFlags;
+    use std::os::unix::fs::OpenOptionsExt;
     options
       .mode(mode)
       .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32);
@@ -190,7 +190,9 @@ pub fn read_record(path: &Path) -> std::result::Result<Record, Problem> {
     }
     Problem::Foreign(e.to_string())
   })?;
-  let meta = file.metadata().map_err(|e| Problem::Foreign(e.to_string()))?;
+  let meta = file
+    .metadata()
+    .map_err(|e| Problem::Foreign(e.to_string()))?;
   if !meta.is_file() {
     return Err(Problem::Untrusted("it is not a regular file".into()));
   }
@@ -226,8 +228,8 @@ pub fn lock_record(path: &Path) -> Option<fs::File> {
 
 /// A record of ours, a broken record of ours (`Invalid`), or someone else's file (`Foreign`).
 pub fn parse_record(text: &str) -> std::result::Result<Record, Problem> {
-  let value: serde_json::Value = serde_json::from_str(text)
-    .map_err(|_| Problem::Foreign("it is not JSON".into()))?;
+  let value: serde_json::Value =
+    serde_json::from_str(text).map_err(|_| Problem::Foreign("it is not JSON".into()))?;
   if value.get("manager").and_then(|m| m.as_str()) != Some(MARKER) {
     return Err(Problem::Foreign(format!(
       "it has no \"manager\": \"{MARKER}\" field, so it is not a PID record of this library"
@@ -338,16 +340,33 @@ pub(crate) mod tests {
     let listed = list_records(dir.path(), Some(&name));
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].record.as_ref().unwrap().name, name);
-    assert_ne!(file_stem(&name), file_stem(&format!("{name}x")), "different names, different files");
+    assert_ne!(
+      file_stem(&name),
+      file_stem(&format!("{name}x")),
+      "different names, different files"
+    );
   }
 
   #[test]
   fn files_without_the_marker_are_foreign_and_broken_records_of_ours_invalid() {
-    for text in ["", "{", "null", "[1,2]", "{\"version\":1,\"pid\":5}", "invoice 2024"] {
-      assert!(matches!(parse_record(text), Err(Problem::Foreign(_))), "{text:?}");
+    for text in [
+      "",
+      "{",
+      "null",
+      "[1,2]",
+      "{\"version\":1,\"pid\":5}",
+      "invoice 2024",
+    ] {
+      assert!(
+        matches!(parse_record(text), Err(Problem::Foreign(_))),
+        "{text:?}"
+      );
     }
     let ours_but_broken = format!("{{\"manager\":\"{MARKER}\",\"version\":7}}");
-    assert!(matches!(parse_record(&ours_but_broken), Err(Problem::Invalid(_))));
+    assert!(matches!(
+      parse_record(&ours_but_broken),
+      Err(Problem::Invalid(_))
+    ));
   }
 
   #[cfg(unix)]
@@ -369,5 +388,121 @@ pub(crate) mod tests {
       read_record(&target),
       Err(Problem::Untrusted("other users can write it".into()))
     );
+  }
+
+  pub(crate) mod properties {
+    use super::super::*;
+    use proptest::prelude::*;
+
+    /// JSON values of every kind, for record fields.
+    fn any_json() -> impl Strategy<Value = serde_json::Value> {
+      prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        any::<u64>().prop_map(serde_json::Value::from),
+        any::<f64>().prop_map(|f| serde_json::json!(f)),
+        ".{0,20}".prop_map(serde_json::Value::from),
+        (0u32..70000).prop_map(serde_json::Value::from),
+      ]
+    }
+
+    const FIELDS: [&str; 11] = [
+      "manager",
+      "version",
+      "name",
+      "pid",
+      "port",
+      "host",
+      "startedAt",
+      "exe",
+      "startTime",
+      "ownerPid",
+      "ownerStartTime",
+    ];
+
+    /// Record-like objects: each field missing or of any JSON type.
+    pub fn record_like() -> impl Strategy<Value = String> {
+      proptest::collection::vec(proptest::option::of(any_json()), FIELDS.len()).prop_map(|values| {
+        let mut object = serde_json::Map::new();
+        for (field, value) in FIELDS.iter().zip(values) {
+          if let Some(v) = value {
+            object.insert((*field).to_string(), v);
+          }
+        }
+        serde_json::Value::Object(object).to_string()
+      })
+    }
+
+    /// Every field present with the right JSON type but an arbitrary value.
+    fn typed_record() -> impl Strategy<Value = String> {
+      (
+        (any::<u32>(), ".{0,12}", any::<u32>(), any::<u32>(), ".{0,8}"),
+        (any::<u64>(), proptest::option::of(".{0,12}"), any::<u64>(), any::<u32>(), any::<u64>()),
+      )
+        .prop_map(|((version, name, pid, port, host), (started, exe, start, owner, owner_start))| {
+          serde_json::json!({
+            "manager": MARKER, "version": version % 3, "name": name, "pid": pid % 5, "port": port % 70000,
+            "host": host, "startedAt": started, "exe": exe, "startTime": start, "ownerPid": owner,
+            "ownerStartTime": owner_start
+          })
+          .to_string()
+        })
+    }
+
+    proptest! {
+      #![proptest_config(ProptestConfig::with_cases(512))]
+
+      #[test]
+      fn a_typed_record_is_accepted_only_when_plausible(text in typed_record()) {
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let ok = parsed["version"] == 1
+          && parsed["pid"].as_u64().unwrap() > 1
+          && (1..=65535).contains(&parsed["port"].as_u64().unwrap())
+          && parsed["ownerPid"].as_u64().unwrap() > 0
+          && crate::options::validate_name(parsed["name"].as_str().unwrap()).is_ok();
+        prop_assert_eq!(parse_record(&text).is_ok(), ok, "{}", text);
+      }
+
+      #[test]
+      fn arbitrary_text_never_panics_the_parser(text in ".{0,400}") {
+        let _ = parse_record(&text);
+      }
+
+      #[test]
+      fn a_parsed_record_is_always_a_plausible_one(text in record_like()) {
+        if let Ok(record) = parse_record(&text) {
+          prop_assert_eq!(record.manager, MARKER);
+          prop_assert_eq!(record.version, 1);
+          prop_assert!(record.pid > 1);
+          prop_assert!(record.port > 0);
+          prop_assert!(!record.name.is_empty() && !record.name.contains('/'));
+        }
+      }
+
+      /// Only a file carrying the marker can ever be one of ours to delete.
+      #[test]
+      fn only_a_file_with_the_marker_is_ours(text in record_like()) {
+        let marked = serde_json::from_str::<serde_json::Value>(&text)
+          .is_ok_and(|v| v.get("manager").and_then(|m| m.as_str()) == Some(MARKER));
+        if !marked {
+          prop_assert!(matches!(parse_record(&text), Err(Problem::Foreign(_))));
+        }
+      }
+
+      #[test]
+      fn arbitrary_bytes_in_a_record_file_are_rejected_with_a_reason(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x-123.json");
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        no_follow(&mut options, 0o600);
+        options.open(&path).unwrap().write_all(&bytes).unwrap();
+        match read_record(&path) {
+          Ok(record) => prop_assert!(record.pid > 1),
+          Err(problem) => prop_assert!(!problem.reason().is_empty()),
+        }
+      }
+    }
   }
 }

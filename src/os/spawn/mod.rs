@@ -298,7 +298,10 @@ mod tests {
   async fn the_child_leads_its_own_group_and_a_kill_is_reported_as_a_signal() {
     let (sink, _) = collect();
     let child = spawn(sh("sleep 30"), sink).await.unwrap();
-    assert_eq!(crate::os::process::process_group(child.pid), Some(child.pid));
+    assert_eq!(
+      crate::os::process::process_group(child.pid),
+      Some(child.pid)
+    );
     assert!(crate::os::signal::signal_group(
       child.pid,
       crate::os::signal::Stop::Force

@@ -20,7 +20,9 @@ pub fn configure(cmd: &mut Command) {
         rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))?;
         // The app may have died between fork and prctl; then no signal will ever come.
         if rustix::process::getppid() != Some(app) {
-          return Err(std::io::Error::from_raw_os_error(rustix::io::Errno::SRCH.raw_os_error()));
+          return Err(std::io::Error::from_raw_os_error(
+            rustix::io::Errno::SRCH.raw_os_error(),
+          ));
         }
         Ok(())
       });

@@ -1,0 +1,207 @@
+//! The lifecycle without Node: real processes, a real HTTP server (python3's http.server).
+
+use super::launch::Runtime;
+use super::*;
+use crate::net::reservation::Owner;
+use crate::options::{Options, StartArgs, Value};
+use crate::os::process;
+use crate::state::record;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+#[derive(Default)]
+struct Recorded {
+  exits: Mutex<Vec<(u32, ExitInfo, bool)>>,
+  exit_count: watch::Sender<usize>,
+}
+
+impl Events for Recorded {
+  fn line(&self, _stream: Stream, _text: &str) {}
+  fn emit(&self, event: Event) {
+    if let Event::Exit {
+      pid,
+      exit,
+      expected,
+    } = event
+    {
+      let mut exits = self.exits.lock().unwrap();
+      exits.push((pid, exit, expected));
+      self.exit_count.send_replace(exits.len());
+    }
+  }
+}
+
+fn python3() -> String {
+  let found = std::process::Command::new("python3")
+    .arg("--version")
+    .output()
+    .is_ok_and(|o| o.status.success());
+  assert!(
+    found,
+    "python3 is needed by the lifecycle tests (a real HTTP server)"
+  );
+  "python3".into()
+}
+
+fn free_port() -> u16 {
+  std::net::TcpListener::bind("127.0.0.1:0")
+    .unwrap()
+    .local_addr()
+    .unwrap()
+    .port()
+}
+
+fn manager(dir: &std::path::Path) -> (Arc<Manager>, Arc<Recorded>) {
+  let text = |s: &str| Value::String(s.into());
+  let options = Options::parse(&Value::object(vec![
+    ("name", text("core-test")),
+    ("command", text(&python3())),
+    (
+      "args",
+      Value::Array(
+        ["-m", "http.server", "{port}", "--bind", "{host}"]
+          .map(text)
+          .to_vec(),
+      ),
+    ),
+    ("port", Value::Number(free_port().into())),
+    ("portRange", Value::Number(50.0)),
+    ("healthPath", text("/")),
+    ("stopTimeoutMs", Value::Number(2000.0)),
+    ("stateDir", text(&dir.display().to_string())),
+  ]))
+  .unwrap();
+  let events = Arc::new(Recorded::default());
+  (Manager::new(options, events.clone()), events)
+}
+
+fn start_args(dir: &std::path::Path) -> (StartArgs, Runtime) {
+  (
+    StartArgs {
+      project_root: dir.to_path_buf(),
+      is_packaged: false,
+    },
+    Runtime {
+      node_path: String::new(),
+      electron: false,
+      env: std::env::vars().collect(),
+    },
+  )
+}
+
+async fn start(pm: &Arc<Manager>, dir: &std::path::Path) -> BackendInfo {
+  let (args, runtime) = start_args(dir);
+  pm.start(args, runtime).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_stop_and_crash() {
+  let dir = tempfile::tempdir().unwrap();
+  let (pm, events) = manager(dir.path());
+  let info = start(&pm, dir.path()).await;
+  assert!(pm.check_health(info.port).await);
+  assert_eq!(record::list_records(dir.path(), None).len(), 1);
+  let stopped = pm.stop().await.unwrap();
+  assert!(!stopped.forced);
+  assert!(stopped.survivors.is_empty());
+  assert!(!process::is_alive(info.pid));
+  assert!(record::list_records(dir.path(), None).is_empty());
+  assert!(pm.stop().await.is_none());
+
+  let info = start(&pm, dir.path()).await;
+  let mut exit_count = events.exit_count.subscribe();
+  crate::os::signal::signal_pid(info.pid, crate::os::signal::Stop::Force);
+  tokio::time::timeout(Duration::from_secs(5), exit_count.wait_for(|n| *n >= 2))
+    .await
+    .expect("the crash is reported")
+    .unwrap();
+  let exits = events.exits.lock().unwrap().clone();
+  assert_eq!(exits.len(), 2, "{exits:?}");
+  assert!(exits[0].2, "the first exit was asked for");
+  assert_eq!(
+    (exits[1].0, exits[1].1.signal.as_deref(), exits[1].2),
+    (info.pid, Some("SIGKILL"), false)
+  );
+  assert!(pm.backend().is_none());
+  assert!(record::list_records(dir.path(), None).is_empty());
+}
+
+/// The order of the calls is kept: a start asked for during a stop waits for it and starts afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_during_a_stop_starts_a_new_backend() {
+  let dir = tempfile::tempdir().unwrap();
+  let (pm, _) = manager(dir.path());
+  let first = start(&pm, dir.path()).await;
+  let stopping = pm.stop();
+  let (args, runtime) = start_args(dir.path());
+  let starting = pm.start(args, runtime);
+  let (stopped, second) = tokio::join!(stopping, starting);
+  let second = second.unwrap();
+  assert_eq!(stopped.unwrap().pid, first.pid);
+  assert_ne!(second.pid, first.pid);
+  assert!(!process::is_alive(first.pid));
+  assert_eq!(pm.backend(), Some(second));
+  pm.stop().await;
+}
+
+/// A stop during a start cancels it: the start fails, the stop reports what it stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_a_start_cancels_it() {
+  let dir = tempfile::tempdir().unwrap();
+  let (pm, events) = manager(dir.path());
+  let (args, runtime) = start_args(dir.path());
+  let starting = pm.start(args, runtime);
+  let mut spawned = events.exit_count.subscribe();
+  let stopping = async {
+    // Once the backend's record exists, it has been spawned.
+    while record::list_records(dir.path(), None).is_empty() {
+      tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    pm.stop().await
+  };
+  let (started, stopped) = tokio::join!(starting, stopping);
+  let err = started.unwrap_err();
+  assert_eq!(err.code(), "ERR_BACKEND_EXITED");
+  assert!(
+    err.to_string().contains("stopBackend() was called"),
+    "{err}"
+  );
+  let stopped = stopped.expect("the stop reports the process it stopped");
+  assert!(!process::is_alive(stopped.pid));
+  spawned.wait_for(|n| *n == 1).await.unwrap();
+  assert!(pm.backend().is_none());
+  assert!(record::list_records(dir.path(), None).is_empty());
+}
+
+/// A record is never written again once its backend ended (a late rewrite once left records behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_record_is_written_after_the_end() {
+  let dir = tempfile::tempdir().unwrap();
+  let sink: crate::os::spawn::LineSink = Arc::new(|_, _| {});
+  let spec = crate::os::spawn::SpawnSpec {
+    program: "sleep".into(),
+    args: vec!["30".into()],
+    cwd: dir.path().into(),
+    env: std::env::vars().collect(),
+  };
+  let child = crate::os::spawn::spawn(spec, sink).await.unwrap();
+  let port = crate::net::reservation::reserve(free_port(), Owner::new()).unwrap();
+  let info = BackendInfo {
+    pid: child.pid,
+    port: port.port(),
+    host: "127.0.0.1".into(),
+    url: String::new(),
+    started_at: 1,
+  };
+  let instance = instance::Instance::new(info, child, port, "late", dir.path().into(), 0);
+  instance.write_record().await.unwrap();
+  assert_eq!(record::list_records(dir.path(), None).len(), 1);
+  instance.request_stop();
+  instance.end(Duration::from_secs(2), |_, _, _| {}).await;
+  assert!(record::list_records(dir.path(), None).is_empty());
+  instance.write_record().await.unwrap();
+  assert!(
+    record::list_records(dir.path(), None).is_empty(),
+    "a write after the end is refused"
+  );
+}
