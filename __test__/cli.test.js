@@ -4,7 +4,7 @@ const test = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const path = require('node:path')
-const { ROOT, FIXTURE, CLI, tempDir, holdPort, freeRun, isAlive, records, killIfAlive, fixtureManager, startScript, cli, recordOf } = require('./helpers')
+const { ROOT, FIXTURE, CLI, tempDir, holdPort, freeRun, isAlive, records, killIfAlive, fixtureManager, startScript, cli, recordOf, startProcess } = require('./helpers')
 
 /** An app that started a SIGTERM-ignoring backend and was then killed: its backend is an orphan. */
 async function makeOrphan(t, stateDir) {
@@ -21,9 +21,9 @@ async function makeOrphan(t, stateDir) {
   return { pid, port }
 }
 
-function staleRecord(stateDir) {
-  const record = recordOf({ name: 'stale', pid: 999999, port: 8123, exe: '/bin/false', startTime: 1, ownerPid: 999998, ownerStartTime: 1 })
-  const file = path.join(stateDir, 'stale-999999.json')
+function staleRecord(stateDir, name = 'stale', pid = 999999) {
+  const record = recordOf({ name, pid, port: 8123, exe: '/bin/false', startTime: 1, ownerPid: 999998, ownerStartTime: 1 })
+  const file = path.join(stateDir, `${name}-${pid}.json`)
   fs.writeFileSync(file, JSON.stringify(record), { mode: 0o600 })
   return file
 }
@@ -93,32 +93,71 @@ test('test-ports marks a held port busy and names the holding process', async (t
   assert.match(human.stdout, /4 of 5 ports free/)
 })
 
+/** `backend-pm start` of the fixture backend, with its output as lines (stderr included). */
+function cliStart(t, stateDir, port, env = {}) {
+  return startProcess(t, process.execPath, [CLI, 'start', '--command', process.execPath, '--state-dir', stateDir, '--port', String(port), '--name', 'cli-start', '--', FIXTURE], { env, mergeStderr: true })
+}
+
 test('start runs a backend, prints its port, and stops it gracefully on SIGINT', async (t) => {
   const stateDir = tempDir(t)
   const port = await freeRun(3)
-  const child = require('node:child_process').spawn(process.execPath,
-    [CLI, 'start', '--command', process.execPath, '--state-dir', stateDir, '--port', String(port), '--name', 'cli-start', '--', FIXTURE],
-    { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
-  t.after(() => killIfAlive(child.pid))
-  let out = ''
-  child.stdout.on('data', (d) => (out += d))
-  child.stderr.on('data', (d) => (out += d))
-  const exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)))
-  const deadline = Date.now() + 10000
-  let m
-  while (!(m = /running: pid (\d+), port (\d+)/.exec(out))) {
-    if (Date.now() > deadline) assert.fail(`no "running" line: ${out}`)
-    await new Promise((r) => setTimeout(r, 20))
-  }
-  const pid = Number(m[1])
-  t.after(() => killIfAlive(pid))
-  assert.equal(Number(m[2]), port)
-  assert.equal(isAlive(pid), true)
-  child.kill('SIGINT')
-  assert.equal(await exited, 0, out)
-  assert.match(out, /backend stopped in \d+ ms/)
+  const run = cliStart(t, stateDir, port)
+  const [, pid, shown] = /running: pid (\d+), port (\d+)/.exec(await run.line(/running: pid/))
+  assert.equal(Number(shown), port)
+  assert.equal(isAlive(Number(pid)), true)
+  run.child.kill('SIGINT')
+  const [code] = await run.exited
+  assert.equal(code, 0, run.lines.join('\n'))
+  await run.line(/backend stopped in \d+ ms/)
+  assert.equal(isAlive(Number(pid)), false)
+  assert.deepEqual(records(stateDir), [])
+})
+
+test('start after a retry on a taken port runs the backend that got through, and Ctrl-C ends it with exit 0', async (t) => {
+  const stateDir = tempDir(t)
+  const port = await freeRun(4)
+  const run = cliStart(t, stateDir, port, { EADDRINUSE_BELOW: String(port + 1) })
+  const [, pid, shown] = /running: pid (\d+), port (\d+)/.exec(await run.line(/running: pid/))
+  assert.equal(Number(shown), port + 1, 'the first attempt lost its port')
+  assert.equal(isAlive(Number(pid)), true, 'the failed attempt\'s exit did not end the command')
+  run.child.kill('SIGINT')
+  const [code] = await run.exited
+  assert.equal(code, 0, run.lines.join('\n'))
+  assert.equal(isAlive(Number(pid)), false)
+})
+
+test('Ctrl-C while the backend is still starting stops it cleanly, exit 0', async (t) => {
+  const stateDir = tempDir(t)
+  const run = cliStart(t, stateDir, await freeRun(3), { LISTEN_DELAY_MS: '10000' })
+  const pid = Number((await run.line(/^BOOT \d+$/)).split(' ')[1])
+  run.child.kill('SIGINT')
+  const [code] = await run.exited
+  assert.equal(code, 0, run.lines.join('\n'))
+  await run.line(/stopped before it became ready/)
   assert.equal(isAlive(pid), false)
   assert.deepEqual(records(stateDir), [])
+})
+
+test('ports and hosts on the command line are checked: no hex, no exponent, no names', async () => {
+  for (const args of [['test-ports', '0x1F40'], ['status', '--port', '8e3'], ['test-ports', '--host', 'banana'], ['test-ports', '--count', '0']]) {
+    const { code, stderr } = await cli(args)
+    assert.equal(code, 2, `${args.join(' ')}: ${stderr}`)
+  }
+})
+
+test('status counts unreadable records apart from stale ones, and leaves foreign files alone', async (t) => {
+  const stateDir = tempDir(t)
+  staleRecord(stateDir)
+  fs.writeFileSync(path.join(stateDir, 'broken-5.json'), JSON.stringify({ manager: 'backend-process-manager', version: 7 }), { mode: 0o600 })
+  fs.writeFileSync(path.join(stateDir, 'invoice-2024.json'), '{"total": 12}', { mode: 0o600 })
+  const { code, stdout } = await cli(['status', '--state-dir', stateDir])
+  assert.equal(code, 0)
+  assert.match(stdout, /0 orphaned, 1 stale, 1 unreadable/)
+  assert.match(stdout, /1 file\(s\) in the state folder are not records of this library/)
+  const cleaned = JSON.parse((await cli(['cleanup', '--json', '--state-dir', stateDir])).stdout)
+  assert.equal(cleaned.removed, 2)
+  assert.equal(cleaned.left, 1)
+  assert.deepEqual(records(stateDir), ['invoice-2024.json'])
 })
 
 test('unknown commands and flags print usage and exit 2', async () => {
@@ -137,10 +176,14 @@ test('defaults come from "backendProcessManager" in ./package.json', async (t) =
   const stateDir = path.join(project, 'records')
   fs.writeFileSync(path.join(project, 'package.json'), JSON.stringify({ name: 'app', backendProcessManager: { stateDir: 'records', name: 'api' } }))
   fs.mkdirSync(stateDir, { mode: 0o700 })
-  staleRecord(stateDir)
+  staleRecord(stateDir, 'api', 999997)
+  const other = staleRecord(stateDir, 'other-app', 999996)
   const { code, stdout } = await cli(['status', '--json'], { cwd: project })
   assert.equal(code, 0)
   const report = JSON.parse(stdout)
   assert.equal(report.stateDir, stateDir)
-  assert.deepEqual(report.records.map((r) => r.state), ['stale'])
+  assert.deepEqual(report.records.map((r) => [r.name, r.state]), [['api', 'stale']], 'only the configured name')
+  const cleaned = JSON.parse((await cli(['cleanup', '--json'], { cwd: project })).stdout)
+  assert.deepEqual(cleaned.items.map((i) => i.name), ['api'])
+  assert.ok(fs.existsSync(other), "another app's record is not the configured name's to clean")
 })

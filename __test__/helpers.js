@@ -165,29 +165,41 @@ function fixtureManager(t, options = {}) {
 
 /** Starts a helper Node script (an "app" owning a backend) and collects its stdout lines. */
 function startScript(t, code, env = {}) {
-  const child = spawn(process.execPath, ['-e', code], {
-    cwd: ROOT,
+  return startProcess(t, process.execPath, ['-e', code], { env })
+}
+
+/**
+ * Starts a process (with `cwd` and `env` over this one's) and collects its output lines (stdout, and stderr
+ * too with `mergeStderr`); it and everything it started are killed after the test.
+ */
+function startProcess(t, command, args, { cwd = ROOT, env = {}, mergeStderr = false } = {}) {
+  const child = spawn(command, args, {
+    cwd,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   const lines = []
   let stderr = ''
-  let buffer = ''
   const waiters = []
-  child.stdout.on('data', (d) => {
-    buffer += d
-    let i
-    while ((i = buffer.indexOf('\n')) >= 0) {
-      lines.push(buffer.slice(0, i))
-      buffer = buffer.slice(i + 1)
-      for (const w of [...waiters]) w()
-    }
-  })
+  const collect = (stream) => {
+    let buffer = ''
+    stream.on('data', (d) => {
+      buffer += d
+      let i
+      while ((i = buffer.indexOf('\n')) >= 0) {
+        lines.push(buffer.slice(0, i))
+        buffer = buffer.slice(i + 1)
+        for (const w of [...waiters]) w()
+      }
+    })
+  }
+  collect(child.stdout)
+  if (mergeStderr) collect(child.stderr)
   child.stderr.on('data', (d) => (stderr += d))
   const exited = once(child, 'exit')
   // The app's backend and anything else it started go with it.
   t.after(() => killTree(child.pid))
-  /** Resolves with the first stdout line matching `re`. */
+  /** Resolves with the first output line matching `re`. */
   const line = (re, timeoutMs = 10000) =>
     new Promise((resolve, reject) => {
       const check = () => {
@@ -198,13 +210,13 @@ function startScript(t, code, env = {}) {
           resolve(found)
         }
       }
-      const timer = setTimeout(() => reject(new Error(`no line ${re} within ${timeoutMs} ms; stdout ${JSON.stringify(lines)}, stderr ${stderr}`)), timeoutMs)
+      const timer = setTimeout(() => reject(new Error(`no line ${re} within ${timeoutMs} ms; output ${JSON.stringify(lines)}, stderr ${stderr}`)), timeoutMs)
       waiters.push(check)
       check()
       child.once('exit', () => setImmediate(() => {
         if (waiters.includes(check)) {
           clearTimeout(timer)
-          reject(new Error(`script exited without ${re}; stderr: ${stderr}`))
+          reject(new Error(`the process exited without ${re}; output ${JSON.stringify(lines)}, stderr: ${stderr}`))
         }
       }))
     })
@@ -243,6 +255,7 @@ function recordOf(fields) {
 
 module.exports = {
   recordOf,
+  startProcess,
   ROOT,
   FIXTURE,
   CLI,

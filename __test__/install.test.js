@@ -27,12 +27,21 @@ test('the packed packages install into a fresh project and work there', { skip: 
   fs.copyFileSync(path.join(ROOT, binaryName), path.join(work, 'artifacts', `bindings-${target}`, binaryName))
   execFileSync(process.execPath, [path.join(ROOT, 'node_modules', '@napi-rs', 'cli', 'dist', 'cli.js'), 'artifacts', '--cwd', work, '-d', 'artifacts', '--npm-dir', 'npm'], { stdio: 'pipe' })
 
-  // 2. npm pack both packages; the main package ships only what users need.
+  // 2. npm pack both packages; the main package ships only what users need. Packed from a built checkout
+  // it also carries this machine's binary (so a local build can be installed into another app); packed
+  // as the release does (no binary at the top), it carries none.
   const [platformPack] = JSON.parse(npm(['pack', '--json', '--pack-destination', work], path.join(work, 'npm', platform)))
   assert.deepEqual(platformPack.files.map((f) => f.path).sort(), ['README.md', binaryName, 'package.json'])
-  const [mainPack] = JSON.parse(npm(['pack', '--json', '--pack-destination', work], ROOT))
-  const shipped = mainPack.files.map((f) => f.path).sort()
+  const localTarballs = path.join(work, 'local')
+  fs.mkdirSync(localTarballs)
+  const [localPack] = JSON.parse(npm(['pack', '--json', '--pack-destination', localTarballs], ROOT))
+  const shipped = localPack.files.map((f) => f.path).filter((f) => f !== binaryName).sort()
   assert.deepEqual(shipped, ['LICENSE', 'README.md', 'binding.d.ts', 'binding.js', 'cli.js', 'index.d.ts', 'index.js', 'lib/format.js', 'package.json'])
+  assert.ok(localPack.files.some((f) => f.path === binaryName), 'a built checkout packs its binary')
+  const release = path.join(work, 'release')
+  for (const file of shipped) fs.cpSync(path.join(ROOT, file), path.join(release, file), { recursive: true })
+  const [mainPack] = JSON.parse(npm(['pack', '--json', '--pack-destination', work], release))
+  assert.deepEqual(mainPack.files.map((f) => f.path).sort(), shipped)
   t.diagnostic(`main package ${mainPack.size} bytes packed; platform package ${platformPack.size} bytes packed`)
 
   // 3. A fresh app project, outside the repository, installs both tarballs.
@@ -66,4 +75,12 @@ test('the packed packages install into a fresh project and work there', { skip: 
   // 5. The CLI is linked as a bin.
   const help = execFileSync(path.join(app, 'node_modules', '.bin', 'backend-pm'), ['--help'], { cwd: app, encoding: 'utf8' })
   assert.match(help, /Usage: backend-pm <command>/)
+
+  // 6. The tarball of a built checkout alone installs and loads its own binary.
+  const local = path.join(work, 'local-app')
+  fs.mkdirSync(local)
+  fs.writeFileSync(path.join(local, 'package.json'), JSON.stringify({ name: 'local-app', version: '1.0.0', private: true }))
+  npm(['install', '--no-audit', '--no-fund', '--offline', '--omit=optional', path.join(localTarballs, localPack.filename)], local)
+  const loaded = execFileSync(process.execPath, ['-e', `const m = require('backend-process-manager'); console.log(typeof m.ProcessManager, m.defaultStateDir().length > 0)`], { cwd: local, encoding: 'utf8', env: { ...process.env, NODE_PATH: '' } })
+  assert.equal(loaded.trim(), 'function true')
 })

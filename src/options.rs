@@ -193,15 +193,11 @@ pub fn validate_name(name: &str) -> Result<()> {
     ))
   } else if name.starts_with('.') {
     Some("it starts with a dot".into())
-  } else if let Some(c) = name
-    .chars()
-    .find(|c| NAME_FORBIDDEN.contains(c) || c.is_control())
-  {
-    Some(format!(
-      "it contains {c:?}, which cannot be part of a file name"
-    ))
   } else {
-    None
+    name
+      .chars()
+      .find(|c| NAME_FORBIDDEN.contains(c) || c.is_control())
+      .map(|c| format!("it contains {c:?}, which cannot be part of a file name"))
   };
   match problem {
     Some(p) => Err(PmError::invalid(format!(

@@ -214,7 +214,7 @@ mod tests {
   /// Twenty threads at once (real concurrency, not one after another) get twenty different ports.
   #[test]
   fn parallel_callers_get_different_ports() {
-    let start = fresh_port().max(20_000).min(60_000);
+    let start = fresh_port().clamp(20_000, 60_000);
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(20));
     let found: Vec<Reservation> = std::thread::scope(|s| {
       let handles: Vec<_> = (0..20)
