@@ -85,11 +85,11 @@ test('test-ports marks a held port busy and names the holding process', async (t
   const held = ports[2]
   assert.equal(held.available, false)
   assert.equal(held.pid, process.pid)
-  assert.equal(held.name, 'node')
+  assert.equal(held.name, path.basename(fs.realpathSync(process.execPath)))
   for (const i of [0, 1, 3, 4]) assert.equal(ports[i].available, true)
 
   const human = await cli(['test-ports', String(start), '--count', '5'])
-  assert.match(human.stdout, new RegExp(`${start + 2}\\s+busy\\s+pid ${process.pid} \\(node\\)`))
+  assert.match(human.stdout, new RegExp(`${start + 2}\\s+busy\\s+pid ${process.pid} \\(${path.basename(fs.realpathSync(process.execPath))}\\)`))
   assert.match(human.stdout, /4 of 5 ports free/)
 })
 

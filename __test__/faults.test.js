@@ -37,11 +37,10 @@ test('a backend flooding megabytes of output is neither blocked nor buffered wit
 })
 
 test('a grandchild that calls setsid leaves the group and survives the stop (documented); the group dies', async (t) => {
-  const { pm, grandchildren } = fixtureManager(t, { port: await freeRun(3), env: { DETACHED_GRANDCHILD: '1', GRANDCHILDREN: '1' } })
-  let detached
-  pm.on('stdout', (l) => l.startsWith('DETACHED ') && (detached = Number(l.split(' ')[1])))
+  const { pm, grandchildren, seen } = fixtureManager(t, { port: await freeRun(3), env: { DETACHED_GRANDCHILD: '1', GRANDCHILDREN: '1' } })
   const b = await pm.startBackend(ROOT)
-  await waitFor(() => detached && grandchildren.length === 1, 5000, 'the grandchildren')
+  const detached = Number((await seen(/^DETACHED /))[0].split(' ')[1])
+  await seen(/^GRANDCHILD /)
   t.after(() => killIfAlive(detached))
   await pm.stopBackend()
   assert.equal(isAlive(b.pid), false)
@@ -87,7 +86,7 @@ test('records writable by others or owned by another user are ignored with a war
   const stateDir = tempDir(t)
   const bystander = require('node:child_process').spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' })
   t.after(() => killIfAlive(bystander.pid))
-  await waitFor(() => isAlive(bystander.pid))
+  await once(bystander, 'spawn')
   const start = Number(fs.readFileSync(`/proc/${bystander.pid}/stat`, 'utf8').split(') ')[1].split(' ')[19])
   // A record that would match the live process exactly, with a dead owner: only its file's trust differs.
   const record = recordOf({ name: 'fixture', pid: bystander.pid, port: 8000, exe: fs.realpathSync(process.execPath), startTime: start, ownerPid: 999999, ownerStartTime: 1 })

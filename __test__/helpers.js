@@ -9,6 +9,7 @@ const http = require('node:http')
 const { spawn, execFile } = require('node:child_process')
 const { once } = require('node:events')
 const { ProcessManager } = require('..')
+const { procStat, isAlive, processTree, groupMembers } = require('./procs')
 
 const ROOT = path.resolve(__dirname, '..')
 const FIXTURE = path.join(__dirname, 'fixtures', 'backend.js')
@@ -40,60 +41,6 @@ async function freeRun(count) {
     if (ok) return start
   }
   throw new Error(`no run of ${count} free ports found`)
-}
-
-/** State, parent and process group of a process from /proc/<pid>/stat, or null when there is none. */
-function procStat(pid) {
-  let stat
-  try {
-    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
-  } catch {
-    return null
-  }
-  // The command name may hold spaces and parentheses: the fields start after its last ')'.
-  const [state, ppid, pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-  return { state, ppid: Number(ppid), pgrp: Number(pgrp) }
-}
-
-/**
- * Alive and not a zombie (a zombie has exited; only its entry waits for its parent). A process whose main
- * thread is a zombie while its other threads still run is still exiting (and holding its sockets): alive.
- */
-function isAlive(pid) {
-  const stat = procStat(pid)
-  if (stat === null) return false
-  if (stat.state !== 'Z' && stat.state !== 'X') return true
-  try {
-    return fs.readdirSync(`/proc/${pid}/task`).length > 1
-  } catch {
-    return false
-  }
-}
-
-/** `pid` and all its descendants, from /proc/<pid>/task/<tid>/children (Linux), parents before children. */
-function processTree(pid) {
-  const tree = []
-  const visit = (p) => {
-    tree.push(p)
-    let tasks = []
-    try {
-      tasks = fs.readdirSync(`/proc/${p}/task`)
-    } catch {}
-    for (const tid of tasks) {
-      let children = ''
-      try {
-        children = fs.readFileSync(`/proc/${p}/task/${tid}/children`, 'utf8')
-      } catch {}
-      for (const c of children.split(' ').filter(Boolean)) visit(Number(c))
-    }
-  }
-  if (procStat(pid) !== null) visit(pid)
-  return tree
-}
-
-/** Live processes whose process group is `pgid`, found in /proc (also those re-parented away from the tree). */
-function groupMembers(pgid) {
-  return fs.readdirSync('/proc').filter((e) => /^\d+$/.test(e)).map(Number).filter((p) => procStat(p)?.pgrp === pgid && isAlive(p))
 }
 
 /** The PID record files of a state folder (none when it does not exist). */
@@ -151,16 +98,39 @@ function fixtureManager(t, options = {}) {
   })
   const started = []
   const grandchildren = []
+  const lines = []
+  const waiters = new Set()
   pm.on('ready', (b) => started.push(b.pid))
   pm.on('stdout', (line) => {
     const m = /^GRANDCHILD (\d+)$/.exec(line)
     if (m) grandchildren.push(Number(m[1]))
+    // The fixture's announcements come first; a backend flooding its output must not fill the test's memory.
+    if (lines.length < 1000) lines.push(line)
+    for (const w of [...waiters]) w()
   })
   t.after(async () => {
     await pm.stopBackend().catch(() => {})
     for (const pid of [...started, ...grandchildren]) killIfAlive(pid)
   })
-  return { pm, stateDir, logger, grandchildren }
+  /** Resolves once the backend has written `count` stdout lines matching `re` (its BOOT line, grandchildren…). */
+  const seen = (re, count = 1, timeoutMs = 10000) =>
+    new Promise((resolve, reject) => {
+      const check = () => {
+        const found = lines.filter((l) => re.test(l))
+        if (found.length >= count) {
+          waiters.delete(check)
+          clearTimeout(timer)
+          resolve(found)
+        }
+      }
+      const timer = setTimeout(() => {
+        waiters.delete(check)
+        reject(new Error(`no ${count} lines ${re} within ${timeoutMs} ms: ${JSON.stringify(lines)}`))
+      }, timeoutMs)
+      waiters.add(check)
+      check()
+    })
+  return { pm, stateDir, logger, grandchildren, seen }
 }
 
 /** Starts a helper Node script (an "app" owning a backend) and collects its stdout lines. */

@@ -32,15 +32,7 @@ async function time(fn, runs, warmup = 3) {
   return out
 }
 
-function isAlive(pid) {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
-    const state = stat[stat.lastIndexOf(')') + 2]
-    return state !== 'Z' && state !== 'X'
-  } catch {
-    return false
-  }
-}
+const { isAlive } = require('../__test__/procs.js')
 
 function listenOnce(host, port) {
   return new Promise((resolve) => {

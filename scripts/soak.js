@@ -21,14 +21,7 @@ const rssMiB = () => {
   global.gc?.()
   return process.memoryUsage().rss / 2 ** 20
 }
-const isAlive = (pid) => {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
-    return !'ZX'.includes(stat[stat.lastIndexOf(')') + 2])
-  } catch {
-    return false
-  }
-}
+const { isAlive } = require('../__test__/procs.js')
 /** Deliberate jitter, so stops land in different phases of a start. */
 const jitter = (maxMs) => new Promise((r) => setTimeout(r, Math.floor(Math.random() * maxMs)))
 

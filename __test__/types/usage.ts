@@ -1,4 +1,4 @@
-// Type test (tsc --noEmit in `npm test`): the public API as API.md shows it must type-check, and misuse must not.
+// Type test (tsc --noEmit in `npm test`): the public API as docs/api.md shows it must type-check, and misuse must not.
 import {
   ProcessManager,
   findAvailablePort,

@@ -1,6 +1,6 @@
 //! Core errors become real JS errors here, in one place (like node-rs's `map_error`): an `Error` with the
 //! API's `code`, its fields, and the OS error underneath as `cause`. No panic reaches JS as anything but
-//! `ERR_INTERNAL` (DESIGN.md §14).
+//! `ERR_INTERNAL` (docs/design.md §14).
 
 use crate::error::{catch_panic, catch_panic_async, Field, PmError, Result};
 use napi::bindgen_prelude::{PromiseRaw, ToNapiValue};

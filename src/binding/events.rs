@@ -1,5 +1,5 @@
 //! Events from the core to the JS layer, in order, through one weak thread-safe function (it never keeps
-//! Node's event loop alive, DESIGN.md §10). Nothing here ever blocks the caller: the queue is unbounded,
+//! Node's event loop alive, docs/design.md §10). Nothing here ever blocks the caller: the queue is unbounded,
 //! and output lines — the one kind that can flood — are capped by a count of those not yet delivered.
 
 use crate::lifecycle::{Event, Events, Level};

@@ -1,6 +1,6 @@
 //! One try at starting the backend on one reserved port: spawn → record → wait until healthy, or until it
 //! exits, or until a stop cancels the start. Readiness counts only when the port's listener is one of the
-//! backend's own processes (DESIGN.md §11): a 2xx from a stranger on the same port is not our backend.
+//! backend's own processes (docs/design.md §11): a 2xx from a stranger on the same port is not our backend.
 
 use super::instance::Instance;
 use super::launch::Launch;

@@ -291,7 +291,7 @@ impl Manager {
     self.kill_existing().await?;
     let mut exclude = Vec::new();
     for attempt in 0..=ADDRESS_IN_USE_RETRIES {
-      let port = self.reserve_port(&exclude)?;
+      let port = self.reserve_port(&exclude).await?;
       let chosen = port.port();
       if chosen != o.port && attempt == 0 {
         self.log(
@@ -332,8 +332,9 @@ impl Manager {
     unreachable!("the loop returns on its last attempt")
   }
 
-  /// The first free port of this manager's range, not in `exclude`.
-  fn reserve_port(&self, exclude: &[u16]) -> Result<Reservation> {
+  /// The first free port of this manager's range, not in `exclude`. Off the async workers: it binds
+  /// sockets and takes file locks.
+  async fn reserve_port(&self, exclude: &[u16]) -> Result<Reservation> {
     let o = &self.options;
     let search = Search {
       start_port: exclude
@@ -344,7 +345,8 @@ impl Manager {
       host: None,
       owner: self.owner,
     };
-    port::find_available_port(&search).map_err(|e| match e {
+    let found = blocking::run(move || port::find_available_port(&search)).await?;
+    found.map_err(|e| match e {
       PmError::NoFreePort { .. } => PmError::NoFreePort {
         start_port: o.port,
         end_port: o.last_port(),

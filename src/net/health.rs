@@ -1,6 +1,6 @@
 //! Readiness: one HTTP GET of the health path, and the polling loop around it (docs/api.md,
 //! `waitForBackendReady`). The probe is a minimal HTTP/1.1 client on a plain TCP connection to the literal
-//! host address: it can never be routed to a proxy (DESIGN.md §5) and never resolves `localhost`. It sends
+//! host address: it can never be routed to a proxy (docs/design.md §5) and never resolves `localhost`. It sends
 //! `Connection: close`, so no idle keep-alive connection delays the backend's own shutdown later.
 //!
 //! Why not reqwest (measured, see the README's "Performance"): a probe through reqwest costs more per

@@ -1,6 +1,6 @@
 //! Which TCP ports are listened on, and by which process — asked of the OS natively, never by spawning
 //! `ss`, `lsof` or `netstat`. Also the question readiness rests on: is the listener of a port one of these
-//! processes (DESIGN.md §11)?
+//! processes (docs/design.md §11)?
 
 use std::collections::HashSet;
 

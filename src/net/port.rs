@@ -1,5 +1,5 @@
 //! Free ports: a port is available only when it binds on every loopback and wildcard address of both
-//! families (DESIGN.md §6), and a port handed out is reserved (see `reservation`) so that parallel callers,
+//! families (docs/design.md §6), and a port handed out is reserved (see `reservation`) so that parallel callers,
 //! in this process or another of this user's, get different ports. The race with other programs cannot
 //! be closed from outside; the manager detects `EADDRINUSE` from the backend and moves on to the next port.
 

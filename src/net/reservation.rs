@@ -1,6 +1,6 @@
 //! Port reservations: a port handed out is withheld from other callers until its backend is gone (or, for
 //! `findAvailablePort`, for a while). Within this process a table does it; between processes of the same
-//! user, an advisory lock on a per-port file in one per-user folder (DESIGN.md §11). The lock dies with its
+//! user, an advisory lock on a per-port file in one per-user folder (docs/design.md §11). The lock dies with its
 //! process, so a crash leaves no stale reservation; lock files are never deleted (deleting a lock file
 //! invites races), and they are a few hundred empty files at most.
 

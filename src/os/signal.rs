@@ -86,12 +86,11 @@ mod imp {
       ok
     }
   }
-  pub fn name(signo: i32) -> String {
-    format!("SIG{signo}")
-  }
 }
 
-pub use imp::{name, signal_group, signal_pid};
+pub use imp::{signal_group, signal_pid};
+#[cfg(unix)]
+pub use imp::name;
 
 /// A process found through a record, pinned so that the identity check and the signal reach the same
 /// process: on Linux a pidfd (a reused pid makes the signal fail with ESRCH instead of hitting a stranger).

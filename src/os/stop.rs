@@ -8,7 +8,7 @@ use super::spawn::{Child, ExitInfo};
 use super::tree;
 use std::collections::HashSet;
 use std::time::Duration;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{timeout, Instant};
 
 /// How long a force-killed process may take to disappear before we give up on it (and say so).
 pub const FORCE_GRACE: Duration = Duration::from_secs(5);
@@ -57,6 +57,7 @@ async fn stop_child_within(child: &Child, grace: Duration, force_grace: Duration
   }
 }
 
+#[derive(Default)]
 struct Drained {
   forced: bool,
   survivors: Vec<u32>,
@@ -64,49 +65,51 @@ struct Drained {
 
 /// After the leader exited: members of its group that are still alive (grandchildren) get until `deadline`
 /// to finish after the polite signal, then the force kill. The leader is still unreaped, so the group id
-/// cannot have been reused.
+/// cannot have been reused. Watching the group scans every process, so it runs off the async workers.
 async fn drain_group(child: &Child, deadline: Instant, force_grace: Duration) -> Drained {
+  #[cfg(windows)]
+  {
+    // The job holds the tree: terminating it ends whatever is left.
+    let _ = (deadline, force_grace);
+    send(child, Stop::Force);
+    Drained::default()
+  }
+  #[cfg(unix)]
+  {
+    let (pgid, deadline) = (child.pid, deadline.into_std());
+    crate::blocking::run(move || drain_unix(pgid, deadline, force_grace))
+      .await
+      .unwrap_or_default()
+  }
+}
+
+#[cfg(unix)]
+fn drain_unix(pgid: u32, deadline: std::time::Instant, force_grace: Duration) -> Drained {
   let members = || -> Vec<u32> {
-    tree::group_members(child.pid)
+    tree::group_members(pgid)
       .into_iter()
       .map(|m| m.pid)
-      .filter(|&p| p != child.pid)
+      .filter(|&p| p != pgid)
       .collect()
   };
-  if cfg!(windows) {
-    // The job holds the tree: terminating it ends whatever is left.
-    send(child, Stop::Force);
-    return Drained {
-      forced: false,
-      survivors: Vec::new(),
-    };
-  }
-  if members().is_empty() {
-    return Drained {
-      forced: false,
-      survivors: Vec::new(),
-    };
-  }
-  send(child, Stop::Polite);
-  while Instant::now() < deadline {
-    sleep(GROUP_POLL).await;
-    if members().is_empty() {
-      return Drained {
-        forced: false,
-        survivors: Vec::new(),
-      };
+  let empty_until = |until: std::time::Instant| loop {
+    let left = members();
+    if left.is_empty() || std::time::Instant::now() >= until {
+      return left;
     }
+    std::thread::sleep(GROUP_POLL);
+  };
+  if members().is_empty() {
+    return Drained::default();
   }
-  send(child, Stop::Force);
-  let give_up = Instant::now() + force_grace;
-  let mut left = members();
-  while !left.is_empty() && Instant::now() < give_up {
-    sleep(GROUP_POLL).await;
-    left = members();
+  signal_group(pgid, Stop::Polite);
+  if empty_until(deadline).is_empty() {
+    return Drained::default();
   }
+  signal_group(pgid, Stop::Force);
   Drained {
     forced: true,
-    survivors: left,
+    survivors: empty_until(std::time::Instant::now() + force_grace),
   }
 }
 

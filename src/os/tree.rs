@@ -1,5 +1,5 @@
 //! The processes that make up a backend: its descendants, the members of its process group (which outlive
-//! a wrapper that exits, DESIGN.md §12), and the resources they use together.
+//! a wrapper that exits, docs/design.md §12), and the resources they use together.
 
 use super::process::{self, Stat};
 use std::collections::HashSet;

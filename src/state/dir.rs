@@ -1,6 +1,6 @@
 //! The state folder: where PID records live. It must be the user's own, and no one else may write to it:
 //! records decide what gets signalled, so a folder others can write to (or a shared temp folder) is refused
-//! rather than trusted (DESIGN.md §13).
+//! rather than trusted (docs/design.md §13).
 
 use crate::error::{PmError, Result};
 use std::fs;
@@ -15,7 +15,7 @@ pub fn default_state_dir() -> PathBuf {
 }
 
 /// The per-user folder shared by every app of this user, whatever `stateDir` each uses: where port
-/// reservations are locked (DESIGN.md §11). Beside the default state folder, not in it, so that a state
+/// reservations are locked (docs/design.md §11). Beside the default state folder, not in it, so that a state
 /// folder holds records only.
 pub fn port_locks_dir() -> PathBuf {
   per_user_base().join(format!("{APP}-ports"))

@@ -2,7 +2,7 @@
 //! written atomically (temporary file + rename) with mode 0600 in a folder only the user can write. A record
 //! is only a hint: before anything is signalled, the live process must match its pid, start time and
 //! executable (see `os::process`). Every record carries a marker field: a file without it is not ours and
-//! is never deleted, whatever its name (DESIGN.md §13).
+//! is never deleted, whatever its name (docs/design.md §13).
 
 use crate::error::{PmError, Result};
 use crate::os::process::{self, Identity};

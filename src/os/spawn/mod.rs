@@ -1,5 +1,5 @@
 //! Starting a backend and watching it. Each backend gets one dedicated, long-lived thread that starts it,
-//! then blocks waiting for that one process (DESIGN.md §1-3):
+//! then blocks waiting for that one process (docs/design.md §1-3):
 //! - inside Node, libuv owns SIGCHLD and resets it, so a SIGCHLD-based reaper (tokio's) can hang forever;
 //!   a blocking wait on our own pid needs no signal at all and never touches Node's children;
 //! - Linux's parent-death signal fires when the *thread* that forked exits, so the forking thread must live
@@ -88,7 +88,7 @@ impl Child {
   }
 
   /// A child that never reports an exit, for tests of what happens when a process cannot be ended.
-  #[cfg(test)]
+  #[cfg(all(test, unix))]
   pub fn never_ending(pid: u32) -> (Arc<Child>, watch::Sender<Option<ExitInfo>>) {
     let (tx, rx) = watch::channel(None);
     let child = Child {

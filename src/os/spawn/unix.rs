@@ -16,7 +16,7 @@ pub fn configure(cmd: &mut Command) {
     // error code does not).
     unsafe {
       cmd.pre_exec(move || {
-        // SIGTERM, not SIGKILL: the backend may save its data (DESIGN.md §2).
+        // SIGTERM, not SIGKILL: the backend may save its data (docs/design.md §2).
         rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))?;
         // The app may have died between fork and prctl; then no signal will ever come.
         if rustix::process::getppid() != Some(app) {
