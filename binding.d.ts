@@ -93,6 +93,25 @@ export interface PortHolder {
 /** The processes listening on the given ports (only busy ports are listed). */
 export declare function portHolders(ports: number[]): Promise<PortHolder[]>
 
+/**
+ * CPU and memory of each live process of `pids` (gone ones are left out). Synchronous: one small read per
+ * process.
+ */
+export declare function processUsage(pids: number[]): Array<ProcessUsage>
+
+/** What one process uses. */
+export interface ProcessUsage {
+  pid: number
+  /** User plus system CPU time so far. */
+  cpuTimeMs: number
+  /** Average CPU use since the process started, in percent of one core. */
+  cpuPercent: number
+  /** Resident memory. */
+  memoryBytes: number
+  /** Since the process started. */
+  elapsedMs: number
+}
+
 /** One file of the state folder and what is known of its backend now. */
 export interface RecordStatus {
   file: string

@@ -841,5 +841,6 @@ module.exports.defaultStateDir = nativeBinding.defaultStateDir
 module.exports.findAvailablePort = nativeBinding.findAvailablePort
 module.exports.isPortAvailable = nativeBinding.isPortAvailable
 module.exports.portHolders = nativeBinding.portHolders
+module.exports.processUsage = nativeBinding.processUsage
 module.exports.recordStatuses = nativeBinding.recordStatuses
 module.exports.releasePort = nativeBinding.releasePort

@@ -1,9 +1,9 @@
 // Public types of backend-process-manager. Shapes that the native binding returns as they are come from its
 // generated types (binding.d.ts), so the two cannot drift apart.
 import { EventEmitter } from 'node:events'
-import type { BackendInfo, StopResult, RecordStatus, CleanupItem, PortHolder } from './binding'
+import type { BackendInfo, StopResult, RecordStatus, CleanupItem, PortHolder, ProcessUsage } from './binding'
 
-export type { BackendInfo, StopResult, RecordStatus, CleanupItem, PortHolder }
+export type { BackendInfo, StopResult, RecordStatus, CleanupItem, PortHolder, ProcessUsage }
 export type RecordState = RecordStatus['state']
 export type CleanupAction = CleanupItem['action']
 
@@ -27,7 +27,7 @@ export interface ProcessManagerOptions {
   cwd?: string
   /** Extra environment, merged over `process.env`. Default `{}`. */
   env?: Record<string, string | number | boolean | undefined>
-  /** Address the backend listens on and is probed at (an IP address). Default `'127.0.0.1'`. */
+  /** Address the backend listens on and is probed at: an IP address, or `'localhost'` for 127.0.0.1. Default `'127.0.0.1'`. */
   host?: string
   /** Preferred port. Default `8000`. */
   port?: number
@@ -71,6 +71,7 @@ export type ErrorCode =
   | 'ERR_BACKEND_EXITED'
   | 'ERR_START_TIMEOUT'
   | 'ERR_STATE_DIR'
+  | 'ERR_INTERNAL'
 
 /** Every rejection is an Error with a stable `code` and, where they apply, these fields. */
 export interface ProcessManagerError extends Error {
@@ -84,6 +85,8 @@ export interface ProcessManagerError extends Error {
   port?: number
   lastHealthError?: string
   path?: string
+  /** The OS error underneath, where there is one (`errno`, and `code` as the OS error kind). */
+  cause?: Error & { code?: string; errno?: number }
 }
 
 export interface ProcessManagerEvents {
@@ -106,9 +109,12 @@ export declare class ProcessManager extends EventEmitter {
    * it is healthy. Calls while starting or running resolve to the same backend.
    */
   startBackend(projectRoot?: string, isPackaged?: boolean): Promise<BackendInfo>
-  /** Polite stop of the process group, up to `stopTimeoutMs`, then force kill of the tree. `null` when nothing runs. */
+  /**
+   * Polite stop of the process group, up to `stopTimeoutMs`, then force kill of the tree. `null` when nothing runs.
+   * A stop during a start cancels the start. `survivors` lists processes still alive after the force kill.
+   */
   stopBackend(): Promise<StopResult | null>
-  /** First available port in `[startPort, startPort + portRange]`, reserved in this process for 15 s. */
+  /** First available port in `[startPort, startPort + portRange]`, reserved for 15 s (never against this manager's own start). */
   findAvailablePort(startPort?: number): Promise<number>
   /** True only when the port binds on 127.0.0.1, ::1, 0.0.0.0 and ::. */
   isPortAvailable(port: number): Promise<boolean>
@@ -136,12 +142,14 @@ export interface FindPortOptions {
   host?: string
 }
 
-/** True when `port` binds on 127.0.0.1, ::1 (where IPv6 exists), 0.0.0.0 and ::. */
-export declare function isPortAvailable(port: number): Promise<boolean>
+/** True when `port` binds on 127.0.0.1, ::1 (where IPv6 exists), 0.0.0.0 and :: — or only on `options.host`. */
+export declare function isPortAvailable(port: number, options?: { host?: string }): Promise<boolean>
 /** The first available port from `startPort`, reserved in this process for 15 s. */
 export declare function findAvailablePort(startPort: number, options?: FindPortOptions): Promise<number>
 /** The processes listening on `ports` (busy ports only), where the OS tells. */
 export declare function findPortHolders(ports: number[]): Promise<PortHolder[]>
+/** CPU time, CPU % (average since start), memory and age of each live process of `pids`. */
+export declare function processUsage(pids: number[]): Promise<ProcessUsage[]>
 /** Every PID record of `stateDir` with its state, CPU, memory and port listener. */
 export declare function listRecords(stateDir?: string): Promise<RecordStatus[]>
 /** Terminates orphans (of `name`, or all) that match their records; deletes stale and unreadable records. */

@@ -155,6 +155,8 @@ module.exports = {
   findAvailablePort,
   /** The processes listening on `ports`, where the OS tells. Only busy ports are listed. */
   findPortHolders: async (ports) => native.portHolders(ports),
+  /** CPU and memory of each live process of `pids` (synchronous reads of the OS's process table). */
+  processUsage: async (pids) => native.processUsage(pids),
   /** Every PID record of `stateDir` with its state, CPU, memory and port listener. */
   listRecords: async (stateDir) => native.recordStatuses(stateDir),
   /** Terminates orphans (of `name`, or all) that match their records; deletes stale and broken records. */

@@ -551,6 +551,16 @@ impl CleanupArgs {
   }
 }
 
+pub fn pids(value: &Value) -> Result<Vec<u32>> {
+  match value {
+    Value::Array(items) => items
+      .iter()
+      .map(|p| integer(p, "every pid", 1.0, u32::MAX as f64).map(|n| n as u32))
+      .collect(),
+    other => Err(bad("pids", "an array of process ids", other)),
+  }
+}
+
 pub fn ports(value: &Value, what: &str) -> Result<Vec<u16>> {
   match value {
     Value::Array(items) => items

@@ -23,6 +23,7 @@ async function main(): Promise<void> {
   pm.on('stdout', (line) => line.toUpperCase())
   const stopped: StopResult | null = await pm.stopBackend()
   const forced: boolean | undefined = stopped?.forced
+  const survivors: number[] | undefined = stopped?.survivors
   const port: number = await pm.findAvailablePort()
   const free: boolean = await pm.isPortAvailable(port)
   const healthy: boolean = await pm.checkBackendHealth(port)
@@ -30,8 +31,10 @@ async function main(): Promise<void> {
   const killed: boolean = await pm.killExistingBackend()
   const report: StatusReport = await pm.status()
   const states = report.records.map((r) => r.state)
+  const foreign: boolean = states.includes('foreign')
+  const trees = report.records.map((r) => [r.processCount, r.cpuTimeMs])
   const low: number = await findAvailablePort(3000, { endPort: 3100, exclude: [3001], host: '127.0.0.1' })
-  const lowFree: boolean = await isPortAvailable(low)
+  const lowFree: boolean = await isPortAvailable(low, { host: '::1' })
   const holders = await findPortHolders([low])
   const records = await listRecords(defaultStateDir())
   const cleaned = await cleanupRecords(undefined, { name: 'x' })
@@ -40,10 +43,11 @@ async function main(): Promise<void> {
   } catch (err) {
     const e = err as ProcessManagerError
     if (e.code === 'ERR_BACKEND_EXITED') console.log(e.exitCode, e.stderrTail)
+    if (e.code === 'ERR_INTERNAL' || e.code === 'ERR_SPAWN_FAILED') console.log(e.cause?.errno)
   }
   // The generated binding agrees on the shared shapes.
   const nativeInfo: binding.BackendInfo = backend
-  void [url, forced, free, healthy, ready, killed, states, lowFree, holders, records, cleaned, nativeInfo]
+  void [url, foreign, trees, forced, survivors, free, healthy, ready, killed, states, lowFree, holders, records, cleaned, nativeInfo]
 
   // @ts-expect-error ports are numbers
   await pm.isPortAvailable('80')

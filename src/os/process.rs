@@ -147,7 +147,6 @@ pub(crate) mod imp {
   }
 
   /// Seconds since boot, the clock of `Stat::start_time` (in ticks).
-  #[cfg(test)]
   pub fn seconds_since_boot() -> Option<f64> {
     let text = fs::read_to_string("/proc/uptime").ok()?;
     text.split_whitespace().next()?.parse().ok()

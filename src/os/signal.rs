@@ -88,9 +88,9 @@ mod imp {
   }
 }
 
-pub use imp::{signal_group, signal_pid};
 #[cfg(unix)]
 pub use imp::name;
+pub use imp::{signal_group, signal_pid};
 
 /// A process found through a record, pinned so that the identity check and the signal reach the same
 /// process: on Linux a pidfd (a reused pid makes the signal fail with ESRCH instead of hitting a stranger).

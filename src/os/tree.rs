@@ -77,6 +77,36 @@ pub struct Usage {
   pub process_count: u32,
 }
 
+/// What one process uses, with its age.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessUsage {
+  pub pid: u32,
+  pub cpu_time: Duration,
+  pub memory_bytes: u64,
+  /// Since the process started.
+  pub elapsed: Duration,
+}
+
+/// CPU time, memory and age of each live process of `pids` (the gone ones are left out). Linux: one read
+/// of `/proc/PID/stat` each, and one of `/proc/uptime`.
+pub fn per_process(pids: &[u32]) -> Vec<ProcessUsage> {
+  let now = imp::clock_now();
+  pids
+    .iter()
+    .filter_map(|&pid| {
+      let stat = process::stat(pid)?;
+      Some(ProcessUsage {
+        pid,
+        cpu_time: stat.cpu_time,
+        memory_bytes: stat.memory_bytes,
+        elapsed: now.map_or(Duration::ZERO, |now| {
+          imp::elapsed_since(now, stat.start_time)
+        }),
+      })
+    })
+    .collect()
+}
+
 pub fn usage(pids: &[u32]) -> Usage {
   pids.iter().filter_map(|&pid| process::stat(pid)).fold(
     Usage::default(),
@@ -96,6 +126,17 @@ pub fn usage(pids: &[u32]) -> Usage {
 #[cfg(target_os = "linux")]
 mod imp {
   use std::fs;
+  use std::time::Duration;
+
+  /// Seconds since boot: the clock of the start times in `/proc/PID/stat`.
+  pub fn clock_now() -> Option<f64> {
+    super::process::imp::seconds_since_boot()
+  }
+
+  pub fn elapsed_since(now: f64, start_ticks: u64) -> Duration {
+    let started = start_ticks as f64 / super::process::imp::clock_ticks() as f64;
+    Duration::from_secs_f64((now - started).max(0.0))
+  }
 
   /// The children of every thread of `pid` (`/proc/PID/task/TID/children`); a full scan of `/proc` for
   /// parent pids where the kernel lacks that file (CONFIG_PROC_CHILDREN).
@@ -135,7 +176,20 @@ mod imp {
 
 #[cfg(not(target_os = "linux"))]
 mod imp {
+  use std::time::Duration;
   use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
+
+  /// Seconds since the epoch: the clock of sysinfo's start times.
+  pub fn clock_now() -> Option<f64> {
+    std::time::SystemTime::now()
+      .duration_since(std::time::UNIX_EPOCH)
+      .ok()
+      .map(|d| d.as_secs_f64())
+  }
+
+  pub fn elapsed_since(now: f64, start_secs: u64) -> Duration {
+    Duration::from_secs_f64((now - start_secs as f64).max(0.0))
+  }
 
   fn system() -> Option<System> {
     let mut system = System::new().ok()?;
@@ -191,6 +245,13 @@ mod tests {
     assert_eq!(members, tree.iter().copied().collect());
     let total = usage(&tree);
     assert_eq!(total.process_count, 4);
+    let each = per_process(&tree);
+    assert_eq!(each.len(), 4);
+    assert_eq!(
+      each.iter().map(|u| u.memory_bytes).sum::<u64>(),
+      total.memory_bytes
+    );
+    assert!(each.iter().all(|u| u.elapsed < Duration::from_secs(60)));
     assert!(total.memory_bytes > 0);
     rustix::process::kill_process_group(
       rustix::process::Pid::from_raw(pid as i32).unwrap(),
