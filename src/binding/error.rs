@@ -56,3 +56,20 @@ where
     Err(err) => Err(to_js(env, &err)),
   })
 }
+
+/// A promise of blocking core work (see `blocking`): run on a thread of its own, settled like `promise`.
+pub fn blocking_promise<'env, T, V>(
+  env: &'env Env,
+  work: impl FnOnce() -> Result<T> + Send + 'static,
+  convert: impl FnOnce(T) -> V + 'static,
+) -> napi::Result<PromiseRaw<'env, V>>
+where
+  T: Send + 'static,
+  V: ToNapiValue + 'static,
+{
+  promise(
+    env,
+    async move { crate::blocking::run(work).await? },
+    convert,
+  )
+}

@@ -9,9 +9,9 @@ use crate::lifecycle::launch::Runtime;
 use crate::lifecycle::{self, Manager};
 use crate::net::{listeners, port, reservation};
 use crate::options::{self, CleanupArgs, FindArgs, Options, StartArgs};
+use crate::state;
 use crate::state::orphans::{self, RecordState};
-use crate::{blocking, state};
-use error::{promise, sync};
+use error::{blocking_promise, promise, sync};
 use events::{JsEvents, ManagerEvent};
 use napi::bindgen_prelude::{Function, PromiseRaw};
 use napi::{Env, Unknown};
@@ -86,11 +86,13 @@ pub fn port_holders<'env>(
   ports: Unknown,
 ) -> napi::Result<PromiseRaw<'env, Vec<PortHolder>>> {
   let ports = from_js(ports)?;
-  promise(
+  blocking_promise(
     env,
-    async move {
-      let ports = options::ports(&ports, "ports")?;
-      blocking::run(move || listeners::port_holders(&ports, &[])).await
+    move || {
+      Ok(listeners::port_holders(
+        &options::ports(&ports, "ports")?,
+        &[],
+      ))
     },
     |holders| {
       holders
@@ -238,12 +240,9 @@ pub fn record_statuses<'env>(
   state_dir: Unknown,
 ) -> napi::Result<PromiseRaw<'env, Vec<RecordStatus>>> {
   let dir = from_js(state_dir)?;
-  promise(
+  blocking_promise(
     env,
-    async move {
-      let dir = options::state_dir(Some(&dir))?;
-      blocking::run(move || orphans::statuses(&dir)).await
-    },
+    move || Ok(orphans::statuses(&options::state_dir(Some(&dir))?)),
     |statuses| statuses.into_iter().map(record_status).collect(),
   )
 }
@@ -275,14 +274,15 @@ pub fn cleanup_records<'env>(
   options: Unknown,
 ) -> napi::Result<PromiseRaw<'env, Vec<CleanupItem>>> {
   let (dir, options) = (from_js(state_dir)?, from_js(options)?);
-  promise(
+  blocking_promise(
     env,
-    async move {
+    move || {
       let args = CleanupArgs::parse(&dir, &options)?;
-      blocking::run(move || {
-        orphans::cleanup(&args.state_dir, args.name.as_deref(), args.stop_timeout)
-      })
-      .await
+      Ok(orphans::cleanup(
+        &args.state_dir,
+        args.name.as_deref(),
+        args.stop_timeout,
+      ))
     },
     |items| {
       items

@@ -43,14 +43,6 @@ fn python3() -> String {
   "python3".into()
 }
 
-fn free_port() -> u16 {
-  std::net::TcpListener::bind("127.0.0.1:0")
-    .unwrap()
-    .local_addr()
-    .unwrap()
-    .port()
-}
-
 fn manager(dir: &std::path::Path) -> (Arc<Manager>, Arc<Recorded>) {
   let text = |s: &str| Value::String(s.into());
   let options = Options::parse(&Value::object(vec![
@@ -64,7 +56,10 @@ fn manager(dir: &std::path::Path) -> (Arc<Manager>, Arc<Recorded>) {
           .to_vec(),
       ),
     ),
-    ("port", Value::Number(free_port().into())),
+    (
+      "port",
+      Value::Number(crate::net::port::unused_port().into()),
+    ),
     ("portRange", Value::Number(50.0)),
     ("healthPath", text("/")),
     ("stopTimeoutMs", Value::Number(2000.0)),
@@ -185,7 +180,8 @@ async fn no_record_is_written_after_the_end() {
     env: std::env::vars().collect(),
   };
   let child = crate::os::spawn::spawn(spec, sink).await.unwrap();
-  let port = crate::net::reservation::reserve(free_port(), Owner::new()).unwrap();
+  let port =
+    crate::net::reservation::reserve(crate::net::port::unused_port(), Owner::new()).unwrap();
   let info = BackendInfo {
     pid: child.pid,
     port: port.port(),

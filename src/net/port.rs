@@ -120,6 +120,16 @@ pub fn find_available_port(search: &Search) -> Result<Reservation> {
   })
 }
 
+/// A port that was free a moment ago (the OS handed it out), released again: for tests.
+#[cfg(test)]
+pub fn unused_port() -> u16 {
+  std::net::TcpListener::bind("127.0.0.1:0")
+    .unwrap()
+    .local_addr()
+    .unwrap()
+    .port()
+}
+
 #[cfg(test)]
 mod tests {
   use super::*;
@@ -133,15 +143,6 @@ mod tests {
       host: None,
       owner: Owner::new(),
     }
-  }
-
-  /// A port that was free a moment ago (the OS handed it out), released again.
-  fn fresh_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-      .unwrap()
-      .local_addr()
-      .unwrap()
-      .port()
   }
 
   #[test]
@@ -160,7 +161,7 @@ mod tests {
 
   #[test]
   fn a_released_port_is_available() {
-    assert!(is_port_available(fresh_port(), None));
+    assert!(is_port_available(unused_port(), None));
   }
 
   #[test]
@@ -180,7 +181,7 @@ mod tests {
 
   #[test]
   fn an_owner_is_not_blocked_by_its_own_reservation() {
-    let port = fresh_port();
+    let port = unused_port();
     let mut mine = search(port, port);
     find_available_port(&mine)
       .unwrap()
@@ -214,7 +215,7 @@ mod tests {
   /// Twenty threads at once (real concurrency, not one after another) get twenty different ports.
   #[test]
   fn parallel_callers_get_different_ports() {
-    let start = fresh_port().clamp(20_000, 60_000);
+    let start = unused_port().clamp(20_000, 60_000);
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(20));
     let found: Vec<Reservation> = std::thread::scope(|s| {
       let handles: Vec<_> = (0..20)

@@ -206,15 +206,8 @@ fn start_sweeper() {
 #[cfg(test)]
 mod tests {
   use super::*;
+  use crate::net::port::unused_port;
   use std::time::Duration;
-
-  fn unused_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-      .unwrap()
-      .local_addr()
-      .unwrap()
-      .port()
-  }
 
   #[test]
   fn a_reservation_blocks_others_until_dropped() {
