@@ -12,11 +12,18 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 /** The native half of `ProcessManager`: one named backend's lifecycle. */
 export declare class NativeManager {
   /** Checks the options (every rule of the API lives in the core) and makes the manager. */
-  constructor(options: Record<string, unknown> | undefined | null, onEvent: (event: ManagerEvent) => void)
+  constructor(options: Record<string, unknown> | undefined | null, onEvent: (event: { kind: string, data: any }) => void)
   /** The options in force, defaults applied. */
   get options(): Record<string, unknown>
-  /** The running backend, or null. */
+  /** The running backend, or null (also while it is down between an exit and a restart). */
   get backend(): BackendInfo | null
+  /** A start, a running or restarting backend, or a stop is under way (the JS layer keeps Node alive). */
+  get active(): boolean
+  /**
+   * CPU (since the previous sample), memory and process count of the running backend's tree, with its
+   * uptime, restarts and health; null when it is not running.
+   */
+  stats(): Stats | null
   start(projectRoot: string, isPackaged: boolean | undefined, runtime: RuntimeInfo): Promise<BackendInfo>
   stop(): Promise<StopResult | null>
   killExisting(): Promise<boolean>
@@ -37,6 +44,8 @@ export interface BackendInfo {
   url: string
   /** Epoch milliseconds. */
   startedAt: number
+  /** This start's secret (`token: true`): hand it to the window so it can call the backend. */
+  token?: string
 }
 
 /** What a cleanup did with one file of the state folder. */
@@ -71,17 +80,6 @@ export declare function findAvailablePort(startPort: number, options?: { endPort
  * `host` when given. Synchronous: a few binds take microseconds, less than a hop to another thread.
  */
 export declare function isPortAvailable(port: number, host?: string | null): boolean
-
-/** One thing that happened to the managed backend. */
-export interface ManagerEvent {
-  kind: 'stdout' | 'stderr' | 'exit' | 'log'
-  text: string | null
-  level: 'info' | 'warn' | null | null
-  pid: number | null
-  exitCode: number | null
-  signal: string | null
-  expected: boolean | null
-}
 
 export interface PortHolder {
   port: number

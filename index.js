@@ -47,21 +47,19 @@ class ProcessManager extends EventEmitter {
     return (event) => weak.deref()?.#onNativeEvent(event)
   }
 
-  #onNativeEvent(event) {
-    switch (event.kind) {
-      case 'stdout':
-      case 'stderr':
-        this.emit(event.kind, event.text)
-        break
-      case 'exit':
-        this.#releaseLoopIfIdle()
-        this.emit('exit', { pid: event.pid, exitCode: event.exitCode ?? null, signal: event.signal ?? null, expected: event.expected === true })
-        break
+  /** `{ kind, data }` from the core: a log line for the logger, or an event as docs/api.md names it. */
+  #onNativeEvent({ kind, data }) {
+    switch (kind) {
       case 'log': {
-        const log = this.#logger && this.#logger[event.level ?? 'info']
-        if (typeof log === 'function') log.call(this.#logger, `${this.#prefix} ${event.text}`)
+        const log = this.#logger && this.#logger[data.level]
+        if (typeof log === 'function') log.call(this.#logger, `${this.#prefix} ${data.message}`)
         break
       }
+      case 'idle':
+        this.#releaseLoopIfIdle()
+        break
+      default:
+        this.emit(kind, data)
     }
   }
 
@@ -75,7 +73,7 @@ class ProcessManager extends EventEmitter {
     return this.#native.backend ?? null
   }
 
-  /** Keeps Node alive while `work` runs and while a backend runs after it (as a child process would). */
+  /** Keeps Node alive while `work` runs and while a backend runs (or restarts) after it, as a child process would. */
   async #holdingLoop(work) {
     // The timer's callback holds `this`, so the manager (and the native side that will report the exit)
     // cannot be garbage-collected while its backend runs, even if the app drops its last reference.
@@ -90,7 +88,7 @@ class ProcessManager extends EventEmitter {
   }
 
   #releaseLoopIfIdle() {
-    if (this.#keepAlive && this.#busy === 0 && !this.#native.backend) {
+    if (this.#keepAlive && this.#busy === 0 && !this.#native.active) {
       clearInterval(this.#keepAlive)
       this.#keepAlive = null
     }
@@ -98,9 +96,7 @@ class ProcessManager extends EventEmitter {
 
   async startBackend(projectRoot = process.cwd(), isPackaged = false) {
     const starting = this.#native.start(projectRoot, isPackaged, runtime())
-    const info = await this.#holdingLoop(() => starting)
-    this.emit('ready', info)
-    return info
+    return this.#holdingLoop(() => starting)
   }
 
   async stopBackend() {
@@ -126,6 +122,11 @@ class ProcessManager extends EventEmitter {
 
   async killExistingBackend() {
     return this.#native.killExisting()
+  }
+
+  /** CPU, memory and process count of the running backend's whole tree, uptime, restarts, health; `null` when it is not running. */
+  async stats() {
+    return this.#native.stats()
   }
 
   /** This manager's backend and every record of the state folder. */

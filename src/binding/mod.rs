@@ -12,7 +12,7 @@ use crate::options::{self, CleanupArgs, FindArgs, Options, StartArgs};
 use crate::state;
 use crate::state::orphans::{self, RecordState};
 use error::{blocking_promise, promise, sync};
-use events::{JsEvents, ManagerEvent};
+use events::JsEvents;
 use napi::bindgen_prelude::{Function, PromiseRaw};
 use napi::{Env, Unknown};
 use napi_derive::napi;
@@ -322,6 +322,8 @@ pub struct BackendInfo {
   pub url: String,
   /// Epoch milliseconds.
   pub started_at: f64,
+  /// This start's secret (`token: true`): hand it to the window so it can call the backend.
+  pub token: Option<String>,
 }
 
 impl From<lifecycle::BackendInfo> for BackendInfo {
@@ -332,6 +334,7 @@ impl From<lifecycle::BackendInfo> for BackendInfo {
       host: b.host,
       url: b.url,
       started_at: b.started_at as f64,
+      token: b.token,
     }
   }
 }
@@ -375,13 +378,9 @@ impl NativeManager {
   /// Checks the options (every rule of the API lives in the core) and makes the manager.
   #[napi(
     constructor,
-    ts_args_type = "options: Record<string, unknown> | undefined | null, onEvent: (event: ManagerEvent) => void"
+    ts_args_type = "options: Record<string, unknown> | undefined | null, onEvent: (event: { kind: string, data: any }) => void"
   )]
-  pub fn new(
-    env: &Env,
-    options: Unknown,
-    on_event: Function<ManagerEvent, ()>,
-  ) -> napi::Result<Self> {
+  pub fn new(env: &Env, options: Unknown, on_event: Function<JsPlain, ()>) -> napi::Result<Self> {
     let options = from_js(options)?;
     let options = sync(env, || Options::parse(&options))?;
     let events = Arc::new(JsEvents::new(on_event)?);
@@ -396,10 +395,23 @@ impl NativeManager {
     JsPlain(self.inner.options.to_value())
   }
 
-  /// The running backend, or null.
+  /// The running backend, or null (also while it is down between an exit and a restart).
   #[napi(getter)]
   pub fn backend(&self) -> Option<BackendInfo> {
     self.inner.backend().map(Into::into)
+  }
+
+  /// A start, a running or restarting backend, or a stop is under way (the JS layer keeps Node alive).
+  #[napi(getter)]
+  pub fn active(&self) -> bool {
+    self.inner.is_active()
+  }
+
+  /// CPU (since the previous sample), memory and process count of the running backend's tree, with its
+  /// uptime, restarts and health; null when it is not running.
+  #[napi(ts_return_type = "Stats | null")]
+  pub fn stats(&self) -> Option<JsPlain> {
+    self.inner.stats().map(|s| JsPlain(events::stats_value(&s)))
   }
 
   #[napi(

@@ -4,18 +4,18 @@
 
 use super::instance::Instance;
 use super::launch::Launch;
-use super::manager::{url_for, Manager, StartState};
-use super::{BackendInfo, Level};
+use super::manager::{url_for, Manager};
+use super::{BackendInfo, Level, StopResult};
 use crate::blocking;
 use crate::error::{PmError, Result};
 use crate::net::health;
 use crate::net::listeners;
-use crate::net::reservation::Reservation;
-use crate::os::spawn::{self, LineSink, Stream};
+use crate::os::spawn::{self, ExitInfo, LineSink, Stream};
 use crate::os::tree;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// How long an error report waits for the backend's last stderr lines after it exited.
@@ -24,29 +24,41 @@ const OUTPUT_DRAIN: Duration = Duration::from_millis(200);
 const ANSWERED_DELAY_CAP: Duration = Duration::from_millis(500);
 
 pub enum Attempt {
-  Ready(Arc<Instance>),
+  /// Healthy; the last probe took `latency`.
+  Ready(Arc<Instance>, Duration),
   /// The backend lost the race for its port (it said so, then exited); try the next one. `exited` is the
   /// error to report if no try is left.
-  PortTaken {
-    port: u16,
-    exited: PmError,
+  PortTaken { port: u16, exited: PmError },
+  /// A stop came first; what it stopped (nothing, if it came before the spawn).
+  Cancelled {
+    stopped: Option<StopResult>,
+    stderr_tail: Vec<String>,
+  },
+  /// The process ended before it was healthy (by itself, or stopped at the start deadline).
+  Failed {
+    pid: u32,
+    exit: ExitInfo,
+    error: PmError,
   },
 }
 
+/// One try on `port` (reserved by the caller). `restarts`: how many restarts came before it, for its record.
 pub async fn run(
   manager: &Arc<Manager>,
   launch: &Launch,
-  port: Reservation,
-  start: &StartState,
+  port: u16,
+  cancel: &mut watch::Receiver<bool>,
+  restarts: u32,
 ) -> Result<Attempt> {
-  let mut cancel = start.cancel.subscribe();
-  let cancelled = *cancel.borrow();
+  let cancelled = *cancel.borrow_and_update();
   if cancelled {
-    return Err(manager.cancelled(start, None, Vec::new()));
+    return Ok(Attempt::Cancelled {
+      stopped: None,
+      stderr_tail: Vec::new(),
+    });
   }
   let o = &manager.options;
-  let chosen = port.port();
-  let spec = launch.on_port(chosen, o.host, &o.port_env);
+  let spec = launch.on_port(port, o.host, &o.port_env);
   manager.log(
     Level::Info,
     format!("starting backend: {} {}", spec.program, spec.args.join(" ")),
@@ -56,7 +68,7 @@ pub async fn run(
     let manager = Arc::downgrade(manager);
     let port_taken = port_taken.clone();
     Arc::new(move |stream: Stream, line: &str| {
-      if says_port_taken(line, chosen) {
+      if says_port_taken(line, port) {
         port_taken.store(true, Ordering::SeqCst);
       }
       if let Some(manager) = manager.upgrade() {
@@ -67,41 +79,42 @@ pub async fn run(
   let child = spawn::spawn(spec, sink).await?;
   let info = BackendInfo {
     pid: child.pid,
-    port: chosen,
+    port,
     host: o.host.to_string(),
-    url: url_for(o.host, chosen),
+    url: url_for(o.host, port),
     started_at: now_ms(),
+    token: launch.token.clone(),
   };
   manager.log(
     Level::Info,
-    format!("backend started with pid {} on port {chosen}", child.pid),
+    format!("backend started with pid {} on port {port}", child.pid),
   );
-  let instance = Instance::new(info, child.clone(), port, &o.name, o.state_dir.clone(), 0);
-  manager.watch_exit(instance.clone());
+  manager.check_spawn_settings(child.pid);
+  let instance = Instance::new(info, child.clone(), &o.name, o.state_dir.clone(), restarts);
   if let Err(e) = instance.write_record().await {
-    manager.end(&instance, true).await;
+    manager.end(&instance, true, None).await;
     return Err(e);
   }
 
   let waiting_since = Instant::now();
   let deadline = waiting_since + o.start_timeout;
-  let target = manager.target(chosen);
+  let target = manager.target(port, launch.token.clone());
   let pid = child.pid;
   let own_listener = move || async move {
     // Off the async worker: this reads the tree's descriptors (and, rarely, scans every process).
-    blocking::run(move || listener_is_own(chosen, pid))
+    blocking::run(move || listener_is_own(port, pid))
       .await
       .unwrap_or(false)
   };
   tokio::select! {
     biased;
     _ = async { cancel.wait_for(|c| *c).await.map(|_| ()) } => {
-      let stopped = manager.end(&instance, true).await;
-      Err(manager.cancelled(start, Some(stopped), child.output.stderr_tail()))
+      let stopped = manager.end(&instance, true, None).await;
+      Ok(Attempt::Cancelled { stopped: Some(stopped), stderr_tail: child.output.stderr_tail() })
     }
     exit = child.exited() => {
       child.output.wait_closed(OUTPUT_DRAIN).await;
-      manager.end(&instance, false).await;
+      manager.end(&instance, false, None).await;
       let tail = child.output.stderr_tail();
       let hint = tail.last().map(|l| format!(": {l}")).unwrap_or_default();
       let exited = PmError::BackendExited {
@@ -110,13 +123,13 @@ pub async fn run(
           exit.describe()
         ),
         exit_code: exit.exit_code,
-        signal: exit.signal,
+        signal: exit.signal.clone(),
         stderr_tail: tail,
       };
       if port_taken.load(Ordering::SeqCst) {
-        return Ok(Attempt::PortTaken { port: chosen, exited });
+        return Ok(Attempt::PortTaken { port, exited });
       }
-      Err(exited)
+      Ok(Attempt::Failed { pid, exit, error: exited })
     }
     ready = health::wait_until_healthy(&target, o.health_timeout, deadline, ANSWERED_DELAY_CAP, own_listener) => {
       match ready {
@@ -128,7 +141,7 @@ pub async fn run(
             "backend is ready at {} ({} health checks in {} ms)",
             instance.info.url, ready.probes, waiting_since.elapsed().as_millis()
           ));
-          Ok(Attempt::Ready(instance))
+          Ok(Attempt::Ready(instance, ready.latency))
         }
         Err(not_ready) => {
           let last = not_ready.last.describe();
@@ -136,11 +149,15 @@ pub async fn run(
             "backend not healthy after {} ms and {} health checks (last: {last}); stopping it",
             o.start_timeout.as_millis(), not_ready.probes
           ));
-          manager.end(&instance, true).await;
-          Err(PmError::StartTimeout {
-            port: chosen,
-            timeout_ms: o.start_timeout.as_millis() as u64,
-            last_health_error: last,
+          let stopped = manager.end(&instance, true, None).await;
+          Ok(Attempt::Failed {
+            pid,
+            exit: stopped.exit,
+            error: PmError::StartTimeout {
+              port,
+              timeout_ms: o.start_timeout.as_millis() as u64,
+              last_health_error: last,
+            },
           })
         }
       }

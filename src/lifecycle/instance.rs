@@ -1,16 +1,17 @@
-//! One spawned backend process: what the app knows of it, its PID record, the port it holds, and its end,
-//! which happens exactly once, whoever gets there first (a stop, its own exit, a failed start).
+//! One spawned backend process: what the app knows of it, its PID record, and its end, which happens
+//! exactly once, whoever gets there first (a stop, its own exit, a failed start). The port it listens on
+//! is held by its owner (a start attempt, then the supervised run), which outlives it across restarts.
 
 use super::{BackendInfo, StopResult};
 use crate::blocking;
 use crate::error::Result;
-use crate::net::reservation::Reservation;
 use crate::os::process;
 use crate::os::spawn::Child;
-use crate::os::stop;
+use crate::os::stop::{self, Polite};
 use crate::state::record::{self, Record, MARKER, RECORD_VERSION};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
@@ -29,7 +30,8 @@ pub struct Instance {
   name: String,
   state_dir: PathBuf,
   restarts: u32,
-  port: Mutex<Option<Reservation>>,
+  /// When it was spawned: its uptime.
+  pub spawned: Instant,
   record: tokio::sync::Mutex<RecordFile>,
   stop_requested_at: Mutex<Option<Instant>>,
   finished: OnceCell<StopResult>,
@@ -39,7 +41,6 @@ impl Instance {
   pub fn new(
     info: BackendInfo,
     child: Arc<Child>,
-    port: Reservation,
     name: &str,
     state_dir: PathBuf,
     restarts: u32,
@@ -50,7 +51,7 @@ impl Instance {
       name: name.to_string(),
       state_dir,
       restarts,
-      port: Mutex::new(Some(port)),
+      spawned: Instant::now(),
       record: tokio::sync::Mutex::new(RecordFile::default()),
       stop_requested_at: Mutex::new(None),
       finished: OnceCell::new(),
@@ -104,13 +105,15 @@ impl Instance {
       .unwrap_or_else(|e| e.into_inner())
   }
 
-  /// Ends the instance once: stops it (when a stop was requested) or deals with its exit, stops what is
-  /// left of its group, closes its record and gives its port back — unless something survived even the
-  /// force kill, whose record is then kept for a later cleanup. `on_end` runs once, before the result is
-  /// returned to anyone, with whether the end was asked for and what went wrong deleting the record.
+  /// Ends the instance once: stops it (when a stop was requested: `polite` requests, then the signal) or
+  /// deals with its exit, stops what is left of its group, and closes its record — unless something
+  /// survived even the force kill, whose record is then kept for a later cleanup. `on_end` runs once,
+  /// before the result is returned to anyone, with whether the end was asked for and what went wrong
+  /// deleting the record.
   pub async fn end(
     &self,
     stop_timeout: Duration,
+    polite: Polite,
     on_end: impl FnOnce(&StopResult, bool, Option<String>),
   ) -> StopResult {
     self
@@ -118,7 +121,7 @@ impl Instance {
       .get_or_init(|| async {
         let requested = self.stop_requested();
         let began = requested.unwrap_or_else(Instant::now);
-        let outcome = stop::stop_child(&self.child, stop_timeout).await;
+        let outcome = stop::stop_child(&self.child, stop_timeout, polite).await;
         let mut file = self.record.lock().await;
         file.closed = true;
         let mut delete_error = None;
@@ -129,7 +132,6 @@ impl Instance {
               delete_error = Some(format!("could not delete {shown}: {e}"));
             }
           }
-          self.port.lock().unwrap_or_else(|e| e.into_inner()).take();
         }
         drop(file);
         let result = StopResult {

@@ -2,7 +2,7 @@
 //! `startBackend(projectRoot, isPackaged)`; and, per attempt, the port and host filled in.
 
 use crate::error::{PmError, Result};
-use crate::options::{Options, StartArgs};
+use crate::options::{InheritEnv, Options, StartArgs};
 use crate::os::spawn::SpawnSpec;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -25,6 +25,59 @@ pub struct Launch {
   pub args: Vec<String>,
   pub cwd: PathBuf,
   pub env: Vec<(String, String)>,
+  /// This start's secret (`token: true`), in the environment as `BACKEND_TOKEN`.
+  pub token: Option<String>,
+  nice: i32,
+  open_files: Option<u64>,
+  core_dumps: Option<bool>,
+  stdin_pipe: bool,
+}
+
+/// What a backend gets of the app's environment when it inherits nothing else (`inheritEnv: false`): what
+/// programs need to run and find their files, and nothing that could be a secret.
+const MINIMAL_ENV: [&str; 8] = [
+  "PATH",
+  "HOME",
+  "USERPROFILE",
+  "TMPDIR",
+  "TEMP",
+  "TMP",
+  "LANG",
+  "SystemRoot",
+];
+
+fn same_variable(a: &str, b: &str) -> bool {
+  // Windows treats environment variable names without regard to case (`Path` is `PATH`).
+  if cfg!(windows) {
+    a.eq_ignore_ascii_case(b)
+  } else {
+    a == b
+  }
+}
+
+fn inherited(env: &[(String, String)], inherit: &InheritEnv) -> Vec<(String, String)> {
+  match inherit {
+    InheritEnv::All => env.to_vec(),
+    InheritEnv::Only(names) => env
+      .iter()
+      .filter(|(k, _)| {
+        MINIMAL_ENV
+          .iter()
+          .copied()
+          .chain(names.iter().map(String::as_str))
+          .any(|n| same_variable(k, n))
+      })
+      .cloned()
+      .collect(),
+  }
+}
+
+/// A fresh 32-byte secret, hex.
+fn new_token() -> Result<String> {
+  let mut bytes = [0u8; 32];
+  getrandom::fill(&mut bytes)
+    .map_err(|e| PmError::Internal(format!("no random bytes for the token: {e}")))?;
+  Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// `app.asar` cannot hold a running program: packaged apps run the backend from `app.asar.unpacked`.
@@ -85,21 +138,36 @@ impl Launch {
         cwd.display()
       )));
     }
-    let mut env = runtime.env.clone();
+    let token = if options.token {
+      Some(new_token()?)
+    } else {
+      None
+    };
+    let mut env = inherited(&runtime.env, &options.inherit_env);
+    let mut set = |key: &str, value: &str| {
+      env.retain(|(k, _)| !same_variable(k, key));
+      env.push((key.to_string(), value.to_string()));
+    };
     for (key, value) in &options.env {
-      env.retain(|(k, _)| k != key);
-      env.push((key.clone(), value.clone()));
+      set(key, value);
+    }
+    if let Some(token) = &token {
+      set("BACKEND_TOKEN", token);
     }
     if options.command.is_none() && runtime.electron {
       // Inside Electron, process.execPath is the Electron binary: this makes it behave as plain Node.
-      env.retain(|(k, _)| k != "ELECTRON_RUN_AS_NODE");
-      env.push(("ELECTRON_RUN_AS_NODE".into(), "1".into()));
+      set("ELECTRON_RUN_AS_NODE", "1");
     }
     Ok(Launch {
       program,
       args,
       cwd,
       env,
+      token,
+      nice: options.priority.nice(),
+      open_files: options.limits.open_files,
+      core_dumps: options.limits.core_dumps,
+      stdin_pipe: options.shutdown.stdin,
     })
   }
 
@@ -119,6 +187,10 @@ impl Launch {
       args: self.args.iter().map(|a| fill(a)).collect(),
       cwd: self.cwd.clone(),
       env,
+      nice: self.nice,
+      open_files: self.open_files,
+      core_dumps: self.core_dumps,
+      stdin_pipe: self.stdin_pipe,
     }
   }
 }
@@ -209,5 +281,47 @@ mod tests {
     assert_eq!(spec.env.iter().filter(|(k, _)| k == "PORT").count(), 1);
     assert!(spec.env.contains(&("PORT".into(), "8123".into())));
     assert!(spec.env.contains(&("HOST".into(), "::1".into())));
+  }
+
+  #[test]
+  fn without_inherit_env_the_app_environment_stays_out_and_a_token_is_fresh_per_launch() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = options(vec![
+      ("command", Value::String("python3".into())),
+      (
+        "inheritEnv",
+        Value::Array(vec![Value::String("KEEP_ME".into())]),
+      ),
+      (
+        "env",
+        Value::object(vec![("MINE", Value::String("1".into()))]),
+      ),
+      ("token", Value::Bool(true)),
+    ]);
+    let start = StartArgs {
+      project_root: dir.path().into(),
+      is_packaged: false,
+    };
+    let runtime = Runtime {
+      env: ["PATH=/bin", "SECRET=s3", "KEEP_ME=k", "HOME=/h"]
+        .iter()
+        .map(|kv| {
+          let (k, v) = kv.split_once('=').unwrap();
+          (k.to_string(), v.to_string())
+        })
+        .collect(),
+      ..Runtime::default()
+    };
+    let launch = Launch::resolve(&o, &start, &runtime).unwrap();
+    let names: Vec<&str> = launch.env.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(!names.contains(&"SECRET"));
+    for name in ["PATH", "HOME", "KEEP_ME", "MINE", "BACKEND_TOKEN"] {
+      assert!(names.contains(&name), "{name} in {names:?}");
+    }
+    let token = launch.token.clone().unwrap();
+    assert_eq!(token.len(), 64);
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+    let again = Launch::resolve(&o, &start, &runtime).unwrap();
+    assert_ne!(again.token.unwrap(), token, "a new token per start");
   }
 }

@@ -1,12 +1,14 @@
-//! The phases of one named backend — idle, starting, running, stopping — and the public operations. Every
-//! operation takes its phase transition at call time, under one lock, before any waiting: so calls keep
-//! the order the app made them in (a `startBackend()` after `stopBackend()` waits for that stop and starts
-//! afresh; a stop during a start cancels it), and concurrent callers share one outcome.
+//! The phases of one named backend — idle, starting, up (running or between restarts), stopping — and the
+//! public operations. Every operation takes its phase transition at call time, under one lock, before any
+//! waiting: so calls keep the order the app made them in (a `startBackend()` after `stopBackend()` waits
+//! for that stop and starts afresh; a stop during a start cancels it), and concurrent callers share one
+//! outcome. Once up, the backend belongs to its supervisor (`supervisor`), which a stop asks to end it.
 
 use super::attempt::{self, Attempt};
 use super::instance::Instance;
 use super::launch::{Launch, Runtime};
-use super::{BackendInfo, Event, Events, Level, StopResult};
+use super::supervisor::{self, Run};
+use super::{BackendInfo, Event, Events, Level, Reason, Stats, StopResult};
 use crate::blocking;
 use crate::error::{PmError, Result};
 use crate::net::health::{self, Target};
@@ -14,12 +16,13 @@ use crate::net::port::{self, Search};
 use crate::net::reservation::{Owner, Reservation};
 use crate::options::{Options, StartArgs};
 use crate::os::spawn::Stream;
+use crate::os::stop::Polite;
 use crate::state::dir::ensure_state_dir;
 use crate::state::orphans::{self, CleanupAction};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -36,20 +39,23 @@ pub struct Manager {
 }
 
 /// A start in progress, shared by every caller that asked for it.
-pub(super) struct StartState {
+struct StartState {
   outcome: watch::Sender<Option<Result<BackendInfo>>>,
-  pub(super) cancel: watch::Sender<bool>,
+  cancel: watch::Sender<bool>,
   /// What a stop during this start stopped (the starting process), for that stop to report.
   stopped: Mutex<Option<StopResult>>,
 }
 
+type StopDone = watch::Receiver<Option<Option<StopResult>>>;
+
 enum Phase {
   Idle,
   Starting(Arc<StartState>),
-  Running(Arc<Instance>),
+  /// Started, and watched by its supervisor: running, or down between an exit and a restart.
+  Up(Arc<Run>),
   Stopping {
     id: u64,
-    done: watch::Receiver<Option<Option<StopResult>>>,
+    done: StopDone,
   },
 }
 
@@ -95,6 +101,10 @@ impl Manager {
     });
   }
 
+  pub(super) fn emit(&self, event: Event) {
+    self.events.emit(event);
+  }
+
   pub(super) fn line(&self, stream: Stream, text: &str) {
     self.events.line(stream, text);
   }
@@ -103,27 +113,58 @@ impl Manager {
     self.phase.lock().unwrap_or_else(|e| e.into_inner())
   }
 
-  /// The running backend, if one is ready.
+  /// Ends whatever phase `phase` holds, and says so.
+  fn become_idle(&self, phase: &mut Phase) {
+    *phase = Phase::Idle;
+    self.emit(Event::Idle);
+  }
+
+  /// The running backend, if one is ready (`None` while it is down between an exit and a restart).
   pub fn backend(&self) -> Option<BackendInfo> {
     match &*self.phase() {
-      Phase::Running(instance) => Some(instance.info.clone()),
+      Phase::Up(run) => run.current().map(|i| i.info.clone()),
       _ => None,
     }
   }
 
-  pub fn target(&self, port: u16) -> Target {
+  /// Something is under way: a start, a running or restarting backend, or a stop.
+  pub fn is_active(&self) -> bool {
+    !matches!(&*self.phase(), Phase::Idle)
+  }
+
+  /// What the running backend's tree uses now; `None` when it is not running.
+  pub fn stats(&self) -> Option<Stats> {
+    let run = match &*self.phase() {
+      Phase::Up(run) => run.clone(),
+      _ => return None,
+    };
+    supervisor::sample(&run)
+  }
+
+  pub fn target(&self, port: u16, token: Option<String>) -> Target {
     Target {
       host: reachable(self.options.host),
       port,
       path: self.options.health_path.clone(),
-      token: None,
+      token,
+    }
+  }
+
+  /// The token of the running start, so that `checkBackendHealth` and `waitForBackendReady` are let in.
+  fn current_token(&self) -> Option<String> {
+    match &*self.phase() {
+      Phase::Up(run) => run.launch.token.clone(),
+      _ => None,
     }
   }
 
   pub async fn check_health(&self, port: u16) -> bool {
-    health::probe(&self.target(port), self.options.health_timeout)
-      .await
-      .is_healthy()
+    health::probe(
+      &self.target(port, self.current_token()),
+      self.options.health_timeout,
+    )
+    .await
+    .is_healthy()
   }
 
   pub async fn wait_for_ready(&self, port: u16, max_retries: u32, retry_delay: Duration) -> bool {
@@ -133,7 +174,7 @@ impl Manager {
       .and_then(|total| Instant::now().checked_add(total))
       .unwrap_or(far_future);
     health::wait_until_healthy(
-      &self.target(port),
+      &self.target(port, self.current_token()),
       self.options.health_timeout,
       deadline,
       retry_delay,
@@ -192,13 +233,17 @@ impl Manager {
       Join(watch::Receiver<Option<Result<BackendInfo>>>),
       Run {
         start: Arc<StartState>,
-        after: Option<watch::Receiver<Option<Option<StopResult>>>>,
+        after: Option<StopDone>,
       },
     }
     let plan = {
       let mut phase = self.phase();
       match &*phase {
-        Phase::Running(instance) => Plan::Done(instance.info.clone()),
+        Phase::Up(run) => match run.current() {
+          Some(instance) => Plan::Done(instance.info.clone()),
+          // Down between restarts: the supervisor brings it back; wait for that like for a start.
+          None => Plan::Join(run.next_ready()),
+        },
         Phase::Starting(start) => Plan::Join(start.outcome.subscribe()),
         Phase::Idle | Phase::Stopping { .. } => {
           let after = match &*phase {
@@ -234,7 +279,7 @@ impl Manager {
     }
   }
 
-  /// The start itself, then the phase it leaves behind.
+  /// The start itself, then the phase it leaves behind: up and supervised, or idle.
   async fn run_start(
     self: &Arc<Self>,
     args: &StartArgs,
@@ -243,7 +288,7 @@ impl Manager {
   ) -> Result<BackendInfo> {
     let result = self.start_on_some_port(args, runtime, start).await;
     enum Next {
-      Ready(BackendInfo),
+      Up(Arc<Run>),
       DiedAtOnce(Arc<Instance>),
       StopWins(Arc<Instance>),
       Failed(PmError),
@@ -252,27 +297,44 @@ impl Manager {
       let mut phase = self.phase();
       let still_ours = matches!(&*phase, Phase::Starting(s) if Arc::ptr_eq(s, start));
       let next = match result {
-        Ok(instance) if still_ours && instance.child.exit_info().is_none() => {
-          *phase = Phase::Running(instance.clone());
-          Next::Ready(instance.info.clone())
+        Ok((instance, launch, port, latency))
+          if still_ours && instance.child.exit_info().is_none() =>
+        {
+          let run = Run::new(&self.options, launch, port, instance, latency);
+          *phase = Phase::Up(run.clone());
+          Next::Up(run)
         }
-        // It died right after its health check; its exit was already reported.
-        Ok(instance) if still_ours => Next::DiedAtOnce(instance),
+        // It died right after its health check.
+        Ok((instance, ..)) if still_ours => Next::DiedAtOnce(instance),
         // A stop came as it became ready: that stop wins.
-        Ok(instance) => Next::StopWins(instance),
+        Ok((instance, ..)) => Next::StopWins(instance),
         Err(e) => Next::Failed(e),
       };
-      if still_ours && !matches!(next, Next::Ready(_)) {
-        *phase = Phase::Idle;
+      if still_ours && !matches!(next, Next::Up(_)) {
+        self.become_idle(&mut phase);
       }
       next
     };
     match next {
-      Next::Ready(info) => Ok(info),
-      Next::DiedAtOnce(instance) => Err(exited_after_ready(&instance)),
+      Next::Up(run) => {
+        let info = run.current().map(|i| i.info.clone());
+        supervisor::start(self.clone(), run);
+        let info =
+          info.ok_or_else(|| PmError::Internal("a run began without its backend".into()))?;
+        self.emit(Event::Ready(info.clone()));
+        Ok(info)
+      }
+      Next::DiedAtOnce(instance) => {
+        self.end(&instance, false, None).await;
+        Err(exited_after_ready(&instance))
+      }
       Next::StopWins(instance) => {
-        let stopped = self.end(&instance, true).await;
-        Err(self.cancelled(start, Some(stopped), instance.child.output.stderr_tail()))
+        let stopped = self.end(&instance, true, None).await;
+        Err(cancelled(
+          start,
+          Some(stopped),
+          instance.child.output.stderr_tail(),
+        ))
       }
       Next::Failed(e) => Err(e),
     }
@@ -283,12 +345,13 @@ impl Manager {
     args: &StartArgs,
     runtime: &Runtime,
     start: &StartState,
-  ) -> Result<Arc<Instance>> {
+  ) -> Result<(Arc<Instance>, Launch, Reservation, Duration)> {
     let o = &self.options;
     let dir = o.state_dir.clone();
     blocking::run(move || ensure_state_dir(&dir)).await??;
     let launch = Launch::resolve(o, args, runtime)?;
     self.kill_existing().await?;
+    let mut cancel = start.cancel.subscribe();
     let mut exclude = Vec::new();
     for attempt in 0..=ADDRESS_IN_USE_RETRIES {
       let port = self.reserve_port(&exclude).await?;
@@ -299,34 +362,23 @@ impl Manager {
           format!("port {} is in use, using port {chosen}", o.port),
         );
       }
-      match attempt::run(self, &launch, port, start).await? {
-        Attempt::Ready(instance) => return Ok(instance),
-        Attempt::PortTaken { port, exited } if attempt < ADDRESS_IN_USE_RETRIES => {
+      match attempt::run(self, &launch, chosen, &mut cancel, 0).await? {
+        Attempt::Ready(instance, latency) => return Ok((instance, launch, port, latency)),
+        Attempt::Cancelled {
+          stopped,
+          stderr_tail,
+        } => return Err(cancelled(start, stopped, stderr_tail)),
+        Attempt::PortTaken { port, .. } if attempt < ADDRESS_IN_USE_RETRIES => {
           self.log(
             Level::Warn,
-            format!("another program took port {port} before the backend could; trying the next port"),
+            format!(
+              "another program took port {port} before the backend could; trying the next port"
+            ),
           );
           exclude.push(port);
-          drop(exited);
         }
-        Attempt::PortTaken { port, exited } => {
-          return Err(match exited {
-            PmError::BackendExited {
-              exit_code,
-              signal,
-              stderr_tail,
-              ..
-            } => PmError::BackendExited {
-              message: format!(
-                "the backend could not listen: port {port} and the {ADDRESS_IN_USE_RETRIES} ports tried before it were taken by other programs first (EADDRINUSE). See stderrTail for its last output"
-              ),
-              exit_code,
-              signal,
-              stderr_tail,
-            },
-            other => other,
-          })
-        }
+        Attempt::PortTaken { port, exited } => return Err(port_lost(port, exited)),
+        Attempt::Failed { error, .. } => return Err(error),
       }
     }
     unreachable!("the loop returns on its last attempt")
@@ -334,7 +386,7 @@ impl Manager {
 
   /// The first free port of this manager's range, not in `exclude`. Off the async workers: it binds
   /// sockets and takes file locks.
-  async fn reserve_port(&self, exclude: &[u16]) -> Result<Reservation> {
+  pub(super) async fn reserve_port(&self, exclude: &[u16]) -> Result<Reservation> {
     let o = &self.options;
     let search = Search {
       start_port: exclude
@@ -355,26 +407,29 @@ impl Manager {
     })
   }
 
-  /// Reacts to an exit nobody asked for: ends the instance (its group, record, port) and reports it.
-  pub(super) fn watch_exit(self: &Arc<Self>, instance: Arc<Instance>) {
-    let manager: Weak<Manager> = Arc::downgrade(self);
-    tokio::spawn(async move {
-      instance.child.exited().await;
-      match manager.upgrade() {
-        Some(manager) => {
-          manager.end(&instance, false).await;
-        }
-        // The app dropped its manager: still leave nothing behind.
-        None => {
-          crate::os::stop::stop_child(&instance.child, Duration::from_secs(1)).await;
-        }
-      }
+  /// The polite stop requests of the `shutdown` option, for one instance.
+  fn polite(&self, instance: &Instance) -> Polite {
+    let request = self.options.shutdown.http.clone().map(|(method, path)| {
+      let target = self.target(instance.info.port, instance.info.token.clone());
+      let limit = (self.options.stop_timeout / 4).min(Duration::from_secs(1));
+      Box::pin(async move {
+        health::request(&target, &method, &path, limit).await;
+      }) as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
     });
+    Polite {
+      request,
+      close_stdin: self.options.shutdown.stdin,
+    }
   }
 
-  /// Ends an instance once (see `Instance::end`), reports it, and leaves the running phase if it was the
-  /// running one.
-  pub(super) async fn end(&self, instance: &Arc<Instance>, request_stop: bool) -> StopResult {
+  /// Ends an instance once (see `Instance::end`) and reports it. `request_stop`: a polite stop first (a
+  /// stop, or a watchdog verdict: `reason`); otherwise it exited by itself.
+  pub(super) async fn end(
+    &self,
+    instance: &Arc<Instance>,
+    request_stop: bool,
+    reason: Option<Reason>,
+  ) -> StopResult {
     if request_stop {
       instance.request_stop();
     }
@@ -384,7 +439,7 @@ impl Manager {
     }
     let stop_timeout = self.options.stop_timeout;
     instance
-      .end(stop_timeout, |result, expected, delete_error| {
+      .end(stop_timeout, self.polite(instance), |result, asked, delete_error| {
         if let Some(problem) = delete_error {
           self.log(Level::Warn, problem);
         }
@@ -406,45 +461,51 @@ impl Manager {
             ),
           );
         }
-        {
-          let mut phase = self.phase();
-          if matches!(&*phase, Phase::Running(current) if Arc::ptr_eq(current, instance)) {
-            *phase = Phase::Idle;
+        // A watchdog verdict stops it, but nobody asked for that: not an expected exit.
+        let expected = asked && reason.is_none();
+        let describe = result.exit.describe();
+        match (expected, reason) {
+          (true, _) => self.log(Level::Info, format!("backend pid {pid} stopped ({describe})")),
+          (false, Some(r)) => self.log(
+            Level::Warn,
+            format!("backend pid {pid} stopped because it was {} ({describe})", match r {
+              Reason::Memory => "over its memory limit",
+              _ => "unhealthy",
+            }),
+          ),
+          (false, None) => {
+            self.log(Level::Warn, format!("backend pid {pid} exited unexpectedly ({describe})"))
           }
         }
-        let describe = result.exit.describe();
-        if expected {
-          self.log(Level::Info, format!("backend pid {pid} stopped ({describe})"));
-        } else {
-          self.log(Level::Warn, format!("backend pid {pid} exited unexpectedly ({describe})"));
-        }
-        self.events.emit(Event::Exit {
+        self.emit(Event::Exit {
           pid,
           exit: result.exit.clone(),
           expected,
+          reason,
         });
       })
       .await
   }
 
-  /// Stops the backend (also one still starting). `None` when nothing runs.
+  /// Leaves the up phase of `run` (its supervisor is done with it).
+  pub(super) fn run_ended(&self, run: &Arc<Run>) {
+    let mut phase = self.phase();
+    if matches!(&*phase, Phase::Up(current) if Arc::ptr_eq(current, run)) {
+      self.become_idle(&mut phase);
+    }
+  }
+
+  /// Stops the backend (also one still starting, or down between restarts: then nothing is started
+  /// again). `None` when nothing runs.
   pub fn stop(self: &Arc<Self>) -> impl Future<Output = Option<StopResult>> + Send + 'static {
     static STOPS: AtomicU64 = AtomicU64::new(1);
     enum Plan {
       Nothing,
-      Join(watch::Receiver<Option<Option<StopResult>>>),
-      Cancel(
-        Arc<StartState>,
-        u64,
-        watch::Sender<Option<Option<StopResult>>>,
-      ),
-      Stop(
-        Arc<Instance>,
-        u64,
-        watch::Sender<Option<Option<StopResult>>>,
-      ),
+      Join(StopDone),
+      Cancel(Arc<StartState>),
+      Supervised(Arc<Run>),
     }
-    let plan = {
+    let (plan, id, done_tx) = {
       let mut phase = self.phase();
       let id = STOPS.fetch_add(1, Ordering::Relaxed);
       let (done_tx, done) = watch::channel(None);
@@ -453,58 +514,97 @@ impl Manager {
         Phase::Stopping { done, .. } => Plan::Join(done.clone()),
         Phase::Starting(start) => {
           start.cancel.send_replace(true);
-          Plan::Cancel(start.clone(), id, done_tx)
+          Plan::Cancel(start.clone())
         }
-        Phase::Running(instance) => Plan::Stop(instance.clone(), id, done_tx),
+        Phase::Up(run) => {
+          run.request_stop();
+          Plan::Supervised(run.clone())
+        }
       };
-      if matches!(plan, Plan::Cancel(..) | Plan::Stop(..)) {
+      if matches!(plan, Plan::Cancel(..) | Plan::Supervised(..)) {
         *phase = Phase::Stopping { id, done };
       }
-      plan
+      (plan, id, done_tx)
     };
     let manager = self.clone();
     async move {
-      let (result, id, done) = match plan {
+      let result = match plan {
         Plan::Nothing => return None,
         Plan::Join(done) => return settled(done).await.flatten(),
-        Plan::Cancel(start, id, done) => {
+        Plan::Cancel(start) => {
           settled(start.outcome.subscribe()).await;
           let stopped = start
             .stopped
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-          (stopped, id, done)
+          stopped
         }
-        Plan::Stop(instance, id, done) => (Some(manager.end(&instance, true).await), id, done),
+        Plan::Supervised(run) => run.stopped().await,
       };
       {
         let mut phase = manager.phase();
         if matches!(&*phase, Phase::Stopping { id: current, .. } if *current == id) {
-          *phase = Phase::Idle;
+          manager.become_idle(&mut phase);
         }
       }
-      done.send_replace(Some(result.clone()));
+      done_tx.send_replace(Some(result.clone()));
       result
     }
   }
 
-  /// The error of a start that a stop cancelled; the stop's result is kept for that stop to report.
-  pub(super) fn cancelled(
-    &self,
-    start: &StartState,
-    stopped: Option<StopResult>,
-    stderr_tail: Vec<String>,
-  ) -> PmError {
-    let exit = stopped.as_ref().map(|s| s.exit.clone()).unwrap_or_default();
-    *start.stopped.lock().unwrap_or_else(|e| e.into_inner()) = stopped;
-    PmError::BackendExited {
-      message: "stopBackend() was called while the backend was starting; it has been stopped"
-        .into(),
-      exit_code: exit.exit_code,
-      signal: exit.signal,
-      stderr_tail,
+  /// After a restart spawns: warns when the priority or limits asked for could not be applied (raising
+  /// either needs a privilege the app may not have).
+  pub(super) fn check_spawn_settings(&self, pid: u32) {
+    let o = &self.options;
+    if o.priority.nice() != 0 {
+      if let Some(nice) = crate::os::process::nice(pid) {
+        if nice != o.priority.nice() {
+          self.log(
+            Level::Warn,
+            format!(
+              "priority {:?} could not be applied to backend pid {pid} (it runs at nice {nice}); raising it needs a privilege",
+              o.priority.name()
+            ),
+          );
+        }
+      }
     }
+    if cfg!(windows) && (o.limits.open_files.is_some() || o.limits.core_dumps.is_some()) {
+      self.log(Level::Warn, "limits are not applied on Windows");
+    }
+  }
+}
+
+/// The error of a start that a stop cancelled; the stop's result is kept for that stop to report.
+fn cancelled(start: &StartState, stopped: Option<StopResult>, stderr_tail: Vec<String>) -> PmError {
+  let exit = stopped.as_ref().map(|s| s.exit.clone()).unwrap_or_default();
+  *start.stopped.lock().unwrap_or_else(|e| e.into_inner()) = stopped;
+  PmError::BackendExited {
+    message: "stopBackend() was called while the backend was starting; it has been stopped".into(),
+    exit_code: exit.exit_code,
+    signal: exit.signal,
+    stderr_tail,
+  }
+}
+
+/// The error after the last port was lost to other programs too.
+pub(super) fn port_lost(port: u16, exited: PmError) -> PmError {
+  match exited {
+    PmError::BackendExited {
+      exit_code,
+      signal,
+      stderr_tail,
+      ..
+    } => PmError::BackendExited {
+      message: format!(
+        "the backend could not listen: port {port} and the {ADDRESS_IN_USE_RETRIES} ports tried before it were taken by other programs first (EADDRINUSE). See stderrTail for its last output"
+      ),
+      exit_code,
+      signal,
+      stderr_tail,
+    },
+    other => other,
   }
 }
 

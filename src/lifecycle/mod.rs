@@ -1,11 +1,15 @@
 //! The lifecycle of one named backend: clean up orphans → pick a port → spawn → record → wait until
-//! healthy → run → stop. `manager` holds the phases and the public operations, `attempt` one try on one
-//! port, `instance` one spawned process and its record, `launch` what to run.
+//! healthy → run, supervised → stop. `manager` holds the phases and the public operations, `attempt` one
+//! try on one port, `instance` one spawned process and its record, `supervisor` what watches a running
+//! backend (exits, restarts, watchdog, stats), `restart` the restart policy's arithmetic, `launch` what to
+//! run.
 
 mod attempt;
 mod instance;
 pub mod launch;
 pub mod manager;
+mod restart;
+mod supervisor;
 
 pub use manager::Manager;
 
@@ -20,6 +24,8 @@ pub struct BackendInfo {
   pub url: String,
   /// Epoch milliseconds.
   pub started_at: u64,
+  /// This start's secret (`token: true`).
+  pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -39,14 +45,82 @@ pub enum Level {
   Warn,
 }
 
+/// Why a backend ended without anyone stopping it (and why it is restarted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+  /// It exited by itself.
+  Exit,
+  /// The watchdog's probes failed `unhealthyThreshold` times in a row.
+  Unhealthy,
+  /// Its tree used more memory than `maxMemoryBytes`.
+  Memory,
+}
+
+impl Reason {
+  pub fn as_str(self) -> &'static str {
+    match self {
+      Reason::Exit => "exit",
+      Reason::Unhealthy => "unhealthy",
+      Reason::Memory => "memory",
+    }
+  }
+}
+
+/// What the whole tree of the running backend uses, and how it is doing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+  pub pid: u32,
+  /// Percent of one core since the previous sample (0 on the first).
+  pub cpu_percent: f64,
+  pub memory_bytes: u64,
+  pub process_count: u32,
+  pub uptime: Duration,
+  pub restarts: u32,
+  pub healthy: bool,
+  /// Of the last watchdog or readiness probe.
+  pub health_latency: Option<Duration>,
+}
+
 /// Something that happened, for the app (the binding forwards these to JS as events and log lines).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+  Ready(BackendInfo),
   Exit {
     pid: u32,
     exit: ExitInfo,
     expected: bool,
+    /// Set when the manager stopped it because of a watchdog or memory verdict.
+    reason: Option<Reason>,
   },
+  Restart {
+    attempt: u32,
+    delay: Duration,
+    reason: Reason,
+    pid: u32,
+    exit: ExitInfo,
+  },
+  Failed {
+    reason: Reason,
+    restarts: u32,
+    error: String,
+  },
+  Unhealthy {
+    reason: Reason,
+    failures: u32,
+    error: Option<String>,
+    memory_bytes: Option<u64>,
+  },
+  Healthy {
+    latency: Option<Duration>,
+    memory_bytes: Option<u64>,
+  },
+  PortChanged {
+    previous: u16,
+    port: u16,
+  },
+  Stats(Stats),
+  /// Nothing is under way any more (the JS layer lets Node exit).
+  Idle,
   Log {
     level: Level,
     message: String,

@@ -2,7 +2,6 @@
 
 use super::launch::Runtime;
 use super::*;
-use crate::net::reservation::Owner;
 use crate::options::{Options, StartArgs, Value};
 use crate::os::process;
 use crate::state::record;
@@ -22,6 +21,7 @@ impl Events for Recorded {
       pid,
       exit,
       expected,
+      ..
     } = event
     {
       let mut exits = self.exits.lock().unwrap();
@@ -178,22 +178,24 @@ async fn no_record_is_written_after_the_end() {
     args: vec!["30".into()],
     cwd: dir.path().into(),
     env: std::env::vars().collect(),
+    ..Default::default()
   };
   let child = crate::os::spawn::spawn(spec, sink).await.unwrap();
-  let port =
-    crate::net::reservation::reserve(crate::net::port::unused_port(), Owner::new()).unwrap();
   let info = BackendInfo {
     pid: child.pid,
-    port: port.port(),
+    port: crate::net::port::unused_port(),
     host: "127.0.0.1".into(),
     url: String::new(),
     started_at: 1,
+    token: None,
   };
-  let instance = instance::Instance::new(info, child, port, "late", dir.path().into(), 0);
+  let instance = instance::Instance::new(info, child, "late", dir.path().into(), 0);
   instance.write_record().await.unwrap();
   assert_eq!(record::list_records(dir.path(), None).len(), 1);
   instance.request_stop();
-  instance.end(Duration::from_secs(2), |_, _, _| {}).await;
+  instance
+    .end(Duration::from_secs(2), Default::default(), |_, _, _| {})
+    .await;
   assert!(record::list_records(dir.path(), None).is_empty());
   instance.write_record().await.unwrap();
   assert!(

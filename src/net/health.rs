@@ -71,13 +71,19 @@ impl Target {
 
 /// One GET of `http://host:port/path`; healthy on any 2xx status, within `probe_timeout` overall.
 pub async fn probe(target: &Target, probe_timeout: Duration) -> ProbeOutcome {
-  match timeout(probe_timeout, probe_once(target)).await {
+  request(target, "GET", &target.path, probe_timeout).await
+}
+
+/// One request of `method path` to the target (with its token), within `limit` overall: how it was
+/// answered. Also the `shutdown.http` stop request.
+pub async fn request(target: &Target, method: &str, path: &str, limit: Duration) -> ProbeOutcome {
+  match timeout(limit, exchange(target, method, path)).await {
     Ok(outcome) => outcome,
     Err(_) => ProbeOutcome::TimedOut,
   }
 }
 
-async fn probe_once(target: &Target) -> ProbeOutcome {
+async fn exchange(target: &Target, method: &str, path: &str) -> ProbeOutcome {
   let addr = SocketAddr::new(target.host, target.port);
   let mut stream = match TcpStream::connect(addr).await {
     Ok(s) => s,
@@ -90,9 +96,13 @@ async fn probe_once(target: &Target) -> ProbeOutcome {
     .as_ref()
     .map(|t| format!("Authorization: Bearer {t}\r\n"))
     .unwrap_or_default();
+  let body = if method == "GET" || method == "HEAD" {
+    ""
+  } else {
+    "Content-Length: 0\r\n"
+  };
   let request = format!(
-    "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: backend-process-manager\r\nAccept: */*\r\n{authorization}Connection: close\r\n\r\n",
-    target.path,
+    "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: backend-process-manager\r\nAccept: */*\r\n{authorization}{body}Connection: close\r\n\r\n",
     target.host_header()
   );
   if let Err(e) = stream.write_all(request.as_bytes()).await {
@@ -133,10 +143,11 @@ fn parse_status(head: &[u8]) -> Option<u16> {
   }
 }
 
-/// A readiness wait that ended healthy, after `probes` health checks.
+/// A readiness wait that ended healthy, after `probes` health checks; the last one took `latency`.
 #[derive(Debug, Clone)]
 pub struct Ready {
   pub probes: u32,
+  pub latency: Duration,
 }
 
 /// The result of a readiness wait that did not end healthy.
@@ -172,11 +183,13 @@ where
     } else {
       probe_timeout.min(remaining.max(Duration::from_millis(1)))
     };
+    let probed_at = Instant::now();
     let mut outcome = probe(target, limit).await;
+    let latency = probed_at.elapsed();
     probes += 1;
     if let ProbeOutcome::Healthy(status) = outcome {
       if is_own().await {
-        return Ok(Ready { probes });
+        return Ok(Ready { probes, latency });
       }
       outcome = ProbeOutcome::Stranger(status);
     }

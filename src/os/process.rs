@@ -60,7 +60,7 @@ pub fn parent(pid: u32) -> Option<u32> {
   stat(pid).map(|s| s.parent)
 }
 
-pub use imp::{owner_uid, process_name, stat};
+pub use imp::{nice, owner_uid, process_name, stat};
 
 #[cfg(target_os = "linux")]
 pub(crate) mod imp {
@@ -119,6 +119,16 @@ pub(crate) mod imp {
       memory_bytes: num(RSS_PAGES)? * page_size(),
     };
     Some((stat, exited))
+  }
+
+  /// The nice value (`/proc/PID/stat` field 19).
+  pub fn nice(pid: u32) -> Option<i32> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    text[text.rfind(')')? + 1..]
+      .split_whitespace()
+      .nth(19 - 3)?
+      .parse()
+      .ok()
   }
 
   pub fn exe(pid: u32) -> Option<String> {
@@ -211,6 +221,20 @@ pub(crate) mod portable {
 
   pub fn exe(pid: u32) -> Option<String> {
     with_process(pid, |p| p.exe().map(|e| e.to_string_lossy().into_owned())).flatten()
+  }
+
+  /// The nice value, where the system has one (Unix).
+  pub fn nice(pid: u32) -> Option<i32> {
+    #[cfg(unix)]
+    {
+      let pid = rustix::process::Pid::from_raw(pid as i32)?;
+      rustix::process::getpriority_process(Some(pid)).ok()
+    }
+    #[cfg(not(unix))]
+    {
+      let _ = pid;
+      None
+    }
   }
 
   pub fn owner_uid(pid: u32) -> Option<u32> {

@@ -24,18 +24,49 @@ pub struct StopOutcome {
   pub survivors: Vec<u32>,
 }
 
-/// Stops our own backend and its whole process group. Safe to call when it already exited.
-pub async fn stop_child(child: &Child, grace: Duration) -> StopOutcome {
-  stop_child_within(child, grace, FORCE_GRACE).await
+/// Stop requests tried, in order, before the stop signal (`shutdown` option). Each gets
+/// `min(1 s, grace / 4)` to work before the next step; the force kill still comes `grace` after the first.
+#[derive(Default)]
+pub struct Polite {
+  /// A request the backend takes as "stop" (an HTTP call); resolves once answered (or failed).
+  pub request: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+  /// Close the backend's stdin.
+  pub close_stdin: bool,
 }
 
-async fn stop_child_within(child: &Child, grace: Duration, force_grace: Duration) -> StopOutcome {
+/// Stops our own backend and its whole process group. Safe to call when it already exited.
+pub async fn stop_child(child: &Child, grace: Duration, polite: Polite) -> StopOutcome {
+  stop_child_within(child, grace, FORCE_GRACE, polite).await
+}
+
+async fn stop_child_within(
+  child: &Child,
+  grace: Duration,
+  force_grace: Duration,
+  polite: Polite,
+) -> StopOutcome {
   let deadline = Instant::now() + grace;
+  let step = (grace / 4).min(Duration::from_secs(1));
+  let exited_within = |limit: Duration| async move {
+    let limit = limit.min(deadline.saturating_duration_since(Instant::now()));
+    timeout(limit, child.exited()).await.is_ok()
+  };
   let mut forced = false;
   let mut survivors = Vec::new();
   if child.exit_info().is_none() {
-    send(child, Stop::Polite);
-    if timeout(grace, child.exited()).await.is_err() {
+    let mut done = false;
+    if let Some(request) = polite.request {
+      let _ = timeout(step, request).await;
+      done = exited_within(step).await;
+    }
+    if !done && polite.close_stdin && child.close_stdin() {
+      done = exited_within(step).await;
+    }
+    if !done {
+      send(child, Stop::Polite);
+      done = exited_within(grace).await;
+    }
+    if !done {
       forced = true;
       send(child, Stop::Force);
       if timeout(force_grace, child.exited()).await.is_err() {
@@ -339,10 +370,17 @@ mod tests {
 
   #[test]
   fn the_rest_of_a_group_whose_leader_died_is_an_orphan() {
-    // The leader exits at once (a wrapper killed by the app's death), its server child stays in the group.
-    let mut leader = group_with_children("sleep 30 & exit 0");
+    // The leader exits (a wrapper killed by the app's death) once told to on its stdin; its server child
+    // stays in the group.
+    let mut leader = std::process::Command::new("/bin/sh")
+      .args(["-c", "sleep 30 & read line; exit 0"])
+      .process_group(0)
+      .stdin(std::process::Stdio::piped())
+      .spawn()
+      .unwrap();
     let pid = leader.id();
     let started = process::identity(pid).unwrap().start_time;
+    drop(leader.stdin.take());
     leader.wait().unwrap();
     assert!(wait_for(|| members(pid).len() == 1));
     let survivor = members(pid)[0];
@@ -375,8 +413,13 @@ mod tests {
   #[tokio::test]
   async fn a_backend_that_survives_the_force_kill_is_reported_as_a_survivor() {
     let (child, _exit) = Child::never_ending(999_999);
-    let outcome =
-      stop_child_within(&child, Duration::from_millis(50), Duration::from_millis(50)).await;
+    let outcome = stop_child_within(
+      &child,
+      Duration::from_millis(50),
+      Duration::from_millis(50),
+      Polite::default(),
+    )
+    .await;
     assert!(outcome.forced);
     assert_eq!(outcome.survivors, vec![999_999]);
   }

@@ -27,13 +27,23 @@ use tokio::sync::{oneshot, watch};
 /// library's cache of exited threads' stacks) small.
 pub const THREAD_STACK: usize = 256 * 1024;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SpawnSpec {
   pub program: String,
   pub args: Vec<String>,
   pub cwd: std::path::PathBuf,
   /// The complete environment of the backend.
   pub env: Vec<(String, String)>,
+  /// Unix nice value set in the child before it runs the program (inherited by all it starts); Windows:
+  /// the matching priority class.
+  pub nice: i32,
+  /// `RLIMIT_NOFILE` (Unix).
+  pub open_files: Option<u64>,
+  /// `Some(false)`: no core dumps (Unix).
+  pub core_dumps: Option<bool>,
+  /// Give the backend a stdin pipe that stays open until `Child::close_stdin` (a stop request); otherwise
+  /// its stdin is empty.
+  pub stdin_pipe: bool,
 }
 
 /// How the backend ended.
@@ -60,6 +70,7 @@ pub struct Child {
   exit: watch::Receiver<Option<ExitInfo>>,
   /// Sending on (or dropping) this lets the waiter thread reap the child.
   reap: Mutex<Option<mpsc::Sender<()>>>,
+  stdin: Mutex<Option<std::process::ChildStdin>>,
   #[cfg(windows)]
   pub job: Option<Job>,
 }
@@ -80,6 +91,17 @@ impl Child {
       .unwrap_or_default()
   }
 
+  /// Closes the backend's stdin pipe (a stop request, for backends that treat end of input so). False when
+  /// it had none, or it was closed already.
+  pub fn close_stdin(&self) -> bool {
+    self
+      .stdin
+      .lock()
+      .unwrap_or_else(|e| e.into_inner())
+      .take()
+      .is_some()
+  }
+
   /// Lets the waiter thread reap the (exited) leader, which frees its pid and process-group id.
   pub fn release(&self) {
     if let Some(tx) = self.reap.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -96,6 +118,7 @@ impl Child {
       output: Arc::new(Output::default()),
       exit: rx,
       reap: Mutex::new(None),
+      stdin: Mutex::new(None),
       #[cfg(windows)]
       job: None,
     };
@@ -141,13 +164,17 @@ fn build_command(spec: &SpawnSpec) -> Command {
     .current_dir(&spec.cwd)
     .env_clear()
     .envs(spec.env.iter().map(|(k, v)| (k, v)))
-    .stdin(Stdio::null())
+    .stdin(if spec.stdin_pipe {
+      Stdio::piped()
+    } else {
+      Stdio::null()
+    })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
   #[cfg(unix)]
-  unix::configure(&mut cmd);
+  unix::configure(&mut cmd, spec);
   #[cfg(windows)]
-  windows::configure(&mut cmd);
+  windows::configure(&mut cmd, spec);
   cmd
 }
 
@@ -199,6 +226,7 @@ fn waiter_thread(spec: SpawnSpec, sink: LineSink, started: oneshot::Sender<Resul
     output,
     exit: exit_rx,
     reap: Mutex::new(Some(reap_tx)),
+    stdin: Mutex::new(process.stdin.take()),
     #[cfg(windows)]
     job: Job::adopt(&process),
   });
@@ -248,6 +276,7 @@ mod tests {
       args: vec!["-c".into(), script.into()],
       cwd: std::env::temp_dir(),
       env: std::env::vars().collect(),
+      ..Default::default()
     }
   }
 

@@ -1,13 +1,46 @@
 //! The Unix half of spawning: a process group of its own, the parent-death signal, and a wait that leaves
 //! the child unreaped.
 
-use super::ExitInfo;
+use super::{ExitInfo, SpawnSpec};
 use rustix::process::{waitid, Pid, WaitId, WaitIdOptions};
 use std::process::Command;
 
-pub fn configure(cmd: &mut Command) {
+pub fn configure(cmd: &mut Command, spec: &SpawnSpec) {
   use std::os::unix::process::CommandExt;
   cmd.process_group(0);
+  let (nice, open_files, core_dumps) = (spec.nice, spec.open_files, spec.core_dumps);
+  if nice != 0 || open_files.is_some() || core_dumps == Some(false) {
+    // SAFETY: the closure runs between fork and exec; setpriority and setrlimit are plain system calls
+    // and nothing here allocates. A limit or priority the user may not set is left as it was: the parent
+    // checks what took effect and warns.
+    unsafe {
+      cmd.pre_exec(move || {
+        use rustix::process::{setpriority_process, setrlimit, Resource, Rlimit};
+        if nice != 0 {
+          let _ = setpriority_process(None, nice);
+        }
+        if let Some(n) = open_files {
+          let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+              current: Some(n),
+              maximum: Some(n),
+            },
+          );
+        }
+        if core_dumps == Some(false) {
+          let _ = setrlimit(
+            Resource::Core,
+            Rlimit {
+              current: Some(0),
+              maximum: Some(0),
+            },
+          );
+        }
+        Ok(())
+      });
+    }
+  }
   #[cfg(target_os = "linux")]
   {
     let app = rustix::process::getpid();

@@ -1,7 +1,7 @@
 //! The Windows half of spawning: the backend's tree lives in a job object that is killed when the app's
 //! last handle to it closes (the app died) or when it is terminated.
 
-use super::ExitInfo;
+use super::{ExitInfo, SpawnSpec};
 use std::os::windows::io::AsRawHandle;
 use std::process::Command;
 use windows_sys::Win32::Foundation::{CloseHandle, HANDLE};
@@ -11,11 +11,21 @@ use windows_sys::Win32::System::JobObjects::{
   JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
 };
 
-pub fn configure(cmd: &mut Command) {
+pub fn configure(cmd: &mut Command, spec: &SpawnSpec) {
   use std::os::windows::process::CommandExt;
-  const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
-  const CREATE_NO_WINDOW: u32 = 0x0800_0000;
-  cmd.creation_flags(CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW);
+  use windows_sys::Win32::System::Threading::{
+    ABOVE_NORMAL_PRIORITY_CLASS, BELOW_NORMAL_PRIORITY_CLASS, CREATE_NEW_PROCESS_GROUP,
+    CREATE_NO_WINDOW, HIGH_PRIORITY_CLASS, IDLE_PRIORITY_CLASS, NORMAL_PRIORITY_CLASS,
+  };
+  // The priority classes that match the nice values of `Priority`.
+  let class = match spec.nice {
+    n if n >= 10 => IDLE_PRIORITY_CLASS,
+    n if n > 0 => BELOW_NORMAL_PRIORITY_CLASS,
+    0 => NORMAL_PRIORITY_CLASS,
+    n if n > -10 => ABOVE_NORMAL_PRIORITY_CLASS,
+    _ => HIGH_PRIORITY_CLASS,
+  };
+  cmd.creation_flags(CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW | class);
 }
 
 /// The open process handle pins the pid until `process` is dropped, so a plain wait is safe here.

@@ -1,0 +1,636 @@
+//! The options of `new ProcessManager(options)`: v1's (what to run, where, how long to wait) and v2's
+//! supervision (restarts, watchdog, stats, priority, limits) and isolation (environment, token, shutdown).
+
+use super::*;
+
+/// The options of `new ProcessManager(options)`, checked, with the defaults applied. `logger` is the JS
+/// layer's own and never reaches here.
+#[derive(Debug, Clone)]
+pub struct Options {
+  pub name: String,
+  pub entry: String,
+  pub command: Option<String>,
+  pub args: Vec<String>,
+  pub cwd: Option<String>,
+  pub env: Vec<(String, String)>,
+  pub host: IpAddr,
+  pub port: u16,
+  pub port_range: u16,
+  pub port_env: String,
+  pub health_path: String,
+  pub health_timeout: Duration,
+  pub start_timeout: Duration,
+  pub stop_timeout: Duration,
+  pub state_dir: PathBuf,
+  /// `None`: a backend that exits is not started again.
+  pub restart: Option<RestartPolicy>,
+  /// The watchdog's probe interval; `None`: no watchdog.
+  pub health_interval: Option<Duration>,
+  pub unhealthy_threshold: u32,
+  /// Tree memory above which the backend counts as failed; `None`: no limit.
+  pub max_memory_bytes: Option<u64>,
+  /// `stats` events this often; `None`: none.
+  pub stats_interval: Option<Duration>,
+  pub priority: Priority,
+  pub limits: Limits,
+  pub inherit_env: InheritEnv,
+  /// A fresh secret per `startBackend()` in `BACKEND_TOKEN`, sent by every probe.
+  pub token: bool,
+  pub shutdown: Shutdown,
+}
+
+/// When and how often a backend that exits (or is found unhealthy) is started again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestartPolicy {
+  /// More restarts than this within `window` and the backend stays down (`failed`).
+  pub max_restarts: u32,
+  pub window: Duration,
+  /// The delay before the first restart; it doubles each time, up to `max_delay`.
+  pub initial_delay: Duration,
+  pub max_delay: Duration,
+  /// Once healthy this long, the delay starts over from `initial_delay`.
+  pub reset_after: Duration,
+}
+
+impl Default for RestartPolicy {
+  fn default() -> Self {
+    RestartPolicy {
+      max_restarts: 5,
+      window: Duration::from_secs(60),
+      initial_delay: Duration::from_millis(100),
+      max_delay: Duration::from_secs(10),
+      reset_after: Duration::from_secs(30),
+    }
+  }
+}
+
+/// Scheduling priority of the backend tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+  Low,
+  BelowNormal,
+  Normal,
+  AboveNormal,
+  High,
+}
+
+impl Priority {
+  const NAMES: [(&'static str, Priority); 5] = [
+    ("low", Priority::Low),
+    ("below-normal", Priority::BelowNormal),
+    ("normal", Priority::Normal),
+    ("above-normal", Priority::AboveNormal),
+    ("high", Priority::High),
+  ];
+
+  /// The Unix nice value.
+  pub fn nice(self) -> i32 {
+    match self {
+      Priority::Low => 10,
+      Priority::BelowNormal => 5,
+      Priority::Normal => 0,
+      Priority::AboveNormal => -5,
+      Priority::High => -10,
+    }
+  }
+
+  pub fn name(self) -> &'static str {
+    Self::NAMES
+      .iter()
+      .find(|(_, p)| *p == self)
+      .map_or("normal", |(n, _)| n)
+  }
+}
+
+/// Hard OS limits applied to the backend when it starts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+  /// `RLIMIT_NOFILE`.
+  pub open_files: Option<u64>,
+  /// `Some(false)`: `RLIMIT_CORE` 0.
+  pub core_dumps: Option<bool>,
+}
+
+/// What the backend inherits of the app's environment.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InheritEnv {
+  All,
+  /// The minimal set (`PATH`, `HOME`, …) plus these names.
+  Only(Vec<String>),
+}
+
+/// Polite stop requests tried before the signal (and on Windows, before the console break).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Shutdown {
+  /// `(method, path)` of an HTTP request that asks the backend to stop.
+  pub http: Option<(String, String)>,
+  /// Close the backend's stdin.
+  pub stdin: bool,
+}
+
+const MANAGER_OPTIONS: &[&str] = &[
+  "name",
+  "entry",
+  "command",
+  "args",
+  "cwd",
+  "env",
+  "host",
+  "port",
+  "portRange",
+  "portEnv",
+  "healthPath",
+  "healthTimeoutMs",
+  "startTimeoutMs",
+  "stopTimeoutMs",
+  "stateDir",
+  "restart",
+  "healthIntervalMs",
+  "unhealthyThreshold",
+  "maxMemoryBytes",
+  "statsIntervalMs",
+  "priority",
+  "limits",
+  "inheritEnv",
+  "token",
+  "shutdown",
+  "logger",
+];
+
+/// `0` means off for the interval options.
+fn interval(value: &Value, what: &str) -> Result<Option<Duration>> {
+  let d = millis(value, what, 0.0)?;
+  Ok((!d.is_zero()).then_some(d))
+}
+
+fn restart(value: &Value) -> Result<Option<RestartPolicy>> {
+  match value {
+    Value::Bool(false) => Ok(None),
+    Value::Bool(true) => Ok(Some(RestartPolicy::default())),
+    Value::Object(_) => {
+      let defaults = RestartPolicy::default();
+      let mut f = Fields::of(value, "restart")?;
+      let mut ms = |key: &str, default: Duration| {
+        f.take(key)
+          .map(|v| millis(v, &format!("restart.{key}"), 0.0))
+          .transpose()
+          .map(|d| d.unwrap_or(default))
+      };
+      let window = ms("windowMs", defaults.window)?;
+      let initial_delay = ms("initialDelayMs", defaults.initial_delay)?;
+      let max_delay = ms("maxDelayMs", defaults.max_delay)?;
+      let reset_after = ms("resetAfterMs", defaults.reset_after)?;
+      let max_restarts = f
+        .take("maxRestarts")
+        .map(|v| integer(v, "restart.maxRestarts", 0.0, 1e6).map(|n| n as u32))
+        .transpose()?
+        .unwrap_or(defaults.max_restarts);
+      f.finish(&[
+        "maxRestarts",
+        "windowMs",
+        "initialDelayMs",
+        "maxDelayMs",
+        "resetAfterMs",
+      ])?;
+      if max_delay < initial_delay {
+        return Err(PmError::invalid(
+          "restart.maxDelayMs must not be below restart.initialDelayMs",
+        ));
+      }
+      Ok(Some(RestartPolicy {
+        max_restarts,
+        window,
+        initial_delay,
+        max_delay,
+        reset_after,
+      }))
+    }
+    other => Err(bad("restart", "true, false or an object", other)),
+  }
+}
+
+fn priority(value: &Value) -> Result<Priority> {
+  let text = string(value, "priority")?;
+  Priority::NAMES
+    .iter()
+    .find(|(n, _)| *n == text)
+    .map(|(_, p)| *p)
+    .ok_or_else(|| {
+      PmError::invalid(format!(
+        "priority must be one of 'low', 'below-normal', 'normal', 'above-normal', 'high', got {text:?}"
+      ))
+    })
+}
+
+fn limits(value: &Value) -> Result<Limits> {
+  let mut f = Fields::of(value, "limits")?;
+  let limits = Limits {
+    open_files: f
+      .take("openFiles")
+      .map(|v| integer(v, "limits.openFiles", 1.0, 1_048_576.0).map(|n| n as u64))
+      .transpose()?,
+    core_dumps: f
+      .take("coreDumps")
+      .map(|v| boolean(v, "limits.coreDumps"))
+      .transpose()?,
+  };
+  f.finish(&["openFiles", "coreDumps"])?;
+  Ok(limits)
+}
+
+fn inherit_env(value: &Value) -> Result<InheritEnv> {
+  match value {
+    Value::Bool(true) => Ok(InheritEnv::All),
+    Value::Bool(false) => Ok(InheritEnv::Only(Vec::new())),
+    Value::Array(_) => {
+      let names = strings(value, "inheritEnv")?;
+      for n in &names {
+        env_name(n, "inheritEnv entry")?;
+      }
+      Ok(InheritEnv::Only(names))
+    }
+    other => Err(bad(
+      "inheritEnv",
+      "true, false or an array of variable names",
+      other,
+    )),
+  }
+}
+
+/// `{ http: 'POST /shutdown', stdin: true }`.
+fn shutdown(value: &Value) -> Result<Shutdown> {
+  let mut f = Fields::of(value, "shutdown")?;
+  let http = match f.take("http") {
+    None => None,
+    Some(v) => {
+      let text = non_empty(v, "shutdown.http")?;
+      let parsed = text.split_once(' ').filter(|(method, path)| {
+        !method.is_empty()
+          && method.bytes().all(|b| b.is_ascii_uppercase())
+          && path.starts_with('/')
+          && !path.chars().any(|c| c.is_whitespace() || c.is_control())
+      });
+      let Some((method, path)) = parsed else {
+        return Err(PmError::invalid(format!(
+          "shutdown.http must be a method and a path such as 'POST /shutdown', got {text:?}"
+        )));
+      };
+      Some((method.to_string(), path.to_string()))
+    }
+  };
+  let stdin = f
+    .take("stdin")
+    .map(|v| boolean(v, "shutdown.stdin"))
+    .transpose()?
+    .unwrap_or(false);
+  f.finish(&["http", "stdin"])?;
+  Ok(Shutdown { http, stdin })
+}
+
+impl Options {
+  pub fn parse(value: &Value) -> Result<Options> {
+    let mut f = Fields::of(value, "the ProcessManager options")?;
+    let options = Options {
+      name: f
+        .take("name")
+        .map(name)
+        .transpose()?
+        .unwrap_or_else(|| DEFAULT_NAME.into()),
+      entry: f
+        .take("entry")
+        .map(|v| non_empty(v, "entry"))
+        .transpose()?
+        .unwrap_or_else(|| DEFAULT_ENTRY.into()),
+      command: f
+        .take("command")
+        .map(|v| non_empty(v, "command"))
+        .transpose()?,
+      args: f
+        .take("args")
+        .map(|v| strings(v, "args"))
+        .transpose()?
+        .unwrap_or_default(),
+      cwd: f.take("cwd").map(|v| non_empty(v, "cwd")).transpose()?,
+      env: f
+        .take("env")
+        .map(|v| env(v, "env"))
+        .transpose()?
+        .unwrap_or_default(),
+      host: f
+        .take("host")
+        .map(|v| host(v, "host"))
+        .transpose()?
+        .unwrap_or(DEFAULT_HOST),
+      port: f
+        .take("port")
+        .map(|v| port(v, "port"))
+        .transpose()?
+        .unwrap_or(DEFAULT_PORT),
+      port_range: f
+        .take("portRange")
+        .map(port_range)
+        .transpose()?
+        .unwrap_or(DEFAULT_PORT_RANGE),
+      port_env: f
+        .take("portEnv")
+        .map(|v| {
+          let key = non_empty(v, "portEnv")?;
+          env_name(&key, "portEnv")?;
+          Ok::<_, PmError>(key)
+        })
+        .transpose()?
+        .unwrap_or_else(|| DEFAULT_PORT_ENV.into()),
+      health_path: f
+        .take("healthPath")
+        .map(health_path)
+        .transpose()?
+        .unwrap_or_else(|| DEFAULT_HEALTH_PATH.into()),
+      health_timeout: f
+        .take("healthTimeoutMs")
+        .map(|v| millis(v, "healthTimeoutMs", 1.0))
+        .transpose()?
+        .unwrap_or(DEFAULT_HEALTH_TIMEOUT),
+      start_timeout: f
+        .take("startTimeoutMs")
+        .map(|v| millis(v, "startTimeoutMs", 0.0))
+        .transpose()?
+        .unwrap_or(DEFAULT_START_TIMEOUT),
+      stop_timeout: f
+        .take("stopTimeoutMs")
+        .map(|v| millis(v, "stopTimeoutMs", 0.0))
+        .transpose()?
+        .unwrap_or(DEFAULT_STOP_TIMEOUT),
+      state_dir: state_dir(f.take("stateDir"))?,
+      restart: f.take("restart").map(restart).transpose()?.flatten(),
+      health_interval: f
+        .take("healthIntervalMs")
+        .map(|v| interval(v, "healthIntervalMs"))
+        .transpose()?
+        .flatten(),
+      unhealthy_threshold: f
+        .take("unhealthyThreshold")
+        .map(|v| count(v, "unhealthyThreshold"))
+        .transpose()?
+        .unwrap_or(DEFAULT_UNHEALTHY_THRESHOLD),
+      max_memory_bytes: f
+        .take("maxMemoryBytes")
+        .map(|v| integer(v, "maxMemoryBytes", 0.0, 2f64.powi(53)).map(|n| n as u64))
+        .transpose()?
+        .filter(|n| *n > 0),
+      stats_interval: f
+        .take("statsIntervalMs")
+        .map(|v| interval(v, "statsIntervalMs"))
+        .transpose()?
+        .flatten(),
+      priority: f
+        .take("priority")
+        .map(priority)
+        .transpose()?
+        .unwrap_or(Priority::Normal),
+      limits: f
+        .take("limits")
+        .map(limits)
+        .transpose()?
+        .unwrap_or_default(),
+      inherit_env: f
+        .take("inheritEnv")
+        .map(inherit_env)
+        .transpose()?
+        .unwrap_or(InheritEnv::All),
+      token: f
+        .take("token")
+        .map(|v| boolean(v, "token"))
+        .transpose()?
+        .unwrap_or(false),
+      shutdown: f
+        .take("shutdown")
+        .map(shutdown)
+        .transpose()?
+        .unwrap_or_default(),
+    };
+    // The JS layer keeps the logger; it may still be in the object it passes on.
+    f.take("logger");
+    f.finish(MANAGER_OPTIONS)?;
+    Ok(options)
+  }
+
+  /// The options in force, as the JS layer shows them (`pm.options`).
+  pub fn to_value(&self) -> Value {
+    let text = |s: &str| Value::String(s.to_string());
+    let ms = |d: Duration| Value::Number(d.as_secs_f64() * 1000.0);
+    let opt_ms = |d: Option<Duration>| d.map_or(Value::Number(0.0), ms);
+    let opt = |s: &Option<String>| s.as_deref().map_or(Value::Undefined, text);
+    let restart = match &self.restart {
+      None => Value::Bool(false),
+      Some(r) => Value::object(vec![
+        ("maxRestarts", Value::Number(r.max_restarts.into())),
+        ("windowMs", ms(r.window)),
+        ("initialDelayMs", ms(r.initial_delay)),
+        ("maxDelayMs", ms(r.max_delay)),
+        ("resetAfterMs", ms(r.reset_after)),
+      ]),
+    };
+    let limits = Value::object(vec![
+      (
+        "openFiles",
+        self
+          .limits
+          .open_files
+          .map_or(Value::Undefined, |n| Value::Number(n as f64)),
+      ),
+      (
+        "coreDumps",
+        self.limits.core_dumps.map_or(Value::Undefined, Value::Bool),
+      ),
+    ]);
+    let inherit_env = match &self.inherit_env {
+      InheritEnv::All => Value::Bool(true),
+      InheritEnv::Only(names) if names.is_empty() => Value::Bool(false),
+      InheritEnv::Only(names) => Value::Array(names.iter().map(|n| text(n)).collect()),
+    };
+    let shutdown = Value::object(vec![
+      (
+        "http",
+        self
+          .shutdown
+          .http
+          .as_ref()
+          .map_or(Value::Undefined, |(m, p)| text(&format!("{m} {p}"))),
+      ),
+      ("stdin", Value::Bool(self.shutdown.stdin)),
+    ]);
+    Value::object(vec![
+      ("name", text(&self.name)),
+      ("entry", text(&self.entry)),
+      ("command", opt(&self.command)),
+      (
+        "args",
+        Value::Array(self.args.iter().map(|a| text(a)).collect()),
+      ),
+      ("cwd", opt(&self.cwd)),
+      (
+        "env",
+        Value::Object(self.env.iter().map(|(k, v)| (k.clone(), text(v))).collect()),
+      ),
+      ("host", Value::String(self.host.to_string())),
+      ("port", Value::Number(self.port.into())),
+      ("portRange", Value::Number(self.port_range.into())),
+      ("portEnv", text(&self.port_env)),
+      ("healthPath", text(&self.health_path)),
+      ("healthTimeoutMs", ms(self.health_timeout)),
+      ("startTimeoutMs", ms(self.start_timeout)),
+      ("stopTimeoutMs", ms(self.stop_timeout)),
+      (
+        "stateDir",
+        Value::String(self.state_dir.display().to_string()),
+      ),
+      ("restart", restart),
+      ("healthIntervalMs", opt_ms(self.health_interval)),
+      (
+        "unhealthyThreshold",
+        Value::Number(self.unhealthy_threshold.into()),
+      ),
+      (
+        "maxMemoryBytes",
+        Value::Number(self.max_memory_bytes.unwrap_or(0) as f64),
+      ),
+      ("statsIntervalMs", opt_ms(self.stats_interval)),
+      ("priority", text(self.priority.name())),
+      ("limits", limits),
+      ("inheritEnv", inherit_env),
+      ("token", Value::Bool(self.token)),
+      ("shutdown", shutdown),
+    ])
+  }
+
+  /// The last port of the range `startBackend` may use.
+  pub fn last_port(&self) -> u16 {
+    self.port.saturating_add(self.port_range)
+  }
+
+  /// How often memory is sampled: at the stats interval, or every second when only a limit is set.
+  pub fn memory_interval(&self) -> Option<Duration> {
+    self
+      .stats_interval
+      .or(self.max_memory_bytes.map(|_| Duration::from_secs(1)))
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  fn opts(fields: Vec<(&str, Value)>) -> Result<Options> {
+    Options::parse(&Value::object(fields))
+  }
+
+  #[test]
+  fn supervision_is_off_by_default_and_true_takes_the_documented_defaults() {
+    let o = Options::parse(&Value::Undefined).unwrap();
+    assert_eq!(o.restart, None);
+    assert_eq!(
+      (o.health_interval, o.max_memory_bytes, o.stats_interval),
+      (None, None, None)
+    );
+    assert_eq!(o.unhealthy_threshold, 3);
+    assert_eq!(o.priority, Priority::Normal);
+    assert_eq!(o.inherit_env, InheritEnv::All);
+    assert!(!o.token);
+    assert_eq!(o.shutdown, Shutdown::default());
+    let r = opts(vec![("restart", Value::Bool(true))])
+      .unwrap()
+      .restart
+      .unwrap();
+    assert_eq!(r, RestartPolicy::default());
+    let partial = opts(vec![(
+      "restart",
+      Value::object(vec![("maxRestarts", Value::Number(2.0))]),
+    )])
+    .unwrap()
+    .restart
+    .unwrap();
+    assert_eq!(
+      (partial.max_restarts, partial.window),
+      (2, Duration::from_secs(60))
+    );
+  }
+
+  #[test]
+  fn bad_v2_options_are_invalid_args() {
+    let s = |x: &str| Value::String(x.into());
+    let cases: Vec<(&str, Value, &str)> = vec![
+      (
+        "restart",
+        s("yes"),
+        "restart must be true, false or an object",
+      ),
+      (
+        "restart",
+        Value::object(vec![("maxRestart", Value::Number(1.0))]),
+        "unknown option \"maxRestart\"",
+      ),
+      (
+        "restart",
+        Value::object(vec![
+          ("initialDelayMs", Value::Number(500.0)),
+          ("maxDelayMs", Value::Number(100.0)),
+        ]),
+        "maxDelayMs",
+      ),
+      ("priority", s("urgent"), "priority must be one of"),
+      (
+        "limits",
+        Value::object(vec![("openFiles", Value::Number(0.0))]),
+        "limits.openFiles",
+      ),
+      (
+        "inheritEnv",
+        Value::Array(vec![s("A=B")]),
+        "inheritEnv entry",
+      ),
+      (
+        "shutdown",
+        Value::object(vec![("http", s("/shutdown"))]),
+        "shutdown.http",
+      ),
+      (
+        "unhealthyThreshold",
+        Value::Number(0.0),
+        "unhealthyThreshold",
+      ),
+      ("healthIntervalMs", Value::Number(-1.0), "healthIntervalMs"),
+      ("token", s("true"), "token must be true or false"),
+    ];
+    for (key, value, expected) in cases {
+      let err = opts(vec![(key, value.clone())]).unwrap_err();
+      assert!(err.to_string().contains(expected), "{key}={value:?}: {err}");
+    }
+  }
+
+  #[test]
+  fn the_options_in_force_round_trip() {
+    let o = opts(vec![
+      ("restart", Value::Bool(true)),
+      ("priority", Value::String("low".into())),
+      (
+        "inheritEnv",
+        Value::Array(vec![Value::String("LANG".into())]),
+      ),
+      (
+        "shutdown",
+        Value::object(vec![
+          ("http", Value::String("POST /quit".into())),
+          ("stdin", Value::Bool(true)),
+        ]),
+      ),
+      ("maxMemoryBytes", Value::Number(1e9)),
+    ])
+    .unwrap();
+    let again = Options::parse(&o.to_value()).unwrap();
+    assert_eq!(again.restart, o.restart);
+    assert_eq!(again.priority, Priority::Low);
+    assert_eq!(again.inherit_env, o.inherit_env);
+    assert_eq!(again.shutdown, o.shutdown);
+    assert_eq!(again.memory_interval(), Some(Duration::from_secs(1)));
+  }
+}
