@@ -204,9 +204,9 @@ function cli(args, { cwd = ROOT, env = {} } = {}) {
 }
 
 /** One GET without keep-alive or proxy: `{ status, body }`; rejects when nothing answers. */
-function httpGet(url, timeoutMs = 5000) {
+function httpGet(url, headers = {}, timeoutMs = 5000) {
   return new Promise((resolve, reject) => {
-    const req = http.get(url, { agent: false, timeout: timeoutMs }, (res) => {
+    const req = http.get(url, { agent: false, timeout: timeoutMs, headers }, (res) => {
       let body = ''
       res.setEncoding('utf8')
       res.on('data', (d) => (body += d))

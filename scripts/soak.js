@@ -10,7 +10,7 @@ const { parseArgs } = require('node:util')
 const { once } = require('node:events')
 const { ProcessManager } = require('..')
 
-const { values } = parseArgs({ options: { cycles: { type: 'string', default: '500' }, warmup: { type: 'string', default: '100' }, json: { type: 'boolean' } } })
+const { values } = parseArgs({ options: { cycles: { type: 'string', default: '500' }, warmup: { type: 'string', default: '100' }, json: { type: 'boolean' }, restarts: { type: 'boolean' } } })
 const CYCLES = Number(values.cycles)
 const FIXTURE = path.join(__dirname, '..', '__test__', 'fixtures', 'backend.js')
 const LIMITS = { fdDelta: 2, rssGrowthMiB: 5 }
@@ -28,9 +28,9 @@ const jitter = (maxMs) => new Promise((r) => setTimeout(r, Math.floor(Math.rando
 async function main() {
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'bpm-soak-'))
   const pids = new Set()
-  const counts = { cycles: 0, starts: 0, stops: 0, crashes: 0, stopsDuringStart: 0, parallel: 0 }
-  const manager = (name, env = {}) => {
-    const pm = new ProcessManager({ name, command: process.execPath, args: [FIXTURE], port: 35000, portRange: 200, stateDir, logger: false, stopTimeoutMs: 2000, env })
+  const counts = { cycles: 0, starts: 0, stops: 0, crashes: 0, stopsDuringStart: 0, parallel: 0, restarts: 0 }
+  const manager = (name, env = {}, options = {}) => {
+    const pm = new ProcessManager({ name, command: process.execPath, args: [FIXTURE], port: 35000, portRange: 200, stateDir, logger: false, stopTimeoutMs: 2000, env, ...options })
     pm.on('ready', (b) => pids.add(b.pid))
     pm.on('exit', (e) => pids.add(e.pid))
     return pm
@@ -38,9 +38,30 @@ async function main() {
   const main = manager('soak')
   const slow = manager('soak-slow', { LISTEN_DELAY_MS: '100' })
   const parallel = [0, 1, 2].map((i) => manager(`soak-parallel-${i}`))
+  const supervised = manager('soak-supervised', {}, { restart: { initialDelayMs: 0, maxRestarts: 1000 } })
+
+  /** Killed from outside, restarted by the restart policy, then stopped. */
+  async function restartCycle() {
+    const b = await supervised.startBackend(stateDir)
+    const back = once(supervised, 'ready')
+    process.kill(b.pid, 'SIGKILL')
+    const [again] = await back
+    if (again.pid === b.pid || again.port !== b.port) throw new Error('not restarted on its port')
+    await supervised.stopBackend()
+    counts.restarts++
+  }
 
   async function cycle(i) {
+    if (values.restarts) {
+      await restartCycle()
+      counts.starts++
+      counts.cycles++
+      return
+    }
     switch (i % 10) {
+      case 4:
+        await restartCycle()
+        break
       case 3: { // the backend is killed from outside
         const b = await main.startBackend(stateDir)
         const exited = once(main, 'exit')
