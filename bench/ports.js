@@ -30,6 +30,7 @@ module.exports = async function ports({ runs }) {
       return port
     },
     portfinder: () => portfinder.getPortPromise({ port: start, stopPort: end }),
+    // detect-port has no end of range: it tries 10 ports from the start, then takes any port the OS gives.
     'detect-port': () => detectPort(start),
   }
   const rows = []
@@ -37,9 +38,13 @@ module.exports = async function ports({ runs }) {
     for (const [name, find] of Object.entries(contenders)) {
       const answers = new Set()
       const times = await time(async () => answers.add(await find()), runs)
-      let correct = true
-      for (const port of answers) correct &&= port >= start && port <= end && (await bindableEverywhere(port))
-      rows.push({ name, ...summary(times), correct, answers: [...answers].slice(0, 3) })
+      const wrong = []
+      for (const port of answers) {
+        if (port < start || port > end) wrong.push(`${port} (outside ${start}–${end})`)
+        else if (!(await bindableEverywhere(port))) wrong.push(`${port} (not bindable on every address${port < start + HELD && port % 5 === 0 ? ': held on ::1' : ''})`)
+      }
+      const note = wrong.length ? `${wrong.length} of ${answers.size} distinct answers wrong, e.g. ${wrong.slice(0, 3).join(', ')}` : undefined
+      rows.push({ name, ...summary(times), correct: wrong.length === 0, note, answers: [...answers].slice(0, 3) })
     }
   } finally {
     for (const close of closers) await close()

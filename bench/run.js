@@ -14,26 +14,56 @@ const RUNS = { ports: quick ? 50 : 200, readiness: quick ? 10 : 30, stopping: qu
 
 const isOurs = (name) => name.startsWith('backend-process-manager')
 
+/**
+ * The reference of a row: the row of its group marked `reference`, else the group's first row of ours. Each
+ * row gets `ratio` (its median over the reference's) and, for every extra column with `ratio`, `<key>Ratio`.
+ */
 function withRatios(result) {
+  const groupOf = (r) => r.group ?? 'all'
   for (const row of result.rows) {
-    const ref = result.rows.find((r) => isOurs(r.name) && (r.group ?? 'all') === (row.group ?? 'all'))
+    const same = result.rows.filter((r) => groupOf(r) === groupOf(row))
+    const ref = same.find((r) => r.reference) ?? same.find((r) => isOurs(r.name))
+    row.isReference = row === ref
     row.ratio = ref ? row.median / ref.median : NaN
+    for (const c of result.columns ?? []) if (c.ratio) row[`${c.key}Ratio`] = ref ? row[c.key] / ref[c.key] : NaN
   }
   return result
 }
 
+const ratioText = (r, v) => (r.isReference ? '1' : Number.isFinite(v) ? v.toFixed(1) : '-')
+
+/** Header and cells of the extra columns an area declares (`result.columns`: { key, label, ratio? }). */
+function extraColumns(result) {
+  const cols = []
+  for (const c of result.columns ?? []) {
+    cols.push({ head: c.label, md: c.label, cell: (r) => fmt(r[c.key]) })
+    if (c.ratio) {
+      const cell = (r) => ratioText(r, r[`${c.key}Ratio`])
+      cols.push({ head: `${c.label} × ours`, md: `${c.label} vs ours`, cell, mdCell: (r) => (cell(r) === '-' ? '-' : `${cell(r)}×`) })
+    }
+  }
+  return cols
+}
+
 function tableText(result) {
-  const head = ['contender', 'median', 'p95', '× ours', 'correct']
-  const rows = result.rows.map((r) => [r.name, fmt(r.median), fmt(r.p95), isOurs(r.name) ? '1' : r.ratio.toFixed(1), r.correct ? 'yes' : 'NO'])
+  const extra = extraColumns(result)
+  const head = ['contender', 'median', 'p95', '× ours', ...extra.map((c) => c.head), 'correct']
+  const rows = result.rows.map((r) => [r.name, fmt(r.median), fmt(r.p95), ratioText(r, r.ratio), ...extra.map((c) => c.cell(r)), r.correct ? 'yes' : 'NO'])
+  const last = head.length - 1
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)))
-  const line = (r) => r.map((c, i) => (i === 0 || i === 4 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ')
+  const line = (r) => r.map((c, i) => (i === 0 || i === last ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ')
   return [line(head), ...rows.map(line)].join('\n')
 }
 
 function markdownTable(result) {
-  const out = ['| contender | median (ms) | p95 (ms) | time vs ours | correct |', '| --- | ---: | ---: | ---: | --- |']
+  const extra = extraColumns(result)
+  const out = [
+    `| contender | median (ms) | p95 (ms) | time vs ours | ${extra.map((c) => `${c.md} | `).join('')}correct |`,
+    `| --- | ---: | ---: | ---: | ${extra.map(() => '---: | ').join('')}--- |`,
+  ]
   for (const r of result.rows) {
-    out.push(`| ${r.name} | ${fmt(r.median)} | ${fmt(r.p95)} | ${isOurs(r.name) ? '1×' : `${r.ratio.toFixed(1)}×`} | ${r.correct ? 'yes' : `**no**${r.note ? `: ${r.note}` : ''}`} |`)
+    const ratio = ratioText(r, r.ratio)
+    out.push(`| ${r.name} | ${fmt(r.median)} | ${fmt(r.p95)} | ${ratio === '-' ? ratio : `${ratio}×`} | ${extra.map((c) => `${(c.mdCell ?? c.cell)(r)} | `).join('')}${r.correct ? 'yes' : `**no**${r.note ? `: ${r.note}` : ''}`} |`)
   }
   return out.join('\n')
 }
@@ -63,7 +93,7 @@ function chart(results) {
       const color = isOurs(r.name) ? '#2b8a3e' : r.correct ? '#868e96' : '#e03131'
       parts.push(`<text x="10" y="${y + 13}" font-size="12">${escapeXml(r.name.slice(0, 62))}</text>`)
       parts.push(`<rect x="${labelW}" y="${y + 2}" width="${w.toFixed(1)}" height="${barH - 4}" fill="${color}"/>`)
-      const tag = `${fmt(r.median)} ms${isOurs(r.name) ? '' : ` (${r.ratio.toFixed(1)}×)`}${r.correct ? '' : ' wrong'}`
+      const tag = `${fmt(r.median)} ms${r.isReference ? '' : ` (${r.ratio.toFixed(1)}×)`}${r.correct ? '' : ' wrong'}`
       parts.push(`<text x="${labelW + w + 6}" y="${y + 13}" font-size="12">${escapeXml(tag)}</text>`)
       y += barH
     }
@@ -94,7 +124,8 @@ async function main() {
     `# Benchmark results`,
     ``,
     `${date}, ${info.cpu}, ${info.cores} cores, ${info.memoryGiB} GiB, ${info.os}, Node ${info.node}. Written by \`npm run bench\`; every`,
-    `contender measured in the same run. "time vs ours" is the contender's median divided by ours (higher: we are faster).`,
+    `contender measured in the same run. "time vs ours" is the contender's median divided by ours (higher: we are faster);`,
+    `"cpu ms vs ours" likewise for the CPU time spent (higher: we use less).`,
     ``,
     ...results.flatMap((r) => [
       `## ${r.title}`,

@@ -12,6 +12,7 @@ const FIXTURE = path.join(__dirname, '..', '__test__', 'fixtures', 'backend.js')
 const ENV = { GRANDCHILDREN: '2', TERM_DELAY_MS: '50' }
 /** How long a survivor is waited for before it counts as left alive. */
 const SURVIVOR_WAIT = 1000
+const GROUP_KILL = 'spawn detached + process.kill(-pid, SIGTERM) + exit event'
 
 /** Polls (every ms) until the pids are gone or `limit` ms pass; returns the moment they were all gone, or null. */
 async function goneAt(pids, limit) {
@@ -24,8 +25,8 @@ async function goneAt(pids, limit) {
 }
 
 /** Starts the fixture with Node's child_process (as the peers expect) and waits until it listens. */
-function startPlain(port, spawnFn = spawn) {
-  const child = spawnFn(process.execPath, [FIXTURE], { env: { ...process.env, ...ENV, PORT: String(port), HOST: '127.0.0.1' }, stdio: ['ignore', 'pipe', 'ignore'] })
+function startPlain(port, spawnFn = spawn, extraEnv = {}) {
+  const child = spawnFn(process.execPath, [FIXTURE], { env: { ...process.env, ...ENV, ...extraEnv, PORT: String(port), HOST: '127.0.0.1' }, stdio: ['ignore', 'pipe', 'ignore'] })
   const grandchildren = []
   return new Promise((resolve, reject) => {
     let buf = ''
@@ -40,12 +41,13 @@ function startPlain(port, spawnFn = spawn) {
 
 module.exports = async function stopping({ runs }) {
   const treeKill = require('tree-kill')
-  const { execa } = await import('execa')
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bpm-bench-'))
-  const results = { 'backend-process-manager': [], 'tree-kill + polling': [], 'execa kill() (forceKillAfterDelay)': [] }
+  const results = { 'backend-process-manager': [], 'tree-kill + polling': [], [GROUP_KILL]: [] }
   const survivors = Object.fromEntries(Object.keys(results).map((k) => [k, 0]))
-  // For ours: from the backend's own exit handler (its last moment, written by the fixture) to the resolution.
+  // From the backend's own exit handler (its last moment, written by the fixture) to the resolution: ours, and
+  // the plain group kill's exit event (the least any stop can take after the backend's exit).
   const afterExit = []
+  const groupAfterExit = []
   const cleanup = []
   try {
     for (let run = 0; run < runs; run++) {
@@ -72,34 +74,32 @@ module.exports = async function stopping({ runs }) {
       {
         const { pid, grandchildren } = await startPlain(port)
         while (grandchildren.length < 2) await sleep(5)
+        cleanup.push(pid, ...grandchildren)
         const t0 = now()
         await new Promise((resolve) => treeKill(pid, 'SIGTERM', resolve))
         const resolved = now()
         const pids = [pid, ...grandchildren]
         const gone = await goneAt(pids, SURVIVOR_WAIT)
         if (gone === null) survivors['tree-kill + polling'] += pids.filter(isAlive).length
-        cleanup.push(...pids)
         results['tree-kill + polling'].push(Math.max(resolved, gone ?? resolved) - t0)
       }
-      // execa: kill() sends SIGTERM to the child only; awaiting the subprocess resolves when it exits.
+      // Node alone: the backend leads a process group of its own (detached), SIGTERM goes to the whole group,
+      // and the call is done at the backend's exit event; the grandchildren are checked as for the others.
       {
-        const sub = execa(process.execPath, [FIXTURE], { env: { ...ENV, PORT: String(port), HOST: '127.0.0.1' }, reject: false, forceKillAfterDelay: 5000, stdout: 'pipe' })
-        const grandchildren = []
-        let buf = ''
-        await new Promise((resolve) => sub.stdout.on('data', (d) => {
-          buf += d
-          for (const m of buf.matchAll(/GRANDCHILD (\d+)/g)) if (!grandchildren.includes(Number(m[1]))) grandchildren.push(Number(m[1]))
-          if (buf.includes('listening on') && grandchildren.length >= 2) resolve()
-        }))
+        const mark = path.join(dir, `group-exit-${run}`)
+        const { child, pid, grandchildren } = await startPlain(port, (cmd, args, opts) => spawn(cmd, args, { ...opts, detached: true }), { EXIT_MARK_FILE: mark })
+        while (grandchildren.length < 2) await sleep(5)
+        cleanup.push(pid, ...grandchildren)
+        const exited = new Promise((resolve) => child.once('exit', resolve))
         const t0 = now()
-        sub.kill()
-        await sub
+        process.kill(-pid, 'SIGTERM')
+        await exited
         const resolved = now()
-        const pids = [sub.pid, ...grandchildren]
+        const pids = [pid, ...grandchildren]
         const gone = await goneAt(pids, SURVIVOR_WAIT)
-        if (gone === null) survivors['execa kill() (forceKillAfterDelay)'] += pids.filter(isAlive).length
-        cleanup.push(...pids)
-        results['execa kill() (forceKillAfterDelay)'].push(gone === null ? resolved - t0 : Math.max(resolved, gone) - t0)
+        if (gone === null) survivors[GROUP_KILL] += pids.filter(isAlive).length
+        results[GROUP_KILL].push(Math.max(resolved, gone ?? resolved) - t0)
+        groupAfterExit.push(resolved - Number(fs.readFileSync(mark, 'utf8').trim()))
       }
       for (const pid of cleanup.splice(0)) if (isAlive(pid)) process.kill(pid, 'SIGKILL')
     }
@@ -108,10 +108,11 @@ module.exports = async function stopping({ runs }) {
     fs.rmSync(dir, { recursive: true, force: true })
   }
   const exitLag = summary(afterExit)
+  const lagText = (lag) => `; resolved ${lag.median.toFixed(1)} ms (p95 ${lag.p95.toFixed(1)}) after the backend's exit handler ran`
   const rows = Object.entries(results).map(([name, values]) => ({
     name, ...summary(values), correct: survivors[name] === 0,
     note: `${survivors[name]} process(es) left alive in ${runs} runs` +
-      (name === 'backend-process-manager' ? `; resolved ${exitLag.median.toFixed(1)} ms (p95 ${exitLag.p95.toFixed(1)}) after the backend's exit handler ran` : ''),
+      (name === 'backend-process-manager' ? lagText(exitLag) : name === GROUP_KILL ? lagText(summary(groupAfterExit)) : ''),
   }))
   return { resolvedAfterExit: exitLag, title: `Stopping a backend with 2 grandchildren that exits 50 ms after SIGTERM (${runs} runs)`, unit: 'ms', rows }
 }
