@@ -23,7 +23,7 @@ export declare class NativeManager {
    * CPU (since the previous sample), memory and process count of the running backend's tree, with its
    * uptime, restarts and health; null when it is not running.
    */
-  stats(): Stats | null
+  stats(): Record<string, unknown> | null
   start(projectRoot: string, isPackaged: boolean | undefined, runtime: RuntimeInfo): Promise<BackendInfo>
   stop(): Promise<StopResult | null>
   killExisting(): Promise<boolean>
@@ -126,6 +126,9 @@ export interface RecordStatus {
   startedAt: number | null
   ownerPid: number | null
   restarts: number | null
+  /** As its app's watchdog last found it; null without a watchdog verdict. */
+  healthy: boolean | null
+  healthPath: string | null
   alive: boolean
   orphaned: boolean
   uptimeMs: number | null

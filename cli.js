@@ -15,8 +15,11 @@ Commands:
   cleanup [--json]                        terminate orphaned backends, delete stale records
   test-ports [port] [--count N] [--json]  availability of port … port+N-1 (default 8000, 10 ports) and
                                           the process holding each busy one
-  start [--entry FILE] [--command CMD] [-- args…]
+  start [--entry FILE] [--command CMD] [supervision] [-- args…]
                                           run a backend in the foreground; Ctrl-C stops it gracefully
+                                          supervision: --restart, --health-interval MS,
+                                          --max-memory BYTES, --priority low|below-normal|normal|
+                                          above-normal|high, --token, --no-inherit-env
 
 Options for every command:
   --name NAME        backend name (records <name>-<pid>.json); status/cleanup: only this name
@@ -41,7 +44,16 @@ const COMMANDS = {
   status: { json: { type: 'boolean' } },
   cleanup: { json: { type: 'boolean' } },
   'test-ports': { json: { type: 'boolean' }, count: { type: 'string' } },
-  start: { entry: { type: 'string' }, command: { type: 'string' } },
+  start: {
+    entry: { type: 'string' },
+    command: { type: 'string' },
+    restart: { type: 'boolean' },
+    'health-interval': { type: 'string' },
+    'max-memory': { type: 'string' },
+    priority: { type: 'string' },
+    token: { type: 'boolean' },
+    'no-inherit-env': { type: 'boolean' },
+  },
 }
 
 function parse(argv) {
@@ -95,6 +107,12 @@ function managerOptions(values) {
   if (values.port !== undefined) options.port = integer(values.port, '--port')
   if (values.entry !== undefined) options.entry = values.entry
   if (values.command !== undefined) options.command = values.command
+  if (values.restart) options.restart = true
+  if (values['health-interval'] !== undefined) options.healthIntervalMs = integer(values['health-interval'], '--health-interval')
+  if (values['max-memory'] !== undefined) options.maxMemoryBytes = integer(values['max-memory'], '--max-memory')
+  if (values.priority !== undefined) options.priority = values.priority
+  if (values.token) options.token = true
+  if (values['no-inherit-env']) options.inheritEnv = false
   return options
 }
 
@@ -174,6 +192,9 @@ async function start(options, extraArgs) {
   })
   pm.on('stdout', (line) => process.stdout.write(`${line}\n`))
   pm.on('stderr', (line) => process.stderr.write(`${line}\n`))
+  pm.on('unhealthy', (e) => console.error(`backend unhealthy (${e.reason}): ${e.error ?? ''}`))
+  pm.on('healthy', () => console.error('backend healthy again'))
+  pm.on('port-changed', (e) => print(`backend moved from port ${e.previous} to port ${e.port}`))
   let stopping = null
   const stop = (signal) => {
     if (stopping) return
@@ -201,15 +222,39 @@ async function start(options, extraArgs) {
   }
   print(`backend "${pm.options.name}" running: pid ${backend.pid}, port ${backend.port}, ${backend.url}`)
   print('press Ctrl-C to stop it')
-  const ownExit = () => exits.find((e) => e.pid === backend.pid)
-  while (!ownExit()) await new Promise((resolve) => (exitSeen = resolve))
-  const exit = ownExit()
-  if (!exit.expected) {
-    console.error(`the backend exited on its own (${exit.exitCode !== null ? `exit code ${exit.exitCode}` : exit.signal})`)
+  // It runs until Ctrl-C; or until it ends by itself (without --restart), or the restart policy gives up.
+  let current = backend.pid
+  const restarting = pm.options.restart !== false
+  const ending = () => {
+    const crash = exits.find((e) => e.pid === current && !e.expected)
+    if (crash && !restarting) return { crash }
+    return null
+  }
+  const outcome = await new Promise((resolve) => {
+    exitSeen = () => ending() && resolve(ending())
+    pm.on('ready', (b) => {
+      current = b.pid
+      print(`backend running again: pid ${b.pid}, port ${b.port}`)
+    })
+    pm.on('restart', (e) => console.error(`backend pid ${e.pid} ended (${e.exitCode !== null ? `exit code ${e.exitCode}` : e.signal ?? e.reason}); restart ${e.attempt} in ${e.delayMs} ms`))
+    pm.on('failed', (e) => resolve({ failed: e }))
+    const stoppedOrEnded = () => (stopping ? stopping.then((result) => resolve({ result })) : null)
+    process.on('SIGINT', stoppedOrEnded)
+    process.on('SIGTERM', stoppedOrEnded)
+    if (stopping) stoppedOrEnded()
+    if (ending()) resolve(ending())
+  })
+  if (outcome.crash) {
+    const e = outcome.crash
+    console.error(`the backend exited on its own (${e.exitCode !== null ? `exit code ${e.exitCode}` : e.signal})`)
     return 1
   }
-  const result = await stopping
-  print(`backend stopped${result.forced ? ' (force-killed after the grace period)' : ''} in ${Math.round(result.durationMs)} ms`)
+  if (outcome.failed) {
+    console.error(`the backend failed and is not restarted again: ${outcome.failed.error}`)
+    return 1
+  }
+  const { result } = outcome
+  print(`backend stopped${result?.forced ? ' (force-killed after the grace period)' : ''}${result ? ` in ${Math.round(result.durationMs)} ms` : ''}`)
   return 0
 }
 

@@ -47,14 +47,105 @@ export interface ProcessManagerOptions {
   stateDir?: string
   /** Where the manager logs; `false` silences it. Default `console`. */
   logger?: Logger | false
+
+  // Supervision (all off by default)
+  /** Start the backend again after an unexpected exit (or a watchdog/memory verdict), with a backoff. Default `false`. */
+  restart?: boolean | RestartPolicy
+  /** While running, probe health this often (the watchdog). `0`: off (default). */
+  healthIntervalMs?: number
+  /** Consecutive failed watchdog probes that make the backend unhealthy. Default `3`. */
+  unhealthyThreshold?: number
+  /** Resident memory of the whole tree above which it counts as failed (reason `memory`). `0`: off (default). */
+  maxMemoryBytes?: number
+  /** Emit `stats` this often. `0`: off (default). */
+  statsIntervalMs?: number
+  /** Scheduling priority of the backend tree (nice 10/5/0/−5/−10; Windows priority classes). Default `'normal'`. */
+  priority?: Priority
+  /** Hard OS limits applied at spawn (Unix). */
+  limits?: { openFiles?: number; coreDumps?: boolean }
+
+  // Isolation and access
+  /** `false`: only `env` plus PATH, HOME/USERPROFILE, TMPDIR/TEMP/TMP, LANG, SystemRoot; an array: those names too. Default `true`. */
+  inheritEnv?: boolean | string[]
+  /** A fresh 32-byte secret per start in `BACKEND_TOKEN`, sent by every probe as a bearer token, returned as `BackendInfo.token`. Default `false`. */
+  token?: boolean
+  /** Polite stop requests tried before the signal: an HTTP request (`'POST /shutdown'`), closing stdin. */
+  shutdown?: { http?: string; stdin?: boolean }
+}
+
+export type Priority = 'low' | 'below-normal' | 'normal' | 'above-normal' | 'high'
+
+export interface RestartPolicy {
+  /** More restarts than this within `windowMs` and the backend stays down (`failed`). Default 5. */
+  maxRestarts?: number
+  /** Default 60000. */
+  windowMs?: number
+  /** The first delay; it doubles up to `maxDelayMs`. Default 100. */
+  initialDelayMs?: number
+  /** Default 10000. */
+  maxDelayMs?: number
+  /** Once healthy this long, the delay starts over. Default 30000. */
+  resetAfterMs?: number
+}
+
+/** What the whole tree of the running backend uses, and how it is doing. */
+export interface Stats {
+  pid: number
+  /** Percent of one core since the previous sample (0 on the first). */
+  cpuPercent: number
+  memoryBytes: number
+  processCount: number
+  uptimeMs: number
+  restarts: number
+  healthy: boolean
+  /** Of the last watchdog or readiness probe. */
+  healthLatencyMs: number | null
+}
+
+export type RestartReason = 'exit' | 'unhealthy' | 'memory'
+
+export interface RestartEvent {
+  /** Restarts of this run so far, this one included. */
+  attempt: number
+  delayMs: number
+  reason: RestartReason
+  /** The process that ended. */
+  pid: number
+  exitCode: number | null
+  signal: string | null
+}
+
+export interface FailedEvent {
+  reason: RestartReason
+  restarts: number
+  error: string
+}
+
+export interface UnhealthyEvent {
+  reason: 'health' | 'memory'
+  failures: number
+  error: string | null
+  memoryBytes: number | null
+}
+
+export interface HealthyEvent {
+  latencyMs: number | null
+  memoryBytes: number | null
+}
+
+export interface PortChangedEvent {
+  previous: number
+  port: number
 }
 
 export interface ExitEvent {
   pid: number
   exitCode: number | null
   signal: string | null
-  /** False when nobody asked the backend to stop (it crashed or was killed from outside). */
+  /** False when nobody asked the backend to stop (it crashed, was killed from outside, or a watchdog/memory verdict stopped it). */
   expected: boolean
+  /** Set when the manager stopped it because of a verdict. */
+  reason?: 'unhealthy' | 'memory'
 }
 
 export interface StatusReport {
@@ -94,6 +185,12 @@ export interface ProcessManagerEvents {
   exit: [event: ExitEvent]
   stdout: [line: string]
   stderr: [line: string]
+  restart: [event: RestartEvent]
+  failed: [event: FailedEvent]
+  unhealthy: [event: UnhealthyEvent]
+  healthy: [event: HealthyEvent]
+  'port-changed': [event: PortChangedEvent]
+  stats: [stats: Stats]
 }
 
 export declare class ProcessManager extends EventEmitter {
@@ -126,6 +223,8 @@ export declare class ProcessManager extends EventEmitter {
   killExistingBackend(): Promise<boolean>
   /** This manager's backend and every record of the state folder. */
   status(): Promise<StatusReport>
+  /** CPU (since the previous sample), memory and process count of the running backend's tree, uptime, restarts, health; `null` when it is not running. */
+  stats(): Promise<Stats | null>
 
   on<K extends keyof ProcessManagerEvents>(event: K, listener: (...args: ProcessManagerEvents[K]) => void): this
   once<K extends keyof ProcessManagerEvents>(event: K, listener: (...args: ProcessManagerEvents[K]) => void): this

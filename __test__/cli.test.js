@@ -4,7 +4,7 @@ const test = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const path = require('node:path')
-const { ROOT, FIXTURE, CLI, tempDir, holdPort, freeRun, isAlive, records, killIfAlive, fixtureManager, startScript, cli, recordOf, startProcess } = require('./helpers')
+const { ROOT, FIXTURE, CLI, tempDir, holdPort, freeRun, isAlive, records, killIfAlive, fixtureManager, startScript, cli, recordOf, startProcess, waitFor } = require('./helpers')
 
 /** An app that started a SIGTERM-ignoring backend and was then killed: its backend is an orphan. */
 async function makeOrphan(t, stateDir) {
@@ -46,7 +46,7 @@ test('status --json lists a running backend and marks an orphan as orphaned', as
 
   const human = await cli(['status', '--state-dir', stateDir])
   assert.equal(human.code, 0)
-  assert.match(human.stdout, /PID\s+NAME\s+PORT\s+STATE\s+UPTIME\s+CPU\s+MEMORY\s+LISTENER/)
+  assert.match(human.stdout, /PID\s+NAME\s+PORT\s+STATE\s+HEALTH\s+RESTARTS\s+UPTIME\s+CPU\s+MEMORY\s+PROCS\s+LISTENER/)
   assert.match(human.stdout, new RegExp(`${orphan.pid}\\s+orphan\\s+${orphan.port}\\s+orphaned`))
   assert.match(human.stdout, new RegExp(`${running.pid}\\s+fixture\\s+${running.port}\\s+running`))
 })
@@ -136,6 +136,39 @@ test('Ctrl-C while the backend is still starting stops it cleanly, exit 0', asyn
   await run.line(/stopped before it became ready/)
   assert.equal(isAlive(pid), false)
   assert.deepEqual(records(stateDir), [])
+})
+
+test('start --restart brings the backend back after a crash and still stops with Ctrl-C', async (t) => {
+  const stateDir = tempDir(t)
+  const port = await freeRun(3)
+  const run = startProcess(t, process.execPath, [CLI, 'start', '--restart', '--command', process.execPath, '--state-dir', stateDir, '--port', String(port), '--name', 'cli-restart', '--', FIXTURE], { mergeStderr: true })
+  const first = Number(/running: pid (\d+)/.exec(await run.line(/running: pid/))[1])
+  process.kill(first, 'SIGKILL')
+  const [, second, again] = /running again: pid (\d+), port (\d+)/.exec(await run.line(/running again: pid/)).map(Number)
+  assert.notEqual(second, first)
+  assert.equal(again, port)
+  run.child.kill('SIGINT')
+  const [code] = await run.exited
+  assert.equal(code, 0, run.lines.join('\n'))
+  assert.equal(isAlive(second), false)
+  assert.deepEqual(records(stateDir), [])
+})
+
+test('status shows restarts and the watchdog\'s verdict', async (t) => {
+  const { pm, stateDir } = fixtureManager(t, { port: await freeRun(3), restart: true, healthIntervalMs: 50 })
+  const first = await pm.startBackend(ROOT)
+  const back = new Promise((resolve) => pm.once('ready', resolve))
+  process.kill(first.pid, 'SIGKILL')
+  const second = await back
+  // The first watchdog probe writes its verdict into the record; no event says when the file is rewritten.
+  const file = path.join(stateDir, `fixture-${second.pid}.json`)
+  await waitFor(() => fs.existsSync(file) && JSON.parse(fs.readFileSync(file, 'utf8')).healthy === true, 5000, 'the verdict in the record')
+  const { stdout } = await cli(['status', '--json', '--state-dir', stateDir])
+  const record = JSON.parse(stdout).records.find((r) => r.pid === second.pid)
+  assert.equal(record.restarts, 1)
+  assert.equal(record.healthy, true)
+  const human = await cli(['status', '--state-dir', stateDir])
+  assert.match(human.stdout, new RegExp(`${second.pid}\\s+fixture\\s+${second.port}\\s+running\\s+healthy\\s+1\\s`))
 })
 
 test('ports and hosts on the command line are checked: no hex, no exponent, no names', async () => {

@@ -39,18 +39,26 @@ function listener(record) {
   return `${record.listenerPid} (${record.listenerName ?? '?'})`
 }
 
+function health(record) {
+  if (record.healthy == null) return '-'
+  return record.healthy ? 'healthy' : 'UNHEALTHY'
+}
+
 /** The status table of PID records. */
 function recordsTable(records) {
   return table(
-    ['PID', 'NAME', 'PORT', 'STATE', 'UPTIME', 'CPU', 'MEMORY', 'LISTENER'],
+    ['PID', 'NAME', 'PORT', 'STATE', 'HEALTH', 'RESTARTS', 'UPTIME', 'CPU', 'MEMORY', 'PROCS', 'LISTENER'],
     records.map((r) => [
       r.pid,
       r.name ?? r.file,
       r.port,
       r.state,
+      health(r),
+      r.restarts,
       formatDuration(r.uptimeMs),
       r.cpuPercent == null ? '-' : `${r.cpuPercent.toFixed(1)}%`,
       formatBytes(r.memoryBytes),
+      r.processCount,
       listener(r),
     ]),
   )

@@ -49,6 +49,31 @@ async function main(): Promise<void> {
   const nativeInfo: binding.BackendInfo = backend
   void [url, foreign, trees, forced, survivors, free, healthy, ready, killed, states, lowFree, holders, records, cleaned, nativeInfo]
 
+  // Supervision: typed options, events and stats.
+  const supervised = new ProcessManager({
+    restart: { maxRestarts: 3, initialDelayMs: 50 },
+    healthIntervalMs: 1000,
+    maxMemoryBytes: 2 ** 30,
+    priority: 'low',
+    limits: { openFiles: 1024, coreDumps: false },
+    inheritEnv: ['LANG'],
+    token: true,
+    shutdown: { http: 'POST /shutdown', stdin: true },
+  })
+  supervised.on('restart', (e) => e.delayMs + e.attempt + (e.reason === 'memory' ? 1 : 0))
+  supervised.on('failed', (e) => e.error.length + e.restarts)
+  supervised.on('unhealthy', (e) => (e.reason === 'health' ? e.failures : e.memoryBytes))
+  supervised.on('healthy', (e) => e.latencyMs)
+  supervised.on('port-changed', (e) => e.port - e.previous)
+  supervised.on('stats', (s) => s.cpuPercent + s.memoryBytes + s.processCount)
+  const stats = await supervised.stats()
+  const token: string | null | undefined = (await supervised.startBackend('/app')).token
+  void [stats?.healthLatencyMs, token]
+  // @ts-expect-error priorities are named
+  new ProcessManager({ priority: 'urgent' })
+  // @ts-expect-error restart events carry a number of attempts
+  supervised.on('restart', (e: { attempt: string }) => e)
+
   // @ts-expect-error ports are numbers
   await pm.isPortAvailable('80')
   // @ts-expect-error unknown option

@@ -179,6 +179,9 @@ pub struct RecordStatus {
   pub started_at: Option<f64>,
   pub owner_pid: Option<u32>,
   pub restarts: Option<u32>,
+  /// As its app's watchdog last found it; null without a watchdog verdict.
+  pub healthy: Option<bool>,
+  pub health_path: Option<String>,
   pub alive: bool,
   pub orphaned: bool,
   pub uptime_ms: Option<f64>,
@@ -215,6 +218,8 @@ fn record_status(s: orphans::RecordStatus) -> RecordStatus {
     started_at: r.map(|r| r.started_at as f64),
     owner_pid: r.map(|r| r.owner_pid),
     restarts: r.map(|r| r.restarts),
+    healthy: r.and_then(|r| r.healthy),
+    health_path: r.and_then(|r| r.health_path.clone()),
     alive,
     orphaned: matches!(s.state, RecordState::Orphaned | RecordState::OrphanedGroup),
     uptime_ms: u.map(|u| u.uptime_ms as f64),
@@ -409,7 +414,7 @@ impl NativeManager {
 
   /// CPU (since the previous sample), memory and process count of the running backend's tree, with its
   /// uptime, restarts and health; null when it is not running.
-  #[napi(ts_return_type = "Stats | null")]
+  #[napi(ts_return_type = "Record<string, unknown> | null")]
   pub fn stats(&self) -> Option<JsPlain> {
     self.inner.stats().map(|s| JsPlain(events::stats_value(&s)))
   }

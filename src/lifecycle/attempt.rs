@@ -90,7 +90,14 @@ pub async fn run(
     format!("backend started with pid {} on port {port}", child.pid),
   );
   manager.check_spawn_settings(child.pid);
-  let instance = Instance::new(info, child.clone(), &o.name, o.state_dir.clone(), restarts);
+  let instance = Instance::new(
+    info,
+    child.clone(),
+    &o.name,
+    o.state_dir.clone(),
+    &o.health_path,
+    restarts,
+  );
   if let Err(e) = instance.write_record().await {
     manager.end(&instance, true, None).await;
     return Err(e);

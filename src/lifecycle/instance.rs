@@ -34,6 +34,9 @@ pub struct Instance {
   pub spawned: Instant,
   record: tokio::sync::Mutex<RecordFile>,
   stop_requested_at: Mutex<Option<Instant>>,
+  /// The watchdog's verdict, kept in the record for `backend-pm status`.
+  healthy: Mutex<Option<bool>>,
+  health_path: String,
   finished: OnceCell<StopResult>,
 }
 
@@ -43,6 +46,7 @@ impl Instance {
     child: Arc<Child>,
     name: &str,
     state_dir: PathBuf,
+    health_path: &str,
     restarts: u32,
   ) -> Arc<Instance> {
     Arc::new(Instance {
@@ -54,6 +58,8 @@ impl Instance {
       spawned: Instant::now(),
       record: tokio::sync::Mutex::new(RecordFile::default()),
       stop_requested_at: Mutex::new(None),
+      healthy: Mutex::new(None),
+      health_path: health_path.to_string(),
       finished: OnceCell::new(),
     })
   }
@@ -87,7 +93,23 @@ impl Instance {
       owner_pid: me,
       owner_start_time: process::identity(me).map_or(0, |o| o.start_time),
       restarts: self.restarts,
+      health_path: Some(self.health_path.clone()),
+      healthy: *self.healthy.lock().unwrap_or_else(|e| e.into_inner()),
     }
+  }
+
+  /// Records the watchdog's verdict (rewriting the PID record when it changed).
+  pub async fn set_healthy(&self, healthy: bool) -> Result<()> {
+    let changed = self
+      .healthy
+      .lock()
+      .unwrap_or_else(|e| e.into_inner())
+      .replace(healthy)
+      != Some(healthy);
+    if changed {
+      self.write_record().await?;
+    }
+    Ok(())
   }
 
   pub fn request_stop(&self) {

@@ -357,7 +357,9 @@ async fn watchdog(manager: &Manager, run: &Run, instance: &Instance) -> Reason {
       _ = tick(&mut probes) => {
         let began = Instant::now();
         let outcome = health::probe(&target, o.health_timeout).await;
-        if probe_verdict(manager, run, outcome, began.elapsed()) && restart {
+        let unhealthy = probe_verdict(manager, run, outcome, began.elapsed());
+        keep_verdict(manager, run, instance).await;
+        if unhealthy && restart {
           return Reason::Unhealthy;
         }
       }
@@ -366,11 +368,21 @@ async fn watchdog(manager: &Manager, run: &Run, instance: &Instance) -> Reason {
         if o.stats_interval.is_some() {
           manager.emit(Event::Stats(stats.clone()));
         }
-        if memory_verdict(manager, run, stats.memory_bytes) && restart {
+        let unhealthy = memory_verdict(manager, run, stats.memory_bytes);
+        keep_verdict(manager, run, instance).await;
+        if unhealthy && restart {
           return Reason::Memory;
         }
       }
     }
+  }
+}
+
+/// Keeps the current verdict in the PID record (rewritten only when it changed), for `backend-pm status`.
+async fn keep_verdict(manager: &Manager, run: &Run, instance: &Instance) {
+  let healthy = lock(&run.health).healthy;
+  if let Err(e) = instance.set_healthy(healthy).await {
+    manager.log(Level::Warn, format!("could not update the PID record: {e}"));
   }
 }
 

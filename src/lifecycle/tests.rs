@@ -189,7 +189,7 @@ async fn no_record_is_written_after_the_end() {
     started_at: 1,
     token: None,
   };
-  let instance = instance::Instance::new(info, child, "late", dir.path().into(), 0);
+  let instance = instance::Instance::new(info, child, "late", dir.path().into(), "/", 0);
   instance.write_record().await.unwrap();
   assert_eq!(record::list_records(dir.path(), None).len(), 1);
   instance.request_stop();

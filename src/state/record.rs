@@ -38,6 +38,12 @@ pub struct Record {
   /// How many times the backend was restarted before this process.
   #[serde(default)]
   pub restarts: u32,
+  /// The path its health is probed at.
+  #[serde(default)]
+  pub health_path: Option<String>,
+  /// As its watchdog last found it (`None`: no verdict yet, or no watchdog).
+  #[serde(default)]
+  pub healthy: Option<bool>,
 }
 
 impl Record {
@@ -305,6 +311,8 @@ pub(crate) mod tests {
       owner_pid: process::own_pid(),
       owner_start_time: me.start_time,
       restarts: 0,
+      health_path: Some("/health".into()),
+      healthy: None,
     }
   }
 
