@@ -100,3 +100,32 @@ for (const server of SERVERS) {
     assert.equal(problems.length, 0, `${problems.join('; ')}\nserver output:\n${output.slice(-20).join('\n')}`)
   })
 }
+
+// The token-checking backends of the README, run as they are there.
+const TOKEN_BACKENDS = [
+  { name: 'Node', file: 'token-server.js', entry: 'token-server.js' },
+  { name: 'Python (Flask)', file: 'token_app.py', command: PYTHON, args: ['-m', 'flask', '--app', 'token_app', 'run', '--port', '{port}', '--host', '{host}'], env: PYTHON_ENV },
+]
+
+for (const backend of TOKEN_BACKENDS) {
+  test(`the README's ${backend.name} backend that checks the token starts with token: true and refuses others`, async (t) => {
+    const readme = fs.readFileSync(path.join(ROOT, 'README.md'), 'utf8')
+    assert.ok(readme.includes(fs.readFileSync(path.join(SERVERS_DIR, backend.file), 'utf8')), `README.md shows ${backend.file} as it is`)
+    const pm = new ProcessManager({
+      name: `token-${backend.file.replace(/\W/g, '-')}`,
+      token: true,
+      port: await freeRun(3),
+      stateDir: tempDir(t),
+      cwd: SERVERS_DIR,
+      logger: memoryLogger(),
+      ...(backend.entry ? { entry: backend.entry } : { command: backend.command, args: backend.args, env: backend.env }),
+    })
+    t.after(() => pm.stopBackend())
+    const b = await pm.startBackend(SERVERS_DIR)
+    t.after(() => processTree(b.pid).forEach((p) => killIfAlive(p)))
+    assert.equal((await httpGet(`${b.url}/health`)).status, 401)
+    assert.equal((await httpGet(`${b.url}/health`, { authorization: `Bearer ${b.token}` })).status, 200)
+    assert.equal((await httpGet(`${b.url}/health`, { authorization: 'Bearer guessed' })).status, 401)
+    assert.equal((await pm.stopBackend()).forced, false)
+  })
+}
