@@ -21,6 +21,8 @@ use tokio::time::Instant;
 #[derive(Default)]
 struct RecordFile {
   path: Option<PathBuf>,
+  /// What the file holds now: a rewrite with the same content is skipped (it would cost an fsync).
+  written: Option<Record>,
   closed: bool,
 }
 
@@ -68,12 +70,14 @@ impl Instance {
   /// since the last write. Nothing is written once the instance has ended.
   pub async fn write_record(&self) -> Result<()> {
     let mut file = self.record.lock().await;
-    if file.closed {
+    let record = self.record_now();
+    if file.closed || file.written.as_ref() == Some(&record) {
       return Ok(());
     }
-    let record = self.record_now();
     let dir = self.state_dir.clone();
-    file.path = Some(blocking::run(move || record::write_record(&dir, &record)).await??);
+    let to_write = record.clone();
+    file.path = Some(blocking::run(move || record::write_record(&dir, &to_write)).await??);
+    file.written = Some(record);
     Ok(())
   }
 
