@@ -24,7 +24,7 @@ export declare class NativeManager {
    * uptime, restarts and health; null when it is not running.
    */
   stats(): Record<string, unknown> | null
-  start(projectRoot: string, isPackaged: boolean | undefined, runtime: RuntimeInfo): Promise<BackendInfo>
+  start(projectRoot: string, isPackaged: boolean | undefined, runtime: RuntimeInfo): Promise<Started>
   stop(): Promise<StopResult | null>
   killExisting(): Promise<boolean>
   checkHealth(port: number): Promise<boolean>
@@ -165,6 +165,13 @@ export interface RuntimeInfo {
   electron: boolean
   /** `process.env`. */
   env: Record<string, string>
+}
+
+/** The outcome of `start`: the backend, and whether this call started it. */
+export interface Started {
+  info: BackendInfo
+  /** This call started it (others joined a start in progress, or found it running). */
+  fresh: boolean
 }
 
 /** How a stop went. */

@@ -96,7 +96,10 @@ class ProcessManager extends EventEmitter {
 
   async startBackend(projectRoot = process.cwd(), isPackaged = false) {
     const starting = this.#native.start(projectRoot, isPackaged, runtime())
-    return this.#holdingLoop(() => starting)
+    const { info, fresh } = await this.#holdingLoop(() => starting)
+    // `ready` comes before the call resolves, once per backend started (restarts emit their own).
+    if (fresh) this.emit('ready', info)
+    return info
   }
 
   async stopBackend() {

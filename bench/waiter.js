@@ -8,7 +8,7 @@ const path = require('node:path')
 const { ProcessManager } = require('..')
 const { now, sleep } = require('./lib')
 
-const FIXTURE = path.join(__dirname, '..', '__test__', 'fixtures', 'backend.js')
+const BACKEND = path.join(__dirname, 'fast-backend.py')
 const WAIT_LIMIT_MS = 30000
 
 /** The original hand-written manager: one GET, then a fixed 1000 ms between retries. */
@@ -36,7 +36,7 @@ let started = null
 /** Makes the manager and reserves `port` for it (for it alone): false when another process holds it. */
 async function prepare({ port, dir, delay, mark }) {
   started = new ProcessManager({
-    name: 'bench-ready', command: process.execPath, args: [FIXTURE], port, portRange: 0, stateDir: dir, logger: false,
+    name: 'bench-ready', command: 'python3', args: [BACKEND], port, portRange: 0, stateDir: dir, logger: false, healthPath: '/',
     env: { LISTEN_DELAY_MS: String(delay), LISTEN_MARK_FILE: mark },
   })
   try {

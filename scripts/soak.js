@@ -41,12 +41,16 @@ async function main() {
   const supervised = manager('soak-supervised', {}, { restart: { initialDelayMs: 0, maxRestarts: 1000 } })
 
   /** Killed from outside, restarted by the restart policy, then stopped. */
+  const history = []
+  for (const kind of ['ready', 'exit', 'restart', 'failed']) supervised.on(kind, (e) => history.push(`${kind} ${e.pid ?? e.error}`))
   async function restartCycle() {
+    history.length = 0
     const b = await supervised.startBackend(stateDir)
+    history.push(`started ${b.pid}`)
     const back = once(supervised, 'ready')
     process.kill(b.pid, 'SIGKILL')
     const [again] = await back
-    if (again.pid === b.pid || again.port !== b.port) throw new Error('not restarted on its port')
+    if (again.pid === b.pid || again.port !== b.port) throw new Error(`not restarted on its port: ${b.pid}:${b.port} -> ${again.pid}:${again.port}; ${history.join(' | ')}`)
     await supervised.stopBackend()
     counts.restarts++
   }

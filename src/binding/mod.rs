@@ -318,6 +318,14 @@ pub struct RuntimeInfo {
   pub env: HashMap<String, String>,
 }
 
+/// The outcome of `start`: the backend, and whether this call started it.
+#[napi(object)]
+pub struct Started {
+  pub info: BackendInfo,
+  /// This call started it (others joined a start in progress, or found it running).
+  pub fresh: bool,
+}
+
 /// The running backend.
 #[napi(object)]
 pub struct BackendInfo {
@@ -421,7 +429,7 @@ impl NativeManager {
 
   #[napi(
     ts_args_type = "projectRoot: string, isPackaged: boolean | undefined, runtime: RuntimeInfo",
-    ts_return_type = "Promise<BackendInfo>"
+    ts_return_type = "Promise<Started>"
   )]
   pub fn start<'env>(
     &self,
@@ -429,7 +437,7 @@ impl NativeManager {
     project_root: Unknown,
     is_packaged: Unknown,
     runtime: RuntimeInfo,
-  ) -> napi::Result<PromiseRaw<'env, BackendInfo>> {
+  ) -> napi::Result<PromiseRaw<'env, Started>> {
     let (root, packaged) = (from_js(project_root)?, from_js(is_packaged)?);
     let args = sync(env, || StartArgs::parse(&root, &packaged))?;
     let runtime = Runtime {
@@ -437,7 +445,12 @@ impl NativeManager {
       electron: runtime.electron,
       env: runtime.env.into_iter().collect(),
     };
-    promise(env, self.inner.start(args, runtime), BackendInfo::from)
+    promise(env, self.inner.start(args, runtime), |(info, fresh)| {
+      Started {
+        info: info.into(),
+        fresh,
+      }
+    })
   }
 
   #[napi(ts_return_type = "Promise<StopResult | null>")]

@@ -9,19 +9,22 @@ use super::{BackendInfo, Level, StopResult};
 use crate::blocking;
 use crate::error::{PmError, Result};
 use crate::net::health;
-use crate::net::listeners;
+use crate::net::listeners::{self, Holder};
 use crate::os::spawn::{self, ExitInfo, LineSink, Stream};
 use crate::os::tree;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 /// How long an error report waits for the backend's last stderr lines after it exited.
 const OUTPUT_DRAIN: Duration = Duration::from_millis(200);
 /// Once the backend answers but is not healthy yet, probes back off up to this.
 const ANSWERED_DELAY_CAP: Duration = Duration::from_millis(500);
+/// While the backend does not listen yet, a look for its listener this often — and at once whenever it
+/// writes a line (most servers announce that they listen), which is what finds most backends.
+const QUIET_LOOK_EVERY: Duration = Duration::from_millis(25);
 
 pub enum Attempt {
   /// Healthy; the last probe took `latency`.
@@ -64,10 +67,13 @@ pub async fn run(
     format!("starting backend: {} {}", spec.program, spec.args.join(" ")),
   );
   let port_taken = Arc::new(AtomicBool::new(false));
+  let nudge = Arc::new(Notify::new());
   let sink: LineSink = {
     let manager = Arc::downgrade(manager);
     let port_taken = port_taken.clone();
+    let nudge = nudge.clone();
     Arc::new(move |stream: Stream, line: &str| {
+      nudge.notify_one();
       if says_port_taken(line, port) {
         port_taken.store(true, Ordering::SeqCst);
       }
@@ -108,10 +114,15 @@ pub async fn run(
   let target = manager.target(port, launch.token.clone());
   let pid = child.pid;
   let own_listener = move || async move {
-    // Off the async worker: this reads the tree's descriptors (and, rarely, scans every process).
-    blocking::run(move || listener_is_own(port, pid))
-      .await
-      .unwrap_or(false)
+    // The tree's own descriptors are a few /proc reads, done here (a thread for them would cost more
+    // than the reads, on the path that decides how fast the app sees its backend); the rare look through
+    // every process for a listener that left the tree runs off the async worker.
+    match listener_in_tree(port, pid) {
+      Some(own) => own,
+      None => blocking::run(move || listener_in_group(port, pid))
+        .await
+        .unwrap_or(false),
+    }
   };
   tokio::select! {
     biased;
@@ -138,7 +149,14 @@ pub async fn run(
       }
       Ok(Attempt::Failed { pid, exit, error: exited })
     }
-    ready = health::wait_until_healthy(&target, o.health_timeout, deadline, ANSWERED_DELAY_CAP, own_listener) => {
+    ready = health::wait_until_healthy(
+      &target,
+      o.health_timeout,
+      deadline,
+      ANSWERED_DELAY_CAP,
+      health::Watch { refused_delay: QUIET_LOOK_EVERY, nudge: Some(nudge) },
+      own_listener,
+    ) => {
       match ready {
         Ok(ready) => {
           if let Err(e) = instance.write_record().await {
@@ -172,20 +190,24 @@ pub async fn run(
   }
 }
 
-/// The port's listener is in the backend's tree, or in what its group holds (a server that a wrapper
-/// started and that left the tree). Where the OS cannot tell, the answer is taken as the backend's.
-fn listener_is_own(port: u16, pid: u32) -> bool {
-  let tree = tree::with_descendants(pid);
-  match listeners::listened_by(port, &tree) {
-    Some(true) | None => true,
-    Some(false) => {
-      let group: Vec<u32> = tree::group_members(pid)
-        .into_iter()
-        .map(|m| m.pid)
-        .collect();
-      listeners::listened_by(port, &group).unwrap_or(true)
-    }
+/// `Some(true)` when the port's listener is in the backend's tree (or the OS cannot tell), `Some(false)`
+/// when nothing listens; `None` when another process listens, and the group is to be looked at.
+fn listener_in_tree(port: u16, pid: u32) -> Option<bool> {
+  match listeners::listened_by(port, &tree::with_descendants(pid)) {
+    Holder::Ours | Holder::Unknown => Some(true),
+    Holder::Nobody => Some(false),
+    Holder::Others => None,
   }
+}
+
+/// The port's listener is in what the backend's group holds (a server that a wrapper started and that
+/// left the tree).
+fn listener_in_group(port: u16, pid: u32) -> bool {
+  let group: Vec<u32> = tree::group_members(pid)
+    .into_iter()
+    .map(|m| m.pid)
+    .collect();
+  listeners::listened_by(port, &group) != Holder::Others
 }
 
 fn now_ms() -> u64 {

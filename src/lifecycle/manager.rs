@@ -178,6 +178,7 @@ impl Manager {
       self.options.health_timeout,
       deadline,
       retry_delay,
+      health::Watch::polling(),
       || async { true },
     )
     .await
@@ -222,12 +223,14 @@ impl Manager {
   }
 
   /// Starts the backend, or joins the start in progress, or returns the running backend. A start asked
-  /// for while a stop runs waits for that stop, then starts afresh.
+  /// for while a stop runs waits for that stop, then starts afresh. With the backend: whether this call
+  /// started it (the JS layer emits `ready` for that one, before the call resolves; restarts emit their
+  /// own).
   pub fn start(
     self: &Arc<Self>,
     args: StartArgs,
     runtime: Runtime,
-  ) -> impl Future<Output = Result<BackendInfo>> + Send + 'static {
+  ) -> impl Future<Output = Result<(BackendInfo, bool)>> + Send + 'static {
     enum Plan {
       Done(BackendInfo),
       Join(watch::Receiver<Option<Result<BackendInfo>>>),
@@ -263,17 +266,18 @@ impl Manager {
     let manager = self.clone();
     async move {
       match plan {
-        Plan::Done(info) => Ok(info),
+        Plan::Done(info) => Ok((info, false)),
         Plan::Join(outcome) => settled(outcome)
           .await
-          .unwrap_or_else(|| Err(PmError::Internal("a start ended without an outcome".into()))),
+          .unwrap_or_else(|| Err(PmError::Internal("a start ended without an outcome".into())))
+          .map(|info| (info, false)),
         Plan::Run { start, after } => {
           if let Some(stop) = after {
             settled(stop).await;
           }
           let outcome = manager.run_start(&args, &runtime, &start).await;
           start.outcome.send_replace(Some(outcome.clone()));
-          outcome
+          outcome.map(|info| (info, true))
         }
       }
     }
@@ -319,10 +323,7 @@ impl Manager {
       Next::Up(run) => {
         let info = run.current().map(|i| i.info.clone());
         supervisor::start(self.clone(), run);
-        let info =
-          info.ok_or_else(|| PmError::Internal("a run began without its backend".into()))?;
-        self.emit(Event::Ready(info.clone()));
-        Ok(info)
+        info.ok_or_else(|| PmError::Internal("a run began without its backend".into()))
       }
       Next::DiedAtOnce(instance) => {
         self.end(&instance, false, None).await;

@@ -86,7 +86,9 @@ fn start_args(dir: &std::path::Path) -> (StartArgs, Runtime) {
 
 async fn start(pm: &Arc<Manager>, dir: &std::path::Path) -> BackendInfo {
   let (args, runtime) = start_args(dir);
-  pm.start(args, runtime).await.unwrap()
+  let (info, fresh) = pm.start(args, runtime).await.unwrap();
+  assert!(fresh, "this call started it");
+  info
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,7 +133,8 @@ async fn a_start_during_a_stop_starts_a_new_backend() {
   let (args, runtime) = start_args(dir.path());
   let starting = pm.start(args, runtime);
   let (stopped, second) = tokio::join!(stopping, starting);
-  let second = second.unwrap();
+  let (second, fresh) = second.unwrap();
+  assert!(fresh);
   assert_eq!(stopped.unwrap().pid, first.pid);
   assert_ne!(second.pid, first.pid);
   assert!(!process::is_alive(first.pid));

@@ -8,14 +8,13 @@
 //! options a fast refused connect needs on Windows (`TCP_MAXRT`). The status line is parsed by httparse.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::{sleep, timeout, Instant};
 
-/// While nothing listens yet, a probe is a refused connect that costs the backend nothing: probe often.
-pub const REFUSED_DELAY_CAP: Duration = Duration::from_millis(10);
-const REFUSED_DELAY_START: Duration = Duration::from_millis(2);
 /// Once the backend answers but is not healthy yet, back off from here towards the caller's cap.
 const ANSWERED_DELAY_START: Duration = Duration::from_millis(25);
 
@@ -157,15 +156,45 @@ pub struct NotReady {
   pub probes: u32,
 }
 
-/// Polls until healthy or `deadline`. The first probe is immediate; while the port refuses connections,
-/// probes stay at most `REFUSED_DELAY_CAP` apart; once the backend answers unhealthy or times out, the delay
-/// doubles up to `answered_delay_cap`. A 2xx counts only when `is_own` agrees that the listener is the
-/// backend's. A probe never runs past the deadline.
+/// How a readiness wait looks for a backend that does not listen yet.
+#[derive(Clone, Default)]
+pub struct Watch {
+  /// Between two looks while nothing listens. Each look is one in-kernel query of the listening sockets
+  /// (Linux; a refused connect elsewhere), far cheaper than an HTTP probe.
+  pub refused_delay: Duration,
+  /// Woken when the backend writes a line: most servers say so when they start listening, so the wait
+  /// looks at once instead of at its next tick.
+  pub nudge: Option<Arc<Notify>>,
+}
+
+impl Watch {
+  /// A port nobody tells us about (`waitForBackendReady`): look every millisecond (in practice every tick
+  /// of the runtime's timer, ~2 ms).
+  pub fn polling() -> Watch {
+    Watch {
+      refused_delay: Duration::from_millis(1),
+      nudge: None,
+    }
+  }
+}
+
+/// Whether anything listens on the target's port: `None` where the OS cannot say cheaply (then the caller
+/// connects to find out).
+fn listening(target: &Target) -> Option<bool> {
+  super::listeners::listening_ports().map(|ports| ports.contains(&target.port))
+}
+
+/// Waits until healthy or `deadline`. While nothing listens on the port, it looks every
+/// `watch.refused_delay` (and whenever the backend writes a line) without sending anything; once a listener
+/// exists it probes at once, and if the backend answers unhealthy or times out, the delay doubles up to
+/// `answered_delay_cap`. A 2xx counts only when `is_own` agrees that the listener is the backend's. A probe
+/// never runs past the deadline.
 pub async fn wait_until_healthy<F, Fut>(
   target: &Target,
   probe_timeout: Duration,
   deadline: Instant,
   answered_delay_cap: Duration,
+  watch: Watch,
   mut is_own: F,
 ) -> Result<Ready, NotReady>
 where
@@ -173,26 +202,45 @@ where
   Fut: std::future::Future<Output = bool>,
 {
   let mut probes = 0;
-  let mut refused_delay = REFUSED_DELAY_START;
   let mut answered_delay = ANSWERED_DELAY_START.min(answered_delay_cap);
   let mut last_look = false;
+  // The backend just wrote a line: probe at once, without a look first (it most likely listens now).
+  let mut nudged = false;
   loop {
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    let limit = if last_look {
-      probe_timeout.min(Duration::from_millis(50))
+    let look = !last_look && !nudged;
+    nudged = false;
+    let outcome = if look && listening(target) == Some(false) {
+      ProbeOutcome::Refused
     } else {
-      probe_timeout.min(remaining.max(Duration::from_millis(1)))
-    };
-    let probed_at = Instant::now();
-    let mut outcome = probe(target, limit).await;
-    let latency = probed_at.elapsed();
-    probes += 1;
-    if let ProbeOutcome::Healthy(status) = outcome {
-      if is_own().await {
-        return Ok(Ready { probes, latency });
+      let remaining = deadline.saturating_duration_since(Instant::now());
+      let limit = if last_look {
+        probe_timeout.min(Duration::from_millis(50))
+      } else {
+        probe_timeout.min(remaining.max(Duration::from_millis(1)))
+      };
+      // The probe runs as a task of its own while the listener's owner is looked up here: the two
+      // overlap, on the path that decides how soon the app sees its backend.
+      let probed_at = Instant::now();
+      let probing = tokio::spawn({
+        let target = target.clone();
+        async move {
+          let outcome = probe(&target, limit).await;
+          (outcome, probed_at.elapsed())
+        }
+      });
+      let own = is_own().await;
+      let (mut outcome, latency) = probing
+        .await
+        .unwrap_or_else(|e| (ProbeOutcome::Failed(e.to_string()), probed_at.elapsed()));
+      probes += 1;
+      if let ProbeOutcome::Healthy(status) = outcome {
+        if own || is_own().await {
+          return Ok(Ready { probes, latency });
+        }
+        outcome = ProbeOutcome::Stranger(status);
       }
-      outcome = ProbeOutcome::Stranger(status);
-    }
+      outcome
+    };
     let now = Instant::now();
     if last_look || now >= deadline {
       return Err(NotReady {
@@ -201,15 +249,22 @@ where
       });
     }
     let delay = if outcome == ProbeOutcome::Refused {
-      let d = refused_delay;
-      refused_delay = (refused_delay * 2).min(REFUSED_DELAY_CAP);
-      d
+      watch.refused_delay
     } else {
       let d = answered_delay;
       answered_delay = (answered_delay * 2).min(answered_delay_cap.max(ANSWERED_DELAY_START));
       d
     };
-    sleep(delay.min(deadline - now)).await;
+    let pause = sleep(delay.min(deadline - now));
+    match (&watch.nudge, outcome == ProbeOutcome::Refused) {
+      (Some(nudge), true) => {
+        tokio::select! {
+          _ = pause => {}
+          _ = nudge.notified() => nudged = true,
+        }
+      }
+      _ => pause.await,
+    }
     // At the deadline itself, one last look, so a backend that became healthy during the wait counts.
     last_look = Instant::now() >= deadline;
   }
@@ -285,6 +340,7 @@ mod tests {
       Duration::from_secs(1),
       started + Duration::from_millis(200),
       Duration::from_secs(1),
+      Watch::polling(),
       || async { true },
     )
     .await;

@@ -44,15 +44,30 @@ pub fn port_holders(ports: &[u16], likely: &[u32]) -> Vec<PortHolder> {
     .collect()
 }
 
-/// True when a socket listening on `port` belongs to one of `pids` (a backend's process tree). `None`
-/// where the OS cannot tell.
-pub fn listened_by(port: u16, pids: &[u32]) -> Option<bool> {
-  let listening = imp::listening()?;
+/// Who listens on a port, as far as a set of processes is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+  Nobody,
+  /// One of the processes asked about.
+  Ours,
+  Others,
+  /// The OS cannot tell.
+  Unknown,
+}
+
+/// Whether a socket listening on `port` belongs to one of `pids` (a backend's process tree).
+pub fn listened_by(port: u16, pids: &[u32]) -> Holder {
+  let Some(listening) = imp::listening() else {
+    return Holder::Unknown;
+  };
   let wanted: Vec<&Listener> = listening.iter().filter(|l| l.port == port).collect();
   if wanted.is_empty() {
-    return Some(false);
+    Holder::Nobody
+  } else if imp::any_held_by(&wanted, pids) {
+    Holder::Ours
+  } else {
+    Holder::Others
   }
-  Some(imp::any_held_by(&wanted, pids))
 }
 
 /// One listening socket.
@@ -293,14 +308,14 @@ mod tests {
     let holders = port_holders(&[port], &[]);
     assert_eq!(holders.len(), 1);
     assert_eq!(holders[0].pid, Some(std::process::id()));
-    assert_eq!(listened_by(port, &[std::process::id()]), Some(true));
-    assert_eq!(listened_by(port, &[1]), Some(false));
+    assert_eq!(listened_by(port, &[std::process::id()]), Holder::Ours);
+    assert_eq!(listened_by(port, &[1]), Holder::Others);
     if let Ok(v6) = std::net::TcpListener::bind("[::1]:0") {
       assert!(listening_ports()
         .unwrap()
         .contains(&v6.local_addr().unwrap().port()));
     }
     drop(v4);
-    assert_eq!(listened_by(port, &[std::process::id()]), Some(false));
+    assert_eq!(listened_by(port, &[std::process::id()]), Holder::Nobody);
   }
 }
