@@ -174,6 +174,12 @@ export interface Started {
   fresh: boolean
 }
 
+/**
+ * Stops the backend of one record file, whatever its app's state (the monitor's and the dashboard's
+ * stop): its live process must still match the record; this process and its parents are never signalled.
+ */
+export declare function stopRecord(file: string, options?: { stopTimeoutMs?: number } | null): Promise<CleanupItem>
+
 /** How a stop went. */
 export interface StopResult {
   pid: number

@@ -844,3 +844,4 @@ module.exports.portHolders = nativeBinding.portHolders
 module.exports.processUsage = nativeBinding.processUsage
 module.exports.recordStatuses = nativeBinding.recordStatuses
 module.exports.releasePort = nativeBinding.releasePort
+module.exports.stopRecord = nativeBinding.stopRecord

@@ -256,5 +256,7 @@ export declare function cleanupRecords(
   stateDir?: string,
   options?: { name?: string; stopTimeoutMs?: number },
 ): Promise<CleanupItem[]>
+/** Stops the backend of one record file (its live process must match the record), whatever its app's state. */
+export declare function stopRecord(file: string, options?: { stopTimeoutMs?: number }): Promise<CleanupItem>
 /** The per-user folder where PID records are kept by default. */
 export declare function defaultStateDir(): string

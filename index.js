@@ -165,5 +165,7 @@ module.exports = {
   listRecords: async (stateDir) => native.recordStatuses(stateDir),
   /** Terminates orphans (of `name`, or all) that match their records; deletes stale and broken records. */
   cleanupRecords: async (stateDir, options) => native.cleanupRecords(stateDir, options),
+  /** Stops the backend of one record file (identity-checked), whatever its app's state. */
+  stopRecord: async (file, options) => native.stopRecord(file, options),
   defaultStateDir: native.defaultStateDir,
 }

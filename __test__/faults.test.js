@@ -196,3 +196,18 @@ test('a record naming the cleaning process itself (its app gone) is never signal
   assert.deepEqual(items.map((i) => i.action), ['protected'])
   assert.ok(fs.existsSync(file), 'the record is kept')
 })
+
+test('stopRecord ends the backend of a record even while its app runs; the app sees an unexpected exit', async (t) => {
+  const { stopRecord } = require('..')
+  const { pm, stateDir } = fixtureManager(t, { port: await freeRun(3) })
+  const b = await pm.startBackend(ROOT)
+  const exited = once(pm, 'exit')
+  const item = await stopRecord(path.join(stateDir, `fixture-${b.pid}.json`), { stopTimeoutMs: 2000 })
+  assert.equal(item.action, 'terminated', item.detail)
+  const [exit] = await exited
+  assert.deepEqual([exit.pid, exit.expected], [b.pid, false])
+  assert.equal(isAlive(b.pid), false)
+  assert.deepEqual(records(stateDir), [])
+  const missing = await stopRecord(path.join(stateDir, 'nope-1.json'))
+  assert.equal(missing.action, 'foreign')
+})

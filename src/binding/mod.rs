@@ -289,20 +289,48 @@ pub fn cleanup_records<'env>(
         args.stop_timeout,
       ))
     },
-    |items| {
-      items
-        .into_iter()
-        .map(|i| CleanupItem {
-          file: i.file.to_string_lossy().into_owned(),
-          action: i.action.as_str().into(),
-          name: i.name,
-          pid: i.pid,
-          port: i.port.map(u32::from),
-          detail: i.detail,
-        })
-        .collect()
-    },
+    |items| items.into_iter().map(cleanup_item).collect(),
   )
+}
+
+/// Stops the backend of one record file, whatever its app's state (the monitor's and the dashboard's
+/// stop): its live process must still match the record; this process and its parents are never signalled.
+#[napi(
+  ts_args_type = "file: string, options?: { stopTimeoutMs?: number } | null",
+  ts_return_type = "Promise<CleanupItem>"
+)]
+pub fn stop_record<'env>(
+  env: &'env Env,
+  file: Unknown,
+  options: Unknown,
+) -> napi::Result<PromiseRaw<'env, CleanupItem>> {
+  let (file, options) = (from_js(file)?, from_js(options)?);
+  blocking_promise(
+    env,
+    move || {
+      let file = options::non_empty(&file, "file")?;
+      let mut f = options::Fields::of(&options, "the stopRecord options")?;
+      let grace = f
+        .take("stopTimeoutMs")
+        .map(|v| options::millis(v, "stopTimeoutMs", 0.0))
+        .transpose()?
+        .unwrap_or(options::DEFAULT_STOP_TIMEOUT);
+      f.finish(&["stopTimeoutMs"])?;
+      Ok(orphans::stop_record(std::path::Path::new(&file), grace))
+    },
+    cleanup_item,
+  )
+}
+
+fn cleanup_item(i: orphans::CleanupItem) -> CleanupItem {
+  CleanupItem {
+    file: i.file.to_string_lossy().into_owned(),
+    action: i.action.as_str().into(),
+    name: i.name,
+    pid: i.pid,
+    port: i.port.map(u32::from),
+    detail: i.detail,
+  }
 }
 
 // ---- the manager -------------------------------------------------------------------------------------

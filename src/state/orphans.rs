@@ -263,6 +263,29 @@ fn problem_action(problem: &Problem) -> (CleanupAction, String) {
   }
 }
 
+/// Stops the backend of one record whatever its app's state (the monitor's and the dashboard's stop
+/// button): identity-checked like a cleanup, and never this process or its parents. Its app, if alive,
+/// sees an exit it did not ask for (and restarts it if its policy says so). Blocking.
+pub fn stop_record(path: &Path, grace: Duration) -> CleanupItem {
+  let protected = tree::ancestry(process::own_pid());
+  let (action, detail, record) = match record::read_record(path) {
+    Ok(r) => {
+      let (action, detail) = end_record(path, &r, classify(&r), grace, &protected);
+      (action, detail, Some(r))
+    }
+    Err(problem) => {
+      let (action, detail) = problem_action(&problem);
+      // Only a stop was asked for: a broken record of ours is still left for a cleanup to judge.
+      let action = match action {
+        CleanupAction::InvalidRemoved => CleanupAction::Untrusted,
+        other => other,
+      };
+      (action, detail, None)
+    }
+  };
+  finish_item(path.to_path_buf(), record, action, detail)
+}
+
 /// What to do with one readable record; `None` for a backend whose app is alive (left alone, unreported).
 fn clean_record(
   path: &Path,
@@ -274,24 +297,35 @@ fn clean_record(
   if state == RecordState::Running {
     return None;
   }
+  Some(end_record(path, r, state, grace, protected))
+}
+
+/// Ends the backend of a record in `state` (terminating it unless it is stale).
+fn end_record(
+  path: &Path,
+  r: &Record,
+  state: RecordState,
+  grace: Duration,
+  protected: &HashSet<u32>,
+) -> (CleanupAction, String) {
   if state == RecordState::Stale {
-    return Some((
+    return (
       CleanupAction::StaleRemoved,
       format!(
         "deleted stale record: process {} is gone or is another program now",
         r.pid
       ),
-    ));
+    );
   }
   // Held while the orphan is terminated, so that a second cleaner skips it.
   let Some(_lock) = record::lock_record(path) else {
-    return Some((
+    return (
       CleanupAction::Busy,
       format!(
         "orphaned backend pid {} is being cleaned up by another process",
         r.pid
       ),
-    ));
+    );
   };
   let end = match state {
     RecordState::OrphanedGroup => {
@@ -305,9 +339,14 @@ fn clean_record(
       r.pid, r.port
     )
   } else {
-    format!("orphaned backend pid {} (port {})", r.pid, r.port)
+    let orphaned = if state == RecordState::Orphaned {
+      "orphaned "
+    } else {
+      ""
+    };
+    format!("{orphaned}backend pid {} (port {})", r.pid, r.port)
   };
-  Some(match end {
+  match end {
     OrphanEnd::Terminated => (CleanupAction::Terminated, format!("terminated {what}")),
     OrphanEnd::Survived => (CleanupAction::Failed, format!("could not terminate {what}")),
     OrphanEnd::Protected => (
@@ -322,7 +361,7 @@ fn clean_record(
         r.pid
       ),
     ),
-  })
+  }
 }
 
 fn finish_item(
