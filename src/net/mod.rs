@@ -1,5 +1,7 @@
-//! The network side: free ports and their reservations, who listens where, and health probes.
+//! The network side: free ports and their reservations, who listens where, health probes, and the load
+//! balancer in front of replicas.
 
+pub mod balancer;
 pub mod health;
 pub mod listeners;
 pub mod port;
