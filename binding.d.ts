@@ -26,6 +26,11 @@ export declare class NativeManager {
   stats(): Record<string, unknown> | null
   start(projectRoot: string, isPackaged: boolean | undefined, runtime: RuntimeInfo): Promise<Started>
   stop(): Promise<StopResult | null>
+  /**
+   * Replaces every process of the running backend, one at a time; resolves with the backend (null when
+   * nothing runs).
+   */
+  reload(): Promise<BackendInfo | null>
   killExisting(): Promise<boolean>
   checkHealth(port: number): Promise<boolean>
   waitForReady(port: number, maxRetries?: number, retryDelayMs?: number): Promise<boolean>
@@ -46,6 +51,8 @@ export interface BackendInfo {
   startedAt: number
   /** This start's secret (`token: true`): hand it to the window so it can call the backend. */
   token?: string
+  /** With `replicas > 1`: each running replica. */
+  replicas?: Array<ReplicaInfo>
 }
 
 /** What a cleanup did with one file of the state folder. */
@@ -74,6 +81,18 @@ export declare function defaultStateDir(): string
  * user's other processes. Synchronous for the same reason as `isPortAvailable`.
  */
 export declare function findAvailablePort(startPort: number, options?: { endPort?: number, exclude?: number[], host?: string } | null): number
+
+/** One member of a group, in start order, with the indices of the members it depends on. */
+export interface GroupMember {
+  index: number
+  dependsOn: Array<number>
+}
+
+/**
+ * Checks a group's members (unique names, known dependencies, no cycle) and orders them so that every
+ * dependency comes first.
+ */
+export declare function groupOrder(entries: Array<{ name?: unknown, dependsOn?: unknown }>): Array<GroupMember>
 
 /**
  * True when `port` can be bound on 127.0.0.1, ::1 (where IPv6 exists), 0.0.0.0 and :: — or only on
@@ -129,6 +148,8 @@ export interface RecordStatus {
   /** As its app's watchdog last found it; null without a watchdog verdict. */
   healthy: boolean | null
   healthPath: string | null
+  /** A replica's: the public port of its backend. */
+  replicaOf: number | null
   alive: boolean
   orphaned: boolean
   uptimeMs: number | null
@@ -156,6 +177,14 @@ export declare function recordStatuses(stateDir?: string | null): Promise<Record
 
 /** Gives a port reserved by `findAvailablePort` back before its reservation ends. */
 export declare function releasePort(port: number): void
+
+/** One running replica. */
+export interface ReplicaInfo {
+  pid: number
+  /** Its own port behind the balancer; null when the replicas share the manager's socket (`listen: 'fd'`). */
+  port: number | null
+  healthy: boolean
+}
 
 /** What the JS layer knows of its runtime. */
 export interface RuntimeInfo {
@@ -192,4 +221,6 @@ export interface StopResult {
   durationMs: number
   /** Processes of the backend still alive after the force kill (normally none); their record is kept. */
   survivors: Array<number>
+  /** With `replicas > 1`: the stop of each replica (the fields above sum them up); empty otherwise. */
+  replicas: Array<StopResult>
 }

@@ -839,6 +839,7 @@ module.exports.NativeManager = nativeBinding.NativeManager
 module.exports.cleanupRecords = nativeBinding.cleanupRecords
 module.exports.defaultStateDir = nativeBinding.defaultStateDir
 module.exports.findAvailablePort = nativeBinding.findAvailablePort
+module.exports.groupOrder = nativeBinding.groupOrder
 module.exports.isPortAvailable = nativeBinding.isPortAvailable
 module.exports.portHolders = nativeBinding.portHolders
 module.exports.processUsage = nativeBinding.processUsage

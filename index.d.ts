@@ -71,6 +71,14 @@ export interface ProcessManagerOptions {
   token?: boolean
   /** Polite stop requests tried before the signal: an HTTP request (`'POST /shutdown'`), closing stdin. */
   shutdown?: { http?: string; stdin?: boolean }
+
+  // Replicas
+  /** Processes of the backend behind the public port (1–64). Default 1. With more, `restart` defaults to on. */
+  replicas?: number
+  /** How the load balancer picks a replica for a new connection. Default `'least-connections'`. */
+  balance?: 'least-connections' | 'round-robin'
+  /** `'fd'`: the manager binds the public port and hands the socket over as descriptor 3 (`LISTEN_FDS=1`; Unix). Default `'port'`. */
+  listen?: 'port' | 'fd'
 }
 
 export type Priority = 'low' | 'below-normal' | 'normal' | 'above-normal' | 'high'
@@ -100,11 +108,18 @@ export interface Stats {
   healthy: boolean
   /** Of the last watchdog or readiness probe. */
   healthLatencyMs: number | null
+  /** With `replicas > 1`: each replica's (the fields above add them up). */
+  replicas?: Stats[]
+}
+
+/** Present on events about one replica: its index. */
+export interface ReplicaContext {
+  replica?: number
 }
 
 export type RestartReason = 'exit' | 'unhealthy' | 'memory'
 
-export interface RestartEvent {
+export interface RestartEvent extends ReplicaContext {
   /** Restarts of this run so far, this one included. */
   attempt: number
   delayMs: number
@@ -115,20 +130,20 @@ export interface RestartEvent {
   signal: string | null
 }
 
-export interface FailedEvent {
+export interface FailedEvent extends ReplicaContext {
   reason: RestartReason
   restarts: number
   error: string
 }
 
-export interface UnhealthyEvent {
+export interface UnhealthyEvent extends ReplicaContext {
   reason: 'health' | 'memory'
   failures: number
   error: string | null
   memoryBytes: number | null
 }
 
-export interface HealthyEvent {
+export interface HealthyEvent extends ReplicaContext {
   latencyMs: number | null
   memoryBytes: number | null
 }
@@ -138,7 +153,7 @@ export interface PortChangedEvent {
   port: number
 }
 
-export interface ExitEvent {
+export interface ExitEvent extends ReplicaContext {
   pid: number
   exitCode: number | null
   signal: string | null
@@ -176,12 +191,15 @@ export interface ProcessManagerError extends Error {
   port?: number
   lastHealthError?: string
   path?: string
+  /** From `BackendGroup.startAll()`: the backend that failed. */
+  backend?: string
   /** The OS error underneath, where there is one (`errno`, and `code` as the OS error kind). */
   cause?: Error & { code?: string; errno?: number }
 }
 
 export interface ProcessManagerEvents {
-  ready: [info: BackendInfo]
+  /** The backend (from `startBackend()` or a restart), or one replica (with `replica`, after its restart or reload). */
+  ready: [info: BackendInfo & ReplicaContext]
   exit: [event: ExitEvent]
   stdout: [line: string]
   stderr: [line: string]
@@ -225,6 +243,12 @@ export declare class ProcessManager extends EventEmitter {
   status(): Promise<StatusReport>
   /** CPU (since the previous sample), memory and process count of the running backend's tree, uptime, restarts, health; `null` when it is not running. */
   stats(): Promise<Stats | null>
+  /**
+   * Replaces every process with a new one, one at a time. With replicas (or `listen: 'fd'`) the new one starts
+   * beside the old, which is drained and stopped once the new one is healthy: no request fails. One process on
+   * its own port is stopped, then started again. `null` when nothing runs.
+   */
+  reload(): Promise<BackendInfo | null>
 
   on<K extends keyof ProcessManagerEvents>(event: K, listener: (...args: ProcessManagerEvents[K]) => void): this
   once<K extends keyof ProcessManagerEvents>(event: K, listener: (...args: ProcessManagerEvents[K]) => void): this
@@ -260,3 +284,45 @@ export declare function cleanupRecords(
 export declare function stopRecord(file: string, options?: { stopTimeoutMs?: number }): Promise<CleanupItem>
 /** The per-user folder where PID records are kept by default. */
 export declare function defaultStateDir(): string
+
+/** One backend of a group: `ProcessManager` options with a unique `name`. */
+export interface BackendGroupMember extends Omit<ProcessManagerOptions, 'env'> {
+  name: string
+  /** Backends started (and healthy) before this one, and stopped after it. */
+  dependsOn?: string[]
+  /** Variables for the backend, or a function of its started dependencies: `({ api }) => ({ API_URL: api.url })`. */
+  env?: Record<string, string | number | boolean | null | undefined> | ((started: Record<string, BackendInfo>) => Record<string, string | number | boolean | null | undefined>)
+}
+
+/** Every member event, with the member's `name`; output lines as `{ name, line }`. */
+export type GroupEvents = {
+  [K in keyof ProcessManagerEvents]: ProcessManagerEvents[K][0] extends string
+    ? [event: { name: string; line: string }]
+    : [event: ProcessManagerEvents[K][0] & { name: string }]
+}
+
+export interface GroupMemberStatus {
+  name: string
+  dependsOn: string[]
+  backend: BackendInfo | null
+  stats: Stats | null
+}
+
+/** Several named backends: started in dependency order (independent ones in parallel), stopped in reverse. */
+export declare class BackendGroup extends EventEmitter {
+  /** Throws `ERR_INVALID_ARG` for a dependency cycle, an unknown dependency, a duplicate or missing name, or a bad option. */
+  constructor(entries: BackendGroupMember[])
+  /** Member names in start order. */
+  readonly names: string[]
+  /** All or nothing: if one fails, the started ones are stopped and the promise rejects with that error (its `backend` names which). */
+  startAll(projectRoot?: string, isPackaged?: boolean): Promise<Record<string, BackendInfo>>
+  /** Stops each backend after the ones that depend on it. */
+  stopAll(): Promise<Record<string, StopResult | null>>
+  /** That backend's `ProcessManager` (a member with an `env` function gets a new one at each `startAll()`). */
+  get(name: string): ProcessManager | undefined
+  status(): Promise<GroupMemberStatus[]>
+
+  on<K extends keyof GroupEvents>(event: K, listener: (...args: GroupEvents[K]) => void): this
+  once<K extends keyof GroupEvents>(event: K, listener: (...args: GroupEvents[K]) => void): this
+  off<K extends keyof GroupEvents>(event: K, listener: (...args: GroupEvents[K]) => void): this
+}

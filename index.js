@@ -5,6 +5,7 @@
 
 const { EventEmitter } = require('node:events')
 const native = require('./binding.js')
+const { BackendGroup: Group } = require('./lib/group.js')
 
 /** The options the JS layer keeps for itself. */
 function splitLogger(options) {
@@ -107,6 +108,12 @@ class ProcessManager extends EventEmitter {
     return this.#holdingLoop(() => stopping)
   }
 
+  /** Replaces every process of the running backend with a new one, one at a time (with replicas or `listen: 'fd'`, no request fails); the backend, or `null` when nothing runs. */
+  async reload() {
+    const reloading = this.#native.reload()
+    return this.#holdingLoop(() => reloading)
+  }
+
   async findAvailablePort(startPort) {
     return this.#native.findAvailablePort(startPort)
   }
@@ -153,8 +160,17 @@ async function findAvailablePort(startPort, options) {
   return native.findAvailablePort(startPort, options)
 }
 
+/** Several named backends, started in dependency order and stopped in reverse (docs/api.md, "Several different backends"). */
+class BackendGroup extends Group {
+  /** @param {Array<import('./index').BackendGroupMember>} entries */
+  constructor(entries) {
+    super(entries, ProcessManager)
+  }
+}
+
 module.exports = {
   ProcessManager,
+  BackendGroup,
   isPortAvailable,
   findAvailablePort,
   /** The processes listening on `ports`, where the OS tells. Only busy ports are listed. */

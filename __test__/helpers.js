@@ -100,7 +100,7 @@ function fixtureManager(t, options = {}) {
   const grandchildren = []
   const lines = []
   const waiters = new Set()
-  pm.on('ready', (b) => started.push(b.pid))
+  pm.on('ready', (b) => started.push(b.pid, ...(b.replicas ?? []).map((r) => r.pid)))
   pm.on('stdout', (line) => {
     const m = /^GRANDCHILD (\d+)$/.exec(line)
     if (m) grandchildren.push(Number(m[1]))

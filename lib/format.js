@@ -44,24 +44,59 @@ function health(record) {
   return record.healthy ? 'healthy' : 'UNHEALTHY'
 }
 
-/** The status table of PID records. */
+/**
+ * Records grouped by backend name; the replicas of one backend (same name, same public port) follow a line
+ * for the backend itself, which shows the public port and the replicas' totals.
+ */
+function groupRecords(records) {
+  const byName = new Map()
+  for (const r of records) {
+    const key = r.name ?? r.file
+    if (!byName.has(key)) byName.set(key, [])
+    byName.get(key).push(r)
+  }
+  const lines = []
+  for (const [name, group] of byName) {
+    const replicaSets = new Map()
+    for (const r of group) {
+      if (r.replicaOf == null) lines.push({ record: r })
+      else {
+        if (!replicaSets.has(r.replicaOf)) replicaSets.set(r.replicaOf, [])
+        replicaSets.get(r.replicaOf).push(r)
+      }
+    }
+    for (const [port, replicas] of replicaSets) {
+      const sum = (field) => (replicas.some((r) => r[field] != null) ? replicas.reduce((s, r) => s + (r[field] ?? 0), 0) : null)
+      lines.push({ backend: { name, port, replicas: replicas.length, cpuPercent: sum('cpuPercent'), memoryBytes: sum('memoryBytes'), processCount: sum('processCount') } })
+      for (const r of replicas) lines.push({ record: r, replica: true })
+    }
+  }
+  return lines
+}
+
+/** The status table of PID records: replicas under their backend. */
 function recordsTable(records) {
+  const cpu = (p) => (p == null ? '-' : `${p.toFixed(1)}%`)
   return table(
     ['PID', 'NAME', 'PORT', 'STATE', 'HEALTH', 'RESTARTS', 'UPTIME', 'CPU', 'MEMORY', 'PROCS', 'LISTENER'],
-    records.map((r) => [
-      r.pid,
-      r.name ?? r.file,
-      r.port,
-      r.state,
-      health(r),
-      r.restarts,
-      formatDuration(r.uptimeMs),
-      r.cpuPercent == null ? '-' : `${r.cpuPercent.toFixed(1)}%`,
-      formatBytes(r.memoryBytes),
-      r.processCount,
-      listener(r),
-    ]),
+    groupRecords(records).map(({ record: r, replica, backend: b }) =>
+      b
+        ? ['-', b.name, b.port, `${b.replicas} replicas`, '-', '-', '-', cpu(b.cpuPercent), formatBytes(b.memoryBytes), b.processCount, '-']
+        : [
+            r.pid,
+            replica ? (r.port === r.replicaOf ? '  replica (shared socket)' : `  replica (port ${r.port})`) : (r.name ?? r.file),
+            replica ? r.replicaOf : r.port,
+            r.state,
+            health(r),
+            r.restarts,
+            formatDuration(r.uptimeMs),
+            cpu(r.cpuPercent),
+            formatBytes(r.memoryBytes),
+            r.processCount,
+            listener(r),
+          ],
+    ),
   )
 }
 
-module.exports = { formatDuration, formatBytes, table, recordsTable }
+module.exports = { formatDuration, formatBytes, table, recordsTable, groupRecords }

@@ -1,6 +1,7 @@
 // Type test (tsc --noEmit in `npm test`): the public API as docs/api.md shows it must type-check, and misuse must not.
 import {
   ProcessManager,
+  BackendGroup,
   findAvailablePort,
   isPortAvailable,
   findPortHolders,
@@ -73,6 +74,32 @@ async function main(): Promise<void> {
   new ProcessManager({ priority: 'urgent' })
   // @ts-expect-error restart events carry a number of attempts
   supervised.on('restart', (e: { attempt: string }) => e)
+
+  const replicated = new ProcessManager({ replicas: 3, balance: 'round-robin', listen: 'fd' })
+  const info = await replicated.startBackend('/app')
+  const replicaPorts: Array<number | null> | undefined = info.replicas?.map((r) => (r.healthy ? r.port : null))
+  const reloaded: BackendInfo | null = await replicated.reload()
+  replicated.on('exit', (e) => e.replica ?? -1)
+  replicated.on('ready', (e) => e.replica)
+  const perReplica = (await replicated.stats())?.replicas?.map((s) => s.pid)
+  const stoppedAll = (await replicated.stopBackend())?.replicas.map((r) => r.durationMs)
+  void [replicaPorts, reloaded, perReplica, stoppedAll]
+  // @ts-expect-error balance strategies are named
+  new ProcessManager({ balance: 'random' })
+
+  const group = new BackendGroup([
+    { name: 'api', port: 8000 },
+    { name: 'worker', dependsOn: ['api'], env: ({ api }) => ({ API_URL: api.url }) },
+  ])
+  const all: Record<string, BackendInfo> = await group.startAll('/app', false)
+  group.on('ready', (e) => e.name + e.url)
+  group.on('stdout', (e) => e.name + e.line)
+  const member: ProcessManager | undefined = group.get('api')
+  const statuses = await group.status()
+  const stoppedGroup = await group.stopAll()
+  void [all, member, statuses.map((s) => s.dependsOn), stoppedGroup.api?.pid]
+  // @ts-expect-error members need a name
+  new BackendGroup([{ port: 8000 }])
 
   // @ts-expect-error ports are numbers
   await pm.isPortAvailable('80')

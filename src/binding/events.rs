@@ -56,6 +56,23 @@ pub fn info_value(b: &BackendInfo) -> Value {
     ("url", text(&b.url)),
     ("startedAt", Value::Number(b.started_at as f64)),
     ("token", b.token.clone().map_or(Value::Undefined, text)),
+    (
+      "replicas",
+      b.replicas.as_ref().map_or(Value::Undefined, |replicas| {
+        Value::Array(
+          replicas
+            .iter()
+            .map(|r| {
+              Value::object(vec![
+                ("pid", num(r.pid)),
+                ("port", opt(r.port, num)),
+                ("healthy", Value::Bool(r.healthy)),
+              ])
+            })
+            .collect(),
+        )
+      }),
+    ),
   ])
 }
 
@@ -69,6 +86,13 @@ pub fn stats_value(s: &Stats) -> Value {
     ("restarts", num(s.restarts)),
     ("healthy", Value::Bool(s.healthy)),
     ("healthLatencyMs", opt(s.health_latency, ms)),
+    (
+      "replicas",
+      match s.replicas.is_empty() {
+        true => Value::Undefined,
+        false => Value::Array(s.replicas.iter().map(stats_value).collect()),
+      },
+    ),
   ])
 }
 
@@ -169,6 +193,17 @@ fn payload(event: Event) -> Emitted {
     ),
     Event::Stats(stats) => ("stats", stats_value(&stats)),
     Event::Idle => ("idle", Value::Null),
+    Event::Replica(index, event) => {
+      let Emitted { kind, data } = payload(*event);
+      let data = match data {
+        Value::Object(mut fields) => {
+          fields.push(("replica".into(), num(index as u32)));
+          Value::Object(fields)
+        }
+        other => Value::object(vec![("replica", num(index as u32)), ("value", other)]),
+      };
+      (kind, data)
+    }
     Event::Log { level, message } => (
       "log",
       Value::object(vec![

@@ -60,6 +60,34 @@ pub fn find_available_port(env: &Env, start_port: Unknown, options: Unknown) -> 
   })
 }
 
+// ---- groups -------------------------------------------------------------------------------------------
+
+/// One member of a group, in start order, with the indices of the members it depends on.
+#[napi(object)]
+pub struct GroupMember {
+  pub index: u32,
+  pub depends_on: Vec<u32>,
+}
+
+/// Checks a group's members (unique names, known dependencies, no cycle) and orders them so that every
+/// dependency comes first.
+#[napi(ts_args_type = "entries: Array<{ name?: unknown, dependsOn?: unknown }>")]
+pub fn group_order(env: &Env, entries: Unknown) -> napi::Result<Vec<GroupMember>> {
+  let entries = from_js(entries)?;
+  sync(env, || {
+    let ordered = options::group::order(&entries)?;
+    Ok(
+      ordered
+        .into_iter()
+        .map(|(index, deps)| GroupMember {
+          index: index as u32,
+          depends_on: deps.into_iter().map(|d| d as u32).collect(),
+        })
+        .collect(),
+    )
+  })
+}
+
 /// Gives a port reserved by `findAvailablePort` back before its reservation ends.
 #[napi]
 pub fn release_port(port: u32) {
@@ -182,6 +210,8 @@ pub struct RecordStatus {
   /// As its app's watchdog last found it; null without a watchdog verdict.
   pub healthy: Option<bool>,
   pub health_path: Option<String>,
+  /// A replica's: the public port of its backend.
+  pub replica_of: Option<u32>,
   pub alive: bool,
   pub orphaned: bool,
   pub uptime_ms: Option<f64>,
@@ -220,6 +250,7 @@ fn record_status(s: orphans::RecordStatus) -> RecordStatus {
     restarts: r.map(|r| r.restarts),
     healthy: r.and_then(|r| r.healthy),
     health_path: r.and_then(|r| r.health_path.clone()),
+    replica_of: r.and_then(|r| r.replica_of.map(u32::from)),
     alive,
     orphaned: matches!(s.state, RecordState::Orphaned | RecordState::OrphanedGroup),
     uptime_ms: u.map(|u| u.uptime_ms as f64),
@@ -365,6 +396,17 @@ pub struct BackendInfo {
   pub started_at: f64,
   /// This start's secret (`token: true`): hand it to the window so it can call the backend.
   pub token: Option<String>,
+  /// With `replicas > 1`: each running replica.
+  pub replicas: Option<Vec<ReplicaInfo>>,
+}
+
+/// One running replica.
+#[napi(object, use_nullable = true)]
+pub struct ReplicaInfo {
+  pub pid: u32,
+  /// Its own port behind the balancer; null when the replicas share the manager's socket (`listen: 'fd'`).
+  pub port: Option<u32>,
+  pub healthy: bool,
 }
 
 impl From<lifecycle::BackendInfo> for BackendInfo {
@@ -376,6 +418,16 @@ impl From<lifecycle::BackendInfo> for BackendInfo {
       url: b.url,
       started_at: b.started_at as f64,
       token: b.token,
+      replicas: b.replicas.map(|replicas| {
+        replicas
+          .into_iter()
+          .map(|r| ReplicaInfo {
+            pid: r.pid,
+            port: r.port.map(u32::from),
+            healthy: r.healthy,
+          })
+          .collect()
+      }),
     }
   }
 }
@@ -393,6 +445,8 @@ pub struct StopResult {
   pub duration_ms: f64,
   /// Processes of the backend still alive after the force kill (normally none); their record is kept.
   pub survivors: Vec<u32>,
+  /// With `replicas > 1`: the stop of each replica (the fields above sum them up); empty otherwise.
+  pub replicas: Vec<StopResult>,
 }
 
 impl From<lifecycle::StopResult> for StopResult {
@@ -404,6 +458,7 @@ impl From<lifecycle::StopResult> for StopResult {
       forced: r.forced,
       duration_ms: (r.duration.as_secs_f64() * 10_000.0).round() / 10.0,
       survivors: r.survivors,
+      replicas: r.replicas.into_iter().map(StopResult::from).collect(),
     }
   }
 }
@@ -487,6 +542,16 @@ impl NativeManager {
     promise(env, async move { Ok(stopping.await) }, |r| {
       r.map(StopResult::from)
     })
+  }
+
+  /// Replaces every process of the running backend, one at a time; resolves with the backend (null when
+  /// nothing runs).
+  #[napi(ts_return_type = "Promise<BackendInfo | null>")]
+  pub fn reload<'env>(
+    &self,
+    env: &'env Env,
+  ) -> napi::Result<PromiseRaw<'env, Option<BackendInfo>>> {
+    promise(env, self.inner.reload(), |r| r.map(BackendInfo::from))
   }
 
   #[napi(ts_return_type = "Promise<boolean>")]

@@ -45,14 +45,57 @@ pub enum Attempt {
   },
 }
 
-/// One try on `port` (reserved by the caller). `restarts`: how many restarts came before it, for its record.
+/// Where a process listens.
+#[derive(Clone)]
+pub struct Where {
+  /// The port it binds (reserved by the caller), or the port of the socket it is handed.
+  pub port: u16,
+  /// With `listen: 'fd'`: the manager's listening socket, handed over as descriptor 3.
+  pub socket: Option<Arc<std::net::TcpListener>>,
+  /// A replica's: the public port of its backend, for its record.
+  pub replica_of: Option<u16>,
+  /// A replica's index, for its events.
+  pub replica: Option<usize>,
+}
+
+impl Where {
+  pub fn own(port: u16) -> Where {
+    Where {
+      port,
+      socket: None,
+      replica_of: None,
+      replica: None,
+    }
+  }
+
+  pub fn shared(port: u16, socket: Arc<std::net::TcpListener>) -> Where {
+    Where {
+      port,
+      socket: Some(socket),
+      replica_of: None,
+      replica: None,
+    }
+  }
+
+  /// As replica `index` of the backend on `public_port`.
+  pub fn replica(self, public_port: u16, index: usize) -> Where {
+    Where {
+      replica_of: Some(public_port),
+      replica: Some(index),
+      ..self
+    }
+  }
+}
+
+/// One try at `place`. `restarts`: how many restarts came before it, for its record.
 pub async fn run(
   manager: &Arc<Manager>,
   launch: &Launch,
-  port: u16,
+  place: Where,
   cancel: &mut watch::Receiver<bool>,
   restarts: u32,
 ) -> Result<Attempt> {
+  let port = place.port;
   let cancelled = *cancel.borrow_and_update();
   if cancelled {
     return Ok(Attempt::Cancelled {
@@ -61,7 +104,7 @@ pub async fn run(
     });
   }
   let o = &manager.options;
-  let spec = launch.on_port(port, o.host, &o.port_env);
+  let spec = launch.on_port(port, o.host, &o.port_env, place.socket.clone());
   manager.log(
     Level::Info,
     format!("starting backend: {} {}", spec.program, spec.args.join(" ")),
@@ -90,6 +133,7 @@ pub async fn run(
     url: url_for(o.host, port),
     started_at: now_ms(),
     token: launch.token.clone(),
+    replicas: None,
   };
   manager.log(
     Level::Info,
@@ -103,9 +147,10 @@ pub async fn run(
     o.state_dir.clone(),
     &o.health_path,
     restarts,
+    place.replica_of,
   );
   if let Err(e) = instance.write_record().await {
-    manager.end(&instance, true, None).await;
+    manager.end(&instance, true, None, place.replica).await;
     return Err(e);
   }
 
@@ -127,12 +172,12 @@ pub async fn run(
   tokio::select! {
     biased;
     _ = async { cancel.wait_for(|c| *c).await.map(|_| ()) } => {
-      let stopped = manager.end(&instance, true, None).await;
+      let stopped = manager.end(&instance, true, None, place.replica).await;
       Ok(Attempt::Cancelled { stopped: Some(stopped), stderr_tail: child.output.stderr_tail() })
     }
     exit = child.exited() => {
       child.output.wait_closed(OUTPUT_DRAIN).await;
-      manager.end(&instance, false, None).await;
+      manager.end(&instance, false, None, place.replica).await;
       let tail = child.output.stderr_tail();
       let hint = tail.last().map(|l| format!(": {l}")).unwrap_or_default();
       let exited = PmError::BackendExited {
@@ -174,7 +219,7 @@ pub async fn run(
             "backend not healthy after {} ms and {} health checks (last: {last}); stopping it",
             o.start_timeout.as_millis(), not_ready.probes
           ));
-          let stopped = manager.end(&instance, true, None).await;
+          let stopped = manager.end(&instance, true, None, place.replica).await;
           Ok(Attempt::Failed {
             pid,
             exit: stopped.exit,

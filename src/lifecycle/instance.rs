@@ -32,6 +32,7 @@ pub struct Instance {
   name: String,
   state_dir: PathBuf,
   restarts: u32,
+  replica_of: Option<u16>,
   /// When it was spawned: its uptime.
   pub spawned: Instant,
   record: tokio::sync::Mutex<RecordFile>,
@@ -50,6 +51,7 @@ impl Instance {
     state_dir: PathBuf,
     health_path: &str,
     restarts: u32,
+    replica_of: Option<u16>,
   ) -> Arc<Instance> {
     Arc::new(Instance {
       info,
@@ -57,6 +59,7 @@ impl Instance {
       name: name.to_string(),
       state_dir,
       restarts,
+      replica_of,
       spawned: Instant::now(),
       record: tokio::sync::Mutex::new(RecordFile::default()),
       stop_requested_at: Mutex::new(None),
@@ -99,6 +102,7 @@ impl Instance {
       restarts: self.restarts,
       health_path: Some(self.health_path.clone()),
       healthy: *self.healthy.lock().unwrap_or_else(|e| e.into_inner()),
+      replica_of: self.replica_of,
     }
   }
 
@@ -166,6 +170,7 @@ impl Instance {
           forced: outcome.forced,
           duration: began.elapsed(),
           survivors: outcome.survivors,
+          replicas: Vec::new(),
         };
         on_end(&result, requested.is_some(), delete_error);
         result

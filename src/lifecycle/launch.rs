@@ -6,6 +6,7 @@ use crate::options::{InheritEnv, Options, StartArgs};
 use crate::os::spawn::SpawnSpec;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// What the JS layer knows of the runtime it lives in.
 #[derive(Debug, Clone, Default)]
@@ -171,8 +172,15 @@ impl Launch {
     })
   }
 
-  /// The spawn of one attempt: `{port}`/`{host}` replaced, the port and host in the environment.
-  pub fn on_port(&self, port: u16, host: IpAddr, port_env: &str) -> SpawnSpec {
+  /// The spawn of one attempt: `{port}`/`{host}` replaced, the port and host in the environment, and
+  /// with `listen: 'fd'` the socket to hand over as descriptor 3.
+  pub fn on_port(
+    &self,
+    port: u16,
+    host: IpAddr,
+    port_env: &str,
+    socket: Option<Arc<std::net::TcpListener>>,
+  ) -> SpawnSpec {
     let fill = |text: &str| {
       text
         .replace("{port}", &port.to_string())
@@ -182,6 +190,10 @@ impl Launch {
     env.retain(|(k, _)| k != port_env && k != "HOST");
     env.push((port_env.to_string(), port.to_string()));
     env.push(("HOST".into(), host.to_string()));
+    if socket.is_some() {
+      env.retain(|(k, _)| k != "LISTEN_FDS" && k != "LISTEN_PID" && k != "LISTEN_FDNAMES");
+      env.push(("LISTEN_FDS".into(), "1".into()));
+    }
     SpawnSpec {
       program: self.program.clone(),
       args: self.args.iter().map(|a| fill(a)).collect(),
@@ -191,6 +203,7 @@ impl Launch {
       open_files: self.open_files,
       core_dumps: self.core_dumps,
       stdin_pipe: self.stdin_pipe,
+      listen_socket: socket,
     }
   }
 }
@@ -276,7 +289,7 @@ mod tests {
     };
     let spec = Launch::resolve(&o, &start, &Runtime::default())
       .unwrap()
-      .on_port(8123, "::1".parse().unwrap(), "PORT");
+      .on_port(8123, "::1".parse().unwrap(), "PORT", None);
     assert_eq!(spec.args, vec!["--port=8123", "::1"]);
     assert_eq!(spec.env.iter().filter(|(k, _)| k == "PORT").count(), 1);
     assert!(spec.env.contains(&("PORT".into(), "8123".into())));

@@ -4,17 +4,19 @@
 //! for that stop and starts afresh; a stop during a start cancels it), and concurrent callers share one
 //! outcome. Once up, the backend belongs to its supervisor (`supervisor`), which a stop asks to end it.
 
-use super::attempt::{self, Attempt};
+use super::attempt::{self, Attempt, Where};
 use super::instance::Instance;
 use super::launch::{Launch, Runtime};
-use super::supervisor::{self, Run};
+use super::run::{Front, Run};
+use super::supervisor;
 use super::{BackendInfo, Event, Events, Level, Reason, Stats, StopResult};
 use crate::blocking;
 use crate::error::{PmError, Result};
+use crate::net::balancer::{Balancer, Strategy};
 use crate::net::health::{self, Target};
 use crate::net::port::{self, Search};
-use crate::net::reservation::{Owner, Reservation};
-use crate::options::{Options, StartArgs};
+use crate::net::reservation::{self, Owner, Reservation};
+use crate::options::{Balance, Listen, Options, StartArgs};
 use crate::os::spawn::Stream;
 use crate::os::stop::Polite;
 use crate::state::dir::ensure_state_dir;
@@ -25,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 /// How many more ports are tried when the backend reports `EADDRINUSE` before it is healthy.
@@ -105,6 +108,14 @@ impl Manager {
     self.events.emit(event);
   }
 
+  /// Emits an event about one replica (`Some(index)`) or about the backend.
+  pub(super) fn emit_for(&self, replica: Option<usize>, event: Event) {
+    match replica {
+      Some(index) => self.emit(Event::Replica(index, Box::new(event))),
+      None => self.emit(event),
+    }
+  }
+
   pub(super) fn line(&self, stream: Stream, text: &str) {
     self.events.line(stream, text);
   }
@@ -122,7 +133,7 @@ impl Manager {
   /// The running backend, if one is ready (`None` while it is down between an exit and a restart).
   pub fn backend(&self) -> Option<BackendInfo> {
     match &*self.phase() {
-      Phase::Up(run) => run.current().map(|i| i.info.clone()),
+      Phase::Up(run) => run.info(),
       _ => None,
     }
   }
@@ -138,7 +149,7 @@ impl Manager {
       Phase::Up(run) => run.clone(),
       _ => return None,
     };
-    supervisor::sample(&run)
+    run.stats()
   }
 
   pub fn target(&self, port: u16, token: Option<String>) -> Target {
@@ -242,10 +253,10 @@ impl Manager {
     let plan = {
       let mut phase = self.phase();
       match &*phase {
-        Phase::Up(run) => match run.current() {
-          Some(instance) => Plan::Done(instance.info.clone()),
+        Phase::Up(run) => match run.info() {
+          Some(info) => Plan::Done(info),
           // Down between restarts: the supervisor brings it back; wait for that like for a start.
-          None => Plan::Join(run.next_ready()),
+          None => Plan::Join(run.ready.subscribe()),
         },
         Phase::Starting(start) => Plan::Join(start.outcome.subscribe()),
         Phase::Idle | Phase::Stopping { .. } => {
@@ -290,28 +301,34 @@ impl Manager {
     runtime: &Runtime,
     start: &Arc<StartState>,
   ) -> Result<BackendInfo> {
-    let result = self.start_on_some_port(args, runtime, start).await;
+    let result = self.start_processes(args, runtime, start).await;
     enum Next {
       Up(Arc<Run>),
-      DiedAtOnce(Arc<Instance>),
-      StopWins(Arc<Instance>),
+      DiedAtOnce(Started, Arc<Instance>),
+      StopWins(Started),
       Failed(PmError),
     }
     let next = {
       let mut phase = self.phase();
       let still_ours = matches!(&*phase, Phase::Starting(s) if Arc::ptr_eq(s, start));
       let next = match result {
-        Ok((instance, launch, port, latency))
-          if still_ours && instance.child.exit_info().is_none() =>
-        {
-          let run = Run::new(&self.options, launch, port, instance, latency);
-          *phase = Phase::Up(run.clone());
-          Next::Up(run)
-        }
-        // It died right after its health check.
-        Ok((instance, ..)) if still_ours => Next::DiedAtOnce(instance),
+        Ok(started) if still_ours => match started.first_dead() {
+          // It died right after its health check.
+          Some(dead) => Next::DiedAtOnce(started, dead),
+          None => {
+            let run = Run::new(
+              &self.options,
+              started.launch,
+              started.public_port,
+              started.front,
+              started.replicas,
+            );
+            *phase = Phase::Up(run.clone());
+            Next::Up(run)
+          }
+        },
         // A stop came as it became ready: that stop wins.
-        Ok((instance, ..)) => Next::StopWins(instance),
+        Ok(started) => Next::StopWins(started),
         Err(e) => Next::Failed(e),
       };
       if still_ours && !matches!(next, Next::Up(_)) {
@@ -321,55 +338,216 @@ impl Manager {
     };
     match next {
       Next::Up(run) => {
-        let info = run.current().map(|i| i.info.clone());
+        let info = run.info();
         supervisor::start(self.clone(), run);
         info.ok_or_else(|| PmError::Internal("a run began without its backend".into()))
       }
-      Next::DiedAtOnce(instance) => {
-        self.end(&instance, false, None).await;
-        Err(exited_after_ready(&instance))
+      Next::DiedAtOnce(started, dead) => {
+        self.end_started(started, false).await;
+        Err(exited_after_ready(&dead))
       }
-      Next::StopWins(instance) => {
-        let stopped = self.end(&instance, true, None).await;
-        Err(cancelled(
-          start,
-          Some(stopped),
-          instance.child.output.stderr_tail(),
-        ))
+      Next::StopWins(started) => {
+        let tail = started.replicas[0].1.child.output.stderr_tail();
+        let stopped = self.end_started(started, true).await;
+        Err(cancelled(start, stopped, tail))
       }
       Next::Failed(e) => Err(e),
     }
   }
 
-  async fn start_on_some_port(
+  /// Ends the processes of a start that does not become a run, and closes its front.
+  async fn end_started(&self, started: Started, request_stop: bool) -> Option<StopResult> {
+    let replicated = started.replicas.len() > 1;
+    let mut results = Vec::new();
+    for (index, (_, instance, _)) in started.replicas.iter().enumerate() {
+      let replica = replicated.then_some(index);
+      results.push(self.end(instance, request_stop, None, replica).await);
+    }
+    if let Front::Balanced { balancer, .. } = &started.front {
+      balancer.stop_accepting().await;
+    }
+    supervisor::combine(results, replicated)
+  }
+
+  /// Cleans up, resolves what to run, and starts the processes: the one on its port, or the front (the
+  /// balancer, or the manager's socket) on the public port and every replica behind it.
+  async fn start_processes(
     self: &Arc<Self>,
     args: &StartArgs,
     runtime: &Runtime,
     start: &StartState,
-  ) -> Result<(Arc<Instance>, Launch, Reservation, Duration)> {
+  ) -> Result<Started> {
     let o = &self.options;
     let dir = o.state_dir.clone();
     blocking::run(move || ensure_state_dir(&dir)).await??;
     let launch = Launch::resolve(o, args, runtime)?;
     self.kill_existing().await?;
-    let mut cancel = start.cancel.subscribe();
-    let mut exclude = Vec::new();
-    for attempt in 0..=ADDRESS_IN_USE_RETRIES {
-      let port = self.reserve_port(&exclude).await?;
-      let chosen = port.port();
-      if chosen != o.port && attempt == 0 {
-        self.log(
-          Level::Info,
-          format!("port {} is in use, using port {chosen}", o.port),
-        );
-      }
-      match attempt::run(self, &launch, chosen, &mut cancel, 0).await? {
-        Attempt::Ready(instance, latency) => return Ok((instance, launch, port, latency)),
-        Attempt::Cancelled {
+    if o.replicas <= 1 && o.listen == Listen::Port {
+      let mut cancel = start.cancel.subscribe();
+      let (reserved, instance, latency) = match self
+        .start_one(&launch, Spot::Public, None, &mut cancel)
+        .await?
+      {
+        One::Up(Some(reserved), instance, latency) => (reserved, instance, latency),
+        One::Up(None, ..) => {
+          return Err(PmError::Internal("a port without its reservation".into()))
+        }
+        One::Cancelled {
           stopped,
           stderr_tail,
         } => return Err(cancelled(start, stopped, stderr_tail)),
-        Attempt::PortTaken { port, .. } if attempt < ADDRESS_IN_USE_RETRIES => {
+      };
+      return Ok(Started {
+        launch,
+        public_port: reserved.port(),
+        front: Front::Direct,
+        replicas: vec![(Some(reserved), instance, latency)],
+      });
+    }
+    let (public, listener) = self.bind_public().await?;
+    let public_port = public.port();
+    let front = match o.listen {
+      Listen::Fd => Front::Socket {
+        socket: Arc::new(listener),
+        _public: public,
+      },
+      Listen::Port => {
+        let strategy = match o.balance {
+          Balance::LeastConnections => Strategy::LeastConnections,
+          Balance::RoundRobin => Strategy::RoundRobin,
+        };
+        let balancer = Balancer::start(listener, strategy)
+          .map_err(|e| PmError::Internal(format!("the load balancer could not start: {e}")))?;
+        Front::Balanced {
+          balancer,
+          _public: public,
+        }
+      }
+    };
+    let spot = match &front {
+      Front::Socket { socket, .. } => Spot::Shared(public_port, socket.clone()),
+      _ => Spot::Internal,
+    };
+    let replicated = o.replicas > 1;
+    let mut starting = JoinSet::new();
+    for index in 0..usize::from(o.replicas) {
+      let (manager, launch, spot) = (self.clone(), launch.clone(), spot.clone());
+      let mut cancel = start.cancel.subscribe();
+      let replica = replicated.then_some((public_port, index));
+      starting.spawn(async move {
+        let one = manager.start_one(&launch, spot, replica, &mut cancel).await;
+        (index, one)
+      });
+    }
+    let mut ones = Vec::new();
+    while let Some(joined) = starting.join_next().await {
+      ones.push(
+        joined.map_err(|e| PmError::Internal(format!("a replica's start ended abnormally: {e}"))),
+      );
+    }
+    let mut up = Vec::new();
+    let mut stopped = Vec::new();
+    let mut stderr_tail = Vec::new();
+    let mut error = None;
+    let mut was_cancelled = false;
+    for one in ones {
+      match one {
+        Ok((index, Ok(One::Up(reserved, instance, latency)))) => {
+          up.push((index, (reserved, instance, latency)))
+        }
+        Ok((
+          _,
+          Ok(One::Cancelled {
+            stopped: s,
+            stderr_tail: t,
+          }),
+        )) => {
+          was_cancelled = true;
+          stopped.extend(s);
+          if stderr_tail.is_empty() {
+            stderr_tail = t;
+          }
+        }
+        Ok((_, Err(e))) | Err(e) => {
+          error.get_or_insert(e);
+        }
+      }
+    }
+    up.sort_by_key(|(index, _)| *index);
+    let started = Started {
+      launch,
+      public_port,
+      front,
+      replicas: up.into_iter().map(|(_, r)| r).collect(),
+    };
+    if error.is_none() && !was_cancelled {
+      return Ok(started);
+    }
+    // All or nothing: a replica that failed (or a stop) ends the ones that came up.
+    if !started.replicas.is_empty() {
+      stopped.extend(self.end_started(started, true).await);
+    } else if let Front::Balanced { balancer, .. } = &started.front {
+      balancer.stop_accepting().await;
+    }
+    match error {
+      Some(e) if !was_cancelled => Err(e),
+      _ => Err(cancelled(
+        start,
+        supervisor::combine(stopped, replicated),
+        stderr_tail,
+      )),
+    }
+  }
+
+  /// Starts one process (the backend, or one replica) at `spot`: healthy, or an error; a port lost to
+  /// another program before the process could bind it is retried on another.
+  async fn start_one(
+    self: &Arc<Self>,
+    launch: &Launch,
+    spot: Spot,
+    replica: Option<(u16, usize)>,
+    cancel: &mut watch::Receiver<bool>,
+  ) -> Result<One> {
+    let o = &self.options;
+    let mut exclude = Vec::new();
+    for attempt in 0..=ADDRESS_IN_USE_RETRIES {
+      let (reserved, place) = match &spot {
+        Spot::Public => {
+          let reserved = self.reserve_port(&exclude).await?;
+          let chosen = reserved.port();
+          if chosen != o.port && attempt == 0 {
+            self.log(
+              Level::Info,
+              format!("port {} is in use, using port {chosen}", o.port),
+            );
+          }
+          (Some(reserved), Where::own(chosen))
+        }
+        Spot::Internal => {
+          let reserved = self.reserve_internal_port(&exclude).await?;
+          let port = reserved.port();
+          (Some(reserved), Where::own(port))
+        }
+        Spot::Shared(port, socket) => (None, Where::shared(*port, socket.clone())),
+      };
+      let place = match replica {
+        Some((public_port, index)) => place.replica(public_port, index),
+        None => place,
+      };
+      match attempt::run(self, launch, place, cancel, 0).await? {
+        Attempt::Ready(instance, latency) => return Ok(One::Up(reserved, instance, latency)),
+        Attempt::Cancelled {
+          stopped,
+          stderr_tail,
+        } => {
+          return Ok(One::Cancelled {
+            stopped,
+            stderr_tail,
+          })
+        }
+        Attempt::PortTaken { port, .. }
+          if attempt < ADDRESS_IN_USE_RETRIES && reserved.is_some() =>
+        {
           self.log(
             Level::Warn,
             format!(
@@ -383,6 +561,57 @@ impl Manager {
       }
     }
     unreachable!("the loop returns on its last attempt")
+  }
+
+  /// The public port of a backend with a front: reserved in this manager's range, and bound and
+  /// listening at once (by the balancer, or handed to the processes), so it can't be lost afterwards.
+  async fn bind_public(&self) -> Result<(Reservation, std::net::TcpListener)> {
+    let mut exclude = Vec::new();
+    loop {
+      let reserved = self.reserve_port(&exclude).await?;
+      let port = reserved.port();
+      match std::net::TcpListener::bind(std::net::SocketAddr::new(self.options.host, port)) {
+        Ok(listener) => return Ok((reserved, listener)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => exclude.push(port),
+        Err(e) => {
+          return Err(PmError::Internal(format!(
+            "could not listen on {}:{port}: {e}",
+            self.options.host
+          )))
+        }
+      }
+    }
+  }
+
+  /// A free port for a replica behind the balancer: one the OS hands out (outside the public range, which
+  /// the app's other backends use), checked on every address family and reserved like any other.
+  pub(super) async fn reserve_internal_port(&self, exclude: &[u16]) -> Result<Reservation> {
+    let owner = self.owner;
+    let exclude = exclude.to_vec();
+    blocking::run(move || {
+      for _ in 0..64 {
+        let Ok(probe) = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)) else {
+          break;
+        };
+        let Ok(port) = probe.local_addr().map(|a| a.port()) else {
+          break;
+        };
+        drop(probe);
+        if exclude.contains(&port) {
+          continue;
+        }
+        if let Some(reserved) = reservation::reserve(port, owner) {
+          if port::is_port_available(port, None) {
+            return Ok(reserved);
+          }
+        }
+      }
+      Err(PmError::NoFreePort {
+        start_port: 1,
+        end_port: u16::MAX,
+      })
+    })
+    .await?
   }
 
   /// The first free port of this manager's range, not in `exclude`. Off the async workers: it binds
@@ -430,6 +659,7 @@ impl Manager {
     instance: &Arc<Instance>,
     request_stop: bool,
     reason: Option<Reason>,
+    replica: Option<usize>,
   ) -> StopResult {
     if request_stop {
       instance.request_stop();
@@ -478,7 +708,7 @@ impl Manager {
             self.log(Level::Warn, format!("backend pid {pid} exited unexpectedly ({describe})"))
           }
         }
-        self.emit(Event::Exit {
+        self.emit_for(replica, Event::Exit {
           pid,
           exit: result.exit.clone(),
           expected,
@@ -518,7 +748,7 @@ impl Manager {
           Plan::Cancel(start.clone())
         }
         Phase::Up(run) => {
-          run.request_stop();
+          run.stop.send_replace(true);
           Plan::Supervised(run.clone())
         }
       };
@@ -541,7 +771,13 @@ impl Manager {
             .clone();
           stopped
         }
-        Plan::Supervised(run) => run.stopped().await,
+        Plan::Supervised(run) => {
+          // No new connection reaches a replica that is being stopped.
+          if let Front::Balanced { balancer, .. } = &run.front {
+            balancer.stop_accepting().await;
+          }
+          settled(run.done.subscribe()).await.flatten()
+        }
       };
       {
         let mut phase = manager.phase();
@@ -551,6 +787,31 @@ impl Manager {
       }
       done_tx.send_replace(Some(result.clone()));
       result
+    }
+  }
+
+  /// Replaces every process of the running backend with a new one, one at a time (see
+  /// `supervisor::replace`): with a front, no request fails. A start in progress is waited for first.
+  /// `None` when nothing runs.
+  pub fn reload(
+    self: &Arc<Self>,
+  ) -> impl Future<Output = Result<Option<BackendInfo>>> + Send + 'static {
+    let manager = self.clone();
+    async move {
+      loop {
+        let now = match &*manager.phase() {
+          Phase::Up(run) => Ok(run.clone()),
+          Phase::Starting(start) => Err(Some(start.outcome.subscribe())),
+          Phase::Idle | Phase::Stopping { .. } => Err(None),
+        };
+        match now {
+          Ok(run) => return reload_run(manager.clone(), run, None).await,
+          Err(Some(starting)) => {
+            settled(starting).await;
+          }
+          Err(None) => return Ok(None),
+        }
+      }
     }
   }
 
@@ -620,4 +881,61 @@ fn exited_after_ready(instance: &Instance) -> PmError {
     signal: exit.signal,
     stderr_tail: instance.child.output.stderr_tail(),
   }
+}
+
+/// The processes of a start, healthy, before they become a run.
+struct Started {
+  launch: Launch,
+  public_port: u16,
+  front: Front,
+  replicas: Vec<(Option<Reservation>, Arc<Instance>, Duration)>,
+}
+
+impl Started {
+  fn first_dead(&self) -> Option<Arc<Instance>> {
+    self
+      .replicas
+      .iter()
+      .find(|(_, instance, _)| instance.child.exit_info().is_some())
+      .map(|(_, instance, _)| instance.clone())
+  }
+}
+
+/// Where one process of a start listens.
+#[derive(Clone)]
+enum Spot {
+  /// On the public port (a port of this manager's range): one process, no front.
+  Public,
+  /// On a port of its own behind the balancer.
+  Internal,
+  /// On the manager's socket (the public port).
+  Shared(u16, Arc<std::net::TcpListener>),
+}
+
+enum One {
+  Up(Option<Reservation>, Arc<Instance>, Duration),
+  Cancelled {
+    stopped: Option<StopResult>,
+    stderr_tail: Vec<String>,
+  },
+}
+
+/// Reloads every slot of `run` in turn (`reason`: a watchdog verdict, for replicas on one socket). A slot
+/// with no process now (down between restarts, or for good) is left to its supervisor.
+pub(super) async fn reload_run(
+  manager: Arc<Manager>,
+  run: Arc<Run>,
+  reason: Option<Reason>,
+) -> Result<Option<BackendInfo>> {
+  let _one_at_a_time = run.reloading.lock().await;
+  for slot in &run.slots {
+    if run.stop_requested() {
+      break;
+    }
+    if let Err(e) = slot.reload(reason).await {
+      manager.log(Level::Warn, format!("reload failed: {e}"));
+      return Err(e);
+    }
+  }
+  Ok(run.info())
 }

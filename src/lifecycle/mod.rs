@@ -9,6 +9,7 @@ mod instance;
 pub mod launch;
 pub mod manager;
 mod restart;
+mod run;
 mod supervisor;
 
 pub use manager::Manager;
@@ -26,6 +27,17 @@ pub struct BackendInfo {
   pub started_at: u64,
   /// This start's secret (`token: true`).
   pub token: Option<String>,
+  /// With replicas: each running one (`None` for a single process).
+  pub replicas: Option<Vec<ReplicaInfo>>,
+}
+
+/// One running replica.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaInfo {
+  pub pid: u32,
+  /// Its own port behind the balancer; `None` when the replicas share the manager's socket.
+  pub port: Option<u16>,
+  pub healthy: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +49,8 @@ pub struct StopResult {
   pub duration: Duration,
   /// Processes of the backend still alive after the force kill (its record is then kept).
   pub survivors: Vec<u32>,
+  /// With replicas: the stop of each (the fields above then sum them up).
+  pub replicas: Vec<StopResult>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +93,8 @@ pub struct Stats {
   pub healthy: bool,
   /// Of the last watchdog or readiness probe.
   pub health_latency: Option<Duration>,
+  /// With replicas: each one's (the fields above add them up).
+  pub replicas: Vec<Stats>,
 }
 
 /// Something that happened, for the app (the binding forwards these to JS as events and log lines).
@@ -121,6 +137,8 @@ pub enum Event {
   Stats(Stats),
   /// Nothing is under way any more (the JS layer lets Node exit).
   Idle,
+  /// An event about one replica (its index), when there are several.
+  Replica(usize, Box<Event>),
   Log {
     level: Level,
     message: String,

@@ -1,256 +1,420 @@
-//! The supervisor of a started backend: one task per run (from a successful `startBackend()` to its stop
-//! or final failure) that owns what happens to it — its exit, the watchdog's and the memory limit's
-//! verdicts, `stats` events, and the restarts of the restart policy with their backoff. Every end of the
-//! running process goes through this task, including the one a stop asks for, so nothing is started once a
-//! stop has been asked for (docs/design.md §16).
+//! The supervisors of a started backend: one task per slot (the one process, or each replica) that owns
+//! what happens to it — its exit, the watchdog's and the memory limit's verdicts, `stats` events, and the
+//! restarts of the restart policy with their backoff — and one task for the run that waits for them all,
+//! puts replicas the balancer found refusing back once they answer, and closes the front at the end. Every
+//! end of a running process goes through its slot's task, including the one a stop asks for, so nothing is
+//! started once a stop has been asked for (docs/design.md §16).
 
-use super::attempt::{self, Attempt};
+use super::attempt::{self, Attempt, Where};
 use super::instance::Instance;
-use super::launch::Launch;
 use super::manager::{port_lost, Manager, ADDRESS_IN_USE_RETRIES};
-use super::restart::{Decision, RestartBook};
-use super::{BackendInfo, Event, Level, Reason, Stats, StopResult};
+use super::restart::Decision;
+use super::run::Reload;
+use super::run::{lock, Front, Run, Slot};
+use super::{Event, Level, Reason, StopResult};
 use crate::error::{PmError, Result};
 use crate::net::health::{self, ProbeOutcome};
-use crate::net::reservation::Reservation;
-use crate::options::Options;
 use crate::os::spawn::ExitInfo;
-use crate::os::tree;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-/// How the backend is doing, as the watchdog and the memory sampler see it.
-#[derive(Default)]
-struct Health {
-  healthy: bool,
-  /// Watchdog probes failed in a row.
-  failures: u32,
-  /// Of the last watchdog or readiness probe.
-  latency: Option<Duration>,
-  /// `unhealthy` was reported for failed probes, and not yet `healthy`.
-  reported_probes: bool,
-  /// `unhealthy` was reported for memory, and not yet `healthy`.
-  reported_memory: bool,
-  /// Since when the current process has been healthy.
-  healthy_since: Option<Instant>,
-}
+/// How often a replica the balancer took out (it refused a connection) is probed, when no watchdog does.
+const PUT_BACK_PROBE: Duration = Duration::from_secs(1);
 
-/// The previous CPU sample, for the rate since then.
-struct CpuSample {
-  pid: u32,
-  at: Instant,
-  cpu: Duration,
-}
-
-/// One supervised run of the backend.
-pub struct Run {
-  pub launch: Launch,
-  /// The port, held across restarts (docs/api.md: the app's URL stays valid).
-  port: Mutex<Option<Reservation>>,
-  /// The running process; `None` while down between an exit and a restart.
-  current: Mutex<Option<Arc<Instance>>>,
-  /// Set by a stop: the supervisor ends the process and starts nothing more.
-  stop: watch::Sender<bool>,
-  /// The supervisor's last word: what the stop stopped (`None`: nothing ran).
-  done: watch::Sender<Option<Option<StopResult>>>,
-  /// While down: the outcome of the restart (a start asked for meanwhile waits for it).
-  ready: watch::Sender<Option<Result<BackendInfo>>>,
-  book: Option<Mutex<RestartBook>>,
-  health: Mutex<Health>,
-  cpu: Mutex<Option<CpuSample>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-  m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Run {
-  pub fn new(
-    options: &Options,
-    launch: Launch,
-    port: Reservation,
-    instance: Arc<Instance>,
-    latency: Duration,
-  ) -> Arc<Run> {
-    let run = Arc::new(Run {
-      launch,
-      port: Mutex::new(Some(port)),
-      current: Mutex::new(None),
-      stop: watch::channel(false).0,
-      done: watch::channel(None).0,
-      ready: watch::channel(None).0,
-      book: options
-        .restart
-        .clone()
-        .map(|p| Mutex::new(RestartBook::new(p))),
-      health: Mutex::new(Health::default()),
-      cpu: Mutex::new(None),
-    });
-    run.went_up(instance, latency);
-    run
-  }
-
-  pub fn current(&self) -> Option<Arc<Instance>> {
-    lock(&self.current).clone()
-  }
-
-  pub fn restarts(&self) -> u32 {
-    self.book.as_ref().map_or(0, |b| lock(b).total())
-  }
-
-  /// Resolves with the backend once it is up again (or the error that keeps it down).
-  pub fn next_ready(&self) -> watch::Receiver<Option<Result<BackendInfo>>> {
-    self.ready.subscribe()
-  }
-
-  pub fn request_stop(&self) {
-    self.stop.send_replace(true);
-  }
-
-  /// Resolves once the supervisor has ended the run after a stop: what it stopped.
-  pub async fn stopped(&self) -> Option<StopResult> {
-    let mut done = self.done.subscribe();
-    done
-      .wait_for(Option::is_some)
-      .await
-      .ok()
-      .and_then(|d| d.clone())
-      .flatten()
-  }
-
-  fn went_up(&self, instance: Arc<Instance>, latency: Duration) {
-    let info = instance.info.clone();
-    *lock(&self.current) = Some(instance);
-    *lock(&self.health) = Health {
-      healthy: true,
-      latency: Some(latency),
-      healthy_since: Some(Instant::now()),
-      ..Health::default()
-    };
-    self.ready.send_replace(Some(Ok(info)));
-  }
-
-  fn went_down(&self) {
-    // First the outcome a start would wait for, then the backend: a start never sees "down" with an old
-    // outcome.
-    self.ready.send_replace(None);
-    *lock(&self.current) = None;
-    lock(&self.health).healthy = false;
-  }
-
-  fn port(&self) -> Option<u16> {
-    lock(&self.port).as_ref().map(Reservation::port)
-  }
-}
-
-/// Starts the supervisor of `run`, which is up with its first process.
+/// Starts the supervisors of `run`, which is up with its first processes.
 pub fn start(manager: Arc<Manager>, run: Arc<Run>) {
   tokio::spawn(async move {
-    let result = supervise(&manager, &run).await;
+    let mut slots = JoinSet::new();
+    for slot in &run.slots {
+      let (manager, run, slot) = (manager.clone(), run.clone(), slot.clone());
+      slots.spawn(async move {
+        let result = supervise(&manager, &run, &slot).await;
+        slot.release_port();
+        (slot.index, result)
+      });
+    }
+    let put_back = tokio::spawn(put_back_refusing(manager.clone(), run.clone()));
+    let mut results: Vec<(usize, Option<StopResult>)> = Vec::new();
+    while let Some(joined) = slots.join_next().await {
+      match joined {
+        Ok(result) => results.push(result),
+        Err(e) => manager.log(Level::Warn, format!("a supervisor ended abnormally: {e}")),
+      }
+    }
+    put_back.abort();
+    close_front(&run).await;
+    results.sort_by_key(|(index, _)| *index);
+    let result = combine(
+      results.into_iter().filter_map(|(_, r)| r).collect(),
+      run.replicated(),
+    );
+    if !run.stop_requested() && run.replicated() {
+      manager.emit(Event::Failed {
+        reason: Reason::Exit,
+        restarts: run.slots.iter().map(|s| s.restarts()).sum(),
+        error: "no replica of the backend is left".into(),
+      });
+    }
+    // A start that joined while nothing was up learns that nothing will be.
+    run.ready.send_if_modified(|ready| {
+      let waiting = ready.is_none();
+      if waiting {
+        *ready = Some(Err(PmError::BackendExited {
+          message: "the backend stopped and is not restarted".into(),
+          exit_code: None,
+          signal: None,
+          stderr_tail: Vec::new(),
+        }));
+      }
+      waiting
+    });
     manager.run_ended(&run);
-    lock(&run.port).take();
     run.done.send_replace(Some(result));
   });
+}
+
+/// The front stops taking connections once no replica is left (a stop has already stopped accepting).
+async fn close_front(run: &Run) {
+  if let Front::Balanced { balancer, .. } = &run.front {
+    balancer.close(Instant::now()).await;
+  }
+}
+
+/// One result for the stop: the replicas' added up (`pid` of the first, forced if any was).
+pub(super) fn combine(mut results: Vec<StopResult>, replicated: bool) -> Option<StopResult> {
+  if !replicated {
+    return results.pop();
+  }
+  let first = results.first()?.clone();
+  Some(StopResult {
+    pid: first.pid,
+    exit: first.exit.clone(),
+    forced: results.iter().any(|r| r.forced),
+    duration: results.iter().map(|r| r.duration).max().unwrap_or_default(),
+    survivors: results.iter().flat_map(|r| r.survivors.clone()).collect(),
+    replicas: results,
+  })
 }
 
 enum Ended {
   Stop,
   Exit,
   Verdict(Reason),
+  Reload(Reload),
+}
+
+/// A process that went down without a stop: what the restart policy decides on.
+struct Down {
+  pid: u32,
+  exit: ExitInfo,
+  reason: Reason,
+  healthy_since: Option<Instant>,
 }
 
 async fn stop_asked(stop: &mut watch::Receiver<bool>) {
   let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn supervise(manager: &Arc<Manager>, run: &Arc<Run>) -> Option<StopResult> {
+async fn supervise(manager: &Arc<Manager>, run: &Arc<Run>, slot: &Arc<Slot>) -> Option<StopResult> {
   let mut stop = run.stop.subscribe();
+  let mut reloads = slot.take_reloads()?;
   loop {
-    let instance = run.current()?;
+    let instance = slot.current()?;
     let ended = tokio::select! {
       biased;
       _ = stop_asked(&mut stop) => Ended::Stop,
       _ = instance.child.exited() => Ended::Exit,
-      reason = watchdog(manager, run, &instance) => Ended::Verdict(reason),
+      Some(request) = reloads.recv() => Ended::Reload(request),
+      reason = watchdog(manager, run, slot, &instance) => Ended::Verdict(reason),
     };
-    let (result, reason) = match ended {
+    let replica = run.replica(slot);
+    let healthy_since = lock(&slot.health).healthy_since;
+    let down = match ended {
       Ended::Stop => {
-        let result = manager.end(&instance, true, None).await;
-        run.went_down();
+        let result = manager.end(&instance, true, None, replica).await;
+        run.went_down(slot);
         return Some(result);
       }
-      Ended::Exit => (manager.end(&instance, false, None).await, Reason::Exit),
-      Ended::Verdict(reason) => (manager.end(&instance, true, Some(reason)).await, reason),
-    };
-    let healthy_since = lock(&run.health).healthy_since;
-    run.went_down();
-    let book = run.book.as_ref()?;
-    let mut last = (instance.info.pid, result.exit, reason, healthy_since);
-    loop {
-      let decision = lock(book).decide(std::time::Instant::now(), last.3.map(Instant::into_std));
-      let (attempt, delay) = match decision {
-        Decision::GiveUp { restarts } => {
-          let error = format!(
-            "the backend ended {} times within restart.windowMs; it stays down",
-            restarts + 1
-          );
-          give_up(manager, run, last.2, restarts, error);
-          return None;
+      Ended::Exit => {
+        let result = manager.end(&instance, false, None, replica).await;
+        run.went_down(slot);
+        Down {
+          pid: instance.info.pid,
+          exit: result.exit,
+          reason: Reason::Exit,
+          healthy_since,
         }
-        Decision::Restart { attempt, delay } => (attempt, delay),
-      };
-      let (pid, exit, reason, _) = last.clone();
-      manager.emit(Event::Restart {
+      }
+      Ended::Verdict(reason) => {
+        let result = manager.end(&instance, true, Some(reason), replica).await;
+        run.went_down(slot);
+        Down {
+          pid: instance.info.pid,
+          exit: result.exit,
+          reason,
+          healthy_since,
+        }
+      }
+      Ended::Reload(request) => {
+        match replace(manager, run, slot, &instance, &mut stop, request.reason).await {
+          Replaced::Done => {
+            let _ = request.reply.send(Ok(()));
+            continue;
+          }
+          Replaced::Kept(error) => {
+            let _ = request.reply.send(Err(error));
+            continue;
+          }
+          Replaced::Stopped(result) => {
+            let _ = request.reply.send(Err(stopped_during_reload()));
+            return result;
+          }
+          Replaced::Down(down, error) => {
+            let _ = request.reply.send(Err(error));
+            down
+          }
+        }
+      }
+    };
+    if let Some(result) = recover(manager, run, slot, down, &mut stop).await {
+      return result;
+    }
+  }
+}
+
+fn stopped_during_reload() -> PmError {
+  PmError::BackendExited {
+    message: "stopBackend() was called during reload(); the backend has been stopped".into(),
+    exit_code: None,
+    signal: None,
+    stderr_tail: Vec::new(),
+  }
+}
+
+/// After a process went down without a stop: restarts per the policy until one is up (`None`), or ends
+/// the slot (`Some`: what a stop meanwhile stopped, if one came).
+async fn recover(
+  manager: &Arc<Manager>,
+  run: &Arc<Run>,
+  slot: &Arc<Slot>,
+  down: Down,
+  stop: &mut watch::Receiver<bool>,
+) -> Option<Option<StopResult>> {
+  let Some(book) = slot.book.as_ref() else {
+    return Some(None);
+  };
+  let replica = run.replica(slot);
+  let mut last = down;
+  loop {
+    let decision = lock(book).decide(
+      std::time::Instant::now(),
+      last.healthy_since.map(Instant::into_std),
+    );
+    let (attempt, delay) = match decision {
+      Decision::GiveUp { restarts } => {
+        let error = format!(
+          "the backend ended {} times within restart.windowMs; it stays down",
+          restarts + 1
+        );
+        give_up(manager, run, slot, last.reason, restarts, error);
+        return Some(None);
+      }
+      Decision::Restart { attempt, delay } => (attempt, delay),
+    };
+    manager.emit_for(
+      replica,
+      Event::Restart {
         attempt,
         delay,
-        reason,
-        pid,
-        exit,
-      });
-      manager.log(
-        Level::Warn,
-        format!(
-          "restarting the backend in {} ms (restart {attempt}, after {})",
-          delay.as_millis(),
-          reason.as_str()
-        ),
-      );
-      tokio::select! {
-        biased;
-        _ = stop_asked(&mut stop) => return None,
-        _ = tokio::time::sleep(delay) => {}
-      }
-      match restart_once(manager, run, attempt, &mut stop).await {
-        Restarted::Up => break,
-        Restarted::Stopped(result) => return result,
-        Restarted::Exited { pid, exit } => last = (pid, exit, Reason::Exit, None),
-        Restarted::Fatal(error) => {
-          give_up(manager, run, reason, attempt, error.to_string());
-          return None;
+        reason: last.reason,
+        pid: last.pid,
+        exit: last.exit.clone(),
+      },
+    );
+    manager.log(
+      Level::Warn,
+      format!(
+        "restarting the backend{} in {} ms (restart {attempt}, after {})",
+        replica
+          .map(|r| format!(" (replica {r})"))
+          .unwrap_or_default(),
+        delay.as_millis(),
+        last.reason.as_str()
+      ),
+    );
+    tokio::select! {
+      biased;
+      _ = stop_asked(stop) => return Some(None),
+      _ = tokio::time::sleep(delay) => {}
+    }
+    match restart_once(manager, run, slot, attempt, stop).await {
+      Restarted::Up => return None,
+      Restarted::Stopped(result) => return Some(result),
+      Restarted::Exited { pid, exit } => {
+        last = Down {
+          pid,
+          exit,
+          reason: Reason::Exit,
+          healthy_since: None,
         }
+      }
+      Restarted::Fatal(error) => {
+        give_up(manager, run, slot, last.reason, attempt, error.to_string());
+        return Some(None);
       }
     }
   }
 }
 
-fn give_up(manager: &Manager, run: &Run, reason: Reason, restarts: u32, error: String) {
+enum Replaced {
+  /// The new process is in, the old one stopped.
+  Done,
+  /// The new process could not be started; the old one runs on.
+  Kept(PmError),
+  /// A stop came meanwhile: what it stopped.
+  Stopped(Option<StopResult>),
+  /// The old process was stopped first (one process on its own port) and the new one did not come up.
+  Down(Down, PmError),
+}
+
+/// A reload of one slot. Behind the balancer or on the shared socket, the new process starts beside the
+/// old one, which is put out (drained, with the balancer) and stopped once the new one is in; a process on
+/// its own port is stopped first, then started again on that port.
+async fn replace(
+  manager: &Arc<Manager>,
+  run: &Arc<Run>,
+  slot: &Arc<Slot>,
+  old: &Arc<Instance>,
+  stop: &mut watch::Receiver<bool>,
+  reason: Option<Reason>,
+) -> Replaced {
+  let replica = run.replica(slot);
+  let restarts = slot.restarts();
+  if let Front::Direct = run.front {
+    let result = manager.end(old, true, reason, replica).await;
+    run.went_down(slot);
+    return match restart_once(manager, run, slot, restarts, stop).await {
+      Restarted::Up => Replaced::Done,
+      Restarted::Stopped(stopped) => Replaced::Stopped(stopped.or(Some(result))),
+      Restarted::Exited { pid, exit } => {
+        let error = PmError::BackendExited {
+          message: format!(
+            "the reloaded backend exited with {} before it became healthy",
+            exit.describe()
+          ),
+          exit_code: exit.exit_code,
+          signal: exit.signal.clone(),
+          stderr_tail: Vec::new(),
+        };
+        let down = Down {
+          pid,
+          exit,
+          reason: Reason::Exit,
+          healthy_since: None,
+        };
+        Replaced::Down(down, error)
+      }
+      Restarted::Fatal(error) => {
+        let down = Down {
+          pid: old.info.pid,
+          exit: result.exit,
+          reason: Reason::Exit,
+          healthy_since: None,
+        };
+        Replaced::Down(down, error)
+      }
+    };
+  }
+  let (reservation, place) = match run.socket() {
+    Some(socket) => (None, Where::shared(run.public_port, socket)),
+    None => match manager.reserve_internal_port(&[]).await {
+      Ok(reserved) => {
+        let port = reserved.port();
+        (Some(reserved), Where::own(port))
+      }
+      Err(e) => return Replaced::Kept(e),
+    },
+  };
+  let place = match run.replicated() {
+    true => place.replica(run.public_port, slot.index),
+    false => place,
+  };
+  let (instance, latency) = match attempt::run(manager, &run.launch, place, stop, restarts).await {
+    Ok(Attempt::Ready(instance, latency)) => (instance, latency),
+    Ok(Attempt::Cancelled { .. }) => {
+      let result = manager.end(old, true, None, replica).await;
+      run.went_down(slot);
+      return Replaced::Stopped(Some(result));
+    }
+    Ok(Attempt::PortTaken { exited, .. }) => return Replaced::Kept(exited),
+    Ok(Attempt::Failed { error, .. }) => return Replaced::Kept(error),
+    Err(e) => return Replaced::Kept(e),
+  };
+  let old_upstream = slot.upstream();
+  if let Some(reserved) = reservation {
+    slot.set_port(reserved);
+  }
+  run.went_up(slot, instance.clone(), latency, true);
+  manager.emit_for(replica, Event::Ready(ready_info(run, &instance)));
+  if let Front::Balanced { balancer, .. } = &run.front {
+    let open = balancer
+      .drain(old_upstream, Instant::now() + manager.options.stop_timeout)
+      .await;
+    balancer.remove(old_upstream);
+    if open > 0 {
+      manager.log(
+        Level::Warn,
+        format!(
+          "{open} connections to backend pid {} were still open after stopTimeoutMs; it is stopped anyway",
+          old.info.pid
+        ),
+      );
+    }
+  }
+  manager.end(old, true, reason, replica).await;
+  Replaced::Done
+}
+
+/// What `ready` carries for a process of the run: the backend as the app sees it, or the replica.
+fn ready_info(run: &Run, instance: &Instance) -> super::BackendInfo {
+  match run.replicated() {
+    true => instance.info.clone(),
+    false => run.info().unwrap_or_else(|| instance.info.clone()),
+  }
+}
+
+fn give_up(
+  manager: &Manager,
+  run: &Run,
+  slot: &Slot,
+  reason: Reason,
+  restarts: u32,
+  error: String,
+) {
   manager.log(
     Level::Warn,
     format!("the backend is down for good: {error}"),
   );
-  run.ready.send_replace(Some(Err(PmError::BackendExited {
-    message: format!("the backend failed and was not restarted again: {error}"),
-    exit_code: None,
-    signal: None,
-    stderr_tail: Vec::new(),
-  })));
-  manager.emit(Event::Failed {
-    reason,
-    restarts,
-    error,
-  });
+  let replica = run.replica(slot);
+  if run.info().is_none() && run.slots.iter().all(|s| s.current().is_none()) {
+    run.ready.send_replace(Some(Err(PmError::BackendExited {
+      message: format!("the backend failed and was not restarted again: {error}"),
+      exit_code: None,
+      signal: None,
+      stderr_tail: Vec::new(),
+    })));
+  }
+  manager.emit_for(
+    replica,
+    Event::Failed {
+      reason,
+      restarts,
+      error,
+    },
+  );
 }
 
 enum Restarted {
@@ -266,30 +430,37 @@ enum Restarted {
   Fatal(PmError),
 }
 
-/// One restart: on the kept port if still free, else on another (`port-changed`).
+/// One restart of a slot: on its kept port if still free, else on another (`port-changed`); with a
+/// shared socket, on that socket.
 async fn restart_once(
   manager: &Arc<Manager>,
   run: &Arc<Run>,
+  slot: &Slot,
   attempt: u32,
   stop: &mut watch::Receiver<bool>,
 ) -> Restarted {
   let mut exclude = Vec::new();
   for _ in 0..=ADDRESS_IN_USE_RETRIES {
-    let port = match keep_or_move_port(manager, run, &exclude).await {
-      Ok(port) => port,
-      Err(e) => return Restarted::Fatal(e),
+    let place = match run.socket() {
+      Some(socket) => Where::shared(run.public_port, socket),
+      None => match keep_or_move_port(manager, run, slot, &exclude).await {
+        Ok(port) => Where::own(port),
+        Err(e) => return Restarted::Fatal(e),
+      },
     };
-    match attempt::run(manager, &run.launch, port, stop, attempt).await {
+    let place = match run.replicated() {
+      true => place.replica(run.public_port, slot.index),
+      false => place,
+    };
+    match attempt::run(manager, &run.launch, place, stop, attempt).await {
       Ok(Attempt::Ready(instance, latency)) => {
-        let info = instance.info.clone();
-        run.went_up(instance, latency);
-        manager.emit(Event::Ready(info));
+        run.went_up(slot, instance.clone(), latency, false);
+        manager.emit_for(run.replica(slot), Event::Ready(ready_info(run, &instance)));
         return Restarted::Up;
       }
       Ok(Attempt::Cancelled { stopped, .. }) => return Restarted::Stopped(stopped),
-      Ok(Attempt::PortTaken { port, exited }) if exclude.len() < ADDRESS_IN_USE_RETRIES => {
-        exclude.push(port);
-        drop(exited);
+      Ok(Attempt::PortTaken { port, .. }) if exclude.len() < ADDRESS_IN_USE_RETRIES => {
+        exclude.push(port)
       }
       Ok(Attempt::PortTaken { port, exited }) => return Restarted::Fatal(port_lost(port, exited)),
       Ok(Attempt::Failed { pid, exit, .. }) => return Restarted::Exited { pid, exit },
@@ -299,10 +470,15 @@ async fn restart_once(
   Restarted::Fatal(PmError::Internal("no port tried for the restart".into()))
 }
 
-/// The run's port if no other program took it meanwhile (and it is not in `exclude`); otherwise a new one
-/// from the manager's range, which then becomes the run's (`port-changed`).
-async fn keep_or_move_port(manager: &Arc<Manager>, run: &Run, exclude: &[u16]) -> Result<u16> {
-  let kept = run.port();
+/// The slot's port if no other program took it meanwhile (and it is not in `exclude`); otherwise a new
+/// one, which then becomes the slot's (`port-changed` for the public port).
+async fn keep_or_move_port(
+  manager: &Arc<Manager>,
+  run: &Run,
+  slot: &Slot,
+  exclude: &[u16],
+) -> Result<u16> {
+  let kept = slot.port();
   if let Some(port) = kept.filter(|p| !exclude.contains(p)) {
     let free =
       crate::blocking::run(move || crate::net::port::is_port_available(port, None)).await?;
@@ -312,10 +488,13 @@ async fn keep_or_move_port(manager: &Arc<Manager>, run: &Run, exclude: &[u16]) -
   }
   let mut avoid = exclude.to_vec();
   avoid.extend(kept);
-  let reserved = manager.reserve_port(&avoid).await?;
+  let reserved = match run.front {
+    Front::Direct => manager.reserve_port(&avoid).await?,
+    _ => manager.reserve_internal_port(&avoid).await?,
+  };
   let port = reserved.port();
-  *lock(&run.port) = Some(reserved);
-  if let Some(previous) = kept {
+  slot.set_port(reserved);
+  if let (Some(previous), Front::Direct) = (kept, &run.front) {
     manager.log(
       Level::Warn,
       format!("port {previous} was taken by another program; the backend moves to port {port}"),
@@ -323,6 +502,42 @@ async fn keep_or_move_port(manager: &Arc<Manager>, run: &Run, exclude: &[u16]) -
     manager.emit(Event::PortChanged { previous, port });
   }
   Ok(port)
+}
+
+/// Replicas the balancer took out because they refused a connection: probed every second (the watchdog
+/// does it too, when there is one) and put back once they answer.
+async fn put_back_refusing(manager: Arc<Manager>, run: Arc<Run>) {
+  let Front::Balanced { balancer, .. } = &run.front else {
+    return;
+  };
+  let Some(mut failures) = balancer.take_failures() else {
+    return;
+  };
+  while let Some(id) = failures.recv().await {
+    let Some(slot) = run.slots.iter().find(|s| s.upstream() == id).cloned() else {
+      continue;
+    };
+    let (manager, run, balancer) = (manager.clone(), run.clone(), balancer.clone());
+    tokio::spawn(async move {
+      loop {
+        tokio::time::sleep(PUT_BACK_PROBE).await;
+        let Some(instance) = slot.current() else {
+          return;
+        };
+        if slot.upstream() != id || run.stop_requested() {
+          return;
+        }
+        let target = manager.target(instance.info.port, instance.info.token.clone());
+        if health::probe(&target, manager.options.health_timeout)
+          .await
+          .is_healthy()
+        {
+          balancer.set_healthy(id, true);
+          return;
+        }
+      }
+    });
+  }
 }
 
 /// Waits for the next tick of an optional timer (forever without one).
@@ -343,33 +558,48 @@ fn every(period: Option<Duration>) -> Option<Interval> {
   })
 }
 
-/// Watches the running process: health probes every `healthIntervalMs`, memory (and `stats` events) every
-/// `statsIntervalMs` (or every second with only `maxMemoryBytes`). Reports `unhealthy` and `healthy`;
-/// resolves only with a verdict that needs a restart (the restart policy is on), never otherwise.
-async fn watchdog(manager: &Manager, run: &Run, instance: &Instance) -> Reason {
+/// Watches one running process: health probes every `healthIntervalMs`, memory (and `stats` events)
+/// every `statsIntervalMs` (or every second with only `maxMemoryBytes`). Reports `unhealthy` and
+/// `healthy`; resolves only with a verdict that needs a restart (the restart policy is on), never
+/// otherwise.
+async fn watchdog(
+  manager: &Arc<Manager>,
+  run: &Arc<Run>,
+  slot: &Slot,
+  instance: &Instance,
+) -> Reason {
   let o = &manager.options;
   let restart = o.restart.is_some();
   let target = manager.target(instance.info.port, instance.info.token.clone());
-  let mut probes = every(o.health_interval);
+  // Replicas on one socket: a probe reaches whichever accepts, so one slot probes for them all, and its
+  // verdict replaces them all one by one (as a reload).
+  let shared = run.socket().is_some() && run.replicated();
+  let mut probes = every(o.health_interval.filter(|_| !shared || slot.index == 0));
   let mut samples = every(o.memory_interval());
+  // With replicas, `stats` events are the run's (the first slot sends them).
+  let sends_stats = o.stats_interval.is_some() && slot.index == 0;
   loop {
     tokio::select! {
       _ = tick(&mut probes) => {
         let began = Instant::now();
         let outcome = health::probe(&target, o.health_timeout).await;
-        let unhealthy = probe_verdict(manager, run, outcome, began.elapsed());
-        keep_verdict(manager, run, instance).await;
-        if unhealthy && restart {
+        let unhealthy = probe_verdict(manager, run, slot, outcome, began.elapsed());
+        keep_verdict(manager, run, slot, instance).await;
+        if unhealthy && restart && shared {
+          tokio::spawn(super::manager::reload_run(manager.clone(), run.clone(), Some(Reason::Unhealthy)));
+        } else if unhealthy && restart {
           return Reason::Unhealthy;
         }
       }
       _ = tick(&mut samples) => {
-        let Some(stats) = sample(run) else { continue };
-        if o.stats_interval.is_some() {
-          manager.emit(Event::Stats(stats.clone()));
+        if sends_stats {
+          if let Some(stats) = run.stats() {
+            manager.emit(Event::Stats(stats));
+          }
         }
-        let unhealthy = memory_verdict(manager, run, stats.memory_bytes);
-        keep_verdict(manager, run, instance).await;
+        let memory = crate::os::tree::usage(&crate::os::tree::with_descendants(instance.info.pid)).memory_bytes;
+        let unhealthy = memory_verdict(manager, run, slot, memory);
+        keep_verdict(manager, run, slot, instance).await;
         if unhealthy && restart {
           return Reason::Memory;
         }
@@ -378,28 +608,39 @@ async fn watchdog(manager: &Manager, run: &Run, instance: &Instance) -> Reason {
   }
 }
 
-/// Keeps the current verdict in the PID record (rewritten only when it changed), for `backend-pm status`.
-async fn keep_verdict(manager: &Manager, run: &Run, instance: &Instance) {
-  let healthy = lock(&run.health).healthy;
+/// Keeps the current verdict in the PID record (rewritten only when it changed) for `backend-pm status`,
+/// and tells the balancer.
+async fn keep_verdict(manager: &Manager, run: &Run, slot: &Slot, instance: &Instance) {
+  let healthy = lock(&slot.health).healthy;
+  run.health_changed(slot, healthy);
   if let Err(e) = instance.set_healthy(healthy).await {
     manager.log(Level::Warn, format!("could not update the PID record: {e}"));
   }
 }
 
-/// Counts a watchdog probe; true when it made the backend unhealthy (just now).
-fn probe_verdict(manager: &Manager, run: &Run, outcome: ProbeOutcome, latency: Duration) -> bool {
+/// Counts a watchdog probe; true when it made the process unhealthy (just now).
+fn probe_verdict(
+  manager: &Manager,
+  run: &Run,
+  slot: &Slot,
+  outcome: ProbeOutcome,
+  latency: Duration,
+) -> bool {
   let threshold = manager.options.unhealthy_threshold;
-  let mut health = lock(&run.health);
+  let mut health = lock(&slot.health);
   if outcome.is_healthy() {
     health.failures = 0;
     health.latency = Some(latency);
     if std::mem::take(&mut health.reported_probes) {
       health.healthy = !health.reported_memory;
       drop(health);
-      manager.emit(Event::Healthy {
-        latency: Some(latency),
-        memory_bytes: None,
-      });
+      manager.emit_for(
+        run.replica(slot),
+        Event::Healthy {
+          latency: Some(latency),
+          memory_bytes: None,
+        },
+      );
     }
     return false;
   }
@@ -411,30 +652,36 @@ fn probe_verdict(manager: &Manager, run: &Run, outcome: ProbeOutcome, latency: D
   health.healthy = false;
   let failures = health.failures;
   drop(health);
-  manager.emit(Event::Unhealthy {
-    reason: Reason::Unhealthy,
-    failures,
-    error: Some(outcome.describe()),
-    memory_bytes: None,
-  });
+  manager.emit_for(
+    run.replica(slot),
+    Event::Unhealthy {
+      reason: Reason::Unhealthy,
+      failures,
+      error: Some(outcome.describe()),
+      memory_bytes: None,
+    },
+  );
   true
 }
 
-/// Compares a memory sample with `maxMemoryBytes`; true when it made the backend unhealthy (just now).
-fn memory_verdict(manager: &Manager, run: &Run, memory_bytes: u64) -> bool {
+/// Compares a memory sample with `maxMemoryBytes`; true when it made the process unhealthy (just now).
+fn memory_verdict(manager: &Manager, run: &Run, slot: &Slot, memory_bytes: u64) -> bool {
   let Some(limit) = manager.options.max_memory_bytes else {
     return false;
   };
-  let mut health = lock(&run.health);
+  let mut health = lock(&slot.health);
   if memory_bytes <= limit {
     if std::mem::take(&mut health.reported_memory) {
       health.healthy = !health.reported_probes;
       let latency = health.latency;
       drop(health);
-      manager.emit(Event::Healthy {
-        latency,
-        memory_bytes: Some(memory_bytes),
-      });
+      manager.emit_for(
+        run.replica(slot),
+        Event::Healthy {
+          latency,
+          memory_bytes: Some(memory_bytes),
+        },
+      );
     }
     return false;
   }
@@ -444,48 +691,16 @@ fn memory_verdict(manager: &Manager, run: &Run, memory_bytes: u64) -> bool {
   health.reported_memory = true;
   health.healthy = false;
   drop(health);
-  manager.emit(Event::Unhealthy {
-    reason: Reason::Memory,
-    failures: 0,
-    error: Some(format!(
-      "its processes use {memory_bytes} bytes of memory, more than maxMemoryBytes ({limit})"
-    )),
-    memory_bytes: Some(memory_bytes),
-  });
+  manager.emit_for(
+    run.replica(slot),
+    Event::Unhealthy {
+      reason: Reason::Memory,
+      failures: 0,
+      error: Some(format!(
+        "its processes use {memory_bytes} bytes of memory, more than maxMemoryBytes ({limit})"
+      )),
+      memory_bytes: Some(memory_bytes),
+    },
+  );
   true
-}
-
-/// What the running process's tree uses now; CPU as a rate since the previous sample (0 on the first).
-/// A handful of `/proc` reads for a small tree.
-pub fn sample(run: &Run) -> Option<Stats> {
-  let instance = run.current()?;
-  let pid = instance.info.pid;
-  let tree = tree::with_descendants(pid);
-  let usage = tree::usage(&tree);
-  let now = Instant::now();
-  let mut previous = lock(&run.cpu);
-  let cpu_percent = match &*previous {
-    Some(p) if p.pid == pid && now > p.at => {
-      let used = usage.cpu_time.saturating_sub(p.cpu).as_secs_f64();
-      (used / (now - p.at).as_secs_f64() * 1000.0).round() / 10.0
-    }
-    _ => 0.0,
-  };
-  *previous = Some(CpuSample {
-    pid,
-    at: now,
-    cpu: usage.cpu_time,
-  });
-  drop(previous);
-  let health = lock(&run.health);
-  Some(Stats {
-    pid,
-    cpu_percent,
-    memory_bytes: usage.memory_bytes,
-    process_count: usage.process_count,
-    uptime: instance.spawned.elapsed(),
-    restarts: run.restarts(),
-    healthy: health.healthy,
-    health_latency: health.latency,
-  })
 }

@@ -191,8 +191,9 @@ async fn no_record_is_written_after_the_end() {
     url: String::new(),
     started_at: 1,
     token: None,
+    replicas: None,
   };
-  let instance = instance::Instance::new(info, child, "late", dir.path().into(), "/", 0);
+  let instance = instance::Instance::new(info, child, "late", dir.path().into(), "/", 0, None);
   instance.write_record().await.unwrap();
   assert_eq!(record::list_records(dir.path(), None).len(), 1);
   instance.request_stop();

@@ -45,6 +45,7 @@ pub enum Strategy {
 
 /// What the owner can read about one upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(test), allow(dead_code))] // read by the tests; kept for diagnostics
 pub struct UpstreamStatus {
   pub id: usize,
   pub addr: SocketAddr,
@@ -249,6 +250,7 @@ impl Shared {
 /// The load balancer. Dropping it stops accepting and cuts its relayed connections; `close` does so politely.
 pub struct Balancer {
   shared: Arc<Shared>,
+  #[cfg_attr(not(test), allow(dead_code))] // read by the tests; kept for diagnostics
   local_addr: SocketAddr,
   accept_loop: Mutex<Option<JoinHandle<()>>>,
   failures: Mutex<Option<mpsc::UnboundedReceiver<usize>>>,
@@ -281,6 +283,7 @@ impl Balancer {
     }))
   }
 
+  #[cfg_attr(not(test), allow(dead_code))] // read by the tests; kept for diagnostics
   pub fn local_addr(&self) -> SocketAddr {
     self.local_addr
   }
@@ -292,6 +295,7 @@ impl Balancer {
   }
 
   /// Adds an upstream that gets no connections until `set_healthy(id, true)` (e.g. after its first probe).
+  #[cfg_attr(not(test), allow(dead_code))] // read by the tests; kept for diagnostics
   pub fn add_unhealthy(&self, id: usize, addr: SocketAddr) {
     self.insert(id, addr, false);
   }
@@ -348,16 +352,19 @@ impl Balancer {
   }
 
   /// Open connections to `id`, counting those still connecting (0 for an unknown id).
+  #[cfg_attr(not(test), allow(dead_code))] // read by the tests; kept for diagnostics
   pub fn active_connections(&self, id: usize) -> usize {
     let mut table = self.shared.table();
     table.get_mut(id).map_or(0, |u| u.load.active())
   }
 
   /// Every client connection the balancer holds now (connecting, waiting for an upstream, or relayed).
+  #[cfg_attr(not(test), allow(dead_code))] // read by the tests; kept for diagnostics
   pub fn open_connections(&self) -> usize {
     self.shared.connections.active()
   }
 
+  #[cfg_attr(not(test), allow(dead_code))] // read by the tests; kept for diagnostics
   pub fn upstreams(&self) -> Vec<UpstreamStatus> {
     let table = self.shared.table();
     let statuses = table.upstreams.iter().map(|u| UpstreamStatus {
@@ -638,9 +645,7 @@ mod splice {
     loop {
       let filled = loop {
         from.readable().await?;
-        let spliced = from.try_io(Interest::READABLE, || {
-          splice(from, &pipe.write_end, CHUNK)
-        });
+        let spliced = from.try_io(Interest::READABLE, || splice(from, &pipe.write_end, CHUNK));
         match spliced {
           Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
           Err(e)
@@ -664,9 +669,7 @@ mod splice {
       let mut left = filled;
       while left > 0 {
         to.writable().await?;
-        let spliced = to.try_io(Interest::WRITABLE, || {
-          splice(&pipe.read_end, to, left)
-        });
+        let spliced = to.try_io(Interest::WRITABLE, || splice(&pipe.read_end, to, left));
         match spliced {
           Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
           other => left -= other?,

@@ -37,6 +37,27 @@ pub struct Options {
   /// A fresh secret per `startBackend()` in `BACKEND_TOKEN`, sent by every probe.
   pub token: bool,
   pub shutdown: Shutdown,
+  /// How many processes of the backend run behind the public port (1: the backend itself listens there).
+  pub replicas: u16,
+  pub balance: Balance,
+  pub listen: Listen,
+}
+
+/// How the balancer picks a replica for a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+  /// The healthy replica with the fewest open connections; ties go round-robin.
+  LeastConnections,
+  RoundRobin,
+}
+
+/// How the backend gets its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+  /// It binds the port it finds in `PORT`.
+  Port,
+  /// The manager binds it and hands it over as file descriptor 3 (`LISTEN_FDS`, `LISTEN_PID`).
+  Fd,
 }
 
 /// When and how often a backend that exits (or is found unhealthy) is started again.
@@ -154,8 +175,13 @@ const MANAGER_OPTIONS: &[&str] = &[
   "inheritEnv",
   "token",
   "shutdown",
+  "replicas",
+  "balance",
+  "listen",
   "logger",
 ];
+
+pub const MAX_REPLICAS: f64 = 64.0;
 
 /// `0` means off for the interval options.
 fn interval(value: &Value, what: &str) -> Result<Option<Duration>> {
@@ -407,7 +433,52 @@ impl Options {
         .map(shutdown)
         .transpose()?
         .unwrap_or_default(),
+      replicas: f
+        .take("replicas")
+        .map(|v| integer(v, "replicas", 1.0, MAX_REPLICAS).map(|n| n as u16))
+        .transpose()?
+        .unwrap_or(1),
+      balance: match f.take("balance") {
+        None => Balance::LeastConnections,
+        Some(v) => match string(v, "balance")?.as_str() {
+          "least-connections" => Balance::LeastConnections,
+          "round-robin" => Balance::RoundRobin,
+          other => {
+            return Err(PmError::invalid(format!(
+              "balance must be 'least-connections' or 'round-robin', got {other:?}"
+            )))
+          }
+        },
+      },
+      listen: match f.take("listen") {
+        None => Listen::Port,
+        Some(v) => match string(v, "listen")?.as_str() {
+          "port" => Listen::Port,
+          "fd" if cfg!(windows) => {
+            return Err(PmError::invalid(
+              "listen: 'fd' hands a socket over as file descriptor 3, which Windows programs cannot take; use listen: 'port'",
+            ))
+          }
+          "fd" => Listen::Fd,
+          other => {
+            return Err(PmError::invalid(format!(
+              "listen must be 'port' or 'fd', got {other:?}"
+            )))
+          }
+        },
+      },
     };
+    let restart_given = matches!(value, Value::Object(fields) if fields.iter().any(|(k, v)| k == "restart" && !v.is_absent()));
+    let mut options = options;
+    if options.replicas > 1 && !restart_given {
+      // Replicas are restarted by default: a replica that dies would otherwise stay out for good.
+      options.restart = Some(RestartPolicy::default());
+    }
+    if options.replicas > 1 && options.listen == Listen::Fd && options.shutdown.http.is_some() {
+      return Err(PmError::invalid(
+        "shutdown.http cannot address one replica when replicas share one socket (listen: 'fd'); use shutdown.stdin or the signal",
+      ));
+    }
     // The JS layer keeps the logger; it may still be in the object it passes on.
     f.take("logger");
     f.finish(MANAGER_OPTIONS)?;
@@ -500,6 +571,21 @@ impl Options {
       ("inheritEnv", inherit_env),
       ("token", Value::Bool(self.token)),
       ("shutdown", shutdown),
+      ("replicas", Value::Number(self.replicas.into())),
+      (
+        "balance",
+        text(match self.balance {
+          Balance::LeastConnections => "least-connections",
+          Balance::RoundRobin => "round-robin",
+        }),
+      ),
+      (
+        "listen",
+        text(match self.listen {
+          Listen::Port => "port",
+          Listen::Fd => "fd",
+        }),
+      ),
     ])
   }
 

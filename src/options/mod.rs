@@ -5,6 +5,7 @@
 //! values; `manager` holds the constructor's options, `calls` the arguments of the other functions.
 
 mod calls;
+pub mod group;
 mod manager;
 
 pub use calls::*;

@@ -44,6 +44,9 @@ pub struct Record {
   /// As its watchdog last found it (`None`: no verdict yet, or no watchdog).
   #[serde(default)]
   pub healthy: Option<bool>,
+  /// A replica's: the public port of its backend (the balancer's, or the shared socket's).
+  #[serde(default, skip_serializing_if = "Option::is_none")]
+  pub replica_of: Option<u16>,
 }
 
 impl Record {
@@ -311,6 +314,7 @@ pub(crate) mod tests {
       owner_pid: process::own_pid(),
       owner_start_time: me.start_time,
       restarts: 0,
+      replica_of: None,
       health_path: Some("/health".into()),
       healthy: None,
     }

@@ -44,6 +44,9 @@ pub struct SpawnSpec {
   /// Give the backend a stdin pipe that stays open until `Child::close_stdin` (a stop request); otherwise
   /// its stdin is empty.
   pub stdin_pipe: bool,
+  /// A listening socket handed to the backend as file descriptor 3, with `LISTEN_FDS=1` and `LISTEN_PID`
+  /// (systemd's socket activation; Unix).
+  pub listen_socket: Option<Arc<std::net::TcpListener>>,
 }
 
 /// How the backend ended.
@@ -158,9 +161,16 @@ pub async fn spawn(spec: SpawnSpec, sink: LineSink) -> Result<Arc<Child>> {
 }
 
 fn build_command(spec: &SpawnSpec) -> Command {
-  let mut cmd = Command::new(&spec.program);
+  let mut cmd = match &spec.listen_socket {
+    #[cfg(unix)]
+    Some(_) => unix::with_listen_pid(spec),
+    _ => {
+      let mut cmd = Command::new(&spec.program);
+      cmd.args(&spec.args);
+      cmd
+    }
+  };
   cmd
-    .args(&spec.args)
     .current_dir(&spec.cwd)
     .env_clear()
     .envs(spec.env.iter().map(|(k, v)| (k, v)))

@@ -5,9 +5,39 @@ use super::{ExitInfo, SpawnSpec};
 use rustix::process::{waitid, Pid, WaitId, WaitIdOptions};
 use std::process::Command;
 
+/// The command for a backend that gets a listening socket: `LISTEN_PID` must be its own pid, which is
+/// known only after the fork, so a shell sets it and `exec`s the program, which keeps that pid.
+pub fn with_listen_pid(spec: &SpawnSpec) -> Command {
+  let mut cmd = Command::new("/bin/sh");
+  cmd
+    .args(["-c", "LISTEN_PID=$$; export LISTEN_PID; exec \"$0\" \"$@\""])
+    .arg(&spec.program)
+    .args(&spec.args);
+  cmd
+}
+
 pub fn configure(cmd: &mut Command, spec: &SpawnSpec) {
   use std::os::unix::process::CommandExt;
   cmd.process_group(0);
+  if let Some(socket) = &spec.listen_socket {
+    let socket = socket.clone();
+    // SAFETY: the closure runs between fork and exec; dup2 and fcntl are plain system calls, and nothing
+    // here allocates. Descriptor 3 is the child's own copy: the parent's table is not touched.
+    unsafe {
+      cmd.pre_exec(move || {
+        use rustix::io::{fcntl_setfd, FdFlags};
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        if socket.as_raw_fd() == 3 {
+          // Already descriptor 3: it only has to survive the exec.
+          fcntl_setfd(&*socket, FdFlags::empty())?;
+        } else {
+          let mut three = std::mem::ManuallyDrop::new(OwnedFd::from_raw_fd(3));
+          rustix::io::dup2(&*socket, &mut three)?;
+        }
+        Ok(())
+      });
+    }
+  }
   let (nice, open_files, core_dumps) = (spec.nice, spec.open_files, spec.core_dumps);
   if nice != 0 || open_files.is_some() || core_dumps == Some(false) {
     // SAFETY: the closure runs between fork and exec; setpriority and setrlimit are plain system calls
