@@ -165,9 +165,11 @@ function client() {
       for (const u of charts.values()) u.destroy()
       charts.clear()
       container.replaceChildren()
-      for (const c of CHARTS) {
-        const box = el('div', { class: 'chart', data: { chart: c.key } })
-        container.append(box)
+      // Every box is in the grid before any is measured: the first alone would take the whole row.
+      const boxes = CHARTS.map((c) => el('div', { class: 'chart', data: { chart: c.key } }))
+      container.append(...boxes)
+      CHARTS.forEach((c, i) => {
+        const box = boxes[i]
         const opts = {
           title: c.title,
           width: chartWidth(box),
@@ -189,7 +191,7 @@ function client() {
           cursor: { drag: { x: false, y: false } },
         }
         charts.set(c.key, new uPlot(opts, data(c.key, ids), box))
-      }
+      })
     } else {
       for (const c of CHARTS) charts.get(c.key).setData(data(c.key, ids))
     }

@@ -315,6 +315,14 @@ async function serveDashboard({ source, port = 0 }) {
       sendJson(res, result.ok === false ? 500 : 200, result)
     } catch (err) {
       sendJson(res, err.status ?? 500, { ok: false, error: err.message })
+    } finally {
+      // The next sample shows the outcome, and open pages get it now rather than within the second.
+      latest = null
+      if (timer) {
+        clearTimeout(timer)
+        timer = null
+        tick()
+      }
     }
   }
 

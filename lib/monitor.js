@@ -316,7 +316,8 @@ function sparkline(values, { width, slots = HISTORY, floor = 0 }) {
   const max = Math.max(floor, ...present)
   let out = ''
   for (let i = 0; i < width; i++) {
-    const part = window.slice(Math.floor((i * slots) / width), Math.floor(((i + 1) * slots) / width))
+    const from = Math.floor((i * slots) / width)
+    const part = window.slice(from, Math.max(from + 1, Math.floor(((i + 1) * slots) / width)))
     const vs = part.filter((v) => v != null)
     if (part.every((v) => v === undefined)) out += ' '
     else if (vs.length === 0) out += '·'
