@@ -11,6 +11,7 @@ import {
   type StopResult,
   type ProcessManagerError,
   type StatusReport,
+  type Dashboard,
 } from '../../index'
 import * as binding from '../../binding'
 
@@ -73,6 +74,14 @@ async function main(): Promise<void> {
   new ProcessManager({ priority: 'urgent' })
   // @ts-expect-error restart events carry a number of attempts
   supervised.on('restart', (e: { attempt: string }) => e)
+
+  // The dashboard: a URL with its token, and a close.
+  const dashboard: Dashboard = await pm.dashboard({ port: 0 })
+  const dashboardUrl: string = dashboard.url
+  await dashboard.close()
+  void dashboardUrl
+  // @ts-expect-error the dashboard's port is a number
+  await pm.dashboard({ port: '8080' })
 
   // @ts-expect-error ports are numbers
   await pm.isPortAvailable('80')
