@@ -3,7 +3,7 @@
 // the dashboard (CPU % from two readings of the tree's CPU time, a health probe of its own, a minute of
 // history per backend).
 const fs = require('node:fs')
-const http = require('node:http')
+const net = require('node:net')
 const path = require('node:path')
 const { formatDuration, formatBytes } = require('./format.js')
 
@@ -20,38 +20,60 @@ function probeHost(host) {
 }
 
 /**
- * One GET of `http://host:port{healthPath}` without proxy or keep-alive. Any answer counts as answering (a
- * 401 is a backend that wants its token); the latency is the time to the response's headers.
- * Resolves to `{ status, latencyMs, error }`; `abort` ends it early.
+ * One GET of `http://host:port{healthPath}` over a fresh connection (no proxy, no keep-alive, so the
+ * backend keeps no connection of ours open). Any answer counts as answering (a 401 is a backend that wants
+ * its token); the latency is the time to the status line. Resolves to `{ status, latencyMs, error }`.
+ * Plain `net` rather than `http`: the status line is all it needs, at half the CPU per probe.
  */
 function probeHealth(host, port, healthPath, { timeoutMs = PROBE_TIMEOUT_MS, token = null, signal } = {}) {
   return new Promise((resolve) => {
     const started = performance.now()
+    const address = probeHost(host)
     let settled = false
+    let head = ''
+    const socket = net.connect({ host: address, port })
     const finish = (result) => {
       if (settled) return
       settled = true
-      clearTimeout(timer)
-      signal?.removeEventListener('abort', onAbort)
       resolve(result)
     }
-    const headers = token ? { authorization: `Bearer ${token}` } : {}
-    const req = http.request({ host: probeHost(host), port, path: healthPath || '/health', method: 'GET', agent: false, headers }, (res) => {
-      finish({ status: res.statusCode, latencyMs: round(performance.now() - started, 1), error: null })
-      res.resume()
-      res.on('error', () => {})
-    })
+    const end = () => {
+      clearTimeout(timer)
+      signal?.removeEventListener('abort', onAbort)
+      socket.destroy()
+    }
     const timer = setTimeout(() => {
       finish({ status: null, latencyMs: null, error: 'timeout' })
-      req.destroy()
+      end()
     }, timeoutMs)
     const onAbort = () => {
       finish({ status: null, latencyMs: null, error: 'aborted' })
-      req.destroy()
+      end()
     }
     signal?.addEventListener('abort', onAbort, { once: true })
-    req.on('error', (err) => finish({ status: null, latencyMs: null, error: err.code === 'ECONNREFUSED' ? 'refused' : err.code ?? err.message }))
-    req.end()
+    socket.setNoDelay(true)
+    socket.on('connect', () => {
+      const hostHeader = address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`
+      socket.write(`GET ${healthPath || '/health'} HTTP/1.1\r\nHost: ${hostHeader}\r\nConnection: close\r\nUser-Agent: backend-pm-monitor\r\n${token ? `Authorization: Bearer ${token}\r\n` : ''}\r\n`)
+    })
+    socket.setEncoding('latin1')
+    socket.on('data', (chunk) => {
+      if (settled) return
+      head += chunk
+      const eol = head.indexOf('\r\n')
+      if (eol < 0 && head.length < 1024) return
+      const m = /^HTTP\/\d(?:\.\d)? (\d{3})/.exec(head)
+      finish(m ? { status: Number(m[1]), latencyMs: round(performance.now() - started, 1), error: null } : { status: null, latencyMs: null, error: 'not HTTP' })
+      // The rest of the answer is read to its end (the backend closes), so that it sees no reset.
+    })
+    socket.on('end', () => {
+      finish({ status: null, latencyMs: null, error: 'closed' })
+      end()
+    })
+    socket.on('error', (err) => {
+      finish({ status: null, latencyMs: null, error: err.code === 'ECONNREFUSED' ? 'refused' : err.code ?? err.message })
+      end()
+    })
   })
 }
 
@@ -208,7 +230,9 @@ function groupReplicas(lines) {
     const i = STATE_ORDER.indexOf(b.state === 'unhealthy' ? 'running' : b.state)
     return i < 0 ? STATE_ORDER.length : i
   }
-  return out.sort((a, b) => rank(a) - rank(b) || a.name.localeCompare(b.name) || (a.port ?? 0) - (b.port ?? 0) || String(a.id).localeCompare(String(b.id)))
+  // Code-point order: localeCompare costs a millisecond a sort through ICU, every second.
+  const cmp = (x, y) => (x < y ? -1 : x > y ? 1 : 0)
+  return out.sort((a, b) => rank(a) - rank(b) || cmp(a.name, b.name) || (a.port ?? 0) - (b.port ?? 0) || cmp(String(a.id), String(b.id)))
 }
 
 /** The `--json` form of a sample: a stable shape, without the history and the probing details. */
@@ -254,21 +278,15 @@ function charWidth(cp) {
 }
 
 const ANSI = /\x1b\[[0-9;?]*[A-Za-z]/y
+const ANSI_ALL = /\x1b\[[0-9;?]*[A-Za-z]/g
+const PRINTABLE_ASCII = /^[\x20-\x7e]*$/
 
 /** Columns a string takes on a terminal (ANSI sequences take none). */
 function displayWidth(text) {
+  const plain = text.includes('\x1b') ? text.replace(ANSI_ALL, '') : text
+  if (PRINTABLE_ASCII.test(plain)) return plain.length
   let width = 0
-  for (let i = 0; i < text.length;) {
-    ANSI.lastIndex = i
-    const m = ANSI.exec(text)
-    if (m) {
-      i += m[0].length
-      continue
-    }
-    const cp = text.codePointAt(i)
-    width += charWidth(cp)
-    i += cp > 0xffff ? 2 : 1
-  }
+  for (const ch of plain) width += charWidth(ch.codePointAt(0))
   return width
 }
 
