@@ -155,8 +155,10 @@ test('CLI dashboard in Chromium: charts fill with a running backend, Stop needs 
   assert.equal(response.status(), 200)
 
   // The memory chart has data of the running backend, and the table shows it.
-  await page.waitForFunction((id) => (window.dashboard?.values('memory', id) ?? []).filter((v) => v > 0).length >= 2, id, { timeout: 20000 })
-  const memory = await page.evaluate((id) => window.dashboard.values('memory', id).filter((v) => v != null), id)
+  // Charts follow a backend by name, address and port (across restarts); the table's rows are its records.
+  const key = `target@127.0.0.1:${backend.port}`
+  await page.waitForFunction((key) => (window.dashboard?.values('memory', key) ?? []).filter((v) => v > 0).length >= 2, key, { timeout: 20000 })
+  const memory = await page.evaluate((key) => window.dashboard.values('memory', key).filter((v) => v != null), key)
   assert.ok(memory.every((mib) => mib > 1 && mib < 4096), `MiB: ${memory}`)
   assert.ok(await page.locator('[data-chart="memory"] canvas').count() >= 1, 'uPlot drew a canvas')
   const row = page.locator(`tr[data-id="${id}"]`)

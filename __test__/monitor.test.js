@@ -143,6 +143,9 @@ test('sparkline: a fixed one-minute window, blank before the first sample, scale
   assert.equal(recent.text.length, 30)
   assert.match(recent.text, /^ +[▁-█]$/)
   assert.equal(sparkline([0, null, 0], { width: 30, slots: 3, floor: 5 }).text, `${'▁'.repeat(10)}${'·'.repeat(10)}${'▁'.repeat(10)}`)
+  // Memory: steady is a flat line mid-height; a tenth more fills the height.
+  assert.equal(sparkline([100, 100, 100], { width: 3, slots: 3, band: 0.1 }).text, '▄▄▄')
+  assert.equal(sparkline([100, 105, 110], { width: 3, slots: 3, band: 0.1 }).text, '▁▄█')
 })
 
 // ---- The live view in a real terminal ----

@@ -80,7 +80,7 @@ function client() {
   ]
   const body = document.body.dataset
   const times = []
-  const series = new Map() // backend id → { label, values: { cpu: [], memory: [], latency: [], restarts: [] } }
+  const series = new Map() // backend key (the same across its restarts) → { label, values: { cpu: [], memory: [], latency: [], restarts: [] } }
   const charts = new Map() // chart key → uPlot
   let chartIds = ''
   let latest = null
@@ -130,11 +130,13 @@ function client() {
     times.push(sample.at / 1000)
     const seen = new Set()
     for (const b of sample.backends) {
-      seen.add(b.id)
-      let s = series.get(b.id)
+      const key = b.key || b.id
+      if (seen.has(key)) continue
+      seen.add(key)
+      let s = series.get(key)
       if (!s) {
         s = { label: label(b), values: Object.fromEntries(CHARTS.map((c) => [c.key, Array(times.length - 1).fill(null)])) }
-        series.set(b.id, s)
+        series.set(key, s)
       }
       s.label = label(b)
       for (const c of CHARTS) s.values[c.key].push(c.pick(b) ?? null)
@@ -213,8 +215,8 @@ function client() {
 
   function rowOf(b, replica, index) {
     const name = replica ? `replica #${index + 1}` : b.name + (b.replicas && b.replicas.length ? ` ×${b.replicas.length}` : '')
-    const swatch = replica || !series.has(b.id) ? null : el('span', { class: 'swatch', 'aria-hidden': 'true' })
-    if (swatch) swatch.style.background = colorOf(b.id)
+    const swatch = replica || !series.has(b.key || b.id) ? null : el('span', { class: 'swatch', 'aria-hidden': 'true' })
+    if (swatch) swatch.style.background = colorOf(b.key || b.id)
     return el('tr', { class: replica ? 'replica' : 'backend', data: { id: b.id } },
       el('td', { class: 'name', title: b.file || b.name }, swatch, name),
       el('td', { class: `state-${b.state}` }, b.state),
@@ -317,9 +319,9 @@ function client() {
       if (box) u.setSize({ width: chartWidth(box), height: 220 })
     }
   })
-  // For tests and the curious: what the charts hold.
+  // For tests and the curious: what the charts hold, per chart and backend key.
   window.dashboard = Object.freeze({
-    values: (key, id) => (series.get(id) ? series.get(id).values[key].slice() : null),
+    values: (chart, key) => (series.get(key) ? series.get(key).values[chart].slice() : null),
     ids: () => [...series.keys()],
     latest: () => latest,
   })

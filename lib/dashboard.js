@@ -32,6 +32,8 @@ const ALIVE = new Set(['running', 'orphaned', 'unhealthy'])
 function view(line, actions) {
   return {
     id: line.id,
+    // What the charts follow: the same across restarts (a record's id changes with each process).
+    key: line.key ?? line.id,
     name: line.name,
     group: line.group ?? null,
     state: line.state,
@@ -271,7 +273,7 @@ async function serveDashboard({ source, port = 0 }) {
     ticking = false
     if (closed) return
     // What the charts need of it, for pages that connect later.
-    history.push({ at: latest.at, backends: latest.backends.map(({ id, name, group, cpuPercent, memoryBytes, healthLatencyMs, restarts }) => ({ id, name, group, cpuPercent, memoryBytes, healthLatencyMs, restarts })) })
+    history.push({ at: latest.at, backends: latest.backends.map(({ id, key, name, group, cpuPercent, memoryBytes, healthLatencyMs, restarts }) => ({ id, key, name, group, cpuPercent, memoryBytes, healthLatencyMs, restarts })) })
     if (history.length > KEEP) history.shift()
     const frame = `data: ${JSON.stringify(latest)}\n\n`
     for (const res of clients) {

@@ -143,6 +143,7 @@ class RecordSampler {
     const seen = new Set()
     for (const b of backends) {
       const key = historyKey(b)
+      Object.defineProperty(b, 'key', { value: key, enumerable: false })
       seen.add(key)
       let h = this.#history.get(key)
       if (!h) this.#history.set(key, (h = { at: [], cpuPercent: [], memoryBytes: [], healthLatencyMs: [], restarts: [] }))
@@ -164,8 +165,9 @@ class RecordSampler {
   }
 }
 
+/** A live backend is the same one across its restarts (a new record each time) while name, host and port stay. */
 function historyKey(b) {
-  return ALIVE.has(b.state) || b.state === 'unhealthy' ? `${b.name}\0${b.host}\0${b.port}` : b.id
+  return ALIVE.has(b.state) || b.state === 'unhealthy' ? `${b.name}@${b.host}:${b.port}` : b.id
 }
 
 /** One line of the view from one record. */
@@ -325,13 +327,22 @@ const BLOCKS = '▁▂▃▄▅▆▇█'
 
 /**
  * A sparkline of `width` characters over a fixed window of `slots` values (the newest last; missing ones,
- * before the monitor started, blank). Each character shows the largest value of its slots, scaled to
- * `max` (the window's largest, at least `floor`).
+ * before the monitor started, blank). Each character shows the largest value of its slots, scaled from 0
+ * to `max` (the window's largest, at least `floor`) — or, with `band`, over the window's own range widened
+ * to at least `band` × its largest value, so memory that holds steady draws a flat line mid-height and a
+ * growth of that share spans the whole height.
  */
-function sparkline(values, { width, slots = HISTORY, floor = 0 }) {
+function sparkline(values, { width, slots = HISTORY, floor = 0, band = 0 }) {
   const window = [...Array(Math.max(0, slots - values.length)).fill(undefined), ...values.slice(-slots)]
   const present = window.filter((v) => v != null)
   const max = Math.max(floor, ...present)
+  let low = 0
+  let span = max
+  if (band > 0 && present.length) {
+    const min = Math.min(...present)
+    span = Math.max(max - min, band * max)
+    low = min - (span - (max - min)) / 2
+  }
   let out = ''
   for (let i = 0; i < width; i++) {
     const from = Math.floor((i * slots) / width)
@@ -341,7 +352,7 @@ function sparkline(values, { width, slots = HISTORY, floor = 0 }) {
     else if (vs.length === 0) out += '·'
     else {
       const v = Math.max(...vs)
-      out += max > 0 ? BLOCKS[Math.min(7, Math.floor((v / max) * 7.999))] : BLOCKS[0]
+      out += span > 0 ? BLOCKS[Math.max(0, Math.min(7, Math.floor(((v - low) / span) * 7.999)))] : BLOCKS[0]
     }
   }
   return { text: out, max: present.length ? max : null }
@@ -452,7 +463,7 @@ function renderFrame(sample, { width = WIDTH, color = false, live = false, now =
     const h = b.history
     if (h && (ALIVE.has(b.state) || b.state === 'unhealthy')) {
       const cpu = sparkline(h.cpuPercent, { width: 28, floor: 5 })
-      const mem = sparkline(h.memoryBytes, { width: 28, floor: 1 })
+      const mem = sparkline(h.memoryBytes, { width: 28, floor: 1, band: 0.1 })
       const peakCpu = cpu.max == null ? '-' : shortPercent(Math.max(...h.cpuPercent.filter((v) => v != null), 0))
       const peakMem = mem.max == null ? '-' : shortBytes(mem.max)
       lines.push(`${s.dim}  cpu${s.reset} ${cpu.text} ${pad(peakCpu, 5, true)}${s.dim}  mem${s.reset} ${mem.text} ${pad(peakMem, 5, true)}`)
