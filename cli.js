@@ -193,7 +193,9 @@ async function testPorts(values, positionals, options) {
 
 /** The state folder (options and defaults applied, checked) and the name to limit a view to. */
 function recordScope(options) {
-  const pm = new ProcessManager({ ...options, logger: false })
+  // `--port` is not the backend's here (the dashboard's own port, or nothing): it cannot make the options invalid.
+  const { port, ...rest } = options
+  const pm = new ProcessManager({ ...rest, logger: false })
   return { stateDir: pm.options.stateDir, name: options.name, stopTimeoutMs: pm.options.stopTimeoutMs }
 }
 

@@ -314,3 +314,46 @@ test('pm.dashboard(): live samples of this backend; Restart starts it again with
   await dash.close()
   assert.equal(await connectError('127.0.0.1', Number(url.port)), 'ECONNREFUSED', 'closed')
 })
+
+test('dashboard of several managers (as a group feeds it): group names, one entry each; an outside kill shows as exited, Start brings it back', async (t) => {
+  const { serveDashboard, managerSource } = require('../lib/dashboard.js')
+  const api = fixtureManager(t, { name: 'api', port: await freeRun(3) })
+  const worker = fixtureManager(t, { name: 'worker', port: await freeRun(3), stateDir: api.stateDir })
+  const first = await api.pm.startBackend(ROOT)
+  await worker.pm.startBackend(ROOT)
+  const restart = (pm) => async () => {
+    await pm.stopBackend()
+    return pm.startBackend(ROOT)
+  }
+  const dash = await serveDashboard({ source: managerSource([{ manager: api.pm, group: 'shop', restart: restart(api.pm) }, { manager: worker.pm, group: 'shop' }]) })
+  t.after(() => dash.close())
+  const url = new URL(dash.url)
+  const token = url.searchParams.get('token')
+  const snapshot = async () => JSON.parse((await httpGet(`${url.origin}/snapshot?token=${token}`)).body)
+  const s = await snapshot()
+  assert.deepEqual(s.backends.map((b) => [b.id, b.group, b.name, b.state, b.actions]), [
+    ['shop/api', 'shop', 'api', 'running', ['stop', 'restart']],
+    ['shop/worker', 'shop', 'worker', 'running', ['stop']],
+  ])
+
+  const exited = new Promise((resolve) => api.pm.once('exit', resolve))
+  process.kill(first.pid, 'SIGKILL')
+  assert.equal((await exited).expected, false)
+  await waitFor(async () => (await snapshot()).backends[0].state === 'exited', 5000, 'the dashboard to show the exit')
+  assert.deepEqual((await snapshot()).backends[0].actions, ['start'])
+  const started = await post(`${url.origin}/action?token=${token}`, { id: 'shop/api', action: 'start' }, { origin: url.origin })
+  assert.equal(started.status, 200, started.body)
+  assert.notEqual(api.pm.backend.pid, first.pid)
+  assert.equal((await snapshot()).backends[0].state, 'running')
+})
+
+test('CLI dashboard --port: serves on that port; a port in use is an error (exit 1)', async (t) => {
+  const stateDir = tempDir(t)
+  const port = await freeRun(1)
+  const dash = await cliDashboard(t, stateDir, ['--port', String(port)])
+  assert.equal(dash.port, port)
+  const second = startProcess(t, process.execPath, [CLI, 'dashboard', '--port', String(port), '--state-dir', stateDir])
+  const [code] = await second.exited
+  assert.equal(code, 1)
+  assert.match(second.stderr(), new RegExp(`port ${port} is in use.*ERR_NO_FREE_PORT`))
+})

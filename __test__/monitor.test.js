@@ -111,7 +111,7 @@ test('sampler: replicas (records with replicaOf) are one backend line with its r
     return [
       rec(11, 9001, { replicaOf: 9000, cpuTimeMs: 100 + round * 100 }),
       rec(12, 9002, { replicaOf: 9000, cpuTimeMs: 100 }),
-      rec(13, 9100),
+      ...(round === 3 ? [] : [rec(13, 9100)]),
       { ...rec(14, 9200), name: 'old', state: 'stale', alive: false },
     ]
   }
@@ -133,6 +133,10 @@ test('sampler: replicas (records with replicaOf) are one backend line with its r
   assert.equal(group.cpuPercent, r11)
   assert.deepEqual(backends.map((b) => [b.name, b.port, b.state]), [['api', 9000, 'running'], ['api', 9100, 'running'], ['old', 9200, 'stale']])
   assert.equal(group.history.memoryBytes.length, 2)
+  // A backend missing from a sample has a gap there: its history stays a window of time.
+  await sampler.sample()
+  const fourth = await sampler.sample()
+  assert.deepEqual(fourth.backends.find((b) => b.port === 9100).history.memoryBytes, [1000, 1000, null, 1000])
 })
 
 test('sparkline: a fixed one-minute window, blank before the first sample, scaled to the largest value', () => {

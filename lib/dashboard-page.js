@@ -42,7 +42,7 @@ tr.replica td.name { font-weight: normal; padding-left: 28px; color: var(--muted
 tr.group td { background: #eef2f6; font-weight: 600; color: var(--muted); }
 .swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 6px; vertical-align: baseline; }
 .state-running { color: var(--good); }
-.state-orphaned, .state-unhealthy, .state-failed { color: var(--bad); font-weight: 600; }
+.state-orphaned, .state-unhealthy, .state-failed, .state-exited { color: var(--bad); font-weight: 600; }
 .state-stale, .state-invalid, .state-foreign, .state-stopped { color: var(--muted); }
 .state-restarting { color: #e67700; }
 button { font: inherit; padding: 3px 10px; border: 1px solid var(--line); border-radius: 4px; background: var(--card); cursor: pointer; }

@@ -111,8 +111,9 @@ function managerSource(members, { title = 'Backends', subtitle = '' } = {}) {
       ready: () => (entry.phase = 'running'),
       restart: () => (entry.phase = 'restarting'),
       failed: () => (entry.phase = 'failed'),
+      // An unexpected exit is followed by `restart` when the policy restarts it; else it stays `exited`.
       exit: (e) => {
-        if (e.expected && !entry.busy) entry.phase = 'stopped'
+        if (!entry.busy) entry.phase = e.expected ? 'stopped' : 'exited'
       },
       stats: (s) => (entry.lastStats = s),
     }
@@ -140,7 +141,7 @@ function managerSource(members, { title = 'Backends', subtitle = '' } = {}) {
       id: e.id,
       name: opts.name,
       group: e.group ?? null,
-      state: backend ? (stats?.healthy === false ? 'unhealthy' : 'running') : e.phase === 'running' ? 'stopped' : e.phase,
+      state: backend ? (stats?.healthy === false ? 'unhealthy' : 'running') : e.phase === 'running' ? 'exited' : e.phase,
       pid: backend?.pid ?? null,
       port: backend?.port ?? null,
       host: backend?.host ?? null,

@@ -79,6 +79,8 @@ function probeHealth(host, port, healthPath, { timeoutMs = PROBE_TIMEOUT_MS, tok
 
 const round = (value, digits) => (value == null ? null : Number(value.toFixed(digits)))
 const ALIVE = new Set(['running', 'orphaned'])
+/** States of a line whose backend runs (`unhealthy`: running, and its app's watchdog says so). */
+const LIVE = new Set(['running', 'orphaned', 'unhealthy'])
 const STATE_ORDER = ['running', 'orphaned', 'stale', 'invalid', 'foreign']
 const sum = (values) => (values.some((v) => v != null) ? values.reduce((a, v) => a + (v ?? 0), 0) : null)
 
@@ -129,7 +131,7 @@ class RecordSampler {
   }
 
   async #probeAll(backends) {
-    const lines = backends.flatMap((b) => [b, ...b.replicas]).filter((b) => ALIVE.has(b.state) && b.port != null)
+    const lines = backends.flatMap((b) => [b, ...b.replicas]).filter((b) => LIVE.has(b.state) && b.port != null)
     await Promise.all(lines.map(async (b) => {
       const result = await probeHealth(b.host, b.port, b.healthPath, { signal: this.#aborter.signal })
       b.healthStatus = result.status
@@ -141,22 +143,27 @@ class RecordSampler {
   /** Appends this sample to each backend's history (a fixed window: `HISTORY` slots, `null` where none). */
   #record(backends, at) {
     const seen = new Set()
+    const push = (h, values) => {
+      for (const k of Object.keys(h)) h[k].push(k === 'at' ? at : values[k] ?? null)
+      if (h.at.length > HISTORY) for (const k of Object.keys(h)) h[k].shift()
+    }
     for (const b of backends) {
-      const key = historyKey(b)
+      let key = historyKey(b)
+      if (seen.has(key)) key = b.id
       Object.defineProperty(b, 'key', { value: key, enumerable: false })
       seen.add(key)
       let h = this.#history.get(key)
       if (!h) this.#history.set(key, (h = { at: [], cpuPercent: [], memoryBytes: [], healthLatencyMs: [], restarts: [] }))
-      h.at.push(at)
-      h.cpuPercent.push(b.cpuPercent)
-      h.memoryBytes.push(b.memoryBytes)
-      h.healthLatencyMs.push(b.healthLatencyMs)
-      h.restarts.push(b.restarts)
-      if (h.at.length > HISTORY) for (const k of Object.keys(h)) h[k].shift()
+      push(h, b)
       Object.defineProperty(b, 'history', { value: h, enumerable: false })
     }
-    // A backend gone for a whole minute has nothing left to show.
-    for (const [key, h] of this.#history) if (!seen.has(key) && at - h.at.at(-1) > HISTORY * 1000) this.#history.delete(key)
+    // A backend missing from this sample gets a gap (the window stays a minute of time); one gone for a
+    // whole minute has nothing left to show.
+    for (const [key, h] of this.#history) {
+      if (seen.has(key)) continue
+      if (h.cpuPercent.every((v) => v == null) && h.memoryBytes.every((v) => v == null)) this.#history.delete(key)
+      else push(h, {})
+    }
   }
 
   /** Ends probes in flight (so a quitting monitor exits at once). */
@@ -558,12 +565,14 @@ function live(sampler, { stdin = process.stdin, stdout = process.stdout, interva
       stdout.off('resize', draw)
       for (const [sig, fn] of Object.entries(signals)) process.off(sig, fn)
       process.off('uncaughtException', onException)
+      process.off('unhandledRejection', onException)
       process.off('exit', onExit)
       if (err) process.stderr.write(`backend-pm monitor: ${err.stack ?? err}\n`)
       resolve(code)
     }
     for (const [sig, fn] of Object.entries(signals)) process.on(sig, fn)
     process.on('uncaughtException', onException)
+    process.on('unhandledRejection', onException)
     process.on('exit', onExit)
     write(`${ESC.altOn}${ESC.hide}${ESC.home}${ESC.eraseBelow}`)
     if (stdin.isTTY) stdin.setRawMode(true)
