@@ -15,6 +15,10 @@ Commands:
   cleanup [--json]                        terminate orphaned backends, delete stale records
   test-ports [port] [--count N] [--json]  availability of port … port+N-1 (default 8000, 10 ports) and
                                           the process holding each busy one
+  monitor [--once] [--json]               live view of every backend: state, CPU, memory, restarts,
+                                          health latency, sparklines; q quits. --once: one frame
+  dashboard [--port N] [--open]           serve a live page with charts and stop buttons on
+                                          127.0.0.1 (the URL carries a secret token)
   start [--entry FILE] [--command CMD] [supervision] [-- args…]
                                           run a backend in the foreground; Ctrl-C stops it gracefully
                                           supervision: --restart, --health-interval MS,
@@ -22,10 +26,11 @@ Commands:
                                           above-normal|high, --token, --no-inherit-env
 
 Options for every command:
-  --name NAME        backend name (records <name>-<pid>.json); status/cleanup: only this name
+  --name NAME        backend name (records <name>-<pid>.json); status, cleanup, monitor,
+                     dashboard: only this name
   --state-dir DIR    folder of the PID records (default: ${defaultStateDir()})
   --host HOST        address the backend listens on (default 127.0.0.1)
-  --port PORT        preferred port (default 8000)
+  --port PORT        preferred port (default 8000); dashboard: the page's port (default: any free)
   -h, --help         show this help
 
 Defaults can come from a "backendProcessManager" object in ./package.json (same keys as the
@@ -44,6 +49,8 @@ const COMMANDS = {
   status: { json: { type: 'boolean' } },
   cleanup: { json: { type: 'boolean' } },
   'test-ports': { json: { type: 'boolean' }, count: { type: 'string' } },
+  monitor: { once: { type: 'boolean' }, json: { type: 'boolean' } },
+  dashboard: { open: { type: 'boolean' } },
   start: {
     entry: { type: 'string' },
     command: { type: 'string' },
@@ -184,6 +191,14 @@ async function testPorts(values, positionals, options) {
   print(`${rows.filter((r) => r.available).length} of ${rows.length} ports free.`)
 }
 
+/** The state folder (options and defaults applied, checked) and the name to limit a view to. */
+function recordScope(options) {
+  // `--port` is not the backend's here (the dashboard's own port, or nothing): it cannot make the options invalid.
+  const { port, ...rest } = options
+  const pm = new ProcessManager({ ...rest, logger: false })
+  return { stateDir: pm.options.stateDir, name: options.name, stopTimeoutMs: pm.options.stopTimeoutMs }
+}
+
 async function start(options, extraArgs) {
   if (extraArgs.length > 0) options.args = extraArgs
   const pm = new ProcessManager({
@@ -281,6 +296,13 @@ async function main(argv) {
         return await cleanup(values, options)
       case 'test-ports':
         return (await testPorts(values, positionals, options)) ?? 0
+      case 'monitor':
+        return await require('./lib/monitor.js').command(values, recordScope(options))
+      case 'dashboard': {
+        // --port is the page's own port here, never the backend's port from package.json.
+        const port = values.port === undefined ? 0 : integer(values.port, '--port')
+        return await require('./lib/dashboard.js').command({ port, open: Boolean(values.open) }, recordScope(options))
+      }
       case 'start':
         return await start(options, extraArgs)
     }

@@ -211,6 +211,19 @@ export interface ProcessManagerEvents {
   stats: [stats: Stats]
 }
 
+export interface DashboardOptions {
+  /** Port on 127.0.0.1. Default: any free port. */
+  port?: number
+}
+
+/** A running dashboard server. */
+export interface Dashboard {
+  /** `http://127.0.0.1:<port>/?token=<64 hex digits>`: every request needs the token. */
+  url: string
+  /** Stops the server and ends the open pages' event streams. */
+  close(): Promise<void>
+}
+
 export declare class ProcessManager extends EventEmitter {
   constructor(options?: ProcessManagerOptions)
   /** The options in force, defaults applied (without the logger). */
@@ -249,6 +262,11 @@ export declare class ProcessManager extends EventEmitter {
    * its own port is stopped, then started again. `null` when nothing runs.
    */
   reload(): Promise<BackendInfo | null>
+  /**
+   * A live page of this backend on 127.0.0.1 (charts of CPU, memory, health latency and restarts; Stop and
+   * Restart behind a confirmation), for a developer window. The URL carries a random token.
+   */
+  dashboard(options?: DashboardOptions): Promise<Dashboard>
 
   on<K extends keyof ProcessManagerEvents>(event: K, listener: (...args: ProcessManagerEvents[K]) => void): this
   once<K extends keyof ProcessManagerEvents>(event: K, listener: (...args: ProcessManagerEvents[K]) => void): this

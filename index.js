@@ -30,6 +30,8 @@ class ProcessManager extends EventEmitter {
   /** A ref'd timer while a backend starts or runs: like a child process, it keeps Node's event loop alive. */
   #keepAlive = null
   #busy = 0
+  /** The arguments of the last `startBackend()`, for the dashboard's Restart. */
+  #lastStart = null
 
   /** @param {import('./index').ProcessManagerOptions} [options] */
   constructor(options) {
@@ -96,6 +98,7 @@ class ProcessManager extends EventEmitter {
   }
 
   async startBackend(projectRoot = process.cwd(), isPackaged = false) {
+    this.#lastStart = [projectRoot, isPackaged]
     const starting = this.#native.start(projectRoot, isPackaged, runtime())
     const { info, fresh } = await this.#holdingLoop(() => starting)
     // `ready` comes before the call resolves, once per backend started (restarts emit their own).
@@ -145,6 +148,35 @@ class ProcessManager extends EventEmitter {
     const records = await native.recordStatuses(stateDir)
     return { name, stateDir, backend: this.backend, records }
   }
+
+  /**
+   * A live page of this backend (charts of CPU, memory, health latency and restarts; Stop and Restart) on
+   * 127.0.0.1, behind a random token carried by `url`. Resolves to `{ url, close() }`.
+   */
+  async dashboard(options = {}) {
+    if (options === null || typeof options !== 'object' || Array.isArray(options)) throw invalidArg(`dashboard options must be an object, got ${options === null ? 'null' : typeof options}`)
+    for (const key of Object.keys(options)) if (key !== 'port') throw invalidArg(`unknown dashboard option ${JSON.stringify(key)} (known: port)`)
+    const { serveDashboard, managerSource } = require('./lib/dashboard.js')
+    const source = managerSource([{ manager: this, restart: () => this.#restartBackend(), canRestart: () => this.#lastStart !== null }], {
+      title: this.options.name,
+      subtitle: 'backend-process-manager',
+    })
+    const served = await serveDashboard({ source, port: options.port ?? 0 })
+    return { url: served.url, close: served.close }
+  }
+
+  /** Stop, then start with the arguments of the last `startBackend()`. */
+  async #restartBackend() {
+    const [projectRoot, isPackaged] = this.#lastStart
+    await this.stopBackend()
+    return this.startBackend(projectRoot, isPackaged)
+  }
+}
+
+function invalidArg(message) {
+  const err = new Error(message)
+  err.code = 'ERR_INVALID_ARG'
+  return err
 }
 
 /** True when `port` binds on 127.0.0.1, ::1 (where IPv6 exists), 0.0.0.0 and :: (or only on `options.host`). */

@@ -36,12 +36,13 @@ test('the packed packages install into a fresh project and work there', { skip: 
   fs.mkdirSync(localTarballs)
   const [localPack] = JSON.parse(npm(['pack', '--json', '--pack-destination', localTarballs], ROOT))
   const shipped = localPack.files.map((f) => f.path).filter((f) => f !== binaryName).sort()
-  assert.deepEqual(shipped, ['LICENSE', 'README.md', 'binding.d.ts', 'binding.js', 'cli.js', 'index.d.ts', 'index.js', 'lib/format.js',
-    'lib/group.js', 'package.json'])
+  assert.deepEqual(shipped, ['LICENSE', 'README.md', 'binding.d.ts', 'binding.js', 'cli.js', 'index.d.ts', 'index.js', 'lib/dashboard-page.js', 'lib/dashboard.js', 'lib/format.js', 'lib/group.js', 'lib/monitor.js', 'lib/uplot.generated.js', 'package.json'])
   assert.ok(localPack.files.some((f) => f.path === binaryName), 'a built checkout packs its binary')
   const release = path.join(work, 'release')
   for (const file of shipped) fs.cpSync(path.join(ROOT, file), path.join(release, file), { recursive: true })
-  const [mainPack] = JSON.parse(npm(['pack', '--json', '--pack-destination', work], release))
+  // The copy already holds what `prepack` generates (the dashboard's inlined chart library), and not the
+  // script that generates it.
+  const [mainPack] = JSON.parse(npm(['pack', '--json', '--ignore-scripts', '--pack-destination', work], release))
   assert.deepEqual(mainPack.files.map((f) => f.path).sort(), shipped)
   t.diagnostic(`main package ${mainPack.size} bytes packed; platform package ${platformPack.size} bytes packed`)
 
@@ -64,12 +65,17 @@ test('the packed packages install into a fresh project and work there', { skip: 
     pm.startBackend(process.cwd()).then(async (b) => {
       const status = await new Promise((resolve, reject) => http.get(b.url + '/health', (res) => { res.resume(); resolve(res.statusCode) }).on('error', reject))
       const stopped = await pm.stopBackend()
-      console.log(JSON.stringify({ binary, pid: b.pid, status, stopped }))
+      // The dashboard works from the installed package alone (its chart library is inlined, not a dependency).
+      const dashboard = await pm.dashboard()
+      const page = await new Promise((resolve, reject) => http.get(dashboard.url, (res) => { let body = ''; res.on('data', (d) => (body += d)); res.on('end', () => resolve({ status: res.statusCode, uplot: body.includes('leeoniya/uPlot') })) }).on('error', reject))
+      await dashboard.close()
+      console.log(JSON.stringify({ binary, pid: b.pid, status, stopped, page }))
     })`
   const out = JSON.parse(execFileSync(process.execPath, ['-e', script], { cwd: app, encoding: 'utf8', env: { ...process.env, NODE_PATH: '' } }))
   assert.ok(out.binary.startsWith(path.join(app, 'node_modules')), out.binary)
   assert.equal(out.status, 200)
   assert.equal(out.stopped.forced, false)
+  assert.deepEqual(out.page, { status: 200, uplot: true })
   assert.equal(isAlive(out.pid), false)
   assert.deepEqual(fs.readdirSync(stateDir), [])
 

@@ -6,11 +6,11 @@ const fs = require('node:fs')
 const path = require('node:path')
 const { machine, fmt } = require('./lib')
 
-const AREAS = ['ports', 'readiness', 'stopping', 'status', 'supervision', 'footprint']
+const AREAS = ['ports', 'readiness', 'stopping', 'status', 'supervision', 'monitoring', 'footprint']
 const args = process.argv.slice(2)
 const quick = args.includes('--quick')
 const chosen = args.filter((a) => !a.startsWith('--'))
-const RUNS = { ports: quick ? 50 : 200, readiness: quick ? 10 : 30, stopping: quick ? 5 : 15, status: quick ? 20 : 60, supervision: quick ? 10 : 30, footprint: quick ? 10 : 20 }
+const RUNS = { ports: quick ? 50 : 200, readiness: quick ? 10 : 30, stopping: quick ? 5 : 15, status: quick ? 20 : 60, supervision: quick ? 10 : 30, monitoring: quick ? 4 : 10, footprint: quick ? 10 : 20 }
 
 const isOurs = (name) => name.startsWith('backend-process-manager')
 

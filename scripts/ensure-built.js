@@ -1,6 +1,7 @@
 'use strict'
-// Builds the native addon when it is missing or older than its sources, so `npm test` and `npm start`
-// work on a fresh clone. BPM_BUILD=debug builds without optimisation (faster while iterating).
+// Builds the native addon when it is missing or older than its sources, and the dashboard's inlined chart
+// library (lib/uplot.generated.js), so `npm test` and `npm start` work on a fresh clone. BPM_BUILD=debug
+// builds the addon without optimisation (faster while iterating).
 const fs = require('node:fs')
 const path = require('node:path')
 const { spawnSync } = require('node:child_process')
@@ -19,6 +20,8 @@ function newestSource() {
   for (const p of ['src', 'Cargo.toml', 'Cargo.lock', 'build.rs']) visit(path.join(root, p))
   return newest
 }
+
+require('./build-dashboard.js').write()
 
 const built = fs.existsSync(binary) ? fs.statSync(binary).mtimeMs : 0
 if (built >= newestSource()) process.exit(0)

@@ -12,6 +12,7 @@ import {
   type StopResult,
   type ProcessManagerError,
   type StatusReport,
+  type Dashboard,
 } from '../../index'
 import * as binding from '../../binding'
 
@@ -100,6 +101,13 @@ async function main(): Promise<void> {
   void [all, member, statuses.map((s) => s.dependsOn), stoppedGroup.api?.pid]
   // @ts-expect-error members need a name
   new BackendGroup([{ port: 8000 }])
+  // The dashboard: a URL with its token, and a close.
+  const dashboard: Dashboard = await pm.dashboard({ port: 0 })
+  const dashboardUrl: string = dashboard.url
+  await dashboard.close()
+  void dashboardUrl
+  // @ts-expect-error the dashboard's port is a number
+  await pm.dashboard({ port: '8080' })
 
   // @ts-expect-error ports are numbers
   await pm.isPortAvailable('80')

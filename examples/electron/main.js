@@ -5,8 +5,9 @@
 //   "asarUnpack": ["**/*.node", "backend/**"]
 // The manager maps app.asar → app.asar.unpacked for the backend when `app.isPackaged` is true, and runs it
 // with Electron's own Node (ELECTRON_RUN_AS_NODE=1), so users need no Node installed.
+// In development, the menu Developer → Backend dashboard opens a window with live charts of the backend.
 const path = require('node:path')
-const { app, BrowserWindow, dialog } = require('electron')
+const { app, BrowserWindow, Menu, dialog } = require('electron')
 const { ProcessManager } = require('backend-process-manager')
 
 const projectRoot = path.resolve(__dirname, '..') // holds backend/server.js
@@ -18,6 +19,7 @@ const pm = new ProcessManager({
 })
 
 let quitting = false
+let dashboardWindow = null
 
 function explain(err) {
   const lines = [err.message]
@@ -39,12 +41,55 @@ async function createWindow() {
   await win.loadURL(backend.url)
 }
 
+/**
+ * The manager's dashboard (127.0.0.1 only; its URL carries a random token) in a window of its own: CPU,
+ * memory, health latency and restarts, with Stop and Restart buttons. Closing the window ends the server.
+ */
+async function openDashboard() {
+  if (dashboardWindow) return dashboardWindow.focus()
+  const dashboard = await pm.dashboard()
+  dashboardWindow = new BrowserWindow({
+    width: 1100,
+    height: 800,
+    title: 'Backend dashboard',
+    webPreferences: { contextIsolation: true, sandbox: true, nodeIntegration: false },
+  })
+  dashboardWindow.on('closed', () => {
+    dashboardWindow = null
+    dashboard.close()
+  })
+  await dashboardWindow.loadURL(dashboard.url)
+}
+
+function developerMenu() {
+  const template = [
+    ...(process.platform === 'darwin' ? [{ role: 'appMenu' }] : []),
+    { role: 'fileMenu' },
+    { role: 'viewMenu' },
+    {
+      label: 'Developer',
+      submenu: [
+        {
+          label: 'Backend dashboard',
+          accelerator: 'CmdOrCtrl+Shift+D',
+          click: () => openDashboard().catch((err) => dialog.showErrorBox('The dashboard could not open', err.message)),
+        },
+      ],
+    },
+  ]
+  Menu.setApplicationMenu(Menu.buildFromTemplate(template))
+}
+
 pm.on('exit', ({ expected, exitCode, signal }) => {
   if (expected || quitting) return
   dialog.showErrorBox('The backend stopped', `It exited with ${exitCode !== null ? `code ${exitCode}` : signal}. Restart the app.`)
 })
 
-app.whenReady().then(createWindow)
+app.whenReady().then(() => {
+  // A developer's tool: not in the packaged app.
+  if (!app.isPackaged) developerMenu()
+  return createWindow()
+})
 
 app.on('window-all-closed', () => {
   if (process.platform !== 'darwin') app.quit()

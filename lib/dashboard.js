@@ -1,0 +1,433 @@
+'use strict'
+// The dashboard: a page server on 127.0.0.1 only, behind a random token, that streams one sample a second
+// (server-sent events) from a data source and runs its Stop/Restart actions. Two sources: the records of a
+// state folder (the CLI) and a list of managers, each with an optional group name (the app itself).
+const crypto = require('node:crypto')
+const http = require('node:http')
+const { spawn } = require('node:child_process')
+const { RecordSampler, probeHealth } = require('./monitor.js')
+const { buildPage } = require('./dashboard-page.js')
+
+/** Samples kept for a page that connects later: five minutes. */
+const KEEP = 300
+const INTERVAL_MS = 1000
+const MAX_CLIENTS = 16
+const MAX_BODY = 4096
+
+function invalid(message) {
+  const err = new Error(message)
+  err.code = 'ERR_INVALID_ARG'
+  return err
+}
+
+function httpError(status, message) {
+  const err = new Error(message)
+  err.status = status
+  return err
+}
+
+const ALIVE = new Set(['running', 'orphaned', 'unhealthy'])
+
+/** What the page is sent of a line: the monitor's fields and the actions it may ask for. */
+function view(line, actions) {
+  return {
+    id: line.id,
+    // What the charts follow: the same across restarts (a record's id changes with each process).
+    key: line.key ?? line.id,
+    name: line.name,
+    group: line.group ?? null,
+    state: line.state,
+    file: line.file ?? null,
+    pid: line.pid ?? null,
+    port: line.port ?? null,
+    host: line.host ?? null,
+    uptimeMs: line.uptimeMs ?? null,
+    cpuPercent: line.cpuPercent ?? null,
+    memoryBytes: line.memoryBytes ?? null,
+    processCount: line.processCount ?? null,
+    restarts: line.restarts ?? null,
+    healthy: line.healthy ?? null,
+    healthStatus: line.healthStatus ?? null,
+    healthLatencyMs: line.healthLatencyMs ?? null,
+    healthError: line.healthError ?? null,
+    replicas: (line.replicas ?? []).map((r) => view(r, actions(r))),
+    actions: actions(line),
+  }
+}
+
+/**
+ * The records of a state folder (`listRecords` and the monitor's own health probe). Stop = `stopRecord`
+ * of the record (of every replica, for a backend with replicas): its app sees an unexpected exit and
+ * starts it again if its restart policy says so, which a record does not tell — so there is no Restart.
+ */
+function recordsSource({ stateDir, name, stopTimeoutMs, stopRecord = require('../index.js').stopRecord, listRecords }) {
+  const sampler = new RecordSampler({ stateDir, name, ...(listRecords ? { listRecords } : {}) })
+  let lines = new Map()
+  const actions = (line) => (ALIVE.has(line.state) && (line.file || line.replicas?.some((r) => ALIVE.has(r.state))) ? ['stop'] : [])
+  const source = {
+    title: 'Backends',
+    subtitle: stateDir,
+    note: 'Stop ends the backend (checked to be the recorded process); its app starts it again if its restart policy says so.',
+    async sample() {
+      const s = await sampler.sample()
+      lines = new Map(s.backends.flatMap((b) => [[b.id, b], ...b.replicas.map((r) => [r.id, r])]))
+      return { at: s.sampledAt, backends: s.backends.map((b) => view(b, actions)) }
+    },
+    async act(id, action) {
+      if (!lines.has(id)) await source.sample()
+      const line = lines.get(id)
+      if (!line) throw httpError(404, 'no such backend (it may have ended)')
+      if (action !== 'stop' || !actions(line).includes('stop')) throw httpError(400, `${action} is not possible for ${line.name} (${line.state})`)
+      // Only files this source listed itself are ever stopped, never a path from the request.
+      const files = line.file ? [line.file] : line.replicas.filter((r) => ALIVE.has(r.state)).map((r) => r.file)
+      const items = []
+      for (const file of files) items.push(await stopRecord(file, { stopTimeoutMs }))
+      const ok = items.every((i) => i.action === 'terminated')
+      return { ok, message: items.map((i) => i.detail).join('; '), items }
+    },
+    close() {
+      sampler.close()
+    },
+  }
+  return source
+}
+
+/**
+ * Managers of the app itself: `members` is `[{ manager, group?, restart?, canRestart? }]` (a group of
+ * backends passes one entry per member, with its group name). Figures come from `manager.stats()` — or
+ * its `stats` events when it emits them, so the app's own CPU sampling windows are not cut short — and
+ * health from its watchdog when it runs one, else from a probe of our own (with the backend's token).
+ * Stop = `stopBackend()`; Restart = `restart()` (stop, then start with the same arguments).
+ */
+function managerSource(members, { title = 'Backends', subtitle = '' } = {}) {
+  const used = new Set()
+  const entries = members.map((m) => {
+    const name = m.manager.options.name
+    let id = m.group ? `${m.group}/${name}` : name
+    for (let i = 2; used.has(id); i++) id = `${m.group ? `${m.group}/` : ''}${name}#${i}`
+    used.add(id)
+    const entry = { ...m, id, phase: m.manager.backend ? 'running' : 'stopped', lastStats: null, busy: false, restarts: null }
+    entry.listeners = {
+      ready: () => (entry.phase = 'running'),
+      restart: () => (entry.phase = 'restarting'),
+      failed: () => (entry.phase = 'failed'),
+      // An unexpected exit is followed by `restart` when the policy restarts it; else it stays `exited`.
+      exit: (e) => {
+        if (!entry.busy) entry.phase = e.expected ? 'stopped' : 'exited'
+      },
+      stats: (s) => (entry.lastStats = s),
+    }
+    for (const [event, fn] of Object.entries(entry.listeners)) m.manager.on(event, fn)
+    return entry
+  })
+  const aborter = new AbortController()
+  const actions = (e, state) => {
+    const restartable = typeof e.restart === 'function' && (e.canRestart ? e.canRestart() : true)
+    if (state === 'running' || state === 'unhealthy') return ['stop', ...(restartable ? ['restart'] : [])]
+    if (state === 'restarting') return ['stop']
+    return restartable ? ['start'] : []
+  }
+
+  async function sampleOne(e) {
+    const { manager } = e
+    const backend = manager.backend
+    const opts = manager.options
+    let stats = null
+    if (backend) {
+      stats = opts.statsIntervalMs > 0 && e.lastStats?.pid === backend.pid ? e.lastStats : await manager.stats()
+    }
+    if (stats) e.restarts = stats.restarts
+    const line = {
+      id: e.id,
+      name: opts.name,
+      group: e.group ?? null,
+      state: backend ? (stats?.healthy === false ? 'unhealthy' : 'running') : e.phase === 'running' ? 'exited' : e.phase,
+      pid: backend?.pid ?? null,
+      port: backend?.port ?? null,
+      host: backend?.host ?? null,
+      uptimeMs: stats?.uptimeMs ?? null,
+      cpuPercent: stats ? Number(stats.cpuPercent.toFixed(1)) : null,
+      memoryBytes: stats?.memoryBytes ?? null,
+      processCount: stats?.processCount ?? null,
+      restarts: e.restarts,
+      healthy: stats?.healthy ?? null,
+      replicas: [],
+    }
+    if (backend && opts.healthIntervalMs > 0) {
+      line.healthLatencyMs = stats?.healthLatencyMs ?? null
+    } else if (backend) {
+      const probe = await probeHealth(backend.host, backend.port, opts.healthPath, { token: backend.token, timeoutMs: Math.min(1000, opts.healthTimeoutMs), signal: aborter.signal })
+      line.healthStatus = probe.status
+      line.healthLatencyMs = probe.latencyMs
+      line.healthError = probe.error
+    }
+    // Replicas, where the manager runs them: their figures when stats() lists them, else pid and port.
+    const replicas = stats?.replicas ?? backend?.replicas ?? []
+    line.replicas = replicas.map((r, i) => ({
+      id: `${e.id}#replica${i + 1}`,
+      name: `${opts.name} #${i + 1}`,
+      group: e.group ?? null,
+      state: r.healthy === false ? 'unhealthy' : 'running',
+      pid: r.pid ?? null,
+      port: r.port ?? null,
+      uptimeMs: r.uptimeMs ?? null,
+      cpuPercent: r.cpuPercent == null ? null : Number(r.cpuPercent.toFixed(1)),
+      memoryBytes: r.memoryBytes ?? null,
+      processCount: r.processCount ?? null,
+      restarts: r.restarts ?? null,
+      healthy: r.healthy ?? null,
+      healthLatencyMs: r.healthLatencyMs ?? null,
+    }))
+    return view(line, (l) => (l === line ? actions(e, line.state) : []))
+  }
+
+  return {
+    title,
+    subtitle,
+    note: '',
+    async sample() {
+      const backends = await Promise.all(entries.map(sampleOne))
+      return { at: Date.now(), backends }
+    },
+    async act(id, action) {
+      const e = entries.find((x) => x.id === id)
+      if (!e) throw httpError(404, 'no such backend')
+      const state = e.manager.backend ? 'running' : e.phase
+      if (!actions(e, state).includes(action)) throw httpError(400, `${action} is not possible for ${id} (${state})`)
+      if (e.busy) throw httpError(409, `${id}: another action is still running`)
+      e.busy = true
+      try {
+        if (action === 'stop') {
+          const result = await e.manager.stopBackend()
+          e.phase = 'stopped'
+          return { ok: true, message: result ? `stopped pid ${result.pid}${result.forced ? ' (force-killed)' : ''} in ${Math.round(result.durationMs)} ms` : 'it was not running' }
+        }
+        const info = await e.restart()
+        e.phase = 'running'
+        // The backend's token stays in the app: the page does not need it.
+        return { ok: true, message: `running: pid ${info.pid}, port ${info.port}`, pid: info.pid, port: info.port }
+      } catch (err) {
+        return { ok: false, error: `${err.message}${err.code ? ` (${err.code})` : ''}` }
+      } finally {
+        e.busy = false
+      }
+    },
+    close() {
+      aborter.abort()
+      for (const e of entries) for (const [event, fn] of Object.entries(e.listeners)) e.manager.off(event, fn)
+    },
+  }
+}
+
+const sha256 = (text) => crypto.createHash('sha256').update(String(text)).digest()
+
+/** The same digest length for any input, so the comparison itself tells nothing about the token. */
+function tokenMatches(given, expectedDigest) {
+  return typeof given === 'string' && crypto.timingSafeEqual(sha256(given), expectedDigest)
+}
+
+/**
+ * Serves the page of `source` on 127.0.0.1 (`port`, or any free one). Every request must carry the token
+ * (`?token=`); the one exception is a single-use launch code (`launchUrl()`) for opening a browser
+ * without putting the token on a command line. Resolves to `{ url, port, launchUrl(), close() }`.
+ */
+async function serveDashboard({ source, port = 0 }) {
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw invalid(`port must be an integer from 0 to 65535, got ${port}`)
+  const token = crypto.randomBytes(32).toString('hex')
+  const digest = sha256(token)
+  const page = buildPage(source)
+  const clients = new Set()
+  const history = []
+  const launchCodes = new Map()
+  let latest = null
+  let timer = null
+  let ticking = false
+  let closed = false
+  // One sample at a time: two at once would measure CPU over a few milliseconds.
+  let inflight = null
+  const sampleNow = () => (inflight ??= Promise.resolve().then(() => source.sample()).finally(() => (inflight = null)))
+
+  const headers = {
+    'Content-Security-Policy': page.csp,
+    'X-Content-Type-Options': 'nosniff',
+    'Referrer-Policy': 'no-referrer',
+    'X-Frame-Options': 'DENY',
+    'Cross-Origin-Opener-Policy': 'same-origin',
+    'Cross-Origin-Resource-Policy': 'same-origin',
+    'Cache-Control': 'no-store',
+  }
+  const send = (res, status, body, type = 'text/plain; charset=utf-8', extra = {}) => {
+    res.writeHead(status, { ...headers, 'Content-Type': type, 'Content-Length': Buffer.byteLength(body), ...extra })
+    res.end(body)
+  }
+  const sendJson = (res, status, value) => send(res, status, JSON.stringify(value), 'application/json; charset=utf-8')
+
+  async function tick() {
+    if (ticking || closed) return
+    ticking = true
+    const started = Date.now()
+    try {
+      latest = await sampleNow()
+    } catch (err) {
+      latest = { at: Date.now(), error: err.message, backends: [] }
+    }
+    ticking = false
+    if (closed) return
+    // What the charts need of it, for pages that connect later.
+    history.push({ at: latest.at, backends: latest.backends.map(({ id, key, name, group, cpuPercent, memoryBytes, healthLatencyMs, restarts }) => ({ id, key, name, group, cpuPercent, memoryBytes, healthLatencyMs, restarts })) })
+    if (history.length > KEEP) history.shift()
+    const frame = `data: ${JSON.stringify(latest)}\n\n`
+    for (const res of clients) {
+      // A page that stopped reading is dropped rather than buffered without end.
+      if (res.writableLength > 1 << 20) res.destroy()
+      else res.write(frame)
+    }
+    // Sampling runs only while a page listens.
+    timer = clients.size > 0 ? setTimeout(tick, Math.max(0, INTERVAL_MS - (Date.now() - started))) : null
+  }
+
+  function events(req, res) {
+    if (clients.size >= MAX_CLIENTS) return send(res, 503, 'too many open dashboards\n')
+    res.writeHead(200, { ...headers, 'Content-Type': 'text/event-stream; charset=utf-8', Connection: 'keep-alive' })
+    res.write(`retry: 2000\nevent: hello\ndata: ${JSON.stringify({ history, latest: history.length > 0 ? latest : null })}\n\n`)
+    clients.add(res)
+    req.socket.setNoDelay(true)
+    res.on('close', () => clients.delete(res))
+    if (!timer && !ticking) tick()
+  }
+
+  async function action(req, res) {
+    const type = String(req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase()
+    if (type !== 'application/json') return sendJson(res, 415, { ok: false, error: 'expected application/json' })
+    // A browser sends Origin with a POST; one from another origin is refused even with the token.
+    if (req.headers.origin !== undefined && !origins.has(req.headers.origin)) return sendJson(res, 403, { ok: false, error: 'forbidden' })
+    let body = ''
+    for await (const chunk of req) {
+      body += chunk
+      if (body.length > MAX_BODY) return sendJson(res, 413, { ok: false, error: 'request too large' })
+    }
+    let job
+    try {
+      job = JSON.parse(body)
+    } catch {
+      return sendJson(res, 400, { ok: false, error: 'malformed JSON' })
+    }
+    if (typeof job?.id !== 'string' || !['stop', 'restart', 'start'].includes(job.action)) return sendJson(res, 400, { ok: false, error: 'expected { id, action: "stop" | "restart" | "start" }' })
+    try {
+      const result = await source.act(job.id, job.action)
+      sendJson(res, result.ok === false ? 500 : 200, result)
+    } catch (err) {
+      sendJson(res, err.status ?? 500, { ok: false, error: err.message })
+    } finally {
+      // The next sample shows the outcome, and open pages get it now rather than within the second.
+      latest = null
+      if (timer) {
+        clearTimeout(timer)
+        timer = null
+        tick()
+      }
+    }
+  }
+
+  let origins = new Set()
+  let hosts = new Set()
+  const server = http.createServer((req, res) => {
+    handle(req, res).catch((err) => {
+      if (!res.headersSent) sendJson(res, 500, { ok: false, error: err.message })
+      else res.destroy()
+    })
+  })
+  async function handle(req, res) {
+    // DNS rebinding: a page of another site that resolves its name to 127.0.0.1 sends its own Host.
+    if (!hosts.has(String(req.headers.host ?? '').toLowerCase())) return send(res, 403, 'forbidden\n')
+    const url = new URL(req.url, 'http://127.0.0.1')
+    if (url.pathname === '/launch' && req.method === 'GET') {
+      const code = url.searchParams.get('code')
+      const entry = code !== null && launchCodes.get(code)
+      if (!entry || entry < Date.now()) return send(res, 403, 'forbidden\n')
+      launchCodes.delete(code)
+      return send(res, 303, '', 'text/plain; charset=utf-8', { Location: `/?token=${token}` })
+    }
+    if (!tokenMatches(url.searchParams.get('token'), digest)) return send(res, 403, 'forbidden\n')
+    const route = `${req.method} ${url.pathname}`
+    switch (route) {
+      case 'GET /':
+        return send(res, 200, page.html, 'text/html; charset=utf-8')
+      case 'GET /events':
+        return events(req, res)
+      case 'GET /snapshot':
+        if (!latest || Date.now() - latest.at > 1500) latest = await sampleNow()
+        return sendJson(res, 200, latest)
+      case 'POST /action':
+        return action(req, res)
+      default:
+        return ['/', '/events', '/snapshot', '/action'].includes(url.pathname) ? send(res, 405, 'method not allowed\n') : send(res, 404, 'not found\n')
+    }
+  }
+
+  await new Promise((resolve, reject) => {
+    server.once('error', (err) => {
+      const e = new Error(err.code === 'EADDRINUSE' ? `port ${port} is in use: choose another or leave it out` : `the dashboard cannot listen on 127.0.0.1:${port}: ${err.message}`)
+      e.code = err.code === 'EADDRINUSE' ? 'ERR_NO_FREE_PORT' : 'ERR_INTERNAL'
+      e.cause = err
+      source.close()
+      reject(e)
+    })
+    server.listen({ host: '127.0.0.1', port, exclusive: true }, resolve)
+  })
+  const actual = server.address().port
+  hosts = new Set([`127.0.0.1:${actual}`, `localhost:${actual}`])
+  origins = new Set([`http://127.0.0.1:${actual}`, `http://localhost:${actual}`])
+  const origin = `http://127.0.0.1:${actual}`
+
+  return {
+    url: `${origin}/?token=${token}`,
+    port: actual,
+    /** A URL that works once, within a minute, and leads to the page: for a browser's command line, which other users may read. */
+    launchUrl() {
+      const code = crypto.randomBytes(16).toString('hex')
+      launchCodes.set(code, Date.now() + 60000)
+      return `${origin}/launch?code=${code}`
+    },
+    close() {
+      if (closed) return Promise.resolve()
+      closed = true
+      clearTimeout(timer)
+      for (const res of clients) res.end()
+      source.close()
+      return new Promise((resolve) => {
+        server.close(() => resolve())
+        server.closeAllConnections()
+      })
+    },
+  }
+}
+
+/** Opens `url` in the desktop's browser; a failure only prints a hint (the URL is printed anyway). */
+function openBrowser(url) {
+  const [command, args] =
+    process.platform === 'darwin' ? ['open', [url]] : process.platform === 'win32' ? ['rundll32', ['url.dll,FileProtocolHandler', url]] : ['xdg-open', [url]]
+  const child = spawn(command, args, { stdio: 'ignore', detached: true })
+  child.on('error', (err) => process.stderr.write(`could not open a browser (${command}: ${err.message}); open the URL above\n`))
+  child.unref()
+}
+
+/** `backend-pm dashboard [--port N] [--open]`: serves until SIGINT, SIGTERM or SIGHUP; resolves to the exit code. */
+async function command({ port, open }, { stateDir, name, stopTimeoutMs }) {
+  const dashboard = await serveDashboard({ source: recordsSource({ stateDir, name, stopTimeoutMs }), port })
+  process.stdout.write(`Dashboard of ${stateDir}${name !== undefined ? ` (backends named ${JSON.stringify(name)})` : ''}:\n  ${dashboard.url}\n`)
+  process.stdout.write('The URL carries a secret: whoever has it can stop these backends. Ctrl-C stops the dashboard.\n')
+  if (open) openBrowser(dashboard.launchUrl())
+  const signal = await new Promise((resolve) => {
+    const handlers = ['SIGINT', 'SIGTERM', 'SIGHUP'].map((sig) => [sig, () => {
+      for (const [s, fn] of handlers) process.off(s, fn)
+      resolve(sig)
+    }])
+    for (const [s, fn] of handlers) process.on(s, fn)
+  })
+  await dashboard.close()
+  process.stdout.write(`dashboard stopped (${signal})\n`)
+  return 0
+}
+
+module.exports = { serveDashboard, recordsSource, managerSource, command }
