@@ -129,3 +129,79 @@ for (const backend of TOKEN_BACKENDS) {
     assert.equal((await pm.stopBackend()).forced, false)
   })
 }
+
+// The socket handed over (listen: 'fd'), with the README's command lines: 2 replicas on one socket serve,
+// a reload() under load replaces both with no failed request, and a stop leaves nothing.
+const FD_SERVERS = [
+  { name: 'uvicorn --fd 3', command: PYTHON, args: ['-m', 'uvicorn', 'asgi_app:app', '--fd', '3'], env: PYTHON_ENV },
+  // gunicorn finds the socket itself (LISTEN_FDS and LISTEN_PID, systemd's convention).
+  { name: 'gunicorn (socket activation)', command: PYTHON, args: ['-m', 'gunicorn', '--workers', '2', 'wsgi_app:app'], env: PYTHON_ENV },
+  { name: "Node server.listen({ fd: 3 })", entry: 'fd-server.js' },
+]
+
+for (const server of FD_SERVERS) {
+  test(`listen: 'fd' with ${server.name}: 2 replicas serve, reload() under load fails no request, a stop leaves nothing`, { timeout: 90000 }, async (t) => {
+    const stateDir = tempDir(t)
+    const port = await freeRun(5)
+    const { name, ...launch } = server
+    const pm = new ProcessManager({
+      name: 'real-fd',
+      cwd: SERVERS_DIR,
+      port,
+      stateDir,
+      startTimeoutMs: 30000,
+      replicas: 2,
+      listen: 'fd',
+      logger: memoryLogger(),
+      ...launch,
+    })
+    const output = []
+    pm.on('stderr', (l) => output.push(l))
+    const seen = new Set()
+    const look = () => {
+      for (const r of pm.backend?.replicas ?? []) processTree(r.pid).forEach((p) => seen.add(p))
+    }
+    t.after(async () => {
+      await pm.stopBackend().catch(() => {})
+      for (const p of seen) killIfAlive(p)
+    })
+    const b = await pm.startBackend(SERVERS_DIR)
+    look()
+    const failures = []
+    const served = new Set()
+    const get = async () => {
+      try {
+        const { status, body } = await httpGet(`${b.url}/`)
+        if (status !== 200) failures.push(`status ${status}`)
+        served.add(Number(/^pid (\d+)/.exec(body)?.[1]))
+        look()
+      } catch (e) {
+        failures.push(e.message)
+      }
+    }
+    for (let i = 0; i < 20; i++) await get()
+    const before = pm.backend.replicas.map((r) => r.pid)
+    let done = false
+    const reloading = pm.reload().finally(() => (done = true))
+    let during = 0
+    while (!done) {
+      look()
+      await get()
+      during++
+    }
+    const after = await reloading
+    look()
+    for (let i = 0; i < 20; i++) await get()
+    t.diagnostic(`${name}: ${during} requests during the reload`)
+    assert.deepEqual(failures, [], `failed requests; server output:\n${output.slice(-20).join('\n')}`)
+    assert.ok([...served].every((p) => seen.has(p)), `every answer came from a replica's tree: ${[...served]} of ${[...seen]}`)
+    assert.ok(after.replicas.every((r) => !before.includes(r.pid)), 'both replicas were replaced')
+    assert.ok(before.every((p) => !isAlive(p)), 'the old replicas are gone')
+
+    await pm.stopBackend()
+    const left = [...seen].filter(isAlive)
+    assert.deepEqual(left.map(describePid), [], 'no process left')
+    assert.equal(await isPortAvailable(port), true, 'the port is free')
+    assert.deepEqual(records(stateDir), [])
+  })
+}
