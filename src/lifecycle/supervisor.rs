@@ -576,8 +576,11 @@ async fn watchdog(
   let shared = run.socket().is_some() && run.replicated();
   let mut probes = every(o.health_interval.filter(|_| !shared || slot.index == 0));
   let mut samples = every(o.memory_interval());
-  // With replicas, `stats` events are the run's (the first slot sends them).
-  let sends_stats = o.stats_interval.is_some() && slot.index == 0;
+  // With replicas, `stats` events are the run's: the first slot with a running process sends them.
+  let sends_stats = || {
+    o.stats_interval.is_some()
+      && run.slots.iter().find(|s| s.running().is_some()).map(|s| s.index) == Some(slot.index)
+  };
   loop {
     tokio::select! {
       _ = tick(&mut probes) => {
@@ -592,7 +595,7 @@ async fn watchdog(
         }
       }
       _ = tick(&mut samples) => {
-        if sends_stats {
+        if sends_stats() {
           if let Some(stats) = run.stats() {
             manager.emit(Event::Stats(stats));
           }
