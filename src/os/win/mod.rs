@@ -8,6 +8,8 @@ pub mod net;
 pub mod process;
 pub mod security;
 
+#[cfg(test)]
+mod tests;
 
 use std::io;
 use windows_sys::Win32::Foundation::{CloseHandle, FILETIME, HANDLE, INVALID_HANDLE_VALUE};
