@@ -162,7 +162,7 @@ async fn drain_job(child: &Child, deadline: Instant, force_grace: Duration) -> D
       .pids()
       .unwrap_or_default()
       .into_iter()
-      .filter(|&p| p != leader && !tree::is_console_host(p))
+      .filter(|&p| p != leader && process::is_alive(p) && !tree::is_console_host(p))
       .collect();
     if left.is_empty() || std::time::Instant::now() >= until {
       return left;

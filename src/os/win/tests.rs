@@ -630,3 +630,46 @@ async fn a_node_backend_in_its_job_becomes_ready() {
     "the port is free after the stop"
   );
 }
+
+/// A backend that exits by itself and leaves a process it started behind (`start /b`): the stop ends
+/// what is left in its job, and says so when that took the force step.
+#[tokio::test]
+async fn what_an_exited_backend_left_in_its_job_is_ended_by_the_stop() {
+  let (sink, _rx) = lines();
+  let child = spawn::spawn(
+    spec(
+      "cmd.exe",
+      &["/c", "start /b ping -n 120 127.0.0.1 >NUL & exit 0"],
+    ),
+    sink,
+  )
+  .await
+  .unwrap();
+  let _cleanup = Cleanup(vec![child.clone()]);
+  let job = child.job.clone().unwrap();
+  assert_eq!(child.exited().await.exit_code, Some(0));
+  let is_ping =
+    |p: &u32| process::process_name(*p).is_some_and(|n| n.eq_ignore_ascii_case("ping.exe"));
+  assert!(
+    wait_until(Duration::from_secs(10), || job
+      .pids()
+      .unwrap()
+      .iter()
+      .any(is_ping)),
+    "ping.exe outlived cmd.exe in the job: {:?}",
+    job.pids()
+  );
+  let left = *job.pids().unwrap().iter().find(|p| is_ping(p)).unwrap();
+  let pinned = super::process::Pinned::open(left, false).unwrap();
+  let outcome = stop::stop_child(&child, Duration::from_secs(3), Polite::default()).await;
+  eprintln!("stop after the leader's own exit: {outcome:?}");
+  assert_eq!(outcome.exit.exit_code, Some(0), "the leader's own exit");
+  assert!(outcome.survivors.is_empty());
+  assert!(pinned.wait(Duration::from_secs(5)).unwrap());
+  if is_wine() {
+    assert!(
+      outcome.forced,
+      "no break under Wine: the job was terminated"
+    );
+  }
+}
