@@ -70,23 +70,17 @@ mod imp {
   use crate::os::win::{console, job::Job, job::FORCED_EXIT_CODE, process::Pinned};
 
   /// The polite stop: CTRL_BREAK_EVENT to console process group `pgid` (a backend leads one: it is
-  /// started with CREATE_NEW_PROCESS_GROUP), sent on the console of its leader or, once the leader is
-  /// gone, of a live member. The force stop: our backend's job, or else `pgid` and its descendants.
+  /// started with CREATE_NEW_PROCESS_GROUP), while its leader runs. Once the leader is gone, whether the
+  /// id still names a group cannot be asked, and an id that names none may reach every process on the
+  /// console, this one included: no break then. The force stop: our backend's job, or else `pgid` and
+  /// its descendants.
   pub fn signal_group(pgid: u32, sig: Stop) -> bool {
     if pgid <= 4 {
       return false;
     }
     match sig {
       Stop::Polite => {
-        let member = if Pinned::running(pgid, false).is_some() {
-          Some(pgid)
-        } else {
-          crate::os::tree::group_members(pgid)
-            .into_iter()
-            .map(|m| m.pid)
-            .find(|&p| !crate::os::tree::is_console_host(p))
-        };
-        member.is_some_and(|m| console::send_break(pgid, m).is_ok())
+        Pinned::running(pgid, false).is_some() && console::send_break(pgid, pgid).is_ok()
       }
       Stop::Force => match Job::of(pgid) {
         Some(job) => job.terminate(),
@@ -95,14 +89,14 @@ mod imp {
     }
   }
 
-  /// One process: the break where it leads a console group, else nothing (Windows has no polite signal
-  /// for a single process); `TerminateProcess` for the force stop.
+  /// One process: the break to the console group it leads (Windows has no polite signal for a single
+  /// process; our backends lead a group); `TerminateProcess` for the force stop.
   pub fn signal_pid(pid: u32, sig: Stop) -> bool {
     if pid <= 4 {
       return false;
     }
     match sig {
-      Stop::Polite => console::send_break(pid, pid).is_ok(),
+      Stop::Polite => signal_group(pid, Stop::Polite),
       Stop::Force => Pinned::running(pid, true).is_some_and(|p| p.terminate(FORCED_EXIT_CODE)),
     }
   }

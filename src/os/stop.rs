@@ -106,7 +106,8 @@ struct Drained {
 async fn drain_group(child: &Child, deadline: Instant, force_grace: Duration) -> Drained {
   #[cfg(windows)]
   {
-    drain_job(child, deadline, force_grace).await
+    let _ = deadline;
+    drain_job(child, force_grace).await
   }
   #[cfg(unix)]
   {
@@ -148,16 +149,16 @@ fn drain_unix(pgid: u32, deadline: std::time::Instant, force_grace: Duration) ->
 }
 
 /// After the leader exited (Windows): what is left in its job — processes it started, not the console
-/// host that a hidden console adds — gets the break and until `deadline`, then the job is terminated.
-/// Terminating a job that holds only the console host is no force kill.
+/// host that a hidden console adds — is ended with the job. A group whose leader is gone gets no break
+/// (os/signal.rs), so that is a force kill; terminating a job that holds only the console host is not.
 #[cfg(windows)]
-async fn drain_job(child: &Child, deadline: Instant, force_grace: Duration) -> Drained {
+async fn drain_job(child: &Child, force_grace: Duration) -> Drained {
   use super::win::job::Job;
   let Some(job) = child.job.clone() else {
     return Drained::default();
   };
   let leader = child.pid;
-  let empty_until = move |job: Job, until: std::time::Instant| loop {
+  let left_until = move |job: Job, until: std::time::Instant| loop {
     let left: Vec<u32> = job
       .pids()
       .unwrap_or_default()
@@ -170,26 +171,17 @@ async fn drain_job(child: &Child, deadline: Instant, force_grace: Duration) -> D
     std::thread::sleep(GROUP_POLL);
   };
   let now = job.clone();
-  let members = crate::blocking::run(move || empty_until(now, std::time::Instant::now()))
+  let left = crate::blocking::run(move || left_until(now, std::time::Instant::now()))
     .await
     .unwrap_or_default();
-  let mut remaining = members.clone();
-  // As on Unix: the members get the polite stop and until the deadline; one that cannot be sent (Wine has
-  // no CTRL_BREAK) leaves nothing to wait for.
-  if !members.is_empty() && signal_group(leader, Stop::Polite) {
-    let (job, deadline) = (job.clone(), deadline.into_std());
-    remaining = crate::blocking::run(move || empty_until(job, deadline))
-      .await
-      .unwrap_or_default();
-  }
   child.kill_tree();
-  if remaining.is_empty() {
+  if left.is_empty() {
     return Drained::default();
   }
   let until = std::time::Instant::now() + force_grace;
   Drained {
     forced: true,
-    survivors: crate::blocking::run(move || empty_until(job, until))
+    survivors: crate::blocking::run(move || left_until(job, until))
       .await
       .unwrap_or_default(),
   }

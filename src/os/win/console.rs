@@ -31,8 +31,9 @@ pub fn has_console() -> bool {
   unsafe { !GetConsoleWindow().is_null() || GetConsoleProcessList(pids.as_mut_ptr(), 1) > 0 }
 }
 
-/// Sends CTRL_BREAK_EVENT to console process group `group`. `member` is a live process on that group's
-/// console (the leader while it runs). Fails under Wine 8, which implements only CTRL_C_EVENT.
+/// Sends CTRL_BREAK_EVENT to console process group `group`, whose leader must be running (a group id
+/// that names no group may reach every process on the console). `member` is a live process on that
+/// group's console: the leader. Fails under Wine 8, which implements only CTRL_C_EVENT.
 pub fn send_break(group: u32, member: u32) -> io::Result<()> {
   if group <= 4 || member <= 4 {
     // 0 would be every process on the console (this one too); 4 is the System process.

@@ -666,10 +666,8 @@ async fn what_an_exited_backend_left_in_its_job_is_ended_by_the_stop() {
   assert_eq!(outcome.exit.exit_code, Some(0), "the leader's own exit");
   assert!(outcome.survivors.is_empty());
   assert!(pinned.wait(Duration::from_secs(5)).unwrap());
-  if is_wine() {
-    assert!(
-      outcome.forced,
-      "no break under Wine: the job was terminated"
-    );
-  }
+  assert!(
+    outcome.forced,
+    "a group without its leader gets no break: the job was terminated"
+  );
 }
