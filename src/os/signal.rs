@@ -154,8 +154,10 @@ impl PinnedProcess {
     }
     #[cfg(windows)]
     {
-      // Only a running process of this user: never another user's (docs/design.md §4).
-      let process = crate::os::win::process::Pinned::running(pid, true)?;
+      // Only a running process of this user: never another user's (docs/design.md §4). One we may not
+      // end (elevated) is still pinned: its signals then fail and it is reported, not taken for gone.
+      use crate::os::win::process::Pinned;
+      let process = Pinned::running(pid, true).or_else(|| Pinned::running(pid, false))?;
       process
         .is_own_user()
         .then_some(PinnedProcess { pid, process })

@@ -293,6 +293,9 @@ fn waiter_thread(spec: SpawnSpec, sink: LineSink, started: oneshot::Sender<Resul
   // Hold the zombie (and with it the pid and group id) until the owner has dealt with the group.
   let _ = reap_rx.recv();
   let _ = process.wait();
+  // The pid is free once the handle closes: its job is no longer found by pid.
+  #[cfg(windows)]
+  Job::forget(pid);
 }
 
 pub(crate) fn exit_info_from(status: std::process::ExitStatus) -> ExitInfo {

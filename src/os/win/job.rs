@@ -74,6 +74,12 @@ impl Job {
     Ok(())
   }
 
+  /// Forgets the job filed under `pid`: its process has been released, and the pid may be given to
+  /// another process.
+  pub fn forget(pid: u32) {
+    registry(|r| r.remove(&pid));
+  }
+
   /// The job of our backend whose leader is `pid`, while that backend is ours.
   pub fn of(pid: u32) -> Option<Job> {
     registry(|r| r.get(&pid).and_then(Weak::upgrade)).map(Job)
