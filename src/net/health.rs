@@ -84,7 +84,7 @@ pub async fn request(target: &Target, method: &str, path: &str, limit: Duration)
 
 async fn exchange(target: &Target, method: &str, path: &str) -> ProbeOutcome {
   let addr = SocketAddr::new(target.host, target.port);
-  let mut stream = match TcpStream::connect(addr).await {
+  let mut stream = match connect(addr).await {
     Ok(s) => s,
     Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return ProbeOutcome::Refused,
     Err(e) => return ProbeOutcome::Failed(e.to_string()),
@@ -130,6 +130,24 @@ async fn exchange(target: &Target, method: &str, path: &str) -> ProbeOutcome {
     }
     None => ProbeOutcome::Failed("the answer is not HTTP".into()),
   }
+}
+
+#[cfg(not(windows))]
+async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+  TcpStream::connect(addr).await
+}
+
+/// Windows retries a refused connect for ~2 s, even on loopback (libuv#2896): the probe's socket is told
+/// not to (best effort: a system that refuses the options keeps its default).
+#[cfg(windows)]
+async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+  use socket2::{Domain, Protocol, Socket, Type};
+  let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+  let _ = crate::os::win::net::set_fast_fail(&socket, 1);
+  socket.set_nonblocking(true)?;
+  tokio::net::TcpSocket::from_std_stream(socket.into())
+    .connect(addr)
+    .await
 }
 
 /// The status code of an HTTP/1.x response head (which may be cut short after the status line).

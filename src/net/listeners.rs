@@ -65,6 +65,8 @@ pub fn listened_by(port: u16, pids: &[u32]) -> Holder {
     Holder::Nobody
   } else if imp::any_held_by(&wanted, pids) {
     Holder::Ours
+  } else if imp::owner_unknown(&wanted) {
+    Holder::Unknown
   } else {
     Holder::Others
   }
@@ -74,8 +76,8 @@ pub fn listened_by(port: u16, pids: &[u32]) -> Holder {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
   pub port: u16,
-  /// Linux: the socket's inode, which names it among a process's descriptors. Elsewhere: the owner's pid
-  /// where the OS table gives it.
+  /// Linux: the socket's inode, which names it among a process's descriptors. Elsewhere: the owner's pid,
+  /// 0 where the OS table does not give it (Wine).
   pub key: u64,
 }
 
@@ -226,6 +228,11 @@ mod imp {
       .collect()
   }
 
+  /// The kernel names every socket's inode: an owner that is not found is someone else.
+  pub fn owner_unknown(_wanted: &[&Listener]) -> bool {
+    false
+  }
+
   pub fn any_held_by(wanted: &[&Listener], pids: &[u32]) -> bool {
     pids.iter().any(|&pid| {
       socket_inodes(pid)
@@ -263,21 +270,68 @@ mod imp {
   }
 }
 
-/// macOS and Windows: not wired to the OS tables yet; no table means "bind every candidate", no holders,
-/// and readiness without the listener check.
+/// Windows: the system's TCP table, which names each listener's owner pid (Wine 8 gives 0 for every row:
+/// unknown, never "someone else"). macOS: every process's socket descriptors, through the `listeners`
+/// crate (libproc). Both keyed by pid.
 #[cfg(not(target_os = "linux"))]
 mod imp {
   use super::Listener;
   use std::collections::HashMap;
 
+  #[cfg(windows)]
+  pub fn listening() -> Option<Vec<Listener>> {
+    let table = crate::os::win::net::listening().ok()?;
+    Some(
+      table
+        .into_iter()
+        .map(|l| Listener {
+          port: l.port,
+          key: u64::from(l.pid),
+        })
+        .collect(),
+    )
+  }
+
+  #[cfg(target_os = "macos")]
+  pub fn listening() -> Option<Vec<Listener>> {
+    use listeners::{Protocol, SocketState};
+    let all = listeners::get_all().ok()?;
+    Some(
+      all
+        .into_iter()
+        .filter(|l| l.protocol == Protocol::TCP && l.state == SocketState::Listen)
+        .map(|l| Listener {
+          port: l.socket.port(),
+          key: u64::from(l.process.pid),
+        })
+        .collect(),
+    )
+  }
+
+  /// No table on the other systems: the caller binds every candidate, and readiness goes without the
+  /// listener check.
+  #[cfg(not(any(windows, target_os = "macos")))]
   pub fn listening() -> Option<Vec<Listener>> {
     None
   }
-  pub fn any_held_by(_wanted: &[&Listener], _pids: &[u32]) -> bool {
-    false
+
+  pub fn owner_unknown(wanted: &[&Listener]) -> bool {
+    wanted.iter().any(|l| l.key == 0)
   }
-  pub fn owners(_wanted: &[&Listener], _likely: &[u32]) -> HashMap<u16, u32> {
-    HashMap::new()
+
+  pub fn any_held_by(wanted: &[&Listener], pids: &[u32]) -> bool {
+    wanted
+      .iter()
+      .any(|l| l.key != 0 && pids.iter().any(|&p| u64::from(p) == l.key))
+  }
+
+  /// port → pid of its listener, where known.
+  pub fn owners(wanted: &[&Listener], _likely: &[u32]) -> HashMap<u16, u32> {
+    let mut owners = HashMap::new();
+    for l in wanted.iter().filter(|l| l.key != 0) {
+      owners.entry(l.port).or_insert(l.key as u32);
+    }
+    owners
   }
 }
 

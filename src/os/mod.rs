@@ -6,3 +6,5 @@ pub mod signal;
 pub mod spawn;
 pub mod stop;
 pub mod tree;
+#[cfg(windows)]
+pub mod win;

@@ -1,13 +1,15 @@
 //! Facts about one process by pid: alive or not, its identity (start time and executable, which tell it
 //! apart from a later process that got the same pid), its group, parent, owner and name. Linux reads
-//! `/proc/PID/stat` directly (one small file, ~20 µs); other systems ask `sysinfo` for just that pid.
+//! `/proc/PID/stat` directly (one small file, ~20 µs); Windows asks through one process handle; other
+//! systems ask `sysinfo` for just that pid.
 
 use std::time::Duration;
 
 /// What tells one process apart from a later one that got the same pid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-  /// The start time as the OS reports it: clock ticks since boot on Linux, seconds since the epoch elsewhere.
+  /// The start time as the OS reports it: clock ticks since boot on Linux, the creation FILETIME (100 ns
+  /// since 1601, exact) on Windows, seconds since the epoch elsewhere.
   pub start_time: u64,
   /// The executable's path; `None` when the OS does not say (another user's process, for one).
   pub exe: Option<String>,
@@ -16,7 +18,9 @@ pub struct Identity {
 /// What `/proc/PID/stat` (or the OS's equivalent) says of a live process.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stat {
+  /// Windows: 0 (reading it takes a snapshot of every process; `parent` does that).
   pub parent: u32,
+  /// Windows: the pid itself (a backend leads its own console process group).
   pub group: u32,
   /// User plus system CPU time so far.
   pub cpu_time: Duration,
@@ -44,6 +48,7 @@ pub fn is_alive(pid: u32) -> bool {
   pid > 0 && stat(pid).is_some()
 }
 
+#[cfg(not(windows))]
 pub fn identity(pid: u32) -> Option<Identity> {
   let start_time = stat(pid)?.start_time;
   Some(Identity {
@@ -52,15 +57,21 @@ pub fn identity(pid: u32) -> Option<Identity> {
   })
 }
 
+/// Both read through one handle: they describe the same process.
+#[cfg(windows)]
+pub fn identity(pid: u32) -> Option<Identity> {
+  let process = crate::os::win::process::Pinned::running(pid, false)?;
+  Some(Identity {
+    start_time: process.times().ok()?.created,
+    exe: process.image().ok(),
+  })
+}
+
 pub fn process_group(pid: u32) -> Option<u32> {
   stat(pid).map(|s| s.group)
 }
 
-pub fn parent(pid: u32) -> Option<u32> {
-  stat(pid).map(|s| s.parent)
-}
-
-pub use imp::{nice, owner_uid, process_name, stat};
+pub use imp::{nice, owner_uid, parent, process_name, stat};
 
 #[cfg(target_os = "linux")]
 pub(crate) mod imp {
@@ -121,6 +132,10 @@ pub(crate) mod imp {
     Some((stat, exited))
   }
 
+  pub fn parent(pid: u32) -> Option<u32> {
+    stat(pid).map(|s| s.parent)
+  }
+
   /// The nice value (`/proc/PID/stat` field 19).
   pub fn nice(pid: u32) -> Option<i32> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -163,9 +178,66 @@ pub(crate) mod imp {
   }
 }
 
-/// macOS, Windows and the rest, through `sysinfo`. Also compiled into Linux test builds, so that its use of
-/// `sysinfo` is checked and exercised on the machine where the project is built.
-#[cfg(any(not(target_os = "linux"), test))]
+/// Windows, through one handle per question (`os::win::process`).
+#[cfg(windows)]
+pub(crate) mod imp {
+  use super::Stat;
+  use crate::os::win::process::{self as win, Pinned};
+  use std::time::Duration;
+
+  pub fn stat(pid: u32) -> Option<Stat> {
+    let live = win::live(pid)?;
+    Some(Stat {
+      parent: 0,
+      group: pid,
+      cpu_time: Duration::from_nanos(live.times.cpu.saturating_mul(100)),
+      start_time: live.times.created,
+      memory_bytes: live.memory,
+    })
+  }
+
+  /// The creating process, while it runs and is older than `pid` (else the link names an earlier owner of
+  /// that pid).
+  pub fn parent(pid: u32) -> Option<u32> {
+    let born = win::created(pid)?;
+    let parent = win::snapshot().into_iter().find(|e| e.pid == pid)?.parent;
+    win::created(parent)
+      .is_some_and(|p| p <= born)
+      .then_some(parent)
+  }
+
+  fn exe(pid: u32) -> Option<String> {
+    Pinned::running(pid, false)?.image().ok()
+  }
+
+  pub fn nice(pid: u32) -> Option<i32> {
+    Pinned::running(pid, false)?.nice()
+  }
+
+  /// Windows has no uids; `PinnedProcess` checks the token's user instead.
+  pub fn owner_uid(_pid: u32) -> Option<u32> {
+    None
+  }
+
+  /// The executable's file name; the system's process list where the process cannot be opened.
+  pub fn process_name(pid: u32) -> Option<String> {
+    let from_image = exe(pid).and_then(|path| {
+      std::path::Path::new(&path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+    });
+    from_image.or_else(|| {
+      win::snapshot()
+        .into_iter()
+        .find(|e| e.pid == pid && pid != 0)
+        .map(|e| e.name)
+    })
+  }
+}
+
+/// macOS and the other Unix systems, through `sysinfo`. Also compiled into Linux test builds, so that its
+/// use of `sysinfo` is checked and exercised on the machine where the project is built.
+#[cfg(any(not(any(target_os = "linux", windows)), all(test, target_os = "linux")))]
 #[cfg_attr(target_os = "linux", allow(dead_code))]
 pub(crate) mod portable {
   use super::Stat;
@@ -192,6 +264,10 @@ pub(crate) mod portable {
     Some(f(process))
   }
 
+  pub fn parent(pid: u32) -> Option<u32> {
+    stat(pid).map(|s| s.parent)
+  }
+
   pub fn stat(pid: u32) -> Option<Stat> {
     if pid == 0 {
       return None;
@@ -206,47 +282,22 @@ pub(crate) mod portable {
   }
 
   fn group_of(pid: u32) -> u32 {
-    #[cfg(unix)]
-    {
-      rustix::process::Pid::from_raw(pid as i32)
-        .and_then(|p| rustix::process::getpgid(Some(p)).ok())
-        .map_or(0, |g| g.as_raw_nonzero().get() as u32)
-    }
-    #[cfg(not(unix))]
-    {
-      // Windows has no process groups; the backend's tree is its job (os/spawn/windows.rs).
-      pid
-    }
+    rustix::process::Pid::from_raw(pid as i32)
+      .and_then(|p| rustix::process::getpgid(Some(p)).ok())
+      .map_or(0, |g| g.as_raw_nonzero().get() as u32)
   }
 
   pub fn exe(pid: u32) -> Option<String> {
     with_process(pid, |p| p.exe().map(|e| e.to_string_lossy().into_owned())).flatten()
   }
 
-  /// The nice value, where the system has one (Unix).
   pub fn nice(pid: u32) -> Option<i32> {
-    #[cfg(unix)]
-    {
-      let pid = rustix::process::Pid::from_raw(pid as i32)?;
-      rustix::process::getpriority_process(Some(pid)).ok()
-    }
-    #[cfg(not(unix))]
-    {
-      let _ = pid;
-      None
-    }
+    let pid = rustix::process::Pid::from_raw(pid as i32)?;
+    rustix::process::getpriority_process(Some(pid)).ok()
   }
 
   pub fn owner_uid(pid: u32) -> Option<u32> {
-    #[cfg(unix)]
-    {
-      with_process(pid, |p| p.user_id().map(|u| **u)).flatten()
-    }
-    #[cfg(not(unix))]
-    {
-      let _ = pid;
-      None
-    }
+    with_process(pid, |p| p.user_id().map(|u| **u)).flatten()
   }
 
   /// The executable's file name where known, else the name the OS reports.
@@ -261,7 +312,7 @@ pub(crate) mod portable {
   }
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(target_os = "linux", windows)))]
 pub(crate) use portable as imp;
 
 #[cfg(test)]
@@ -285,6 +336,7 @@ mod tests {
     );
   }
 
+  #[cfg(unix)]
   #[test]
   fn a_reaped_child_is_not_alive() {
     let mut child = std::process::Command::new("true").spawn().unwrap();

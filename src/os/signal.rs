@@ -67,24 +67,56 @@ mod imp {
 #[cfg(windows)]
 mod imp {
   use super::Stop;
-  /// Windows has no process groups to signal; the backend's job object is terminated instead.
-  pub fn signal_group(_pgid: u32, _sig: Stop) -> bool {
-    false
-  }
-  pub fn signal_pid(pid: u32, _sig: Stop) -> bool {
-    use windows_sys::Win32::Foundation::CloseHandle;
-    use windows_sys::Win32::System::Threading::{OpenProcess, TerminateProcess, PROCESS_TERMINATE};
-    // SAFETY: OpenProcess returns a handle we own or null; TerminateProcess and CloseHandle get that
-    // handle only when it is valid.
-    unsafe {
-      let handle = OpenProcess(PROCESS_TERMINATE, 0, pid);
-      if handle.is_null() {
-        return false;
-      }
-      let ok = TerminateProcess(handle, 1) != 0;
-      CloseHandle(handle);
-      ok
+  use crate::os::win::{console, job::Job, job::FORCED_EXIT_CODE, process::Pinned};
+
+  /// The polite stop: CTRL_BREAK_EVENT to console process group `pgid` (a backend leads one: it is
+  /// started with CREATE_NEW_PROCESS_GROUP), while its leader runs. Once the leader is gone, whether the
+  /// id still names a group cannot be asked, and an id that names none may reach every process on the
+  /// console, this one included: no break then. The force stop: our backend's job, or else `pgid` and
+  /// its descendants.
+  pub fn signal_group(pgid: u32, sig: Stop) -> bool {
+    if pgid <= 4 {
+      return false;
     }
+    match sig {
+      Stop::Polite => {
+        Pinned::running(pgid, false).is_some() && console::send_break(pgid, pgid).is_ok()
+      }
+      Stop::Force => match Job::of(pgid) {
+        Some(job) => job.terminate(),
+        None => Pinned::running(pgid, true).is_some_and(|leader| terminate_tree(&leader)),
+      },
+    }
+  }
+
+  /// One process: the break to the console group it leads (Windows has no polite signal for a single
+  /// process; our backends lead a group); `TerminateProcess` for the force stop.
+  pub fn signal_pid(pid: u32, sig: Stop) -> bool {
+    if pid <= 4 {
+      return false;
+    }
+    match sig {
+      Stop::Polite => signal_group(pid, Stop::Polite),
+      Stop::Force => Pinned::running(pid, true).is_some_and(|p| p.terminate(FORCED_EXIT_CODE)),
+    }
+  }
+
+  /// Ends a pinned process, then its descendants as listed just before (each pinned, and created no
+  /// earlier than it, before it is ended: a stale parent link names an older process).
+  pub fn terminate_tree(leader: &Pinned) -> bool {
+    let Ok(born) = leader.times().map(|t| t.created) else {
+      return false;
+    };
+    let descendants = crate::os::tree::with_descendants(leader.pid);
+    let ended = leader.terminate(FORCED_EXIT_CODE);
+    for pid in descendants.into_iter().filter(|&p| p != leader.pid) {
+      if let Some(p) = Pinned::running(pid, true) {
+        if p.times().is_ok_and(|t| t.created >= born) {
+          p.terminate(FORCED_EXIT_CODE);
+        }
+      }
+    }
+    ended
   }
 }
 
@@ -94,10 +126,13 @@ pub use imp::{signal_group, signal_pid};
 
 /// A process found through a record, pinned so that the identity check and the signal reach the same
 /// process: on Linux a pidfd (a reused pid makes the signal fail with ESRCH instead of hitting a stranger).
+/// On Windows an open process handle: while it is open the pid cannot be given to another process.
 pub struct PinnedProcess {
   pub pid: u32,
   #[cfg(target_os = "linux")]
   pidfd: Option<std::os::fd::OwnedFd>,
+  #[cfg(windows)]
+  process: crate::os::win::process::Pinned,
 }
 
 impl PinnedProcess {
@@ -117,7 +152,17 @@ impl PinnedProcess {
       };
       Some(PinnedProcess { pid, pidfd })
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(windows)]
+    {
+      // Only a running process of this user: never another user's (docs/design.md §4). One we may not
+      // end (elevated) is still pinned: its signals then fail and it is reported, not taken for gone.
+      use crate::os::win::process::Pinned;
+      let process = Pinned::running(pid, true).or_else(|| Pinned::running(pid, false))?;
+      process
+        .is_own_user()
+        .then_some(PinnedProcess { pid, process })
+    }
+    #[cfg(not(any(target_os = "linux", windows)))]
     {
       Some(PinnedProcess { pid })
     }
@@ -127,6 +172,12 @@ impl PinnedProcess {
     #[cfg(target_os = "linux")]
     if let Some(fd) = &self.pidfd {
       return rustix::process::pidfd_send_signal(fd, imp::signal_of(sig)).is_ok();
+    }
+    #[cfg(windows)]
+    if sig == Stop::Force {
+      return self
+        .process
+        .terminate(crate::os::win::job::FORCED_EXIT_CODE);
     }
     signal_pid(self.pid, sig)
   }
@@ -138,6 +189,11 @@ impl PinnedProcess {
     #[cfg(target_os = "linux")]
     if let Some(sent) = self.pidfd_signal_group(sig) {
       return sent;
+    }
+    // Through the pinned handle, so the leader ended is the one verified.
+    #[cfg(windows)]
+    if sig == Stop::Force {
+      return imp::terminate_tree(&self.process);
     }
     signal_group(self.pid, sig)
   }
@@ -168,6 +224,13 @@ impl PinnedProcess {
   }
 
   /// Waits up to `timeout` for the process to exit; true when it has.
+  #[cfg(windows)]
+  pub fn wait_exit(&self, timeout: std::time::Duration) -> bool {
+    self.process.wait(timeout).unwrap_or(true)
+  }
+
+  /// Waits up to `timeout` for the process to exit; true when it has.
+  #[cfg(not(windows))]
   pub fn wait_exit(&self, timeout: std::time::Duration) -> bool {
     #[cfg(target_os = "linux")]
     if let Some(fd) = &self.pidfd {

@@ -55,16 +55,22 @@ async fn stop_child_within(
   let mut survivors = Vec::new();
   if child.exit_info().is_none() {
     let mut done = false;
+    let mut asked = false;
     if let Some(request) = polite.request {
+      asked = true;
       let _ = timeout(step, request).await;
       done = exited_within(step).await;
     }
     if !done && polite.close_stdin && child.close_stdin() {
+      asked = true;
       done = exited_within(step).await;
     }
     if !done {
-      send(child, Stop::Polite);
-      done = exited_within(grace).await;
+      // A stop signal that could not be sent (Windows: no console to send the break on) leaves nothing
+      // to wait for, unless an earlier request may still be working.
+      if send(child, Stop::Polite) || asked {
+        done = exited_within(grace).await;
+      }
     }
     if !done {
       forced = true;
@@ -100,10 +106,8 @@ struct Drained {
 async fn drain_group(child: &Child, deadline: Instant, force_grace: Duration) -> Drained {
   #[cfg(windows)]
   {
-    // The job holds the tree: terminating it ends whatever is left.
-    let _ = (deadline, force_grace);
-    send(child, Stop::Force);
-    Drained::default()
+    let _ = deadline;
+    drain_job(child, force_grace).await
   }
   #[cfg(unix)]
   {
@@ -144,22 +148,57 @@ fn drain_unix(pgid: u32, deadline: std::time::Instant, force_grace: Duration) ->
   }
 }
 
-fn send(child: &Child, sig: Stop) {
+/// After the leader exited (Windows): what is left in its job — processes it started, not the console
+/// host that a hidden console adds — is ended with the job. A group whose leader is gone gets no break
+/// (os/signal.rs), so that is a force kill; terminating a job that holds only the console host is not.
+#[cfg(windows)]
+async fn drain_job(child: &Child, force_grace: Duration) -> Drained {
+  use super::win::job::Job;
+  let Some(job) = child.job.clone() else {
+    return Drained::default();
+  };
+  let leader = child.pid;
+  let left_until = move |job: Job, until: std::time::Instant| loop {
+    let left: Vec<u32> = job
+      .pids()
+      .unwrap_or_default()
+      .into_iter()
+      .filter(|&p| p != leader && process::is_alive(p) && !tree::is_console_host(p))
+      .collect();
+    if left.is_empty() || std::time::Instant::now() >= until {
+      return left;
+    }
+    std::thread::sleep(GROUP_POLL);
+  };
+  let now = job.clone();
+  let left = crate::blocking::run(move || left_until(now, std::time::Instant::now()))
+    .await
+    .unwrap_or_default();
+  child.kill_tree();
+  if left.is_empty() {
+    return Drained::default();
+  }
+  let until = std::time::Instant::now() + force_grace;
+  Drained {
+    forced: true,
+    survivors: crate::blocking::run(move || left_until(job, until))
+      .await
+      .unwrap_or_default(),
+  }
+}
+
+/// Sends the stop to the backend's whole tree; false when it could not be sent.
+fn send(child: &Child, sig: Stop) -> bool {
   #[cfg(unix)]
   {
-    signal_group(child.pid, sig);
+    signal_group(child.pid, sig)
   }
   #[cfg(windows)]
   {
-    // No SIGTERM on Windows: both steps end the job (the whole tree).
-    let _ = sig;
-    match &child.job {
-      Some(job) => {
-        job.terminate();
-      }
-      None => {
-        super::signal::signal_pid(child.pid, Stop::Force);
-      }
+    match sig {
+      // The break goes to the backend's console process group (docs/api.md, "Stopping on Windows").
+      Stop::Polite => signal_group(child.pid, Stop::Polite),
+      Stop::Force => child.kill_tree(),
     }
   }
 }

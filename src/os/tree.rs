@@ -5,8 +5,13 @@ use super::process::{self, Stat};
 use std::collections::HashSet;
 use std::time::Duration;
 
-/// `pid` and every live descendant of it, parents before children.
+/// `pid` and every live descendant of it, parents before children. Windows: for a backend of ours, its
+/// job's processes (the whole tree, whoever their parents were).
 pub fn with_descendants(pid: u32) -> Vec<u32> {
+  #[cfg(windows)]
+  if let Some(tree) = imp::job_tree(pid) {
+    return tree;
+  }
   if !process::is_alive(pid) {
     return Vec::new();
   }
@@ -38,16 +43,20 @@ pub struct Member {
   pub uid: Option<u32>,
 }
 
-/// The live members of process group `pgid` (Unix; Windows has none: its trees are jobs).
+/// The live members of process group `pgid`. macOS lists them in one call; Linux scans every process.
+/// Windows keeps no group ids it can be asked about: a backend of ours has its job, another process its
+/// tree while it runs, and a gone leader nothing (its pid may name a stranger's process by now; the job
+/// ended its tree with the app anyway).
 pub fn group_members(pgid: u32) -> Vec<Member> {
   if pgid <= 1 {
     return Vec::new();
   }
-  all_pids()
+  imp::group_pids(pgid)
+    .unwrap_or_else(all_pids)
     .into_iter()
     .filter_map(|pid| {
       let stat = process::stat(pid)?;
-      (stat.group == pgid).then(|| Member {
+      (cfg!(windows) || stat.group == pgid).then(|| Member {
         pid,
         start_time: stat.start_time,
         uid: process::owner_uid(pid),
@@ -164,6 +173,11 @@ mod imp {
     found
   }
 
+  /// No list of a group's members: every process is looked at.
+  pub fn group_pids(_pgid: u32) -> Option<Vec<u32>> {
+    None
+  }
+
   pub fn all_pids() -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
       return Vec::new();
@@ -174,10 +188,60 @@ mod imp {
   }
 }
 
-#[cfg(not(target_os = "linux"))]
+/// Windows: the job of our backends, the system's process list for anything else.
+#[cfg(windows)]
+mod imp {
+  use crate::os::win::job::Job;
+  use crate::os::win::process as win;
+  use std::time::Duration;
+
+  /// Now, as a FILETIME: the clock of the start times on Windows.
+  pub fn clock_now() -> Option<f64> {
+    Some(win::now() as f64)
+  }
+
+  pub fn elapsed_since(now: f64, created: u64) -> Duration {
+    Duration::from_nanos(((now - created as f64).max(0.0) as u64).saturating_mul(100))
+  }
+
+  /// Our backend's tree: its job's processes (the leader first, while it runs).
+  pub fn job_tree(pid: u32) -> Option<Vec<u32>> {
+    let job = Job::of(pid)?;
+    let mut tree: Vec<u32> = super::process::is_alive(pid)
+      .then_some(pid)
+      .into_iter()
+      .collect();
+    tree.extend(job.pids().ok()?.into_iter().filter(|&p| p != pid));
+    Some(tree)
+  }
+
+  pub fn group_pids(pgid: u32) -> Option<Vec<u32>> {
+    Some(match job_tree(pgid) {
+      Some(tree) => tree,
+      None => super::with_descendants(pgid),
+    })
+  }
+
+  pub fn children(pid: u32) -> Vec<u32> {
+    win::children(pid)
+  }
+
+  pub fn all_pids() -> Vec<u32> {
+    win::snapshot().into_iter().map(|e| e.pid).collect()
+  }
+}
+
+/// The console host (conhost.exe) that Windows adds to a backend's job when it gets a hidden console of
+/// its own: part of what the backend costs, but not a process it started, and it exits by itself.
+#[cfg(windows)]
+pub fn is_console_host(pid: u32) -> bool {
+  process::process_name(pid).is_some_and(|n| n.eq_ignore_ascii_case("conhost.exe"))
+}
+
+/// macOS (libproc, one call per question) and the other Unix systems (sysinfo).
+#[cfg(not(any(target_os = "linux", windows)))]
 mod imp {
   use std::time::Duration;
-  use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
 
   /// Seconds since the epoch: the clock of sysinfo's start times.
   pub fn clock_now() -> Option<f64> {
@@ -191,28 +255,96 @@ mod imp {
     Duration::from_secs_f64((now - start_secs as f64).max(0.0))
   }
 
-  fn system() -> Option<System> {
-    let mut system = System::new().ok()?;
-    system.refresh_processes_specifics(ProcessesToUpdate::All, true, ProcessRefreshKind::nothing());
-    Some(system)
+  #[cfg(target_os = "macos")]
+  pub use libproc::{all_pids, children, group_pids};
+
+  #[cfg(target_os = "macos")]
+  mod libproc {
+    // The filters of proc_listpids (sys/proc_info.h), which libc does not define.
+    const PROC_ALL_PIDS: u32 = 1;
+    const PROC_PGRP_ONLY: u32 = 2;
+    const PROC_PPID_ONLY: u32 = 6;
+
+    /// The pids `proc_listpids` gives for a filter, growing the buffer until they fit (it returns the
+    /// bytes written).
+    fn pids(filter: u32, arg: u32) -> Option<Vec<u32>> {
+      let mut capacity = 256usize;
+      loop {
+        let mut buf = vec![0 as libc::pid_t; capacity];
+        let size = std::mem::size_of_val(buf.as_slice()) as libc::c_int;
+        // SAFETY: libproc writes at most `size` bytes into the buffer.
+        let written = unsafe { libc::proc_listpids(filter, arg, buf.as_mut_ptr().cast(), size) };
+        if written < 0 {
+          return None;
+        }
+        let n = written as usize / std::mem::size_of::<libc::pid_t>();
+        // A full buffer may have been cut short: ask again with room to spare.
+        if n >= capacity && capacity < 1 << 20 {
+          capacity *= 4;
+          continue;
+        }
+        buf.truncate(n);
+        return Some(
+          buf
+            .into_iter()
+            .filter(|&p| p > 0)
+            .map(|p| p as u32)
+            .collect(),
+        );
+      }
+    }
+
+    pub fn group_pids(pgid: u32) -> Option<Vec<u32>> {
+      pids(PROC_PGRP_ONLY, pgid)
+    }
+
+    pub fn children(pid: u32) -> Vec<u32> {
+      pids(PROC_PPID_ONLY, pid).unwrap_or_default()
+    }
+
+    pub fn all_pids() -> Vec<u32> {
+      pids(PROC_ALL_PIDS, 0).unwrap_or_default()
+    }
   }
 
-  pub fn children(pid: u32) -> Vec<u32> {
-    let Some(system) = system() else {
-      return Vec::new();
-    };
-    system
-      .processes()
-      .iter()
-      .filter(|(_, p)| p.parent().is_some_and(|parent| parent.as_u32() == pid))
-      .map(|(child, _)| child.as_u32())
-      .collect()
-  }
+  #[cfg(not(target_os = "macos"))]
+  pub use sysinfo_tree::{all_pids, children, group_pids};
 
-  pub fn all_pids() -> Vec<u32> {
-    system()
-      .map(|s| s.processes().keys().map(|p| p.as_u32()).collect())
-      .unwrap_or_default()
+  #[cfg(not(target_os = "macos"))]
+  mod sysinfo_tree {
+    use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
+
+    fn system() -> Option<System> {
+      let mut system = System::new().ok()?;
+      system.refresh_processes_specifics(
+        ProcessesToUpdate::All,
+        true,
+        ProcessRefreshKind::nothing(),
+      );
+      Some(system)
+    }
+
+    pub fn group_pids(_pgid: u32) -> Option<Vec<u32>> {
+      None
+    }
+
+    pub fn children(pid: u32) -> Vec<u32> {
+      let Some(system) = system() else {
+        return Vec::new();
+      };
+      system
+        .processes()
+        .iter()
+        .filter(|(_, p)| p.parent().is_some_and(|parent| parent.as_u32() == pid))
+        .map(|(child, _)| child.as_u32())
+        .collect()
+    }
+
+    pub fn all_pids() -> Vec<u32> {
+      system()
+        .map(|s| s.processes().keys().map(|p| p.as_u32()).collect())
+        .unwrap_or_default()
+    }
   }
 }
 

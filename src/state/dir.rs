@@ -41,6 +41,10 @@ pub fn ensure_state_dir(dir: &Path) -> Result<()> {
       builder
         .create(dir)
         .map_err(|e| PmError::state_dir_io(dir, "it cannot be created", e))?;
+      // Windows: what mode 0700 is on Unix; a new folder would otherwise inherit its parent's access.
+      #[cfg(windows)]
+      crate::os::win::security::make_private(dir)
+        .map_err(|e| PmError::state_dir_io(dir, "it cannot be made private", e))?;
       fs::metadata(dir)
     }
     other => other,
@@ -84,7 +88,30 @@ fn check_private(dir: &Path, meta: &fs::Metadata) -> Result<()> {
     .map_err(|e| PmError::state_dir_io(dir, "it is not writable", e.into()))
 }
 
-#[cfg(not(unix))]
+/// Windows: the folder's owner must be this user and its DACL may let only this user, SYSTEM and
+/// Administrators write (os/win/security.rs).
+#[cfg(windows)]
+fn check_private(dir: &Path, _meta: &fs::Metadata) -> Result<()> {
+  use crate::os::win::security::{access_of_path, Access};
+  match access_of_path(dir) {
+    Ok(Access::Private) => Ok(()),
+    Ok(Access::OtherOwner) => Err(PmError::state_dir(
+      dir,
+      "it belongs to another user. Use a folder of your own as `stateDir`",
+    )),
+    Ok(Access::OthersCanWrite(_)) => Err(PmError::state_dir(
+      dir,
+      "other users can write to it, so its records cannot be trusted. Remove their write access (Properties, Security) or choose another `stateDir` (the default state folder is private)",
+    )),
+    Err(e) => Err(PmError::state_dir_io(
+      dir,
+      "its permissions cannot be read",
+      e,
+    )),
+  }
+}
+
+#[cfg(not(any(unix, windows)))]
 fn check_private(_dir: &Path, _meta: &fs::Metadata) -> Result<()> {
   Ok(())
 }

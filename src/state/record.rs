@@ -178,7 +178,15 @@ fn no_follow(options: &mut fs::OpenOptions, mode: u32) {
       .mode(mode)
       .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32);
   }
-  #[cfg(not(unix))]
+  // Windows: open a symbolic link or junction itself, never what it points to; the file inherits the
+  // (private) folder's permissions.
+  #[cfg(windows)]
+  {
+    use std::os::windows::fs::OpenOptionsExt;
+    let _ = mode;
+    options.custom_flags(crate::os::win::security::OPEN_REPARSE_POINT);
+  }
+  #[cfg(not(any(unix, windows)))]
   let _ = (options, mode);
 }
 
@@ -202,6 +210,16 @@ pub fn read_record(path: &Path) -> std::result::Result<Record, Problem> {
   let meta = file
     .metadata()
     .map_err(|e| Problem::Foreign(e.to_string()))?;
+  // Windows: what was opened is the link itself (if it is one), so this checks the handle that is read.
+  #[cfg(windows)]
+  if std::os::windows::fs::MetadataExt::file_attributes(&meta)
+    & crate::os::win::security::REPARSE_POINT
+    != 0
+  {
+    return Err(Problem::Untrusted(
+      "it is a symbolic link or junction".into(),
+    ));
+  }
   if !meta.is_file() {
     return Err(Problem::Untrusted("it is not a regular file".into()));
   }
@@ -213,6 +231,25 @@ pub fn read_record(path: &Path) -> std::result::Result<Record, Problem> {
     }
     if meta.mode() & 0o022 != 0 {
       return Err(Problem::Untrusted("other users can write it".into()));
+    }
+  }
+  #[cfg(windows)]
+  {
+    use crate::os::win::security::{access_of_handle, Access};
+    use std::os::windows::io::AsRawHandle;
+    match access_of_handle(file.as_raw_handle()) {
+      Ok(Access::Private) => {}
+      Ok(Access::OtherOwner) => {
+        return Err(Problem::Untrusted("it belongs to another user".into()))
+      }
+      Ok(Access::OthersCanWrite(_)) => {
+        return Err(Problem::Untrusted("other users can write it".into()))
+      }
+      Err(e) => {
+        return Err(Problem::Untrusted(format!(
+          "its permissions cannot be read: {e}"
+        )))
+      }
     }
   }
   if meta.len() > MAX_RECORD_BYTES {

@@ -74,8 +74,14 @@ pub struct Child {
   /// Sending on (or dropping) this lets the waiter thread reap the child.
   reap: Mutex<Option<mpsc::Sender<()>>>,
   stdin: Mutex<Option<std::process::ChildStdin>>,
+  /// What went wrong short of failing the spawn, for the caller to log.
+  warnings: Vec<String>,
+  /// The job that holds the backend's tree (`None` when it could not be made: see `warnings`).
   #[cfg(windows)]
   pub job: Option<Job>,
+  /// Set before the force stop, so that its exit is reported as forced.
+  #[cfg(windows)]
+  killed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Child {
@@ -105,6 +111,24 @@ impl Child {
       .is_some()
   }
 
+  /// What went wrong short of failing the spawn (Windows: the backend could not be put in a job object),
+  /// for the caller to log.
+  #[allow(dead_code, reason = "the lifecycle logs these after the spawn")]
+  pub fn warnings(&self) -> Vec<String> {
+    self.warnings.clone()
+  }
+
+  /// Ends the backend's whole tree at once (the force stop): the job on Windows. False when nothing
+  /// could be signalled.
+  #[cfg(windows)]
+  pub fn kill_tree(&self) -> bool {
+    self.killed.store(true, std::sync::atomic::Ordering::SeqCst);
+    match &self.job {
+      Some(job) => job.terminate(),
+      None => crate::os::signal::signal_pid(self.pid, crate::os::signal::Stop::Force),
+    }
+  }
+
   /// Lets the waiter thread reap the (exited) leader, which frees its pid and process-group id.
   pub fn release(&self) {
     if let Some(tx) = self.reap.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -122,8 +146,7 @@ impl Child {
       exit: rx,
       reap: Mutex::new(None),
       stdin: Mutex::new(None),
-      #[cfg(windows)]
-      job: None,
+      warnings: Vec::new(),
     };
     (Arc::new(child), tx)
   }
@@ -183,8 +206,6 @@ fn build_command(spec: &SpawnSpec) -> Command {
     .stderr(Stdio::piped());
   #[cfg(unix)]
   unix::configure(&mut cmd, spec);
-  #[cfg(windows)]
-  windows::configure(&mut cmd, spec);
   cmd
 }
 
@@ -206,7 +227,15 @@ fn spawn_error(spec: &SpawnSpec, e: std::io::Error) -> PmError {
 }
 
 fn waiter_thread(spec: SpawnSpec, sink: LineSink, started: oneshot::Sender<Result<Arc<Child>>>) {
-  let mut process = match build_command(&spec).spawn() {
+  let mut command = build_command(&spec);
+  #[cfg(windows)]
+  let console = crate::os::win::console::lock();
+  #[cfg(windows)]
+  windows::configure(&mut command, &spec);
+  let spawned = command.spawn();
+  #[cfg(windows)]
+  drop(console);
+  let mut process = match spawned {
     Ok(p) => p,
     Err(e) => {
       let _ = started.send(Err(spawn_error(&spec, e)));
@@ -214,6 +243,21 @@ fn waiter_thread(spec: SpawnSpec, sink: LineSink, started: oneshot::Sender<Resul
     }
   };
   let pid = process.id();
+  #[cfg(windows)]
+  let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+  #[cfg(windows)]
+  let (job, warnings) = match windows::contain(&process, &killed) {
+    Ok(contained) => contained,
+    Err(e) => {
+      // It never ran a single instruction.
+      let _ = process.kill();
+      let _ = process.wait();
+      let _ = started.send(Err(spawn_error(&spec, e)));
+      return;
+    }
+  };
+  #[cfg(not(windows))]
+  let warnings = Vec::new();
   let pipes: Vec<(Stream, Box<dyn Read + Send>)> = [
     process
       .stdout
@@ -237,8 +281,11 @@ fn waiter_thread(spec: SpawnSpec, sink: LineSink, started: oneshot::Sender<Resul
     exit: exit_rx,
     reap: Mutex::new(Some(reap_tx)),
     stdin: Mutex::new(process.stdin.take()),
+    warnings,
     #[cfg(windows)]
-    job: Job::adopt(&process),
+    job,
+    #[cfg(windows)]
+    killed: killed.clone(),
   });
   if started.send(Ok(child)).is_err() {
     // Nobody will ever stop it: don't leave it running.
@@ -251,11 +298,14 @@ fn waiter_thread(spec: SpawnSpec, sink: LineSink, started: oneshot::Sender<Resul
   #[cfg(unix)]
   let info = unix::wait_exit_keep_pid(&mut process);
   #[cfg(windows)]
-  let info = windows::wait_exit(&mut process);
+  let info = windows::wait_exit(&mut process, &killed);
   let _ = exit_tx.send(Some(info));
   // Hold the zombie (and with it the pid and group id) until the owner has dealt with the group.
   let _ = reap_rx.recv();
   let _ = process.wait();
+  // The pid is free once the handle closes: its job is no longer found by pid.
+  #[cfg(windows)]
+  Job::forget(pid);
 }
 
 pub(crate) fn exit_info_from(status: std::process::ExitStatus) -> ExitInfo {
