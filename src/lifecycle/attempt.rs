@@ -139,7 +139,7 @@ pub async fn run(
     Level::Info,
     format!("backend started with pid {} on port {port}", child.pid),
   );
-  manager.check_spawn_settings(child.pid);
+  manager.check_spawn_settings(&child);
   let instance = Instance::new(
     info,
     child.clone(),

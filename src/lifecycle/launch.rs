@@ -220,7 +220,7 @@ mod tests {
   #[test]
   fn a_packaged_app_runs_its_backend_from_app_asar_unpacked() {
     let dir = tempfile::tempdir().unwrap();
-    let unpacked_server = dir.path().join("app.asar.unpacked/backend-nodejs");
+    let unpacked_server = dir.path().join("app.asar.unpacked").join("backend-nodejs");
     std::fs::create_dir_all(&unpacked_server).unwrap();
     std::fs::write(unpacked_server.join("server.js"), "").unwrap();
     let start = StartArgs {

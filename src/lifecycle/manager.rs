@@ -815,9 +815,14 @@ impl Manager {
     }
   }
 
-  /// After a restart spawns: warns when the priority or limits asked for could not be applied (raising
-  /// either needs a privilege the app may not have).
-  pub(super) fn check_spawn_settings(&self, pid: u32) {
+  /// After each spawn: logs what the spawn could not do (Windows: no job object), and warns when the
+  /// priority or limits asked for could not be applied (raising either needs a privilege the app may not
+  /// have).
+  pub(super) fn check_spawn_settings(&self, child: &crate::os::spawn::Child) {
+    for warning in child.warnings() {
+      self.log(Level::Warn, warning);
+    }
+    let pid = child.pid;
     let o = &self.options;
     if o.priority.nice() != 0 {
       if let Some(nice) = crate::os::process::nice(pid) {

@@ -151,5 +151,6 @@ pub trait Events: Send + Sync {
   fn emit(&self, event: Event);
 }
 
-#[cfg(test)]
+// They spawn Unix programs (python3, sleep); the Windows spawn has its own tests in os::win.
+#[cfg(all(test, unix))]
 mod tests;

@@ -579,7 +579,12 @@ async fn watchdog(
   // With replicas, `stats` events are the run's: the first slot with a running process sends them.
   let sends_stats = || {
     o.stats_interval.is_some()
-      && run.slots.iter().find(|s| s.running().is_some()).map(|s| s.index) == Some(slot.index)
+      && run
+        .slots
+        .iter()
+        .find(|s| s.running().is_some())
+        .map(|s| s.index)
+        == Some(slot.index)
   };
   loop {
     tokio::select! {

@@ -113,7 +113,6 @@ impl Child {
 
   /// What went wrong short of failing the spawn (Windows: the backend could not be put in a job object),
   /// for the caller to log.
-  #[allow(dead_code, reason = "the lifecycle logs these after the spawn")]
   pub fn warnings(&self) -> Vec<String> {
     self.warnings.clone()
   }
