@@ -363,9 +363,7 @@ impl Manager {
       let replica = replicated.then_some(index);
       results.push(self.end(instance, request_stop, None, replica).await);
     }
-    if let Front::Balanced { balancer, .. } = &started.front {
-      balancer.stop_accepting().await;
-    }
+    started.front.close(Instant::now()).await;
     supervisor::combine(results, replicated)
   }
 
@@ -407,10 +405,7 @@ impl Manager {
     let (public, listener) = self.bind_public().await?;
     let public_port = public.port();
     let front = match o.listen {
-      Listen::Fd => Front::Socket {
-        socket: Arc::new(listener),
-        _public: public,
-      },
+      Listen::Fd => Front::socket(listener, public),
       Listen::Port => {
         let strategy = match o.balance {
           Balance::LeastConnections => Strategy::LeastConnections,
@@ -418,15 +413,12 @@ impl Manager {
         };
         let balancer = Balancer::start(listener, strategy)
           .map_err(|e| PmError::Internal(format!("the load balancer could not start: {e}")))?;
-        Front::Balanced {
-          balancer,
-          _public: public,
-        }
+        Front::balanced(balancer, public)
       }
     };
-    let spot = match &front {
-      Front::Socket { socket, .. } => Spot::Shared(public_port, socket.clone()),
-      _ => Spot::Internal,
+    let spot = match front.shared_socket() {
+      Some(socket) => Spot::Shared(public_port, socket),
+      None => Spot::Internal,
     };
     let replicated = o.replicas > 1;
     let mut starting = JoinSet::new();
@@ -486,8 +478,8 @@ impl Manager {
     // All or nothing: a replica that failed (or a stop) ends the ones that came up.
     if !started.replicas.is_empty() {
       stopped.extend(self.end_started(started, true).await);
-    } else if let Front::Balanced { balancer, .. } = &started.front {
-      balancer.stop_accepting().await;
+    } else {
+      started.front.close(Instant::now()).await;
     }
     match error {
       Some(e) if !was_cancelled => Err(e),

@@ -29,13 +29,53 @@ pub enum Front {
   /// The balancer listens on the public port; each replica on a port of its own.
   Balanced {
     balancer: Arc<Balancer>,
-    _public: Reservation,
+    /// Until the front closes.
+    public: Mutex<Option<Reservation>>,
   },
-  /// The manager's listening socket on the public port, handed to every replica as descriptor 3.
+  /// The manager's listening socket on the public port, handed to every replica as descriptor 3; until
+  /// the front closes.
   Socket {
-    socket: Arc<std::net::TcpListener>,
-    _public: Reservation,
+    socket: Mutex<Option<(Arc<std::net::TcpListener>, Reservation)>>,
   },
+}
+
+impl Front {
+  pub fn balanced(balancer: Arc<Balancer>, public: Reservation) -> Front {
+    Front::Balanced {
+      balancer,
+      public: Mutex::new(Some(public)),
+    }
+  }
+
+  pub fn socket(socket: std::net::TcpListener, public: Reservation) -> Front {
+    Front::Socket {
+      socket: Mutex::new(Some((Arc::new(socket), public))),
+    }
+  }
+
+  /// The socket to hand to a process, with `listen: 'fd'` (until the front closes).
+  pub fn shared_socket(&self) -> Option<Arc<std::net::TcpListener>> {
+    match self {
+      Front::Socket { socket } => lock(socket).as_ref().map(|(s, _)| s.clone()),
+      _ => None,
+    }
+  }
+
+  /// Frees the public port once no process is left: the balancer stops (its open connections get until
+  /// `deadline`), or the manager's socket closes; the port's reservation ends. Nothing else holds the socket
+  /// by then, so the port is free when this returns.
+  pub async fn close(&self, deadline: Instant) {
+    match self {
+      Front::Direct => {}
+      Front::Balanced { balancer, public } => {
+        balancer.close(deadline).await;
+        lock(public).take();
+      }
+      Front::Socket { socket } => {
+        lock(socket).take();
+      }
+    }
+  }
 }
 
 /// How a process is doing, as the watchdog and the memory sampler see it.
@@ -299,10 +339,7 @@ impl Run {
 
   /// The socket to hand to a replica, with `listen: 'fd'`.
   pub fn socket(&self) -> Option<Arc<std::net::TcpListener>> {
-    match &self.front {
-      Front::Socket { socket, .. } => Some(socket.clone()),
-      _ => None,
-    }
+    self.front.shared_socket()
   }
 
   /// What the processes of every running replica use together now; CPU as a rate since each slot's

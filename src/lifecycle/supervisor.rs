@@ -78,9 +78,7 @@ pub fn start(manager: Arc<Manager>, run: Arc<Run>) {
 
 /// The front stops taking connections once no replica is left (a stop has already stopped accepting).
 async fn close_front(run: &Run) {
-  if let Front::Balanced { balancer, .. } = &run.front {
-    balancer.close(Instant::now()).await;
-  }
+  run.front.close(Instant::now()).await;
 }
 
 /// One result for the stop: the replicas' added up (`pid` of the first, forced if any was).

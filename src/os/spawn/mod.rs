@@ -241,6 +241,9 @@ fn waiter_thread(spec: SpawnSpec, sink: LineSink, started: oneshot::Sender<Resul
       return;
     }
   };
+  // The command and the spec hold the socket handed to the backend (`listen: 'fd'`): the backend has its
+  // own copy now, and the manager's must close with the manager's run, not live as long as this thread.
+  drop(command);
   let pid = process.id();
   #[cfg(windows)]
   let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -257,6 +260,7 @@ fn waiter_thread(spec: SpawnSpec, sink: LineSink, started: oneshot::Sender<Resul
   };
   #[cfg(not(windows))]
   let warnings = Vec::new();
+  drop(spec);
   let pipes: Vec<(Stream, Box<dyn Read + Send>)> = [
     process
       .stdout
