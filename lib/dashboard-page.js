@@ -3,6 +3,7 @@
 // script and style), so it makes no request but to its own server, and a Content-Security-Policy that lets
 // it run only those inlined parts (by hash).
 const crypto = require('node:crypto')
+const { formatDuration, formatBytes } = require('./format.js')
 
 function uplot() {
   try {
@@ -66,7 +67,8 @@ button + button { margin-left: 6px; }
  * event stream, keeps five minutes of samples, draws the table and the four charts, and sends Stop and
  * Restart (with the token) after a confirmation in the page.
  */
-function client() {
+/** Runs in the page; the CLI's formatters are passed in as source, so the page shows what the CLI shows. */
+function client(duration, bytes) {
   'use strict'
   const token = new URLSearchParams(location.search).get('token') || ''
   const withToken = (path) => `${path}?token=${encodeURIComponent(token)}`
@@ -97,26 +99,6 @@ function client() {
     }
     for (const c of children) if (c != null) node.append(c)
     return node
-  }
-  const duration = (ms) => {
-    if (ms == null) return '-'
-    const s = Math.floor(ms / 1000)
-    if (s < 60) return `${s}s`
-    const m = Math.floor(s / 60)
-    if (m < 60) return `${m}m${String(s % 60).padStart(2, '0')}s`
-    const h = Math.floor(m / 60)
-    return h < 48 ? `${h}h${String(m % 60).padStart(2, '0')}m` : `${Math.floor(h / 24)}d${String(h % 24).padStart(2, '0')}h`
-  }
-  const bytes = (n) => {
-    if (n == null) return '-'
-    const units = ['B', 'KiB', 'MiB', 'GiB']
-    let v = n
-    let u = 0
-    while (v >= 1024 && u < units.length - 1) {
-      v /= 1024
-      u++
-    }
-    return `${v.toFixed(u === 0 ? 0 : 1)} ${units[u]}`
   }
   const health = (b) => {
     if (b.healthLatencyMs != null) return `${b.healthStatus ?? 'ok'} · ${b.healthLatencyMs.toFixed(1)} ms`
@@ -334,7 +316,7 @@ const hash = (text) => `'sha256-${crypto.createHash('sha256').update(text, 'utf8
 function buildPage({ title, subtitle = '', note = '' }) {
   const lib = uplot()
   const style = `${lib.css}\n${STYLE}`
-  const script = `(${client.toString()})()`
+  const script = `(${client.toString()})(${formatDuration.toString()}, ${formatBytes.toString()})`
   const libScript = lib.js
   const html = `<!doctype html>
 <html lang="en">
