@@ -103,26 +103,48 @@ mod imp {
     from_netlink().or_else(from_proc)
   }
 
+  /// A netlink socket and its receive buffer, kept per thread: readiness looks every few milliseconds, and
+  /// a socket and 64 KiB zeroed per look cost more than the kernel's walk of the listening table. A socket
+  /// whose dump failed midway is dropped (it may hold the rest of that answer), never reused.
+  struct Diag {
+    socket: OwnedFd,
+    buf: Vec<u8>,
+  }
+
+  thread_local! {
+    static DIAG: std::cell::RefCell<Option<Diag>> = const { std::cell::RefCell::new(None) };
+  }
+
   fn from_netlink() -> Option<Vec<Listener>> {
-    let socket = rustix::net::socket_with(
-      AddressFamily::NETLINK,
-      SocketType::DGRAM,
-      SocketFlags::CLOEXEC,
-      Some(SOCK_DIAG),
-    )
-    .ok()?;
+    let cached = DIAG.with(|d| d.borrow_mut().take());
+    let diag = match cached {
+      Some(diag) => diag,
+      None => Diag {
+        socket: rustix::net::socket_with(
+          AddressFamily::NETLINK,
+          SocketType::DGRAM,
+          SocketFlags::CLOEXEC,
+          Some(SOCK_DIAG),
+        )
+        .ok()?,
+        buf: vec![0; 64 * 1024],
+      },
+    };
+    let mut diag = diag;
     let mut found = Vec::new();
     for (family, id) in [
       (AF_INET, SocketId::new_v4()),
       (AF_INET6, SocketId::new_v6()),
     ] {
-      dump(&socket, family, id, &mut found)?;
+      dump(&diag.socket, &mut diag.buf, family, id, &mut found)?;
     }
+    DIAG.with(|d| *d.borrow_mut() = Some(diag));
     Some(found)
   }
 
   fn dump(
     socket: &OwnedFd,
+    buf: &mut [u8],
     family: u8,
     socket_id: SocketId,
     found: &mut Vec<Listener>,
@@ -151,9 +173,8 @@ mod imp {
     )
     .ok()?;
 
-    let mut buf = vec![0u8; 64 * 1024];
     loop {
-      let (n, _) = match rustix::net::recv(socket, &mut buf[..], RecvFlags::empty()) {
+      let (n, _) = match rustix::net::recv(socket, &mut *buf, RecvFlags::empty()) {
         Ok(got) => got,
         Err(rustix::io::Errno::INTR) => continue,
         Err(_) => return None,
