@@ -6,11 +6,11 @@ const fs = require('node:fs')
 const path = require('node:path')
 const { machine, fmt } = require('./lib')
 
-const AREAS = ['ports', 'readiness', 'stopping', 'status', 'supervision', 'monitoring', 'footprint']
+const AREAS = ['ports', 'readiness', 'stopping', 'status', 'supervision', 'monitoring', 'replicas', 'footprint']
 const args = process.argv.slice(2)
 const quick = args.includes('--quick')
 const chosen = args.filter((a) => !a.startsWith('--'))
-const RUNS = { ports: quick ? 50 : 200, readiness: quick ? 10 : 30, stopping: quick ? 5 : 15, status: quick ? 20 : 60, supervision: quick ? 10 : 30, monitoring: quick ? 4 : 10, footprint: quick ? 10 : 20 }
+const RUNS = { ports: quick ? 50 : 200, readiness: quick ? 10 : 30, stopping: quick ? 5 : 15, status: quick ? 20 : 60, supervision: quick ? 10 : 30, monitoring: quick ? 4 : 10, replicas: quick ? 3 : 5, footprint: quick ? 10 : 20 }
 
 const isOurs = (name) => name.startsWith('backend-process-manager')
 
@@ -57,8 +57,10 @@ function tableText(result) {
 
 function markdownTable(result) {
   const extra = extraColumns(result)
+  // Areas measured in something else than time (req/s: higher is better) name their unit instead.
+  const [unit, vs] = result.higherIsBetter ? [result.unit.split(',')[0], 'vs ours'] : ['ms', 'time vs ours']
   const out = [
-    `| contender | median (ms) | p95 (ms) | time vs ours | ${extra.map((c) => `${c.md} | `).join('')}correct |`,
+    `| contender | median (${unit}) | p95 (${unit}) | ${vs} | ${extra.map((c) => `${c.md} | `).join('')}correct |`,
     `| --- | ---: | ---: | ---: | ${extra.map(() => '---: | ').join('')}--- |`,
   ]
   for (const r of result.rows) {
@@ -74,7 +76,8 @@ function escapeXml(s) {
 
 /** Horizontal bars of the median per contender, one panel per area, log scale. */
 function chart(results) {
-  const panels = results.filter((r) => r.rows.length > 0)
+  // The chart is of times (shorter is better): areas measured otherwise are left to their tables.
+  const panels = results.filter((r) => r.rows.length > 0 && !r.higherIsBetter)
   const width = 900
   const barH = 18
   const labelW = 430
@@ -110,7 +113,7 @@ async function main() {
   const results = []
   for (const area of chosen.length ? chosen : AREAS) {
     if (!AREAS.includes(area)) throw new Error(`unknown area ${area}; areas: ${AREAS.join(', ')}`)
-    const result = withRatios(await require(`./${area}.js`)({ runs: RUNS[area] }))
+    const result = withRatios(await require(`./${area}.js`)({ runs: RUNS[area], quick }))
     result.area = area
     results.push(result)
     console.log(`${result.title}${result.unit ? ` (${result.unit})` : ''}`)
