@@ -2,7 +2,11 @@
 //! balancing, failover"; DESIGN.md §17). It relays bytes, it does not parse HTTP: keep-alive, WebSocket and
 //! SSE pass through unchanged. Each accepted connection goes to one routable upstream (healthy and not
 //! draining); a connect that fails takes that upstream out, reports it to the owner, and the same client
-//! connection is tried on another before any byte has reached the client.
+//! connection is tried on another before any byte has reached the client. So is a connection the upstream
+//! resets before its first byte (a replica killed with connections still in its accept queue): the client's
+//! bytes so far are kept until then (up to `REPLAY_LIMIT`) and replayed on another upstream. A reset means
+//! the upstream did not read everything it was sent (the kernel resets a socket closed with unread data),
+//! so the request was not taken whole; an upstream that closes cleanly without answering is not replayed.
 //!
 //! Costs, measured by the ignored bench at the end of this file (2-core VM, Node `http` replicas, wrk):
 //! ~25 ms of CPU time per 1000 keep-alive requests (about half what one Node replica spends answering
@@ -212,19 +216,19 @@ impl Shared {
     }
   }
 
-  /// Connects to a routable upstream, trying the others when one fails, and waiting up to
-  /// `NO_UPSTREAM_HOLD` while none is routable. `None`: no upstream could take the connection.
-  async fn connect_upstream(&self) -> Option<(TcpStream, LoadGuard)> {
+  /// Connects to a routable upstream not in `tried`, trying the others when one fails (adding it to
+  /// `tried`), and waiting up to `NO_UPSTREAM_HOLD` while none is routable. `None`: no upstream could take
+  /// the connection.
+  async fn connect_upstream(&self, tried: &mut Vec<usize>) -> Option<(TcpStream, Pick)> {
     let hold_until = Instant::now() + NO_UPSTREAM_HOLD;
-    let mut tried: Vec<usize> = Vec::new();
     let mut phase = self.phase.subscribe();
     loop {
       let routable = self.routable.notified();
       tokio::pin!(routable);
       routable.as_mut().enable();
-      if let Some(pick) = self.pick(&tried) {
+      if let Some(pick) = self.pick(tried) {
         match timeout(CONNECT_TIMEOUT, TcpStream::connect(pick.addr)).await {
-          Ok(Ok(stream)) => return Some((stream, pick.load)),
+          Ok(Ok(stream)) => return Some((stream, pick)),
           // Our own descriptors or ports ran out: no fault of the upstream, and no other would do better.
           Ok(Err(error)) if is_local_exhaustion(&error) => return None,
           Ok(Err(_)) | Err(_) => {
@@ -513,22 +517,142 @@ fn is_local_exhaustion(error: &io::Error) -> bool {
   )
 }
 
-/// One client connection: connect it to an upstream, then relay both ways until both sides are done.
+/// The client bytes kept for a replay until the upstream's first byte: a larger start is not replayed.
+const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// The start of one client connection, kept until the upstream answers.
+struct Opening {
+  /// What the client sent so far; `None` once it outgrew `REPLAY_LIMIT`.
+  sent: Option<Vec<u8>>,
+  /// The client half-closed.
+  client_ended: bool,
+}
+
+impl Opening {
+  fn keep(&mut self, bytes: &[u8]) {
+    if let Some(sent) = self.sent.as_mut() {
+      if sent.len() + bytes.len() > REPLAY_LIMIT {
+        self.sent = None;
+      } else {
+        sent.extend_from_slice(bytes);
+      }
+    }
+  }
+}
+
+/// How the start of a connection ended.
+enum Opened {
+  /// The upstream sent its first byte (passed on) or its end, or the client's start outgrew
+  /// `REPLAY_LIMIT`: from here on, bytes are only relayed.
+  Committed,
+  /// The upstream failed (reset, broken pipe) before its first byte.
+  Lost,
+  /// The client failed, or could not be written to.
+  Failed,
+}
+
+/// Relays the client's bytes to a freshly connected upstream, keeping them, until the upstream's first byte
+/// or end; on a replay, first writes what the client sent to the upstream that was lost.
+async fn open(
+  client: &mut TcpStream,
+  upstream: &mut TcpStream,
+  opening: &mut Opening,
+  buffer: &mut [u8],
+) -> Opened {
+  use tokio::io::{AsyncReadExt, AsyncWriteExt};
+  let sent = opening.sent.as_deref().unwrap_or_default();
+  if !sent.is_empty() && upstream.write_all(sent).await.is_err() {
+    return Opened::Lost;
+  }
+  if opening.client_ended && upstream.shutdown().await.is_err() {
+    return Opened::Lost;
+  }
+  loop {
+    tokio::select! {
+      read = client.read(buffer), if !opening.client_ended => match read {
+        Ok(0) => {
+          opening.client_ended = true;
+          if upstream.shutdown().await.is_err() {
+            return Opened::Lost;
+          }
+        }
+        Ok(read) => {
+          opening.keep(&buffer[..read]);
+          if upstream.write_all(&buffer[..read]).await.is_err() {
+            return Opened::Lost;
+          }
+          if opening.sent.is_none() {
+            // No replay is possible any more: the relay takes over (and a bulk upload gets splice).
+            return Opened::Committed;
+          }
+        }
+        Err(_) => return Opened::Failed,
+      },
+      ready = upstream.readable() => {
+        if ready.is_err() {
+          return Opened::Lost;
+        }
+        match upstream.try_read(buffer) {
+          Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+          Err(_) => return Opened::Lost,
+          // The end without an answer: passed on by the relay, which reads it again.
+          Ok(0) => return Opened::Committed,
+          Ok(read) => {
+            return match client.write_all(&buffer[..read]).await {
+              Ok(()) => Opened::Committed,
+              Err(_) => Opened::Failed,
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+/// One client connection: connect it to an upstream, then relay both ways until both sides are done. An
+/// upstream lost before its first byte is replaced by another one, with the client's bytes replayed.
 async fn serve(shared: Arc<Shared>, mut client: TcpStream, _connection: LoadGuard) {
   let mut phase = shared.phase.subscribe();
   let _ = client.set_nodelay(true);
-  let routed = tokio::select! {
-    routed = shared.connect_upstream() => routed,
-    _ = phase.wait_for(|p| *p == Phase::Cut) => None,
+  let mut tried = Vec::new();
+  let mut opening = Opening {
+    sent: Some(Vec::new()),
+    client_ended: false,
   };
-  let Some((mut upstream, _upstream_load)) = routed else {
-    // A reset, not a clean end: the client must not take the empty answer for a complete one.
-    let _ = client.set_zero_linger();
-    return;
+  let mut buffer = vec![0u8; RELAY_BUFFER];
+  let (mut upstream, _upstream_load) = loop {
+    let routed = tokio::select! {
+      routed = shared.connect_upstream(&mut tried) => routed,
+      _ = phase.wait_for(|p| *p == Phase::Cut) => None,
+    };
+    let Some((mut upstream, pick)) = routed else {
+      // A reset, not a clean end: the client must not take the empty answer for a complete one.
+      let _ = client.set_zero_linger();
+      return;
+    };
+    let _ = upstream.set_nodelay(true);
+    let opened = tokio::select! {
+      opened = open(&mut client, &mut upstream, &mut opening, &mut buffer) => Some(opened),
+      _ = phase.wait_for(|p| *p == Phase::Cut) => None,
+    };
+    match opened {
+      Some(Opened::Committed) => break (upstream, pick.load),
+      Some(Opened::Lost) if opening.sent.is_some() => {
+        shared.mark_failed(pick.id, pick.epoch);
+        tried.push(pick.id);
+      }
+      Some(Opened::Lost | Opened::Failed) | None => {
+        let _ = client.set_zero_linger();
+        let _ = upstream.set_zero_linger();
+        return;
+      }
+    }
   };
-  let _ = upstream.set_nodelay(true);
+  drop(buffer);
+  let client_ended = opening.client_ended;
+  drop(opening);
   let cut = tokio::select! {
-    _ = relay(&mut client, &mut upstream) => false,
+    _ = relay(&mut client, &mut upstream, client_ended) => false,
     _ = phase.wait_for(|p| *p == Phase::Cut) => true,
   };
   if cut {
@@ -548,13 +672,21 @@ const BULK_AFTER: u64 = 64 * 1024;
 /// Relays both ways until each direction has ended, passing each end on as a half-close (shutdown of the
 /// other side's write half), so the other direction keeps going; an error on either side ends both (the
 /// sockets are then closed by the caller without a reset, so bytes already written are still delivered).
-async fn relay(client: &mut TcpStream, upstream: &mut TcpStream) -> io::Result<()> {
+/// `client_ended`: the client's end was already passed on.
+async fn relay(
+  client: &mut TcpStream,
+  upstream: &mut TcpStream,
+  client_ended: bool,
+) -> io::Result<()> {
   let (client_reader, client_writer) = client.split();
   let (upstream_reader, upstream_writer) = upstream.split();
-  tokio::try_join!(
-    forward(client_reader, upstream_writer),
-    forward(upstream_reader, client_writer)
-  )?;
+  let to_upstream = async {
+    if client_ended {
+      return Ok(());
+    }
+    forward(client_reader, upstream_writer).await
+  };
+  tokio::try_join!(to_upstream, forward(upstream_reader, client_writer))?;
   Ok(())
 }
 
@@ -913,6 +1045,49 @@ mod tests {
     let status = balancer.upstreams();
     assert!(!status.iter().find(|u| u.id == 1).unwrap().healthy);
     assert_eq!(balancer.active_connections(1), 0);
+    assert_eq!(balancer.close(Instant::now() + WAIT).await, 0);
+  }
+
+  #[tokio::test]
+  async fn a_connection_reset_before_the_first_byte_is_replayed_on_another_upstream() {
+    // An upstream that never accepts: the relayed connection waits in its accept queue, and closing the
+    // listener resets it, as when a replica is killed with connections queued.
+    let dying = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let live = TestUpstream::start(1, Mode::Reply).await;
+    let balancer = start_balancer(Strategy::LeastConnections);
+    let mut failures = balancer.take_failures().unwrap();
+    balancer.add(0, dying.local_addr().unwrap());
+    let exchange = tokio::spawn(request(balancer.local_addr(), b"the request"));
+    until(|| balancer.active_connections(0) == 1).await;
+    balancer.add(1, live.addr);
+    drop(dying);
+    let answer = exchange.await.unwrap().expect("the request failed");
+    assert_eq!(answer, b"1:the request");
+    assert_eq!(timeout(WAIT, failures.recv()).await.unwrap(), Some(0));
+    assert_eq!(balancer.close(Instant::now() + WAIT).await, 0);
+  }
+
+  #[tokio::test]
+  async fn a_start_larger_than_the_replay_limit_is_not_replayed() {
+    let dying = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let live = TestUpstream::start(1, Mode::Reply).await;
+    let balancer = start_balancer(Strategy::LeastConnections);
+    balancer.add(0, dying.local_addr().unwrap());
+    let mut failures = balancer.take_failures().unwrap();
+    let body = vec![b'x'; REPLAY_LIMIT + 1];
+    let addr = balancer.local_addr();
+    let exchange = tokio::spawn(async move { request(addr, &body).await });
+    until(|| balancer.active_connections(0) == 1).await;
+    balancer.add(1, live.addr);
+    drop(dying);
+    // Not replayed: the client sees the connection end without an answer (after the start was relayed,
+    // an upstream's failure ends the client's connection as the relay ends it).
+    match exchange.await.unwrap() {
+      Ok(answer) => assert!(answer.is_empty(), "replayed anyway: {} bytes", answer.len()),
+      Err(error) => assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "{error}"),
+    }
+    assert_eq!(balancer.active_connections(1), 0);
+    assert!(failures.try_recv().is_err(), "taken out without a replay");
     assert_eq!(balancer.close(Instant::now() + WAIT).await, 0);
   }
 
