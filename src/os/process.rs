@@ -98,11 +98,27 @@ pub(crate) mod imp {
     rustix::param::page_size() as u64
   }
 
+  /// A small `/proc` file in one read. The kernel makes the whole text on the first read, and reports a
+  /// size of 0, so `fs::read_to_string` first asks for the size, then reads in growing steps: 7 system
+  /// calls where open, read and close do (a scan of every process reads one file per process).
+  pub fn read_proc(path: impl AsRef<std::path::Path>) -> Option<String> {
+    use std::io::Read;
+    let mut file = fs::File::open(path).ok()?;
+    let mut buffer = [0u8; 1024];
+    let read = file.read(&mut buffer).ok()?;
+    if read < buffer.len() {
+      return Some(String::from_utf8_lossy(&buffer[..read]).into_owned());
+    }
+    let mut whole = buffer.to_vec();
+    file.read_to_end(&mut whole).ok()?;
+    Some(String::from_utf8_lossy(&whole).into_owned())
+  }
+
   /// `/proc/PID/stat` of a live process; `None` when it is gone or only a zombie is left (it has exited and
   /// released everything; its entry waits for its parent). A process whose main thread is a zombie while
   /// other threads still run is still exiting, and still holds its files and sockets: it counts as alive.
   pub fn stat(pid: u32) -> Option<Stat> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let text = read_proc(format!("/proc/{pid}/stat"))?;
     let (stat, exited) = parse_stat(&text)?;
     if exited && !threads_left(pid) {
       return None;
@@ -138,7 +154,7 @@ pub(crate) mod imp {
 
   /// The nice value (`/proc/PID/stat` field 19).
   pub fn nice(pid: u32) -> Option<i32> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let text = read_proc(format!("/proc/{pid}/stat"))?;
     text[text.rfind(')')? + 1..]
       .split_whitespace()
       .nth(19 - 3)?
@@ -164,16 +180,12 @@ pub(crate) mod imp {
     fs::read_link(format!("/proc/{pid}/exe"))
       .ok()
       .and_then(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
-      .or_else(|| {
-        fs::read_to_string(format!("/proc/{pid}/comm"))
-          .ok()
-          .map(|s| s.trim_end().to_owned())
-      })
+      .or_else(|| read_proc(format!("/proc/{pid}/comm")).map(|s| s.trim_end().to_owned()))
   }
 
   /// Seconds since boot, the clock of `Stat::start_time` (in ticks).
   pub fn seconds_since_boot() -> Option<f64> {
-    let text = fs::read_to_string("/proc/uptime").ok()?;
+    let text = read_proc("/proc/uptime")?;
     text.split_whitespace().next()?.parse().ok()
   }
 }
