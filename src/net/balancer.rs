@@ -1048,41 +1048,44 @@ mod tests {
     assert_eq!(balancer.close(Instant::now() + WAIT).await, 0);
   }
 
-  #[tokio::test]
-  async fn a_connection_reset_before_the_first_byte_is_replayed_on_another_upstream() {
-    // An upstream that never accepts: the relayed connection waits in its accept queue, and closing the
-    // listener resets it, as when a replica is killed with connections queued.
+  /// Sends `body` through a balancer whose only upstream never accepts; once the connection waits in that
+  /// upstream's accept queue, adds a live upstream (id 1) and closes the first one's listener, which resets
+  /// the queued connection, as when a replica is killed with connections queued. Returns the client's
+  /// result and the balancer (with its failure reports).
+  async fn reset_while_queued(
+    body: Vec<u8>,
+  ) -> (
+    io::Result<Vec<u8>>,
+    Arc<Balancer>,
+    mpsc::UnboundedReceiver<usize>,
+  ) {
     let dying = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let live = TestUpstream::start(1, Mode::Reply).await;
     let balancer = start_balancer(Strategy::LeastConnections);
-    let mut failures = balancer.take_failures().unwrap();
+    let failures = balancer.take_failures().unwrap();
     balancer.add(0, dying.local_addr().unwrap());
-    let exchange = tokio::spawn(request(balancer.local_addr(), b"the request"));
+    let addr = balancer.local_addr();
+    let exchange = tokio::spawn(async move { request(addr, &body).await });
     until(|| balancer.active_connections(0) == 1).await;
     balancer.add(1, live.addr);
     drop(dying);
-    let answer = exchange.await.unwrap().expect("the request failed");
-    assert_eq!(answer, b"1:the request");
+    (exchange.await.unwrap(), balancer, failures)
+  }
+
+  #[tokio::test]
+  async fn a_connection_reset_before_the_first_byte_is_replayed_on_another_upstream() {
+    let (answer, balancer, mut failures) = reset_while_queued(b"the request".to_vec()).await;
+    assert_eq!(answer.expect("the request failed"), b"1:the request");
     assert_eq!(timeout(WAIT, failures.recv()).await.unwrap(), Some(0));
     assert_eq!(balancer.close(Instant::now() + WAIT).await, 0);
   }
 
   #[tokio::test]
   async fn a_start_larger_than_the_replay_limit_is_not_replayed() {
-    let dying = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let live = TestUpstream::start(1, Mode::Reply).await;
-    let balancer = start_balancer(Strategy::LeastConnections);
-    balancer.add(0, dying.local_addr().unwrap());
-    let mut failures = balancer.take_failures().unwrap();
-    let body = vec![b'x'; REPLAY_LIMIT + 1];
-    let addr = balancer.local_addr();
-    let exchange = tokio::spawn(async move { request(addr, &body).await });
-    until(|| balancer.active_connections(0) == 1).await;
-    balancer.add(1, live.addr);
-    drop(dying);
+    let (answer, balancer, mut failures) = reset_while_queued(vec![b'x'; REPLAY_LIMIT + 1]).await;
     // Not replayed: the client sees the connection end without an answer (after the start was relayed,
     // an upstream's failure ends the client's connection as the relay ends it).
-    match exchange.await.unwrap() {
+    match answer {
       Ok(answer) => assert!(answer.is_empty(), "replayed anyway: {} bytes", answer.len()),
       Err(error) => assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "{error}"),
     }
