@@ -880,6 +880,23 @@ mod tests {
     Balancer::start(listener, strategy).unwrap()
   }
 
+  /// A balancer in front of upstreams 0..count, all answering in `mode`. Keep the upstreams: dropping
+  /// them closes their listeners.
+  async fn balancing(
+    strategy: Strategy,
+    mode: Mode,
+    count: usize,
+  ) -> (Vec<TestUpstream>, Arc<Balancer>) {
+    let balancer = start_balancer(strategy);
+    let mut upstreams = Vec::new();
+    for id in 0..count {
+      let upstream = TestUpstream::start(id, mode).await;
+      balancer.add(id, upstream.addr);
+      upstreams.push(upstream);
+    }
+    (upstreams, balancer)
+  }
+
   /// One request on a fresh connection to a `Reply` upstream: sends `body`, half-closes, reads the answer.
   async fn request(addr: SocketAddr, body: &[u8]) -> io::Result<Vec<u8>> {
     let exchange = async {
@@ -959,15 +976,7 @@ mod tests {
   }
 
   async fn spread_counts(strategy: Strategy) -> Vec<usize> {
-    let upstreams = [
-      TestUpstream::start(0, Mode::Reply).await,
-      TestUpstream::start(1, Mode::Reply).await,
-      TestUpstream::start(2, Mode::Reply).await,
-    ];
-    let balancer = start_balancer(strategy);
-    for (id, upstream) in upstreams.iter().enumerate() {
-      balancer.add(id, upstream.addr);
-    }
+    let (_upstreams, balancer) = balancing(strategy, Mode::Reply, 3).await;
     let mut counts = vec![0; 3];
     for n in 0..60 {
       let body = format!("request {n}");
@@ -995,13 +1004,7 @@ mod tests {
 
   #[tokio::test]
   async fn least_connections_avoids_the_busy_upstream() {
-    let upstreams = [
-      TestUpstream::start(0, Mode::Echo).await,
-      TestUpstream::start(1, Mode::Echo).await,
-    ];
-    let balancer = start_balancer(Strategy::LeastConnections);
-    balancer.add(0, upstreams[0].addr);
-    balancer.add(1, upstreams[1].addr);
+    let (_upstreams, balancer) = balancing(Strategy::LeastConnections, Mode::Echo, 2).await;
     let (first, busy) = open_echo(balancer.local_addr()).await;
     // While `busy` holds one connection, every new one goes to the other, which has none once each ends.
     for _ in 0..5 {
@@ -1096,13 +1099,7 @@ mod tests {
 
   #[tokio::test]
   async fn set_healthy_false_excludes_and_true_restores_and_remove_forgets() {
-    let upstreams = [
-      TestUpstream::start(0, Mode::Reply).await,
-      TestUpstream::start(1, Mode::Reply).await,
-    ];
-    let balancer = start_balancer(Strategy::LeastConnections);
-    balancer.add(0, upstreams[0].addr);
-    balancer.add(1, upstreams[1].addr);
+    let (_upstreams, balancer) = balancing(Strategy::LeastConnections, Mode::Reply, 2).await;
     let answered = |n| {
       let balancer = balancer.clone();
       async move {
@@ -1128,13 +1125,7 @@ mod tests {
 
   #[tokio::test]
   async fn drain_waits_for_the_open_connection_and_routes_nothing_new_meanwhile() {
-    let upstreams = [
-      TestUpstream::start(0, Mode::Echo).await,
-      TestUpstream::start(1, Mode::Echo).await,
-    ];
-    let balancer = start_balancer(Strategy::LeastConnections);
-    balancer.add(0, upstreams[0].addr);
-    balancer.add(1, upstreams[1].addr);
+    let (_upstreams, balancer) = balancing(Strategy::LeastConnections, Mode::Echo, 2).await;
     let (mut open, drained) = open_echo(balancer.local_addr()).await;
     assert_eq!(balancer.active_connections(drained), 1);
 
@@ -1172,9 +1163,7 @@ mod tests {
 
   #[tokio::test]
   async fn drain_returns_what_is_still_open_at_its_deadline() {
-    let upstream = TestUpstream::start(0, Mode::Echo).await;
-    let balancer = start_balancer(Strategy::LeastConnections);
-    balancer.add(0, upstream.addr);
+    let (_upstream, balancer) = balancing(Strategy::LeastConnections, Mode::Echo, 1).await;
     let (open, _) = open_echo(balancer.local_addr()).await;
     let started = Instant::now();
     assert_eq!(
@@ -1195,9 +1184,7 @@ mod tests {
 
   #[tokio::test]
   async fn stop_accepting_frees_the_port_relays_go_on_and_close_cuts_them_at_the_deadline() {
-    let upstream = TestUpstream::start(0, Mode::Echo).await;
-    let balancer = start_balancer(Strategy::LeastConnections);
-    balancer.add(0, upstream.addr);
+    let (_upstream, balancer) = balancing(Strategy::LeastConnections, Mode::Echo, 1).await;
     let public = balancer.local_addr();
     let (mut open, _) = open_echo(public).await;
 
@@ -1224,9 +1211,7 @@ mod tests {
 
   #[tokio::test]
   async fn close_waits_for_connections_that_end_before_the_deadline() {
-    let upstream = TestUpstream::start(0, Mode::Echo).await;
-    let balancer = start_balancer(Strategy::RoundRobin);
-    balancer.add(0, upstream.addr);
+    let (_upstream, balancer) = balancing(Strategy::RoundRobin, Mode::Echo, 1).await;
     let (open, _) = open_echo(balancer.local_addr()).await;
     let started = Instant::now();
     let closing = {
@@ -1270,9 +1255,7 @@ mod tests {
 
   #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
   async fn a_long_lived_bidirectional_stream_is_relayed_both_ways_at_once() {
-    let upstream = TestUpstream::start(0, Mode::Echo).await;
-    let balancer = start_balancer(Strategy::LeastConnections);
-    balancer.add(0, upstream.addr);
+    let (_upstream, balancer) = balancing(Strategy::LeastConnections, Mode::Echo, 1).await;
     let (mut stream, _) = open_echo(balancer.local_addr()).await;
     for n in 1..=100usize {
       echo_round_trip(&mut stream, &vec![n as u8; n * 37]).await;
