@@ -12,6 +12,7 @@ use crate::net::health;
 use crate::net::listeners::{self, Holder};
 use crate::os::spawn::{self, ExitInfo, LineSink, Stream};
 use crate::os::tree;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -158,11 +159,12 @@ pub async fn run(
   let deadline = waiting_since + o.start_timeout;
   let target = manager.target(port, launch.token.clone());
   let pid = child.pid;
+  let host = target.host;
   let own_listener = move || async move {
     // The tree's own descriptors are a few /proc reads, done here (a thread for them would cost more
     // than the reads, on the path that decides how fast the app sees its backend); the rare look through
     // every process for a listener that left the tree runs off the async worker.
-    match listener_in_tree(port, pid) {
+    match listener_in_tree(SocketAddr::new(host, port), pid) {
       Some(own) => own,
       None => blocking::run(move || listener_in_group(port, pid))
         .await
@@ -204,9 +206,18 @@ pub async fn run(
     ) => {
       match ready {
         Ok(ready) => {
-          if let Err(e) = instance.write_record().await {
-            manager.log(Level::Warn, format!("could not update the PID record: {e}"));
-          }
+          // The record was written at the spawn; a launcher may have exec'd the real server since. The
+          // rewrite (with its fsync) is not on the way to the app: a stop meanwhile waits for it, or
+          // finds the record closed and nothing is written.
+          let rewriting = (instance.clone(), Arc::downgrade(manager));
+          tokio::spawn(async move {
+            let (instance, manager) = rewriting;
+            if let Err(e) = instance.write_record().await {
+              if let Some(manager) = manager.upgrade() {
+                manager.log(Level::Warn, format!("could not update the PID record: {e}"));
+              }
+            }
+          });
           manager.log(Level::Info, format!(
             "backend is ready at {} ({} health checks in {} ms)",
             instance.info.url, ready.probes, waiting_since.elapsed().as_millis()
@@ -235,10 +246,10 @@ pub async fn run(
   }
 }
 
-/// `Some(true)` when the port's listener is in the backend's tree (or the OS cannot tell), `Some(false)`
+/// `Some(true)` when the listener at `addr` is in the backend's tree (or the OS cannot tell), `Some(false)`
 /// when nothing listens; `None` when another process listens, and the group is to be looked at.
-fn listener_in_tree(port: u16, pid: u32) -> Option<bool> {
-  match listeners::listened_by(port, &tree::with_descendants(pid)) {
+fn listener_in_tree(addr: SocketAddr, pid: u32) -> Option<bool> {
+  match listeners::listened_at_by(addr, &tree::with_descendants(pid)) {
     Holder::Ours | Holder::Unknown => Some(true),
     Holder::Nobody => Some(false),
     Holder::Others => None,

@@ -3,6 +3,7 @@
 //! processes (docs/design.md §11)?
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 
 /// The process holding a port, where the OS tells (on Linux a user sees the holders it owns, or all as root).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +17,23 @@ pub struct PortHolder {
 /// table (the caller then binds every candidate).
 pub fn listening_ports() -> Option<HashSet<u16>> {
   imp::listening().map(|s| s.into_iter().map(|l| l.port).collect())
+}
+
+/// Whether a connect to `addr` would find a listener (one on the wildcard address or a dual-stack one
+/// included), asked of the kernel without connecting: `None` where the OS cannot say cheaply.
+pub fn listener_at(addr: SocketAddr) -> Option<bool> {
+  imp::listener_at(addr).map(|found| found.is_some())
+}
+
+/// Whether the listener that a connect to `addr` reaches belongs to one of `pids` (a backend's process
+/// tree): the very socket a probe of `addr` talked to. Where the OS has no exact lookup, any listener on
+/// the port counts.
+pub fn listened_at_by(addr: SocketAddr, pids: &[u32]) -> Holder {
+  match imp::listener_at(addr) {
+    Some(None) => Holder::Nobody,
+    Some(Some(listener)) => holder_among(&[&listener], pids),
+    None => listened_by(addr.port(), pids),
+  }
 }
 
 /// For each busy port of `ports`, the process listening on it, if the OS tells. `likely` are processes
@@ -61,11 +79,15 @@ pub fn listened_by(port: u16, pids: &[u32]) -> Holder {
     return Holder::Unknown;
   };
   let wanted: Vec<&Listener> = listening.iter().filter(|l| l.port == port).collect();
+  holder_among(&wanted, pids)
+}
+
+fn holder_among(wanted: &[&Listener], pids: &[u32]) -> Holder {
   if wanted.is_empty() {
     Holder::Nobody
-  } else if imp::any_held_by(&wanted, pids) {
+  } else if imp::any_held_by(wanted, pids) {
     Holder::Ours
-  } else if imp::owner_unknown(&wanted) {
+  } else if imp::owner_unknown(wanted) {
     Holder::Unknown
   } else {
     Holder::Others
@@ -115,9 +137,11 @@ mod imp {
     static DIAG: std::cell::RefCell<Option<Diag>> = const { std::cell::RefCell::new(None) };
   }
 
-  fn from_netlink() -> Option<Vec<Listener>> {
+  /// Runs `ask` with this thread's netlink socket (made on first use); a socket whose answer failed
+  /// midway is dropped, never reused.
+  fn with_diag<T>(ask: impl FnOnce(&mut Diag) -> Option<T>) -> Option<T> {
     let cached = DIAG.with(|d| d.borrow_mut().take());
-    let diag = match cached {
+    let mut diag = match cached {
       Some(diag) => diag,
       None => Diag {
         socket: rustix::net::socket_with(
@@ -130,27 +154,70 @@ mod imp {
         buf: vec![0; 64 * 1024],
       },
     };
-    let mut diag = diag;
-    let mut found = Vec::new();
-    for (family, id) in [
-      (AF_INET, SocketId::new_v4()),
-      (AF_INET6, SocketId::new_v6()),
-    ] {
-      dump(&diag.socket, &mut diag.buf, family, id, &mut found)?;
-    }
+    let answer = ask(&mut diag)?;
     DIAG.with(|d| *d.borrow_mut() = Some(diag));
-    Some(found)
+    Some(answer)
   }
 
-  fn dump(
+  fn from_netlink() -> Option<Vec<Listener>> {
+    with_diag(|diag| {
+      let mut found = Vec::new();
+      for (family, id) in [
+        (AF_INET, SocketId::new_v4()),
+        (AF_INET6, SocketId::new_v6()),
+      ] {
+        match query(&diag.socket, &mut diag.buf, family, id, true, &mut found)? {
+          Ended::Done => {}
+          // Refused (a sandbox): the caller reads /proc instead.
+          Ended::Error(_) => return None,
+        }
+      }
+      Some(found)
+    })
+  }
+
+  /// One exact lookup instead of a dump: the kernel finds the listener that a connect to `addr` would
+  /// reach in its hash of listening sockets by port and address (as for an incoming SYN), where a dump
+  /// walks every bucket of that hash. No answer (ENOENT): nothing listens there.
+  pub fn listener_at(addr: std::net::SocketAddr) -> Option<Option<Listener>> {
+    let (family, mut id) = match addr {
+      std::net::SocketAddr::V4(_) => (AF_INET, SocketId::new_v4()),
+      std::net::SocketAddr::V6(_) => (AF_INET6, SocketId::new_v6()),
+    };
+    id.source_address = addr.ip();
+    id.source_port = addr.port();
+    // No cookie: any socket found by the lookup.
+    id.cookie = [0xff; 8];
+    with_diag(|diag| {
+      let mut found = Vec::new();
+      match query(&diag.socket, &mut diag.buf, family, id, false, &mut found)? {
+        Ended::Done => Some(found.pop()),
+        Ended::Error(code) if code == -rustix::io::Errno::NOENT.raw_os_error() => Some(None),
+        Ended::Error(_) => None,
+      }
+    })
+  }
+
+  /// How a netlink request was answered to its end.
+  enum Ended {
+    /// All of it (a dump's end, or an exact lookup's one answer).
+    Done,
+    /// An error message with this (negative) code; for an exact lookup, -ENOENT is "no such socket".
+    Error(i32),
+  }
+
+  /// Sends one sock_diag request, collecting the sockets in its answer. `None`: the socket failed (the
+  /// rest of an answer may still be queued on it, so it must not be reused).
+  fn query(
     socket: &OwnedFd,
     buf: &mut [u8],
     family: u8,
     socket_id: SocketId,
+    dump: bool,
     found: &mut Vec<Listener>,
-  ) -> Option<()> {
+  ) -> Option<Ended> {
     let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
     let mut request = NetlinkMessage::new(
       header,
       SockDiagMessage::InetRequest(InetRequest {
@@ -187,14 +254,18 @@ mod imp {
         let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[at..n]).ok()?;
         let len = message.header.length as usize;
         match message.payload {
-          NetlinkPayload::Done(_) => return Some(()),
+          NetlinkPayload::Done(_) => return Some(Ended::Done),
           NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
             found.push(Listener {
               port: response.header.socket_id.source_port,
               key: response.header.inode.into(),
             });
+            // An exact lookup answers with one message and no end marker.
+            if !dump {
+              return Some(Ended::Done);
+            }
           }
-          NetlinkPayload::Error(_) => return None,
+          NetlinkPayload::Error(error) => return Some(Ended::Error(error.raw_code())),
           _ => {}
         }
         if len == 0 {
@@ -329,6 +400,13 @@ mod imp {
     )
   }
 
+  /// Windows and macOS read whole tables (cheaply on Windows, by listing every process's sockets on
+  /// macOS): no exact lookup.
+  #[cfg(not(target_os = "linux"))]
+  pub fn listener_at(_addr: std::net::SocketAddr) -> Option<Option<Listener>> {
+    None
+  }
+
   /// No table on the other systems: the caller binds every candidate, and readiness goes without the
   /// listener check.
   #[cfg(not(any(windows, target_os = "macos")))]
@@ -392,5 +470,72 @@ mod tests {
     }
     drop(v4);
     assert_eq!(listened_by(port, &[std::process::id()]), Holder::Nobody);
+  }
+
+  /// A socket bound (and listening, if `listen`) on `addr`, with `IPV6_V6ONLY` as given for IPv6.
+  fn socket_on(addr: &str, v6_only: bool, listen: bool) -> (socket2::Socket, SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let addr: SocketAddr = addr.parse().unwrap();
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap();
+    if addr.is_ipv6() {
+      socket.set_only_v6(v6_only).unwrap();
+    }
+    socket.bind(&addr.into()).unwrap();
+    if listen {
+      socket.listen(8).unwrap();
+    }
+    let bound = socket.local_addr().unwrap().as_socket().unwrap();
+    (socket, bound)
+  }
+
+  fn at(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+  }
+
+  #[test]
+  fn listener_at_finds_what_a_connect_would_reach() {
+    // A listener on the address itself, then nothing once it is closed.
+    let (exact, addr) = socket_on("127.0.0.1:0", false, true);
+    assert_eq!(listener_at(addr), Some(true));
+    drop(exact);
+    assert_eq!(listener_at(addr), Some(false));
+    // Bound without listening is not a listener.
+    let (bound, addr) = socket_on("127.0.0.1:0", false, false);
+    assert_eq!(listener_at(addr), Some(false));
+    drop(bound);
+    // The wildcard address takes connects to loopback.
+    let (wildcard, addr) = socket_on("0.0.0.0:0", false, true);
+    assert_eq!(listener_at(at("127.0.0.1", addr.port())), Some(true));
+    drop(wildcard);
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+      return; // no IPv6 here
+    }
+    // A dual-stack wildcard takes IPv4 connects too; an IPv6-only one does not.
+    let (dual, addr) = socket_on("[::]:0", false, true);
+    assert_eq!(listener_at(at("127.0.0.1", addr.port())), Some(true));
+    assert_eq!(listener_at(at("::1", addr.port())), Some(true));
+    drop(dual);
+    let (v6_only, addr) = socket_on("[::1]:0", true, true);
+    assert_eq!(listener_at(at("::1", addr.port())), Some(true));
+    assert_eq!(listener_at(at("127.0.0.1", addr.port())), Some(false));
+    drop(v6_only);
+  }
+
+  #[test]
+  #[ignore = "a measurement: cargo test --release listener_at_costs -- --ignored --nocapture"]
+  fn listener_at_costs_less_than_a_dump() {
+    let (_closed, addr) = socket_on("127.0.0.1:0", false, false);
+    let time = |look: &dyn Fn()| {
+      let started = std::time::Instant::now();
+      for _ in 0..5000 {
+        look();
+      }
+      started.elapsed() / 5000
+    };
+    let exact = time(&|| assert_eq!(listener_at(addr), Some(false)));
+    let dump = time(&|| assert!(!listening_ports().unwrap().contains(&addr.port())));
+    let refused = time(&|| assert!(std::net::TcpStream::connect(addr).is_err()));
+    eprintln!("per look: exact lookup {exact:?}, dump {dump:?}, refused connect {refused:?}");
+    assert!(exact < dump);
   }
 }
