@@ -240,6 +240,7 @@ function recordOf(fields) {
 
 module.exports = {
   KILLED,
+  UNDER_WINE,
   posixOnly,
   wineLacks,
   wineUnexplained,

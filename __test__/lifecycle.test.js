@@ -9,7 +9,7 @@ const http = require('node:http')
 const { spawn, spawnSync } = require('node:child_process')
 const { once } = require('node:events')
 const { ProcessManager } = require('..')
-const { ROOT, FIXTURE, tempDir, holdPort, freeRun, isAlive, records, waitFor, killIfAlive, memoryLogger, fixtureManager, startScript, recordOf, posixOnly, wineLacks, KILLED } = require('./helpers')
+const { ROOT, FIXTURE, tempDir, holdPort, freeRun, isAlive, records, waitFor, killIfAlive, memoryLogger, fixtureManager, startScript, recordOf, posixOnly, wineLacks, KILLED, UNDER_WINE } = require('./helpers')
 
 function get(url) {
   return new Promise((resolve, reject) => {
@@ -121,7 +121,8 @@ test('a backend exiting with code 3 at start rejects at once with its exit code 
   assert.equal(err.signal, null)
   assert.ok(err.stderrTail.includes('fixture: failing at start on purpose'), JSON.stringify(err.stderrTail))
   assert.match(err.message, /exit code 3/)
-  assert.ok(took < 1000, `took ${took} ms`)
+  // Under Wine a node.exe alone takes up to ~1 s to start (measured: 1015 ms for this whole start once).
+  assert.ok(took < (UNDER_WINE ? 3000 : 1000), `took ${took} ms`)
   assert.deepEqual(records(stateDir), [])
   assert.equal(pm.backend, null)
   assert.equal(exits.length, 1)
