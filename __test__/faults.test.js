@@ -7,7 +7,7 @@ const path = require('node:path')
 const { execFile } = require('node:child_process')
 const { once } = require('node:events')
 const { ProcessManager, cleanupRecords } = require('..')
-const { ROOT, FIXTURE, tempDir, freeRun, isAlive, records, waitFor, killIfAlive, memoryLogger, fixtureManager, startScript, recordOf, posixOnly, wineLacks, wineUnexplained } = require('./helpers')
+const { ROOT, FIXTURE, tempDir, freeRun, isAlive, records, waitFor, killIfAlive, memoryLogger, fixtureManager, startScript, recordOf, posixOnly, wineLacks, wineUnexplained, linuxOnly } = require('./helpers')
 
 test('a backend that closes stdout and stderr keeps running and stops normally', { skip: wineLacks('CTRL_BREAK_EVENT is not delivered (GenerateConsoleCtrlEvent fails), so the stop is forced') }, async (t) => {
   const { pm } = fixtureManager(t, { port: await freeRun(3), env: { CLOSE_STDIO: '1' } })
@@ -185,7 +185,7 @@ test('cleanupRecords deletes broken records of its own, leaves every other file,
   assert.deepEqual(records(stateDir), foreign.map((_, i) => `x-${i + 10}.json`).sort())
 })
 
-test('a record naming the cleaning process itself (its app gone) is never signalled', { skip: posixOnly('reads the start time from /proc') }, async (t) => {
+test('a record naming the cleaning process itself (its app gone) is never signalled', { skip: linuxOnly('reads the start time from /proc') }, async (t) => {
   const stateDir = tempDir(t)
   const stat = fs.readFileSync(`/proc/${process.pid}/stat`, 'utf8')
   const startTime = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19])

@@ -27,6 +27,8 @@ const CLI = path.join(ROOT, 'cli.js')
 const KILLED = process.platform === 'win32' ? { exitCode: 1, signal: null } : { exitCode: null, signal: 'SIGKILL' }
 const UNDER_WINE = process.platform === 'win32' && process.env.BPM_UNDER_WINE === '1'
 const posixOnly = (reason) => process.platform === 'win32' && `POSIX-only: ${reason}`
+/** `skip` for a test that reads /proc or drives Linux programs (Chromium at /usr/bin, xdg-open): its reason off Linux. */
+const linuxOnly = (reason) => process.platform !== 'linux' && `Linux-only: ${reason}`
 const wineLacks = (reason) => UNDER_WINE && `Wine 8 lacks: ${reason}`
 const wineUnexplained = (reason) => UNDER_WINE && `fails under Wine, not yet explained: ${reason}`
 
@@ -242,6 +244,7 @@ module.exports = {
   KILLED,
   UNDER_WINE,
   posixOnly,
+  linuxOnly,
   wineLacks,
   wineUnexplained,
   recordOf,

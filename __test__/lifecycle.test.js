@@ -9,7 +9,7 @@ const http = require('node:http')
 const { spawn, spawnSync } = require('node:child_process')
 const { once } = require('node:events')
 const { ProcessManager } = require('..')
-const { ROOT, FIXTURE, tempDir, holdPort, freeRun, isAlive, records, waitFor, killIfAlive, memoryLogger, fixtureManager, startScript, recordOf, posixOnly, wineLacks, KILLED, UNDER_WINE } = require('./helpers')
+const { ROOT, FIXTURE, tempDir, holdPort, freeRun, isAlive, records, waitFor, killIfAlive, memoryLogger, fixtureManager, startScript, recordOf, posixOnly, wineLacks, KILLED, UNDER_WINE, linuxOnly } = require('./helpers')
 
 function get(url) {
   return new Promise((resolve, reject) => {
@@ -167,7 +167,7 @@ test('a backend with two grandchildren: after stop none of the three runs', asyn
   for (const pid of [b.pid, ...grandchildren]) assert.equal(isAlive(pid), false, `pid ${pid} still runs`)
 })
 
-test('a record naming an unrelated live process is stale: nothing is killed, the record is deleted, a foreign file kept', { skip: posixOnly('reads the start time from /proc') }, async (t) => {
+test('a record naming an unrelated live process is stale: nothing is killed, the record is deleted, a foreign file kept', { skip: linuxOnly('reads the start time from /proc') }, async (t) => {
   const stateDir = tempDir(t)
   const bystander = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' })
   t.after(() => killIfAlive(bystander.pid))
@@ -436,7 +436,7 @@ test("a port the manager reserved with findAvailablePort() is its own: startBack
   assert.equal((await other.startBackend(ROOT).catch((e) => e)).code, 'ERR_NO_FREE_PORT', 'still held for others')
 })
 
-test('status counts the whole tree: CPU and memory of the backend and its grandchildren, and how many', { skip: posixOnly('reads memory from /proc') }, async (t) => {
+test('status counts the whole tree: CPU and memory of the backend and its grandchildren, and how many', { skip: linuxOnly('reads memory from /proc') }, async (t) => {
   const { pm, seen } = fixtureManager(t, { port: await freeRun(3), env: { GRANDCHILDREN: '2' } })
   const b = await pm.startBackend(ROOT)
   await seen(/^GRANDCHILD /, 2)
