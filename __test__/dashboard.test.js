@@ -9,7 +9,7 @@ const os = require('node:os')
 const net = require('node:net')
 const path = require('node:path')
 const http = require('node:http')
-const { ROOT, CLI, tempDir, freeRun, fixtureManager, startProcess, httpGet, waitFor, isAlive, processTree, killIfAlive } = require('./helpers')
+const { ROOT, CLI, tempDir, freeRun, fixtureManager, startProcess, httpGet, waitFor, isAlive, processTree, killIfAlive, posixOnly, wineUnexplained, linuxOnly } = require('./helpers')
 
 const CHROMIUM = '/usr/bin/chromium'
 const ARTIFACTS = path.join(ROOT, 'target', 'test-artifacts')
@@ -135,7 +135,7 @@ async function cliDashboard(t, stateDir, extra = []) {
   return { proc, url, origin: new URL(url).origin, port: Number(new URL(url).port), token: new URL(url).searchParams.get('token') }
 }
 
-test('CLI dashboard in Chromium: charts fill with a running backend, Stop needs a confirmation and ends its processes', async (t) => {
+test('CLI dashboard in Chromium: charts fill with a running backend, Stop needs a confirmation and ends its processes', { skip: linuxOnly("drives Debian's /usr/bin/chromium") }, async (t) => {
   const kept = fixtureManager(t, { name: 'kept', port: await freeRun(3) })
   const target = fixtureManager(t, { name: 'target', port: await freeRun(3), stateDir: kept.stateDir, env: { GRANDCHILDREN: '1' } })
   const keptBackend = await kept.pm.startBackend(ROOT)
@@ -193,7 +193,7 @@ test('CLI dashboard in Chromium: charts fill with a running backend, Stop needs 
   assert.deepEqual(problems, [])
 })
 
-test('CLI dashboard: every request needs the token; POSTs need JSON from the page\'s origin; 127.0.0.1 only', async (t) => {
+test('CLI dashboard: every request needs the token; POSTs need JSON from the page\'s origin; 127.0.0.1 only', { skip: posixOnly('ends the dashboard with SIGTERM and expects exit 0') }, async (t) => {
   const { pm, stateDir } = fixtureManager(t, { name: 'guarded', port: await freeRun(3) })
   const backend = await pm.startBackend(ROOT)
   const dash = await cliDashboard(t, stateDir)
@@ -241,7 +241,7 @@ test('CLI dashboard: every request needs the token; POSTs need JSON from the pag
   assert.equal(await connectError('127.0.0.1', dash.port), 'ECONNREFUSED')
 })
 
-test('CLI dashboard --open: the browser gets a one-time launch URL, not the token', async (t) => {
+test('CLI dashboard --open: the browser gets a one-time launch URL, not the token', { skip: linuxOnly('the browser is opened through xdg-open') }, async (t) => {
   const stateDir = tempDir(t)
   // A stand-in xdg-open on PATH records the URL it was given.
   const bin = tempDir(t, 'bpm-bin-')
@@ -260,7 +260,7 @@ test('CLI dashboard --open: the browser gets a one-time launch URL, not the toke
   assert.equal((await httpGet(launch)).status, 403, 'the code works once')
 })
 
-test('pm.dashboard(): live samples of this backend; Restart starts it again with the same arguments; Stop stops it', async (t) => {
+test('pm.dashboard(): live samples of this backend; Restart starts it again with the same arguments; Stop stops it', { skip: wineUnexplained('the process tree of the restarted backend') }, async (t) => {
   const { pm } = fixtureManager(t, { name: 'in-app', port: await freeRun(5), token: true, env: { REQUIRE_TOKEN: '1', GRANDCHILDREN: '1' } })
   await assert.rejects(pm.dashboard({ port: -1 }), { code: 'ERR_INVALID_ARG' })
   await assert.rejects(pm.dashboard({ prot: 1 }), { code: 'ERR_INVALID_ARG' })

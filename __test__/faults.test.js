@@ -7,9 +7,9 @@ const path = require('node:path')
 const { execFile } = require('node:child_process')
 const { once } = require('node:events')
 const { ProcessManager, cleanupRecords } = require('..')
-const { ROOT, FIXTURE, tempDir, freeRun, isAlive, records, waitFor, killIfAlive, memoryLogger, fixtureManager, startScript, recordOf } = require('./helpers')
+const { ROOT, FIXTURE, tempDir, freeRun, isAlive, records, waitFor, killIfAlive, memoryLogger, fixtureManager, startScript, recordOf, posixOnly, wineLacks, wineUnexplained, linuxOnly } = require('./helpers')
 
-test('a backend that closes stdout and stderr keeps running and stops normally', async (t) => {
+test('a backend that closes stdout and stderr keeps running and stops normally', { skip: wineLacks('CTRL_BREAK_EVENT is not delivered (GenerateConsoleCtrlEvent fails), so the stop is forced') }, async (t) => {
   const { pm } = fixtureManager(t, { port: await freeRun(3), env: { CLOSE_STDIO: '1' } })
   const b = await pm.startBackend(ROOT)
   assert.equal(await pm.checkBackendHealth(b.port), true)
@@ -19,7 +19,7 @@ test('a backend that closes stdout and stderr keeps running and stops normally',
   assert.equal(isAlive(b.pid), false)
 })
 
-test('a backend flooding megabytes of output is neither blocked nor buffered without bound', async (t) => {
+test('a backend flooding megabytes of output is neither blocked nor buffered without bound', { skip: wineUnexplained('no health answer within 5 s while it floods') }, async (t) => {
   const mark = path.join(tempDir(t), 'flood-done')
   const { pm } = fixtureManager(t, { port: await freeRun(3), env: { FLOOD_MB: '40', FLOOD_MARK_FILE: mark } })
   let lines = 0
@@ -36,7 +36,7 @@ test('a backend flooding megabytes of output is neither blocked nor buffered wit
   assert.equal((await pm.stopBackend()).forced, false)
 })
 
-test('a grandchild that calls setsid leaves the group and survives the stop (documented); the group dies', async (t) => {
+test('a grandchild that calls setsid leaves the group and survives the stop (documented); the group dies', { skip: posixOnly('setsid and process groups') }, async (t) => {
   const { pm, grandchildren, seen } = fixtureManager(t, { port: await freeRun(3), env: { DETACHED_GRANDCHILD: '1', GRANDCHILDREN: '1' } })
   const b = await pm.startBackend(ROOT)
   const detached = Number((await seen(/^DETACHED /))[0].split(' ')[1])
@@ -48,7 +48,7 @@ test('a grandchild that calls setsid leaves the group and survives the stop (doc
   assert.equal(isAlive(detached), true, 'a process in a session of its own is out of reach of group signals')
 })
 
-test('the state folder deleted while a backend runs: stop, status and the next start still work', async (t) => {
+test('the state folder deleted while a backend runs: stop, status and the next start still work', { skip: wineLacks('CTRL_BREAK_EVENT is not delivered (GenerateConsoleCtrlEvent fails), so the stop is forced') }, async (t) => {
   const { pm, stateDir } = fixtureManager(t, { port: await freeRun(3) })
   const b = await pm.startBackend(ROOT)
   fs.rmSync(stateDir, { recursive: true })
@@ -60,7 +60,7 @@ test('the state folder deleted while a backend runs: stop, status and the next s
   assert.deepEqual(records(stateDir), [`fixture-${again.pid}.json`])
 })
 
-test('a record replaced by a symlink is neither followed nor overwritten', async (t) => {
+test('a record replaced by a symlink is neither followed nor overwritten', { skip: posixOnly('symlink (CreateSymbolicLink is a no-op under Wine; the Rust test covers reparse points)') }, async (t) => {
   const dir = tempDir(t)
   const victim = path.join(dir, 'precious.txt')
   fs.writeFileSync(victim, 'precious')
@@ -82,7 +82,7 @@ test('a record replaced by a symlink is neither followed nor overwritten', async
   assert.ok(!logger.lines.some((l) => l.startsWith('error')))
 })
 
-test('records writable by others or owned by another user are ignored with a warning', async (t) => {
+test('records writable by others or owned by another user are ignored with a warning', { skip: posixOnly('file modes and owners') }, async (t) => {
   const stateDir = tempDir(t)
   const bystander = require('node:child_process').spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' })
   t.after(() => killIfAlive(bystander.pid))
@@ -112,7 +112,7 @@ test('records writable by others or owned by another user are ignored with a war
   }
 })
 
-test('two processes cleaning up the same orphan: exactly one kill, no error', async (t) => {
+test('two processes cleaning up the same orphan: exactly one kill, no error', { skip: posixOnly('parent-death SIGTERM') }, async (t) => {
   const project = tempDir(t)
   const stateDir = path.join(project, 'records')
   const sigtermLog = path.join(project, 'sigterms')
@@ -185,7 +185,7 @@ test('cleanupRecords deletes broken records of its own, leaves every other file,
   assert.deepEqual(records(stateDir), foreign.map((_, i) => `x-${i + 10}.json`).sort())
 })
 
-test('a record naming the cleaning process itself (its app gone) is never signalled', async (t) => {
+test('a record naming the cleaning process itself (its app gone) is never signalled', { skip: linuxOnly('reads the start time from /proc') }, async (t) => {
   const stateDir = tempDir(t)
   const stat = fs.readFileSync(`/proc/${process.pid}/stat`, 'utf8')
   const startTime = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19])

@@ -15,6 +15,23 @@ const ROOT = path.resolve(__dirname, '..')
 const FIXTURE = path.join(__dirname, 'fixtures', 'backend.js')
 const CLI = path.join(ROOT, 'cli.js')
 
+/**
+ * `skip` values that say why a test does not run on a platform (node:test reports the reason):
+ * - posixOnly: the behaviour under test is POSIX (signals, /proc, process groups, file modes, tmux…): skipped
+ *   on Windows, where the Rust tests in src/os/win check the Windows counterpart.
+ * - wineLacks: Windows behaviour Wine 8 does not have (README, Platforms, with the evidence): skipped only
+ *   under Wine (BPM_UNDER_WINE=1, set by scripts/test-wine.sh); runs on Windows.
+ * - wineUnexplained: fails under Wine for a reason not yet found (README, Platforms): skipped only under Wine.
+ */
+/** How an outside kill (`process.kill(pid, 'SIGKILL')`) ends a process: a signal on POSIX, TerminateProcess's exit code 1 on Windows. */
+const KILLED = process.platform === 'win32' ? { exitCode: 1, signal: null } : { exitCode: null, signal: 'SIGKILL' }
+const UNDER_WINE = process.platform === 'win32' && process.env.BPM_UNDER_WINE === '1'
+const posixOnly = (reason) => process.platform === 'win32' && `POSIX-only: ${reason}`
+/** `skip` for a test that reads /proc or drives Linux programs (Chromium at /usr/bin, xdg-open): its reason off Linux. */
+const linuxOnly = (reason) => process.platform !== 'linux' && `Linux-only: ${reason}`
+const wineLacks = (reason) => UNDER_WINE && `Wine 8 lacks: ${reason}`
+const wineUnexplained = (reason) => UNDER_WINE && `fails under Wine, not yet explained: ${reason}`
+
 /** A fresh state folder, removed after the test. */
 function tempDir(t, prefix = 'bpm-test-') {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix))
@@ -224,6 +241,12 @@ function recordOf(fields) {
 }
 
 module.exports = {
+  KILLED,
+  UNDER_WINE,
+  posixOnly,
+  linuxOnly,
+  wineLacks,
+  wineUnexplained,
   recordOf,
   startProcess,
   ROOT,

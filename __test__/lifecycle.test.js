@@ -9,7 +9,7 @@ const http = require('node:http')
 const { spawn, spawnSync } = require('node:child_process')
 const { once } = require('node:events')
 const { ProcessManager } = require('..')
-const { ROOT, FIXTURE, tempDir, holdPort, freeRun, isAlive, records, waitFor, killIfAlive, memoryLogger, fixtureManager, startScript, recordOf } = require('./helpers')
+const { ROOT, FIXTURE, tempDir, holdPort, freeRun, isAlive, records, waitFor, killIfAlive, memoryLogger, fixtureManager, startScript, recordOf, posixOnly, wineLacks, KILLED, UNDER_WINE, linuxOnly } = require('./helpers')
 
 function get(url) {
   return new Promise((resolve, reject) => {
@@ -20,7 +20,7 @@ function get(url) {
   })
 }
 
-test('start → healthy backend with a record → stop: process gone, record deleted, not forced', async (t) => {
+test('start → healthy backend with a record → stop: process gone, record deleted, not forced', { skip: wineLacks('CTRL_BREAK_EVENT is not delivered (GenerateConsoleCtrlEvent fails), so the stop is forced') }, async (t) => {
   const port = await freeRun(5)
   const { pm, stateDir } = fixtureManager(t, { port })
   const readyEvents = []
@@ -44,7 +44,8 @@ test('start → healthy backend with a record → stop: process gone, record del
   assert.equal(record.ownerPid, process.pid)
   assert.equal(record.exe, fs.realpathSync(process.execPath))
   assert.equal(typeof record.startTime, 'number')
-  assert.equal(fs.statSync(file).mode & 0o777, 0o600)
+  // Windows: a private DACL instead of a mode (checked by the Rust tests in src/os/win).
+  if (process.platform !== 'win32') assert.equal(fs.statSync(file).mode & 0o777, 0o600)
 
   const exits = []
   pm.on('exit', (e) => exits.push(e))
@@ -120,7 +121,8 @@ test('a backend exiting with code 3 at start rejects at once with its exit code 
   assert.equal(err.signal, null)
   assert.ok(err.stderrTail.includes('fixture: failing at start on purpose'), JSON.stringify(err.stderrTail))
   assert.match(err.message, /exit code 3/)
-  assert.ok(took < 1000, `took ${took} ms`)
+  // Under Wine a node.exe alone takes up to ~1 s to start (measured: 1015 ms for this whole start once).
+  assert.ok(took < (UNDER_WINE ? 3000 : 1000), `took ${took} ms`)
   assert.deepEqual(records(stateDir), [])
   assert.equal(pm.backend, null)
   assert.equal(exits.length, 1)
@@ -144,7 +146,7 @@ test('a backend answering 503 forever → ERR_START_TIMEOUT after startTimeoutMs
   assert.equal(await pm.isPortAvailable(err.port), true)
 })
 
-test('a backend that ignores SIGTERM is force-killed after stopTimeoutMs', async (t) => {
+test('a backend that ignores SIGTERM is force-killed after stopTimeoutMs', { skip: posixOnly('ignores SIGTERM (no SIGTERM on Windows)') }, async (t) => {
   const { pm } = fixtureManager(t, { port: await freeRun(3), stopTimeoutMs: 800, env: { IGNORE_SIGTERM: '1' } })
   const b = await pm.startBackend(ROOT)
   const started = Date.now()
@@ -165,7 +167,7 @@ test('a backend with two grandchildren: after stop none of the three runs', asyn
   for (const pid of [b.pid, ...grandchildren]) assert.equal(isAlive(pid), false, `pid ${pid} still runs`)
 })
 
-test('a record naming an unrelated live process is stale: nothing is killed, the record is deleted, a foreign file kept', async (t) => {
+test('a record naming an unrelated live process is stale: nothing is killed, the record is deleted, a foreign file kept', { skip: linuxOnly('reads the start time from /proc') }, async (t) => {
   const stateDir = tempDir(t)
   const bystander = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' })
   t.after(() => killIfAlive(bystander.pid))
@@ -194,7 +196,7 @@ function ownerScript(t, stateDir, env = {}, { name = 'fixture', port = 0 } = {})
   return startScript(t, code)
 }
 
-test('an orphan that ignores SIGTERM survives its killed app; the next manager terminates it', async (t) => {
+test('an orphan that ignores SIGTERM survives its killed app; the next manager terminates it', { skip: posixOnly('SIGTERM and an orphan outliving its killed app') }, async (t) => {
   const stateDir = tempDir(t)
   const owner = ownerScript(t, stateDir, { IGNORE_SIGTERM: '1' }, { port: await freeRun(3) })
   const [, pid] = (await owner.line(/^READY/)).split(' ').map(Number)
@@ -210,7 +212,7 @@ test('an orphan that ignores SIGTERM survives its killed app; the next manager t
   assert.deepEqual(records(stateDir), [])
 })
 
-test('a backend gets SIGTERM when its app is killed, and is gone soon after', async (t) => {
+test('a backend gets SIGTERM when its app is killed, and is gone soon after', { skip: posixOnly('parent-death SIGTERM') }, async (t) => {
   const stateDir = tempDir(t)
   const sigtermLog = path.join(tempDir(t), 'sigterms')
   const owner = ownerScript(t, stateDir, { SIGTERM_LOG_FILE: sigtermLog }, { port: await freeRun(3) })
@@ -287,7 +289,7 @@ test('three concurrent starts spawn one process; an outside SIGKILL is reported 
   process.kill(a.pid, 'SIGKILL')
   const [event] = await exited
   const took = Date.now() - killedAt
-  assert.deepEqual(event, { pid: a.pid, exitCode: null, signal: 'SIGKILL', expected: false })
+  assert.deepEqual(event, { pid: a.pid, ...KILLED, expected: false })
   assert.ok(took < 2000, `exit reported after ${took} ms`)
   assert.equal(pm.backend, null)
   assert.deepEqual(records(stateDir), [])
@@ -344,7 +346,7 @@ test('an unusable stateDir fails with ERR_STATE_DIR before anything is spawned',
   }
 })
 
-test('stopBackend during startBackend stops the starting backend and rejects the start', async (t) => {
+test('stopBackend during startBackend stops the starting backend and rejects the start', { skip: wineLacks('CTRL_BREAK_EVENT is not delivered (GenerateConsoleCtrlEvent fails), so the stop is forced') }, async (t) => {
   const { pm, stateDir, seen } = fixtureManager(t, { port: await freeRun(3), env: { LISTEN_DELAY_MS: '3000' } })
   const pids = []
   pm.on('exit', (e) => pids.push(e.pid))
@@ -434,7 +436,7 @@ test("a port the manager reserved with findAvailablePort() is its own: startBack
   assert.equal((await other.startBackend(ROOT).catch((e) => e)).code, 'ERR_NO_FREE_PORT', 'still held for others')
 })
 
-test('status counts the whole tree: CPU and memory of the backend and its grandchildren, and how many', async (t) => {
+test('status counts the whole tree: CPU and memory of the backend and its grandchildren, and how many', { skip: linuxOnly('reads memory from /proc') }, async (t) => {
   const { pm, seen } = fixtureManager(t, { port: await freeRun(3), env: { GRANDCHILDREN: '2' } })
   const b = await pm.startBackend(ROOT)
   await seen(/^GRANDCHILD /, 2)
@@ -446,7 +448,7 @@ test('status counts the whole tree: CPU and memory of the backend and its grandc
   assert.equal(typeof record.cpuTimeMs, 'number')
 })
 
-test('a backend that ignores SIGTERM while starting: ERR_START_TIMEOUT within startTimeoutMs + stopTimeoutMs, nothing left', async (t) => {
+test('a backend that ignores SIGTERM while starting: ERR_START_TIMEOUT within startTimeoutMs + stopTimeoutMs, nothing left', { skip: posixOnly('ignores SIGTERM (no SIGTERM on Windows)') }, async (t) => {
   const { pm, stateDir } = fixtureManager(t, { port: await freeRun(3), startTimeoutMs: 800, stopTimeoutMs: 600, env: { HEALTH_STATUS: '503', IGNORE_SIGTERM: '1' } })
   const exits = []
   pm.on('exit', (e) => exits.push(e))

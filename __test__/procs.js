@@ -56,6 +56,8 @@ function processTree(pid) {
       for (const c of children.split(' ').filter(Boolean)) visit(Number(c))
     }
   }
+  // Without /proc (Windows, macOS) only the process itself is known; a backend's tree ends with its job there.
+  if (process.platform !== 'linux') return isAlive(pid) ? [pid] : []
   if (procStat(pid) !== null) visit(pid)
   return tree
 }

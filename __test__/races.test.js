@@ -5,7 +5,7 @@ const test = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const path = require('node:path')
-const { FIXTURE, tempDir, freeRun, startScript, killTree, httpGet } = require('./helpers')
+const { FIXTURE, tempDir, freeRun, startScript, killTree, httpGet, wineLacks } = require('./helpers')
 
 const APP = path.join(__dirname, 'fixtures', 'app.js')
 
@@ -80,7 +80,7 @@ test('two apps started at the same instant are each served by their own backend 
   assert.equal(failed.length, 0, `${failed.length} of 20 rounds went wrong:\n${failed.join('\n')}`)
 })
 
-test('30 apps started at the same instant are each served by their own backend, on 30 ports', { timeout: 300000 }, async (t) => {
+test('30 apps started at the same instant are each served by their own backend, on 30 ports', { skip: wineLacks('30 node.exe apps at once do not all start within 90 s on 2 cores'), timeout: 300000 }, async (t) => {
   const began = Date.now()
   const { problems, ports, misserved } = await round(t, 30)
   t.diagnostic(`30 apps: ${misserved} not served by their own backend, ${new Set(ports).size} distinct ports among ${ports.length} started; ${Date.now() - began} ms`)

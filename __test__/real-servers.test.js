@@ -8,7 +8,7 @@ const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const path = require('node:path')
 const { ProcessManager, isPortAvailable } = require('..')
-const { ROOT, tempDir, freeRun, isAlive, processTree, groupMembers, records, waitFor, killIfAlive, memoryLogger, httpGet } = require('./helpers')
+const { ROOT, tempDir, freeRun, isAlive, processTree, groupMembers, records, waitFor, killIfAlive, memoryLogger, httpGet, linuxOnly } = require('./helpers')
 const { ensurePythonDeps, PYDEPS, PYTHON } = require('../scripts/test-deps.js')
 
 const SERVERS_DIR = path.join(__dirname, 'fixtures', 'servers')
@@ -42,7 +42,7 @@ function describePid(pid) {
 }
 
 for (const server of SERVERS) {
-  test(`${server.name}: ready, shown running, and stopBackend() leaves no process, listener or record`, { timeout: 90000 }, async (t) => {
+  test(`${server.name}: ready, shown running, and stopBackend() leaves no process, listener or record`, { skip: linuxOnly('Python servers from .cache/pydeps and trees read from /proc'), timeout: 90000 }, async (t) => {
     const stateDir = tempDir(t)
     const port = await freeRun(10)
     const { name, processes, ...launch } = server
@@ -108,7 +108,7 @@ const TOKEN_BACKENDS = [
 ]
 
 for (const backend of TOKEN_BACKENDS) {
-  test(`the README's ${backend.name} backend that checks the token starts with token: true and refuses others`, async (t) => {
+  test(`the README's ${backend.name} backend that checks the token starts with token: true and refuses others`, { skip: linuxOnly('Python servers from .cache/pydeps and trees read from /proc') }, async (t) => {
     const readme = fs.readFileSync(path.join(ROOT, 'README.md'), 'utf8')
     assert.ok(readme.includes(fs.readFileSync(path.join(SERVERS_DIR, backend.file), 'utf8')), `README.md shows ${backend.file} as it is`)
     const pm = new ProcessManager({
@@ -140,7 +140,7 @@ const FD_SERVERS = [
 ]
 
 for (const server of FD_SERVERS) {
-  test(`listen: 'fd' with ${server.name}: 2 replicas serve, reload() under load fails no request, a stop leaves nothing`, { timeout: 90000 }, async (t) => {
+  test(`listen: 'fd' with ${server.name}: 2 replicas serve, reload() under load fails no request, a stop leaves nothing`, { skip: linuxOnly('Python servers from .cache/pydeps and trees read from /proc'), timeout: 90000 }, async (t) => {
     const stateDir = tempDir(t)
     const port = await freeRun(5)
     const { name, ...launch } = server

@@ -5,8 +5,9 @@ const test = require('node:test')
 const assert = require('node:assert/strict')
 const path = require('node:path')
 const { execFile } = require('node:child_process')
+const { linuxOnly } = require('./helpers')
 
-test('short soak: 50 mixed cycles after warm-up leave nothing behind', async (t) => {
+test('short soak: 50 mixed cycles after warm-up leave nothing behind', { skip: linuxOnly('counts descriptors in /proc/self/fd') }, async (t) => {
   const script = path.join(__dirname, '..', 'scripts', 'soak.js')
   const { stdout, stderr, code } = await new Promise((resolve) => {
     execFile(process.execPath, ['--expose-gc', script, '--cycles', '50', '--warmup', '100', '--json'], { timeout: 120000 }, (err, stdout, stderr) => resolve({ code: err ? err.code : 0, stdout, stderr }))
@@ -22,7 +23,7 @@ test('short soak: 50 mixed cycles after warm-up leave nothing behind', async (t)
   assert.equal(code, 0, stderr)
 })
 
-test('short restart soak: 30 kill → restart → stop cycles leave nothing behind', async (t) => {
+test('short restart soak: 30 kill → restart → stop cycles leave nothing behind', { skip: linuxOnly('counts descriptors in /proc/self/fd') }, async (t) => {
   const script = path.join(__dirname, '..', 'scripts', 'soak.js')
   const { stdout, stderr, code } = await new Promise((resolve) => {
     execFile(process.execPath, ['--expose-gc', script, '--restarts', '--cycles', '30', '--warmup', '20', '--json'], { timeout: 120000 }, (err, stdout, stderr) => resolve({ code: err ? err.code : 0, stdout, stderr }))

@@ -7,7 +7,7 @@ const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const path = require('node:path')
 const { once } = require('node:events')
-const { ROOT, tempDir, freeRun, isAlive, records, waitFor, killIfAlive, fixtureManager, httpGet } = require('./helpers')
+const { ROOT, tempDir, freeRun, isAlive, records, waitFor, killIfAlive, fixtureManager, httpGet, KILLED, linuxOnly } = require('./helpers')
 
 /** The next `count` events of `kind`, in order. */
 function next(pm, kind, count = 1, timeoutMs = 15000) {
@@ -52,7 +52,7 @@ test('a backend SIGKILLed from outside is restarted on the same port; its record
   assert.equal(restarts.length, 1)
   assert.deepEqual(
     { attempt: restarts[0].attempt, reason: restarts[0].reason, pid: restarts[0].pid, signal: restarts[0].signal },
-    { attempt: 1, reason: 'exit', pid: first.pid, signal: 'SIGKILL' },
+    { attempt: 1, reason: 'exit', pid: first.pid, signal: KILLED.signal },
   )
   assert.deepEqual(records(stateDir), [`fixture-${second.pid}.json`], 'the old record is gone')
   const record = JSON.parse(fs.readFileSync(path.join(stateDir, `fixture-${second.pid}.json`), 'utf8'))
@@ -171,7 +171,7 @@ test('a backend allocating past maxMemoryBytes is restarted with reason "memory"
   assert.deepEqual([restart.reason, restart.pid], ['memory', first.pid])
 })
 
-test('stats() of a busy backend with grandchildren: the whole tree, CPU as the kernel counts it; null after the stop', async (t) => {
+test('stats() of a busy backend with grandchildren: the whole tree, CPU as the kernel counts it; null after the stop', { skip: linuxOnly('reads CPU time and memory from /proc') }, async (t) => {
   const { pm, seen } = fixtureManager(t, { port: await freeRun(3), env: { BUSY_GRANDCHILD: '1', GRANDCHILDREN: '1' } })
   const b = await pm.startBackend(ROOT)
   const pids = [b.pid, ...(await seen(/^GRANDCHILD /, 2)).map((l) => Number(l.split(' ')[1]))]
@@ -209,7 +209,7 @@ test('stats events come every statsIntervalMs while it runs', async (t) => {
   for (const e of events) assert.equal(e.pid, b.pid)
 })
 
-test("priority 'low' runs the backend at nice 10; limits.openFiles is its RLIMIT_NOFILE", async (t) => {
+test("priority 'low' runs the backend at nice 10; limits.openFiles is its RLIMIT_NOFILE", { skip: linuxOnly('nice and RLIMIT_NOFILE from /proc') }, async (t) => {
   const { pm } = fixtureManager(t, { port: await freeRun(3), priority: 'low', limits: { openFiles: 512, coreDumps: false } })
   const b = await pm.startBackend(ROOT)
   assert.equal(procStatField(b.pid, 19), 10)

@@ -270,6 +270,48 @@ async fn closing_stdin_stops_a_node_backend_gracefully() {
   assert!(started.elapsed() < Duration::from_secs(2));
 }
 
+/// `shutdown.http`: the stop request is answered and the backend exits by itself with code 0, before any
+/// break or job step (which Wine could not send anyway: the test above).
+#[tokio::test]
+async fn an_http_shutdown_request_stops_a_node_backend_gracefully() {
+  let port = crate::net::port::unused_port();
+  let (sink, mut rx) = lines();
+  let child = spawn::spawn(
+    node(&format!(
+      "require('http').createServer((q, s) => {{ if (q.method === 'POST' && q.url === '/shutdown') s.end('bye', () => process.exit(0)); else s.end('ok') }}).listen({port}, '127.0.0.1', () => console.log('ready'))"
+    )),
+    sink,
+  )
+  .await
+  .unwrap();
+  let _cleanup = Cleanup(vec![child.clone()]);
+  assert_eq!(first_line(&mut rx).await, "ready");
+  let target = health::Target {
+    host: "127.0.0.1".parse().unwrap(),
+    port,
+    path: "/health".into(),
+    token: None,
+  };
+  let started = Instant::now();
+  let outcome = stop::stop_child(
+    &child,
+    Duration::from_secs(8),
+    Polite {
+      request: Some(Box::pin(async move {
+        health::request(&target, "POST", "/shutdown", Duration::from_secs(1)).await;
+      })),
+      close_stdin: false,
+    },
+  )
+  .await;
+  eprintln!("shutdown.http: {outcome:?} in {:?}", started.elapsed());
+  assert!(!outcome.forced, "{outcome:?}");
+  assert_eq!(outcome.exit.exit_code, Some(0));
+  assert_eq!(outcome.exit.signal, None);
+  assert!(outcome.survivors.is_empty());
+  assert!(started.elapsed() < Duration::from_secs(2));
+}
+
 /// Identity through one handle: the creation time is exact and stable, the image path is the
 /// executable's; a pinned process is ended through its handle, and a gone one cannot be pinned.
 #[tokio::test]
