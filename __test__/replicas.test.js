@@ -9,7 +9,7 @@ const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const net = require('node:net')
 const path = require('node:path')
-const { ROOT, tempDir, freeRun, isAlive, records, waitFor, killIfAlive, fixtureManager, httpGet, cli, posixOnly, wineUnexplained } = require('./helpers')
+const { ROOT, tempDir, freeRun, isAlive, records, waitFor, killIfAlive, fixtureManager, httpGet, cli, posixOnly } = require('./helpers')
 const { isPortAvailable } = require('..')
 
 /** The pid a fixture answer names. */
@@ -52,7 +52,7 @@ function trackReplicas(t, pm) {
   return seen
 }
 
-test('3 replicas behind the public port: fresh connections reach all 3; one record each; a stop leaves nothing', { skip: wineUnexplained('the balanced port refuses the health probe') }, async (t) => {
+test('3 replicas behind the public port: fresh connections reach all 3; one record each; a stop leaves nothing', async (t) => {
   const { pm, stateDir } = fixtureManager(t, { port: await freeRun(4), replicas: 3 })
   trackReplicas(t, pm)
   const info = await pm.startBackend(ROOT)
@@ -98,7 +98,7 @@ test('3 replicas behind the public port: fresh connections reach all 3; one reco
   assert.equal(pm.backend, null)
 })
 
-test('one replica SIGKILLed under load: no request fails, and 3 healthy replicas are back within 5 s', { skip: wineUnexplained('the balanced port refuses the health probe') }, async (t) => {
+test('one replica SIGKILLed under load: no request fails, and 3 healthy replicas are back within 5 s', async (t) => {
   const { pm } = fixtureManager(t, { port: await freeRun(4), replicas: 3, restart: { initialDelayMs: 50 } })
   trackReplicas(t, pm)
   const info = await pm.startBackend(ROOT)
@@ -128,7 +128,7 @@ test('one replica SIGKILLed under load: no request fails, and 3 healthy replicas
   assert.ok(later.includes(restarted.pid), 'the restarted replica serves')
 })
 
-test('reload() under load replaces every replica with no failed request; the old processes are gone', { skip: wineUnexplained('the balanced port refuses the health probe') }, async (t) => {
+test('reload() under load replaces every replica with no failed request; the old processes are gone', async (t) => {
   const { pm, stateDir } = fixtureManager(t, { port: await freeRun(4), replicas: 3 })
   trackReplicas(t, pm)
   const info = await pm.startBackend(ROOT)
@@ -237,7 +237,7 @@ test('reload() of one process on its own port: stopped, then started again on th
   assert.deepEqual(pm.backend, after)
 })
 
-test('a replica that keeps crashing fails on its own while the other serves; the backend fails when none is left', { skip: wineUnexplained('the balanced port refuses the health probe') }, async (t) => {
+test('a replica that keeps crashing fails on its own while the other serves; the backend fails when none is left', async (t) => {
   const crash = path.join(tempDir(t), 'crash')
   const { pm, stateDir } = fixtureManager(t, {
     port: await freeRun(3),
@@ -269,7 +269,7 @@ test('a replica that keeps crashing fails on its own while the other serves; the
   assert.equal(await isPortAvailable(info.port), true, 'the public port is free')
 })
 
-test('a replica that cannot start fails the whole start: the others are stopped, nothing is left', { skip: wineUnexplained('the balanced port refuses the health probe') }, async (t) => {
+test('a replica that cannot start fails the whole start: the others are stopped, nothing is left', async (t) => {
   const { pm, stateDir } = fixtureManager(t, {
     port: await freeRun(3),
     replicas: 3,
