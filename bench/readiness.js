@@ -109,7 +109,9 @@ module.exports = async function readiness({ runs, only }) {
   }
   try {
     await Promise.all(waiters.map((w) => w.ready))
-    const nextPort = (run) => 30000 + (run % 100) * 97
+    // Below Linux's ephemeral range (32768+): at interval 2 wait-on opens hundreds of client sockets a
+    // second, and one of them bound to the chosen port made that round's start fail (port in use).
+    const nextPort = (run) => 20000 + (run % 100) * 97
     // Warm-up: every process loads its code paths once before anything counts.
     await oneRun(waiters, dir, nextPort(0), 100, 'warmup')
     const starter = waiters.find((w) => w.kind === STARTER)

@@ -1,7 +1,7 @@
 'use strict'
 // npm run bench: every area side by side with its peers, in one run on this machine. Prints one table per
 // area (median, p95, ratio to ours, correctness), and writes bench/RESULTS.md, bench/chart.svg and
-// bench/results/latest.json. Usage: node bench/run.js [area…] [--quick]
+// bench/results/latest.json. Usage: node bench/run.js [area…] [--quick] (areas named: re-run into today's report)
 const fs = require('node:fs')
 const path = require('node:path')
 const { machine, fmt } = require('./lib')
@@ -110,7 +110,7 @@ async function main() {
   const info = machine()
   const date = new Date().toISOString().slice(0, 10)
   console.log(`Machine: ${info.cpu}, ${info.cores} cores, ${info.memoryGiB} GiB, ${info.os}, Node ${info.node} — ${date}${quick ? ' (quick)' : ''}\n`)
-  const results = []
+  let results = []
   for (const area of chosen.length ? chosen : AREAS) {
     if (!AREAS.includes(area)) throw new Error(`unknown area ${area}; areas: ${AREAS.join(', ')}`)
     const result = withRatios(await require(`./${area}.js`)({ runs: RUNS[area], quick }))
@@ -122,7 +122,16 @@ async function main() {
     if (result.figures) for (const [k, v] of Object.entries(result.figures)) console.log(`  ${k}: ${typeof v === 'number' ? v.toFixed(2) : v}`)
     console.log()
   }
-  if (chosen.length) return // a partial run does not replace the report
+  const latest = path.join(__dirname, 'results', 'latest.json')
+  if (chosen.length) {
+    // A partial full run replaces its areas in the last full report (same machine, same day); a quick one
+    // never touches the report.
+    if (quick || !fs.existsSync(latest)) return
+    const previous = JSON.parse(fs.readFileSync(latest, 'utf8'))
+    if (previous.date !== date) return
+    results = previous.results.map((r) => results.find((n) => n.area === r.area) ?? r)
+    console.log(`re-ran ${chosen.join(', ')}; the other areas are from the earlier run today`)
+  }
   const md = [
     `# Benchmark results`,
     ``,
@@ -142,7 +151,7 @@ async function main() {
   fs.writeFileSync(path.join(__dirname, 'RESULTS.md'), md)
   fs.writeFileSync(path.join(__dirname, 'chart.svg'), chart(results))
   fs.mkdirSync(path.join(__dirname, 'results'), { recursive: true })
-  fs.writeFileSync(path.join(__dirname, 'results', 'latest.json'), JSON.stringify({ date, machine: info, results }, null, 2))
+  fs.writeFileSync(latest, JSON.stringify({ date, machine: info, results }, null, 2))
   console.log('wrote bench/RESULTS.md, bench/chart.svg, bench/results/latest.json')
 }
 

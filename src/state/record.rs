@@ -126,13 +126,30 @@ pub fn write_record(dir: &Path, record: &Record) -> Result<PathBuf> {
     let mut file = options.open(&tmp)?;
     file.write_all(&body)?;
     file.sync_all()?;
-    fs::rename(&tmp, &path)
+    drop(file);
+    replace(&tmp, &path)
   };
   write().map_err(|e| {
     let _ = fs::remove_file(&tmp);
     PmError::state_dir_io(dir, "a PID record cannot be written", e)
   })?;
   Ok(path)
+}
+
+/// Renames `from` over `to`. Windows refuses to replace a file that another process has open without
+/// delete sharing (a reader of the state folder, an antivirus scan) with "access denied"; that lasts as
+/// long as the other's read, so the rename is retried for up to ~1 s (as npm's graceful-fs does).
+fn replace(from: &Path, to: &Path) -> std::io::Result<()> {
+  #[cfg(windows)]
+  for _ in 0..50 {
+    match fs::rename(from, to) {
+      Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+        std::thread::sleep(std::time::Duration::from_millis(20))
+      }
+      done => return done,
+    }
+  }
+  fs::rename(from, to)
 }
 
 /// Removes a record file; one already gone is fine.
