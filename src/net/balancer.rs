@@ -1085,10 +1085,29 @@ mod tests {
 
   #[tokio::test]
   async fn a_start_larger_than_the_replay_limit_is_not_replayed() {
-    let (answer, balancer, mut failures) = reset_while_queued(vec![b'x'; REPLAY_LIMIT + 1]).await;
-    // Not replayed: the client sees the connection end without an answer (after the start was relayed,
-    // an upstream's failure ends the client's connection as the relay ends it).
-    match answer {
+    // An upstream that reads the whole request (so the balancer has relayed all of it, past the limit),
+    // then resets without answering; a live upstream is there by then, for a replay that must not happen.
+    let resetting = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let resetting_addr = resetting.local_addr().unwrap();
+    let live = TestUpstream::start(1, Mode::Reply).await;
+    let balancer = start_balancer(Strategy::LeastConnections);
+    let mut failures = balancer.take_failures().unwrap();
+    balancer.add(0, resetting_addr);
+    let body = vec![b'x'; REPLAY_LIMIT + 1];
+    let addr = balancer.local_addr();
+    let exchange = tokio::spawn(async move { request(addr, &body).await });
+    let (mut stream, _) = timeout(WAIT, resetting.accept()).await.unwrap().unwrap();
+    balancer.add(1, live.addr);
+    let mut request_read = Vec::new();
+    timeout(WAIT, stream.read_to_end(&mut request_read))
+      .await
+      .unwrap()
+      .unwrap();
+    assert_eq!(request_read.len(), REPLAY_LIMIT + 1);
+    stream.set_zero_linger().unwrap();
+    drop(stream);
+    // Not replayed: the client sees the connection end without an answer.
+    match exchange.await.unwrap() {
       Ok(answer) => assert!(answer.is_empty(), "replayed anyway: {} bytes", answer.len()),
       Err(error) => assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "{error}"),
     }
