@@ -263,6 +263,7 @@ where
   let mut probes = 0;
   let mut answered_delay = ANSWERED_DELAY_START.min(answered_delay_cap);
   let mut last_look = false;
+  let mut last_telling: Option<ProbeOutcome> = None;
   // The backend just wrote a line: probe at once, without a look first (it most likely listens now).
   let mut nudged = false;
   // Whether the kernel answers exact listener lookups here (some sandboxes refuse netlink).
@@ -272,6 +273,8 @@ where
   loop {
     let look = !last_look && !nudged;
     nudged = false;
+    // A probe the deadline cut short: its time-out says nothing about the backend.
+    let mut cut_short = false;
     let outcome = if look && listening(target) == Some(false) {
       ProbeOutcome::Refused
     } else {
@@ -281,6 +284,7 @@ where
       } else {
         probe_timeout.min(remaining.max(Duration::from_millis(1)))
       };
+      cut_short = limit < probe_timeout;
       // The probe runs as a task of its own while the listener's owner is looked up here: the two
       // overlap, on the path that decides how soon the app sees its backend.
       let probed_at = Instant::now();
@@ -307,10 +311,14 @@ where
       }
       outcome
     };
+    if !(cut_short && outcome == ProbeOutcome::TimedOut) {
+      last_telling = Some(outcome.clone());
+    }
     let now = Instant::now();
     if last_look || now >= deadline {
+      // The last answer that tells something (a 503, a refusal), not a probe the deadline cut short.
       return Err(NotReady {
-        last: outcome,
+        last: last_telling.unwrap_or(outcome),
         probes,
       });
     }
