@@ -1078,6 +1078,13 @@ mod tests {
   #[tokio::test]
   async fn a_connection_reset_before_the_first_byte_is_replayed_on_another_upstream() {
     let (answer, balancer, mut failures) = reset_while_queued(b"the request".to_vec()).await;
+    // Under Wine a reset can read as a clean end (see `a_reset_reads_as_an_error_on_windows_and_as_an_end_
+    // under_wine`): the balancer then sees an upstream that closed without answering, which it must not
+    // replay, and the client gets the same clean end.
+    #[cfg(windows)]
+    if crate::os::win::is_wine() && answer.as_ref().is_ok_and(|a| a.is_empty()) {
+      return;
+    }
     assert_eq!(answer.expect("the request failed"), b"1:the request");
     assert_eq!(timeout(WAIT, failures.recv()).await.unwrap(), Some(0));
     assert_eq!(balancer.close(Instant::now() + WAIT).await, 0);
