@@ -262,6 +262,38 @@ test('HTTP_PROXY pointing at a dead port does not affect health checks', async (
   assert.equal(await pm.waitForBackendReady(b.port, 3, 100), true)
 })
 
+test('waitForBackendReady sees a server that starts listening later at once, and waits out its 503 answers', async (t) => {
+  const port = await freeRun(1)
+  const pm = new ProcessManager({ name: 'observer', stateDir: tempDir(t), logger: false })
+  const requests = []
+  const server = http.createServer((req, res) => {
+    requests.push(performance.now())
+    res.writeHead(requests.length <= 2 ? 503 : 200).end()
+  })
+  t.after(() => server.close())
+  let listenedAt = null
+  const listening = setTimeout(() => server.listen(port, '127.0.0.1', () => (listenedAt = performance.now())), 300)
+  t.after(() => clearTimeout(listening))
+  // 1000 ms between retries: a waiter that only probed at that pace would reach the server ~700 ms late.
+  assert.equal(await pm.waitForBackendReady(port, 10, 1000), true)
+  assert.ok(listenedAt !== null)
+  assert.equal(requests.length, 3, 'two 503 answers, then the 200')
+  const firstAfter = requests[0] - listenedAt
+  assert.ok(firstAfter < 250, `first request ${firstAfter.toFixed(1)} ms after the listen`)
+})
+
+test('waitForBackendReady gives false once maxRetries × retryDelayMs has passed, and rejects bad arguments', async (t) => {
+  const port = await freeRun(1)
+  const pm = new ProcessManager({ name: 'observer', stateDir: tempDir(t), logger: false })
+  const started = performance.now()
+  assert.equal(await pm.waitForBackendReady(port, 2, 100), false)
+  const waited = performance.now() - started
+  assert.ok(waited >= 190 && waited < 3000, `waited ${waited.toFixed(0)} ms`)
+  for (const args of [[0], ['3000'], [70000], [port, -1], [port, 1, 'x']]) {
+    await assert.rejects(pm.waitForBackendReady(...args), { code: 'ERR_INVALID_ARG' }, `waitForBackendReady(${args.join(', ')})`)
+  }
+})
+
 const hasPython = spawnSync('python3', ['--version']).status === 0
 test('a Python backend: python3 -m http.server', { skip: !hasPython && 'python3 not installed' }, async (t) => {
   const { pm } = fixtureManager(t, {

@@ -3,7 +3,7 @@
 //! `ERR_INTERNAL` (docs/design.md §14).
 
 use crate::error::{catch_panic, catch_panic_async, Field, PmError, Result};
-use napi::bindgen_prelude::{PromiseRaw, ToNapiValue};
+use napi::bindgen_prelude::{Object, PromiseRaw, ToNapiValue};
 use napi::{Env, JsValue, Status};
 use std::future::Future;
 
@@ -55,6 +55,49 @@ where
     Ok(value) => Ok(convert(value)),
     Err(err) => Err(to_js(env, &err)),
   })
+}
+
+/// Like `promise`, for a wait whose end the app is waiting to see (`waitForBackendReady`): the future runs
+/// alone on a thread of its own, on a runtime of its own (so it may also sleep there, see
+/// `health::Watch::own_thread`), and settles the promise from that thread. Its end reaches JS in one
+/// hand-over between threads (to the JS thread) instead of two (a runtime worker, then the JS thread).
+pub fn promise_on_own_thread<'env, T, V, F>(
+  env: &'env Env,
+  work: impl FnOnce() -> F + Send + 'static,
+  convert: impl FnOnce(T) -> V + Send + 'static,
+) -> napi::Result<Object<'env>>
+where
+  F: Future<Output = Result<T>> + Send + 'static,
+  T: Send + 'static,
+  V: ToNapiValue + 'static,
+{
+  let (deferred, promise) = env.create_deferred()?;
+  let runtime = tokio::runtime::Builder::new_current_thread()
+    .enable_all()
+    .build()
+    .map_err(|e| {
+      to_js(
+        env,
+        &PmError::Internal(format!("no runtime for the wait: {e}")),
+      )
+    })?;
+  std::thread::Builder::new()
+    .name("bpm-wait".into())
+    .stack_size(crate::os::spawn::THREAD_STACK)
+    .spawn(move || {
+      let result = runtime.block_on(catch_panic_async(work()));
+      deferred.resolve(move |env| match result {
+        Ok(value) => Ok(convert(value)),
+        Err(err) => Err(to_js(&env, &err)),
+      });
+    })
+    .map_err(|e| {
+      to_js(
+        env,
+        &PmError::Internal(format!("no thread for the wait: {e}")),
+      )
+    })?;
+  Ok(promise)
 }
 
 /// A promise of blocking core work (see `blocking`): run on a thread of its own, settled like `promise`.

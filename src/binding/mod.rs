@@ -11,7 +11,7 @@ use crate::net::{listeners, port, reservation};
 use crate::options::{self, CleanupArgs, FindArgs, Options, StartArgs};
 use crate::state;
 use crate::state::orphans::{self, RecordState};
-use error::{blocking_promise, promise, sync};
+use error::{blocking_promise, promise, promise_on_own_thread, sync};
 use events::JsEvents;
 use napi::bindgen_prelude::{Function, PromiseRaw};
 use napi::{Env, Unknown};
@@ -586,7 +586,7 @@ impl NativeManager {
     port: Unknown,
     max_retries: Unknown,
     retry_delay_ms: Unknown,
-  ) -> napi::Result<PromiseRaw<'env, bool>> {
+  ) -> napi::Result<napi::bindgen_prelude::Object<'env>> {
     let (port, retries, delay) = (
       from_js(port)?,
       from_js(max_retries)?,
@@ -606,9 +606,9 @@ impl NativeManager {
       ))
     })?;
     let manager = self.inner.clone();
-    promise(
+    promise_on_own_thread(
       env,
-      async move { Ok(manager.wait_for_ready(port, retries, delay).await) },
+      move || async move { Ok(manager.wait_for_ready(port, retries, delay).await) },
       |b| b,
     )
   }

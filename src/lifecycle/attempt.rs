@@ -201,7 +201,11 @@ pub async fn run(
       o.health_timeout,
       deadline,
       ANSWERED_DELAY_CAP,
-      health::Watch { refused_delay: QUIET_LOOK_EVERY, nudge: Some(nudge) },
+      health::Watch {
+        refused_delay: QUIET_LOOK_EVERY,
+        nudge: Some(nudge),
+        own_thread: false,
+      },
       own_listener,
     ) => {
       match ready {

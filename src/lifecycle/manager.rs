@@ -178,6 +178,8 @@ impl Manager {
     .is_healthy()
   }
 
+  /// `pm.waitForBackendReady`. Runs alone on a thread of its own (the binding's `promise_on_own_thread`):
+  /// on Linux it sleeps on that thread between looks at the port.
   pub async fn wait_for_ready(&self, port: u16, max_retries: u32, retry_delay: Duration) -> bool {
     let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
     let deadline = retry_delay
@@ -189,7 +191,7 @@ impl Manager {
       self.options.health_timeout,
       deadline,
       retry_delay,
-      health::Watch::polling(),
+      health::Watch::polling_on_own_thread(),
       || async { true },
     )
     .await

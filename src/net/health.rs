@@ -16,9 +16,11 @@ use tokio::sync::Notify;
 use tokio::time::{sleep, timeout, Instant};
 
 /// Between two looks at a port nobody tells us about. The lag from listen to "ready" is half of it on
-/// average plus one probe, and the CPU time of a wait is one wake-up per look (~35 us on a VM): 2 ms keeps
-/// a 2 s wait near 2 % of a core with a ~1.3 ms median lag (measured, `npm run bench`).
-const POLL_EVERY: Duration = Duration::from_millis(2);
+/// average plus one probe and its hand-overs (~0.7 ms on the 2-core VM of `npm run bench`), so a median
+/// lag under 1.5 ms needs a look at least every ~1.5 ms. The CPU time of a wait is mostly one thread
+/// wake-up per look: on that VM 1 ms looks cost ~100 ms per 2 s wait, where a thread that does nothing
+/// but sleep 1 ms at a time costs ~75 ms (measured).
+const POLL_EVERY: Duration = Duration::from_millis(1);
 /// Once the backend answers but is not healthy yet, back off from here towards the caller's cap.
 const ANSWERED_DELAY_START: Duration = Duration::from_millis(25);
 
@@ -187,15 +189,21 @@ pub struct Watch {
   /// Woken when the backend writes a line: most servers say so when they start listening, so the wait
   /// looks at once instead of at its next tick.
   pub nudge: Option<Arc<Notify>>,
+  /// The wait runs alone on a thread of its own (a runtime of its own driven by `block_on`), so it may
+  /// sleep there between looks (Linux, see `look_until_listening`).
+  #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+  pub own_thread: bool,
 }
 
 impl Watch {
-  /// A port nobody tells us about (`waitForBackendReady`): look every `POLL_EVERY` (Linux: on a thread of
-  /// its own, see `until_listening`; elsewhere on the runtime's timer, whose 1 ms ticks round it up).
-  pub fn polling() -> Watch {
+  /// A port nobody tells us about (`waitForBackendReady`), waited for on a thread of its own: look every
+  /// `POLL_EVERY` (Linux: sleeping on that thread; elsewhere on its runtime's timer, whose 1 ms ticks round
+  /// it up).
+  pub fn polling_on_own_thread() -> Watch {
     Watch {
       refused_delay: POLL_EVERY,
       nudge: None,
+      own_thread: true,
     }
   }
 }
@@ -216,31 +224,25 @@ fn listening(target: &Target) -> Option<bool> {
   })
 }
 
-/// Linux, a port nobody tells us about: looks for a listener at `addr` every `every` until one is there
-/// (`true`) or `until` (`false`), on a thread of its own that sleeps on the kernel's precise timer between
-/// looks. On the runtime, each look cost two thread wake-ups (the worker holding the timer hands the task
-/// to another) and the timer's 1 ms ticks made the looks 1-2 ms apart at random; on a VM each wake-up
-/// costs ~35 us of CPU, ten times a look, so the wake-ups are the cost. Ends at once when the wait is
-/// dropped; `None` when there is no thread for it.
+/// Linux, a wait on a thread of its own (`Watch::own_thread`): looks for a listener at `addr` every `every`
+/// until one is there (`true`) or `until` (`false`), sleeping on the kernel's precise timer between looks.
+/// It blocks the thread, which nothing else shares. On the shared runtime each look cost two thread
+/// wake-ups (the worker holding the timer hands the task to another) and the timer's 1 ms ticks made the
+/// looks 1-2 ms apart at random; on a VM each wake-up costs ~45 us of CPU, more than the look itself, so
+/// the wake-ups are the cost.
 #[cfg(target_os = "linux")]
-async fn until_listening(addr: SocketAddr, every: Duration, until: Instant) -> Option<bool> {
-  let (found, answer) = tokio::sync::oneshot::channel();
+fn look_until_listening(addr: SocketAddr, every: Duration, until: Instant) -> bool {
   let until = until.into_std();
-  std::thread::Builder::new()
-    .name("bpm-look".into())
-    .stack_size(crate::os::spawn::THREAD_STACK)
-    .spawn(move || loop {
-      let now = std::time::Instant::now();
-      let listening = super::listeners::listener_at(addr) != Some(false);
-      if listening || now >= until || found.is_closed() {
-        let _ = found.send(listening);
-        return;
-      }
-      std::thread::sleep(every.min(until - now));
-    })
-    .ok()?;
-  // A thread that died without an answer: let the caller look.
-  Some(answer.await.unwrap_or(true))
+  loop {
+    let now = std::time::Instant::now();
+    if super::listeners::listener_at(addr) != Some(false) {
+      return true;
+    }
+    if now >= until {
+      return false;
+    }
+    std::thread::sleep(every.min(until - now));
+  }
 }
 
 /// Waits until healthy or `deadline`. While nothing listens on the port, it looks every
@@ -330,14 +332,12 @@ where
       d
     };
     #[cfg(target_os = "linux")]
-    if watch.nudge.is_none() && outcome == ProbeOutcome::Refused && looks_answer {
-      let addr = SocketAddr::new(target.host, target.port);
-      if let Some(listening) = until_listening(addr, delay, deadline).await {
-        // Found by the thread: probed at once, without another look.
-        nudged = listening;
-        last_look = Instant::now() >= deadline;
-        continue;
-      }
+    if watch.own_thread && outcome == ProbeOutcome::Refused && looks_answer {
+      // A listener found is probed at once, without another look, on this thread (no hand-over between
+      // threads on the path to "ready"); none by the deadline: one last probe.
+      nudged = look_until_listening(SocketAddr::new(target.host, target.port), delay, deadline);
+      last_look = !nudged;
+      continue;
     }
     let pause = sleep(delay.min(deadline - now));
     match (&watch.nudge, outcome == ProbeOutcome::Refused) {
@@ -424,7 +424,7 @@ mod tests {
       Duration::from_secs(1),
       started + Duration::from_millis(200),
       Duration::from_secs(1),
-      Watch::polling(),
+      Watch::polling_on_own_thread(),
       || async { true },
     )
     .await;
@@ -433,6 +433,50 @@ mod tests {
     assert!(
       waited >= Duration::from_millis(200) && waited < Duration::from_secs(2),
       "{waited:?}"
+    );
+  }
+
+  /// A wait on a thread of its own (as `waitForBackendReady` runs) finds a listener that appears later,
+  /// from another thread, and probes it at once: the wait ends well before its 1 s answered delay.
+  #[test]
+  fn a_wait_on_its_own_thread_probes_a_late_listener_at_once() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+      .unwrap()
+      .local_addr()
+      .unwrap()
+      .port();
+    let server = std::thread::spawn(move || {
+      std::thread::sleep(Duration::from_millis(150));
+      let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+      let listening = std::time::Instant::now();
+      let (mut socket, _) = listener.accept().unwrap();
+      let accepted = listening.elapsed();
+      let mut buf = [0u8; 1024];
+      let _ = std::io::Read::read(&mut socket, &mut buf);
+      std::io::Write::write_all(&mut socket, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        .unwrap();
+      accepted
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+      .enable_all()
+      .build()
+      .unwrap();
+    let ready = runtime.block_on(async {
+      wait_until_healthy(
+        &target(port),
+        Duration::from_secs(1),
+        Instant::now() + Duration::from_secs(10),
+        Duration::from_secs(1),
+        Watch::polling_on_own_thread(),
+        || async { true },
+      )
+      .await
+    });
+    assert!(ready.is_ok(), "{:?}", ready.err());
+    let accepted = server.join().unwrap();
+    assert!(
+      accepted < Duration::from_millis(500),
+      "probed {accepted:?} after the listen"
     );
   }
 

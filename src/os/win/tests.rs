@@ -651,6 +651,7 @@ async fn a_node_backend_in_its_job_becomes_ready() {
     health::Watch {
       refused_delay: Duration::from_millis(25),
       nudge: None,
+      own_thread: false,
     },
     || async move {
       listeners::listened_by(port, &tree::with_descendants(pid)) != listeners::Holder::Others
