@@ -1,18 +1,21 @@
 'use strict'
 // Readiness: a backend that starts listening after a delay and records that moment; every contender runs
 // in a process of its own (bench/waiter.js) and we measure how long after the listen it reports ready. Each
-// round, ours `startBackend` starts the backend and one other contender waits for it alongside (in turn),
-// so no contender's polling takes the CPU from another's (wait-on at interval 2 spends ~half a core). Lag runs use a random 100–2000
-// ms listen delay; CPU runs a fixed 2000 ms one, and report the CPU time (user + system) each contender's
-// process spent from the start of its wait to "ready". Ours `startBackend` starts the backend itself (the
-// backend's own CPU is in the backend's process, not counted); every other contender only waits for it.
+// round is one contender alone with the backend: ours `startBackend` starts it itself; for every other
+// contender this process starts it (a plain spawn). Alone, so that no contender's polling takes the 2 cores
+// from another's (wait-on at interval 2 spends ~half a core) and no other waiter's probe is queued at the
+// single-threaded backend before its own. Lag runs use a random 100–2000 ms listen delay; CPU runs a fixed
+// 2000 ms one, and report the CPU time (user + system) each contender's process spent from the start of its
+// wait to "ready" (the backend's own CPU is in the backend's process, not counted).
 const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
-const { fork } = require('node:child_process')
+const { fork, spawn, spawnSync } = require('node:child_process')
+const { once } = require('node:events')
 const { summary, freeRun } = require('./lib')
 
 const WAITER = path.join(__dirname, 'waiter.js')
+const BACKEND = path.join(__dirname, 'fast-backend.py')
 const STARTER = 'ours-start'
 // Row name → waiter kind. The reference row (same work as the peers: only waiting) comes first.
 const CONTENDERS = {
@@ -25,7 +28,21 @@ const CONTENDERS = {
 }
 const CPU_DELAY_MS = 2000
 const REPLY_LIMIT_MS = 40000
+const isOursRow = (name) => name.startsWith('backend-process-manager')
+// The machine's floor for any waiter that looks this often: a process that does nothing but sleep this long
+// at a time, for as long as a CPU run waits (ours looks at the port every 1 ms).
+const FLOOR_SLEEP_MS = 1
+const FLOOR = `import time
+start = time.monotonic(); cpu = time.process_time()
+while time.monotonic() - start < ${CPU_DELAY_MS / 1000}:
+    time.sleep(${FLOOR_SLEEP_MS / 1000})
+print((time.process_time() - cpu) * 1000)`
 
+/** CPU ms that a python3 process spends sleeping FLOOR_SLEEP_MS at a time for CPU_DELAY_MS; NaN without python3. */
+function floorCpuMs() {
+  const run = spawnSync('python3', ['-c', FLOOR], { encoding: 'utf8' })
+  return run.status === 0 ? Number(run.stdout.trim()) : NaN
+}
 /** A forked waiter with a request/answer helper; resolves once it has loaded its library. */
 function startWaiter(kind) {
   const child = fork(WAITER, [kind], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
@@ -65,35 +82,53 @@ function startWaiter(kind) {
   return { kind, child, request, ready, close }
 }
 
-/**
- * One backend, every contender waiting for it at once; the lag and CPU of each, by kind. The port is free and
- * reserved for the starter's manager beforehand (other processes of this user may hold reservations too).
- */
-async function oneRun(waiters, dir, from, delay, tag) {
-  // `waiters`: the starter and the contenders of this round.
-  const starter = waiters.find((w) => w.kind === STARTER)
-  const mark = path.join(dir, `listen-${tag}`)
-  let port = from
-  for (;;) {
-    port = await freeRun(1, port)
-    if ((await starter.request({ cmd: 'prepare', port, dir, delay, mark })).ok) break
-    port++
+/** The backend of a round with a contender that only waits: listens on `port` after `delay` ms. */
+function spawnBackend(port, delay, mark) {
+  const child = spawn('python3', [BACKEND], {
+    stdio: 'ignore',
+    env: { ...process.env, HOST: '127.0.0.1', PORT: String(port), LISTEN_DELAY_MS: String(delay), LISTEN_MARK_FILE: mark },
+  })
+  const exited = once(child, 'exit')
+  return async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+    await exited
   }
-  const msg = { cmd: 'wait', port, dir, delay, mark }
-  // The starter first (it spawns the backend), then the others, all before the backend can listen.
-  const ordered = [starter, ...waiters.filter((w) => w !== starter)]
-  const answers = await Promise.all(ordered.map((w) => w.request(msg)))
-  await starter.request({ cmd: 'stop' })
-  // No mark: the backend never listened, and every contender has reported its failure.
-  const listenedAt = fs.existsSync(mark) ? Number(fs.readFileSync(mark, 'utf8').trim()) : NaN
-  const out = {}
-  ordered.forEach((w, i) => (out[w.kind] = { ...answers[i], lag: answers[i].at - listenedAt }))
-  return out
 }
 
-/** `only`: row names to run (the starter always runs, it starts the backend); all by default. */
+/**
+ * One backend and one contender waiting for it: the contender's lag and CPU. Ours `startBackend` starts the
+ * backend itself, on a port reserved for its manager beforehand (other processes of this user may hold
+ * reservations too); for the others this process spawns it.
+ */
+async function oneRun(waiter, dir, from, delay, tag) {
+  const mark = path.join(dir, `listen-${tag}`)
+  let port = from
+  let stop
+  if (waiter.kind === STARTER) {
+    for (;;) {
+      port = await freeRun(1, port)
+      if ((await waiter.request({ cmd: 'prepare', port, dir, delay, mark })).ok) break
+      port++
+    }
+    stop = () => waiter.request({ cmd: 'stop' })
+  } else {
+    port = await freeRun(1, port)
+    stop = spawnBackend(port, delay, mark)
+  }
+  let answer
+  try {
+    answer = await waiter.request({ cmd: 'wait', port, dir, delay, mark })
+  } finally {
+    await stop()
+  }
+  // No mark: the backend never listened, and the contender has reported its failure.
+  const listenedAt = fs.existsSync(mark) ? Number(fs.readFileSync(mark, 'utf8').trim()) : NaN
+  return { [waiter.kind]: { ...answer, lag: answer.at - listenedAt } }
+}
+
+/** `only`: row names to run; all by default. */
 module.exports = async function readiness({ runs, only }) {
-  const contenders = Object.fromEntries(Object.entries(CONTENDERS).filter(([name, kind]) => !only || kind === STARTER || only.includes(name)))
+  const contenders = Object.fromEntries(Object.entries(CONTENDERS).filter(([name]) => !only || only.includes(name)))
   const kinds = Object.values(contenders)
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bpm-bench-'))
   const waiters = kinds.map(startWaiter)
@@ -101,6 +136,7 @@ module.exports = async function readiness({ runs, only }) {
   const cpus = Object.fromEntries(kinds.map((k) => [k, []]))
   const failures = Object.fromEntries(kinds.map((k) => [k, []]))
   const cpuRuns = Math.max(3, Math.round(runs / 3))
+  const floors = []
   const record = (result, into) => {
     for (const [kind, a] of Object.entries(result)) {
       if (!a.ok) failures[kind].push(a.error ?? 'not ready')
@@ -112,20 +148,17 @@ module.exports = async function readiness({ runs, only }) {
     // Below Linux's ephemeral range (32768+): at interval 2 wait-on opens hundreds of client sockets a
     // second, and one of them bound to the chosen port made that round's start fail (port in use).
     const nextPort = (run) => 20000 + (run % 100) * 97
-    // Warm-up: every process loads its code paths once before anything counts.
-    await oneRun(waiters, dir, nextPort(0), 100, 'warmup')
-    const starter = waiters.find((w) => w.kind === STARTER)
-    const others = waiters.filter((w) => w !== starter)
-    // One round per contender beside the starter (the starter alone when it is the only one).
-    const rounds = others.length ? others.map((w) => [starter, w]) : [[starter]]
     let round = 0
+    // Warm-up: every process loads its code paths once before anything counts.
+    for (const w of waiters) await oneRun(w, dir, nextPort(++round), 100, `warmup-${round}`)
     for (let run = 0; run < runs; run++) {
       const delay = 100 + Math.floor(Math.random() * 1900)
-      for (const pair of rounds) record(await oneRun(pair, dir, nextPort(++round), delay, `lag-${round}`), lags)
+      for (const w of waiters) record(await oneRun(w, dir, nextPort(++round), delay, `lag-${round}`), lags)
     }
     for (let run = 0; run < cpuRuns; run++) {
-      for (const pair of rounds) record(await oneRun(pair, dir, nextPort(++round), CPU_DELAY_MS, `cpu-${round}`), cpus)
+      for (const w of waiters) record(await oneRun(w, dir, nextPort(++round), CPU_DELAY_MS, `cpu-${round}`), cpus)
     }
+    floors.push(...Array.from({ length: 3 }, floorCpuMs))
   } finally {
     await Promise.all(waiters.map((w) => w.close()))
     fs.rmSync(dir, { recursive: true, force: true })
@@ -139,8 +172,14 @@ module.exports = async function readiness({ runs, only }) {
     if (early) notes.push(`${early} "ready" before the listen (clock skew between processes?)`)
     return { name, ...lag, cpuMs: cpu.median, cpuP95Ms: cpu.p95, correct: failures[kind].length === 0, note: notes.join('; ') || undefined }
   })
+  const pct = (ms) => `${((ms / CPU_DELAY_MS) * 100).toFixed(1)} % of one core`
+  const figures = {}
+  for (const row of rows) if (isOursRow(row.name)) figures[`${row.name}: CPU per ${CPU_DELAY_MS} ms wait`] = pct(row.cpuMs)
+  const floor = summary(floors).median
+  figures[`floor here: a python3 process that only sleeps ${FLOOR_SLEEP_MS} ms at a time for ${CPU_DELAY_MS} ms (median of 3)`] = `${floor.toFixed(1)} CPU ms, ${pct(floor)}`
   return {
-    title: `Readiness: lag from the backend's listen to "ready" (${runs} runs each, listen after 100–2000 ms) and CPU per wait (listen after ${CPU_DELAY_MS} ms, median of ${cpuRuns}); each contender in its own process, waiting beside ours startBackend (which starts the backend)`,
+    figures,
+    title: `Readiness: lag from the backend's listen to "ready" (${runs} runs each, listen after 100–2000 ms) and CPU per wait (listen after ${CPU_DELAY_MS} ms, median of ${cpuRuns}); each contender in its own process, alone with the backend`,
     unit: 'ms',
     columns: [{ key: 'cpuMs', label: 'cpu ms', ratio: true }],
     rows,
