@@ -148,9 +148,15 @@ fn drain_unix(pgid: u32, deadline: std::time::Instant, force_grace: Duration) ->
   }
 }
 
+/// Windows: how long what is left in a backend's job after its leader exited by itself may take to end by
+/// itself before the job ends it.
+#[cfg(windows)]
+const EXITING_SETTLE: Duration = Duration::from_millis(100);
+
 /// After the leader exited (Windows): what is left in its job — processes it started, not the console
-/// host that a hidden console adds — is ended with the job. A group whose leader is gone gets no break
-/// (os/signal.rs), so that is a force kill; terminating a job that holds only the console host is not.
+/// host that a hidden console adds — is ended with the job, after `EXITING_SETTLE` for what is already
+/// exiting. A group whose leader is gone gets no break (os/signal.rs), so that is a force kill;
+/// terminating a job that holds only the console host is not.
 #[cfg(windows)]
 async fn drain_job(child: &Child, force_grace: Duration) -> Drained {
   use super::win::job::Job;
@@ -170,8 +176,12 @@ async fn drain_job(child: &Child, force_grace: Duration) -> Drained {
     }
     std::thread::sleep(GROUP_POLL);
   };
+  // What is already on its way out gets a moment: the console host of a hidden console ends when its last
+  // client (the leader) does, and a process that is exiting can no longer be named as one (seen under
+  // Wine: listed alive, nameless and gone a moment later, and the stop was reported forced).
   let now = job.clone();
-  let left = crate::blocking::run(move || left_until(now, std::time::Instant::now()))
+  let settle = std::time::Instant::now() + EXITING_SETTLE;
+  let left = crate::blocking::run(move || left_until(now, settle))
     .await
     .unwrap_or_default();
   child.kill_tree();
