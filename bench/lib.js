@@ -77,6 +77,9 @@ function machine() {
   }
 }
 
+/** Rows of this project (the rest are peers). */
+const isOurs = (name) => name.startsWith('backend-process-manager')
+
 const fmt = (ms) => (Number.isFinite(ms) ? (ms >= 100 ? ms.toFixed(0) : ms >= 10 ? ms.toFixed(1) : ms.toFixed(3)) : '-')
 
-module.exports = { now, sleep, quantile, summary, time, isAlive, bindableEverywhere, hold, freeRun, machine, fmt }
+module.exports = { now, sleep, quantile, summary, time, isAlive, bindableEverywhere, hold, freeRun, machine, fmt, isOurs }

@@ -12,7 +12,7 @@ const os = require('node:os')
 const path = require('node:path')
 const { fork, spawn, spawnSync } = require('node:child_process')
 const { once } = require('node:events')
-const { summary, freeRun } = require('./lib')
+const { summary, freeRun, isOurs } = require('./lib')
 
 const WAITER = path.join(__dirname, 'waiter.js')
 const BACKEND = path.join(__dirname, 'fast-backend.py')
@@ -28,7 +28,6 @@ const CONTENDERS = {
 }
 const CPU_DELAY_MS = 2000
 const REPLY_LIMIT_MS = 40000
-const isOursRow = (name) => name.startsWith('backend-process-manager')
 // The machine's floor for any waiter that looks this often: a process that does nothing but sleep this long
 // at a time, for as long as a CPU run waits (ours looks at the port every 1 ms).
 const FLOOR_SLEEP_MS = 1
@@ -174,7 +173,7 @@ module.exports = async function readiness({ runs, only }) {
   })
   const pct = (ms) => `${((ms / CPU_DELAY_MS) * 100).toFixed(1)} % of one core`
   const figures = {}
-  for (const row of rows) if (isOursRow(row.name)) figures[`${row.name}: CPU per ${CPU_DELAY_MS} ms wait`] = pct(row.cpuMs)
+  for (const row of rows) if (isOurs(row.name)) figures[`${row.name}: CPU per ${CPU_DELAY_MS} ms wait`] = pct(row.cpuMs)
   const floor = summary(floors).median
   figures[`floor here: a python3 process that only sleeps ${FLOOR_SLEEP_MS} ms at a time for ${CPU_DELAY_MS} ms (median of 3)`] = `${floor.toFixed(1)} CPU ms, ${pct(floor)}`
   return {

@@ -4,15 +4,13 @@
 // bench/results/latest.json. Usage: node bench/run.js [area…] [--quick] (areas named: re-run into today's report)
 const fs = require('node:fs')
 const path = require('node:path')
-const { machine, fmt } = require('./lib')
+const { machine, fmt, isOurs } = require('./lib')
 
 const AREAS = ['ports', 'readiness', 'stopping', 'status', 'supervision', 'monitoring', 'replicas', 'footprint']
 const args = process.argv.slice(2)
 const quick = args.includes('--quick')
 const chosen = args.filter((a) => !a.startsWith('--'))
 const RUNS = { ports: quick ? 50 : 200, readiness: quick ? 10 : 30, stopping: quick ? 5 : 15, status: quick ? 20 : 60, supervision: quick ? 10 : 30, monitoring: quick ? 4 : 10, replicas: quick ? 3 : 5, footprint: quick ? 10 : 20 }
-
-const isOurs = (name) => name.startsWith('backend-process-manager')
 
 /**
  * The reference of a row: the row of its group marked `reference`, else the group's first row of ours. Each

@@ -72,20 +72,16 @@ where
   V: ToNapiValue + 'static,
 {
   let (deferred, promise) = env.create_deferred()?;
-  let runtime = tokio::runtime::Builder::new_current_thread()
-    .enable_all()
-    .build()
-    .map_err(|e| {
-      to_js(
-        env,
-        &PmError::Internal(format!("no runtime for the wait: {e}")),
-      )
-    })?;
   std::thread::Builder::new()
     .name("bpm-wait".into())
     .stack_size(crate::os::spawn::THREAD_STACK)
     .spawn(move || {
-      let result = runtime.block_on(catch_panic_async(work()));
+      // Its runtime is made here, off the JS thread.
+      let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| PmError::Internal(format!("no runtime for the wait: {e}")))
+        .and_then(|runtime| runtime.block_on(catch_panic_async(work())));
       deferred.resolve(move |env| match result {
         Ok(value) => Ok(convert(value)),
         Err(err) => Err(to_js(&env, &err)),

@@ -13,7 +13,7 @@ use crate::state;
 use crate::state::orphans::{self, RecordState};
 use error::{blocking_promise, promise, promise_on_own_thread, sync};
 use events::JsEvents;
-use napi::bindgen_prelude::{Function, PromiseRaw};
+use napi::bindgen_prelude::{Function, Object, PromiseRaw};
 use napi::{Env, Unknown};
 use napi_derive::napi;
 use std::collections::HashMap;
@@ -586,7 +586,7 @@ impl NativeManager {
     port: Unknown,
     max_retries: Unknown,
     retry_delay_ms: Unknown,
-  ) -> napi::Result<napi::bindgen_prelude::Object<'env>> {
+  ) -> napi::Result<Object<'env>> {
     let (port, retries, delay) = (
       from_js(port)?,
       from_js(max_retries)?,
