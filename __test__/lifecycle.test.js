@@ -418,6 +418,26 @@ test('startBackend() while stopBackend() runs waits for the stop, then starts a 
   assert.deepEqual(pm.backend, second)
 })
 
+test('startBackend() from the exit handler after an outside SIGKILL starts a new backend, every time', async (t) => {
+  // Issue 20 item 11: the exit event can reach JS before the core has left its run; a start made there
+  // waits for that end, then starts afresh (it was rejected with "the backend stopped and is not restarted").
+  const { pm, stateDir } = fixtureManager(t, { port: await freeRun(5) })
+  let backend = await pm.startBackend(ROOT)
+  for (let round = 0; round < 12; round++) {
+    const restarted = new Promise((resolve, reject) => {
+      pm.once('exit', () => pm.startBackend(ROOT).then(resolve, reject))
+    })
+    process.kill(backend.pid, 'SIGKILL')
+    const next = await restarted
+    assert.notEqual(next.pid, backend.pid, `round ${round}: a new process`)
+    assert.equal(isAlive(next.pid), true, `round ${round}: the new backend runs`)
+    assert.equal(isAlive(backend.pid), false)
+    assert.deepEqual(pm.backend, next)
+    assert.deepEqual(records(stateDir), [`fixture-${next.pid}.json`])
+    backend = next
+  }
+})
+
 test('a backend that dies right after its health check is never reported ready after its exit', async (t) => {
   const { pm, stateDir } = fixtureManager(t, { port: await freeRun(3), env: { EXIT_AFTER_HEALTH: '1' } })
   const events = []

@@ -7,10 +7,10 @@ const path = require('node:path')
 const { execFile } = require('node:child_process')
 const { linuxOnly } = require('./helpers')
 
-test('short soak: 50 mixed cycles after warm-up leave nothing behind', { skip: linuxOnly('counts descriptors in /proc/self/fd') }, async (t) => {
+test('short soak: 50 mixed cycles after warm-up, then 20 starts from the exit handler, leave nothing behind', { skip: linuxOnly('counts descriptors in /proc/self/fd') }, async (t) => {
   const script = path.join(__dirname, '..', 'scripts', 'soak.js')
   const { stdout, stderr, code } = await new Promise((resolve) => {
-    execFile(process.execPath, ['--expose-gc', script, '--cycles', '50', '--warmup', '100', '--json'], { timeout: 120000 }, (err, stdout, stderr) => resolve({ code: err ? err.code : 0, stdout, stderr }))
+    execFile(process.execPath, ['--expose-gc', script, '--cycles', '50', '--warmup', '100', '--from-exit', '20', '--json'], { timeout: 120000 }, (err, stdout, stderr) => resolve({ code: err ? err.code : 0, stdout, stderr }))
   })
   const { ok, figures, limits } = JSON.parse(stdout)
   t.diagnostic(JSON.stringify(figures))
@@ -19,6 +19,7 @@ test('short soak: 50 mixed cycles after warm-up leave nothing behind', { skip: l
   assert.ok(Math.abs(figures.fdsAfter - figures.fdsBefore) <= limits.fdDelta, `fds ${figures.fdsBefore} -> ${figures.fdsAfter}`)
   assert.ok(figures.rssGrowthMiB < limits.rssGrowthMiB, `RSS grew ${figures.rssGrowthMiB} MiB`)
   assert.ok(figures.crashes > 0 && figures.stopsDuringStart > 0 && figures.parallel > 0 && figures.restarts > 0)
+  assert.equal(figures.startsFromExit, 20, `started again from the exit handler: ${figures.startsFromExit} of 20 (${figures.lastFromExitError})`)
   assert.equal(ok, true)
   assert.equal(code, 0, stderr)
 })
@@ -26,7 +27,7 @@ test('short soak: 50 mixed cycles after warm-up leave nothing behind', { skip: l
 test('short restart soak: 30 kill → restart → stop cycles leave nothing behind', { skip: linuxOnly('counts descriptors in /proc/self/fd') }, async (t) => {
   const script = path.join(__dirname, '..', 'scripts', 'soak.js')
   const { stdout, stderr, code } = await new Promise((resolve) => {
-    execFile(process.execPath, ['--expose-gc', script, '--restarts', '--cycles', '30', '--warmup', '20', '--json'], { timeout: 120000 }, (err, stdout, stderr) => resolve({ code: err ? err.code : 0, stdout, stderr }))
+    execFile(process.execPath, ['--expose-gc', script, '--restarts', '--cycles', '30', '--warmup', '20', '--from-exit', '0', '--json'], { timeout: 120000 }, (err, stdout, stderr) => resolve({ code: err ? err.code : 0, stdout, stderr }))
   })
   const { ok, figures, limits } = JSON.parse(stdout)
   t.diagnostic(JSON.stringify(figures))

@@ -2,7 +2,9 @@
 // Soak: many start/stop cycles of a real backend in one process, mixed with outside crashes (SIGKILL),
 // stops during start, and parallel managers. At the end nothing may be left: no process, no record, no
 // leaked file descriptor (±2), and RSS growth under 5 MiB.
-// Usage: node --expose-gc scripts/soak.js [--cycles N] [--warmup N] [--json]   (SOAK_TRACE=1: RSS and fds every 50 cycles)
+// Then `--from-exit` cycles (200 by default): the backend is SIGKILLed from outside and started again from the
+// `exit` handler (restart off), which must give a new backend every time.
+// Usage: node --expose-gc scripts/soak.js [--cycles N] [--warmup N] [--from-exit N] [--json]   (SOAK_TRACE=1: RSS and fds every 50 cycles)
 const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
@@ -10,11 +12,12 @@ const { parseArgs } = require('node:util')
 const { once } = require('node:events')
 const { ProcessManager } = require('..')
 
-const { values } = parseArgs({ options: { cycles: { type: 'string', default: '500' }, warmup: { type: 'string', default: '100' }, json: { type: 'boolean' }, restarts: { type: 'boolean' } } })
+const { values } = parseArgs({ options: { cycles: { type: 'string', default: '500' }, warmup: { type: 'string', default: '100' }, json: { type: 'boolean' }, restarts: { type: 'boolean' }, 'from-exit': { type: 'string', default: '200' } } })
 const CYCLES = Number(values.cycles)
 const FIXTURE = path.join(__dirname, '..', '__test__', 'fixtures', 'backend.js')
 const LIMITS = { fdDelta: 2, rssGrowthMiB: 5 }
 const WARMUP = Number(values.warmup)
+const FROM_EXIT = Number(values['from-exit'])
 
 const openFds = () => fs.readdirSync('/proc/self/fd').length
 const rssMiB = () => {
@@ -28,7 +31,7 @@ const jitter = (maxMs) => new Promise((r) => setTimeout(r, Math.floor(Math.rando
 async function main() {
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'bpm-soak-'))
   const pids = new Set()
-  const counts = { cycles: 0, starts: 0, stops: 0, crashes: 0, stopsDuringStart: 0, parallel: 0, restarts: 0 }
+  const counts = { cycles: 0, starts: 0, stops: 0, crashes: 0, stopsDuringStart: 0, parallel: 0, restarts: 0, startsFromExit: 0, startsFromExitFailed: 0 }
   const manager = (name, env = {}, options = {}) => {
     const pm = new ProcessManager({ name, command: process.execPath, args: [FIXTURE], port: 35000, portRange: 200, stateDir, logger: false, stopTimeoutMs: 2000, env, ...options })
     pm.on('ready', (b) => pids.add(b.pid))
@@ -39,6 +42,7 @@ async function main() {
   const slow = manager('soak-slow', { LISTEN_DELAY_MS: '100' })
   const parallel = [0, 1, 2].map((i) => manager(`soak-parallel-${i}`))
   const supervised = manager('soak-supervised', {}, { restart: { initialDelayMs: 0, maxRestarts: 1000 } })
+  const revived = manager('soak-from-exit')
 
   /** Killed from outside, restarted by the restart policy, then stopped. */
   const history = []
@@ -53,6 +57,23 @@ async function main() {
     if (again.pid === b.pid || again.port !== b.port) throw new Error(`not restarted on its port: ${b.pid}:${b.port} -> ${again.pid}:${again.port}; ${history.join(' | ')}`)
     await supervised.stopBackend()
     counts.restarts++
+  }
+
+  /** Killed from outside and started again by the app from its `exit` handler (restart off). */
+  let lastFromExitError = null
+  async function startFromExit(b) {
+    const again = new Promise((resolve) => {
+      revived.once('exit', () => revived.startBackend(stateDir).then(resolve, (err) => resolve(err)))
+    })
+    process.kill(b.pid, 'SIGKILL')
+    const next = await again
+    if (next instanceof Error || next.pid === b.pid) {
+      counts.startsFromExitFailed++
+      lastFromExitError = next instanceof Error ? `${next.code}: ${next.message}` : `the killed backend ${b.pid} was returned`
+      return revived.startBackend(stateDir)
+    }
+    counts.startsFromExit++
+    return next
   }
 
   async function cycle(i) {
@@ -111,6 +132,9 @@ async function main() {
     await cycle(i)
     if (process.env.SOAK_TRACE && i % 50 === 49) console.error(`after ${i + 1} cycles: rss ${rssMiB().toFixed(1)} MiB, heapTotal ${(process.memoryUsage().heapTotal / 2 ** 20).toFixed(1)}, heapUsed ${(process.memoryUsage().heapUsed / 2 ** 20).toFixed(1)}, fds ${openFds()}`)
   }
+  let fromExit = FROM_EXIT > 0 ? await revived.startBackend(stateDir) : null
+  for (let i = 0; i < FROM_EXIT; i++) fromExit = await startFromExit(fromExit)
+  if (fromExit) await revived.stopBackend()
   const seconds = (Date.now() - started) / 1000
   const fdsAfter = openFds()
   const rssAfter = rssMiB()
@@ -130,8 +154,9 @@ async function main() {
     rssBeforeMiB: Number(rssBefore.toFixed(1)),
     rssAfterMiB: Number(rssAfter.toFixed(1)),
     rssGrowthMiB: Number((rssAfter - rssBefore).toFixed(2)),
+    ...(lastFromExitError ? { lastFromExitError } : {}),
   }
-  const ok = leftProcesses.length === 0 && leftRecords.length === 0 && Math.abs(fdsAfter - fdsBefore) <= LIMITS.fdDelta && rssAfter - rssBefore < LIMITS.rssGrowthMiB
+  const ok = counts.startsFromExitFailed === 0 && counts.startsFromExit === FROM_EXIT && leftProcesses.length === 0 && leftRecords.length === 0 && Math.abs(fdsAfter - fdsBefore) <= LIMITS.fdDelta && rssAfter - rssBefore < LIMITS.rssGrowthMiB
   for (const pid of leftProcesses) process.kill(pid, 'SIGKILL')
   if (values.json) console.log(JSON.stringify({ ok, figures, limits: LIMITS }))
   else {

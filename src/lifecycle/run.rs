@@ -188,8 +188,9 @@ pub struct Run {
   pub stop: watch::Sender<bool>,
   /// The supervisors' last word: what the stop stopped (`None`: nothing ran).
   pub done: watch::Sender<Option<Option<StopResult>>>,
-  /// While no process is up: the outcome a start asked for meanwhile waits for.
-  pub ready: watch::Sender<Option<Result<BackendInfo>>>,
+  /// Changes each time a process of the run comes up: a start asked for while none is up waits for it
+  /// (or for `done`). `info()` says what is up; this only wakes the waiter.
+  pub up: watch::Sender<()>,
   /// One reload at a time.
   pub reloading: tokio::sync::Mutex<()>,
 }
@@ -235,7 +236,7 @@ impl Run {
       slots: slots.iter().map(|(s, _, _)| s.clone()).collect(),
       stop: watch::channel(false).0,
       done: watch::channel(None).0,
-      ready: watch::channel(None).0,
+      up: watch::channel(()).0,
       reloading: tokio::sync::Mutex::new(()),
     });
     for (slot, instance, latency) in slots {
@@ -312,9 +313,7 @@ impl Run {
       healthy_since: Some(Instant::now()),
       ..Health::default()
     };
-    if let Some(info) = self.info() {
-      self.ready.send_replace(Some(Ok(info)));
-    }
+    self.up.send_replace(());
   }
 
   /// A slot's process is gone (its supervisor decides what comes next).
@@ -324,10 +323,6 @@ impl Run {
     }
     *lock(&slot.current) = None;
     lock(&slot.health).healthy = false;
-    if self.info().is_none() {
-      // Nothing is up: a start asked for now waits for the next process (or the failure).
-      self.ready.send_replace(None);
-    }
   }
 
   /// The watchdog's verdict on a slot reaches the balancer: an unhealthy replica gets no connections.

@@ -58,19 +58,6 @@ pub fn start(manager: Arc<Manager>, run: Arc<Run>) {
         error: "no replica of the backend is left".into(),
       });
     }
-    // A start that joined while nothing was up learns that nothing will be.
-    run.ready.send_if_modified(|ready| {
-      let waiting = ready.is_none();
-      if waiting {
-        *ready = Some(Err(PmError::BackendExited {
-          message: "the backend stopped and is not restarted".into(),
-          exit_code: None,
-          signal: None,
-          stderr_tail: Vec::new(),
-        }));
-      }
-      waiting
-    });
     manager.run_ended(&run);
     run.done.send_replace(Some(result));
   });
@@ -397,14 +384,6 @@ fn give_up(
     format!("the backend is down for good: {error}"),
   );
   let replica = run.replica(slot);
-  if run.info().is_none() && run.slots.iter().all(|s| s.current().is_none()) {
-    run.ready.send_replace(Some(Err(PmError::BackendExited {
-      message: format!("the backend failed and was not restarted again: {error}"),
-      exit_code: None,
-      signal: None,
-      stderr_tail: Vec::new(),
-    })));
-  }
   manager.emit_for(
     replica,
     Event::Failed {

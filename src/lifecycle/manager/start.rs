@@ -23,6 +23,49 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+/// What a call to `start` does.
+enum StartPlan {
+  /// The backend runs: this is it.
+  Done(BackendInfo),
+  /// A start is under way: its outcome.
+  Join(watch::Receiver<Option<Result<BackendInfo>>>),
+  /// The run is down between an exit and what its supervisor decides.
+  Rejoin(Arc<Run>),
+  /// This call starts it, after the stop under way if any.
+  Run {
+    start: Arc<StartState>,
+    after: Option<StopDone>,
+  },
+}
+
+/// The backend once a process of `run` is up again; `None` once the run has ended instead.
+async fn up_again(run: &Run) -> Option<BackendInfo> {
+  // Subscribed before looking, so a change between the look and the wait is not missed.
+  let mut up = run.up.subscribe();
+  let mut done = run.done.subscribe();
+  loop {
+    if let Some(info) = run.info() {
+      return Some(info);
+    }
+    if done.borrow_and_update().is_some() {
+      return None;
+    }
+    tokio::select! {
+      changed = up.changed() => changed.ok()?,
+      changed = done.changed() => changed.ok()?,
+    }
+  }
+}
+
+fn stopped_while_down() -> PmError {
+  PmError::BackendExited {
+    message: "stopBackend() was called while the backend was down; it is not started again".into(),
+    exit_code: None,
+    signal: None,
+    stderr_tail: Vec::new(),
+  }
+}
+
 impl Manager {
   /// Starts the backend, or joins the start in progress, or returns the running backend. A start asked
   /// for while a stop runs waits for that stop, then starts afresh. With the backend: whether this call
@@ -33,54 +76,61 @@ impl Manager {
     args: StartArgs,
     runtime: Runtime,
   ) -> impl Future<Output = Result<(BackendInfo, bool)>> + Send + 'static {
-    enum Plan {
-      Done(BackendInfo),
-      Join(watch::Receiver<Option<Result<BackendInfo>>>),
-      Run {
-        start: Arc<StartState>,
-        after: Option<StopDone>,
-      },
-    }
-    let plan = {
-      let mut phase = self.phase();
-      match &*phase {
-        Phase::Up(run) => match run.info() {
-          Some(info) => Plan::Done(info),
-          // Down between restarts: the supervisor brings it back; wait for that like for a start.
-          None => Plan::Join(run.ready.subscribe()),
-        },
-        Phase::Starting(start) => Plan::Join(start.outcome.subscribe()),
-        Phase::Idle | Phase::Stopping { .. } => {
-          let after = match &*phase {
-            Phase::Stopping { done, .. } => Some(done.clone()),
-            _ => None,
-          };
-          let start = Arc::new(StartState {
-            outcome: watch::channel(None).0,
-            cancel: watch::channel(false).0,
-            stopped: Mutex::new(None),
-          });
-          *phase = Phase::Starting(start.clone());
-          Plan::Run { start, after }
-        }
-      }
-    };
+    // The plan is made at call time, so calls keep the order the app made them in.
+    let mut plan = self.plan_start();
     let manager = self.clone();
     async move {
-      match plan {
-        Plan::Done(info) => Ok((info, false)),
-        Plan::Join(outcome) => settled(outcome)
-          .await
-          .unwrap_or_else(|| Err(PmError::Internal("a start ended without an outcome".into())))
-          .map(|info| (info, false)),
-        Plan::Run { start, after } => {
-          if let Some(stop) = after {
-            settled(stop).await;
+      loop {
+        match plan {
+          StartPlan::Done(info) => return Ok((info, false)),
+          StartPlan::Join(outcome) => {
+            return settled(outcome)
+              .await
+              .unwrap_or_else(|| Err(PmError::Internal("a start ended without an outcome".into())))
+              .map(|info| (info, false))
           }
-          let outcome = manager.run_start(&args, &runtime, &start).await;
-          start.outcome.send_replace(Some(outcome.clone()));
-          outcome.map(|info| (info, true))
+          StartPlan::Rejoin(run) => match up_again(&run).await {
+            Some(info) => return Ok((info, false)),
+            // A stop asked for after this call wins, as it does over a start in progress.
+            None if run.stop_requested() => return Err(stopped_while_down()),
+            // It ended by itself (no restart, or its restarts failed): this call starts it afresh.
+            None => plan = manager.plan_start(),
+          },
+          StartPlan::Run { start, after } => {
+            if let Some(stop) = after {
+              settled(stop).await;
+            }
+            let outcome = manager.run_start(&args, &runtime, &start).await;
+            start.outcome.send_replace(Some(outcome.clone()));
+            return outcome.map(|info| (info, true));
+          }
         }
+      }
+    }
+  }
+
+  /// What a start asked for now does, given the phase; a new start takes the phase at once.
+  fn plan_start(&self) -> StartPlan {
+    let mut phase = self.phase();
+    match &*phase {
+      Phase::Up(run) => match run.info() {
+        Some(info) => StartPlan::Done(info),
+        // Down (it exited, maybe to be restarted): wait for its next process, or for its end.
+        None => StartPlan::Rejoin(run.clone()),
+      },
+      Phase::Starting(start) => StartPlan::Join(start.outcome.subscribe()),
+      Phase::Idle | Phase::Stopping { .. } => {
+        let after = match &*phase {
+          Phase::Stopping { done, .. } => Some(done.clone()),
+          _ => None,
+        };
+        let start = Arc::new(StartState {
+          outcome: watch::channel(None).0,
+          cancel: watch::channel(false).0,
+          stopped: Mutex::new(None),
+        });
+        *phase = Phase::Starting(start.clone());
+        StartPlan::Run { start, after }
       }
     }
   }
