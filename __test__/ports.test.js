@@ -58,6 +58,18 @@ test('20 parallel findAvailablePort calls return 20 different ports', async () =
   for (const p of ports) assert.ok(p >= start && p <= start + 24)
 })
 
+test("12 parallel pm.findAvailablePort() calls on one manager return 12 different ports", async (t) => {
+  // Issue 20 item 12: the manager's own reservations do not block its start, but two calls are two callers.
+  const start = await freeRun(30)
+  const mine = new ProcessManager({ logger: false, port: start, portRange: 29 })
+  const ports = await Promise.all(Array.from({ length: 12 }, () => mine.findAvailablePort()))
+  assert.equal(new Set(ports).size, 12, `ports: ${ports.join(', ')}`)
+  for (const port of ports) assert.ok(port >= start && port <= start + 29)
+  // Another manager is kept off them for the reservation's 15 s.
+  const other = new ProcessManager({ logger: false, port: start, portRange: 29 })
+  assert.ok(!ports.includes(await other.findAvailablePort()))
+})
+
 test('bad ports reject with ERR_INVALID_ARG', async () => {
   for (const bad of [0, 65536, -1, 1.5, '80', NaN, undefined, null, Infinity]) {
     await assert.rejects(isPortAvailable(bad), { code: 'ERR_INVALID_ARG' }, `isPortAvailable(${String(bad)})`)

@@ -53,6 +53,7 @@ pub fn find_available_port(env: &Env, start_port: Unknown, options: Unknown) -> 
       exclude: args.exclude,
       host: args.host,
       owner: reservation::Owner::ANYONE,
+      handout: true,
     })?;
     let port = reserved.port();
     reserved.hold_until(std::time::Instant::now() + port::RESERVATION);

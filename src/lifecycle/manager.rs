@@ -205,6 +205,7 @@ impl Manager {
       exclude: Vec::new(),
       host: None,
       owner: self.owner,
+      handout: true,
     })?;
     let port = reserved.port();
     reserved.hold_until(std::time::Instant::now() + port::RESERVATION);

@@ -83,6 +83,9 @@ pub struct Search {
   pub exclude: Vec<u16>,
   pub host: Option<IpAddr>,
   pub owner: Owner,
+  /// A port for a caller to take away (`findAvailablePort`): one that `owner` reserved earlier is
+  /// skipped too, so parallel calls get different ports. Otherwise (a start) it is taken over.
+  pub handout: bool,
 }
 
 /// The first port of the range that is not excluded, not reserved by anyone but `owner`, and available;
@@ -103,11 +106,15 @@ pub fn find_available_port(search: &Search) -> Result<Reservation> {
   for port in start..=end {
     if search.exclude.contains(&port)
       || listening.as_ref().is_some_and(|l| l.contains(&port))
-      || reservation::held_by_other(port, search.owner)
+      || reservation::held_by_other(port, search.owner, !search.handout)
     {
       continue;
     }
-    let Some(reserved) = reservation::reserve(port, search.owner) else {
+    let reserved = match search.handout {
+      true => reservation::reserve_fresh(port, search.owner),
+      false => reservation::reserve(port, search.owner),
+    };
+    let Some(reserved) = reserved else {
       continue;
     };
     if is_port_available(port, search.host) {
@@ -142,6 +149,7 @@ mod tests {
       exclude: Vec::new(),
       host: None,
       owner: Owner::new(),
+      handout: false,
     }
   }
 
@@ -192,6 +200,21 @@ mod tests {
     );
     let again = find_available_port(&mine).unwrap();
     assert_eq!(again.port(), port);
+    drop(again);
+    mine.handout = true;
+    let handed = find_available_port(&mine).unwrap();
+    assert_eq!(handed.port(), port);
+    handed.hold_until(std::time::Instant::now() + RESERVATION);
+    assert!(
+      find_available_port(&mine).is_err(),
+      "a port handed out is not handed out again, even to its owner"
+    );
+    mine.handout = false;
+    assert_eq!(
+      find_available_port(&mine).unwrap().port(),
+      port,
+      "but its owner's start takes it"
+    );
     mine.exclude.push(port);
     assert!(
       find_available_port(&mine).is_err(),

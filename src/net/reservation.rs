@@ -89,11 +89,26 @@ impl Drop for Reservation {
 /// Reserves `port` for `owner` unless someone else holds it, in this process or in another one of this
 /// user's. A port `owner` itself reserved earlier (with `hold_until`) is taken over.
 pub fn reserve(port: u16, owner: Owner) -> Option<Reservation> {
+  claim(port, owner, true)
+}
+
+/// Reserves `port` for `owner` unless anyone holds it, `owner` included: a port handed out by a manager's
+/// `findAvailablePort` goes to one caller only, yet stays its manager's own for a start.
+pub fn reserve_fresh(port: u16, owner: Owner) -> Option<Reservation> {
+  claim(port, owner, false)
+}
+
+/// Whether `existing` gives way to a new claim by `owner`.
+fn takes_over(existing: &Entry, owner: Owner, take_own: bool) -> bool {
+  take_own && existing.owner == owner && owner != Owner::ANYONE
+}
+
+fn claim(port: u16, owner: Owner, take_own: bool) -> Option<Reservation> {
   static IDS: AtomicU64 = AtomicU64::new(1);
   let mut entries = entries();
   purge(&mut entries, Instant::now());
   let lock = match entries.remove(&port) {
-    Some(existing) if existing.owner == owner && owner != Owner::ANYONE => existing._lock,
+    Some(existing) if takes_over(&existing, owner, take_own) => existing._lock,
     Some(existing) => {
       entries.insert(port, existing);
       return None;
@@ -119,12 +134,12 @@ pub fn reserve(port: u16, owner: Owner) -> Option<Reservation> {
 }
 
 /// True when someone other than `owner` holds `port` in this process.
-pub fn held_by_other(port: u16, owner: Owner) -> bool {
+pub fn held_by_other(port: u16, owner: Owner, take_own: bool) -> bool {
   let mut entries = entries();
   purge(&mut entries, Instant::now());
   entries
     .get(&port)
-    .is_some_and(|e| e.owner != owner || owner == Owner::ANYONE)
+    .is_some_and(|e| !takes_over(e, owner, take_own))
 }
 
 /// Ends any reservation of `port` in this process.
@@ -215,8 +230,8 @@ mod tests {
     let (a, b) = (Owner::new(), Owner::new());
     let held = reserve(port, a).unwrap();
     assert!(reserve(port, b).is_none());
-    assert!(held_by_other(port, b));
-    assert!(!held_by_other(port, a));
+    assert!(held_by_other(port, b, true));
+    assert!(!held_by_other(port, a, true));
     drop(held);
     assert!(reserve(port, b).is_some());
   }
@@ -245,10 +260,10 @@ mod tests {
       .unwrap()
       .hold_until(Instant::now() + Duration::from_millis(30));
     let deadline = Instant::now() + Duration::from_secs(5);
-    while held_by_other(port, Owner::new()) && Instant::now() < deadline {
+    while held_by_other(port, Owner::new(), true) && Instant::now() < deadline {
       std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(!held_by_other(port, Owner::new()));
+    assert!(!held_by_other(port, Owner::new(), true));
   }
 
   /// Another process of this user holding the lock (here: another open file description) blocks it.

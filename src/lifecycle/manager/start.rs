@@ -462,6 +462,7 @@ impl Manager {
       exclude: exclude.to_vec(),
       host: None,
       owner: self.owner,
+      handout: false,
     };
     let found = blocking::run(move || port::find_available_port(&search)).await?;
     found.map_err(|e| match e {
