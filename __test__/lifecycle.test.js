@@ -459,17 +459,20 @@ test('a backend that dies right after its health check is never reported ready a
   assert.deepEqual(records(stateDir), [])
 })
 
-test('"address already in use" about another port is not a port conflict: one spawn, the real error', async (t) => {
-  const line = 'Error: listen EADDRINUSE: address already in use 127.0.0.1:9464 (metrics)'
-  const { pm } = fixtureManager(t, { port: await freeRun(3), env: { FAIL_WITH_LINE: line } })
-  const exits = []
-  pm.on('exit', (e) => exits.push(e))
-  const err = await pm.startBackend(ROOT).catch((e) => e)
-  assert.equal(err.code, 'ERR_BACKEND_EXITED')
-  assert.doesNotMatch(err.message, /taken by other programs/)
-  assert.deepEqual(err.stderrTail, [line])
-  assert.equal(exits.length, 1, 'spawned once, not once per port')
-})
+for (const other of ['9464', '9']) {
+  test(`"address already in use" about another port (${other}) is not a port conflict: one spawn, the real error`, async (t) => {
+    // A one-digit port is a port too (issue 20 item 13): it was taken for "no port named", and retried.
+    const line = `Error: listen EADDRINUSE: address already in use 127.0.0.1:${other} (metrics)`
+    const { pm } = fixtureManager(t, { port: await freeRun(3), env: { FAIL_WITH_LINE: line } })
+    const exits = []
+    pm.on('exit', (e) => exits.push(e))
+    const err = await pm.startBackend(ROOT).catch((e) => e)
+    assert.equal(err.code, 'ERR_BACKEND_EXITED')
+    assert.doesNotMatch(err.message, /taken by other programs/)
+    assert.deepEqual(err.stderrTail, [line])
+    assert.equal(exits.length, 1, 'spawned once, not once per port')
+  })
+}
 
 test('a failed start leaves no reservation: the same port starts at once for another manager', async (t) => {
   const port = await freeRun(1)

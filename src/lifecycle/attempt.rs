@@ -296,7 +296,8 @@ pub fn says_port_taken(line: &str, port: u16) -> bool {
   named.is_empty() || named.contains(&port)
 }
 
-/// Numbers in a line that can be ports: 2-5 digits, not part of a dotted address, not an error number.
+/// Numbers in a line that can be ports: not part of a dotted address, not an error number; of 2-5 digits,
+/// or of any length where they are named as a port (`host:9`, `('127.0.0.1', 9)`, `port 9`).
 fn ports_named(lower: &str) -> Vec<u16> {
   let bytes = lower.as_bytes();
   let mut found = Vec::new();
@@ -315,7 +316,10 @@ fn ports_named(lower: &str) -> Vec<u16> {
     let error_number = ["errno", "error", "os error", "winerror", "code"]
       .iter()
       .any(|w| before.ends_with(w));
-    if (2..=5).contains(&(at - begin)) && !dotted && !error_number {
+    let named_as_port =
+      (begin > 0 && bytes[begin - 1] == b':') || before.ends_with("',") || before.ends_with("port");
+    let digits = if named_as_port { 1..=5 } else { 2..=5 };
+    if digits.contains(&(at - begin)) && !dotted && !error_number {
       if let Ok(n) = lower[begin..at].parse::<u16>() {
         found.push(n);
       }
@@ -344,6 +348,11 @@ mod tests {
     let elsewhere = [
       "Error: listen EADDRINUSE: address already in use 127.0.0.1:9464",
       "metrics: listen tcp [::1]:9090: bind: address already in use",
+      // A port is a port whatever its digit count (issue 20 item 13).
+      "Error: listen EADDRINUSE: address already in use 127.0.0.1:9",
+      "listen tcp [::1]:7: bind: address already in use",
+      "ERROR:    [Errno 98] error while attempting to bind on address ('127.0.0.1', 9): address already in use",
+      "EADDRINUSE on port 5",
     ];
     for line in elsewhere {
       assert!(!says_port_taken(line, 8000), "{line}");
