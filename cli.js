@@ -84,9 +84,12 @@ function parse(argv) {
   return { command, values, positionals: beforeDashDash, extraArgs }
 }
 
-/** Decimal digits only: `0x1F40` or `8e3` are not a port someone meant to type. The range is checked where every other port is. */
+/**
+ * Decimal digits only: `0x1F40` or `8e3` are not a number someone meant to type. Any count of them: the range
+ * is checked where the API checks it, with its words (`--max-memory 2000000000` is a fine limit).
+ */
 function integer(text, what) {
-  if (!/^[0-9]{1,9}$/.test(text)) throw new UsageError(`${what} must be a decimal integer, got ${JSON.stringify(text)}`)
+  if (!/^[0-9]+$/.test(text)) throw new UsageError(`${what} must be a decimal integer, got ${JSON.stringify(text)}`)
   return Number(text)
 }
 
@@ -169,7 +172,8 @@ async function testPorts(values, positionals, options) {
   const first = positionals.length > 0 ? integer(positionals[0], 'port') : (options.port ?? 8000)
   const count = values.count === undefined ? 10 : integer(values.count, '--count')
   if (count < 1 || count > 10000) throw new UsageError(`--count must be from 1 to 10000, got ${count}`)
-  const last = Math.min(first + count - 1, 65535)
+  // The first port is always checked, so one out of range gets the API's error instead of an empty table.
+  const last = Math.max(first, Math.min(first + count - 1, 65535))
   const ports = []
   for (let p = first; p <= last; p++) ports.push(p)
   // With --host, that address alone is checked; without it, every loopback and wildcard address.

@@ -185,6 +185,29 @@ test('ports and hosts on the command line are checked: no hex, no exponent, no n
   }
 })
 
+test('numbers on the command line take every value the option takes, and are refused with the API\'s words', async (t) => {
+  // Issue 20 item 14: numbers were capped at 9 digits, so --max-memory 2000000000 was refused.
+  const refused = [
+    [['status', '--port', '99999'], /port must be an integer from 1 to 65535, got 99999/],
+    [['test-ports', '99999'], /port must be an integer from 1 to 65535, got 99999/],
+    [['start', '--health-interval', '99999999999', '--command', process.execPath], /healthIntervalMs must be a number of milliseconds from 0 to 2147483647, got 99999999999/],
+    [['start', '--max-memory', '99999999999999999999', '--command', process.execPath], /maxMemoryBytes must be an integer from 0 to 9007199254740992/],
+  ]
+  for (const [args, message] of refused) {
+    const { code, stderr } = await cli(args)
+    assert.equal(code, 2, `${args.join(' ')}: ${stderr}`)
+    assert.match(stderr, message)
+  }
+  if (process.platform === 'win32') return // the rest stops with Ctrl-C as SIGINT
+  const stateDir = tempDir(t)
+  const run = startProcess(t, process.execPath, [CLI, 'start', '--max-memory', '2000000000', '--health-interval', '3600000', '--command', process.execPath, '--state-dir', stateDir, '--port', String(await freeRun(3)), '--name', 'cli-numbers', '--', FIXTURE], { mergeStderr: true })
+  const pid = Number(/running: pid (\d+)/.exec(await run.line(/running: pid/))[1])
+  run.child.kill('SIGINT')
+  const [code] = await run.exited
+  assert.equal(code, 0, run.lines.join('\n'))
+  assert.equal(isAlive(pid), false)
+})
+
 test('status counts unreadable records apart from stale ones, and leaves foreign files alone', async (t) => {
   const stateDir = tempDir(t)
   staleRecord(stateDir)
