@@ -57,6 +57,18 @@ test('bad options throw ERR_INVALID_ARG at construction', () => {
   assert.throws(() => new ProcessManager('x'), { code: 'ERR_INVALID_ARG' })
 })
 
+test('names that would disguise themselves and port variables the manager or a loader owns are refused, naming the option', () => {
+  // Issue 20 item 15: these were accepted and spoofed status/monitor output, or overwrote the token.
+  for (const name of ['\u202E\u202E', '\u202Eipa', 'api\u200B', '\u2066api\u2069', '\uFEFF', '   ', ' api', 'api ']) {
+    assert.throws(() => new ProcessManager({ name, logger: false }), { code: 'ERR_INVALID_ARG', message: /^name / }, JSON.stringify(name))
+  }
+  for (const portEnv of ['BACKEND_TOKEN', 'LISTEN_FDS', 'LISTEN_PID', 'NOTIFY_SOCKET', 'HOST', 'LD_PRELOAD', 'ld_library_path', 'DYLD_INSERT_LIBRARIES', 'NODE_OPTIONS', 'PATH', 'MY PORT', '1PORT']) {
+    assert.throws(() => new ProcessManager({ portEnv, logger: false }), { code: 'ERR_INVALID_ARG', message: /^portEnv / }, portEnv)
+  }
+  assert.equal(new ProcessManager({ portEnv: 'API_PORT', logger: false }).options.portEnv, 'API_PORT')
+  assert.equal(new ProcessManager({ name: 'my api (ünïcode) 名', logger: false }).options.name, 'my api (ünïcode) 名')
+})
+
 test('good options are kept; localhost becomes the literal 127.0.0.1', () => {
   const pm = new ProcessManager({ name: 'api', host: 'localhost', port: 9000, logger: false, env: { A: '1' } })
   assert.equal(pm.options.host, '127.0.0.1')

@@ -361,7 +361,7 @@ impl Options {
         .take("portEnv")
         .map(|v| {
           let key = non_empty(v, "portEnv")?;
-          env_name(&key, "portEnv")?;
+          port_env(&key)?;
           Ok::<_, PmError>(key)
         })
         .transpose()?

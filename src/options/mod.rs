@@ -202,6 +202,14 @@ pub fn validate_name(name: &str) -> Result<()> {
     ))
   } else if name.starts_with('.') {
     Some("it starts with a dot".into())
+  } else if name.trim() != name {
+    // `" api"` or a name of spaces only would pass for another in `status` and the monitor.
+    Some("it starts or ends with white space".into())
+  } else if let Some(c) = name.chars().find(|&c| is_invisible(c)) {
+    Some(format!(
+      "it contains U+{:04X}, an invisible or text-direction character that would disguise it in status output",
+      c as u32
+    ))
   } else {
     name
       .chars()
@@ -214,6 +222,54 @@ pub fn validate_name(name: &str) -> Result<()> {
     ))),
     None => Ok(()),
   }
+}
+
+/// Characters that print as nothing or reorder the text around them (bidi controls, zero-width and other
+/// format characters): a name holding one can look like another backend's.
+fn is_invisible(c: char) -> bool {
+  matches!(c,
+    '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}' | '\u{180E}'
+    | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{3164}'
+    | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF9}'..='\u{FFFB}'
+    | '\u{E0000}'..='\u{E007F}')
+}
+
+/// Variables the manager sets itself, or that change what the backend's programs load and run: a port in
+/// one would overwrite the token or the handed-over socket, or let a port number reach the loader.
+const RESERVED_ENV: &[&str] = &[
+  "BACKEND_TOKEN",
+  "LISTEN_FDS",
+  "LISTEN_PID",
+  "LISTEN_FDNAMES",
+  "NOTIFY_SOCKET",
+  "HOST",
+  "ELECTRON_RUN_AS_NODE",
+  "NODE_OPTIONS",
+  "PATH",
+];
+const RESERVED_ENV_PREFIXES: &[&str] = &["LD_", "DYLD_"];
+
+/// The variable that carries the port: a plain name (letters, digits, `_`, not a digit first) that the
+/// manager does not set itself and that no loader reads.
+pub fn port_env(key: &str) -> Result<()> {
+  env_name(key, "portEnv")?;
+  let plain = key.chars().next().is_some_and(|c| !c.is_ascii_digit())
+    && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+  if !plain {
+    return Err(PmError::invalid(format!(
+      "portEnv {key:?} is not a plain environment variable name: use letters, digits and '_', not starting with a digit"
+    )));
+  }
+  // Windows compares variable names without case.
+  let upper = key.to_ascii_uppercase();
+  if RESERVED_ENV.contains(&upper.as_str())
+    || RESERVED_ENV_PREFIXES.iter().any(|p| upper.starts_with(p))
+  {
+    return Err(PmError::invalid(format!(
+      "portEnv {key:?} cannot be used: the manager sets it itself, or it changes what the backend loads and runs. Use a name such as PORT"
+    )));
+  }
+  Ok(())
 }
 
 pub fn name(value: &Value) -> Result<String> {
@@ -354,6 +410,22 @@ mod tests {
         "args[0] must not contain a NUL",
       ),
       ("portEnv", s("A=B"), "portEnv"),
+      (
+        "portEnv",
+        s("BACKEND_TOKEN"),
+        "portEnv \"BACKEND_TOKEN\" cannot be used",
+      ),
+      (
+        "portEnv",
+        s("ld_preload"),
+        "portEnv \"ld_preload\" cannot be used",
+      ),
+      ("portEnv", s("DYLD_INSERT_LIBRARIES"), "portEnv"),
+      ("portEnv", s("MY PORT"), "not a plain"),
+      ("name", s("\u{202E}\u{202E}"), "U+202E"),
+      ("name", s("api\u{200B}"), "U+200B"),
+      ("name", s("   "), "white space"),
+      ("name", s(" api"), "white space"),
       ("host", s("banana"), "IP address"),
       ("healthPath", s("health"), "healthPath"),
       (
