@@ -27,6 +27,17 @@ export declare class NativeManager {
   start(projectRoot: string, isPackaged: boolean | undefined, runtime: RuntimeInfo): Promise<Started>
   stop(): Promise<StopResult | null>
   /**
+   * Begins a stop that `finishStopSync` will block on: the polite stop, the force kill after
+   * `timeoutMs` (default 1000). Several managers' stops are begun first, then all waited for together.
+   */
+  beginStopSync(options?: { timeoutMs?: number } | null): void
+  /**
+   * Blocks the calling (JS) thread until the stop begun by `beginStopSync` is done: at most its
+   * `timeoutMs`, then the force kill of the whole tree, then 250 ms to see it gone. Null when nothing ran;
+   * a stop still not done by then is reported forced, with the backend's pid among the survivors.
+   */
+  finishStopSync(): StopResult | null
+  /**
    * Replaces every process of the running backend, one at a time; resolves with the backend (null when
    * nothing runs).
    */

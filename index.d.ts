@@ -209,6 +209,17 @@ export interface ProcessManagerEvents {
   healthy: [event: HealthyEvent]
   'port-changed': [event: PortChangedEvent]
   stats: [stats: Stats]
+  /** A `startBackend()` call rejected (besides the rejection), for code that did not make the call. */
+  'start-failed': [event: StartFailedEvent]
+}
+
+export interface StartFailedEvent {
+  error: ProcessManagerError
+}
+
+export interface SyncStopOptions {
+  /** How long the polite stop may take before the force kill of the whole tree, 0–60000. @default 1000 */
+  timeoutMs?: number
 }
 
 export interface DashboardOptions {
@@ -242,6 +253,16 @@ export declare class ProcessManager extends EventEmitter {
    * A stop during a start cancels the start. `survivors` lists processes still alive after the force kill.
    */
   stopBackend(): Promise<StopResult | null>
+  /**
+   * `stopBackend()` for `process.on('exit')`, Electron's `will-quit` or a session end, where a promise cannot be
+   * awaited: blocks the thread at most `timeoutMs + 250` ms (polite stop, force kill at `timeoutMs`, then up to
+   * 250 ms to see the processes gone); the record is deleted. `null` when nothing runs.
+   */
+  stopSync(options?: SyncStopOptions): StopResult | null
+  /** `stopSync()` for every manager of this process at once (the thread is blocked `timeoutMs + 250` at most in all). */
+  static stopAllSync(options?: SyncStopOptions): StopResult[]
+  /** Stops every backend of every `ProcessManager` and `BackendGroup` of this process (groups in reverse dependency order); resolves once every process is gone. */
+  static stopAll(): Promise<StopResult[]>
   /** First available port in `[startPort, startPort + portRange]`, reserved for 15 s (never against this manager's own start). */
   findAvailablePort(startPort?: number): Promise<number>
   /** True only when the port binds on 127.0.0.1, ::1, 0.0.0.0 and ::. */
@@ -336,6 +357,8 @@ export declare class BackendGroup extends EventEmitter {
   startAll(projectRoot?: string, isPackaged?: boolean): Promise<Record<string, BackendInfo>>
   /** Stops each backend after the ones that depend on it. */
   stopAll(): Promise<Record<string, StopResult | null>>
+  /** `stopAll()` blocking the thread, every member at once (see `ProcessManager.stopAllSync`). */
+  stopAllSync(options?: SyncStopOptions): StopResult[]
   /** That backend's `ProcessManager` (a member with an `env` function gets a new one at each `startAll()`). */
   get(name: string): ProcessManager | undefined
   status(): Promise<GroupMemberStatus[]>

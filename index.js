@@ -23,7 +23,12 @@ function runtime() {
   return { nodePath: process.execPath, electron: Boolean(process.versions.electron), env: { ...process.env } }
 }
 
+/** Set by ProcessManager's static block: the synchronous stop of several managers at once. */
+let stopManagersSync
+
 class ProcessManager extends EventEmitter {
+  /** Every manager made in this process (weakly: an idle one the app dropped may be collected). */
+  static #all = new Set()
   #native
   #logger
   #prefix
@@ -43,6 +48,52 @@ class ProcessManager extends EventEmitter {
     this.#native = new native.NativeManager(rest, onEvent)
     this.#logger = logger
     this.#prefix = `[${this.#native.options.name}]`
+    ProcessManager.#all.add(new WeakRef(this))
+  }
+
+  /** The managers alive in this process. */
+  static #live() {
+    const live = []
+    for (const ref of ProcessManager.#all) {
+      const pm = ref.deref()
+      if (pm) live.push(pm)
+      else ProcessManager.#all.delete(ref)
+    }
+    return live
+  }
+
+  /** Every stop begun first, then all waited for: the thread is blocked `timeoutMs + 250` at most, not that per manager. */
+  static #stopSync(managers, options) {
+    for (const pm of managers) pm.#native.beginStopSync(options)
+    return managers.map((pm) => pm.#native.finishStopSync()).filter((r) => r !== null)
+  }
+
+  static {
+    stopManagersSync = (managers, options) => ProcessManager.#stopSync(managers, options)
+  }
+
+  /**
+   * Stops every backend of every manager in this process, blocking the calling thread (for
+   * `process.on('exit')`, Electron's `will-quit`, a session end): polite stop, force kill after `timeoutMs`
+   * (default 1000), up to 250 ms more to see the processes gone; records deleted. Returns the `StopResult`s.
+   */
+  static stopAllSync(options) {
+    return ProcessManager.#stopSync(ProcessManager.#live(), options)
+  }
+
+  /**
+   * Stops every backend of every `ProcessManager` and `BackendGroup` in this process (groups in reverse
+   * dependency order); resolves once every process is gone, with the `StopResult`s.
+   */
+  static async stopAll() {
+    const fromGroups = await Promise.all(BackendGroup.live().map((g) => g.stopAll()))
+    const rest = await Promise.all(ProcessManager.#live().map((pm) => pm.stopBackend()))
+    return [...fromGroups.flatMap((byName) => Object.values(byName)), ...rest].filter((r) => r !== null)
+  }
+
+  /** `stopBackend()` for where a promise cannot be awaited, blocking the thread (see `stopAllSync`); the `StopResult` or null. */
+  stopSync(options) {
+    return ProcessManager.#stopSync([this], options)[0] ?? null
   }
 
   /** Built outside the constructor, so the closure cannot capture the instance itself. */
@@ -99,11 +150,17 @@ class ProcessManager extends EventEmitter {
 
   async startBackend(projectRoot = process.cwd(), isPackaged = false) {
     this.#lastStart = [projectRoot, isPackaged]
-    const starting = this.#native.start(projectRoot, isPackaged, runtime())
-    const { info, fresh } = await this.#holdingLoop(() => starting)
-    // `ready` comes before the call resolves, once per backend started (restarts emit their own).
-    if (fresh) this.emit('ready', info)
-    return info
+    try {
+      const starting = this.#native.start(projectRoot, isPackaged, runtime())
+      const { info, fresh } = await this.#holdingLoop(() => starting)
+      // `ready` comes before the call resolves, once per backend started (restarts emit their own).
+      if (fresh) this.emit('ready', info)
+      return info
+    } catch (error) {
+      // For code that did not make the call (a splash screen, an error dialog): the rejection is the caller's.
+      this.emit('start-failed', { error })
+      throw error
+    }
   }
 
   async stopBackend() {
@@ -194,9 +251,28 @@ async function findAvailablePort(startPort, options) {
 
 /** Several named backends, started in dependency order and stopped in reverse (docs/api.md, "Several different backends"). */
 class BackendGroup extends Group {
+  static #all = new Set()
+
   /** @param {Array<import('./index').BackendGroupMember>} entries */
   constructor(entries) {
     super(entries, ProcessManager)
+    BackendGroup.#all.add(new WeakRef(this))
+  }
+
+  /** The groups alive in this process. */
+  static live() {
+    const live = []
+    for (const ref of BackendGroup.#all) {
+      const group = ref.deref()
+      if (group) live.push(group)
+      else BackendGroup.#all.delete(ref)
+    }
+    return live
+  }
+
+  /** `stopAll()` blocking the thread, every member at once (see `ProcessManager.stopAllSync`); the `StopResult`s. */
+  stopAllSync(options) {
+    return stopManagersSync(this.names.map((name) => this.get(name)), options)
   }
 }
 

@@ -15,6 +15,7 @@ import {
   type Dashboard,
 } from '../../index'
 import * as binding from '../../binding'
+import { manage } from '../../electron'
 
 async function main(): Promise<void> {
   const pm = new ProcessManager({ name: 'myfinance-backend', port: 8000, logger: false })
@@ -108,6 +109,21 @@ async function main(): Promise<void> {
   void dashboardUrl
   // @ts-expect-error the dashboard's port is a number
   await pm.dashboard({ port: '8080' })
+
+  // Quitting: synchronous stops, every manager at once, and the Electron helper.
+  const stoppedNow: StopResult | null = pm.stopSync({ timeoutMs: 500 })
+  const allNow: StopResult[] = ProcessManager.stopAllSync()
+  const allLater: StopResult[] = await ProcessManager.stopAll()
+  const groupNow: StopResult[] = group.stopAllSync({ timeoutMs: 100 })
+  pm.on('start-failed', (e) => e.error.code)
+  const { EventEmitter } = await import('node:events')
+  const electronApp = Object.assign(new EventEmitter(), { quit() {} })
+  const managed = manage(electronApp, pm, { autoUpdater: new EventEmitter(), dialog: { showErrorBox() {} } })
+  manage(electronApp, group)
+  managed.dispose()
+  void [stoppedNow, allNow, allLater, groupNow]
+  // @ts-expect-error timeoutMs is a number
+  pm.stopSync({ timeoutMs: '5' })
 
   // @ts-expect-error ports are numbers
   await pm.isPortAvailable('80')

@@ -1,6 +1,8 @@
 'use strict'
 // An Electron main process that runs its backend with backend-process-manager: the backend starts before the
-// window, the window loads only once the backend answers, and quitting waits for a graceful stop.
+// window, the window loads only once the backend answers, and quitting waits for a graceful stop (manage():
+// the first quit is held until the backend stopped, a quit that cannot wait stops it synchronously, and a
+// failed start shows an error box with the backend's last output).
 // Packaging (electron-builder): keep the addon and the backend out of the asar archive —
 //   "asarUnpack": ["**/*.node", "backend/**"]
 // The manager maps app.asar → app.asar.unpacked for the backend when `app.isPackaged` is true, and runs it
@@ -9,6 +11,7 @@
 const path = require('node:path')
 const { app, BrowserWindow, Menu, dialog } = require('electron')
 const { ProcessManager } = require('backend-process-manager')
+const { manage } = require('backend-process-manager/electron')
 
 const projectRoot = path.resolve(__dirname, '..') // holds backend/server.js
 const pm = new ProcessManager({
@@ -21,19 +24,15 @@ const pm = new ProcessManager({
 let quitting = false
 let dashboardWindow = null
 
-function explain(err) {
-  const lines = [err.message]
-  if (err.code) lines.push(`(${err.code})`)
-  if (err.stderrTail?.length) lines.push('', 'Last output of the backend:', ...err.stderrTail)
-  return lines.join('\n')
-}
+manage(app, pm, { dialog })
+app.on('before-quit', () => (quitting = true))
 
 async function createWindow() {
   let backend
   try {
     backend = await pm.startBackend(projectRoot, app.isPackaged)
-  } catch (err) {
-    dialog.showErrorBox('The backend could not start', explain(err))
+  } catch {
+    // manage() has shown the error (its `start-failed` event).
     app.quit()
     return
   }
@@ -93,14 +92,4 @@ app.whenReady().then(() => {
 
 app.on('window-all-closed', () => {
   if (process.platform !== 'darwin') app.quit()
-})
-
-app.on('before-quit', (event) => {
-  if (quitting || !pm.backend) return
-  // Hold the quit until the backend has stopped (it may be saving data), then quit for real.
-  event.preventDefault()
-  quitting = true
-  pm.stopBackend()
-    .catch((err) => console.error(`stopping the backend failed: ${err.message}`))
-    .finally(() => app.quit())
 })

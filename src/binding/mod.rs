@@ -468,7 +468,22 @@ impl From<lifecycle::StopResult> for StopResult {
 #[napi]
 pub struct NativeManager {
   inner: Arc<Manager>,
+  /// A synchronous stop begun and not yet waited for (`stopAllSync` begins every manager's first).
+  sync_stop: std::sync::Mutex<Option<SyncStop>>,
 }
+
+/// A stop the JS thread will block on.
+struct SyncStop {
+  result: std::sync::mpsc::Receiver<Option<lifecycle::StopResult>>,
+  /// The force kill of whatever is still ending.
+  force_at: std::time::Instant,
+  began: std::time::Instant,
+  /// The backend's pid when the stop began (none while it was down or starting).
+  pid: Option<u32>,
+}
+
+/// After the force kill, how long a synchronous stop waits to see the processes gone (docs/api.md).
+const SYNC_STOP_SEE_GONE: std::time::Duration = std::time::Duration::from_millis(250);
 
 #[napi]
 impl NativeManager {
@@ -483,6 +498,7 @@ impl NativeManager {
     let events = Arc::new(JsEvents::new(on_event)?);
     Ok(NativeManager {
       inner: Manager::new(options, events),
+      sync_stop: std::sync::Mutex::new(None),
     })
   }
 
@@ -543,6 +559,68 @@ impl NativeManager {
     promise(env, async move { Ok(stopping.await) }, |r| {
       r.map(StopResult::from)
     })
+  }
+
+  /// Begins a stop that `finishStopSync` will block on: the polite stop, the force kill after
+  /// `timeoutMs` (default 1000). Several managers' stops are begun first, then all waited for together.
+  #[napi(ts_args_type = "options?: { timeoutMs?: number } | null")]
+  pub fn begin_stop_sync(&self, env: &Env, options: Unknown) -> napi::Result<()> {
+    let options = from_js(options)?;
+    let grace = sync(env, || {
+      options::sync_stop_timeout(&options, "the stopSync options")
+    })?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stopping = self.inner.stop_within(grace);
+    napi::bindgen_prelude::spawn(async move {
+      let _ = tx.send(stopping.await);
+    });
+    let began = std::time::Instant::now();
+    let pid = self.inner.backend().map(|b| b.pid);
+    *self.sync_stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(SyncStop {
+      result: rx,
+      force_at: began + grace,
+      began,
+      pid,
+    });
+    Ok(())
+  }
+
+  /// Blocks the calling (JS) thread until the stop begun by `beginStopSync` is done: at most its
+  /// `timeoutMs`, then the force kill of the whole tree, then 250 ms to see it gone. Null when nothing ran;
+  /// a stop still not done by then is reported forced, with the backend's pid among the survivors.
+  #[napi]
+  pub fn finish_stop_sync(&self) -> Option<StopResult> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let pending = self
+      .sync_stop
+      .lock()
+      .unwrap_or_else(|e| e.into_inner())
+      .take()?;
+    let wait = |until: std::time::Instant| {
+      pending
+        .result
+        .recv_timeout(until.saturating_duration_since(std::time::Instant::now()))
+    };
+    let result = match wait(pending.force_at) {
+      Err(RecvTimeoutError::Timeout) => {
+        // An end begun earlier with a longer grace: it is forced now.
+        self.inner.force_now();
+        wait(std::time::Instant::now() + SYNC_STOP_SEE_GONE)
+      }
+      other => other,
+    };
+    match result {
+      Ok(stopped) => stopped.map(StopResult::from),
+      Err(_) => Some(StopResult {
+        pid: pending.pid.unwrap_or_default(),
+        exit_code: None,
+        signal: None,
+        forced: true,
+        duration_ms: pending.began.elapsed().as_secs_f64() * 1000.0,
+        survivors: pending.pid.into_iter().collect(),
+        replicas: Vec::new(),
+      }),
+    }
   }
 
   /// Replaces every process of the running backend, one at a time; resolves with the backend (null when

@@ -37,6 +37,8 @@ pub struct Manager {
   pub owner: Owner,
   events: Arc<dyn Events>,
   phase: Mutex<Phase>,
+  /// The grace of a stop whose caller bounds it (`stopSync`), instead of `stopTimeoutMs`.
+  stop_grace: Mutex<Option<Duration>>,
 }
 
 /// A start in progress, shared by every caller that asked for it.
@@ -57,6 +59,8 @@ enum Phase {
   Stopping {
     id: u64,
     done: StopDone,
+    /// The run being stopped, so that a bounded stop can force what is still ending.
+    run: Option<Arc<Run>>,
   },
 }
 
@@ -92,6 +96,7 @@ impl Manager {
       owner: Owner::new(),
       events,
       phase: Mutex::new(Phase::Idle),
+      stop_grace: Mutex::new(None),
     })
   }
 
@@ -234,11 +239,20 @@ impl Manager {
     Ok(terminated)
   }
 
+  /// How long a stop waits after its polite requests before the force kill.
+  pub(super) fn stop_timeout(&self) -> Duration {
+    self
+      .stop_grace
+      .lock()
+      .unwrap_or_else(|e| e.into_inner())
+      .unwrap_or(self.options.stop_timeout)
+  }
+
   /// The polite stop requests of the `shutdown` option, for one instance.
   fn polite(&self, instance: &Instance) -> Polite {
     let request = self.options.shutdown.http.clone().map(|(method, path)| {
       let target = self.target(instance.info.port, instance.info.token.clone());
-      let limit = (self.options.stop_timeout / 4).min(Duration::from_secs(1));
+      let limit = (self.stop_timeout() / 4).min(Duration::from_secs(1));
       Box::pin(async move {
         health::request(&target, &method, &path, limit).await;
       }) as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
@@ -265,7 +279,7 @@ impl Manager {
     if request_stop && instance.child.exit_info().is_none() {
       self.log(Level::Info, format!("stopping backend pid {pid}"));
     }
-    let stop_timeout = self.options.stop_timeout;
+    let stop_timeout = self.stop_timeout();
     instance
       .end(stop_timeout, self.polite(instance), |result, asked, delete_error| {
         if let Some(problem) = delete_error {
@@ -350,7 +364,11 @@ impl Manager {
         }
       };
       if matches!(plan, Plan::Cancel(..) | Plan::Supervised(..)) {
-        *phase = Phase::Stopping { id, done };
+        let run = match &plan {
+          Plan::Supervised(run) => Some(run.clone()),
+          _ => None,
+        };
+        *phase = Phase::Stopping { id, done, run };
       }
       (plan, id, done_tx)
     };
@@ -384,6 +402,37 @@ impl Manager {
       }
       done_tx.send_replace(Some(result.clone()));
       result
+    }
+  }
+
+  /// A stop whose polite part lasts `grace` instead of `stopTimeoutMs` (`stopSync`, for an app that is
+  /// quitting). Ends that began earlier keep their own grace; `force_now` ends them.
+  pub fn stop_within(
+    self: &Arc<Self>,
+    grace: Duration,
+  ) -> impl Future<Output = Option<StopResult>> + Send + 'static {
+    *self.stop_grace.lock().unwrap_or_else(|e| e.into_inner()) = Some(grace);
+    let stopping = self.stop();
+    let manager = self.clone();
+    async move {
+      let result = stopping.await;
+      *manager.stop_grace.lock().unwrap_or_else(|e| e.into_inner()) = None;
+      result
+    }
+  }
+
+  /// Force-kills the whole tree of every process of the run that is up or being stopped, now: the end of
+  /// a bounded stop's grace, for ends that began with a longer one.
+  pub fn force_now(&self) {
+    let run = match &*self.phase() {
+      Phase::Up(run) => Some(run.clone()),
+      Phase::Stopping { run, .. } => run.clone(),
+      _ => None,
+    };
+    for slot in run.iter().flat_map(|r| r.slots.iter()) {
+      if let Some(instance) = slot.current() {
+        instance.child.force_now();
+      }
     }
   }
 

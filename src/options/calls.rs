@@ -117,3 +117,19 @@ pub fn ports(value: &Value, what: &str) -> Result<Vec<u16>> {
     other => Err(bad(what, "an array of ports", other)),
   }
 }
+
+/// The synchronous stop's default bound (`stopSync`, `stopAllSync`).
+pub const DEFAULT_SYNC_STOP_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// `stopSync({ timeoutMs })` and `stopAllSync({ timeoutMs })`: how long the polite stop may take before the
+/// force kill. At most a minute: the calling thread is blocked meanwhile.
+pub fn sync_stop_timeout(options: &Value, what: &str) -> Result<Duration> {
+  let mut f = Fields::of(options, what)?;
+  let timeout = f
+    .take("timeoutMs")
+    .map(|v| integer(v, "timeoutMs", 0.0, 60_000.0).map(|n| Duration::from_millis(n as u64)))
+    .transpose()?
+    .unwrap_or(DEFAULT_SYNC_STOP_TIMEOUT);
+  f.finish(&["timeoutMs"])?;
+  Ok(timeout)
+}

@@ -128,6 +128,19 @@ impl Child {
     }
   }
 
+  /// Force-kills the backend's whole tree now, unless its leader was already released (then its group id
+  /// may name someone else's group). Holding the release lock keeps it unreaped while signalling.
+  pub fn force_now(&self) {
+    let reap = self.reap.lock().unwrap_or_else(|e| e.into_inner());
+    if reap.is_none() {
+      return;
+    }
+    #[cfg(unix)]
+    crate::os::signal::signal_group(self.pid, crate::os::signal::Stop::Force);
+    #[cfg(windows)]
+    self.kill_tree();
+  }
+
   /// Lets the waiter thread reap the (exited) leader, which frees its pid and process-group id.
   pub fn release(&self) {
     if let Some(tx) = self.reap.lock().unwrap_or_else(|e| e.into_inner()).take() {

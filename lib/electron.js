@@ -1,0 +1,112 @@
+'use strict'
+// `require('backend-process-manager/electron').manage(app, managerOrGroup, { splash, dialog, autoUpdater,
+// powerMonitor })` (docs/api.md, "Quitting and updating"): Electron's quit, update and error conventions wired
+// for one manager or group. It uses only the objects passed in — no require('electron') — so it runs (and is
+// tested) under plain Node with stand-ins that follow Electron's documented event semantics.
+
+function invalid(message) {
+  const err = new Error(message)
+  err.code = 'ERR_INVALID_ARG'
+  return err
+}
+
+const isGroup = (target) => typeof target?.startAll === 'function' && typeof target?.stopAll === 'function'
+
+/** The managers behind `target`, looked up when needed: a group may replace a member's manager when it starts. */
+function managersOf(target) {
+  return isGroup(target) ? target.names.map((name) => target.get(name)) : [target]
+}
+
+function needsEvents(what, value, events = ['on', 'removeListener']) {
+  if (value === null || typeof value !== 'object' || events.some((m) => typeof value[m] !== 'function')) {
+    throw invalid(`${what} must be an object with ${events.join(', ')} methods (Electron's ${what})`)
+  }
+}
+
+/** The text of an error dialog: what happened, the backend's last output, where its log is. */
+function describe(error, target) {
+  const lines = [typeof error === 'string' ? error : error?.message ?? String(error)]
+  if (error?.code) lines.push(`(${error.code})`)
+  if (error?.stderrTail?.length) lines.push('', 'Last output of the backend:', ...error.stderrTail)
+  const logDirs = managersOf(target).map((pm) => pm.options.logs?.dir).filter(Boolean)
+  if (logDirs.length > 0) lines.push('', `Logs: ${[...new Set(logDirs)].join(', ')}`)
+  return lines.join('\n')
+}
+
+/**
+ * Wires Electron's conventions for `target` (a `ProcessManager` or a `BackendGroup`): the first `before-quit`
+ * is held until its backends have stopped (bounded by the largest `stopTimeoutMs` plus 1 s), then the app
+ * quits; `will-quit`, `powerMonitor`'s `shutdown` and `autoUpdater`'s `before-quit-for-update` stop them
+ * synchronously; `splash` closes on the first `ready`; `dialog` shows `failed` and `start-failed`. Returns
+ * `{ dispose() }`, which removes every listener it added.
+ */
+function manage(app, target, options = {}) {
+  needsEvents('app', app, ['on', 'removeListener', 'quit'])
+  if (!(target instanceof Object) || (!isGroup(target) && typeof target.stopBackend !== 'function')) {
+    throw invalid('manage() takes a ProcessManager or a BackendGroup')
+  }
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) throw invalid('manage() options must be an object')
+  const known = ['splash', 'dialog', 'autoUpdater', 'powerMonitor']
+  for (const key of Object.keys(options)) if (!known.includes(key)) throw invalid(`unknown manage() option ${JSON.stringify(key)} (known: ${known.join(', ')})`)
+  const { splash, dialog, autoUpdater, powerMonitor } = options
+  if (autoUpdater !== undefined) needsEvents('autoUpdater', autoUpdater)
+  if (powerMonitor !== undefined) needsEvents('powerMonitor', powerMonitor)
+  if (dialog !== undefined && typeof dialog?.showErrorBox !== 'function') throw invalid('dialog must be Electron\'s dialog (with showErrorBox)')
+  if (splash !== undefined && typeof splash?.close !== 'function') throw invalid('splash must be a BrowserWindow (with close)')
+
+  const added = []
+  const on = (emitter, event, listener) => {
+    emitter.on(event, listener)
+    added.push([emitter, event, listener])
+  }
+  const running = () => managersOf(target).some((pm) => pm.backend !== null)
+  const stopSync = () => (isGroup(target) ? target.stopAllSync() : target.stopSync())
+  const stopLimitMs = () => Math.max(...managersOf(target).map((pm) => pm.options.stopTimeoutMs)) + 1000
+  /** Set once the stop is done (or the update took over): later quits go through untouched. */
+  let stopped = false
+  let stopping = null
+
+  on(app, 'before-quit', (event) => {
+    if (stopped || !running()) return
+    event.preventDefault()
+    if (stopping) return
+    let timer
+    const bound = new Promise((resolve) => (timer = setTimeout(resolve, stopLimitMs())))
+    const stop = isGroup(target) ? target.stopAll() : target.stopBackend()
+    stopping = Promise.race([stop.catch(() => {}), bound]).finally(() => {
+      clearTimeout(timer)
+      stopped = true
+      app.quit()
+    })
+  })
+  // No promise is awaited past this point: what still runs is stopped here, blocking.
+  on(app, 'will-quit', () => {
+    if (running()) stopSync()
+  })
+  if (powerMonitor) on(powerMonitor, 'shutdown', () => stopSync())
+  if (autoUpdater) {
+    // The updater quits the app itself and replaces its files: nothing may hold them, and the quit must not be held.
+    on(autoUpdater, 'before-quit-for-update', () => {
+      stopped = true
+      stopSync()
+    })
+  }
+  if (splash) {
+    const close = () => {
+      target.removeListener('ready', close)
+      if (!splash.isDestroyed?.()) splash.close()
+    }
+    on(target, 'ready', close)
+  }
+  if (dialog) {
+    on(target, 'failed', (event) => dialog.showErrorBox(`The backend${event.name ? ` ${event.name}` : ''} stopped and is not restarted`, describe(event.error, target)))
+    on(target, 'start-failed', (event) => dialog.showErrorBox(`The backend${event.name ? ` ${event.name}` : ''} could not start`, describe(event.error, target)))
+  }
+  return {
+    dispose() {
+      for (const [emitter, event, listener] of added.splice(0)) emitter.removeListener(event, listener)
+    },
+  }
+}
+
+module.exports = { manage }
