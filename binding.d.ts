@@ -37,6 +37,8 @@ export declare class NativeManager {
    * a stop still not done by then is reported forced, with the backend's pid among the survivors.
    */
   finishStopSync(): StopResult | null
+  /** The last lines of this backend's log (`logs` option), oldest first; empty when it keeps no log. */
+  logs(options?: { lines?: number, stream?: 'out' | 'err' | 'pm' } | null): Promise<LogLine[]>
   /**
    * Replaces every process of the running backend, one at a time; resolves with the backend (null when
    * nothing runs).
@@ -83,6 +85,9 @@ export interface CleanupItem {
  */
 export declare function cleanupRecords(stateDir?: string | null, options?: { name?: string, stopTimeoutMs?: number } | null): Promise<CleanupItem[]>
 
+/** The per-user log folder (`logs.dir`'s default without a `stateDir`). */
+export declare function defaultLogDir(): string
+
 /** The per-user folder where PID records are kept by default. */
 export declare function defaultStateDir(): string
 
@@ -110,6 +115,21 @@ export declare function groupOrder(entries: Array<{ name?: unknown, dependsOn?: 
  * `host` when given. Synchronous: a few binds take microseconds, less than a hop to another thread.
  */
 export declare function isPortAvailable(port: number, host?: string | null): boolean
+
+/** The file `<dir>/<name>.log` (`backend-pm logs --follow` reads what is appended to it). */
+export declare function logFilePath(dir: string, name: string): string
+
+/** One line of a log file. */
+export interface LogLine {
+  /** ISO time in UTC with milliseconds. */
+  time: string
+  stream: 'out' | 'err' | 'pm'
+  replica: number
+  line: string
+}
+
+/** The names of the logs in `dir`. */
+export declare function logNames(dir: unknown): Promise<string[]>
 
 export interface PortHolder {
   port: number
@@ -139,6 +159,12 @@ export interface ProcessUsage {
   /** Since the process started. */
   elapsedMs: number
 }
+
+/**
+ * The last lines of the log of `name` in `dir` (rotated files included), oldest first. With no name, the
+ * names of the logs in `dir` are listed instead (as lines of stream 'pm').
+ */
+export declare function readLogs(dir: string, name: string, options?: { lines?: number, stream?: 'out' | 'err' | 'pm' } | null): Promise<LogLine[]>
 
 /** One file of the state folder and what is known of its backend now. */
 export interface RecordStatus {

@@ -4,7 +4,7 @@
 const fs = require('node:fs')
 const path = require('node:path')
 const { parseArgs } = require('node:util')
-const { ProcessManager, isPortAvailable, findPortHolders, listRecords, cleanupRecords, defaultStateDir } = require('./index.js')
+const { ProcessManager, isPortAvailable, findPortHolders, listRecords, cleanupRecords, defaultStateDir, defaultLogDir, readLogs, logNames } = require('./index.js')
 const { recordsTable, table } = require('./lib/format.js')
 
 const USAGE = `Usage: backend-pm <command> [options]
@@ -19,6 +19,9 @@ Commands:
                                           health latency, sparklines; q quits. --once: one frame
   dashboard [--port N] [--open]           serve a live page with charts and stop buttons on
                                           127.0.0.1 (the URL carries a secret token)
+  logs [NAME] [--lines N] [--follow] [--json] [--log-dir DIR]
+                                          the last lines of a backend's log file (stdout, stderr
+                                          and the manager's own lines); --follow: then new ones
   start [--entry FILE] [--command CMD] [supervision] [-- args…]
                                           run a backend in the foreground; Ctrl-C stops it gracefully
                                           supervision: --restart, --health-interval MS,
@@ -51,6 +54,7 @@ const COMMANDS = {
   'test-ports': { json: { type: 'boolean' }, count: { type: 'string' } },
   monitor: { once: { type: 'boolean' }, json: { type: 'boolean' } },
   dashboard: { open: { type: 'boolean' } },
+  logs: { lines: { type: 'string' }, follow: { type: 'boolean' }, json: { type: 'boolean' }, 'log-dir': { type: 'string' } },
   start: {
     entry: { type: 'string' },
     command: { type: 'string' },
@@ -77,7 +81,7 @@ function parse(argv) {
   const dashDash = rest.indexOf('--')
   const extraArgs = dashDash >= 0 ? rest.slice(dashDash + 1) : []
   const beforeDashDash = dashDash >= 0 ? positionals.slice(0, positionals.length - extraArgs.length) : positionals
-  if (command === 'test-ports' ? beforeDashDash.length > 1 : beforeDashDash.length > 0) {
+  if (['test-ports', 'logs'].includes(command) ? beforeDashDash.length > 1 : beforeDashDash.length > 0) {
     throw new UsageError(`unexpected argument ${JSON.stringify(beforeDashDash.at(-1))}`)
   }
   if (command !== 'start' && extraArgs.length > 0) throw new UsageError(`"--" arguments only go with start`)
@@ -195,6 +199,80 @@ async function testPorts(values, positionals, options) {
   print(`${rows.filter((r) => r.available).length} of ${rows.length} ports free.`)
 }
 
+/** The log folder: --log-dir, else `logs.dir` of the project's config, else `<stateDir>/logs` with --state-dir, else the per-user one. */
+function logDir(values, options) {
+  if (values['log-dir'] !== undefined) return path.resolve(values['log-dir'])
+  if (options.logs?.dir !== undefined) return path.resolve(options.logs.dir)
+  if (options.stateDir !== undefined) return path.join(options.stateDir, 'logs')
+  return defaultLogDir()
+}
+
+/** A log line as written: `time stream replica text`. */
+function parseLogLine(text) {
+  const m = /^(\S+) (out|err|pm) (\d+) (.*)$/.exec(text)
+  return m && { time: m[1], stream: m[2], replica: Number(m[3]), line: m[4] }
+}
+
+async function logs(values, positionals, options) {
+  const dir = logDir(values, options)
+  const name = positionals[0] ?? options.name
+  const lines = values.lines === undefined ? 50 : integer(values.lines, '--lines')
+  if (name === undefined) {
+    const names = await logNames(dir)
+    if (names.length !== 1) {
+      if (values.json) printJson({ logDir: dir, names })
+      else print(names.length === 0 ? `No logs in ${dir}.` : `Logs in ${dir}: ${names.join(', ')}\nName one: backend-pm logs NAME`)
+      return 0
+    }
+    return logs(values, names, options)
+  }
+  const show = (l) => print(values.json ? JSON.stringify(l) : `${l.time} ${l.stream} ${l.replica} ${l.line}`)
+  for (const l of await readLogs(dir, name, { lines })) show(l)
+  if (!values.follow) return 0
+  return follow(require('./binding.js').logFilePath(dir, name), show)
+}
+
+/** Prints what is appended to `file` until Ctrl-C, from its current end; a rotated file is followed by its successor. */
+function follow(file, show) {
+  let at = fs.existsSync(file) ? fs.statSync(file).size : 0
+  let ino = fs.existsSync(file) ? fs.statSync(file).ino : null
+  let rest = ''
+  return new Promise((resolve) => {
+    const timer = setInterval(() => {
+      let st
+      try {
+        st = fs.statSync(file)
+      } catch {
+        return // between a rotation's renames
+      }
+      if (st.ino !== ino || st.size < at) {
+        ino = st.ino
+        at = 0
+        rest = ''
+      }
+      if (st.size <= at) return
+      const fd = fs.openSync(file, 'r')
+      const buffer = Buffer.alloc(st.size - at)
+      fs.readSync(fd, buffer, 0, buffer.length, at)
+      fs.closeSync(fd)
+      at = st.size
+      const text = rest + buffer.toString('utf8')
+      const parts = text.split('\n')
+      rest = parts.pop()
+      for (const part of parts) {
+        const l = parseLogLine(part)
+        if (l) show(l)
+      }
+    }, 200)
+    const end = () => {
+      clearInterval(timer)
+      resolve(0)
+    }
+    process.once('SIGINT', end)
+    process.once('SIGTERM', end)
+  })
+}
+
 /** The state folder (options and defaults applied, checked) and the name to limit a view to. */
 function recordScope(options) {
   // `--port` is not the backend's here (the dashboard's own port, or nothing): it cannot make the options invalid.
@@ -307,6 +385,8 @@ async function main(argv) {
         const port = values.port === undefined ? 0 : integer(values.port, '--port')
         return await require('./lib/dashboard.js').command({ port, open: Boolean(values.open) }, recordScope(options))
       }
+      case 'logs':
+        return await logs(values, positionals, options)
       case 'start':
         return await start(options, extraArgs)
     }

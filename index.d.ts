@@ -45,6 +45,12 @@ export interface ProcessManagerOptions {
   stopTimeoutMs?: number
   /** Folder holding the PID records. Default: a per-user state folder (see `defaultStateDir()`). */
   stateDir?: string
+  /**
+   * The backend's stdout and stderr and the manager's own lines in `<dir>/<name>.log`, rotated by size, secrets
+   * redacted. `false`: no files. Default on: `{ dir: <stateDir>/logs with a stateDir, else defaultLogDir(),
+   * maxBytes: 10485760, keep: 5 }`. In Electron pass `app.getPath('logs')` as `dir`.
+   */
+  logs?: false | true | LogOptions
   /** Where the manager logs; `false` silences it. Default `console`. */
   logger?: Logger | false
 
@@ -79,6 +85,41 @@ export interface ProcessManagerOptions {
   balance?: 'least-connections' | 'round-robin'
   /** `'fd'`: the manager binds the public port and hands the socket over as descriptor 3 (`LISTEN_FDS=1`; Unix). Default `'port'`. */
   listen?: 'port' | 'fd'
+}
+
+export interface LogOptions {
+  /** Folder of the log files (created 0700; must be this user's and not writable by others). */
+  dir?: string
+  /** `<name>.log` is rotated before it would pass this size (at least 4096). @default 10485760 */
+  maxBytes?: number
+  /** Rotated files kept besides `<name>.log` (0–100). @default 5 */
+  keep?: number
+}
+
+export type LogStream = 'out' | 'err' | 'pm'
+
+export interface LogLine {
+  /** ISO time in UTC with milliseconds. */
+  time: string
+  /** `out`, `err`, or `pm` for the manager's own lines. */
+  stream: LogStream
+  /** The replica's index (0 for a single process). */
+  replica: number
+  line: string
+}
+
+export interface LogsOptions {
+  /** @default 200 */
+  lines?: number
+  stream?: LogStream
+}
+
+/** Something went wrong that does not stop the backend: `ERR_LOG_WRITE` (log lines dropped: full disk, unwritable folder). */
+export interface WarningEvent {
+  code: 'ERR_LOG_WRITE' | (string & {})
+  message: string
+  /** Log lines dropped so far. */
+  dropped?: number
 }
 
 export type Priority = 'low' | 'below-normal' | 'normal' | 'above-normal' | 'high'
@@ -209,6 +250,7 @@ export interface ProcessManagerEvents {
   healthy: [event: HealthyEvent]
   'port-changed': [event: PortChangedEvent]
   stats: [stats: Stats]
+  warning: [event: WarningEvent]
   /** A `startBackend()` call rejected (besides the rejection), for code that did not make the call. */
   'start-failed': [event: StartFailedEvent]
 }
@@ -238,8 +280,8 @@ export interface Dashboard {
 export declare class ProcessManager extends EventEmitter {
   constructor(options?: ProcessManagerOptions)
   /** The options in force, defaults applied (without the logger). */
-  readonly options: Required<Omit<ProcessManagerOptions, 'logger' | 'command' | 'cwd'>> &
-    Pick<ProcessManagerOptions, 'command' | 'cwd'>
+  readonly options: Required<Omit<ProcessManagerOptions, 'logger' | 'command' | 'cwd' | 'logs'>> &
+    Pick<ProcessManagerOptions, 'command' | 'cwd'> & { logs: false | Required<LogOptions> }
   /** The running backend, or `null`. */
   readonly backend: BackendInfo | null
 
@@ -277,6 +319,8 @@ export declare class ProcessManager extends EventEmitter {
   status(): Promise<StatusReport>
   /** CPU (since the previous sample), memory and process count of the running backend's tree, uptime, restarts, health; `null` when it is not running. */
   stats(): Promise<Stats | null>
+  /** The last lines of this backend's log file across its rotated files, oldest first (empty with `logs: false`). */
+  logs(options?: LogsOptions): Promise<LogLine[]>
   /**
    * Replaces every process with a new one, one at a time. With replicas (or `listen: 'fd'`) the new one starts
    * beside the old, which is drained and stopped once the new one is healthy: no request fails. One process on
@@ -323,6 +367,12 @@ export declare function cleanupRecords(
 export declare function stopRecord(file: string, options?: { stopTimeoutMs?: number }): Promise<CleanupItem>
 /** The per-user folder where PID records are kept by default. */
 export declare function defaultStateDir(): string
+/** The per-user log folder (the default `logs.dir` without a `stateDir`). */
+export declare function defaultLogDir(): string
+/** The last lines of the log of `name` in `dir`, oldest first. */
+export declare function readLogs(dir: string, name: string, options?: LogsOptions): Promise<LogLine[]>
+/** The names of the logs in `dir`. */
+export declare function logNames(dir: string): Promise<string[]>
 
 /** One backend of a group: `ProcessManager` options with a unique `name`. */
 export interface BackendGroupMember extends Omit<ProcessManagerOptions, 'env'> {

@@ -194,6 +194,11 @@ class ProcessManager extends EventEmitter {
     return this.#native.killExisting()
   }
 
+  /** The last lines of this backend's log file (`logs` option) across its rotated files, oldest first: `[{ time, stream, replica, line }]`. */
+  async logs(options) {
+    return this.#native.logs(options)
+  }
+
   /** CPU, memory and process count of the running backend's whole tree, uptime, restarts, health; `null` when it is not running. */
   async stats() {
     return this.#native.stats()
@@ -292,4 +297,10 @@ module.exports = {
   /** Stops the backend of one record file (identity-checked), whatever its app's state. */
   stopRecord: async (file, options) => native.stopRecord(file, options),
   defaultStateDir: native.defaultStateDir,
+  /** The per-user log folder (`logs.dir` without a `stateDir`). */
+  defaultLogDir: native.defaultLogDir,
+  /** The last lines of the log of `name` in `dir`, oldest first. */
+  readLogs: async (dir, name, options) => native.readLogs(dir, name, options),
+  /** The names of the logs in `dir`. */
+  logNames: async (dir) => native.logNames(dir),
 }

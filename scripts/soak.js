@@ -139,7 +139,7 @@ async function main() {
   const fdsAfter = openFds()
   const rssAfter = rssMiB()
   const leftProcesses = [...pids].filter(isAlive)
-  const leftRecords = fs.readdirSync(stateDir)
+  const leftRecords = fs.readdirSync(stateDir).filter((f) => f.endsWith('.json'))
   fs.rmSync(stateDir, { recursive: true, force: true })
 
   const figures = {

@@ -9,6 +9,7 @@ mod binding;
 mod blocking;
 mod error;
 mod lifecycle;
+mod logs;
 mod net;
 mod options;
 mod os;

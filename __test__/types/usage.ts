@@ -13,6 +13,7 @@ import {
   type ProcessManagerError,
   type StatusReport,
   type Dashboard,
+  type LogLine,
 } from '../../index'
 import * as binding from '../../binding'
 import { manage } from '../../electron'
@@ -122,6 +123,16 @@ async function main(): Promise<void> {
   manage(electronApp, group)
   managed.dispose()
   void [stoppedNow, allNow, allLater, groupNow]
+  // Logs.
+  const logged = new ProcessManager({ logs: { dir: '/tmp/logs', maxBytes: 1 << 20, keep: 3 } })
+  const lines: LogLine[] = await logged.logs({ lines: 10, stream: 'err' })
+  const logOptions = logged.options.logs
+  const keep: number | undefined = logOptions ? logOptions.keep : undefined
+  logged.on('warning', (w) => w.code + w.dropped)
+  new ProcessManager({ logs: false })
+  void [lines.map((l) => l.time + l.stream + l.replica + l.line), keep]
+  // @ts-expect-error streams are out, err or pm
+  await logged.logs({ stream: 'stdout' })
   // @ts-expect-error timeoutMs is a number
   pm.stopSync({ timeoutMs: '5' })
 

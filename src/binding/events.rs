@@ -217,6 +217,21 @@ fn payload(event: Event) -> Emitted {
         ("message", text(message)),
       ]),
     ),
+    Event::Warning {
+      code,
+      message,
+      dropped,
+    } => (
+      "warning",
+      Value::object(vec![
+        ("code", text(code)),
+        ("message", text(message)),
+        (
+          "dropped",
+          dropped.map_or(Value::Undefined, |d| Value::Number(d as f64)),
+        ),
+      ]),
+    ),
   };
   Emitted { kind, data }
 }

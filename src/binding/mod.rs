@@ -7,6 +7,7 @@ mod value;
 
 use crate::lifecycle::launch::Runtime;
 use crate::lifecycle::{self, Manager};
+use crate::logs;
 use crate::net::{listeners, port, reservation};
 use crate::options::{self, CleanupArgs, FindArgs, Options, StartArgs};
 use crate::state;
@@ -59,6 +60,95 @@ pub fn find_available_port(env: &Env, start_port: Unknown, options: Unknown) -> 
     reserved.hold_until(std::time::Instant::now() + port::RESERVATION);
     Ok(port.into())
   })
+}
+
+// ---- logs ---------------------------------------------------------------------------------------------
+
+/// One line of a log file.
+#[napi(object)]
+pub struct LogLine {
+  /// ISO time in UTC with milliseconds.
+  pub time: String,
+  #[napi(ts_type = "'out' | 'err' | 'pm'")]
+  pub stream: String,
+  pub replica: u32,
+  pub line: String,
+}
+
+impl From<logs::LogLine> for LogLine {
+  fn from(l: logs::LogLine) -> Self {
+    LogLine {
+      time: l.time,
+      stream: l.stream.as_str().into(),
+      replica: l.replica,
+      line: l.line,
+    }
+  }
+}
+
+/// The per-user log folder (`logs.dir`'s default without a `stateDir`).
+#[napi]
+pub fn default_log_dir() -> String {
+  logs::default_log_dir().display().to_string()
+}
+
+/// The last lines of the log of `name` in `dir` (rotated files included), oldest first. With no name, the
+/// names of the logs in `dir` are listed instead (as lines of stream 'pm').
+#[napi(
+  ts_args_type = "dir: string, name: string, options?: { lines?: number, stream?: 'out' | 'err' | 'pm' } | null",
+  ts_return_type = "Promise<LogLine[]>"
+)]
+pub fn read_logs<'env>(
+  env: &'env Env,
+  dir: Unknown,
+  name: Unknown,
+  options: Unknown,
+) -> napi::Result<PromiseRaw<'env, Vec<LogLine>>> {
+  let (dir, name, options) = (from_js(dir)?, from_js(name)?, from_js(options)?);
+  let (dir, name, args) = sync(env, || {
+    Ok((
+      options::state_dir(Some(&dir))?,
+      options::name(&name)?,
+      options::LogsArgs::parse(&options)?,
+    ))
+  })?;
+  blocking_promise(
+    env,
+    move || {
+      if !dir.exists() {
+        return Ok(Vec::new());
+      }
+      // A folder others can write may hold planted lines: refused like a state folder.
+      state::dir::ensure_state_dir(&dir)?;
+      Ok(logs::read_tail(&dir, &name, 0, args.lines, args.stream))
+    },
+    |lines| lines.into_iter().map(LogLine::from).collect(),
+  )
+}
+
+/// The file `<dir>/<name>.log` (`backend-pm logs --follow` reads what is appended to it).
+#[napi(ts_args_type = "dir: string, name: string")]
+pub fn log_file_path(env: &Env, dir: Unknown, name: Unknown) -> napi::Result<String> {
+  let (dir, name) = (from_js(dir)?, from_js(name)?);
+  sync(env, || {
+    let dir = options::state_dir(Some(&dir))?;
+    Ok(
+      logs::file_of(&dir, &options::name(&name)?, 0)
+        .display()
+        .to_string(),
+    )
+  })
+}
+
+/// The names of the logs in `dir`.
+#[napi(ts_return_type = "Promise<string[]>")]
+pub fn log_names<'env>(
+  env: &'env Env,
+  dir: Unknown,
+) -> napi::Result<PromiseRaw<'env, Vec<String>>> {
+  let dir = from_js(dir)?;
+  let dir = sync(env, || options::state_dir(Some(&dir)))?;
+  blocking_promise(env, move || Ok(logs::names_in(&dir)), |names| names)
 }
 
 // ---- groups -------------------------------------------------------------------------------------------
@@ -609,6 +699,10 @@ impl NativeManager {
       }
       other => other,
     };
+    // The stop's last lines reach the log before the process may exit.
+    if let Some(log) = self.inner.log_file() {
+      log.flush();
+    }
     match result {
       Ok(stopped) => stopped.map(StopResult::from),
       Err(_) => Some(StopResult {
@@ -621,6 +715,31 @@ impl NativeManager {
         replicas: Vec::new(),
       }),
     }
+  }
+
+  /// The last lines of this backend's log (`logs` option), oldest first; empty when it keeps no log.
+  #[napi(
+    ts_args_type = "options?: { lines?: number, stream?: 'out' | 'err' | 'pm' } | null",
+    ts_return_type = "Promise<LogLine[]>"
+  )]
+  pub fn logs<'env>(
+    &self,
+    env: &'env Env,
+    options: Unknown,
+  ) -> napi::Result<PromiseRaw<'env, Vec<LogLine>>> {
+    let options = from_js(options)?;
+    let args = sync(env, || options::LogsArgs::parse(&options))?;
+    let file = self.inner.log_file().cloned();
+    blocking_promise(
+      env,
+      move || {
+        Ok(file.map_or_else(Vec::new, |file| {
+          file.flush();
+          file.tail(args.lines, args.stream)
+        }))
+      },
+      |lines| lines.into_iter().map(LogLine::from).collect(),
+    )
   }
 
   /// Replaces every process of the running backend, one at a time; resolves with the backend (null when

@@ -116,13 +116,15 @@ pub async fn run(
     let manager = Arc::downgrade(manager);
     let port_taken = port_taken.clone();
     let nudge = nudge.clone();
+    let redactor = Arc::new(launch.redactor());
+    let replica = place.replica.unwrap_or(0);
     Arc::new(move |stream: Stream, line: &str| {
       nudge.notify_one();
       if says_port_taken(line, port) {
         port_taken.store(true, Ordering::SeqCst);
       }
       if let Some(manager) = manager.upgrade() {
-        manager.line(stream, line);
+        manager.line(stream, replica, line, &redactor);
       }
     })
   };

@@ -34,6 +34,16 @@ pub struct Launch {
   stdin_pipe: bool,
 }
 
+impl Launch {
+  /// What never goes into a log: the token and the secret-looking values of the backend's environment.
+  pub fn redactor(&self) -> crate::logs::Redactor {
+    crate::logs::Redactor::new(
+      self.token.as_deref(),
+      self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    )
+  }
+}
+
 /// What a backend gets of the app's environment when it inherits nothing else (`inheritEnv: false`): what
 /// programs need to run and find their files, and nothing that could be a secret.
 const MINIMAL_ENV: [&str; 8] = [

@@ -12,6 +12,7 @@ use super::run::{Front, Run};
 use super::{BackendInfo, Event, Events, Level, Reason, Stats, StopResult};
 use crate::blocking;
 use crate::error::Result;
+use crate::logs::{Log, LogStream, LogWarning, Redactor};
 use crate::net::health::{self, Target};
 use crate::net::port::{self, Search};
 use crate::net::reservation::Owner;
@@ -39,6 +40,9 @@ pub struct Manager {
   phase: Mutex<Phase>,
   /// The grace of a stop whose caller bounds it (`stopSync`), instead of `stopTimeoutMs`.
   stop_grace: Mutex<Option<Duration>>,
+  /// The log file (`logs` option), and the secrets its lines are cleaned of: the current start's.
+  log_file: Option<Arc<Log>>,
+  redactor: Mutex<Arc<Redactor>>,
 }
 
 /// A start in progress, shared by every caller that asked for it.
@@ -91,7 +95,23 @@ pub fn url_for(host: IpAddr, port: u16) -> String {
 
 impl Manager {
   pub fn new(options: Options, events: Arc<dyn Events>) -> Arc<Manager> {
+    let log_file = options.logs.clone().map(|config| {
+      let events = events.clone();
+      Log::new(
+        config,
+        &options.name,
+        Arc::new(move |warning: LogWarning| {
+          events.emit(Event::Warning {
+            code: "ERR_LOG_WRITE",
+            message: warning.message,
+            dropped: Some(warning.dropped),
+          })
+        }),
+      )
+    });
     Arc::new(Manager {
+      log_file,
+      redactor: Mutex::new(Arc::new(Redactor::default())),
       options,
       owner: Owner::new(),
       events,
@@ -101,10 +121,31 @@ impl Manager {
   }
 
   pub(super) fn log(&self, level: Level, message: impl Into<String>) {
-    self.events.emit(Event::Log {
-      level,
-      message: message.into(),
-    });
+    let message = message.into();
+    if let Some(file) = &self.log_file {
+      file.line(LogStream::Manager, 0, &message, &self.redactor());
+    }
+    self.events.emit(Event::Log { level, message });
+  }
+
+  /// What the log's lines are cleaned of: the secrets of the start under way or running.
+  pub(super) fn redactor(&self) -> Arc<Redactor> {
+    self
+      .redactor
+      .lock()
+      .unwrap_or_else(|e| e.into_inner())
+      .clone()
+  }
+
+  /// A start's secrets (its token, its secret-looking environment) join those the log is cleaned of.
+  pub(super) fn learn_secrets(&self, launch: &super::launch::Launch) {
+    let known = launch.redactor();
+    *self.redactor.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(known);
+  }
+
+  /// The log file, when the `logs` option keeps one.
+  pub fn log_file(&self) -> Option<&Arc<Log>> {
+    self.log_file.as_ref()
   }
 
   pub(super) fn emit(&self, event: Event) {
@@ -119,7 +160,15 @@ impl Manager {
     }
   }
 
-  pub(super) fn line(&self, stream: Stream, text: &str) {
+  /// A line of the backend's output (of replica `replica`, 0 for a single process).
+  pub(super) fn line(&self, stream: Stream, replica: usize, text: &str, redactor: &Redactor) {
+    if let Some(file) = &self.log_file {
+      let stream = match stream {
+        Stream::Stdout => LogStream::Out,
+        Stream::Stderr => LogStream::Err,
+      };
+      file.line(stream, replica, text, redactor);
+    }
     self.events.line(stream, text);
   }
 

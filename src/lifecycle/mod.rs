@@ -143,6 +143,13 @@ pub enum Event {
     level: Level,
     message: String,
   },
+  /// Something went wrong that does not stop the backend (`code` names it, e.g. `ERR_LOG_WRITE`).
+  Warning {
+    code: &'static str,
+    message: String,
+    /// Log lines dropped so far, for `ERR_LOG_WRITE`.
+    dropped: Option<u64>,
+  },
 }
 
 /// Where a manager reports what happens. `line` is separate: it is the one that can flood.

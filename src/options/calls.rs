@@ -133,3 +133,34 @@ pub fn sync_stop_timeout(options: &Value, what: &str) -> Result<Duration> {
   f.finish(&["timeoutMs"])?;
   Ok(timeout)
 }
+
+/// `pm.logs({ lines, stream })`: how many of the last lines, of which stream.
+#[derive(Debug, Clone)]
+pub struct LogsArgs {
+  pub lines: usize,
+  pub stream: Option<crate::logs::LogStream>,
+}
+
+pub const DEFAULT_LOG_LINES: usize = 200;
+
+impl LogsArgs {
+  pub fn parse(options: &Value) -> Result<LogsArgs> {
+    let mut f = Fields::of(options, "the logs options")?;
+    let lines = f
+      .take("lines")
+      .map(|v| integer(v, "lines", 0.0, 1_000_000.0).map(|n| n as usize))
+      .transpose()?
+      .unwrap_or(DEFAULT_LOG_LINES);
+    let stream = match f.take("stream") {
+      None => None,
+      Some(v) => {
+        let text = string(v, "stream")?;
+        Some(crate::logs::LogStream::parse(&text).ok_or_else(|| {
+          PmError::invalid(format!("stream must be 'out', 'err' or 'pm', got {text:?}"))
+        })?)
+      }
+    };
+    f.finish(&["lines", "stream"])?;
+    Ok(LogsArgs { lines, stream })
+  }
+}

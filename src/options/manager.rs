@@ -22,6 +22,8 @@ pub struct Options {
   pub start_timeout: Duration,
   pub stop_timeout: Duration,
   pub state_dir: PathBuf,
+  /// Where the backend's output and the manager's lines are kept; `None`: no files (`logs: false`).
+  pub logs: Option<crate::logs::LogConfig>,
   /// `None`: a backend that exits is not started again.
   pub restart: Option<RestartPolicy>,
   /// The watchdog's probe interval; `None`: no watchdog.
@@ -165,6 +167,7 @@ const MANAGER_OPTIONS: &[&str] = &[
   "startTimeoutMs",
   "stopTimeoutMs",
   "stateDir",
+  "logs",
   "restart",
   "healthIntervalMs",
   "unhealthyThreshold",
@@ -182,6 +185,57 @@ const MANAGER_OPTIONS: &[&str] = &[
 ];
 
 pub const MAX_REPLICAS: f64 = 64.0;
+
+/// `logs`: `false` (no files), `true` or an object `{ dir, maxBytes, keep }` (missing keys take their
+/// defaults). Without `dir`, an explicit `stateDir` puts them in `<stateDir>/logs`, else the per-user log
+/// folder.
+fn logs(
+  value: &Value,
+  state_dir: Option<&std::path::Path>,
+) -> Result<Option<crate::logs::LogConfig>> {
+  use crate::logs::{default_log_dir, LogConfig, DEFAULT_KEEP, DEFAULT_MAX_BYTES};
+  let default_dir =
+    || -> Result<PathBuf> { Ok(state_dir.map_or_else(default_log_dir, |d| d.join("logs"))) };
+  match value {
+    Value::Bool(false) => Ok(None),
+    Value::Bool(true) => Ok(Some(LogConfig {
+      dir: default_dir()?,
+      max_bytes: DEFAULT_MAX_BYTES,
+      keep: DEFAULT_KEEP,
+    })),
+    Value::Object(_) => {
+      let mut f = Fields::of(value, "logs")?;
+      let dir = f
+        .take("dir")
+        .map(|v| non_empty(v, "logs.dir"))
+        .transpose()?;
+      let max_bytes = f
+        .take("maxBytes")
+        .map(|v| integer(v, "logs.maxBytes", 4096.0, 2f64.powi(53)).map(|n| n as u64))
+        .transpose()?
+        .unwrap_or(DEFAULT_MAX_BYTES);
+      let keep = f
+        .take("keep")
+        .map(|v| integer(v, "logs.keep", 0.0, 100.0).map(|n| n as u32))
+        .transpose()?
+        .unwrap_or(DEFAULT_KEEP);
+      f.finish(&["dir", "maxBytes", "keep"])?;
+      Ok(Some(LogConfig {
+        dir: match dir {
+          Some(d) => PathBuf::from(d),
+          None => default_dir()?,
+        },
+        max_bytes,
+        keep,
+      }))
+    }
+    other => Err(bad(
+      "logs",
+      "false, true or an object { dir, maxBytes, keep }",
+      other,
+    )),
+  }
+}
 
 /// `0` means off for the interval options.
 fn interval(value: &Value, what: &str) -> Result<Option<Duration>> {
@@ -316,6 +370,12 @@ fn shutdown(value: &Value) -> Result<Shutdown> {
 impl Options {
   pub fn parse(value: &Value) -> Result<Options> {
     let mut f = Fields::of(value, "the ProcessManager options")?;
+    let state_dir_value = f.take("stateDir");
+    let state_dir_given = state_dir_value.map(|v| state_dir(Some(v))).transpose()?;
+    let logs = logs(
+      f.take("logs").unwrap_or(&Value::Bool(true)),
+      state_dir_given.as_deref(),
+    )?;
     let options = Options {
       name: f
         .take("name")
@@ -386,7 +446,8 @@ impl Options {
         .map(|v| millis(v, "stopTimeoutMs", 0.0))
         .transpose()?
         .unwrap_or(DEFAULT_STOP_TIMEOUT),
-      state_dir: state_dir(f.take("stateDir"))?,
+      state_dir: state_dir_given.unwrap_or_else(crate::state::dir::default_state_dir),
+      logs,
       restart: f.take("restart").map(restart).transpose()?.flatten(),
       health_interval: f
         .take("healthIntervalMs")
@@ -554,6 +615,16 @@ impl Options {
       (
         "stateDir",
         Value::String(self.state_dir.display().to_string()),
+      ),
+      (
+        "logs",
+        self.logs.as_ref().map_or(Value::Bool(false), |l| {
+          Value::object(vec![
+            ("dir", Value::String(l.dir.display().to_string())),
+            ("maxBytes", Value::Number(l.max_bytes as f64)),
+            ("keep", Value::Number(l.keep.into())),
+          ])
+        }),
       ),
       ("restart", restart),
       ("healthIntervalMs", opt_ms(self.health_interval)),

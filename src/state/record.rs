@@ -186,7 +186,7 @@ pub struct Entry {
   pub record: std::result::Result<Record, Problem>,
 }
 
-fn no_follow(options: &mut fs::OpenOptions, mode: u32) {
+pub(crate) fn no_follow(options: &mut fs::OpenOptions, mode: u32) {
   #[cfg(unix)]
   {
     use rustix::fs::OFlags;

@@ -220,6 +220,7 @@ impl Manager {
     let dir = o.state_dir.clone();
     blocking::run(move || ensure_state_dir(&dir)).await??;
     let launch = Launch::resolve(o, args, runtime)?;
+    self.learn_secrets(&launch);
     self.kill_existing().await?;
     if o.replicas <= 1 && o.listen == Listen::Port {
       let mut cancel = start.cancel.subscribe();

@@ -1,0 +1,188 @@
+'use strict'
+// Log files (docs/api.md, "Logs and diagnostics"): framed lines of the backend's output and the manager's
+// own, secrets redacted, rotation by size, 0600 files in a private folder, and a full or read-only disk that
+// drops and counts lines without touching the backend.
+const test = require('node:test')
+const assert = require('node:assert/strict')
+const fs = require('node:fs')
+const path = require('node:path')
+const { execFileSync } = require('node:child_process')
+const { once } = require('node:events')
+const { ProcessManager } = require('..')
+const { ROOT, FIXTURE, CLI, tempDir, freeRun, fixtureManager, startProcess, httpGet, linuxOnly, posixOnly } = require('./helpers')
+
+const LINE = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (out|err|pm) \d+ /
+
+/** A backend (a Node one-liner) that prints what `print` evaluates to, then serves /health. */
+function printingBackend(print) {
+  return `
+    console.log(${print})
+    console.error('to stderr')
+    require('node:http').createServer((q, s) => s.end('ok')).listen(process.env.PORT, process.env.HOST)`
+}
+
+test('a backend\'s output and the manager\'s lines go to <stateDir>/logs/<name>.log, framed; pm.logs() reads them back', async (t) => {
+  const stateDir = tempDir(t)
+  const { pm } = fixtureManager(t, { stateDir, port: await freeRun(3), name: 'logged' })
+  const b = await pm.startBackend(ROOT)
+  await pm.stopBackend()
+  const file = path.join(stateDir, 'logs', 'logged.log')
+  const text = fs.readFileSync(file, 'utf8')
+  for (const line of text.trimEnd().split('\n')) assert.match(line, LINE)
+  assert.match(text, new RegExp(` out 0 BOOT ${b.pid}\\n`))
+  assert.match(text, new RegExp(` pm 0 backend started with pid ${b.pid}`))
+  assert.match(text, / pm 0 backend is ready at /)
+  assert.match(text, new RegExp(` pm 0 backend pid ${b.pid} stopped \\(exit code 0\\)`))
+  if (process.platform !== 'win32') {
+    assert.equal(fs.statSync(file).mode & 0o777, 0o600)
+    assert.equal(fs.statSync(path.dirname(file)).mode & 0o777, 0o700)
+  }
+  const lines = await pm.logs({ lines: 3 })
+  assert.equal(lines.length, 3)
+  assert.match(lines[2].line, /stopped \(exit code 0\)/)
+  for (const l of lines) assert.deepEqual(Object.keys(l).sort(), ['line', 'replica', 'stream', 'time'])
+  const out = await pm.logs({ stream: 'out' })
+  assert.ok(out.length >= 1 && out.every((l) => l.stream === 'out'))
+  assert.equal(out[0].line, `BOOT ${b.pid}`)
+  await assert.rejects(pm.logs({ stream: 'stdout' }), { code: 'ERR_INVALID_ARG', message: /stream must be/ })
+  await assert.rejects(pm.logs({ line: 5 }), { code: 'ERR_INVALID_ARG', message: /unknown option "line"/ })
+})
+
+test('the token and secret-looking environment values never reach the log file', async (t) => {
+  const stateDir = tempDir(t)
+  const pm = new ProcessManager({
+    name: 'secretive', command: process.execPath, args: ['-e', printingBackend('`key=${process.env.MY_API_KEY} token=${process.env.BACKEND_TOKEN} author=${process.env.AUTHOR}`')],
+    env: { MY_API_KEY: 'sk-live-0123456789', AUTHOR: 'ada-lovelace' }, token: true, stateDir, port: await freeRun(3), logger: false,
+  })
+  t.after(() => pm.stopBackend())
+  const b = await pm.startBackend(ROOT)
+  await pm.stopBackend()
+  const text = fs.readFileSync(path.join(stateDir, 'logs', 'secretive.log'), 'utf8')
+  assert.ok(!text.includes('sk-live-0123456789'), 'the API key')
+  assert.ok(!text.includes(b.token), 'the token')
+  assert.match(text, / out 0 key=\[redacted\] token=\[redacted\] author=ada-lovelace\n/, 'AUTHOR is not a secret word')
+  assert.match(text, / err 0 to stderr\n/)
+})
+
+test('a flood of output rotates by size: at most keep old files, none over maxBytes, no line split', async (t) => {
+  const stateDir = tempDir(t)
+  const dir = path.join(tempDir(t), 'logs')
+  const { pm, seen } = fixtureManager(t, { stateDir, name: 'flood', port: await freeRun(3), env: { FLOOD_MB: '2', FLOOD_MARK_FILE: path.join(stateDir, 'flooded') }, logs: { dir, maxBytes: 256 * 1024, keep: 2 } })
+  await pm.startBackend(ROOT)
+  await seen(/^BOOT/)
+  // The fixture marks the file when its flood is written; the log writer may still be behind.
+  const { waitFor } = require('./helpers')
+  await waitFor(() => fs.existsSync(path.join(stateDir, 'flooded')), 20000, 'the flood to be written')
+  await pm.stopBackend()
+  const files = fs.readdirSync(dir).sort()
+  assert.deepEqual(files, ['flood.1.log', 'flood.2.log', 'flood.log'])
+  for (const f of files) {
+    const text = fs.readFileSync(path.join(dir, f), 'utf8')
+    assert.ok(Buffer.byteLength(text) <= 256 * 1024, `${f}: ${Buffer.byteLength(text)} bytes`)
+    assert.ok(text.endsWith('\n'))
+    for (const line of text.slice(0, -1).split('\n')) assert.match(line, LINE, `${f}: a whole framed line`)
+  }
+  assert.deepEqual(pm.options.logs, { dir, maxBytes: 256 * 1024, keep: 2 })
+})
+
+test('logs: false keeps no file; bad logs options are refused naming the key', async (t) => {
+  const stateDir = tempDir(t)
+  const { pm } = fixtureManager(t, { stateDir, port: await freeRun(3), logs: false })
+  await pm.startBackend(ROOT)
+  await pm.stopBackend()
+  assert.equal(fs.existsSync(path.join(stateDir, 'logs')), false)
+  assert.deepEqual(await pm.logs(), [])
+  assert.equal(pm.options.logs, false)
+  for (const [logs, message] of [[{ maxBytes: 10 }, /logs.maxBytes/], [{ keep: -1 }, /logs.keep/], [{ dir: '' }, /logs.dir/], [{ size: 1 }, /unknown option "size" in logs/], ['yes', /logs must be/]]) {
+    assert.throws(() => new ProcessManager({ logs, logger: false }), { code: 'ERR_INVALID_ARG', message }, JSON.stringify(logs))
+  }
+  assert.equal(new ProcessManager({ stateDir, logger: false }).options.logs.dir, path.join(stateDir, 'logs'))
+})
+
+/** A tmpfs of `size` mounted on a fresh folder, unmounted after the test; null (with the reason) where it cannot be made. */
+function smallDisk(t, size) {
+  const dir = fs.mkdtempSync(path.join(require('node:os').tmpdir(), 'bpm-disk-'))
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=0700`, 'tmpfs', dir], { stdio: 'pipe' })
+  } catch (err) {
+    fs.rmSync(dir, { recursive: true, force: true })
+    return { skip: `no tmpfs can be mounted here: ${String(err.stderr || err.message).trim()}` }
+  }
+  // Unmounted lazily (what still has a file open there keeps it until it closes it), then its folder removed.
+  t.after(() => {
+    execFileSync('umount', ['-l', dir], { stdio: 'ignore' })
+    fs.rmSync(dir, { recursive: true, force: true })
+  })
+  return { dir }
+}
+
+test('a full disk drops and counts log lines, warns once, the backend runs; when space is back, writing resumes with a second warning', { skip: linuxOnly('mounts a small tmpfs') }, async (t) => {
+  const disk = smallDisk(t, '64k')
+  if (disk.skip) return t.skip(disk.skip)
+  const filler = path.join(disk.dir, 'filler')
+  // Fill the disk to the last byte (tmpfs counts whole pages: a file's last page would still take lines).
+  assert.throws(() => fs.writeFileSync(filler, Buffer.alloc(1024 * 1024)), { code: 'ENOSPC' })
+  const { pm } = fixtureManager(t, { name: 'full', port: await freeRun(3), logs: { dir: disk.dir } })
+  const warnings = []
+  pm.on('warning', (w) => warnings.push(w))
+  const warned = once(pm, 'warning', { signal: AbortSignal.timeout(15000) })
+  const b = await pm.startBackend(ROOT)
+  const [first] = await warned
+  assert.equal(first.code, 'ERR_LOG_WRITE')
+  assert.ok(first.dropped >= 1)
+  assert.match(first.message, /full\.log/)
+  for (let i = 0; i < 20; i++) assert.equal((await httpGet(`${b.url}/health`)).status, 200, 'the backend runs')
+  await pm.logs() // waits for the writer: more lines were dropped meanwhile, still one warning
+  assert.equal(warnings.length, 1, JSON.stringify(warnings))
+  fs.rmSync(filler)
+  await pm.stopBackend()
+  await pm.logs()
+  assert.equal(warnings.length, 2, JSON.stringify(warnings))
+  const again = warnings[1]
+  assert.match(again.message, /works again/)
+  assert.ok(again.dropped >= first.dropped)
+  const text = fs.readFileSync(path.join(disk.dir, 'full.log'), 'utf8')
+  assert.match(text, new RegExp(` pm 0 ${again.dropped} lines were dropped`))
+  assert.match(text, new RegExp(` pm 0 backend pid ${b.pid} stopped`))
+  for (const line of text.trimEnd().split('\n')) assert.match(line, LINE, 'no half line left by a failed write')
+})
+
+test('a log folder made read-only mid-run: lines are dropped with one warning, the backend keeps running', { skip: linuxOnly('remounts a tmpfs read-only') }, async (t) => {
+  const disk = smallDisk(t, '1m')
+  if (disk.skip) return t.skip(disk.skip)
+  const { pm } = fixtureManager(t, { port: await freeRun(3), name: 'ro', logs: { dir: path.join(disk.dir, 'logs') } })
+  const warnings = []
+  pm.on('warning', (w) => warnings.push(w))
+  const b = await pm.startBackend(ROOT)
+  execFileSync('mount', ['-o', 'remount,ro', disk.dir])
+  const warned = once(pm, 'warning', { signal: AbortSignal.timeout(15000) })
+  await pm.reload()
+  await warned
+  assert.equal(warnings.length, 1)
+  assert.equal(warnings[0].code, 'ERR_LOG_WRITE')
+  assert.match(warnings[0].message, /Read-only file system|read-only/i)
+  assert.notEqual(pm.backend.pid, b.pid)
+  assert.equal((await httpGet(`${pm.backend.url}/health`)).status, 200)
+})
+
+test('backend-pm logs NAME prints the last lines, --json as objects, --follow what comes next until Ctrl-C', { skip: posixOnly('Ctrl-C as SIGINT sent with kill()') }, async (t) => {
+  const stateDir = tempDir(t)
+  const { pm } = fixtureManager(t, { stateDir, name: 'cli-logs', port: await freeRun(3) })
+  const first = await pm.startBackend(ROOT)
+  const { cli } = require('./helpers')
+  const json = await cli(['logs', 'cli-logs', '--state-dir', stateDir, '--lines', '2', '--json'])
+  assert.equal(json.code, 0, json.stderr)
+  const objects = json.stdout.trim().split('\n').map((l) => JSON.parse(l))
+  assert.equal(objects.length, 2)
+  assert.equal(objects[1].stream, 'pm')
+  // Without a name, the one log there is shown.
+  const only = await cli(['logs', '--state-dir', stateDir, '--lines', '1'])
+  assert.match(only.stdout, / pm 0 backend is ready at /)
+  const follow = startProcess(t, process.execPath, [CLI, 'logs', 'cli-logs', '--state-dir', stateDir, '--lines', '1', '--follow'])
+  await follow.line(/ pm 0 backend is ready/)
+  await pm.stopBackend()
+  await follow.line(new RegExp(` pm 0 backend pid ${first.pid} stopped`))
+  follow.child.kill('SIGINT')
+  const [code] = await follow.exited
+  assert.equal(code, 0)
+})

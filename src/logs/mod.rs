@@ -1,0 +1,313 @@
+//! Log files a user can attach to a support ticket (docs/api.md, "Logs and diagnostics"; docs/design.md
+//! decision 29): the backend's stdout and stderr and the manager's own lifecycle lines, framed one per line
+//! (`2026-12-02T11:07:23.456Z out 0 text`), secrets redacted, rotated by size with rename.
+//!
+//! Writing never slows the backend: the pipe readers only frame a line and hand it to one writer thread
+//! for the whole process (not one per backend) through a bounded queue; when the queue is full, or the disk
+//! is full or the folder not writable, the line is dropped and counted, and the manager is told once.
+
+mod redact;
+mod time;
+mod writer;
+
+pub use redact::Redactor;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A line longer than this is cut, with a mark saying how much was left out.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+const APP: &str = "backend-process-manager";
+
+/// Where and how much (the `logs` option).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+  pub dir: PathBuf,
+  /// `<name>.log` is rotated before it would pass this size.
+  pub max_bytes: u64,
+  /// How many rotated files (`<name>.1.log` … `<name>.<keep>.log`) are kept besides `<name>.log`.
+  pub keep: u32,
+}
+
+pub const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024;
+pub const DEFAULT_KEEP: u32 = 5;
+
+/// The per-user log folder, which survives logout and reboot (unlike the records' runtime folder).
+pub fn default_log_dir() -> PathBuf {
+  #[cfg(target_os = "macos")]
+  let base = dirs::home_dir().map(|h| h.join("Library").join("Logs").join(APP));
+  #[cfg(windows)]
+  let base = dirs::data_local_dir().map(|d| d.join(APP).join("logs"));
+  #[cfg(not(any(target_os = "macos", windows)))]
+  let base = dirs::state_dir()
+    .or_else(|| dirs::home_dir().map(|h| h.join(".local").join("state")))
+    .map(|d| d.join(APP).join("logs"));
+  base.unwrap_or_else(|| std::env::temp_dir().join(APP).join("logs"))
+}
+
+/// The stream of a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+  Out,
+  Err,
+  /// The manager's own lines: spawn, ready, exit, restart, stop.
+  Manager,
+}
+
+impl LogStream {
+  pub fn as_str(self) -> &'static str {
+    match self {
+      LogStream::Out => "out",
+      LogStream::Err => "err",
+      LogStream::Manager => "pm",
+    }
+  }
+
+  pub fn parse(text: &str) -> Option<LogStream> {
+    match text {
+      "out" => Some(LogStream::Out),
+      "err" => Some(LogStream::Err),
+      "pm" => Some(LogStream::Manager),
+      _ => None,
+    }
+  }
+}
+
+/// Writing stopped working, or works again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogWarning {
+  pub dropped: u64,
+  pub message: String,
+}
+
+/// What a log reports to its manager (the `warning` event).
+pub type OnWarning = Arc<dyn Fn(LogWarning) + Send + Sync>;
+
+/// One backend's log: `<dir>/<name>.log` and its rotated files.
+pub struct Log {
+  pub config: LogConfig,
+  pub name: String,
+  /// Lines dropped so far (queue full, or the file could not be written).
+  dropped: AtomicU64,
+  /// Dropping now: the next line written says how many were lost, and the manager is told again.
+  failing: AtomicBool,
+  on_warning: OnWarning,
+}
+
+impl Log {
+  pub fn new(config: LogConfig, name: &str, on_warning: OnWarning) -> Arc<Log> {
+    Arc::new(Log {
+      config,
+      name: name.to_string(),
+      dropped: AtomicU64::new(0),
+      failing: AtomicBool::new(false),
+      on_warning,
+    })
+  }
+
+  pub fn path(&self) -> PathBuf {
+    file_of(&self.config.dir, &self.name, 0)
+  }
+
+  /// Frames a line and queues it for the writer; never blocks. `text` is redacted by `redactor`.
+  pub fn line(
+    self: &Arc<Self>,
+    stream: LogStream,
+    replica: usize,
+    text: &str,
+    redactor: &Redactor,
+  ) {
+    let framed = frame(time::now_iso(), stream, replica, &redactor.redact(text));
+    if !writer::queue(self.clone(), framed) {
+      self.drop_line("the log writer cannot keep up with the backend's output");
+    }
+  }
+
+  /// Waits until every line queued before this call has been written (or dropped). Blocking.
+  pub fn flush(&self) {
+    writer::flush();
+  }
+
+  /// The last `lines` lines (of `stream` only, when given) across the rotated files, oldest first.
+  /// Blocking: it reads files.
+  pub fn tail(&self, lines: usize, stream: Option<LogStream>) -> Vec<LogLine> {
+    read_tail(
+      &self.config.dir,
+      &self.name,
+      self.config.keep,
+      lines,
+      stream,
+    )
+  }
+
+  fn drop_line(&self, why: &str) {
+    let dropped = self.dropped.fetch_add(1, Ordering::SeqCst) + 1;
+    if !self.failing.swap(true, Ordering::SeqCst) {
+      (self.on_warning)(LogWarning {
+        dropped,
+        message: format!(
+          "log lines of {} are being dropped: {why}; the backend keeps running",
+          self.path().display()
+        ),
+      });
+    }
+  }
+
+  /// A write went through after lines were dropped: say so in the log and to the manager.
+  fn recovered(&self) -> Option<Vec<u8>> {
+    if !self.failing.swap(false, Ordering::SeqCst) {
+      return None;
+    }
+    let dropped = self.dropped.load(Ordering::SeqCst);
+    let message = format!(
+      "writing {} works again; {dropped} log lines were dropped in all",
+      self.path().display()
+    );
+    (self.on_warning)(LogWarning {
+      dropped,
+      message: message.clone(),
+    });
+    Some(frame(
+      time::now_iso(),
+      LogStream::Manager,
+      0,
+      &format!("{dropped} lines were dropped: the log could not be written"),
+    ))
+  }
+}
+
+/// `<name>.log` (`n` = 0) or the rotated `<name>.<n>.log`.
+pub fn file_of(dir: &Path, name: &str, n: u32) -> PathBuf {
+  let stem = crate::state::record::file_stem(name);
+  match n {
+    0 => dir.join(format!("{stem}.log")),
+    n => dir.join(format!("{stem}.{n}.log")),
+  }
+}
+
+/// `time stream replica text\n`, the text cut at `MAX_LINE_BYTES` (on a character boundary) and kept on one
+/// line: a carriage return or newline inside it cannot forge another line.
+fn frame(time: String, stream: LogStream, replica: usize, text: &str) -> Vec<u8> {
+  let (kept, cut) = if text.len() > MAX_LINE_BYTES {
+    let mut at = MAX_LINE_BYTES;
+    while !text.is_char_boundary(at) {
+      at -= 1;
+    }
+    (&text[..at], text.len() - at)
+  } else {
+    (text, 0)
+  };
+  let mut line = format!("{time} {} {replica} ", stream.as_str());
+  line.extend(
+    kept
+      .chars()
+      .map(|c| if c == '\n' || c == '\r' { ' ' } else { c }),
+  );
+  if cut > 0 {
+    line.push_str(&format!("…[truncated {cut} bytes]"));
+  }
+  line.push('\n');
+  line.into_bytes()
+}
+
+/// One line read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogLine {
+  /// As written: ISO time with milliseconds, UTC.
+  pub time: String,
+  pub stream: LogStream,
+  pub replica: u32,
+  pub line: String,
+}
+
+pub fn parse_line(text: &str) -> Option<LogLine> {
+  let mut parts = text.splitn(4, ' ');
+  let time = parts.next()?;
+  let stream = LogStream::parse(parts.next()?)?;
+  let replica = parts.next()?.parse().ok()?;
+  Some(LogLine {
+    time: time.to_string(),
+    stream,
+    replica,
+    line: parts.next().unwrap_or("").to_string(),
+  })
+}
+
+/// The last `want` lines of `name`'s log in `dir` (of `stream` only, when given), newest file first until
+/// enough are found, returned oldest first. Blocking.
+pub fn read_tail(
+  dir: &Path,
+  name: &str,
+  keep: u32,
+  want: usize,
+  stream: Option<LogStream>,
+) -> Vec<LogLine> {
+  let mut found: Vec<LogLine> = Vec::new();
+  for n in 0..=keep.max(rotated_count(dir, name)) {
+    if found.len() >= want {
+      break;
+    }
+    let Ok(text) = std::fs::read(file_of(dir, name, n)) else {
+      continue;
+    };
+    let text = String::from_utf8_lossy(&text);
+    let mut lines: Vec<LogLine> = text
+      .lines()
+      .filter_map(parse_line)
+      .filter(|l| stream.is_none_or(|s| l.stream == s))
+      .collect();
+    let take = (want - found.len()).min(lines.len());
+    let mut newest = lines.split_off(lines.len() - take);
+    newest.append(&mut found);
+    found = newest;
+  }
+  found
+}
+
+/// The highest `n` of an existing `<name>.<n>.log` (a smaller `keep` than a previous run's leaves some).
+fn rotated_count(dir: &Path, name: &str) -> u32 {
+  let stem = crate::state::record::file_stem(name);
+  let prefix = format!("{stem}.");
+  std::fs::read_dir(dir)
+    .map(|entries| {
+      entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+          let file = e.file_name().to_string_lossy().into_owned();
+          file
+            .strip_prefix(&prefix)?
+            .strip_suffix(".log")?
+            .parse::<u32>()
+            .ok()
+        })
+        .max()
+        .unwrap_or(0)
+    })
+    .unwrap_or(0)
+}
+
+/// The names of the logs in `dir` (`<name>.log` files), sorted.
+pub fn names_in(dir: &Path) -> Vec<String> {
+  let mut names: Vec<String> = std::fs::read_dir(dir)
+    .map(|entries| {
+      entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+          let file = e.file_name().to_string_lossy().into_owned();
+          let stem = file.strip_suffix(".log")?;
+          // `<name>.<n>.log` is a rotated file of `<name>`.
+          let rotated = stem
+            .rsplit_once('.')
+            .is_some_and(|(_, n)| n.parse::<u32>().is_ok());
+          (!rotated).then(|| stem.to_string())
+        })
+        .collect()
+    })
+    .unwrap_or_default();
+  names.sort();
+  names
+}
+
+#[cfg(test)]
+mod tests;

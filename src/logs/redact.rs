@@ -1,0 +1,145 @@
+//! What never goes into a log file or a diagnostics archive: the token, and the values the manager knows
+//! that look like secrets — those of the backend's environment whose name has a secret word in it.
+
+/// The words of a variable name that mark its value as a secret.
+const SECRET_WORDS: &[&str] = &[
+  "TOKEN",
+  "SECRET",
+  "PASSWORD",
+  "PASSWD",
+  "KEY",
+  "APIKEY",
+  "AUTH",
+  "COOKIE",
+  "CREDENTIAL",
+  "CREDENTIALS",
+  "PRIVATE",
+];
+/// Shorter values are left alone: they are too common to hide without hiding ordinary text.
+const MIN_SECRET_CHARS: usize = 6;
+pub const REDACTED: &str = "[redacted]";
+
+/// Whether a variable's name marks its value as a secret: one of its words (split at `_`, `-`, digits and
+/// case changes) is a secret word. `MY_API_KEY` and `authToken` are; `KEYBOARD` and `AUTHOR` are not.
+pub fn is_secret_name(name: &str) -> bool {
+  words(name)
+    .iter()
+    .any(|w| SECRET_WORDS.iter().any(|s| w.eq_ignore_ascii_case(s)))
+}
+
+fn words(name: &str) -> Vec<String> {
+  let chars: Vec<char> = name.chars().collect();
+  let mut words = Vec::new();
+  let mut word = String::new();
+  for (i, &c) in chars.iter().enumerate() {
+    if !c.is_alphabetic() {
+      words.push(std::mem::take(&mut word));
+      continue;
+    }
+    let prev = i.checked_sub(1).map(|p| chars[p]);
+    let next = chars.get(i + 1);
+    // `authToken`: a capital after a small letter; `APIKey`: the last capital of a run before a small one.
+    let starts_word = c.is_uppercase()
+      && prev.is_some_and(|p| {
+        p.is_lowercase() || (p.is_uppercase() && next.is_some_and(|n| n.is_lowercase()))
+      });
+    if starts_word {
+      words.push(std::mem::take(&mut word));
+    }
+    word.push(c);
+  }
+  words.push(word);
+  words.retain(|w| !w.is_empty());
+  words
+}
+
+/// Replaces known secrets in text.
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+  /// Longest first, so a secret that contains another is replaced whole.
+  secrets: Vec<String>,
+}
+
+impl Redactor {
+  /// The token and every secret-looking value of `env`.
+  pub fn new<'a>(
+    token: Option<&str>,
+    env: impl IntoIterator<Item = (&'a str, &'a str)>,
+  ) -> Redactor {
+    let mut secrets: Vec<String> = env
+      .into_iter()
+      .filter(|(name, value)| is_secret_name(name) && value.chars().count() >= MIN_SECRET_CHARS)
+      .map(|(_, value)| value.to_string())
+      .chain(token.map(str::to_string))
+      .collect();
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets.dedup();
+    Redactor { secrets }
+  }
+
+  pub fn redact<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+    let mut out = std::borrow::Cow::Borrowed(text);
+    for secret in &self.secrets {
+      if out.contains(secret.as_str()) {
+        out = std::borrow::Cow::Owned(out.replace(secret.as_str(), REDACTED));
+      }
+    }
+    out
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn secret_names_are_told_by_their_words() {
+    for name in [
+      "MY_API_KEY",
+      "authToken",
+      "APIKey",
+      "DB_PASSWORD",
+      "github-token",
+      "AWS_SECRET_ACCESS_KEY",
+      "session_cookie",
+      "CREDENTIALS_FILE",
+      "private_key2",
+      "APIKEY",
+      "x-auth",
+    ] {
+      assert!(is_secret_name(name), "{name}");
+    }
+    for name in [
+      "KEYBOARD",
+      "AUTHOR",
+      "PATH",
+      "HOME",
+      "monkey",
+      "TOKENIZER",
+      "PORT",
+      "LANG",
+    ] {
+      assert!(!is_secret_name(name), "{name}");
+    }
+  }
+
+  #[test]
+  fn the_token_and_secret_values_are_replaced_short_values_kept() {
+    let r = Redactor::new(
+      Some("tok3n-abcdef"),
+      [
+        ("DB_PASSWORD", "hunter22"),
+        ("API_KEY", "abc"),
+        ("HOME", "/home/someone"),
+      ],
+    );
+    assert_eq!(
+      r.redact("login hunter22 with tok3n-abcdef at /home/someone, key abc"),
+      "login [redacted] with [redacted] at /home/someone, key abc"
+    );
+    assert!(matches!(
+      r.redact("nothing here"),
+      std::borrow::Cow::Borrowed(_)
+    ));
+  }
+}

@@ -1,0 +1,154 @@
+use super::*;
+use std::sync::Mutex;
+
+fn config(dir: &Path, max_bytes: u64, keep: u32) -> LogConfig {
+  LogConfig {
+    dir: dir.to_path_buf(),
+    max_bytes,
+    keep,
+  }
+}
+
+fn quiet_log(config: LogConfig, name: &str) -> (Arc<Log>, Arc<Mutex<Vec<LogWarning>>>) {
+  let warnings = Arc::new(Mutex::new(Vec::new()));
+  let seen = warnings.clone();
+  let log = Log::new(
+    config,
+    name,
+    Arc::new(move |w| seen.lock().unwrap().push(w)),
+  );
+  (log, warnings)
+}
+
+#[test]
+fn lines_are_framed_and_read_back_oldest_first() {
+  let dir = tempfile::tempdir().unwrap();
+  let (log, warnings) = quiet_log(config(dir.path(), DEFAULT_MAX_BYTES, 2), "api");
+  let none = Redactor::default();
+  log.line(LogStream::Out, 0, "listening on 8000", &none);
+  log.line(LogStream::Err, 1, "a warning\rwith a return", &none);
+  log.line(LogStream::Manager, 0, "ready", &none);
+  log.flush();
+  let text = std::fs::read_to_string(log.path()).unwrap();
+  let first = text.lines().next().unwrap();
+  assert!(first.ends_with(" out 0 listening on 8000"), "{first}");
+  assert_eq!(
+    first.len(),
+    "2026-12-02T11:07:23.456Z".len() + " out 0 listening on 8000".len()
+  );
+  let lines = log.tail(10, None);
+  assert_eq!(lines.len(), 3);
+  assert_eq!(lines[1].stream, LogStream::Err);
+  assert_eq!(lines[1].replica, 1);
+  assert_eq!(lines[1].line, "a warning with a return");
+  assert_eq!(log.tail(10, Some(LogStream::Manager))[0].line, "ready");
+  assert_eq!(log.tail(1, None)[0].line, "ready");
+  #[cfg(unix)]
+  {
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+      std::fs::metadata(log.path()).unwrap().permissions().mode() & 0o777,
+      0o600
+    );
+  }
+  assert!(warnings.lock().unwrap().is_empty());
+}
+
+#[test]
+fn files_rotate_by_size_keep_that_many_and_never_split_a_line() {
+  let dir = tempfile::tempdir().unwrap();
+  let (log, _) = quiet_log(config(dir.path(), 1000, 3), "rot");
+  let none = Redactor::default();
+  for i in 0..200 {
+    log.line(
+      LogStream::Out,
+      0,
+      &format!("line {i:04} {}", "x".repeat(40)),
+      &none,
+    );
+  }
+  log.flush();
+  let mut all = Vec::new();
+  for n in (0..=3).rev() {
+    let text = std::fs::read_to_string(file_of(dir.path(), "rot", n)).unwrap();
+    assert!(text.len() as u64 <= 1000, "file {n}: {} bytes", text.len());
+    assert!(text.ends_with('\n'));
+    all.extend(text.lines().map(|l| parse_line(l).unwrap().line));
+  }
+  assert!(
+    !file_of(dir.path(), "rot", 4).exists(),
+    "at most `keep` rotated files"
+  );
+  // The newest lines, in order, with none cut: the oldest went with the deleted files.
+  assert_eq!(
+    all.last().unwrap(),
+    &format!("line 0199 {}", "x".repeat(40))
+  );
+  for pair in all.windows(2) {
+    assert!(pair[0] < pair[1], "{pair:?}");
+  }
+  assert_eq!(log.tail(all.len() + 50, None).len(), all.len());
+}
+
+#[test]
+fn a_very_long_line_is_cut_with_a_mark() {
+  let framed = frame("T".into(), LogStream::Out, 0, &"é".repeat(MAX_LINE_BYTES));
+  let text = String::from_utf8(framed).unwrap();
+  assert!(text.ends_with(&format!("…[truncated {} bytes]\n", MAX_LINE_BYTES)));
+}
+
+#[test]
+fn secrets_are_redacted_in_the_file() {
+  let dir = tempfile::tempdir().unwrap();
+  let (log, _) = quiet_log(config(dir.path(), DEFAULT_MAX_BYTES, 1), "sec");
+  let redactor = Redactor::new(
+    Some("0123456789abcdef"),
+    [("STRIPE_API_KEY", "sk_live_secret")],
+  );
+  log.line(
+    LogStream::Out,
+    0,
+    "token 0123456789abcdef key sk_live_secret",
+    &redactor,
+  );
+  log.flush();
+  let text = std::fs::read_to_string(log.path()).unwrap();
+  assert!(text.contains("token [redacted] key [redacted]"), "{text}");
+  assert!(!text.contains("sk_live_secret") && !text.contains("0123456789abcdef"));
+}
+
+#[test]
+fn a_log_that_cannot_be_written_drops_and_counts_lines_and_warns_once_then_again_when_it_works() {
+  let dir = tempfile::tempdir().unwrap();
+  let (log, warnings) = quiet_log(config(dir.path(), DEFAULT_MAX_BYTES, 1), "blocked");
+  let none = Redactor::default();
+  // A folder where the file should be: opening it fails, even for root (a full disk is tested in JS).
+  std::fs::create_dir(log.path()).unwrap();
+  for _ in 0..5 {
+    log.line(LogStream::Out, 0, "lost", &none);
+  }
+  log.flush();
+  assert_eq!(
+    warnings.lock().unwrap().len(),
+    1,
+    "one warning for the whole failure"
+  );
+  std::fs::remove_dir(log.path()).unwrap();
+  log.line(LogStream::Out, 0, "kept", &none);
+  log.flush();
+  let w = warnings.lock().unwrap().clone();
+  assert_eq!(w.len(), 2, "{w:?}");
+  assert_eq!(w[1].dropped, 5);
+  let lines = log.tail(10, None);
+  assert_eq!(lines[0].line, "kept");
+  assert!(lines[1].line.contains("5 lines were dropped"), "{lines:?}");
+}
+
+#[test]
+fn names_of_logs_skip_rotated_files() {
+  let dir = tempfile::tempdir().unwrap();
+  for f in ["api.log", "api.1.log", "web.log", "my.app.log", "notes.txt"] {
+    std::fs::write(dir.path().join(f), "").unwrap();
+  }
+  assert_eq!(names_in(dir.path()), vec!["api", "my.app", "web"]);
+}
