@@ -35,13 +35,43 @@ pub fn own_pid() -> u32 {
 /// True when `pid` is alive and is still the process that `expected` describes (same start time, and the
 /// same executable where both are known).
 pub fn matches(pid: u32, expected: &Identity) -> bool {
-  identity(pid).is_some_and(|live| {
-    live.start_time == expected.start_time
-      && match (&live.exe, &expected.exe) {
-        (Some(a), Some(b)) => a == b,
-        _ => true,
-      }
-  })
+  identity(pid).is_some_and(|live| same_process(&live, expected))
+}
+
+/// What is at a recorded pid now, against the identity recorded for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtPid {
+  /// The recorded process runs.
+  Recorded,
+  /// The recorded process has exited: nothing is at the pid, or only its zombie (same start time), whose
+  /// group may live on.
+  Exited,
+  /// Another process has the pid (live, or a zombie with another start time): it and its group are never
+  /// the recorded backend's.
+  Stranger,
+}
+
+/// Compares what lives at `pid` with the identity a record gives for it.
+pub fn at_pid(pid: u32, expected: &Identity) -> AtPid {
+  if let Some(live) = identity(pid) {
+    return if same_process(&live, expected) {
+      AtPid::Recorded
+    } else {
+      AtPid::Stranger
+    };
+  }
+  match imp::exited_start_time(pid) {
+    Some(start_time) if start_time != expected.start_time => AtPid::Stranger,
+    _ => AtPid::Exited,
+  }
+}
+
+fn same_process(live: &Identity, expected: &Identity) -> bool {
+  live.start_time == expected.start_time
+    && match (&live.exe, &expected.exe) {
+      (Some(a), Some(b)) => a == b,
+      _ => true,
+    }
 }
 
 pub fn is_alive(pid: u32) -> bool {
@@ -124,6 +154,13 @@ pub(crate) mod imp {
       return None;
     }
     Some(stat)
+  }
+
+  /// The start time of the zombie at `pid` (it has exited; its parent has not reaped it yet).
+  pub fn exited_start_time(pid: u32) -> Option<u64> {
+    let text = read_proc(format!("/proc/{pid}/stat"))?;
+    let (stat, exited) = parse_stat(&text)?;
+    (exited && !threads_left(pid)).then_some(stat.start_time)
   }
 
   fn threads_left(pid: u32) -> bool {
@@ -222,6 +259,11 @@ pub(crate) mod imp {
     Pinned::running(pid, false)?.image().ok()
   }
 
+  /// Windows keeps no zombies that hold a pid for a group: an exited process is just gone.
+  pub fn exited_start_time(_pid: u32) -> Option<u64> {
+    None
+  }
+
   pub fn nice(pid: u32) -> Option<i32> {
     Pinned::running(pid, false)?.nice()
   }
@@ -278,6 +320,19 @@ pub(crate) mod portable {
 
   pub fn parent(pid: u32) -> Option<u32> {
     stat(pid).map(|s| s.parent)
+  }
+
+  /// The start time of the zombie at `pid`.
+  pub fn exited_start_time(pid: u32) -> Option<u64> {
+    let mut system = System::new().ok()?;
+    let spid = Pid::from_u32(pid);
+    system.refresh_processes_specifics(
+      ProcessesToUpdate::Some(&[spid]),
+      true,
+      ProcessRefreshKind::nothing(),
+    );
+    let process = system.process(spid)?;
+    (process.status() == ProcessStatus::Zombie).then(|| process.start_time())
   }
 
   pub fn stat(pid: u32) -> Option<Stat> {
