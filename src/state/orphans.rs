@@ -2,6 +2,7 @@
 //! app is gone), which records are stale — and the cleanup that terminates true orphans only.
 
 use super::record::{self, Entry, Problem, Record};
+use crate::error::Result;
 use crate::net::listeners::{self, PortHolder};
 use crate::os::process;
 use crate::os::stop::{self, OrphanEnd};
@@ -114,8 +115,8 @@ fn now_ms() -> u64 {
 
 /// Every record-like file of `dir` with its state, the backend's CPU and memory (its whole tree), and who
 /// listens on its port. Blocking: run it off the JS thread.
-pub fn statuses(dir: &Path) -> Vec<RecordStatus> {
-  let entries = record::list_records(dir, None);
+pub fn statuses(dir: &Path) -> Result<Vec<RecordStatus>> {
+  let entries = record::list_records(dir, None)?;
   let classified: Vec<(Entry, RecordState, Vec<u32>)> = entries
     .into_iter()
     .map(|entry| {
@@ -141,27 +142,29 @@ pub fn statuses(dir: &Path) -> Vec<RecordStatus> {
     .flat_map(|(_, _, pids)| pids.iter().copied())
     .collect();
   let holders = listeners::port_holders(&ports, &likely);
-  classified
-    .into_iter()
-    .map(|(Entry { path, record }, state, pids)| match record {
-      Ok(record) => RecordStatus {
-        usage: tree_status(&record, &pids),
-        listener: holders.iter().find(|h| h.port == record.port).cloned(),
-        file: path,
-        record: Some(record),
-        state,
-        problem: None,
-      },
-      Err(problem) => RecordStatus {
-        file: path,
-        record: None,
-        state,
-        problem: Some(problem.reason().to_string()),
-        usage: None,
-        listener: None,
-      },
-    })
-    .collect()
+  Ok(
+    classified
+      .into_iter()
+      .map(|(Entry { path, record }, state, pids)| match record {
+        Ok(record) => RecordStatus {
+          usage: tree_status(&record, &pids),
+          listener: holders.iter().find(|h| h.port == record.port).cloned(),
+          file: path,
+          record: Some(record),
+          state,
+          problem: None,
+        },
+        Err(problem) => RecordStatus {
+          file: path,
+          record: None,
+          state,
+          problem: Some(problem.reason().to_string()),
+          usage: None,
+          listener: None,
+        },
+      })
+      .collect(),
+  )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,9 +227,10 @@ pub struct CleanupItem {
 /// and the orphaned groups of dead wrappers; deletes stale records and broken records of ours. Backends
 /// whose app is alive, files that are not ours and this process's own ancestry are left alone. Blocking:
 /// run it off the JS thread.
-pub fn cleanup(dir: &Path, name: Option<&str>, grace: Duration) -> Vec<CleanupItem> {
+pub fn cleanup(dir: &Path, name: Option<&str>, grace: Duration) -> Result<Vec<CleanupItem>> {
+  let entries = record::list_records(dir, name)?;
   let protected = tree::ancestry(process::own_pid());
-  record::list_records(dir, name)
+  let items = entries
     .into_iter()
     .filter_map(|Entry { path, record }| {
       let (action, detail, record) = match record {
@@ -241,7 +245,8 @@ pub fn cleanup(dir: &Path, name: Option<&str>, grace: Duration) -> Vec<CleanupIt
       };
       Some(finish_item(path, record, action, detail))
     })
-    .collect()
+    .collect();
+  Ok(items)
 }
 
 fn problem_action(problem: &Problem) -> (CleanupAction, String) {
@@ -266,9 +271,10 @@ fn problem_action(problem: &Problem) -> (CleanupAction, String) {
 /// Stops the backend of one record whatever its app's state (the monitor's and the dashboard's stop
 /// button): identity-checked like a cleanup, and never this process or its parents. Its app, if alive,
 /// sees an exit it did not ask for (and restarts it if its policy says so). Blocking.
-pub fn stop_record(path: &Path, grace: Duration) -> CleanupItem {
+pub fn stop_record(path: &Path, grace: Duration) -> Result<CleanupItem> {
+  let read = record::read_record_in_state_dir(path)?;
   let protected = tree::ancestry(process::own_pid());
-  let (action, detail, record) = match record::read_record(path) {
+  let (action, detail, record) = match read {
     Ok(r) => {
       let (action, detail) = end_record(path, &r, classify(&r), grace, &protected);
       (action, detail, Some(r))
@@ -283,7 +289,7 @@ pub fn stop_record(path: &Path, grace: Duration) -> CleanupItem {
       (action, detail, None)
     }
   };
-  finish_item(path.to_path_buf(), record, action, detail)
+  Ok(finish_item(path.to_path_buf(), record, action, detail))
 }
 
 /// What to do with one readable record; `None` for a backend whose app is alive (left alone, unreported).
@@ -408,14 +414,14 @@ mod tests {
     let dir = tempfile::tempdir().unwrap();
     let invoice = write(dir.path(), "invoice-2024.json", "{\"total\": 12}");
     let backup = write(dir.path(), "backup-20250101.json", "not even json");
-    let items = cleanup(dir.path(), None, Duration::from_millis(100));
+    let items = cleanup(dir.path(), None, Duration::from_millis(100)).unwrap();
     assert_eq!(items.len(), 2);
     assert!(
       items.iter().all(|i| i.action == CleanupAction::Foreign),
       "{items:?}"
     );
     assert!(invoice.exists() && backup.exists());
-    let invoice_named = cleanup(dir.path(), Some("invoice"), Duration::from_millis(100));
+    let invoice_named = cleanup(dir.path(), Some("invoice"), Duration::from_millis(100)).unwrap();
     assert_eq!(invoice_named[0].action, CleanupAction::Foreign);
     assert!(invoice.exists());
   }
@@ -434,7 +440,7 @@ mod tests {
       r.owner_start_time = 1;
       record::write_record(dir.path(), &r).unwrap();
     }
-    let items = cleanup(dir.path(), None, Duration::from_millis(100));
+    let items = cleanup(dir.path(), None, Duration::from_millis(100)).unwrap();
     assert_eq!(items.len(), 2);
     for item in &items {
       assert_eq!(item.action, CleanupAction::Protected, "{item:?}");
@@ -474,7 +480,7 @@ mod tests {
           };
           write(dir.path(), &format!("x-{}.json", 1000 + i), &body);
         }
-        let items = cleanup(dir.path(), None, Duration::from_millis(50));
+        let items = cleanup(dir.path(), None, Duration::from_millis(50)).unwrap();
         let alive = bystanders.iter_mut().all(|b| b.try_wait().unwrap().is_none());
         for b in &mut bystanders {
           let _ = b.kill();

@@ -305,10 +305,15 @@ pub fn parse_record(text: &str) -> std::result::Result<Record, Problem> {
 }
 
 /// Every file of `dir` named like a record (`<name>-<digits>.json`; optionally only those of backend
-/// `name`), in file-name order. A missing folder has no records.
-pub fn list_records(dir: &Path, name: Option<&str>) -> Vec<Entry> {
+/// `name`), in file-name order. A missing folder has no records; a folder others can write to is refused
+/// (`ERR_STATE_DIR`), as `startBackend` refuses it: anyone could have planted its records. Every read
+/// and cleanup of a state folder passes here.
+pub fn list_records(dir: &Path, name: Option<&str>) -> Result<Vec<Entry>> {
+  if !crate::state::dir::check_state_dir(dir)? {
+    return Ok(Vec::new());
+  }
   let Ok(read) = fs::read_dir(dir) else {
-    return Vec::new();
+    return Ok(Vec::new());
   };
   let stem = name.map(file_stem);
   let mut paths: Vec<PathBuf> = read
@@ -317,19 +322,31 @@ pub fn list_records(dir: &Path, name: Option<&str>) -> Vec<Entry> {
     .filter(|p| is_record_file_name(p, stem.as_deref()))
     .collect();
   paths.sort();
-  paths
-    .into_iter()
-    .map(|path| {
-      let record = read_record(&path).and_then(|r| match name {
-        Some(n) if r.name != n => Err(Problem::Foreign(format!(
-          "it is the record of backend {:?}, not {n:?}",
-          r.name
-        ))),
-        _ => Ok(r),
-      });
-      Entry { path, record }
-    })
-    .collect()
+  Ok(
+    paths
+      .into_iter()
+      .map(|path| {
+        let record = read_record(&path).and_then(|r| match name {
+          Some(n) if r.name != n => Err(Problem::Foreign(format!(
+            "it is the record of backend {:?}, not {n:?}",
+            r.name
+          ))),
+          _ => Ok(r),
+        });
+        Entry { path, record }
+      })
+      .collect(),
+  )
+}
+
+/// One record file, read only from a state folder that passes the same check as `list_records`.
+pub fn read_record_in_state_dir(path: &Path) -> Result<std::result::Result<Record, Problem>> {
+  let dir = match path.parent() {
+    Some(dir) if !dir.as_os_str().is_empty() => dir,
+    _ => Path::new("."),
+  };
+  crate::state::dir::check_state_dir(dir)?;
+  Ok(read_record(path))
 }
 
 /// `<stem>-<pid>.json`, where the pid part is digits; temporary and hidden files are not records.
@@ -389,11 +406,11 @@ pub(crate) mod tests {
         0o600
       );
     }
-    assert_eq!(list_records(dir.path(), Some("api")).len(), 1);
-    assert!(list_records(dir.path(), Some("other")).is_empty());
+    assert_eq!(list_records(dir.path(), Some("api")).unwrap().len(), 1);
+    assert!(list_records(dir.path(), Some("other")).unwrap().is_empty());
     delete_record(&path).unwrap();
     delete_record(&path).unwrap();
-    assert!(list_records(dir.path(), None).is_empty());
+    assert!(list_records(dir.path(), None).unwrap().is_empty());
   }
 
   #[test]
@@ -403,7 +420,7 @@ pub(crate) mod tests {
     let record = sample(&name, 4242);
     let path = write_record(dir.path(), &record).unwrap();
     assert!(path.file_name().unwrap().len() < 255);
-    let listed = list_records(dir.path(), Some(&name));
+    let listed = list_records(dir.path(), Some(&name)).unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].record.as_ref().unwrap().name, name);
     assert_ne!(

@@ -1,0 +1,68 @@
+'use strict'
+// What a PID record may lead to: never a record read from a folder others can write to.
+const test = require('node:test')
+const assert = require('node:assert/strict')
+const fs = require('node:fs')
+const path = require('node:path')
+const { spawn } = require('node:child_process')
+const { once } = require('node:events')
+const { ProcessManager, listRecords, cleanupRecords, stopRecord } = require('..')
+const { tempDir, isAlive, killIfAlive, recordOf, cli, linuxOnly } = require('./helpers')
+
+/** A process of this test that does nothing, started with `setsid` (`detached`) when `ownGroup`. */
+async function bystander(t, { ownGroup = false } = {}) {
+  const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore', detached: ownGroup })
+  t.after(() => killIfAlive(child.pid))
+  await once(child, 'spawn')
+  return child.pid
+}
+
+/** The start time /proc gives the process (clock ticks since boot), as records hold it. */
+function startTimeOf(pid) {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19])
+}
+
+/** Writes a record for `pid` with a dead owner; `fields` override. */
+function plant(dir, pid, fields = {}) {
+  const record = recordOf({ name: 'api', pid, port: 8000, exe: fs.realpathSync(process.execPath), startTime: startTimeOf(pid), ownerPid: 999999, ownerStartTime: 1, ...fields })
+  const file = path.join(dir, `api-${pid}.json`)
+  fs.writeFileSync(file, JSON.stringify(record), { mode: 0o600 })
+  return file
+}
+
+test('every way of reading or cleaning records refuses a state folder others can write to, and signals nothing', { skip: linuxOnly('file modes; start times from /proc') }, async (t) => {
+  const root = tempDir(t)
+  for (const [mode, reason] of [
+    [0o777, /other users can write to it/],
+    [0o1777, /shared temporary folder/],
+  ]) {
+    const dir = path.join(root, `mode-${mode.toString(8)}`)
+    fs.mkdirSync(dir)
+    fs.chmodSync(dir, mode)
+    // A record planted there would have its process terminated: it matches, and its owner is gone.
+    const pid = await bystander(t)
+    const file = plant(dir, pid)
+    const refused = (err) => {
+      assert.equal(err.code, 'ERR_STATE_DIR')
+      assert.match(err.message, reason)
+      assert.ok(err.message.includes(dir), err.message)
+      return true
+    }
+    await assert.rejects(listRecords(dir), refused)
+    await assert.rejects(cleanupRecords(dir), refused)
+    await assert.rejects(stopRecord(file), refused)
+    const pm = new ProcessManager({ name: 'api', stateDir: dir, logger: false })
+    await assert.rejects(pm.killExistingBackend(), refused)
+    await assert.rejects(pm.status(), refused)
+    // The live monitor and the dashboard refuse it before they open, rather than show errors later.
+    for (const command of ['status', 'cleanup', 'monitor', 'dashboard']) {
+      const { code, stderr } = await cli([command, '--state-dir', dir])
+      assert.equal(code, 1, `${command}: ${stderr}`)
+      assert.match(stderr, /ERR_STATE_DIR/)
+      assert.ok(stderr.includes(dir), stderr)
+    }
+    assert.equal(isAlive(pid), true, 'a process named in an untrusted folder was signalled')
+    assert.equal(fs.existsSync(file), true, 'nothing in the folder was deleted')
+  }
+})
