@@ -1,5 +1,6 @@
 'use strict'
-// What a PID record may lead to: never a record read from a folder others can write to.
+// What a PID record may lead to: never a signal to a process that only reused a backend's pid, and never a
+// record read from a folder others can write to.
 const test = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
@@ -7,7 +8,7 @@ const path = require('node:path')
 const { spawn } = require('node:child_process')
 const { once } = require('node:events')
 const { ProcessManager, listRecords, cleanupRecords, stopRecord } = require('..')
-const { tempDir, isAlive, killIfAlive, recordOf, cli, linuxOnly } = require('./helpers')
+const { tempDir, isAlive, procStat, killIfAlive, recordOf, cli, linuxOnly } = require('./helpers')
 
 /** A process of this test that does nothing, started with `setsid` (`detached`) when `ownGroup`. */
 async function bystander(t, { ownGroup = false } = {}) {
@@ -30,6 +31,28 @@ function plant(dir, pid, fields = {}) {
   fs.writeFileSync(file, JSON.stringify(record), { mode: 0o600 })
   return file
 }
+
+test('a process that got a dead backend\'s pid and leads its own group is a stranger: its record is stale, nothing is signalled', { skip: linuxOnly('start times from /proc') }, async (t) => {
+  const stateDir = tempDir(t)
+  const pid = await bystander(t, { ownGroup: true })
+  assert.equal(procStat(pid).pgrp, pid, 'it leads its own group')
+  // The backend that had this pid started earlier than the process that has it now.
+  const file = plant(stateDir, pid, { startTime: startTimeOf(pid) - 1 })
+  const { code, stdout, stderr } = await cli(['cleanup', '--json', '--state-dir', stateDir])
+  assert.equal(code, 0, stderr)
+  const report = JSON.parse(stdout)
+  assert.equal(isAlive(pid), true, `the stranger was signalled: ${stdout}`)
+  assert.deepEqual(report.items.map((i) => i.action), ['stale-removed'])
+  assert.equal(report.terminated, 0)
+  assert.equal(fs.existsSync(file), false, 'the stale record is deleted')
+
+  // The next start of that name cleans up the same way.
+  const again = plant(stateDir, pid, { startTime: startTimeOf(pid) - 1 })
+  const pm = new ProcessManager({ name: 'api', stateDir, logger: false })
+  assert.equal(await pm.killExistingBackend(), false)
+  assert.equal(isAlive(pid), true, 'the stranger was signalled by killExistingBackend()')
+  assert.equal(fs.existsSync(again), false)
+})
 
 test('every way of reading or cleaning records refuses a state folder others can write to, and signals nothing', { skip: linuxOnly('file modes; start times from /proc') }, async (t) => {
   const root = tempDir(t)

@@ -4,7 +4,7 @@
 use super::record::{self, Entry, Problem, Record};
 use crate::error::Result;
 use crate::net::listeners::{self, PortHolder};
-use crate::os::process;
+use crate::os::process::{self, AtPid};
 use crate::os::stop::{self, OrphanEnd};
 use crate::os::tree;
 use std::collections::HashSet;
@@ -40,18 +40,20 @@ impl RecordState {
   }
 }
 
+/// What a record's backend is now. A record whose pid now names another process (even one that leads its
+/// own group) is stale; only the recorded process, or the group it left when it
+/// exited (nothing at its pid, or its zombie), can be the backend.
 pub fn classify(record: &Record) -> RecordState {
-  if record.backend_is_alive() {
-    return if record.is_orphaned() {
-      RecordState::Orphaned
-    } else {
-      RecordState::Running
-    };
-  }
-  if record.is_orphaned() && !stop::orphaned_group(record.pid, record.start_time).is_empty() {
-    RecordState::OrphanedGroup
-  } else {
-    RecordState::Stale
+  match record.backend() {
+    AtPid::Recorded if record.is_orphaned() => RecordState::Orphaned,
+    AtPid::Recorded => RecordState::Running,
+    AtPid::Exited
+      if record.is_orphaned()
+        && !stop::orphaned_group(record.pid, record.start_time).is_empty() =>
+    {
+      RecordState::OrphanedGroup
+    }
+    AtPid::Exited | AtPid::Stranger => RecordState::Stale,
   }
 }
 
@@ -446,6 +448,124 @@ mod tests {
       assert_eq!(item.action, CleanupAction::Protected, "{item:?}");
       assert!(item.file.exists(), "the record is kept");
     }
+  }
+
+  /// A child of this test, killed (with its whole group when it leads one) and reaped when dropped, so
+  /// that nothing is left behind when an assertion fails.
+  struct Started(std::process::Child);
+
+  impl Drop for Started {
+    fn drop(&mut self) {
+      if process::process_group(self.0.id()) == Some(self.0.id()) {
+        crate::os::signal::signal_group(self.0.id(), crate::os::signal::Stop::Force);
+      }
+      let _ = self.0.kill();
+      let _ = self.0.wait();
+    }
+  }
+
+  /// A shell running `script`, leading its own group as a program started with `setsid` does.
+  fn group_leader(script: &str) -> Started {
+    use std::os::unix::process::CommandExt;
+    Started(
+      std::process::Command::new("/bin/sh")
+        .args(["-c", script])
+        .process_group(0)
+        .spawn()
+        .unwrap(),
+    )
+  }
+
+  /// `sleep 60` leading its own group (started directly: its executable is `sleep` from the start).
+  fn sleeper() -> Started {
+    use std::os::unix::process::CommandExt;
+    Started(
+      std::process::Command::new("sleep")
+        .arg("60")
+        .process_group(0)
+        .spawn()
+        .unwrap(),
+    )
+  }
+
+  /// A record for `pid` as the library writes it, with a dead owner; `fields` override.
+  fn orphan_record(dir: &Path, pid: u32, fields: serde_json::Value) -> PathBuf {
+    let mut body = serde_json::json!({
+      "manager": record::MARKER, "version": 1, "name": "api", "pid": pid, "port": 8000,
+      "host": "127.0.0.1", "startedAt": 0, "ownerPid": 999_999, "ownerStartTime": 1
+    });
+    for (k, v) in fields.as_object().unwrap() {
+      body[k] = v.clone();
+    }
+    write(dir, &format!("api-{pid}.json"), &body.to_string())
+  }
+
+  fn wait_for(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+      if std::time::Instant::now() > deadline {
+        return false;
+      }
+      std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+  }
+
+  /// The backend exited by itself; later an unrelated program of this user got its pid and leads its own
+  /// group. That program is a stranger (its start time differs): the record is stale, nothing is signalled.
+  #[test]
+  fn a_stranger_leading_its_own_group_at_a_recorded_pid_is_never_signalled() {
+    let dir = tempfile::tempdir().unwrap();
+    let stranger = sleeper();
+    let pid = stranger.0.id();
+    let live = process::identity(pid).unwrap();
+    // The recorded backend started before the stranger, as a process that had the pid earlier did.
+    let file = orphan_record(
+      dir.path(),
+      pid,
+      serde_json::json!({ "exe": live.exe, "startTime": live.start_time - 1 }),
+    );
+    let items = cleanup(dir.path(), None, Duration::from_millis(100)).unwrap();
+    assert!(
+      process::is_alive(pid),
+      "the stranger was signalled: {items:?}"
+    );
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].action, CleanupAction::StaleRemoved, "{items:?}");
+    assert!(!file.exists(), "the stale record is deleted");
+  }
+
+  /// The app was killed and no one reaped the wrapper it started: only the wrapper's zombie is left at the
+  /// recorded pid, its start time the recorded one. Its group is the orphan, and it is ended.
+  #[cfg(target_os = "linux")]
+  #[test]
+  fn the_group_of_a_zombie_wrapper_is_an_orphaned_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wrapper = group_leader("sleep 60 & wait");
+    let pid = wrapper.0.id();
+    let live = process::identity(pid).unwrap();
+    assert!(wait_for(|| tree::group_members(pid).len() == 2));
+    let server = tree::group_members(pid)
+      .into_iter()
+      .find(|m| m.pid != pid)
+      .unwrap()
+      .pid;
+    let file = orphan_record(
+      dir.path(),
+      pid,
+      serde_json::json!({ "exe": live.exe, "startTime": live.start_time }),
+    );
+    // Killed, not reaped: a zombie while this test holds it.
+    wrapper.0.kill().unwrap();
+    assert!(wait_for(|| !process::is_alive(pid)));
+    let items = cleanup(dir.path(), None, Duration::from_secs(2)).unwrap();
+    assert_eq!(items[0].action, CleanupAction::Terminated, "{items:?}");
+    assert!(
+      wait_for(|| !process::is_alive(server)),
+      "the server lives on"
+    );
+    assert!(!file.exists());
+    let _ = wrapper.0.wait();
   }
 
   mod properties {

@@ -66,9 +66,9 @@ impl Record {
     !process::matches(self.owner_pid, &owner)
   }
 
-  /// The backend named by the record is still that process.
-  pub fn backend_is_alive(&self) -> bool {
-    self.pid > 1 && process::matches(self.pid, &self.identity())
+  /// What is at the backend's pid now: the backend, its exit, or a stranger.
+  pub fn backend(&self) -> process::AtPid {
+    process::at_pid(self.pid, &self.identity())
   }
 
   fn validate(&self) -> std::result::Result<(), String> {
