@@ -1,6 +1,6 @@
 'use strict'
-// What a PID record may lead to: never a signal to a process that only reused a backend's pid, and never a
-// record read from a folder others can write to.
+// What a PID record may lead to: never a signal to a process that only reused a backend's pid, never a
+// record of another boot acted on, and never a record read from a folder others can write to.
 const test = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
@@ -8,7 +8,7 @@ const path = require('node:path')
 const { spawn } = require('node:child_process')
 const { once } = require('node:events')
 const { ProcessManager, listRecords, cleanupRecords, stopRecord } = require('..')
-const { tempDir, isAlive, procStat, killIfAlive, recordOf, cli, linuxOnly } = require('./helpers')
+const { ROOT, tempDir, isAlive, procStat, killIfAlive, recordOf, cli, fixtureManager, freeRun, linuxOnly } = require('./helpers')
 
 /** A process of this test that does nothing, started with `setsid` (`detached`) when `ownGroup`. */
 async function bystander(t, { ownGroup = false } = {}) {
@@ -52,6 +52,24 @@ test('a process that got a dead backend\'s pid and leads its own group is a stra
   assert.equal(await pm.killExistingBackend(), false)
   assert.equal(isAlive(pid), true, 'the stranger was signalled by killExistingBackend()')
   assert.equal(fs.existsSync(again), false)
+})
+
+test('a record carries the boot id; one of another boot is stale even when its process matches', { skip: linuxOnly('/proc/sys/kernel/random/boot_id') }, async (t) => {
+  const bootId = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim()
+  const { pm, stateDir } = fixtureManager(t, { port: await freeRun(3) })
+  const running = await pm.startBackend(ROOT)
+  const written = JSON.parse(fs.readFileSync(path.join(stateDir, `fixture-${running.pid}.json`), 'utf8'))
+  assert.equal(written.bootId, bootId)
+
+  const other = tempDir(t)
+  const pid = await bystander(t)
+  const file = plant(other, pid, { bootId: '00000000-0000-4000-8000-000000000000' })
+  const [listed] = await listRecords(other)
+  assert.equal(listed.state, 'stale')
+  const items = await cleanupRecords(other)
+  assert.deepEqual(items.map((i) => i.action), ['stale-removed'])
+  assert.equal(isAlive(pid), true, 'a process matching a record of another boot was signalled')
+  assert.equal(fs.existsSync(file), false)
 })
 
 test('every way of reading or cleaning records refuses a state folder others can write to, and signals nothing', { skip: linuxOnly('file modes; start times from /proc') }, async (t) => {

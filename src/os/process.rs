@@ -74,6 +74,15 @@ fn same_process(live: &Identity, expected: &Identity) -> bool {
     }
 }
 
+/// What tells this boot of the machine from another, for records: start times count from boot on Linux,
+/// so a record of another boot can name a new process by accident. Linux: the kernel's random boot id;
+/// macOS: the boot time (`kern.boottime`). `None` elsewhere: on Windows start times are absolute creation
+/// times, which no process of a later boot can have.
+pub fn boot_id() -> Option<String> {
+  static BOOT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+  BOOT.get_or_init(imp::boot_id).clone()
+}
+
 pub fn is_alive(pid: u32) -> bool {
   pid > 0 && stat(pid).is_some()
 }
@@ -161,6 +170,11 @@ pub(crate) mod imp {
     let text = read_proc(format!("/proc/{pid}/stat"))?;
     let (stat, exited) = parse_stat(&text)?;
     (exited && !threads_left(pid)).then_some(stat.start_time)
+  }
+
+  pub fn boot_id() -> Option<String> {
+    let id = read_proc("/proc/sys/kernel/random/boot_id")?;
+    Some(id.trim().to_owned()).filter(|id| !id.is_empty())
   }
 
   fn threads_left(pid: u32) -> bool {
@@ -264,6 +278,11 @@ pub(crate) mod imp {
     None
   }
 
+  /// Not needed: creation times are absolute, so no process of a later boot matches a record's.
+  pub fn boot_id() -> Option<String> {
+    None
+  }
+
   pub fn nice(pid: u32) -> Option<i32> {
     Pinned::running(pid, false)?.nice()
   }
@@ -333,6 +352,33 @@ pub(crate) mod portable {
     );
     let process = system.process(spid)?;
     (process.status() == ProcessStatus::Zombie).then(|| process.start_time())
+  }
+
+  /// macOS: the boot time, which tells this boot from another (its start times are absolute anyway).
+  #[cfg(target_os = "macos")]
+  pub fn boot_id() -> Option<String> {
+    let mut boot = libc::timeval {
+      tv_sec: 0,
+      tv_usec: 0,
+    };
+    let mut size = std::mem::size_of::<libc::timeval>();
+    // SAFETY: the name is a NUL-terminated string, and `boot` and `size` describe a buffer of the size
+    // kern.boottime fills (a struct timeval).
+    let rc = unsafe {
+      libc::sysctlbyname(
+        c"kern.boottime".as_ptr(),
+        (&mut boot as *mut libc::timeval).cast(),
+        &mut size,
+        std::ptr::null_mut(),
+        0,
+      )
+    };
+    (rc == 0 && boot.tv_sec > 0).then(|| format!("{}.{:06}", boot.tv_sec, boot.tv_usec))
+  }
+
+  #[cfg(not(target_os = "macos"))]
+  pub fn boot_id() -> Option<String> {
+    None
   }
 
   pub fn stat(pid: u32) -> Option<Stat> {

@@ -40,10 +40,13 @@ impl RecordState {
   }
 }
 
-/// What a record's backend is now. A record whose pid now names another process (even one that leads its
-/// own group) is stale; only the recorded process, or the group it left when it
+/// What a record's backend is now. A record of another boot, or whose pid now names another process (even
+/// one that leads its own group), is stale; only the recorded process, or the group it left when it
 /// exited (nothing at its pid, or its zombie), can be the backend.
 pub fn classify(record: &Record) -> RecordState {
+  if record.of_another_boot() {
+    return RecordState::Stale;
+  }
   match record.backend() {
     AtPid::Recorded if record.is_orphaned() => RecordState::Orphaned,
     AtPid::Recorded => RecordState::Running,
@@ -317,12 +320,14 @@ fn end_record(
   protected: &HashSet<u32>,
 ) -> (CleanupAction, String) {
   if state == RecordState::Stale {
+    let why = if r.of_another_boot() {
+      "was written before the machine restarted"
+    } else {
+      "is gone or is another program now"
+    };
     return (
       CleanupAction::StaleRemoved,
-      format!(
-        "deleted stale record: process {} is gone or is another program now",
-        r.pid
-      ),
+      format!("deleted stale record: process {} {why}", r.pid),
     );
   }
   // Held while the orphan is terminated, so that a second cleaner skips it.
@@ -533,6 +538,38 @@ mod tests {
     assert_eq!(items.len(), 1);
     assert_eq!(items[0].action, CleanupAction::StaleRemoved, "{items:?}");
     assert!(!file.exists(), "the stale record is deleted");
+  }
+
+  /// Start times count from boot: a record of another boot is stale even when a live process matches it;
+  /// one of this boot (or without a boot id, as older versions wrote) is still acted on.
+  #[cfg(target_os = "linux")]
+  #[test]
+  fn a_record_of_another_boot_is_stale_even_when_its_process_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let this_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let (earlier, current, unknown) = (sleeper(), sleeper(), sleeper());
+    let exact = |pid: u32| {
+      let live = process::identity(pid).unwrap();
+      serde_json::json!({ "exe": live.exe, "startTime": live.start_time })
+    };
+    let mut other_boot = exact(earlier.0.id());
+    other_boot["bootId"] = "0f6b2c4e-another-boot".into();
+    let old = orphan_record(dir.path(), earlier.0.id(), other_boot);
+    let mut same_boot = exact(current.0.id());
+    same_boot["bootId"] = this_boot.trim().into();
+    let now = orphan_record(dir.path(), current.0.id(), same_boot);
+    let without = orphan_record(dir.path(), unknown.0.id(), exact(unknown.0.id()));
+    let items = cleanup(dir.path(), None, Duration::from_millis(100)).unwrap();
+    let action = |pid: u32| items.iter().find(|i| i.pid == Some(pid)).unwrap().action;
+    assert!(process::is_alive(earlier.0.id()), "{items:?}");
+    assert_eq!(action(earlier.0.id()), CleanupAction::StaleRemoved);
+    assert!(!old.exists());
+    assert_eq!(action(current.0.id()), CleanupAction::Terminated);
+    assert!(wait_for(|| !process::is_alive(current.0.id())));
+    assert!(!now.exists());
+    assert_eq!(action(unknown.0.id()), CleanupAction::Terminated);
+    assert!(wait_for(|| !process::is_alive(unknown.0.id())));
+    assert!(!without.exists());
   }
 
   /// The app was killed and no one reaped the wrapper it started: only the wrapper's zombie is left at the

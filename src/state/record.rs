@@ -47,6 +47,10 @@ pub struct Record {
   /// A replica's: the public port of its backend (the balancer's, or the shared socket's).
   #[serde(default, skip_serializing_if = "Option::is_none")]
   pub replica_of: Option<u16>,
+  /// The boot the record was written in (`process::boot_id`); missing in records of earlier versions and
+  /// where the OS has none, and then the start time alone is checked.
+  #[serde(default, skip_serializing_if = "Option::is_none")]
+  pub boot_id: Option<String>,
 }
 
 impl Record {
@@ -64,6 +68,14 @@ impl Record {
       exe: None,
     };
     !process::matches(self.owner_pid, &owner)
+  }
+
+  /// Written in another boot of the machine: its start times name nothing now.
+  pub fn of_another_boot(&self) -> bool {
+    match (&self.boot_id, process::boot_id()) {
+      (Some(recorded), Some(now)) => *recorded != now,
+      _ => false,
+    }
   }
 
   /// What is at the backend's pid now: the backend, its exit, or a stranger.
@@ -388,6 +400,7 @@ pub(crate) mod tests {
       replica_of: None,
       health_path: Some("/health".into()),
       healthy: None,
+      boot_id: process::boot_id(),
     }
   }
 
