@@ -87,8 +87,11 @@ impl Record {
     if self.version != RECORD_VERSION {
       return Err(format!("unsupported record version {}", self.version));
     }
-    if self.pid <= 1 || self.owner_pid == 0 {
+    if self.pid <= 1 {
       return Err(format!("pid {} cannot be a backend", self.pid));
+    }
+    if self.owner_pid == 0 {
+      return Err("ownerPid 0 cannot be the app that started a backend".into());
     }
     if self.port == 0 {
       return Err("port 0".into());
@@ -463,6 +466,20 @@ pub(crate) mod tests {
       parse_record(&ours_but_broken),
       Err(Problem::Invalid(_))
     ));
+  }
+
+  #[test]
+  fn a_record_without_an_owner_is_invalid_and_the_message_names_the_owner() {
+    let text = serde_json::json!({
+      "manager": MARKER, "version": 1, "name": "api", "pid": 4242, "port": 8000, "host": "127.0.0.1",
+      "startedAt": 0, "exe": null, "startTime": 1, "ownerPid": 0, "ownerStartTime": 1
+    })
+    .to_string();
+    let Err(Problem::Invalid(reason)) = parse_record(&text) else {
+      panic!("a record with ownerPid 0 was accepted");
+    };
+    assert!(reason.contains("ownerPid 0"), "{reason}");
+    assert!(!reason.contains("pid 4242"), "{reason}");
   }
 
   #[cfg(unix)]
