@@ -239,7 +239,8 @@ pub fn terminate_orphan(
 ) -> OrphanEnd {
   let pinned = PinnedProcess::pin(pid);
   let pinned = match (process::at_pid(pid, expected), pinned) {
-    (AtPid::Stranger, _) => return OrphanEnd::NotFound,
+    // Running but not pinned (Windows: another user's process) is not ours to signal.
+    (AtPid::Stranger, _) | (AtPid::Recorded, None) => return OrphanEnd::NotFound,
     (AtPid::Recorded, Some(pinned)) => pinned,
     // A wrapper that exited under the cleanup leaves its server in the group: not the end of it.
     _ => return terminate_orphaned_group(pid, expected.start_time, grace, protected),
@@ -494,12 +495,15 @@ mod tests {
     }
   }
 
-  /// Force-kills what is left of a group this test started, however the test ends.
+  /// Force-kills what is left of a group this test started, however the test ends. Only while the group
+  /// has members: a reaped leader's pid is free again once its group is empty.
   struct Ended(u32);
 
   impl Drop for Ended {
     fn drop(&mut self) {
-      signal_group(self.0, Stop::Force);
+      if !tree::group_members(self.0).is_empty() {
+        signal_group(self.0, Stop::Force);
+      }
     }
   }
 

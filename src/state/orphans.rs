@@ -455,15 +455,14 @@ mod tests {
     }
   }
 
-  /// A child of this test, killed (with its whole group when it leads one) and reaped when dropped, so
-  /// that nothing is left behind when an assertion fails.
+  /// A child of this test leading its own group, killed with its whole group and reaped when dropped, so
+  /// that nothing is left behind when an assertion fails. Until it is reaped, its pid (the group's id)
+  /// cannot be reused, even when it is a zombie.
   struct Started(std::process::Child);
 
   impl Drop for Started {
     fn drop(&mut self) {
-      if process::process_group(self.0.id()) == Some(self.0.id()) {
-        crate::os::signal::signal_group(self.0.id(), crate::os::signal::Stop::Force);
-      }
+      crate::os::signal::signal_group(self.0.id(), crate::os::signal::Stop::Force);
       let _ = self.0.kill();
       let _ = self.0.wait();
     }
@@ -602,7 +601,6 @@ mod tests {
       "the server lives on"
     );
     assert!(!file.exists());
-    let _ = wrapper.0.wait();
   }
 
   mod properties {
