@@ -469,6 +469,7 @@ mod tests {
   }
 
   /// A shell running `script`, leading its own group as a program started with `setsid` does.
+  #[cfg(target_os = "linux")]
   fn group_leader(script: &str) -> Started {
     use std::os::unix::process::CommandExt;
     Started(
@@ -504,6 +505,7 @@ mod tests {
     write(dir, &format!("api-{pid}.json"), &body.to_string())
   }
 
+  #[cfg(target_os = "linux")]
   fn wait_for(mut done: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !done() {
