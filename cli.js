@@ -274,10 +274,12 @@ function follow(file, show) {
 }
 
 /** The state folder (options and defaults applied, checked) and the name to limit a view to. */
-function recordScope(options) {
+async function recordScope(options) {
   // `--port` is not the backend's here (the dashboard's own port, or nothing): it cannot make the options invalid.
   const { port, ...rest } = options
   const pm = new ProcessManager({ ...rest, logger: false })
+  // A folder whose records cannot be trusted is refused here (ERR_STATE_DIR), before a live view or page opens.
+  await listRecords(pm.options.stateDir)
   return { stateDir: pm.options.stateDir, name: options.name, stopTimeoutMs: pm.options.stopTimeoutMs }
 }
 
@@ -379,11 +381,11 @@ async function main(argv) {
       case 'test-ports':
         return (await testPorts(values, positionals, options)) ?? 0
       case 'monitor':
-        return await require('./lib/monitor.js').command(values, recordScope(options))
+        return await require('./lib/monitor.js').command(values, await recordScope(options))
       case 'dashboard': {
         // --port is the page's own port here, never the backend's port from package.json.
         const port = values.port === undefined ? 0 : integer(values.port, '--port')
-        return await require('./lib/dashboard.js').command({ port, open: Boolean(values.open) }, recordScope(options))
+        return await require('./lib/dashboard.js').command({ port, open: Boolean(values.open) }, await recordScope(options))
       }
       case 'logs':
         return await logs(values, positionals, options)

@@ -369,7 +369,7 @@ pub fn record_statuses<'env>(
   let dir = from_js(state_dir)?;
   blocking_promise(
     env,
-    move || Ok(orphans::statuses(&options::state_dir(Some(&dir))?)),
+    move || orphans::statuses(&options::state_dir(Some(&dir))?),
     |statuses| statuses.into_iter().map(record_status).collect(),
   )
 }
@@ -405,11 +405,7 @@ pub fn cleanup_records<'env>(
     env,
     move || {
       let args = CleanupArgs::parse(&dir, &options)?;
-      Ok(orphans::cleanup(
-        &args.state_dir,
-        args.name.as_deref(),
-        args.stop_timeout,
-      ))
+      orphans::cleanup(&args.state_dir, args.name.as_deref(), args.stop_timeout)
     },
     |items| items.into_iter().map(cleanup_item).collect(),
   )
@@ -438,7 +434,7 @@ pub fn stop_record<'env>(
         .transpose()?
         .unwrap_or(options::DEFAULT_STOP_TIMEOUT);
       f.finish(&["stopTimeoutMs"])?;
-      Ok(orphans::stop_record(std::path::Path::new(&file), grace))
+      orphans::stop_record(std::path::Path::new(&file), grace)
     },
     cleanup_item,
   )

@@ -103,6 +103,7 @@ impl Instance {
       health_path: Some(self.health_path.clone()),
       healthy: *self.healthy.lock().unwrap_or_else(|e| e.into_inner()),
       replica_of: self.replica_of,
+      boot_id: process::boot_id(),
     }
   }
 

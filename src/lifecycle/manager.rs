@@ -272,7 +272,7 @@ impl Manager {
     let dir = self.options.state_dir.clone();
     let name = self.options.name.clone();
     let grace = self.options.stop_timeout;
-    let items = blocking::run(move || orphans::cleanup(&dir, Some(&name), grace)).await?;
+    let items = blocking::run(move || orphans::cleanup(&dir, Some(&name), grace)).await??;
     let mut terminated = false;
     for item in items {
       let level = match item.action {

@@ -97,12 +97,12 @@ async fn start_stop_and_crash() {
   let (pm, events) = manager(dir.path());
   let info = start(&pm, dir.path()).await;
   assert!(pm.check_health(info.port).await);
-  assert_eq!(record::list_records(dir.path(), None).len(), 1);
+  assert_eq!(record::list_records(dir.path(), None).unwrap().len(), 1);
   let stopped = pm.stop().await.unwrap();
   assert!(!stopped.forced);
   assert!(stopped.survivors.is_empty());
   assert!(!process::is_alive(info.pid));
-  assert!(record::list_records(dir.path(), None).is_empty());
+  assert!(record::list_records(dir.path(), None).unwrap().is_empty());
   assert!(pm.stop().await.is_none());
 
   let info = start(&pm, dir.path()).await;
@@ -120,7 +120,7 @@ async fn start_stop_and_crash() {
     (info.pid, Some("SIGKILL"), false)
   );
   assert!(pm.backend().is_none());
-  assert!(record::list_records(dir.path(), None).is_empty());
+  assert!(record::list_records(dir.path(), None).unwrap().is_empty());
 }
 
 /// The order of the calls is kept: a start asked for during a stop waits for it and starts afresh.
@@ -152,7 +152,7 @@ async fn a_stop_during_a_start_cancels_it() {
   let mut spawned = events.exit_count.subscribe();
   let stopping = async {
     // Once the backend's record exists, it has been spawned.
-    while record::list_records(dir.path(), None).is_empty() {
+    while record::list_records(dir.path(), None).unwrap().is_empty() {
       tokio::time::sleep(Duration::from_millis(2)).await;
     }
     pm.stop().await
@@ -168,7 +168,7 @@ async fn a_stop_during_a_start_cancels_it() {
   assert!(!process::is_alive(stopped.pid));
   spawned.wait_for(|n| *n == 1).await.unwrap();
   assert!(pm.backend().is_none());
-  assert!(record::list_records(dir.path(), None).is_empty());
+  assert!(record::list_records(dir.path(), None).unwrap().is_empty());
 }
 
 /// A record is never written again once its backend ended (a late rewrite once left records behind).
@@ -195,15 +195,15 @@ async fn no_record_is_written_after_the_end() {
   };
   let instance = instance::Instance::new(info, child, "late", dir.path().into(), "/", 0, None);
   instance.write_record().await.unwrap();
-  assert_eq!(record::list_records(dir.path(), None).len(), 1);
+  assert_eq!(record::list_records(dir.path(), None).unwrap().len(), 1);
   instance.request_stop();
   instance
     .end(Duration::from_secs(2), Default::default(), |_, _, _| {})
     .await;
-  assert!(record::list_records(dir.path(), None).is_empty());
+  assert!(record::list_records(dir.path(), None).unwrap().is_empty());
   instance.write_record().await.unwrap();
   assert!(
-    record::list_records(dir.path(), None).is_empty(),
+    record::list_records(dir.path(), None).unwrap().is_empty(),
     "a write after the end is refused"
   );
 }

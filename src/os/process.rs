@@ -35,13 +35,52 @@ pub fn own_pid() -> u32 {
 /// True when `pid` is alive and is still the process that `expected` describes (same start time, and the
 /// same executable where both are known).
 pub fn matches(pid: u32, expected: &Identity) -> bool {
-  identity(pid).is_some_and(|live| {
-    live.start_time == expected.start_time
-      && match (&live.exe, &expected.exe) {
-        (Some(a), Some(b)) => a == b,
-        _ => true,
-      }
-  })
+  identity(pid).is_some_and(|live| same_process(&live, expected))
+}
+
+/// What is at a recorded pid now, against the identity recorded for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtPid {
+  /// The recorded process runs.
+  Recorded,
+  /// The recorded process has exited: nothing is at the pid, or only its zombie (same start time), whose
+  /// group may live on.
+  Exited,
+  /// Another process has the pid (live, or a zombie with another start time): it and its group are never
+  /// the recorded backend's.
+  Stranger,
+}
+
+/// Compares what lives at `pid` with the identity a record gives for it.
+pub fn at_pid(pid: u32, expected: &Identity) -> AtPid {
+  if let Some(live) = identity(pid) {
+    return if same_process(&live, expected) {
+      AtPid::Recorded
+    } else {
+      AtPid::Stranger
+    };
+  }
+  match imp::exited_start_time(pid) {
+    Some(start_time) if start_time != expected.start_time => AtPid::Stranger,
+    _ => AtPid::Exited,
+  }
+}
+
+fn same_process(live: &Identity, expected: &Identity) -> bool {
+  live.start_time == expected.start_time
+    && match (&live.exe, &expected.exe) {
+      (Some(a), Some(b)) => a == b,
+      _ => true,
+    }
+}
+
+/// What tells this boot of the machine from another, for records: start times count from boot on Linux,
+/// so a record of another boot can name a new process by accident. Linux: the kernel's random boot id;
+/// macOS: the boot time (`kern.boottime`). `None` elsewhere: on Windows start times are absolute creation
+/// times, which no process of a later boot can have.
+pub fn boot_id() -> Option<String> {
+  static BOOT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+  BOOT.get_or_init(imp::boot_id).clone()
 }
 
 pub fn is_alive(pid: u32) -> bool {
@@ -124,6 +163,18 @@ pub(crate) mod imp {
       return None;
     }
     Some(stat)
+  }
+
+  /// The start time of the zombie at `pid` (it has exited; its parent has not reaped it yet).
+  pub fn exited_start_time(pid: u32) -> Option<u64> {
+    let text = read_proc(format!("/proc/{pid}/stat"))?;
+    let (stat, exited) = parse_stat(&text)?;
+    (exited && !threads_left(pid)).then_some(stat.start_time)
+  }
+
+  pub fn boot_id() -> Option<String> {
+    let id = read_proc("/proc/sys/kernel/random/boot_id")?;
+    Some(id.trim().to_owned()).filter(|id| !id.is_empty())
   }
 
   fn threads_left(pid: u32) -> bool {
@@ -222,6 +273,16 @@ pub(crate) mod imp {
     Pinned::running(pid, false)?.image().ok()
   }
 
+  /// Windows keeps no zombies that hold a pid for a group: an exited process is just gone.
+  pub fn exited_start_time(_pid: u32) -> Option<u64> {
+    None
+  }
+
+  /// Not needed: creation times are absolute, so no process of a later boot matches a record's.
+  pub fn boot_id() -> Option<String> {
+    None
+  }
+
   pub fn nice(pid: u32) -> Option<i32> {
     Pinned::running(pid, false)?.nice()
   }
@@ -278,6 +339,46 @@ pub(crate) mod portable {
 
   pub fn parent(pid: u32) -> Option<u32> {
     stat(pid).map(|s| s.parent)
+  }
+
+  /// The start time of the zombie at `pid`.
+  pub fn exited_start_time(pid: u32) -> Option<u64> {
+    let mut system = System::new().ok()?;
+    let spid = Pid::from_u32(pid);
+    system.refresh_processes_specifics(
+      ProcessesToUpdate::Some(&[spid]),
+      true,
+      ProcessRefreshKind::nothing(),
+    );
+    let process = system.process(spid)?;
+    (process.status() == ProcessStatus::Zombie).then(|| process.start_time())
+  }
+
+  /// macOS: the boot time, which tells this boot from another (its start times are absolute anyway).
+  #[cfg(target_os = "macos")]
+  pub fn boot_id() -> Option<String> {
+    let mut boot = libc::timeval {
+      tv_sec: 0,
+      tv_usec: 0,
+    };
+    let mut size = std::mem::size_of::<libc::timeval>();
+    // SAFETY: the name is a NUL-terminated string, and `boot` and `size` describe a buffer of the size
+    // kern.boottime fills (a struct timeval).
+    let rc = unsafe {
+      libc::sysctlbyname(
+        c"kern.boottime".as_ptr(),
+        (&mut boot as *mut libc::timeval).cast(),
+        &mut size,
+        std::ptr::null_mut(),
+        0,
+      )
+    };
+    (rc == 0 && boot.tv_sec > 0).then(|| format!("{}.{:06}", boot.tv_sec, boot.tv_usec))
+  }
+
+  #[cfg(not(target_os = "macos"))]
+  pub fn boot_id() -> Option<String> {
+    None
   }
 
   pub fn stat(pid: u32) -> Option<Stat> {

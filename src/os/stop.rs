@@ -2,7 +2,7 @@
 //! (systemd's `TimeoutStopSec` ladder). Also the termination of an orphan found through a record, whether
 //! its leader still runs or only its group is left (a wrapper that died and left its server behind).
 
-use super::process::{self, Identity};
+use super::process::{self, AtPid, Identity};
 use super::signal::{signal_group, PinnedProcess, Stop};
 use super::spawn::{Child, ExitInfo};
 use super::tree;
@@ -228,20 +228,23 @@ pub enum OrphanEnd {
 
 /// Terminates an orphaned backend found through a record, if it is still the recorded process: polite
 /// signal, up to `grace` to exit, then force. The process is pinned before its identity is checked, so the
-/// signals cannot reach a process that merely reused the pid. `protected` (this process and its ancestors)
-/// is never signalled.
+/// signals cannot reach a process that merely reused the pid. If it exited meanwhile (only its zombie is
+/// left, or it was reaped), what is left of its group is the orphan, ended by the group's id. `protected`
+/// (this process and its ancestors) is never signalled.
 pub fn terminate_orphan(
   pid: u32,
   expected: &Identity,
   grace: Duration,
   protected: &HashSet<u32>,
 ) -> OrphanEnd {
-  let Some(pinned) = PinnedProcess::pin(pid) else {
-    return OrphanEnd::NotFound;
+  let pinned = PinnedProcess::pin(pid);
+  let pinned = match (process::at_pid(pid, expected), pinned) {
+    // Running but not pinned (Windows: another user's process) is not ours to signal.
+    (AtPid::Stranger, _) | (AtPid::Recorded, None) => return OrphanEnd::NotFound,
+    (AtPid::Recorded, Some(pinned)) => pinned,
+    // A wrapper that exited under the cleanup leaves its server in the group: not the end of it.
+    _ => return terminate_orphaned_group(pid, expected.start_time, grace, protected),
   };
-  if !process::matches(pid, expected) {
-    return OrphanEnd::NotFound;
-  }
   // The backend led its own group; grandchildren in it get the same signals, each process one of each.
   // Only while the pinned leader is alive and verified does that group id belong to it.
   let leads_group = process::process_group(pid) == Some(pid);
@@ -456,6 +459,52 @@ mod tests {
     assert!(process::is_alive(pid));
     signal_group(pid, Stop::Force);
     leader.wait().unwrap();
+  }
+
+  /// The leader of a verified orphan's group, killed and not reaped (its parent is slow) or reaped while
+  /// the cleanup runs: its group is still the orphan's and is ended, not abandoned. A zombie whose start
+  /// time differs from the record is a stranger: nothing is signalled.
+  #[test]
+  fn an_orphan_whose_leader_exits_during_the_cleanup_still_has_its_group_ended() {
+    for reaped in [false, true] {
+      let mut leader = group_with_children("sleep 30 & wait");
+      let pid = leader.id();
+      let end_group_on_exit = Ended(pid);
+      assert!(wait_for(|| members(pid).len() == 1), "the server started");
+      let server = members(pid)[0];
+      let expected = process::identity(pid).unwrap();
+      leader.kill().unwrap();
+      assert!(wait_for(|| !process::is_alive(pid)));
+      if reaped {
+        leader.wait().unwrap();
+      } else {
+        let mut stranger = expected.clone();
+        stranger.start_time += 1;
+        let end = terminate_orphan(pid, &stranger, Duration::from_secs(2), &HashSet::new());
+        assert_eq!(end, OrphanEnd::NotFound, "another process's zombie");
+        assert!(process::is_alive(server));
+      }
+      let end = terminate_orphan(pid, &expected, Duration::from_secs(2), &HashSet::new());
+      assert_eq!(end, OrphanEnd::Terminated, "reaped: {reaped}");
+      assert!(
+        wait_for(|| !process::is_alive(server)),
+        "the server lives on"
+      );
+      let _ = leader.wait();
+      drop(end_group_on_exit);
+    }
+  }
+
+  /// Force-kills what is left of a group this test started, however the test ends. Only while the group
+  /// has members: a reaped leader's pid is free again once its group is empty.
+  struct Ended(u32);
+
+  impl Drop for Ended {
+    fn drop(&mut self) {
+      if !tree::group_members(self.0).is_empty() {
+        signal_group(self.0, Stop::Force);
+      }
+    }
   }
 
   /// A process that cannot be ended (here: a child whose exit never comes) is reported, not released.

@@ -32,31 +32,43 @@ fn per_user_base() -> PathBuf {
 /// Creates the folder (mode 0700) if needed; checks that it is a folder this user owns, can write and no
 /// one else can write. A symbolic link to such a folder is fine.
 pub fn ensure_state_dir(dir: &Path) -> Result<()> {
-  let meta = match fs::metadata(dir) {
-    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-      let mut builder = fs::DirBuilder::new();
-      builder.recursive(true);
-      #[cfg(unix)]
-      std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-      builder
-        .create(dir)
-        .map_err(|e| PmError::state_dir_io(dir, "it cannot be created", e))?;
-      // Windows: what mode 0700 is on Unix; a new folder would otherwise inherit its parent's access.
-      #[cfg(windows)]
-      crate::os::win::security::make_private(dir)
-        .map_err(|e| PmError::state_dir_io(dir, "it cannot be made private", e))?;
-      fs::metadata(dir)
-    }
-    other => other,
+  if check_state_dir(dir)? {
+    return Ok(());
   }
-  .map_err(|e| PmError::state_dir_io(dir, "it cannot be read", e))?;
+  let mut builder = fs::DirBuilder::new();
+  builder.recursive(true);
+  #[cfg(unix)]
+  std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+  builder
+    .create(dir)
+    .map_err(|e| PmError::state_dir_io(dir, "it cannot be created", e))?;
+  // Windows: what mode 0700 is on Unix; a new folder would otherwise inherit its parent's access.
+  #[cfg(windows)]
+  crate::os::win::security::make_private(dir)
+    .map_err(|e| PmError::state_dir_io(dir, "it cannot be made private", e))?;
+  match check_state_dir(dir)? {
+    true => Ok(()),
+    false => Err(PmError::state_dir(
+      dir,
+      "it vanished right after it was created",
+    )),
+  }
+}
+
+/// For reading and cleaning records: `false` when the folder does not exist (it has no records), `true` when
+/// it passes the checks of `ensure_state_dir`; refused otherwise. Nothing is created.
+pub fn check_state_dir(dir: &Path) -> Result<bool> {
+  let meta = match fs::metadata(dir) {
+    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+    other => other.map_err(|e| PmError::state_dir_io(dir, "it cannot be read", e))?,
+  };
   if !meta.is_dir() {
     return Err(PmError::state_dir(
       dir,
       "it is not a folder. Pass a folder as `stateDir`",
     ));
   }
-  check_private(dir, &meta)
+  check_private(dir, &meta).map(|()| true)
 }
 
 #[cfg(unix)]
@@ -149,6 +161,12 @@ mod tests {
     assert!(err.to_string().contains("chmod go-w"), "{err}");
     let err = ensure_state_dir(Path::new("/tmp")).unwrap_err();
     assert!(err.to_string().contains("shared temporary folder"), "{err}");
+
+    // Reading and cleaning records check the same way, and create nothing.
+    assert!(check_state_dir(&created).is_err());
+    assert!(check_state_dir(Path::new("/tmp")).is_err());
+    assert!(!check_state_dir(&root.path().join("missing")).unwrap());
+    assert!(!root.path().join("missing").exists());
 
     let file = root.path().join("file");
     fs::write(&file, "").unwrap();

@@ -2,8 +2,9 @@
 //! app is gone), which records are stale — and the cleanup that terminates true orphans only.
 
 use super::record::{self, Entry, Problem, Record};
+use crate::error::Result;
 use crate::net::listeners::{self, PortHolder};
-use crate::os::process;
+use crate::os::process::{self, AtPid};
 use crate::os::stop::{self, OrphanEnd};
 use crate::os::tree;
 use std::collections::HashSet;
@@ -39,18 +40,23 @@ impl RecordState {
   }
 }
 
+/// What a record's backend is now. A record of another boot, or whose pid now names another process (even
+/// one that leads its own group), is stale; only the recorded process, or the group it left when it
+/// exited (nothing at its pid, or its zombie), can be the backend.
 pub fn classify(record: &Record) -> RecordState {
-  if record.backend_is_alive() {
-    return if record.is_orphaned() {
-      RecordState::Orphaned
-    } else {
-      RecordState::Running
-    };
+  if record.of_another_boot() {
+    return RecordState::Stale;
   }
-  if record.is_orphaned() && !stop::orphaned_group(record.pid, record.start_time).is_empty() {
-    RecordState::OrphanedGroup
-  } else {
-    RecordState::Stale
+  match record.backend() {
+    AtPid::Recorded if record.is_orphaned() => RecordState::Orphaned,
+    AtPid::Recorded => RecordState::Running,
+    AtPid::Exited
+      if record.is_orphaned()
+        && !stop::orphaned_group(record.pid, record.start_time).is_empty() =>
+    {
+      RecordState::OrphanedGroup
+    }
+    AtPid::Exited | AtPid::Stranger => RecordState::Stale,
   }
 }
 
@@ -114,8 +120,8 @@ fn now_ms() -> u64 {
 
 /// Every record-like file of `dir` with its state, the backend's CPU and memory (its whole tree), and who
 /// listens on its port. Blocking: run it off the JS thread.
-pub fn statuses(dir: &Path) -> Vec<RecordStatus> {
-  let entries = record::list_records(dir, None);
+pub fn statuses(dir: &Path) -> Result<Vec<RecordStatus>> {
+  let entries = record::list_records(dir, None)?;
   let classified: Vec<(Entry, RecordState, Vec<u32>)> = entries
     .into_iter()
     .map(|entry| {
@@ -141,27 +147,29 @@ pub fn statuses(dir: &Path) -> Vec<RecordStatus> {
     .flat_map(|(_, _, pids)| pids.iter().copied())
     .collect();
   let holders = listeners::port_holders(&ports, &likely);
-  classified
-    .into_iter()
-    .map(|(Entry { path, record }, state, pids)| match record {
-      Ok(record) => RecordStatus {
-        usage: tree_status(&record, &pids),
-        listener: holders.iter().find(|h| h.port == record.port).cloned(),
-        file: path,
-        record: Some(record),
-        state,
-        problem: None,
-      },
-      Err(problem) => RecordStatus {
-        file: path,
-        record: None,
-        state,
-        problem: Some(problem.reason().to_string()),
-        usage: None,
-        listener: None,
-      },
-    })
-    .collect()
+  Ok(
+    classified
+      .into_iter()
+      .map(|(Entry { path, record }, state, pids)| match record {
+        Ok(record) => RecordStatus {
+          usage: tree_status(&record, &pids),
+          listener: holders.iter().find(|h| h.port == record.port).cloned(),
+          file: path,
+          record: Some(record),
+          state,
+          problem: None,
+        },
+        Err(problem) => RecordStatus {
+          file: path,
+          record: None,
+          state,
+          problem: Some(problem.reason().to_string()),
+          usage: None,
+          listener: None,
+        },
+      })
+      .collect(),
+  )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,9 +232,10 @@ pub struct CleanupItem {
 /// and the orphaned groups of dead wrappers; deletes stale records and broken records of ours. Backends
 /// whose app is alive, files that are not ours and this process's own ancestry are left alone. Blocking:
 /// run it off the JS thread.
-pub fn cleanup(dir: &Path, name: Option<&str>, grace: Duration) -> Vec<CleanupItem> {
+pub fn cleanup(dir: &Path, name: Option<&str>, grace: Duration) -> Result<Vec<CleanupItem>> {
+  let entries = record::list_records(dir, name)?;
   let protected = tree::ancestry(process::own_pid());
-  record::list_records(dir, name)
+  let items = entries
     .into_iter()
     .filter_map(|Entry { path, record }| {
       let (action, detail, record) = match record {
@@ -241,7 +250,8 @@ pub fn cleanup(dir: &Path, name: Option<&str>, grace: Duration) -> Vec<CleanupIt
       };
       Some(finish_item(path, record, action, detail))
     })
-    .collect()
+    .collect();
+  Ok(items)
 }
 
 fn problem_action(problem: &Problem) -> (CleanupAction, String) {
@@ -266,9 +276,10 @@ fn problem_action(problem: &Problem) -> (CleanupAction, String) {
 /// Stops the backend of one record whatever its app's state (the monitor's and the dashboard's stop
 /// button): identity-checked like a cleanup, and never this process or its parents. Its app, if alive,
 /// sees an exit it did not ask for (and restarts it if its policy says so). Blocking.
-pub fn stop_record(path: &Path, grace: Duration) -> CleanupItem {
+pub fn stop_record(path: &Path, grace: Duration) -> Result<CleanupItem> {
+  let read = record::read_record_in_state_dir(path)?;
   let protected = tree::ancestry(process::own_pid());
-  let (action, detail, record) = match record::read_record(path) {
+  let (action, detail, record) = match read {
     Ok(r) => {
       let (action, detail) = end_record(path, &r, classify(&r), grace, &protected);
       (action, detail, Some(r))
@@ -283,7 +294,7 @@ pub fn stop_record(path: &Path, grace: Duration) -> CleanupItem {
       (action, detail, None)
     }
   };
-  finish_item(path.to_path_buf(), record, action, detail)
+  Ok(finish_item(path.to_path_buf(), record, action, detail))
 }
 
 /// What to do with one readable record; `None` for a backend whose app is alive (left alone, unreported).
@@ -309,12 +320,14 @@ fn end_record(
   protected: &HashSet<u32>,
 ) -> (CleanupAction, String) {
   if state == RecordState::Stale {
+    let why = if r.of_another_boot() {
+      "was written before the machine restarted"
+    } else {
+      "is gone or is another program now"
+    };
     return (
       CleanupAction::StaleRemoved,
-      format!(
-        "deleted stale record: process {} is gone or is another program now",
-        r.pid
-      ),
+      format!("deleted stale record: process {} {why}", r.pid),
     );
   }
   // Held while the orphan is terminated, so that a second cleaner skips it.
@@ -408,14 +421,14 @@ mod tests {
     let dir = tempfile::tempdir().unwrap();
     let invoice = write(dir.path(), "invoice-2024.json", "{\"total\": 12}");
     let backup = write(dir.path(), "backup-20250101.json", "not even json");
-    let items = cleanup(dir.path(), None, Duration::from_millis(100));
+    let items = cleanup(dir.path(), None, Duration::from_millis(100)).unwrap();
     assert_eq!(items.len(), 2);
     assert!(
       items.iter().all(|i| i.action == CleanupAction::Foreign),
       "{items:?}"
     );
     assert!(invoice.exists() && backup.exists());
-    let invoice_named = cleanup(dir.path(), Some("invoice"), Duration::from_millis(100));
+    let invoice_named = cleanup(dir.path(), Some("invoice"), Duration::from_millis(100)).unwrap();
     assert_eq!(invoice_named[0].action, CleanupAction::Foreign);
     assert!(invoice.exists());
   }
@@ -434,12 +447,162 @@ mod tests {
       r.owner_start_time = 1;
       record::write_record(dir.path(), &r).unwrap();
     }
-    let items = cleanup(dir.path(), None, Duration::from_millis(100));
+    let items = cleanup(dir.path(), None, Duration::from_millis(100)).unwrap();
     assert_eq!(items.len(), 2);
     for item in &items {
       assert_eq!(item.action, CleanupAction::Protected, "{item:?}");
       assert!(item.file.exists(), "the record is kept");
     }
+  }
+
+  /// A child of this test leading its own group, killed with its whole group and reaped when dropped, so
+  /// that nothing is left behind when an assertion fails. Until it is reaped, its pid (the group's id)
+  /// cannot be reused, even when it is a zombie.
+  struct Started(std::process::Child);
+
+  impl Drop for Started {
+    fn drop(&mut self) {
+      crate::os::signal::signal_group(self.0.id(), crate::os::signal::Stop::Force);
+      let _ = self.0.kill();
+      let _ = self.0.wait();
+    }
+  }
+
+  /// A shell running `script`, leading its own group as a program started with `setsid` does.
+  #[cfg(target_os = "linux")]
+  fn group_leader(script: &str) -> Started {
+    use std::os::unix::process::CommandExt;
+    Started(
+      std::process::Command::new("/bin/sh")
+        .args(["-c", script])
+        .process_group(0)
+        .spawn()
+        .unwrap(),
+    )
+  }
+
+  /// `sleep 60` leading its own group (started directly: its executable is `sleep` from the start).
+  fn sleeper() -> Started {
+    use std::os::unix::process::CommandExt;
+    Started(
+      std::process::Command::new("sleep")
+        .arg("60")
+        .process_group(0)
+        .spawn()
+        .unwrap(),
+    )
+  }
+
+  /// A record for `pid` as the library writes it, with a dead owner; `fields` override.
+  fn orphan_record(dir: &Path, pid: u32, fields: serde_json::Value) -> PathBuf {
+    let mut body = serde_json::json!({
+      "manager": record::MARKER, "version": 1, "name": "api", "pid": pid, "port": 8000,
+      "host": "127.0.0.1", "startedAt": 0, "ownerPid": 999_999, "ownerStartTime": 1
+    });
+    for (k, v) in fields.as_object().unwrap() {
+      body[k] = v.clone();
+    }
+    write(dir, &format!("api-{pid}.json"), &body.to_string())
+  }
+
+  #[cfg(target_os = "linux")]
+  fn wait_for(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+      if std::time::Instant::now() > deadline {
+        return false;
+      }
+      std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+  }
+
+  /// The backend exited by itself; later an unrelated program of this user got its pid and leads its own
+  /// group. That program is a stranger (its start time differs): the record is stale, nothing is signalled.
+  #[test]
+  fn a_stranger_leading_its_own_group_at_a_recorded_pid_is_never_signalled() {
+    let dir = tempfile::tempdir().unwrap();
+    let stranger = sleeper();
+    let pid = stranger.0.id();
+    let live = process::identity(pid).unwrap();
+    // The recorded backend started before the stranger, as a process that had the pid earlier did.
+    let file = orphan_record(
+      dir.path(),
+      pid,
+      serde_json::json!({ "exe": live.exe, "startTime": live.start_time - 1 }),
+    );
+    let items = cleanup(dir.path(), None, Duration::from_millis(100)).unwrap();
+    assert!(
+      process::is_alive(pid),
+      "the stranger was signalled: {items:?}"
+    );
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].action, CleanupAction::StaleRemoved, "{items:?}");
+    assert!(!file.exists(), "the stale record is deleted");
+  }
+
+  /// Start times count from boot: a record of another boot is stale even when a live process matches it;
+  /// one of this boot (or without a boot id, as older versions wrote) is still acted on.
+  #[cfg(target_os = "linux")]
+  #[test]
+  fn a_record_of_another_boot_is_stale_even_when_its_process_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let this_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let (earlier, current, unknown) = (sleeper(), sleeper(), sleeper());
+    let exact = |pid: u32| {
+      let live = process::identity(pid).unwrap();
+      serde_json::json!({ "exe": live.exe, "startTime": live.start_time })
+    };
+    let mut other_boot = exact(earlier.0.id());
+    other_boot["bootId"] = "0f6b2c4e-another-boot".into();
+    let old = orphan_record(dir.path(), earlier.0.id(), other_boot);
+    let mut same_boot = exact(current.0.id());
+    same_boot["bootId"] = this_boot.trim().into();
+    let now = orphan_record(dir.path(), current.0.id(), same_boot);
+    let without = orphan_record(dir.path(), unknown.0.id(), exact(unknown.0.id()));
+    let items = cleanup(dir.path(), None, Duration::from_millis(100)).unwrap();
+    let action = |pid: u32| items.iter().find(|i| i.pid == Some(pid)).unwrap().action;
+    assert!(process::is_alive(earlier.0.id()), "{items:?}");
+    assert_eq!(action(earlier.0.id()), CleanupAction::StaleRemoved);
+    assert!(!old.exists());
+    assert_eq!(action(current.0.id()), CleanupAction::Terminated);
+    assert!(wait_for(|| !process::is_alive(current.0.id())));
+    assert!(!now.exists());
+    assert_eq!(action(unknown.0.id()), CleanupAction::Terminated);
+    assert!(wait_for(|| !process::is_alive(unknown.0.id())));
+    assert!(!without.exists());
+  }
+
+  /// The app was killed and no one reaped the wrapper it started: only the wrapper's zombie is left at the
+  /// recorded pid, its start time the recorded one. Its group is the orphan, and it is ended.
+  #[cfg(target_os = "linux")]
+  #[test]
+  fn the_group_of_a_zombie_wrapper_is_an_orphaned_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wrapper = group_leader("sleep 60 & wait");
+    let pid = wrapper.0.id();
+    let live = process::identity(pid).unwrap();
+    assert!(wait_for(|| tree::group_members(pid).len() == 2));
+    let server = tree::group_members(pid)
+      .into_iter()
+      .find(|m| m.pid != pid)
+      .unwrap()
+      .pid;
+    let file = orphan_record(
+      dir.path(),
+      pid,
+      serde_json::json!({ "exe": live.exe, "startTime": live.start_time }),
+    );
+    // Killed, not reaped: a zombie while this test holds it.
+    wrapper.0.kill().unwrap();
+    assert!(wait_for(|| !process::is_alive(pid)));
+    let items = cleanup(dir.path(), None, Duration::from_secs(2)).unwrap();
+    assert_eq!(items[0].action, CleanupAction::Terminated, "{items:?}");
+    assert!(
+      wait_for(|| !process::is_alive(server)),
+      "the server lives on"
+    );
+    assert!(!file.exists());
   }
 
   mod properties {
@@ -474,7 +637,7 @@ mod tests {
           };
           write(dir.path(), &format!("x-{}.json", 1000 + i), &body);
         }
-        let items = cleanup(dir.path(), None, Duration::from_millis(50));
+        let items = cleanup(dir.path(), None, Duration::from_millis(50)).unwrap();
         let alive = bystanders.iter_mut().all(|b| b.try_wait().unwrap().is_none());
         for b in &mut bystanders {
           let _ = b.kill();

@@ -47,6 +47,10 @@ pub struct Record {
   /// A replica's: the public port of its backend (the balancer's, or the shared socket's).
   #[serde(default, skip_serializing_if = "Option::is_none")]
   pub replica_of: Option<u16>,
+  /// The boot the record was written in (`process::boot_id`); missing in records of earlier versions and
+  /// where the OS has none, and then the start time alone is checked.
+  #[serde(default, skip_serializing_if = "Option::is_none")]
+  pub boot_id: Option<String>,
 }
 
 impl Record {
@@ -66,17 +70,28 @@ impl Record {
     !process::matches(self.owner_pid, &owner)
   }
 
-  /// The backend named by the record is still that process.
-  pub fn backend_is_alive(&self) -> bool {
-    self.pid > 1 && process::matches(self.pid, &self.identity())
+  /// Written in another boot of the machine: its start times name nothing now.
+  pub fn of_another_boot(&self) -> bool {
+    match (&self.boot_id, process::boot_id()) {
+      (Some(recorded), Some(now)) => *recorded != now,
+      _ => false,
+    }
+  }
+
+  /// What is at the backend's pid now: the backend, its exit, or a stranger.
+  pub fn backend(&self) -> process::AtPid {
+    process::at_pid(self.pid, &self.identity())
   }
 
   fn validate(&self) -> std::result::Result<(), String> {
     if self.version != RECORD_VERSION {
       return Err(format!("unsupported record version {}", self.version));
     }
-    if self.pid <= 1 || self.owner_pid == 0 {
+    if self.pid <= 1 {
       return Err(format!("pid {} cannot be a backend", self.pid));
+    }
+    if self.owner_pid == 0 {
+      return Err("ownerPid 0 cannot be the app that started a backend".into());
     }
     if self.port == 0 {
       return Err("port 0".into());
@@ -305,10 +320,15 @@ pub fn parse_record(text: &str) -> std::result::Result<Record, Problem> {
 }
 
 /// Every file of `dir` named like a record (`<name>-<digits>.json`; optionally only those of backend
-/// `name`), in file-name order. A missing folder has no records.
-pub fn list_records(dir: &Path, name: Option<&str>) -> Vec<Entry> {
+/// `name`), in file-name order. A missing folder has no records; a folder others can write to is refused
+/// (`ERR_STATE_DIR`), as `startBackend` refuses it: anyone could have planted its records. Every read
+/// and cleanup of a state folder passes here.
+pub fn list_records(dir: &Path, name: Option<&str>) -> Result<Vec<Entry>> {
+  if !crate::state::dir::check_state_dir(dir)? {
+    return Ok(Vec::new());
+  }
   let Ok(read) = fs::read_dir(dir) else {
-    return Vec::new();
+    return Ok(Vec::new());
   };
   let stem = name.map(file_stem);
   let mut paths: Vec<PathBuf> = read
@@ -317,19 +337,31 @@ pub fn list_records(dir: &Path, name: Option<&str>) -> Vec<Entry> {
     .filter(|p| is_record_file_name(p, stem.as_deref()))
     .collect();
   paths.sort();
-  paths
-    .into_iter()
-    .map(|path| {
-      let record = read_record(&path).and_then(|r| match name {
-        Some(n) if r.name != n => Err(Problem::Foreign(format!(
-          "it is the record of backend {:?}, not {n:?}",
-          r.name
-        ))),
-        _ => Ok(r),
-      });
-      Entry { path, record }
-    })
-    .collect()
+  Ok(
+    paths
+      .into_iter()
+      .map(|path| {
+        let record = read_record(&path).and_then(|r| match name {
+          Some(n) if r.name != n => Err(Problem::Foreign(format!(
+            "it is the record of backend {:?}, not {n:?}",
+            r.name
+          ))),
+          _ => Ok(r),
+        });
+        Entry { path, record }
+      })
+      .collect(),
+  )
+}
+
+/// One record file, read only from a state folder that passes the same check as `list_records`.
+pub fn read_record_in_state_dir(path: &Path) -> Result<std::result::Result<Record, Problem>> {
+  let dir = match path.parent() {
+    Some(dir) if !dir.as_os_str().is_empty() => dir,
+    _ => Path::new("."),
+  };
+  crate::state::dir::check_state_dir(dir)?;
+  Ok(read_record(path))
 }
 
 /// `<stem>-<pid>.json`, where the pid part is digits; temporary and hidden files are not records.
@@ -371,6 +403,7 @@ pub(crate) mod tests {
       replica_of: None,
       health_path: Some("/health".into()),
       healthy: None,
+      boot_id: process::boot_id(),
     }
   }
 
@@ -389,11 +422,11 @@ pub(crate) mod tests {
         0o600
       );
     }
-    assert_eq!(list_records(dir.path(), Some("api")).len(), 1);
-    assert!(list_records(dir.path(), Some("other")).is_empty());
+    assert_eq!(list_records(dir.path(), Some("api")).unwrap().len(), 1);
+    assert!(list_records(dir.path(), Some("other")).unwrap().is_empty());
     delete_record(&path).unwrap();
     delete_record(&path).unwrap();
-    assert!(list_records(dir.path(), None).is_empty());
+    assert!(list_records(dir.path(), None).unwrap().is_empty());
   }
 
   #[test]
@@ -403,7 +436,7 @@ pub(crate) mod tests {
     let record = sample(&name, 4242);
     let path = write_record(dir.path(), &record).unwrap();
     assert!(path.file_name().unwrap().len() < 255);
-    let listed = list_records(dir.path(), Some(&name));
+    let listed = list_records(dir.path(), Some(&name)).unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].record.as_ref().unwrap().name, name);
     assert_ne!(
@@ -433,6 +466,20 @@ pub(crate) mod tests {
       parse_record(&ours_but_broken),
       Err(Problem::Invalid(_))
     ));
+  }
+
+  #[test]
+  fn a_record_without_an_owner_is_invalid_and_the_message_names_the_owner() {
+    let text = serde_json::json!({
+      "manager": MARKER, "version": 1, "name": "api", "pid": 4242, "port": 8000, "host": "127.0.0.1",
+      "startedAt": 0, "exe": null, "startTime": 1, "ownerPid": 0, "ownerStartTime": 1
+    })
+    .to_string();
+    let Err(Problem::Invalid(reason)) = parse_record(&text) else {
+      panic!("a record with ownerPid 0 was accepted");
+    };
+    assert!(reason.contains("ownerPid 0"), "{reason}");
+    assert!(!reason.contains("pid 4242"), "{reason}");
   }
 
   #[cfg(unix)]
