@@ -115,11 +115,10 @@ pub fn read_logs<'env>(
   blocking_promise(
     env,
     move || {
-      if !dir.exists() {
+      // A folder others can write may hold planted lines: refused like a state folder.
+      if !state::dir::check_state_dir(&dir)? {
         return Ok(Vec::new());
       }
-      // A folder others can write may hold planted lines: refused like a state folder.
-      state::dir::ensure_state_dir(&dir)?;
       Ok(logs::read_tail(&dir, &name, 0, args.lines, args.stream))
     },
     |lines| lines.into_iter().map(LogLine::from).collect(),
