@@ -40,6 +40,12 @@ export declare class NativeManager {
   /** The last lines of this backend's log (`logs` option), oldest first; empty when it keeps no log. */
   logs(options?: { lines?: number, stream?: 'out' | 'err' | 'pm' } | null): Promise<LogLine[]>
   /**
+   * Writes a diagnostics archive: `entries` (status, options, events, versions, made by the JS layer),
+   * this manager's PID records and the last lines of every log of its log folder, every file cleaned of
+   * the secrets the manager knows.
+   */
+  exportDiagnostics(file: string, entries: Record<string, string>): Promise<DiagnosticsFile>
+  /**
    * Replaces every process of the running backend, one at a time; resolves with the backend (null when
    * nothing runs).
    */
@@ -90,6 +96,18 @@ export declare function defaultLogDir(): string
 
 /** The per-user folder where PID records are kept by default. */
 export declare function defaultStateDir(): string
+
+/** Where a diagnostics archive was written, and its size. */
+export interface DiagnosticsFile {
+  path: string
+  bytes: number
+}
+
+/**
+ * `backend-pm diagnostics OUT.zip`: `entries` (status, versions), the records of `stateDir` and the last
+ * lines of every log of `logDir` (already redacted when written).
+ */
+export declare function exportDiagnostics(file: string, folders: { stateDir?: string, logDir?: string }, entries: Record<string, string>): Promise<DiagnosticsFile>
 
 /**
  * The first available port from `startPort` (to `endPort`, default `startPort + 100`), skipping

@@ -839,6 +839,7 @@ module.exports.NativeManager = nativeBinding.NativeManager
 module.exports.cleanupRecords = nativeBinding.cleanupRecords
 module.exports.defaultLogDir = nativeBinding.defaultLogDir
 module.exports.defaultStateDir = nativeBinding.defaultStateDir
+module.exports.exportDiagnostics = nativeBinding.exportDiagnostics
 module.exports.findAvailablePort = nativeBinding.findAvailablePort
 module.exports.groupOrder = nativeBinding.groupOrder
 module.exports.isPortAvailable = nativeBinding.isPortAvailable

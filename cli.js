@@ -4,7 +4,7 @@
 const fs = require('node:fs')
 const path = require('node:path')
 const { parseArgs } = require('node:util')
-const { ProcessManager, isPortAvailable, findPortHolders, listRecords, cleanupRecords, defaultStateDir, defaultLogDir, readLogs, logNames } = require('./index.js')
+const { ProcessManager, isPortAvailable, findPortHolders, listRecords, cleanupRecords, defaultStateDir, defaultLogDir, readLogs, logNames, exportDiagnostics } = require('./index.js')
 const { recordsTable, table } = require('./lib/format.js')
 
 const USAGE = `Usage: backend-pm <command> [options]
@@ -22,6 +22,8 @@ Commands:
   logs [NAME] [--lines N] [--follow] [--json] [--log-dir DIR]
                                           the last lines of a backend's log file (stdout, stderr
                                           and the manager's own lines); --follow: then new ones
+  diagnostics OUT.zip [--log-dir DIR]     a zip for a support ticket: status, PID records, the last
+                                          lines of every log, versions (secrets are redacted)
   start [--entry FILE] [--command CMD] [supervision] [-- args…]
                                           run a backend in the foreground; Ctrl-C stops it gracefully
                                           supervision: --restart, --health-interval MS,
@@ -54,6 +56,7 @@ const COMMANDS = {
   'test-ports': { json: { type: 'boolean' }, count: { type: 'string' } },
   monitor: { once: { type: 'boolean' }, json: { type: 'boolean' } },
   dashboard: { open: { type: 'boolean' } },
+  diagnostics: { 'log-dir': { type: 'string' } },
   logs: { lines: { type: 'string' }, follow: { type: 'boolean' }, json: { type: 'boolean' }, 'log-dir': { type: 'string' } },
   start: {
     entry: { type: 'string' },
@@ -81,7 +84,7 @@ function parse(argv) {
   const dashDash = rest.indexOf('--')
   const extraArgs = dashDash >= 0 ? rest.slice(dashDash + 1) : []
   const beforeDashDash = dashDash >= 0 ? positionals.slice(0, positionals.length - extraArgs.length) : positionals
-  if (['test-ports', 'logs'].includes(command) ? beforeDashDash.length > 1 : beforeDashDash.length > 0) {
+  if (['test-ports', 'logs', 'diagnostics'].includes(command) ? beforeDashDash.length > 1 : beforeDashDash.length > 0) {
     throw new UsageError(`unexpected argument ${JSON.stringify(beforeDashDash.at(-1))}`)
   }
   if (command !== 'start' && extraArgs.length > 0) throw new UsageError(`"--" arguments only go with start`)
@@ -389,6 +392,12 @@ async function main(argv) {
       }
       case 'logs':
         return await logs(values, positionals, options)
+      case 'diagnostics': {
+        if (positionals.length !== 1) throw new UsageError('diagnostics needs the archive to write: backend-pm diagnostics OUT.zip')
+        const written = await exportDiagnostics(path.resolve(positionals[0]), { stateDir: (await recordScope(options)).stateDir, logDir: logDir(values, options) })
+        print(`wrote ${written.path} (${written.bytes} bytes)`)
+        return 0
+      }
       case 'start':
         return await start(options, extraArgs)
     }

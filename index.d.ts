@@ -218,6 +218,7 @@ export type ErrorCode =
   | 'ERR_BACKEND_EXITED'
   | 'ERR_START_TIMEOUT'
   | 'ERR_STATE_DIR'
+  | 'ERR_FILE_WRITE'
   | 'ERR_INTERNAL'
 
 /** Every rejection is an Error with a stable `code` and, where they apply, these fields. */
@@ -321,6 +322,8 @@ export declare class ProcessManager extends EventEmitter {
   stats(): Promise<Stats | null>
   /** The last lines of this backend's log file across its rotated files, oldest first (empty with `logs: false`). */
   logs(options?: LogsOptions): Promise<LogLine[]>
+  /** A `.zip` for a support ticket (status, records, logs, options, events, versions), secrets redacted in every file. */
+  exportDiagnostics(file: string): Promise<DiagnosticsFile>
   /**
    * Replaces every process with a new one, one at a time. With replicas (or `listen: 'fd'`) the new one starts
    * beside the old, which is drained and stopped once the new one is healthy: no request fails. One process on
@@ -373,6 +376,13 @@ export declare function defaultLogDir(): string
 export declare function readLogs(dir: string, name: string, options?: LogsOptions): Promise<LogLine[]>
 /** The names of the logs in `dir`. */
 export declare function logNames(dir: string): Promise<string[]>
+export interface DiagnosticsFile {
+  /** The archive written (absolute). */
+  path: string
+  bytes: number
+}
+/** `backend-pm diagnostics`: status and versions, the records of `stateDir`, the last lines of every log of `logDir`. */
+export declare function exportDiagnostics(file: string, folders?: { stateDir?: string; logDir?: string }): Promise<DiagnosticsFile>
 
 /** One backend of a group: `ProcessManager` options with a unique `name`. */
 export interface BackendGroupMember extends Omit<ProcessManagerOptions, 'env'> {

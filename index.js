@@ -37,6 +37,8 @@ class ProcessManager extends EventEmitter {
   #busy = 0
   /** The arguments of the last `startBackend()`, for the dashboard's Restart. */
   #lastStart = null
+  /** The last events (output lines aside: they are in the log), for a diagnostics archive. */
+  #recentEvents = []
 
   /** @param {import('./index').ProcessManagerOptions} [options] */
   constructor(options) {
@@ -115,6 +117,30 @@ class ProcessManager extends EventEmitter {
       default:
         this.emit(kind, data)
     }
+  }
+
+  emit(kind, ...args) {
+    if (kind !== 'stdout' && kind !== 'stderr') {
+      const data = args[0] instanceof Error ? { message: args[0].message, code: args[0].code } : args[0]
+      this.#recentEvents.push({ time: new Date().toISOString(), kind, data: kind === 'start-failed' ? { error: describeError(data.error) } : data })
+      if (this.#recentEvents.length > RECENT_EVENTS) this.#recentEvents.shift()
+    }
+    return super.emit(kind, ...args)
+  }
+
+  /**
+   * A `.zip` for a support ticket: status, PID records, the last 2,000 lines of each log, the options in
+   * force, the last 200 events, versions — the token and secret-looking values redacted in every file.
+   */
+  async exportDiagnostics(file) {
+    const { name, stateDir, backend, records } = await this.status()
+    const entries = {
+      'status.json': json({ name, stateDir, backend, records }),
+      'options.json': json(this.options),
+      'events.json': json(this.#recentEvents),
+      'versions.json': json(versions()),
+    }
+    return this.#native.exportDiagnostics(file, entries)
   }
 
   /** The options in force, defaults applied (without the logger). */
@@ -235,6 +261,29 @@ class ProcessManager extends EventEmitter {
   }
 }
 
+const RECENT_EVENTS = 200
+const json = (value) => `${JSON.stringify(value, null, 2)}\n`
+
+/** An error as a diagnostics archive keeps it: its message, code and fields. */
+function describeError(error) {
+  if (!(error instanceof Error)) return error
+  const { message, code, ...fields } = Object.assign({}, error, { message: error.message, code: error.code })
+  return { message, code, ...fields }
+}
+
+/** What a support ticket needs to know of the software around the backend. */
+function versions() {
+  const os = require('node:os')
+  return {
+    package: require('./package.json').version,
+    node: process.versions.node,
+    electron: process.versions.electron ?? null,
+    os: `${os.type()} ${os.release()}`,
+    platform: process.platform,
+    arch: process.arch,
+  }
+}
+
 function invalidArg(message) {
   const err = new Error(message)
   err.code = 'ERR_INVALID_ARG'
@@ -303,4 +352,13 @@ module.exports = {
   readLogs: async (dir, name, options) => native.readLogs(dir, name, options),
   /** The names of the logs in `dir`. */
   logNames: async (dir) => native.logNames(dir),
+  /** `backend-pm diagnostics`: status and versions, the records of `stateDir`, the last lines of every log of `logDir`. */
+  exportDiagnostics: async (file, { stateDir, logDir } = {}) => {
+    const dir = stateDir ?? native.defaultStateDir()
+    const entries = {
+      'status.json': json({ stateDir: dir, records: await native.recordStatuses(dir).catch((err) => ({ error: err.message })) }),
+      'versions.json': json(versions()),
+    }
+    return native.exportDiagnostics(file, { stateDir: dir, logDir: logDir ?? native.defaultLogDir() }, entries)
+  },
 }

@@ -35,7 +35,8 @@ const wineUnexplained = (reason) => UNDER_WINE && `fails under Wine, not yet exp
 /** A fresh state folder, removed after the test. */
 function tempDir(t, prefix = 'bpm-test-') {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix))
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }))
+  // Retried: the log writer may still be writing the last lines of a backend that ended with the test.
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true, maxRetries: 5 }))
   return dir
 }
 

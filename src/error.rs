@@ -45,6 +45,15 @@ pub enum PmError {
     source: Option<Arc<io::Error>>,
   },
 
+  /// A file the caller asked for (a diagnostics archive) could not be written.
+  #[error("{path} cannot be written: {reason}")]
+  FileWrite {
+    path: String,
+    reason: String,
+    #[source]
+    source: Option<Arc<io::Error>>,
+  },
+
   /// A bug: a panic or a broken invariant. The message says where.
   #[error("internal error in backend-process-manager: {0}. Please report it")]
   Internal(String),
@@ -70,6 +79,7 @@ impl PmError {
       PmError::BackendExited { .. } => "ERR_BACKEND_EXITED",
       PmError::StartTimeout { .. } => "ERR_START_TIMEOUT",
       PmError::StateDir { .. } => "ERR_STATE_DIR",
+      PmError::FileWrite { .. } => "ERR_FILE_WRITE",
       PmError::Internal(_) => "ERR_INTERNAL",
     }
   }
@@ -127,14 +137,18 @@ impl PmError {
         ("port", Field::Number((*port).into())),
         ("lastHealthError", Field::Text(last_health_error.clone())),
       ],
-      PmError::StateDir { path, .. } => vec![("path", Field::Text(path.clone()))],
+      PmError::StateDir { path, .. } | PmError::FileWrite { path, .. } => {
+        vec![("path", Field::Text(path.clone()))]
+      }
     }
   }
 
   /// The OS error underneath, if any.
   pub fn os_cause(&self) -> Option<&io::Error> {
     match self {
-      PmError::SpawnFailed { source, .. } | PmError::StateDir { source, .. } => source.as_deref(),
+      PmError::SpawnFailed { source, .. }
+      | PmError::StateDir { source, .. }
+      | PmError::FileWrite { source, .. } => source.as_deref(),
       _ => None,
     }
   }

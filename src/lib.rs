@@ -7,6 +7,7 @@
 #[cfg_attr(test, allow(dead_code))]
 mod binding;
 mod blocking;
+mod diagnostics;
 mod error;
 mod lifecycle;
 mod logs;

@@ -131,6 +131,8 @@ async function main(): Promise<void> {
   logged.on('warning', (w) => w.code + w.dropped)
   new ProcessManager({ logs: false })
   void [lines.map((l) => l.time + l.stream + l.replica + l.line), keep]
+  const archive = await logged.exportDiagnostics('/tmp/support.zip')
+  void [archive.path, archive.bytes]
   // @ts-expect-error streams are out, err or pm
   await logged.logs({ stream: 'stdout' })
   // @ts-expect-error timeoutMs is a number

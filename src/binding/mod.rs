@@ -5,6 +5,7 @@ mod error;
 mod events;
 mod value;
 
+use crate::diagnostics;
 use crate::lifecycle::launch::Runtime;
 use crate::lifecycle::{self, Manager};
 use crate::logs;
@@ -137,6 +138,72 @@ pub fn log_file_path(env: &Env, dir: Unknown, name: Unknown) -> napi::Result<Str
         .to_string(),
     )
   })
+}
+
+/// Where a diagnostics archive was written, and its size.
+#[napi(object)]
+pub struct DiagnosticsFile {
+  pub path: String,
+  pub bytes: f64,
+}
+
+impl From<(std::path::PathBuf, u64)> for DiagnosticsFile {
+  fn from((path, bytes): (std::path::PathBuf, u64)) -> Self {
+    DiagnosticsFile {
+      path: path.display().to_string(),
+      bytes: bytes as f64,
+    }
+  }
+}
+
+/// Entries in name order, so archives of the same things list the same way.
+fn sorted(entries: HashMap<String, String>) -> Vec<(String, String)> {
+  let mut entries: Vec<(String, String)> = entries.into_iter().collect();
+  entries.sort();
+  entries
+}
+
+/// `backend-pm diagnostics OUT.zip`: `entries` (status, versions), the records of `stateDir` and the last
+/// lines of every log of `logDir` (already redacted when written).
+#[napi(
+  ts_args_type = "file: string, folders: { stateDir?: string, logDir?: string }, entries: Record<string, string>",
+  ts_return_type = "Promise<DiagnosticsFile>"
+)]
+pub fn export_diagnostics<'env>(
+  env: &'env Env,
+  file: Unknown,
+  folders: Unknown,
+  entries: HashMap<String, String>,
+) -> napi::Result<PromiseRaw<'env, DiagnosticsFile>> {
+  let (file, folders) = (from_js(file)?, from_js(folders)?);
+  let (file, state_dir, log_dir) = sync(env, || {
+    let mut f = options::Fields::of(&folders, "the diagnostics folders")?;
+    let state_dir = f
+      .take("stateDir")
+      .map(|v| options::non_empty_path(v, "stateDir"))
+      .transpose()?;
+    let log_dir = f
+      .take("logDir")
+      .map(|v| options::non_empty_path(v, "logDir"))
+      .transpose()?;
+    f.finish(&["stateDir", "logDir"])?;
+    Ok((options::non_empty_path(&file, "file")?, state_dir, log_dir))
+  })?;
+  blocking_promise(
+    env,
+    move || {
+      diagnostics::export(
+        &file,
+        sorted(entries),
+        diagnostics::Sources {
+          state_dir: state_dir.as_deref(),
+          log_dir: log_dir.as_deref(),
+        },
+        &logs::Redactor::default(),
+      )
+    },
+    DiagnosticsFile::from,
+  )
 }
 
 /// The names of the logs in `dir`.
@@ -734,6 +801,43 @@ impl NativeManager {
         }))
       },
       |lines| lines.into_iter().map(LogLine::from).collect(),
+    )
+  }
+
+  /// Writes a diagnostics archive: `entries` (status, options, events, versions, made by the JS layer),
+  /// this manager's PID records and the last lines of every log of its log folder, every file cleaned of
+  /// the secrets the manager knows.
+  #[napi(
+    ts_args_type = "file: string, entries: Record<string, string>",
+    ts_return_type = "Promise<DiagnosticsFile>"
+  )]
+  pub fn export_diagnostics<'env>(
+    &self,
+    env: &'env Env,
+    file: Unknown,
+    entries: HashMap<String, String>,
+  ) -> napi::Result<PromiseRaw<'env, DiagnosticsFile>> {
+    let file = from_js(file)?;
+    let file = sync(env, || options::non_empty_path(&file, "file"))?;
+    let manager = self.inner.clone();
+    blocking_promise(
+      env,
+      move || {
+        if let Some(log) = manager.log_file() {
+          log.flush();
+        }
+        let o = &manager.options;
+        diagnostics::export(
+          &file,
+          sorted(entries),
+          diagnostics::Sources {
+            state_dir: Some(&o.state_dir),
+            log_dir: o.logs.as_ref().map(|l| l.dir.as_path()),
+          },
+          &manager.known_secrets(),
+        )
+      },
+      DiagnosticsFile::from,
     )
   }
 

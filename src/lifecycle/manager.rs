@@ -143,6 +143,20 @@ impl Manager {
     *self.redactor.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(known);
   }
 
+  /// Every secret the manager knows of: the current start's, and the secret-looking values of `env`
+  /// (before any start). What a diagnostics archive is cleaned of.
+  pub fn known_secrets(&self) -> Redactor {
+    let configured = Redactor::new(
+      None,
+      self
+        .options
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    self.redactor().with(&configured)
+  }
+
   /// The log file, when the `logs` option keeps one.
   pub fn log_file(&self) -> Option<&Arc<Log>> {
     self.log_file.as_ref()
@@ -424,7 +438,11 @@ impl Manager {
     let manager = self.clone();
     async move {
       let result = match plan {
-        Plan::Nothing => return None,
+        Plan::Nothing => {
+          // Lines of an end nobody asked for (an exit without restart) are written by the time it returns.
+          manager.flush_log().await;
+          return None;
+        }
         Plan::Join(done) => return settled(done).await.flatten(),
         Plan::Cancel(start) => {
           settled(start.outcome.subscribe()).await;
@@ -449,8 +467,17 @@ impl Manager {
           manager.become_idle(&mut phase);
         }
       }
+      // Once a stop has resolved, nothing more of it is written: the app may remove the folders.
+      manager.flush_log().await;
       done_tx.send_replace(Some(result.clone()));
       result
+    }
+  }
+
+  /// Waits until every log line queued so far is written (or dropped). Off the async workers.
+  pub(super) async fn flush_log(&self) {
+    if let Some(log) = self.log_file.clone() {
+      let _ = blocking::run(move || log.flush()).await;
     }
   }
 

@@ -11,6 +11,7 @@ mod time;
 mod writer;
 
 pub use redact::Redactor;
+pub use time::iso as iso_time;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -92,6 +93,8 @@ pub struct Log {
   dropped: AtomicU64,
   /// Dropping now: the next line written says how many were lost, and the manager is told again.
   failing: AtomicBool,
+  /// The folder was made (with its parents) for the first line.
+  folder_made: AtomicBool,
   on_warning: OnWarning,
 }
 
@@ -102,6 +105,7 @@ impl Log {
       name: name.to_string(),
       dropped: AtomicU64::new(0),
       failing: AtomicBool::new(false),
+      folder_made: AtomicBool::new(false),
       on_warning,
     })
   }

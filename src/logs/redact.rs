@@ -77,6 +77,14 @@ impl Redactor {
     Redactor { secrets }
   }
 
+  /// These and `other`'s secrets.
+  pub fn with(&self, other: &Redactor) -> Redactor {
+    let mut secrets: Vec<String> = self.secrets.iter().chain(&other.secrets).cloned().collect();
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets.dedup();
+    Redactor { secrets }
+  }
+
   pub fn redact<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
     let mut out = std::borrow::Cow::Borrowed(text);
     for secret in &self.secrets {

@@ -95,7 +95,7 @@ fn write_lines(log: &Log, mut lines: Vec<Vec<u8>>) {
 /// Appends the lines (after a note of lines dropped before, if any), rotating as needed.
 fn append(log: &Log, lines: &mut Vec<Vec<u8>>) -> Result<(), String> {
   let dir = &log.config.dir;
-  crate::state::dir::ensure_state_dir(dir).map_err(|e| e.to_string())?;
+  make_folder(log).map_err(|e| e.to_string())?;
   let path = log.path();
   let shown = |e: std::io::Error| format!("{}: {e}", path.display());
   let mut file = open(&path).map_err(shown)?;
@@ -124,6 +124,29 @@ fn append(log: &Log, lines: &mut Vec<Vec<u8>>) -> Result<(), String> {
     }
   }
   commit(&mut file, &mut pending, size).map_err(shown)
+}
+
+/// The log folder, checked like a state folder. It is made with its parents for the first line only: a
+/// folder removed while the app runs (a test's temporary folder, a user's cleanup) is made again only if
+/// its parent is still there, so a late line cannot bring back a tree someone deleted.
+fn make_folder(log: &Log) -> crate::error::Result<()> {
+  let dir = &log.config.dir;
+  if !log
+    .folder_made
+    .swap(true, std::sync::atomic::Ordering::SeqCst)
+  {
+    return crate::state::dir::ensure_state_dir(dir);
+  }
+  if crate::state::dir::check_state_dir(dir)? {
+    return Ok(());
+  }
+  match dir.parent() {
+    Some(parent) if parent.is_dir() => crate::state::dir::ensure_state_dir(dir),
+    _ => Err(crate::error::PmError::state_dir(
+      dir,
+      "it was removed with its parent folder while the app ran",
+    )),
+  }
 }
 
 /// Writes `pending` whole or not at all (the file is cut back to its old end when a write fails).

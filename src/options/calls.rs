@@ -164,3 +164,8 @@ impl LogsArgs {
     Ok(LogsArgs { lines, stream })
   }
 }
+
+/// A path argument: a non-empty string.
+pub fn non_empty_path(value: &Value, what: &str) -> Result<PathBuf> {
+  non_empty(value, what).map(PathBuf::from)
+}

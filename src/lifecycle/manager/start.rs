@@ -101,6 +101,10 @@ impl Manager {
               settled(stop).await;
             }
             let outcome = manager.run_start(&args, &runtime, &start).await;
+            if outcome.is_err() {
+              // A failed start's lines are written before the app hears of it (and may clean up).
+              manager.flush_log().await;
+            }
             start.outcome.send_replace(Some(outcome.clone()));
             return outcome.map(|info| (info, true));
           }
