@@ -24,6 +24,8 @@ pub struct Options {
   pub state_dir: PathBuf,
   /// Where the backend's output and the manager's lines are kept; `None`: no files (`logs: false`).
   pub logs: Option<crate::logs::LogConfig>,
+  /// What ends the backends when the app dies without stopping them.
+  pub death_guard: DeathGuard,
   /// `None`: a backend that exits is not started again.
   pub restart: Option<RestartPolicy>,
   /// The watchdog's probe interval; `None`: no watchdog.
@@ -43,6 +45,37 @@ pub struct Options {
   pub replicas: u16,
   pub balance: Balance,
   pub listen: Listen,
+}
+
+/// What ends the backends of an app that dies without stopping them (`deathGuard`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeathGuard {
+  /// Linux: the parent-death signal; Windows: the job object; macOS: the guard.
+  Auto,
+  /// One guard process per app (every Unix).
+  Guard,
+  /// Nothing (the next start's orphan cleanup remains).
+  None,
+}
+
+impl DeathGuard {
+  /// The backends are watched by the guard process.
+  pub fn uses_guard(self) -> bool {
+    self == DeathGuard::Guard || (self == DeathGuard::Auto && cfg!(target_os = "macos"))
+  }
+
+  /// The backend gets SIGTERM from the kernel when the app dies (Linux).
+  pub fn parent_death_signal(self) -> bool {
+    self == DeathGuard::Auto && cfg!(target_os = "linux")
+  }
+
+  pub fn name(self) -> &'static str {
+    match self {
+      DeathGuard::Auto => "auto",
+      DeathGuard::Guard => "guard",
+      DeathGuard::None => "none",
+    }
+  }
 }
 
 /// How the balancer picks a replica for a new connection.
@@ -168,6 +201,7 @@ const MANAGER_OPTIONS: &[&str] = &[
   "stopTimeoutMs",
   "stateDir",
   "logs",
+  "deathGuard",
   "restart",
   "healthIntervalMs",
   "unhealthyThreshold",
@@ -448,6 +482,24 @@ impl Options {
         .unwrap_or(DEFAULT_STOP_TIMEOUT),
       state_dir: state_dir_given.unwrap_or_else(crate::state::dir::default_state_dir),
       logs,
+      death_guard: match f.take("deathGuard") {
+        None => DeathGuard::Auto,
+        Some(v) => match string(v, "deathGuard")?.as_str() {
+          "auto" => DeathGuard::Auto,
+          "guard" if cfg!(windows) => {
+            return Err(PmError::invalid(
+              "deathGuard: 'guard' is a Unix guard process; on Windows the job object ends the backends with the app (deathGuard: 'auto')",
+            ))
+          }
+          "guard" => DeathGuard::Guard,
+          "none" => DeathGuard::None,
+          other => {
+            return Err(PmError::invalid(format!(
+              "deathGuard must be 'auto', 'guard' or 'none', got {other:?}"
+            )))
+          }
+        },
+      },
       restart: f.take("restart").map(restart).transpose()?.flatten(),
       health_interval: f
         .take("healthIntervalMs")
@@ -616,6 +668,7 @@ impl Options {
         "stateDir",
         Value::String(self.state_dir.display().to_string()),
       ),
+      ("deathGuard", text(self.death_guard.name())),
       (
         "logs",
         self.logs.as_ref().map_or(Value::Bool(false), |l| {

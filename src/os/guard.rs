@@ -1,0 +1,189 @@
+//! The death guard (docs/api.md, "Death guard"; docs/design.md decision 28): for systems without a
+//! parent-death signal (macOS), or when asked for (`deathGuard: 'guard'`), one small process per app process
+//! outlives the app and ends its backends when it dies, however it dies (even SIGKILL).
+//!
+//! The guard is `/bin/sh` running a short script: it reads `+PGID GRACE_MS` and `-PGID` lines from a pipe
+//! whose write end only the app holds. End of file means the app is gone: every group it was told about and
+//! not told to forget gets the polite signal, up to the largest grace to end, then the force kill. It knows
+//! only what the app wrote; the app writes a group when its leader is spawned and forgets it before the
+//! leader is reaped (after which the group id could be reused), so it never signals a stranger's group.
+//! About 1 MiB of memory, no CPU while the app lives (it blocks in `read`).
+
+#[cfg(unix)]
+mod imp {
+  use std::io::Write;
+  use std::process::{Child, ChildStdin, Command, Stdio};
+  use std::sync::{Mutex, OnceLock};
+  use std::time::Duration;
+
+  /// The script: POSIX sh (dash, bash, macOS's sh), with `kill` and `sleep` as every Unix has them.
+  const SCRIPT: &str = r#"
+trap '' HUP INT TERM QUIT PIPE
+groups=""
+grace=0
+while IFS=' ' read -r op ms; do
+  case "$op" in
+    +*) groups="$groups ${op#+}"; [ "$ms" -gt "$grace" ] 2>/dev/null && grace=$ms ;;
+    -*) left=""; for g in $groups; do [ "$g" = "${op#-}" ] || left="$left $g"; done; groups=$left ;;
+  esac
+done
+[ -n "$groups" ] || exit 0
+for g in $groups; do kill -TERM -"$g" 2>/dev/null; done
+ticks=$(( (grace + 99) / 100 ))
+while [ "$ticks" -gt 0 ]; do
+  alive=""
+  for g in $groups; do kill -0 -"$g" 2>/dev/null && alive="$alive $g"; done
+  [ -n "$alive" ] || exit 0
+  groups=$alive
+  sleep 0.1
+  ticks=$((ticks - 1))
+done
+for g in $groups; do kill -KILL -"$g" 2>/dev/null; done
+exit 0
+"#;
+
+  /// The guard of this app process: the write end of its pipe, and the process (reaped when it exits,
+  /// which it only does after the app is gone, or when told nothing).
+  pub struct Guard {
+    pipe: Mutex<Option<ChildStdin>>,
+    pub pid: u32,
+    _process: Mutex<Child>,
+  }
+
+  impl Guard {
+    /// Starts a guard process. Its own process group and session, so a signal to the app's group (Ctrl-C
+    /// in a terminal) does not reach it; it ignores hang-ups too.
+    pub fn start() -> std::io::Result<Guard> {
+      use std::os::unix::process::CommandExt;
+      let mut command = Command::new("/bin/sh");
+      command
+        .arg("-c")
+        .arg(SCRIPT)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .current_dir("/");
+      // SAFETY: setsid is async-signal-safe and touches only the child's own session.
+      unsafe {
+        command.pre_exec(|| {
+          rustix::process::setsid()?;
+          Ok(())
+        });
+      }
+      let mut process = command.spawn()?;
+      let pipe = process.stdin.take();
+      Ok(Guard {
+        pipe: Mutex::new(pipe),
+        pid: process.id(),
+        _process: Mutex::new(process),
+      })
+    }
+
+    fn say(&self, line: &str) -> bool {
+      let mut pipe = self.pipe.lock().unwrap_or_else(|e| e.into_inner());
+      match pipe.as_mut() {
+        // A line of a few bytes is written whole: below PIPE_BUF, a pipe write is atomic.
+        Some(p) => p.write_all(line.as_bytes()).is_ok(),
+        None => false,
+      }
+    }
+
+    /// The group `pgid` (led by a backend just spawned) is ended with the app; `grace` after the polite
+    /// signal before the force kill.
+    pub fn watch(&self, pgid: u32, grace: Duration) -> bool {
+      self.say(&format!("+{pgid} {}\n", grace.as_millis()))
+    }
+
+    /// The group ended (its leader is about to be reaped): never signal it again.
+    pub fn forget(&self, pgid: u32) -> bool {
+      self.say(&format!("-{pgid} 0\n"))
+    }
+
+    /// Closes the pipe as if the app had died: for tests.
+    #[cfg(test)]
+    pub fn close(&self) {
+      self.pipe.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+  }
+
+  static GUARD: OnceLock<Option<Guard>> = OnceLock::new();
+
+  /// The app's one guard, started on first use; `None` when it cannot be started (no /bin/sh).
+  pub fn shared() -> Option<&'static Guard> {
+    GUARD.get_or_init(|| Guard::start().ok()).as_ref()
+  }
+
+  /// The guard, if one was started (a group is forgotten only where it could have been told).
+  pub fn started() -> Option<&'static Guard> {
+    GUARD.get().and_then(Option::as_ref)
+  }
+}
+
+#[cfg(unix)]
+pub use imp::{shared, started, Guard};
+
+#[cfg(all(test, unix))]
+mod tests {
+  use super::*;
+  use std::os::unix::process::CommandExt;
+  use std::time::{Duration, Instant};
+
+  fn group_leader(ignore_term: bool) -> std::process::Child {
+    let script = if ignore_term { "trap '' TERM; sleep 30 & wait" } else { "sleep 30 & wait" };
+    std::process::Command::new("/bin/sh")
+      .args(["-c", script])
+      .process_group(0)
+      .spawn()
+      .unwrap()
+  }
+
+  /// A live member (the leaders are this test's unreaped children: their zombies do not count).
+  fn group_alive(pgid: u32) -> bool {
+    !crate::os::tree::group_members(pgid).is_empty()
+  }
+
+  fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+      if done() {
+        return true;
+      }
+      std::thread::sleep(Duration::from_millis(10));
+    }
+    done()
+  }
+
+  /// End of file (the app died) ends the groups it was told about — politely, then by force after the
+  /// grace for one that ignores SIGTERM — and never a group it was told to forget.
+  #[test]
+  fn at_end_of_file_the_guard_ends_told_groups_only() {
+    let guard = Guard::start().unwrap();
+    let mut polite = group_leader(false);
+    let mut stubborn = group_leader(true);
+    let mut forgotten = group_leader(false);
+    let (a, b, c) = (polite.id(), stubborn.id(), forgotten.id());
+    // Let the shells set their traps before anything is signalled.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(guard.watch(a, Duration::from_millis(300)));
+    assert!(guard.watch(b, Duration::from_millis(300)));
+    assert!(guard.watch(c, Duration::from_millis(300)));
+    assert!(guard.forget(c));
+    let closed = Instant::now();
+    guard.close();
+    assert!(wait_until(Duration::from_secs(5), || !group_alive(a) && !group_alive(b)));
+    let took = closed.elapsed();
+    assert!(took >= Duration::from_millis(250), "the stubborn group got its grace: {took:?}");
+    assert!(group_alive(c), "a forgotten group is never signalled");
+    let _ = rustix::process::kill_process_group(
+      rustix::process::Pid::from_raw(c as i32).unwrap(),
+      rustix::process::Signal::KILL,
+    );
+    for child in [&mut polite, &mut stubborn, &mut forgotten] {
+      let _ = child.wait();
+    }
+    // The guard exits once done.
+    assert!(wait_until(Duration::from_secs(2), || {
+      crate::os::process::stat(guard.pid).is_none()
+    }));
+  }
+}
