@@ -66,7 +66,8 @@ test('monitor --once prints one frame of at most 80 columns with every record; -
   const long = byName.get(LONG_NAME)
   assert.equal(long.processCount, 2)
   assert.ok(isAlive(busy))
-  assert.ok(long.cpuPercent > 20, `a spinning tree at ${long.cpuPercent}%`)
+  // Well above idle even on a loaded machine (16 % seen with a load average of 12 on 2 cores).
+  assert.ok(long.cpuPercent > 5, `a spinning tree at ${long.cpuPercent}%`)
   assert.ok(alpha.cpuPercent < long.cpuPercent, `idle ${alpha.cpuPercent}% < busy ${long.cpuPercent}%`)
   const gone = byName.get('gone')
   assert.equal(gone.state, 'stale')
