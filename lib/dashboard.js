@@ -31,6 +31,8 @@ function httpError(status, message) {
 }
 
 const ALIVE = new Set(['running', 'orphaned', 'unhealthy'])
+/** ProcessManager's own health probe (index.js), which checks the listener's owner before sending the token. */
+const PROBE_HEALTH = Symbol.for('backend-process-manager.probeHealth')
 
 /** What the page is sent of a line: the monitor's fields and the actions it may ask for. */
 function view(line, actions) {
@@ -160,9 +162,14 @@ function managerSource(members, { title = 'Backends', subtitle = '' } = {}) {
     if (backend && opts.healthIntervalMs > 0) {
       line.healthLatencyMs = stats?.healthLatencyMs ?? null
     } else if (backend) {
-      const probe = await probeHealth(backend.host, backend.port, opts.healthPath, { token: backend.token, timeoutMs: Math.min(1000, opts.healthTimeoutMs), signal: aborter.signal })
+      // Through the manager, which writes the token only to the backend's own listener (never to a
+      // program of another user that took the port).
+      const ownProbe = manager[PROBE_HEALTH]
+      const probe = ownProbe
+        ? await ownProbe.call(manager, backend.port).catch((err) => ({ status: null, latencyMs: null, error: err.message }))
+        : await probeHealth(backend.host, backend.port, opts.healthPath, { timeoutMs: Math.min(1000, opts.healthTimeoutMs), signal: aborter.signal })
       line.healthStatus = probe.status
-      line.healthLatencyMs = probe.latencyMs
+      line.healthLatencyMs = probe.latencyMs == null ? null : Number(probe.latencyMs.toFixed(1))
       line.healthError = probe.error
     }
     // Replicas, where the manager runs them: their figures when stats() lists them, else pid and port.
