@@ -4,6 +4,8 @@
 const test = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
+const os = require('node:os')
+const path = require('node:path')
 const { spawn } = require('node:child_process')
 const { once } = require('node:events')
 const { ROOT, freeRun, fixtureManager, killTree, waitFor, linuxOnly } = require('./helpers')
@@ -113,7 +115,16 @@ const CLOSES_ON_SIGUSR2 = `
 
 /** Starts the backend, then lets a stranger take its port once the backend closed its listener. */
 async function strangerOnBackendPort(t, options) {
-  const { pm, seen } = fixtureManager(t, { port: await freeRun(3), token: true, args: ['-e', CLOSES_ON_SIGUSR2], ...options })
+  // The state folder goes only after the backend is stopped: a watchdog verdict rewrites the record, and
+  // would put it back into a folder removed under a running manager.
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'bpm-test-'))
+  let pm
+  t.after(async () => {
+    await pm?.stopBackend().catch(() => {})
+    fs.rmSync(stateDir, { recursive: true, force: true })
+  })
+  let seen
+  ;({ pm, seen } = fixtureManager(t, { stateDir, port: await freeRun(3), token: true, args: ['-e', CLOSES_ON_SIGUSR2], ...options }))
   const b = await pm.startBackend(ROOT)
   const stranger = await startStranger(t, b.port)
   process.kill(b.pid, 'SIGUSR2')
