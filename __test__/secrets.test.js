@@ -77,9 +77,9 @@ const asRootOnLinux = linuxOnly('another user runs the listener (setpriv)') || (
 test('another user who takes the port between the check and the bind never receives the token, and the next port gets a new one', { skip: asRootOnLinux }, async (t) => {
   const port = await freeRun(8)
   const stranger = await startStranger(t, port)
-  // The backend listens 1.5 s after it starts: the stranger binds the port in between, and the readiness
+  // The backend listens 2.5 s after it starts: the stranger binds the port in between, and the readiness
   // probes of the first attempt find the stranger's listener until the backend fails with EADDRINUSE.
-  const { pm, seen, logger } = fixtureManager(t, { port, token: true, startTimeoutMs: 20000, env: { LISTEN_DELAY_MS: '1500', REQUIRE_TOKEN: '1' } })
+  const { pm, seen, logger } = fixtureManager(t, { port, token: true, startTimeoutMs: 20000, env: { LISTEN_DELAY_MS: '2500', REQUIRE_TOKEN: '1' } })
   const starting = pm.startBackend(ROOT)
   starting.catch(() => {})
   const [boot] = await seen(/^BOOT /)

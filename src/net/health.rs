@@ -533,6 +533,7 @@ mod tests {
   }
 
   /// A token that only the processes `pids` may be sent: the check the lifecycle makes, on fixed pids.
+  #[cfg(unix)]
   fn secret_for(pids: Vec<u32>) -> Secret {
     Secret {
       token: "s3cret".into(),
@@ -544,6 +545,7 @@ mod tests {
   }
 
   /// Accepts one connection and keeps every byte it receives; answers 200 once a request head came.
+  #[cfg(unix)]
   async fn record_one(listener: TcpListener) -> Vec<u8> {
     let (mut socket, _) = listener.accept().await.unwrap();
     let mut got = Vec::new();
