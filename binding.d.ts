@@ -52,6 +52,11 @@ export declare class NativeManager {
   reload(): Promise<BackendInfo | null>
   killExisting(): Promise<boolean>
   checkHealth(port: number): Promise<boolean>
+  /**
+   * One health probe of `port` for the dashboard (at most 1 s): its status, or why there is none. The
+   * token is sent only to the running backend's own listener.
+   */
+  probeHealth(port: number): Promise<HealthProbe>
   waitForReady(port: number, maxRetries?: number, retryDelayMs?: number): Promise<boolean>
   /**
    * `pm.findAvailablePort(startPort = port)`: in `[startPort, startPort + portRange]`, reserved for 15 s
@@ -127,6 +132,16 @@ export interface GroupMember {
  * dependency comes first.
  */
 export declare function groupOrder(entries: Array<{ name?: unknown, dependsOn?: unknown }>): Array<GroupMember>
+
+/** One health probe's result (the dashboard's). */
+export interface HealthProbe {
+  /** The answer's HTTP status; null when there was none. */
+  status?: number
+  /** Until the status line, when there was one. */
+  latencyMs?: number
+  /** Why there is no status. */
+  error?: string
+}
 
 /**
  * True when `port` can be bound on 127.0.0.1, ::1 (where IPv6 exists), 0.0.0.0 and :: — or only on

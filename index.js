@@ -212,6 +212,11 @@ class ProcessManager extends EventEmitter {
     return this.#native.checkHealth(port)
   }
 
+  /** The dashboard's health probe: `{ status, latencyMs, error }`, with the token only for the backend's own listener. */
+  [Symbol.for('backend-process-manager.probeHealth')](port) {
+    return this.#native.probeHealth(port)
+  }
+
   async waitForBackendReady(port, maxRetries, retryDelayMs) {
     return this.#native.waitForReady(port, maxRetries, retryDelayMs)
   }

@@ -9,6 +9,7 @@ const os = require('node:os')
 const net = require('node:net')
 const path = require('node:path')
 const http = require('node:http')
+const { fileURLToPath: url2path } = require('node:url')
 const { ROOT, CLI, tempDir, freeRun, fixtureManager, startProcess, httpGet, waitFor, isAlive, processTree, killIfAlive, posixOnly, linuxOnly } = require('./helpers')
 
 const CHROMIUM = '/usr/bin/chromium'
@@ -241,23 +242,42 @@ test('CLI dashboard: every request needs the token; POSTs need JSON from the pag
   assert.equal(await connectError('127.0.0.1', dash.port), 'ECONNREFUSED')
 })
 
-test('CLI dashboard --open: the browser gets a one-time launch URL, not the token', { skip: linuxOnly('the browser is opened through xdg-open') }, async (t) => {
+test('CLI dashboard --open: the browser is given a private redirect file, never a secret on its command line', { skip: linuxOnly('the browser is opened through xdg-open') }, async (t) => {
   const stateDir = tempDir(t)
-  // A stand-in xdg-open on PATH records the URL it was given.
+  // A stand-in xdg-open on PATH records every argument it was given (what other users see in /proc/*/cmdline).
   const bin = tempDir(t, 'bpm-bin-')
   const seen = path.join(bin, 'seen')
-  fs.writeFileSync(path.join(bin, 'xdg-open'), `#!/bin/sh\nprintf '%s\\n' "$1" > ${JSON.stringify(seen)}\n`, { mode: 0o755 })
+  fs.writeFileSync(path.join(bin, 'xdg-open'), `#!/bin/sh\nprintf '%s\\n' "$@" > ${JSON.stringify(seen)}.tmp && mv ${JSON.stringify(seen)}.tmp ${JSON.stringify(seen)}\n`, { mode: 0o755 })
   const proc = startProcess(t, process.execPath, [CLI, 'dashboard', '--open', '--state-dir', stateDir], { env: { PATH: `${bin}:${process.env.PATH}` } })
   const url = (await proc.line(/token=/)).trim()
-  await waitFor(() => fs.existsSync(seen) && fs.readFileSync(seen, 'utf8').endsWith('\n'), 5000, 'xdg-open to be called')
-  const launch = fs.readFileSync(seen, 'utf8').trim()
   const token = new URL(url).searchParams.get('token')
-  assert.match(launch, /^http:\/\/127\.0\.0\.1:\d+\/launch\?code=[0-9a-f]{32}$/)
-  assert.ok(!launch.includes(token))
-  const first = await new Promise((resolve) => http.get(launch, { agent: false }, (res) => resolve(res) || res.resume()))
-  assert.equal(first.statusCode, 303)
-  assert.equal(first.headers.location, `/?token=${token}`)
-  assert.equal((await httpGet(launch)).status, 403, 'the code works once')
+  await waitFor(() => fs.existsSync(seen), 10000, 'xdg-open to be called')
+  const argv = fs.readFileSync(seen, 'utf8').trim().split('\n')
+  for (const arg of argv) assert.ok(!arg.includes(token) && !/token|code=/.test(arg), `no secret on the command line: ${arg}`)
+  assert.equal(argv.length, 1)
+  assert.match(argv[0], /^file:\/\//)
+  const file = url2path(argv[0])
+  t.after(() => fs.rmSync(path.dirname(file), { recursive: true, force: true }))
+  // Only its user can read the file, or list and enter its folder.
+  const fileStat = fs.statSync(file)
+  const dirStat = fs.statSync(path.dirname(file))
+  assert.equal(fileStat.mode & 0o777, 0o600)
+  assert.equal(dirStat.mode & 0o777, 0o700)
+  assert.ok(fileStat.isFile() && dirStat.isDirectory())
+  assert.equal(fileStat.uid, process.getuid())
+  assert.equal(dirStat.uid, process.getuid())
+  // The file leads to the tokened page, which answers; without the token the server answers 403.
+  const target = /http-equiv="refresh" content="0;url=([^"]+)"/.exec(fs.readFileSync(file, 'utf8'))?.[1]
+  assert.equal(target, url)
+  assert.equal((await httpGet(target)).status, 200)
+  const bare = new URL(target)
+  bare.search = ''
+  assert.equal((await httpGet(bare.href)).status, 403)
+  // Closing the dashboard removes the file and its folder.
+  proc.child.kill('SIGTERM')
+  const [code] = await proc.exited
+  assert.equal(code, 0)
+  assert.equal(fs.existsSync(path.dirname(file)), false, 'the redirect file and its folder are gone')
 })
 
 test('pm.dashboard(): live samples of this backend; Restart starts it again with the same arguments; Stop stops it', async (t) => {

@@ -3,7 +3,11 @@
 // (server-sent events) from a data source and runs its Stop/Restart actions. Two sources: the records of a
 // state folder (the CLI) and a list of managers, each with an optional group name (the app itself).
 const crypto = require('node:crypto')
+const fs = require('node:fs')
+const os = require('node:os')
+const path = require('node:path')
 const http = require('node:http')
+const { pathToFileURL } = require('node:url')
 const { spawn } = require('node:child_process')
 const { RecordSampler, probeHealth } = require('./monitor.js')
 const { buildPage } = require('./dashboard-page.js')
@@ -27,6 +31,8 @@ function httpError(status, message) {
 }
 
 const ALIVE = new Set(['running', 'orphaned', 'unhealthy'])
+/** ProcessManager's own health probe (index.js), which checks the listener's owner before sending the token. */
+const PROBE_HEALTH = Symbol.for('backend-process-manager.probeHealth')
 
 /** What the page is sent of a line: the monitor's fields and the actions it may ask for. */
 function view(line, actions) {
@@ -156,9 +162,14 @@ function managerSource(members, { title = 'Backends', subtitle = '' } = {}) {
     if (backend && opts.healthIntervalMs > 0) {
       line.healthLatencyMs = stats?.healthLatencyMs ?? null
     } else if (backend) {
-      const probe = await probeHealth(backend.host, backend.port, opts.healthPath, { token: backend.token, timeoutMs: Math.min(1000, opts.healthTimeoutMs), signal: aborter.signal })
+      // Through the manager, which writes the token only to the backend's own listener (never to a
+      // program of another user that took the port).
+      const ownProbe = manager[PROBE_HEALTH]
+      const probe = ownProbe
+        ? await ownProbe.call(manager, backend.port).catch((err) => ({ status: null, latencyMs: null, error: err.message }))
+        : await probeHealth(backend.host, backend.port, opts.healthPath, { timeoutMs: Math.min(1000, opts.healthTimeoutMs), signal: aborter.signal })
       line.healthStatus = probe.status
-      line.healthLatencyMs = probe.latencyMs
+      line.healthLatencyMs = probe.latencyMs == null ? null : Number(probe.latencyMs.toFixed(1))
       line.healthError = probe.error
     }
     // Replicas, where the manager runs them: their figures when stats() lists them, else pid and port.
@@ -228,8 +239,7 @@ function tokenMatches(given, expectedDigest) {
 
 /**
  * Serves the page of `source` on 127.0.0.1 (`port`, or any free one). Every request must carry the token
- * (`?token=`); the one exception is a single-use launch code (`launchUrl()`) for opening a browser
- * without putting the token on a command line. Resolves to `{ url, port, launchUrl(), close() }`.
+ * (`?token=`). Resolves to `{ url, port, close() }`.
  */
 async function serveDashboard({ source, port = 0 }) {
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw invalid(`port must be an integer from 0 to 65535, got ${port}`)
@@ -238,7 +248,6 @@ async function serveDashboard({ source, port = 0 }) {
   const page = buildPage(source)
   const clients = new Set()
   const history = []
-  const launchCodes = new Map()
   let latest = null
   let timer = null
   let ticking = false
@@ -341,13 +350,6 @@ async function serveDashboard({ source, port = 0 }) {
     // DNS rebinding: a page of another site that resolves its name to 127.0.0.1 sends its own Host.
     if (!hosts.has(String(req.headers.host ?? '').toLowerCase())) return send(res, 403, 'forbidden\n')
     const url = new URL(req.url, 'http://127.0.0.1')
-    if (url.pathname === '/launch' && req.method === 'GET') {
-      const code = url.searchParams.get('code')
-      const entry = code !== null && launchCodes.get(code)
-      if (!entry || entry < Date.now()) return send(res, 403, 'forbidden\n')
-      launchCodes.delete(code)
-      return send(res, 303, '', 'text/plain; charset=utf-8', { Location: `/?token=${token}` })
-    }
     if (!tokenMatches(url.searchParams.get('token'), digest)) return send(res, 403, 'forbidden\n')
     const route = `${req.method} ${url.pathname}`
     switch (route) {
@@ -383,12 +385,6 @@ async function serveDashboard({ source, port = 0 }) {
   return {
     url: `${origin}/?token=${token}`,
     port: actual,
-    /** A URL that works once, within a minute, and leads to the page: for a browser's command line, which other users may read. */
-    launchUrl() {
-      const code = crypto.randomBytes(16).toString('hex')
-      launchCodes.set(code, Date.now() + 60000)
-      return `${origin}/launch?code=${code}`
-    },
     close() {
       if (closed) return Promise.resolve()
       closed = true
@@ -401,6 +397,28 @@ async function serveDashboard({ source, port = 0 }) {
       })
     },
   }
+}
+
+const escapeHtml = (text) => text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`)
+
+/**
+ * A page that sends the browser on to `url`, in a folder of its own that only this user can enter (0700)
+ * and a file only this user can read (0600): the browser is given the file's path, so the secret in `url`
+ * is never on a command line, which every local user can read in /proc (a single-use code there was
+ * redeemed by another user before a slow browser did). Jupyter opens its browser the same way.
+ * Returns `{ file, remove() }`.
+ */
+function writeRedirectFile(url) {
+  // mkdtemp makes the folder 0700; on Windows the per-user temp folder is the user's alone.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'backend-pm-dashboard-'))
+  const file = path.join(dir, 'open.html')
+  const href = escapeHtml(url)
+  fs.writeFileSync(
+    file,
+    `<!doctype html>\n<html><head><meta charset="utf-8"><meta name="referrer" content="no-referrer"><meta http-equiv="refresh" content="0;url=${href}"><title>Dashboard</title></head>\n<body><a href="${href}">Open the dashboard</a></body></html>\n`,
+    { mode: 0o600, flag: 'wx' },
+  )
+  return { file, remove: () => fs.rmSync(dir, { recursive: true, force: true }) }
 }
 
 /** Opens `url` in the desktop's browser; a failure only prints a hint (the URL is printed anyway). */
@@ -417,7 +435,18 @@ async function command({ port, open }, { stateDir, name, stopTimeoutMs }) {
   const dashboard = await serveDashboard({ source: recordsSource({ stateDir, name, stopTimeoutMs }), port })
   process.stdout.write(`Dashboard of ${stateDir}${name !== undefined ? ` (backends named ${JSON.stringify(name)})` : ''}:\n  ${dashboard.url}\n`)
   process.stdout.write('The URL carries a secret: whoever has it can stop these backends. Ctrl-C stops the dashboard.\n')
-  if (open) openBrowser(dashboard.launchUrl())
+  let redirect = null
+  const removeRedirect = () => redirect?.remove()
+  if (open) {
+    try {
+      redirect = writeRedirectFile(dashboard.url)
+      // Even when the process ends without a signal we handle, the file does not outlive the dashboard.
+      process.once('exit', removeRedirect)
+      openBrowser(pathToFileURL(redirect.file).href)
+    } catch (err) {
+      process.stderr.write(`could not open a browser (${err.message}); open the URL above\n`)
+    }
+  }
   const signal = await new Promise((resolve) => {
     const handlers = ['SIGINT', 'SIGTERM', 'SIGHUP'].map((sig) => [sig, () => {
       for (const [s, fn] of handlers) process.off(s, fn)
@@ -426,6 +455,8 @@ async function command({ port, open }, { stateDir, name, stopTimeoutMs }) {
     for (const [s, fn] of handlers) process.on(s, fn)
   })
   await dashboard.close()
+  removeRedirect()
+  process.off('exit', removeRedirect)
   process.stdout.write(`dashboard stopped (${signal})\n`)
   return 0
 }

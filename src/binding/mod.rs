@@ -530,6 +530,17 @@ pub struct RuntimeInfo {
   pub env: HashMap<String, String>,
 }
 
+/// One health probe's result (the dashboard's).
+#[napi(object)]
+pub struct HealthProbe {
+  /// The answer's HTTP status; null when there was none.
+  pub status: Option<u32>,
+  /// Until the status line, when there was one.
+  pub latency_ms: Option<f64>,
+  /// Why there is no status.
+  pub error: Option<String>,
+}
+
 /// The outcome of `start`: the backend, and whether this call started it.
 #[napi(object)]
 pub struct Started {
@@ -870,6 +881,37 @@ impl NativeManager {
       env,
       async move { Ok(manager.check_health(port).await) },
       |b| b,
+    )
+  }
+
+  /// One health probe of `port` for the dashboard (at most 1 s): its status, or why there is none. The
+  /// token is sent only to the running backend's own listener.
+  #[napi(ts_args_type = "port: number", ts_return_type = "Promise<HealthProbe>")]
+  pub fn probe_health<'env>(
+    &self,
+    env: &'env Env,
+    port: Unknown,
+  ) -> napi::Result<PromiseRaw<'env, HealthProbe>> {
+    let port = from_js(port)?;
+    let port = sync(env, || options::port(&port, "port"))?;
+    let manager = self.inner.clone();
+    promise(
+      env,
+      async move { Ok(manager.probe_health(port).await) },
+      |(outcome, took)| {
+        use crate::net::health::ProbeOutcome;
+        let (status, error) = match outcome {
+          ProbeOutcome::Healthy(s) | ProbeOutcome::Unhealthy(s) => (Some(u32::from(s)), None),
+          ProbeOutcome::Refused => (None, Some("refused".to_string())),
+          ProbeOutcome::TimedOut => (None, Some("timeout".to_string())),
+          other => (None, Some(other.describe())),
+        };
+        HealthProbe {
+          latency_ms: status.map(|_| took.as_secs_f64() * 1000.0),
+          status,
+          error,
+        }
+      },
     )
   }
 

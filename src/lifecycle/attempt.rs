@@ -5,6 +5,7 @@
 use super::instance::Instance;
 use super::launch::Launch;
 use super::manager::{url_for, Manager};
+use super::owner;
 use super::{BackendInfo, Level, StopResult};
 use crate::blocking;
 use crate::error::{PmError, Result};
@@ -159,8 +160,8 @@ pub async fn run(
 
   let waiting_since = Instant::now();
   let deadline = waiting_since + o.start_timeout;
-  let target = manager.target(port, launch.token.clone());
   let pid = child.pid;
+  let target = manager.target(port, owner::secret(launch.token.clone(), move || vec![pid]));
   let host = target.host;
   let own_listener = move || async move {
     // The tree's own descriptors are a few /proc reads, done here (a thread for them would cost more

@@ -182,6 +182,22 @@ impl Launch {
     })
   }
 
+  /// A new token in place of this one (in the environment too), for a start whose token may have
+  /// reached another program (docs/design.md §26).
+  pub fn renew_token(&mut self) -> Result<()> {
+    if self.token.is_none() {
+      return Ok(());
+    }
+    let token = new_token()?;
+    for (key, value) in &mut self.env {
+      if key == "BACKEND_TOKEN" {
+        value.clone_from(&token);
+      }
+    }
+    self.token = Some(token);
+    Ok(())
+  }
+
   /// The spawn of one attempt: `{port}`/`{host}` replaced, the port and host in the environment, and
   /// with `listen: 'fd'` the socket to hand over as descriptor 3.
   pub fn on_port(

@@ -8,12 +8,13 @@
 mod start;
 
 use super::instance::Instance;
+use super::owner;
 use super::run::{Front, Run};
 use super::{BackendInfo, Event, Events, Level, Reason, Stats, StopResult};
 use crate::blocking;
 use crate::error::Result;
 use crate::logs::{Log, LogStream, LogWarning, Redactor};
-use crate::net::health::{self, Target};
+use crate::net::health::{self, Secret, Target};
 use crate::net::port::{self, Search};
 use crate::net::reservation::Owner;
 use crate::options::Options;
@@ -137,10 +138,14 @@ impl Manager {
       .clone()
   }
 
-  /// A start's secrets (its token, its secret-looking environment) join those the log is cleaned of.
-  pub(super) fn learn_secrets(&self, launch: &super::launch::Launch) {
-    let known = launch.redactor();
-    *self.redactor.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(known);
+  /// The secrets the log is cleaned of: a new start's (its token, its secret-looking environment); within
+  /// a start, a renewed token joins the one it replaced (which may still show up in a line).
+  pub(super) fn learn_secrets(&self, launch: &super::launch::Launch, same_start: bool) {
+    let mut known = self.redactor.lock().unwrap_or_else(|e| e.into_inner());
+    *known = Arc::new(match same_start {
+      true => known.with(&launch.redactor()),
+      false => launch.redactor(),
+    });
   }
 
   /// Every secret the manager knows of: the current start's, and the secret-looking values of `env`
@@ -218,30 +223,49 @@ impl Manager {
     run.stats()
   }
 
-  pub fn target(&self, port: u16, token: Option<String>) -> Target {
+  pub fn target(&self, port: u16, secret: Option<Secret>) -> Target {
     Target {
       host: reachable(self.options.host),
       port,
       path: self.options.health_path.clone(),
-      token,
+      secret,
     }
   }
 
-  /// The token of the running start, so that `checkBackendHealth` and `waitForBackendReady` are let in.
-  fn current_token(&self) -> Option<String> {
-    match &*self.phase() {
-      Phase::Up(run) => run.launch.token.clone(),
-      _ => None,
-    }
+  /// The token of the running start, so that `checkBackendHealth` and `waitForBackendReady` are let in —
+  /// by the running processes' listeners only.
+  fn current_secret(&self) -> Option<Secret> {
+    let run = match &*self.phase() {
+      Phase::Up(run) => run.clone(),
+      _ => return None,
+    };
+    let token = run.launch.token.clone();
+    owner::secret(token, move || {
+      run
+        .slots
+        .iter()
+        .filter_map(|s| s.current())
+        .map(|i| i.info.pid)
+        .collect()
+    })
   }
 
   pub async fn check_health(&self, port: u16) -> bool {
     health::probe(
-      &self.target(port, self.current_token()),
+      &self.target(port, self.current_secret()),
       self.options.health_timeout,
     )
     .await
     .is_healthy()
+  }
+
+  /// One probe of `port` for the dashboard: how it was answered and how long that took. The token goes
+  /// only to the running backend's own listener.
+  pub async fn probe_health(&self, port: u16) -> (health::ProbeOutcome, Duration) {
+    let started = Instant::now();
+    let limit = self.options.health_timeout.min(Duration::from_secs(1));
+    let outcome = health::probe(&self.target(port, self.current_secret()), limit).await;
+    (outcome, started.elapsed())
   }
 
   /// `pm.waitForBackendReady`. Runs alone on a thread of its own (the binding's `promise_on_own_thread`):
@@ -253,7 +277,7 @@ impl Manager {
       .and_then(|total| Instant::now().checked_add(total))
       .unwrap_or(far_future);
     health::wait_until_healthy(
-      &self.target(port, self.current_token()),
+      &self.target(port, self.current_secret()),
       self.options.health_timeout,
       deadline,
       retry_delay,
@@ -314,7 +338,9 @@ impl Manager {
   /// The polite stop requests of the `shutdown` option, for one instance.
   fn polite(&self, instance: &Instance) -> Polite {
     let request = self.options.shutdown.http.clone().map(|(method, path)| {
-      let target = self.target(instance.info.port, instance.info.token.clone());
+      let pid = instance.info.pid;
+      let secret = owner::secret(instance.info.token.clone(), move || vec![pid]);
+      let target = self.target(instance.info.port, secret);
       let limit = (self.stop_timeout() / 4).min(Duration::from_secs(1));
       Box::pin(async move {
         health::request(&target, &method, &path, limit).await;

@@ -8,6 +8,7 @@ mod attempt;
 mod instance;
 pub mod launch;
 pub mod manager;
+mod owner;
 mod restart;
 mod run;
 mod supervisor;

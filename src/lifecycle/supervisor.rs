@@ -8,6 +8,7 @@
 use super::attempt::{self, Attempt, Where};
 use super::instance::Instance;
 use super::manager::{port_lost, Manager, ADDRESS_IN_USE_RETRIES};
+use super::owner;
 use super::restart::Decision;
 use super::run::Reload;
 use super::run::{lock, Front, Run, Slot};
@@ -504,7 +505,9 @@ async fn put_back_refusing(manager: Arc<Manager>, run: Arc<Run>) {
         if slot.upstream() != id || run.stop_requested() {
           return;
         }
-        let target = manager.target(instance.info.port, instance.info.token.clone());
+        let pid = instance.info.pid;
+        let secret = owner::secret(instance.info.token.clone(), move || vec![pid]);
+        let target = manager.target(instance.info.port, secret);
         if health::probe(&target, manager.options.health_timeout)
           .await
           .is_healthy()
@@ -547,7 +550,11 @@ async fn watchdog(
 ) -> Reason {
   let o = &manager.options;
   let restart = o.restart.is_some();
-  let target = manager.target(instance.info.port, instance.info.token.clone());
+  let pid = instance.info.pid;
+  let target = manager.target(
+    instance.info.port,
+    owner::secret(instance.info.token.clone(), move || vec![pid]),
+  );
   // Replicas on one socket: a probe reaches whichever accepts, so one slot probes for them all, and its
   // verdict replaces them all one by one (as a reload).
   let shared = run.socket().is_some() && run.replicated();

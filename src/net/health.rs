@@ -3,11 +3,18 @@
 //! host address: it can never be routed to a proxy (docs/design.md §5) and never resolves `localhost`. It sends
 //! `Connection: close`, so no idle keep-alive connection delays the backend's own shutdown later.
 //!
+//! A request that carries the backend's token is written only after the socket that took the connection is
+//! found to be the backend's own (docs/design.md §26): a listener that another user put on the port between
+//! the port check and the backend's bind gets a connection and not one byte.
+//!
 //! Why not reqwest (measured, see the README's "Performance"): a probe through reqwest costs more per
 //! request than this client on loopback, which readiness pays at every poll, and it cannot set the socket
 //! options a fast refused connect needs on Windows (`TCP_MAXRT`). The status line is parsed by httparse.
 
+use crate::net::listeners::Holder;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,8 +40,9 @@ pub enum ProbeOutcome {
   Unhealthy(u16),
   TimedOut,
   Failed(String),
-  /// A 2xx answer, but from a listener that is not the backend's (another program on the same port).
-  Stranger(u16),
+  /// A listener that is not the backend's (another program on the same port): its 2xx answer (`Some`), or
+  /// no request at all (`None`: the request carried the token, and the owner check came first).
+  Stranger(Option<u16>),
 }
 
 impl ProbeOutcome {
@@ -49,8 +57,11 @@ impl ProbeOutcome {
       ProbeOutcome::Unhealthy(status) => format!("HTTP {status}"),
       ProbeOutcome::TimedOut => "timed out".into(),
       ProbeOutcome::Failed(reason) => reason.clone(),
-      ProbeOutcome::Stranger(status) => {
+      ProbeOutcome::Stranger(Some(status)) => {
         format!("HTTP {status}, but from another program listening on the port, not the backend")
+      }
+      ProbeOutcome::Stranger(None) => {
+        "another program listens on the port, not the backend (it was sent nothing)".into()
       }
     }
   }
@@ -61,8 +72,34 @@ pub struct Target {
   pub host: IpAddr,
   pub port: u16,
   pub path: String,
-  /// Sent as `Authorization: Bearer <token>` when set.
-  pub token: Option<String>,
+  /// The token, sent as `Authorization: Bearer <token>` to the backend's own listener only.
+  pub secret: Option<Secret>,
+}
+
+/// Our end and the far end of a probe's connection, which name the socket that took it.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection {
+  pub local: SocketAddr,
+  pub peer: SocketAddr,
+}
+
+/// Who holds the socket at the far end of a connection, as far as the backend is concerned.
+pub type Owner =
+  Arc<dyn Fn(Connection) -> Pin<Box<dyn Future<Output = Holder> + Send>> + Send + Sync>;
+
+/// The token and the check that decides who may receive it.
+#[derive(Clone)]
+pub struct Secret {
+  pub token: String,
+  /// Asked after the connect, before a byte is written. `Ours` and `Unknown` (the OS cannot tell, as
+  /// under Wine) get the request; anyone else gets nothing.
+  pub owner: Owner,
+}
+
+impl std::fmt::Debug for Secret {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    f.write_str("Secret { .. }")
+  }
 }
 
 impl Target {
@@ -96,10 +133,24 @@ async fn exchange(target: &Target, method: &str, path: &str) -> ProbeOutcome {
     Err(e) => return ProbeOutcome::Failed(e.to_string()),
   };
   let _ = stream.set_nodelay(true);
+  if let Some(secret) = &target.secret {
+    let connection = match (stream.local_addr(), stream.peer_addr()) {
+      (Ok(local), Ok(peer)) => Connection { local, peer },
+      (Err(e), _) | (_, Err(e)) => return ProbeOutcome::Failed(e.to_string()),
+    };
+    match (secret.owner)(connection).await {
+      Holder::Ours | Holder::Unknown => {}
+      Holder::Others => return ProbeOutcome::Stranger(None),
+      // The far end is gone (the listener closed with the connection in its queue).
+      Holder::Nobody => {
+        return ProbeOutcome::Failed("the connection closed before the request was sent".into())
+      }
+    }
+  }
   let authorization = target
-    .token
+    .secret
     .as_ref()
-    .map(|t| format!("Authorization: Bearer {t}\r\n"))
+    .map(|s| format!("Authorization: Bearer {}\r\n", s.token))
     .unwrap_or_default();
   let body = if method == "GET" || method == "HEAD" {
     ""
@@ -248,8 +299,8 @@ fn look_until_listening(addr: SocketAddr, every: Duration, until: Instant) -> bo
 /// Waits until healthy or `deadline`. While nothing listens on the port, it looks every
 /// `watch.refused_delay` (and whenever the backend writes a line) without sending anything; once a listener
 /// exists it probes at once, and if the backend answers unhealthy or times out, the delay doubles up to
-/// `answered_delay_cap`. A 2xx counts only when `is_own` agrees that the listener is the backend's. A probe
-/// never runs past the deadline.
+/// `answered_delay_cap`. A 2xx counts only when `is_own` agrees that the listener is the backend's (with a
+/// secret, the probe itself asked its owner before it wrote anything). A probe never runs past the deadline.
 pub async fn wait_until_healthy<F, Fut>(
   target: &Target,
   probe_timeout: Duration,
@@ -300,7 +351,8 @@ where
       // The probe's connect goes out first (the spawned task runs when this one yields), so the backend
       // answers while the owner is looked up here.
       tokio::task::yield_now().await;
-      let own = is_own().await;
+      let checked_before_writing = target.secret.is_some();
+      let own = checked_before_writing || is_own().await;
       let (mut outcome, latency) = probing
         .await
         .unwrap_or_else(|e| (ProbeOutcome::Failed(e.to_string()), probed_at.elapsed()));
@@ -309,7 +361,7 @@ where
         if own || is_own().await {
           return Ok(Ready { probes, latency });
         }
-        outcome = ProbeOutcome::Stranger(status);
+        outcome = ProbeOutcome::Stranger(Some(status));
       }
       outcome
     };
@@ -371,7 +423,7 @@ mod tests {
       host: "127.0.0.1".parse().unwrap(),
       port,
       path: "/health".into(),
-      token: None,
+      secret: None,
     }
   }
 
@@ -477,6 +529,77 @@ mod tests {
     assert!(
       accepted < Duration::from_millis(500),
       "probed {accepted:?} after the listen"
+    );
+  }
+
+  /// A token that only the processes `pids` may be sent: the check the lifecycle makes, on fixed pids.
+  #[cfg(unix)]
+  fn secret_for(pids: Vec<u32>) -> Secret {
+    Secret {
+      token: "s3cret".into(),
+      owner: Arc::new(move |c: Connection| {
+        let pids = pids.clone();
+        Box::pin(async move { crate::net::listeners::connection_held_by(c.local, c.peer, &pids) })
+      }),
+    }
+  }
+
+  /// Accepts one connection and keeps every byte it receives; answers 200 once a request head came.
+  #[cfg(unix)]
+  async fn record_one(listener: TcpListener) -> Vec<u8> {
+    let (mut socket, _) = listener.accept().await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+      match socket.read(&mut buf).await {
+        Ok(0) | Err(_) => return got,
+        Ok(n) => got.extend_from_slice(&buf[..n]),
+      }
+      if got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let _ = socket
+          .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+          .await;
+        return got;
+      }
+    }
+  }
+
+  /// Wine's socket table names no owners, so there every listener is "unknown" and gets the request.
+  #[cfg(unix)]
+  #[tokio::test]
+  async fn a_listener_outside_the_expected_processes_never_gets_a_byte_of_a_request_with_the_token()
+  {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stranger = tokio::spawn(record_one(listener));
+    let mut to_stranger = target(port);
+    // This process holds the listener; pid 1 stands for the backend, which does not.
+    to_stranger.secret = Some(secret_for(vec![1]));
+    assert_eq!(
+      probe(&to_stranger, Duration::from_secs(5)).await,
+      ProbeOutcome::Stranger(None)
+    );
+    let received = stranger.await.unwrap();
+    assert!(
+      received.is_empty(),
+      "{:?}",
+      String::from_utf8_lossy(&received)
+    );
+
+    // The same listener, expected: the request and its token go out.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let own = tokio::spawn(record_one(listener));
+    let mut to_own = target(port);
+    to_own.secret = Some(secret_for(vec![std::process::id()]));
+    assert_eq!(
+      probe(&to_own, Duration::from_secs(5)).await,
+      ProbeOutcome::Healthy(200)
+    );
+    let received = String::from_utf8(own.await.unwrap()).unwrap();
+    assert!(
+      received.contains("\r\nAuthorization: Bearer s3cret\r\n"),
+      "{received}"
     );
   }
 

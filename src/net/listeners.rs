@@ -36,6 +36,19 @@ pub fn listened_at_by(addr: SocketAddr, pids: &[u32]) -> Holder {
   }
 }
 
+/// Whether the socket that took our connection from `local` to `peer` belongs to one of `pids`: asked
+/// before a request that carries a secret is written (docs/design.md §26). Linux names that very socket
+/// (the accepted one, or the listener whose queue still holds the connection), so a listener that accepted
+/// it and closed before the backend bound the port is still found out; elsewhere the listener that a
+/// connect to `peer` reaches answers for it. `Nobody`: the connection is gone.
+pub fn connection_held_by(local: SocketAddr, peer: SocketAddr, pids: &[u32]) -> Holder {
+  match imp::server_end(local, peer) {
+    Some(None) => Holder::Nobody,
+    Some(Some(end)) => holder_among(&[&end], pids),
+    None => listened_at_by(peer, pids),
+  }
+}
+
 /// For each busy port of `ports`, the process listening on it, if the OS tells. `likely` are processes
 /// to look at first (a record's backend usually holds its own port).
 pub fn port_holders(ports: &[u16], likely: &[u32]) -> Vec<PortHolder> {
@@ -166,7 +179,16 @@ mod imp {
         (AF_INET, SocketId::new_v4()),
         (AF_INET6, SocketId::new_v6()),
       ] {
-        match query(&diag.socket, &mut diag.buf, family, id, true, &mut found)? {
+        let listen = StateFlags::LISTEN;
+        match query(
+          &diag.socket,
+          &mut diag.buf,
+          family,
+          id,
+          listen,
+          true,
+          &mut found,
+        )? {
           Ended::Done => {}
           // Refused (a sandbox): the caller reads /proc instead.
           Ended::Error(_) => return None,
@@ -188,14 +210,55 @@ mod imp {
     id.source_port = addr.port();
     // No cookie: any socket found by the lookup.
     id.cookie = [0xff; 8];
-    with_diag(|diag| {
-      let mut found = Vec::new();
-      match query(&diag.socket, &mut diag.buf, family, id, false, &mut found)? {
-        Ended::Done => Some(found.pop()),
-        Ended::Error(code) if code == -rustix::io::Errno::NOENT.raw_os_error() => Some(None),
-        Ended::Error(_) => None,
-      }
-    })
+    with_diag(|diag| exact(diag, family, id, StateFlags::LISTEN))
+  }
+
+  /// One exact lookup: the socket found (`Some(None)`: none, ENOENT), or `None` if the kernel did not say.
+  fn exact(
+    diag: &mut Diag,
+    family: u8,
+    id: SocketId,
+    states: StateFlags,
+  ) -> Option<Option<Listener>> {
+    let mut found = Vec::new();
+    match query(
+      &diag.socket,
+      &mut diag.buf,
+      family,
+      id,
+      states,
+      false,
+      &mut found,
+    )? {
+      Ended::Done => Some(found.pop()),
+      Ended::Error(code) if code == -rustix::io::Errno::NOENT.raw_os_error() => Some(None),
+      Ended::Error(_) => None,
+    }
+  }
+
+  /// The socket at the far end of our connection from `local` to `peer`, found by its addresses in the
+  /// kernel's hash of connections (as an incoming segment finds it): the accepted socket, named by its
+  /// inode; or, while it waits to be accepted (no inode yet), the listener at `peer` whose queue holds it —
+  /// a listener that closes resets its queue, so the connection cannot pass to another listener.
+  /// `Some(None)`: the connection is gone.
+  pub fn server_end(
+    local: std::net::SocketAddr,
+    peer: std::net::SocketAddr,
+  ) -> Option<Option<Listener>> {
+    let (family, mut id) = match peer {
+      std::net::SocketAddr::V4(_) => (AF_INET, SocketId::new_v4()),
+      std::net::SocketAddr::V6(_) => (AF_INET6, SocketId::new_v6()),
+    };
+    id.source_address = peer.ip();
+    id.source_port = peer.port();
+    id.destination_address = local.ip();
+    id.destination_port = local.port();
+    id.cookie = [0xff; 8];
+    match with_diag(|diag| exact(diag, family, id, StateFlags::all()))? {
+      Some(end) if end.key != 0 => Some(Some(end)),
+      Some(_) => listener_at(peer),
+      None => Some(None),
+    }
   }
 
   /// How a netlink request was answered to its end.
@@ -213,6 +276,7 @@ mod imp {
     buf: &mut [u8],
     family: u8,
     socket_id: SocketId,
+    states: StateFlags,
     dump: bool,
     found: &mut Vec<Listener>,
   ) -> Option<Ended> {
@@ -224,7 +288,7 @@ mod imp {
         family,
         protocol: IPPROTO_TCP,
         extensions: ExtensionFlags::empty(),
-        states: StateFlags::LISTEN,
+        states,
         socket_id,
       })
       .into(),
@@ -407,6 +471,14 @@ mod imp {
     None
   }
 
+  /// No lookup of one connection: the listener at the far end answers for it.
+  pub fn server_end(
+    _local: std::net::SocketAddr,
+    _peer: std::net::SocketAddr,
+  ) -> Option<Option<Listener>> {
+    None
+  }
+
   /// No table on the other systems: the caller binds every candidate, and readiness goes without the
   /// listener check.
   #[cfg(not(any(windows, target_os = "macos")))]
@@ -519,6 +591,56 @@ mod tests {
     assert_eq!(listener_at(at("::1", addr.port())), Some(true));
     assert_eq!(listener_at(at("127.0.0.1", addr.port())), Some(false));
     drop(v6_only);
+  }
+
+  /// The check before a secret is written names the socket that took the connection, not whatever listens
+  /// on the port now: a listener that accepted and closed, and a process that then listens on the same
+  /// port, do not make the accepted connection that process's.
+  #[test]
+  fn a_connection_belongs_to_whoever_took_it_not_to_the_next_listener_on_its_port() {
+    let me = std::process::id();
+    let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(first.local_addr().unwrap()).unwrap();
+    let (local, peer) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+    // Waiting in the listener's queue: the listener's holder.
+    assert_eq!(connection_held_by(local, peer, &[me]), Holder::Ours);
+    assert_eq!(connection_held_by(local, peer, &[1]), Holder::Others);
+    let (accepted, _) = first.accept().unwrap();
+    drop(first);
+    assert_eq!(connection_held_by(local, peer, &[me]), Holder::Ours);
+
+    // Another process listens on the port now (a `sleep` that inherits the listener, closed here).
+    let second = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    // As servers do (and std's listeners): the port still has the accepted connection on it.
+    second.set_reuse_address(true).unwrap();
+    second.bind(&peer.into()).unwrap();
+    second.listen(8).unwrap();
+    second.set_cloexec(false).unwrap();
+    let mut other = std::process::Command::new("sleep")
+      .arg("30")
+      .spawn()
+      .unwrap();
+    drop(second);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while listened_at_by(peer, &[other.id()]) != Holder::Ours {
+      assert!(
+        std::time::Instant::now() < deadline,
+        "the listener never showed in the other process"
+      );
+      std::thread::yield_now();
+    }
+    assert_eq!(
+      connection_held_by(local, peer, &[other.id()]),
+      Holder::Others
+    );
+    assert_eq!(connection_held_by(local, peer, &[me]), Holder::Ours);
+    other.kill().unwrap();
+    other.wait().unwrap();
+
+    // Once both ends are closed, the connection is gone.
+    drop(accepted);
+    drop(client);
+    assert_eq!(connection_held_by(local, peer, &[me]), Holder::Nobody);
   }
 
   #[test]

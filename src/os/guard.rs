@@ -129,7 +129,11 @@ mod tests {
   use std::time::{Duration, Instant};
 
   fn group_leader(ignore_term: bool) -> std::process::Child {
-    let script = if ignore_term { "trap '' TERM; sleep 30 & wait" } else { "sleep 30 & wait" };
+    let script = if ignore_term {
+      "trap '' TERM; sleep 30 & wait"
+    } else {
+      "sleep 30 & wait"
+    };
     std::process::Command::new("/bin/sh")
       .args(["-c", script])
       .process_group(0)
@@ -170,9 +174,13 @@ mod tests {
     assert!(guard.forget(c));
     let closed = Instant::now();
     guard.close();
-    assert!(wait_until(Duration::from_secs(5), || !group_alive(a) && !group_alive(b)));
+    assert!(wait_until(Duration::from_secs(5), || !group_alive(a)
+      && !group_alive(b)));
     let took = closed.elapsed();
-    assert!(took >= Duration::from_millis(250), "the stubborn group got its grace: {took:?}");
+    assert!(
+      took >= Duration::from_millis(250),
+      "the stubborn group got its grace: {took:?}"
+    );
     assert!(group_alive(c), "a forgotten group is never signalled");
     let _ = rustix::process::kill_process_group(
       rustix::process::Pid::from_raw(c as i32).unwrap(),

@@ -223,13 +223,13 @@ impl Manager {
     let o = &self.options;
     let dir = o.state_dir.clone();
     blocking::run(move || ensure_state_dir(&dir)).await??;
-    let launch = Launch::resolve(o, args, runtime)?;
-    self.learn_secrets(&launch);
+    let mut launch = Launch::resolve(o, args, runtime)?;
+    self.learn_secrets(&launch, false);
     self.kill_existing().await?;
     if o.replicas <= 1 && o.listen == Listen::Port {
       let mut cancel = start.cancel.subscribe();
       let (reserved, instance, latency) = match self
-        .start_one(&launch, Spot::Public, None, &mut cancel)
+        .start_one(&mut launch, Spot::Public, None, &mut cancel)
         .await?
       {
         One::Up(Some(reserved), instance, latency) => (reserved, instance, latency),
@@ -269,11 +269,13 @@ impl Manager {
     let replicated = o.replicas > 1;
     let mut starting = JoinSet::new();
     for index in 0..usize::from(o.replicas) {
-      let (manager, launch, spot) = (self.clone(), launch.clone(), spot.clone());
+      let (manager, mut launch, spot) = (self.clone(), launch.clone(), spot.clone());
       let mut cancel = start.cancel.subscribe();
       let replica = replicated.then_some((public_port, index));
       starting.spawn(async move {
-        let one = manager.start_one(&launch, spot, replica, &mut cancel).await;
+        let one = manager
+          .start_one(&mut launch, spot, replica, &mut cancel)
+          .await;
         (index, one)
       });
     }
@@ -338,10 +340,11 @@ impl Manager {
   }
 
   /// Starts one process (the backend, or one replica) at `spot`: healthy, or an error; a port lost to
-  /// another program before the process could bind it is retried on another.
+  /// another program before the process could bind it is retried on another — for a backend on its own
+  /// (whose token nobody has yet) with a new token, as that program may have been sent the old one.
   async fn start_one(
     self: &Arc<Self>,
-    launch: &Launch,
+    launch: &mut Launch,
     spot: Spot,
     replica: Option<(u16, usize)>,
     cancel: &mut watch::Receiver<bool>,
@@ -393,6 +396,12 @@ impl Manager {
             ),
           );
           exclude.push(port);
+          // Replicas share one token: theirs is kept (a request with it is only ever written to a
+          // listener found to be theirs).
+          if matches!(spot, Spot::Public) {
+            launch.renew_token()?;
+            self.learn_secrets(launch, true);
+          }
         }
         Attempt::PortTaken { port, exited } => return Err(port_lost(port, exited)),
         Attempt::Failed { error, .. } => return Err(error),

@@ -294,7 +294,7 @@ async fn an_http_shutdown_request_stops_a_node_backend_gracefully() {
     host: "127.0.0.1".parse().unwrap(),
     port,
     path: "/health".into(),
-    token: None,
+    secret: None,
   };
   stops_by_itself(
     &child,
@@ -454,7 +454,7 @@ async fn a_refused_probe_fails_fast() {
     host: "127.0.0.1".parse().unwrap(),
     port,
     path: "/health".into(),
-    token: None,
+    secret: None,
   };
   let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
   eprintln!(
@@ -636,7 +636,7 @@ async fn a_node_backend_in_its_job_becomes_ready() {
     host: "127.0.0.1".parse().unwrap(),
     port,
     path: "/health".into(),
-    token: None,
+    secret: None,
   };
   let pid = child.pid;
   let ready = health::wait_until_healthy(
