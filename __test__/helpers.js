@@ -102,6 +102,10 @@ function memoryLogger() {
  * every pid it printed as a grandchild is killed if still alive.
  */
 function fixtureManager(t, options = {}) {
+  // Registered first, so the backend is stopped (its record and last log lines written) before the state
+  // folder is removed: after-hooks run in the order they were added.
+  let stopping = () => {}
+  t.after(() => stopping())
   const stateDir = options.stateDir ?? tempDir(t)
   const logger = options.logger ?? memoryLogger()
   const pm = new ProcessManager({
@@ -126,10 +130,10 @@ function fixtureManager(t, options = {}) {
     if (lines.length < 1000) lines.push(line)
     for (const w of [...waiters]) w()
   })
-  t.after(async () => {
+  stopping = async () => {
     await pm.stopBackend().catch(() => {})
     for (const pid of [...started, ...grandchildren]) killIfAlive(pid)
-  })
+  }
   /** Resolves once the backend has written `count` stdout lines matching `re` (its BOOT line, grandchildren…). */
   const seen = (re, count = 1, timeoutMs = 10000) =>
     new Promise((resolve, reject) => {
