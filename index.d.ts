@@ -51,6 +51,10 @@ export interface ProcessManagerOptions {
    * maxBytes: 10485760, keep: 5 }`. In Electron pass `app.getPath('logs')` as `dir`.
    */
   logs?: false | true | LogOptions
+  /** What tells that the backend is ready. Default `'http'`. */
+  ready?: 'http' | 'port' | 'notify' | { stdout: string }
+  /** What ends the backends when the app dies without stopping them. Default `'auto'`. */
+  deathGuard?: 'auto' | 'guard' | 'none'
   /** Where the manager logs; `false` silences it. Default `console`. */
   logger?: Logger | false
 
@@ -252,6 +256,8 @@ export interface ProcessManagerEvents {
   'port-changed': [event: PortChangedEvent]
   stats: [stats: Stats]
   warning: [event: WarningEvent]
+  /** `STATUS=text` on the notify socket (`ready: 'notify'`). */
+  status: [event: { text: string } & ReplicaContext]
   /** A `startBackend()` call rejected (besides the rejection), for code that did not make the call. */
   'start-failed': [event: StartFailedEvent]
 }

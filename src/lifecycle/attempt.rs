@@ -6,11 +6,13 @@ use super::instance::Instance;
 use super::launch::Launch;
 use super::manager::{url_for, Manager};
 use super::owner;
+use super::ready;
 use super::{BackendInfo, Level, StopResult};
 use crate::blocking;
 use crate::error::{PmError, Result};
 use crate::net::health;
 use crate::net::listeners::{self, Holder};
+use crate::options::ReadySignal;
 use crate::os::spawn::{self, ExitInfo, LineSink, Stream};
 use crate::os::tree;
 use std::net::SocketAddr;
@@ -106,23 +108,51 @@ pub async fn run(
     });
   }
   let o = &manager.options;
-  let spec = launch.on_port(port, o.host, &o.port_env, place.socket.clone());
+  #[allow(unused_mut)]
+  let mut spec = launch.on_port(port, o.host, &o.port_env, place.socket.clone());
+  // `ready: 'notify'`: the backend says READY=1 on a socket of this start's own.
+  #[cfg(unix)]
+  let notify_socket = match o.ready {
+    ReadySignal::Notify => {
+      let socket = ready::NotifySocket::open().map_err(|e| PmError::SpawnFailed {
+        command: spec.program.clone(),
+        reason: format!("no notify socket could be made for it: {e}"),
+        source: Some(Arc::new(e)),
+      })?;
+      spec.env.retain(|(k, _)| k != "NOTIFY_SOCKET");
+      spec
+        .env
+        .push(("NOTIFY_SOCKET".into(), socket.path().display().to_string()));
+      Some(socket)
+    }
+    _ => None,
+  };
   manager.log(
     Level::Info,
     format!("starting backend: {} {}", spec.program, spec.args.join(" ")),
   );
   let port_taken = Arc::new(AtomicBool::new(false));
   let nudge = Arc::new(Notify::new());
+  let line_seen = Arc::new(ready::LineSeen::default());
   let sink: LineSink = {
     let manager = Arc::downgrade(manager);
     let port_taken = port_taken.clone();
     let nudge = nudge.clone();
     let redactor = Arc::new(launch.redactor());
     let replica = place.replica.unwrap_or(0);
+    let ready_line = match &o.ready {
+      ReadySignal::Stdout(pattern) => Some((pattern.clone(), line_seen.clone())),
+      _ => None,
+    };
     Arc::new(move |stream: Stream, line: &str| {
       nudge.notify_one();
       if says_port_taken(line, port) {
         port_taken.store(true, Ordering::SeqCst);
+      }
+      if let Some((pattern, seen)) = &ready_line {
+        if !seen.is_seen() && pattern.is_match(line) {
+          seen.saw();
+        }
       }
       if let Some(manager) = manager.upgrade() {
         manager.line(stream, replica, line, &redactor);
@@ -199,23 +229,45 @@ pub async fn run(
       }
       Ok(Attempt::Failed { pid, exit, error: exited })
     }
-    ready = health::wait_until_healthy(
-      &target,
-      o.health_timeout,
-      deadline,
-      ANSWERED_DELAY_CAP,
-      health::Watch {
-        refused_delay: QUIET_LOOK_EVERY,
-        nudge: Some(nudge),
-        own_thread: false,
-      },
-      own_listener,
-    ) => {
+    ready = async {
+      match &o.ready {
+        ReadySignal::Http => health::wait_until_healthy(
+          &target,
+          o.health_timeout,
+          deadline,
+          ANSWERED_DELAY_CAP,
+          health::Watch {
+            refused_delay: QUIET_LOOK_EVERY,
+            nudge: Some(nudge.clone()),
+            own_thread: false,
+          },
+          own_listener,
+        ).await,
+        ReadySignal::Port => ready::wait_for_port(
+          SocketAddr::new(host, port), o.health_timeout, deadline, QUIET_LOOK_EVERY, &nudge, own_listener,
+        ).await,
+        ReadySignal::Stdout(pattern) => line_seen.wait(deadline, &format!("{:?}", pattern.as_str())).await,
+        ReadySignal::Notify => {
+          #[cfg(unix)]
+          {
+            wait_for_notify(manager, notify_socket.as_ref(), deadline, place.replica).await
+          }
+          #[cfg(not(unix))]
+          {
+            unreachable!("ready: 'notify' is refused at construction off Unix")
+          }
+        }
+      }
+    } => {
       match ready {
         Ok(ready) => {
           // The record was written at the spawn; a launcher may have exec'd the real server since. The
           // rewrite (with its fsync) is not on the way to the app: a stop meanwhile waits for it, or
           // finds the record closed and nothing is written.
+          #[cfg(unix)]
+          if let Some(socket) = notify_socket {
+            keep_reading_notices(manager, socket, child.clone(), place.replica);
+          }
           let rewriting = (instance.clone(), Arc::downgrade(manager));
           tokio::spawn(async move {
             let (instance, manager) = rewriting;
@@ -250,6 +302,77 @@ pub async fn run(
         }
       }
     }
+  }
+}
+
+/// Ready at the first `READY=1`; `STATUS=` lines meanwhile become `status` events.
+#[cfg(unix)]
+async fn wait_for_notify(
+  manager: &Manager,
+  socket: Option<&ready::NotifySocket>,
+  deadline: Instant,
+  replica: Option<usize>,
+) -> std::result::Result<health::Ready, health::NotReady> {
+  let began = Instant::now();
+  let not_ready = |why: &str| health::NotReady {
+    last: health::ProbeOutcome::Failed(why.to_string()),
+    probes: 0,
+  };
+  let Some(socket) = socket else {
+    return Err(not_ready("no notify socket"));
+  };
+  loop {
+    let notices = tokio::select! {
+      notices = socket.next() => notices.ok_or_else(|| not_ready("the notify socket failed"))?,
+      _ = tokio::time::sleep_until(deadline) => return Err(not_ready("no READY=1 on NOTIFY_SOCKET")),
+    };
+    // Every notice of the datagram counts: READY=1 often comes with a STATUS= line.
+    let ready = notices.contains(&ready::Notice::Ready);
+    for notice in notices {
+      report_notice(manager, notice, replica);
+    }
+    if ready {
+      return Ok(health::Ready {
+        probes: 0,
+        latency: began.elapsed(),
+      });
+    }
+  }
+}
+
+/// After ready: what the backend still says on its socket, until it exits.
+#[cfg(unix)]
+fn keep_reading_notices(
+  manager: &Arc<Manager>,
+  socket: ready::NotifySocket,
+  child: Arc<spawn::Child>,
+  replica: Option<usize>,
+) {
+  let manager = Arc::downgrade(manager);
+  tokio::spawn(async move {
+    loop {
+      let notices = tokio::select! {
+        notices = socket.next() => notices,
+        _ = child.exited() => None,
+      };
+      let (Some(notices), Some(manager)) = (notices, manager.upgrade()) else {
+        return;
+      };
+      for notice in notices {
+        report_notice(&manager, notice, replica);
+      }
+    }
+  });
+}
+
+#[cfg(unix)]
+fn report_notice(manager: &Manager, notice: ready::Notice, replica: Option<usize>) {
+  match notice {
+    ready::Notice::Status(text) => manager.emit_for(replica, super::Event::Status { text }),
+    ready::Notice::Stopping => {
+      manager.log(Level::Info, "the backend says it is stopping (STOPPING=1)")
+    }
+    ready::Notice::Ready => {}
   }
 }
 

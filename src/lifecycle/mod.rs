@@ -9,6 +9,7 @@ mod instance;
 pub mod launch;
 pub mod manager;
 mod owner;
+mod ready;
 mod restart;
 mod run;
 mod supervisor;
@@ -143,6 +144,10 @@ pub enum Event {
   Log {
     level: Level,
     message: String,
+  },
+  /// What the backend says of itself (`STATUS=` on its notify socket).
+  Status {
+    text: String,
   },
   /// Something went wrong that does not stop the backend (`code` names it, e.g. `ERR_LOG_WRITE`).
   Warning {

@@ -26,6 +26,8 @@ pub struct Options {
   pub logs: Option<crate::logs::LogConfig>,
   /// What ends the backends when the app dies without stopping them.
   pub death_guard: DeathGuard,
+  /// What tells that a started backend is ready.
+  pub ready: ReadySignal,
   /// `None`: a backend that exits is not started again.
   pub restart: Option<RestartPolicy>,
   /// The watchdog's probe interval; `None`: no watchdog.
@@ -45,6 +47,65 @@ pub struct Options {
   pub replicas: u16,
   pub balance: Balance,
   pub listen: Listen,
+}
+
+/// What tells that a started backend is ready (`ready`).
+#[derive(Debug, Clone)]
+pub enum ReadySignal {
+  /// A 2xx answer from `healthPath`.
+  Http,
+  /// Its own listener accepts a TCP connection (non-HTTP backends).
+  Port,
+  /// `READY=1` on the `NOTIFY_SOCKET` the manager sets (systemd's protocol; Unix).
+  Notify,
+  /// The first stdout or stderr line that matches.
+  Stdout(regex_lite::Regex),
+}
+
+impl ReadySignal {
+  fn parse(value: &Value) -> Result<ReadySignal> {
+    if let Value::Object(_) = value {
+      let mut f = Fields::of(value, "ready")?;
+      let pattern = f
+        .take("stdout")
+        .map(|v| non_empty(v, "ready.stdout"))
+        .transpose()?;
+      f.finish(&["stdout"])?;
+      let pattern = pattern.ok_or_else(|| {
+        PmError::invalid(
+          "ready as an object needs stdout: a pattern of the line that says the backend is ready",
+        )
+      })?;
+      let regex = regex_lite::Regex::new(&pattern).map_err(|e| {
+        PmError::invalid(format!(
+          "ready.stdout {pattern:?} is not a pattern this library can match: {e}"
+        ))
+      })?;
+      return Ok(ReadySignal::Stdout(regex));
+    }
+    match string(value, "ready")?.as_str() {
+      "http" => Ok(ReadySignal::Http),
+      "port" => Ok(ReadySignal::Port),
+      "notify" if cfg!(windows) => Err(PmError::invalid(
+        "ready: 'notify' uses a Unix datagram socket (NOTIFY_SOCKET); on Windows use 'http', 'port' or { stdout }",
+      )),
+      "notify" => Ok(ReadySignal::Notify),
+      other => Err(PmError::invalid(format!(
+        "ready must be 'http', 'port', 'notify' or {{ stdout: pattern }}, got {other:?}"
+      ))),
+    }
+  }
+
+  fn to_value(&self) -> Value {
+    match self {
+      ReadySignal::Http => Value::String("http".into()),
+      ReadySignal::Port => Value::String("port".into()),
+      ReadySignal::Notify => Value::String("notify".into()),
+      ReadySignal::Stdout(regex) => {
+        Value::object(vec![("stdout", Value::String(regex.as_str().into()))])
+      }
+    }
+  }
 }
 
 /// What ends the backends of an app that dies without stopping them (`deathGuard`).
@@ -202,6 +263,7 @@ const MANAGER_OPTIONS: &[&str] = &[
   "stateDir",
   "logs",
   "deathGuard",
+  "ready",
   "restart",
   "healthIntervalMs",
   "unhealthyThreshold",
@@ -482,6 +544,11 @@ impl Options {
         .unwrap_or(DEFAULT_STOP_TIMEOUT),
       state_dir: state_dir_given.unwrap_or_else(crate::state::dir::default_state_dir),
       logs,
+      ready: f
+        .take("ready")
+        .map(ReadySignal::parse)
+        .transpose()?
+        .unwrap_or(ReadySignal::Http),
       death_guard: match f.take("deathGuard") {
         None => DeathGuard::Auto,
         Some(v) => match string(v, "deathGuard")?.as_str() {
@@ -669,6 +736,7 @@ impl Options {
         Value::String(self.state_dir.display().to_string()),
       ),
       ("deathGuard", text(self.death_guard.name())),
+      ("ready", self.ready.to_value()),
       (
         "logs",
         self.logs.as_ref().map_or(Value::Bool(false), |l| {

@@ -1,0 +1,127 @@
+'use strict'
+// Readiness signals (docs/api.md, "Readiness signals"): a non-HTTP backend's own listener ('port'), systemd's
+// notify protocol ('notify': a Python backend with the socket module, and gunicorn, which speaks it), and a
+// line of output ({ stdout }: uvicorn's "Uvicorn running on").
+const test = require('node:test')
+const assert = require('node:assert/strict')
+const path = require('node:path')
+const { ProcessManager } = require('..')
+const { ROOT, tempDir, freeRun, isAlive, records, killIfAlive, httpGet, posixOnly } = require('./helpers')
+const { ensurePythonDeps, PYDEPS, PYTHON } = require('../scripts/test-deps.js')
+
+const PYTHON_ENV = { PYTHONPATH: PYDEPS, PYTHONDONTWRITEBYTECODE: '1', PYTHONUNBUFFERED: '1' }
+const SERVERS = path.join(__dirname, 'fixtures', 'servers')
+
+function manager(t, options) {
+  const pm = new ProcessManager({ stateDir: tempDir(t), logger: false, startTimeoutMs: 8000, ...options })
+  const pids = []
+  pm.on('ready', (b) => pids.push(b.pid))
+  t.after(async () => {
+    await pm.stopBackend().catch(() => {})
+    pids.forEach((p) => killIfAlive(p))
+  })
+  return pm
+}
+
+/** A TCP server that speaks no HTTP: it greets, and records what clients sent before it (nothing, from the manager). */
+const RAW_SERVER = `
+  const net = require('node:net')
+  net.createServer((c) => { c.on('data', (d) => console.log('GOT ' + JSON.stringify(String(d)))); c.end('hello\\n') })
+    .listen(Number(process.env.PORT), process.env.HOST, () => console.log('raw listening'))`
+
+test("ready: 'port' — a backend that speaks no HTTP is ready when its own listener accepts; nothing is written to it", async (t) => {
+  const lines = []
+  const pm = manager(t, { name: 'raw', command: process.execPath, args: ['-e', RAW_SERVER], port: await freeRun(3), ready: 'port' })
+  pm.on('stdout', (l) => lines.push(l))
+  const b = await pm.startBackend(ROOT)
+  assert.equal(pm.options.ready, 'port')
+  const net = require('node:net')
+  const greeting = await new Promise((resolve, reject) => {
+    const c = net.connect(b.port, '127.0.0.1')
+    let text = ''
+    c.on('data', (d) => (text += d)).on('end', () => resolve(text)).on('error', reject)
+  })
+  assert.equal(greeting, 'hello\n')
+  await pm.stopBackend()
+  assert.deepEqual(lines.filter((l) => l.startsWith('GOT ')), [], 'the readiness check sent no bytes')
+})
+
+/** A Python backend that listens, says STATUS=… and then (unless `NEVER_READY`) READY=1 on $NOTIFY_SOCKET. */
+const NOTIFYING = `
+import os, socket, http.server, threading
+server = http.server.HTTPServer((os.environ["HOST"], int(os.environ["PORT"])), http.server.SimpleHTTPRequestHandler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+say = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+say.connect(os.environ["NOTIFY_SOCKET"])
+say.send(b"STATUS=warming the cache")
+if not os.environ.get("NEVER_READY"):
+    say.send(b"READY=1\\nSTATUS=serving")
+threading.Event().wait()
+`
+
+test("ready: 'notify' — READY=1 from a Python backend's socket module; STATUS= lines become status events", { skip: posixOnly('NOTIFY_SOCKET is a Unix datagram socket') }, async (t) => {
+  const pm = manager(t, { name: 'notify', command: PYTHON, args: ['-c', NOTIFYING], port: await freeRun(3), ready: 'notify' })
+  const statuses = []
+  pm.on('status', (s) => statuses.push(s.text))
+  const b = await pm.startBackend(ROOT)
+  assert.equal((await httpGet(`${b.url}/`)).status, 200)
+  assert.deepEqual(statuses.slice(0, 1), ['warming the cache'])
+  await new Promise((resolve) => (statuses.length >= 2 ? resolve() : pm.once('status', resolve)))
+  assert.deepEqual(statuses, ['warming the cache', 'serving'])
+  await pm.stopBackend()
+  assert.equal(isAlive(b.pid), false)
+})
+
+test("ready: 'notify' — a backend that never says READY=1 fails at startTimeoutMs with ERR_START_TIMEOUT; nothing is left", { skip: posixOnly('NOTIFY_SOCKET is a Unix datagram socket') }, async (t) => {
+  const pm = manager(t, { name: 'mute', command: PYTHON, args: ['-c', NOTIFYING], env: { NEVER_READY: '1' }, port: await freeRun(3), ready: 'notify', startTimeoutMs: 1500 })
+  const spawned = []
+  pm.on('exit', (e) => spawned.push(e.pid))
+  const began = Date.now()
+  const err = await pm.startBackend(ROOT).catch((e) => e)
+  assert.equal(err.code, 'ERR_START_TIMEOUT', err.message)
+  assert.match(err.lastHealthError, /READY=1/)
+  assert.ok(Date.now() - began < 1500 + 6000, 'within startTimeoutMs and the stop')
+  assert.equal(spawned.length, 1)
+  assert.equal(isAlive(spawned[0]), false)
+  assert.deepEqual(records(pm.options.stateDir), [])
+})
+
+test("ready: 'notify' with gunicorn, which speaks systemd's protocol: ready on its READY=1, and it serves", { skip: posixOnly('NOTIFY_SOCKET is a Unix datagram socket') }, async (t) => {
+  ensurePythonDeps()
+  const pm = manager(t, { name: 'gunicorn-notify', command: PYTHON, args: ['-m', 'gunicorn', '--workers', '1', '--bind', '{host}:{port}', 'wsgi_app:app'], cwd: SERVERS, env: PYTHON_ENV, port: await freeRun(3), ready: 'notify' })
+  const statuses = []
+  pm.on('status', (s) => statuses.push(s.text))
+  const b = await pm.startBackend(ROOT)
+  // Its arbiter says READY=1 once it listens; its worker takes the queued request when it has booted.
+  assert.equal((await httpGet(`${b.url}/health`, {}, 10000)).status, 200)
+  assert.ok(statuses.includes('Gunicorn arbiter booted'), JSON.stringify(statuses))
+})
+
+test('ready: { stdout } — ready on the line uvicorn prints when it runs', async (t) => {
+  ensurePythonDeps()
+  const pm = manager(t, { name: 'uvicorn-line', command: PYTHON, args: ['-m', 'uvicorn', 'asgi_app:app', '--host', '{host}', '--port', '{port}'], cwd: SERVERS, env: PYTHON_ENV, port: await freeRun(3), ready: { stdout: 'Uvicorn running on' } })
+  const seen = []
+  pm.on('stderr', (l) => seen.push(l))
+  pm.on('stdout', (l) => seen.push(l))
+  const b = await pm.startBackend(ROOT)
+  assert.ok(seen.some((l) => /Uvicorn running on/.test(l)), 'ready came with (or after) its line')
+  assert.equal((await httpGet(`${b.url}/health`)).status, 200)
+  assert.deepEqual(pm.options.ready, { stdout: 'Uvicorn running on' })
+})
+
+test('ready: { stdout } — a backend that exits before its line fails at once with ERR_BACKEND_EXITED', async (t) => {
+  const pm = manager(t, { name: 'early-exit', command: process.execPath, args: ['-e', "console.error('cannot open the database'); process.exit(3)"], port: await freeRun(3), ready: { stdout: 'listening' } })
+  const began = Date.now()
+  const err = await pm.startBackend(ROOT).catch((e) => e)
+  assert.equal(err.code, 'ERR_BACKEND_EXITED')
+  assert.equal(err.exitCode, 3)
+  assert.deepEqual(err.stderrTail, ['cannot open the database'])
+  assert.ok(Date.now() - began < 5000)
+})
+
+test('bad ready options are refused at construction, naming the option', () => {
+  for (const [ready, message] of [['tcp', /ready must be/], [{ stdout: '(' }, /ready.stdout/], [{ stdout: '' }, /ready.stdout/], [{ stderr: 'x' }, /unknown option "stderr" in ready/], [{}, /needs stdout/], [5, /ready must be a string/]]) {
+    assert.throws(() => new ProcessManager({ ready, logger: false }), { code: 'ERR_INVALID_ARG', message }, JSON.stringify(ready))
+  }
+  assert.equal(new ProcessManager({ logger: false }).options.ready, 'http')
+})
