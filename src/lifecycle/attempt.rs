@@ -11,6 +11,7 @@ use crate::error::{PmError, Result};
 use crate::net::health;
 use crate::net::listeners::{self, Holder};
 use crate::os::spawn::{self, ExitInfo, LineSink, Stream};
+use crate::os::stop::Polite;
 use crate::os::tree;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -126,7 +127,8 @@ pub async fn run(
       }
     })
   };
-  let child = spawn::spawn(spec, sink).await?;
+  // Held before its program until its record is on disk (docs/design.md §25).
+  let child = spawn::spawn_held(spec, sink).await?;
   let info = BackendInfo {
     pid: child.pid,
     port,
@@ -136,11 +138,6 @@ pub async fn run(
     token: launch.token.clone(),
     replicas: None,
   };
-  manager.log(
-    Level::Info,
-    format!("backend started with pid {} on port {port}", child.pid),
-  );
-  manager.check_spawn_settings(&child);
   let instance = Instance::new(
     info,
     child.clone(),
@@ -150,10 +147,31 @@ pub async fn run(
     restarts,
     place.replica_of,
   );
-  if let Err(e) = instance.write_record().await {
-    manager.end(&instance, true, None, place.replica).await;
+  let record_written = instance.write_record().await;
+  let ran = match record_written {
+    Ok(()) => child.run_program().await,
+    Err(e) => {
+      child.stop_at_gate();
+      Err(e)
+    }
+  };
+  if let Err(e) = ran {
+    // Its program never ran: nothing to report as an exit, only the process to see gone (and a record
+    // written for it to delete).
+    instance
+      .end(o.stop_timeout, Polite::default(), |_, _, problem| {
+        if let Some(problem) = problem {
+          manager.log(Level::Warn, problem);
+        }
+      })
+      .await;
     return Err(e);
   }
+  manager.log(
+    Level::Info,
+    format!("backend started with pid {} on port {port}", child.pid),
+  );
+  manager.check_spawn_settings(&child);
 
   let waiting_since = Instant::now();
   let deadline = waiting_since + o.start_timeout;

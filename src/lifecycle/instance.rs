@@ -95,7 +95,12 @@ impl Instance {
       port: self.info.port,
       host: self.info.host.clone(),
       started_at: self.info.started_at,
-      exe: backend.as_ref().and_then(|b| b.exe.clone()),
+      // Held before its program, it is still a copy of the app: its executable is not the backend's yet.
+      // Its start time (fork time, kept across exec) identifies it meanwhile.
+      exe: match self.child.is_held() {
+        true => None,
+        false => backend.as_ref().and_then(|b| b.exe.clone()),
+      },
       start_time: backend.map_or(0, |b| b.start_time),
       owner_pid: me,
       owner_start_time: process::identity(me).map_or(0, |o| o.start_time),
