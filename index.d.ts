@@ -163,6 +163,13 @@ export interface ExitEvent extends ReplicaContext {
   reason?: 'unhealthy' | 'memory'
 }
 
+/** Something went wrong while the backend runs on, e.g. its PID record could not be rewritten (a full disk). */
+export interface WarningEvent {
+  /** The error code it would have as an error (`'ERR_STATE_DIR'`). */
+  code: ErrorCode
+  message: string
+}
+
 export interface StatusReport {
   name: string
   stateDir: string
@@ -209,6 +216,7 @@ export interface ProcessManagerEvents {
   healthy: [event: HealthyEvent]
   'port-changed': [event: PortChangedEvent]
   stats: [stats: Stats]
+  warning: [event: WarningEvent]
 }
 
 export interface DashboardOptions {

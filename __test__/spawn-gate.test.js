@@ -158,3 +158,44 @@ for (const [problem, stateFolder, osError] of [
     assert.equal(await other.findAvailablePort(port), port)
   })
 }
+
+test('a running backend whose PID record cannot be rewritten keeps running; one warning is emitted', { skip: linuxOnly('Linux mounts') || notRoot }, async (t) => {
+  const project = tempDir(t)
+  const stateDir = smallTmpfs(t, '64k')
+  const statusFile = path.join(project, 'status')
+  const logger = memoryLogger()
+  const pm = new ProcessManager({
+    name: 'fixture', command: process.execPath, args: [FIXTURE], stateDir, port: await freeRun(3), logger,
+    stopTimeoutMs: 2000, healthIntervalMs: 100, unhealthyThreshold: 2, env: { HEALTH_STATUS_FILE: statusFile },
+  })
+  const warnings = []
+  pm.on('warning', (w) => warnings.push(w))
+  const b = await pm.startBackend(ROOT)
+  t.after(async () => {
+    await pm.stopBackend().catch(() => {})
+    killIfAlive(b.pid)
+  })
+  // The record as written once the backend was ready and healthy; then the disk fills up.
+  const recordFile = path.join(stateDir, `fixture-${b.pid}.json`)
+  await waitFor(() => JSON.parse(fs.readFileSync(recordFile, 'utf8')).healthy === true, 10000, 'the healthy verdict in the record')
+  fill(stateDir)
+  const failures = () => logger.lines.filter((l) => l.startsWith('warn:') && l.includes('could not update the PID record')).length
+  // Unhealthy, healthy (what the file says already: nothing to write), unhealthy: two failed rewrites.
+  for (const [status, verdict] of [['500', 'unhealthy'], ['200', 'healthy'], ['500', 'unhealthy']]) {
+    const seen = once(pm, verdict)
+    fs.writeFileSync(statusFile, status)
+    await seen
+  }
+  await waitFor(() => failures() >= 2, 10000, 'two failed rewrites')
+  assert.equal(isAlive(b.pid), true, 'the backend keeps running')
+  assert.equal(pm.backend?.pid, b.pid)
+  assert.equal(warnings.length, 1, JSON.stringify(warnings))
+  assert.equal(warnings[0].code, 'ERR_STATE_DIR')
+  assert.ok(warnings[0].message.includes(stateDir), warnings[0].message)
+  assert.match(warnings[0].message, /No space left on device/)
+  assert.equal(JSON.parse(fs.readFileSync(recordFile, 'utf8')).healthy, true, 'the last good record is kept')
+  assert.deepEqual(fs.readdirSync(stateDir).filter((f) => f.endsWith('.tmp')), [], 'no temporary file is left')
+  await pm.stopBackend()
+  assert.equal(isAlive(b.pid), false)
+  assert.equal(fs.existsSync(recordFile), false, 'the record is deleted at the stop')
+})

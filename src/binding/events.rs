@@ -204,6 +204,10 @@ fn payload(event: Event) -> Emitted {
       };
       (kind, data)
     }
+    Event::Warning { code, message } => (
+      "warning",
+      Value::object(vec![("code", text(code)), ("message", text(message))]),
+    ),
     Event::Log { level, message } => (
       "log",
       Value::object(vec![

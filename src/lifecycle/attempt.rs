@@ -236,7 +236,7 @@ pub async fn run(
             let (instance, manager) = rewriting;
             if let Err(e) = instance.write_record().await {
               if let Some(manager) = manager.upgrade() {
-                manager.log(Level::Warn, format!("could not update the PID record: {e}"));
+                manager.record_not_updated(&instance, &e);
               }
             }
           });

@@ -11,7 +11,7 @@ use super::instance::Instance;
 use super::run::{Front, Run};
 use super::{BackendInfo, Event, Events, Level, Reason, Stats, StopResult};
 use crate::blocking;
-use crate::error::Result;
+use crate::error::{PmError, Result};
 use crate::net::health::{self, Target};
 use crate::net::port::{self, Search};
 use crate::net::reservation::Owner;
@@ -100,6 +100,22 @@ impl Manager {
       level,
       message: message.into(),
     });
+  }
+
+  /// A running backend's record could not be rewritten (a full or read-only disk): it runs on, with the
+  /// last record written. Logged each time; the app gets one `warning` per run of failures.
+  pub(super) fn record_not_updated(&self, instance: &Instance, error: &PmError) {
+    let message = format!(
+      "could not update the PID record of backend pid {}: {error}",
+      instance.info.pid
+    );
+    self.log(Level::Warn, message.clone());
+    if instance.first_record_failure() {
+      self.emit(Event::Warning {
+        code: error.code(),
+        message,
+      });
+    }
   }
 
   pub(super) fn emit(&self, event: Event) {

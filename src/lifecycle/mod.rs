@@ -143,6 +143,12 @@ pub enum Event {
     level: Level,
     message: String,
   },
+  /// Something went wrong that the app may want to know of, while the backend runs on (`code`: the error
+  /// code it would have as an error).
+  Warning {
+    code: &'static str,
+    message: String,
+  },
 }
 
 /// Where a manager reports what happens. `line` is separate: it is the one that can flood.
