@@ -646,6 +646,30 @@ mod tests {
     }
   }
 
+  /// The listening socket handed over as descriptor 3 (`listen: 'fd'`) and the gate's own descriptors
+  /// do not replace each other in the child.
+  #[cfg(target_os = "linux")]
+  #[tokio::test]
+  async fn a_held_child_gets_its_listening_socket_as_descriptor_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = dir.path().join("fd3");
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut spec = sh(&format!(
+      "readlink /proc/$$/fd/3 > {}; echo \"$LISTEN_PID\" >> {}",
+      seen.display(),
+      seen.display()
+    ));
+    spec.listen_socket = Some(Arc::new(socket));
+    let (sink, _) = collect();
+    let child = spawn(spec, sink).await.unwrap();
+    assert_eq!(child.exited().await.exit_code, Some(0));
+    child.release();
+    let text = std::fs::read_to_string(&seen).unwrap();
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().starts_with("socket:"), "{text}");
+    assert_eq!(lines.next(), Some(child.pid.to_string().as_str()));
+  }
+
   /// A program that cannot be started fails when let go; nothing is left to stop or signal.
   #[tokio::test]
   async fn a_missing_program_fails_when_let_go_and_is_never_signalled() {

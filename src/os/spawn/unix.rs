@@ -142,6 +142,9 @@ const APP_CHECK_EVERY: rustix::event::Timespec = rustix::event::Timespec {
   tv_nsec: 100_000_000,
 };
 
+/// The lowest descriptor number of the gate's ends in the child.
+const FIRST_GATE_FD: i32 = 10;
+
 /// The manager's side of the spawn gate (docs/design.md §25): the child reports its pid, then blocks before
 /// `exec` until the manager writes `GO` (after the PID record is on disk). If the app dies first, the child
 /// sees the pipe's end (or a new parent) and exits without running anything.
@@ -156,6 +159,7 @@ pub struct Gate {
 
 /// The child's ends of the gate, which the parent keeps open until the child has them (the spawn returned).
 pub struct ChildEnds {
+  _gate: OwnedFd,
   _report: OwnedFd,
 }
 
@@ -166,8 +170,12 @@ impl Gate {
     use std::os::unix::process::CommandExt;
     let (gate_read, gate_write) = std::io::pipe()?;
     let (report_read, report_write) = std::io::pipe()?;
-    let (gate_read, gate_write): (OwnedFd, OwnedFd) = (gate_read.into(), gate_write.into());
-    let (report_read, report_write): (OwnedFd, OwnedFd) = (report_read.into(), report_write.into());
+    // The child's ends sit above the descriptors the spawn sets up in the child (stdio, and the listening
+    // socket moved to 3), which would otherwise replace them there.
+    let high = |fd: OwnedFd| rustix::io::fcntl_dupfd_cloexec(&fd, FIRST_GATE_FD);
+    let (gate_read, gate_write) = (high(gate_read.into())?, high(gate_write.into())?);
+    let (report_read, report_write): (OwnedFd, OwnedFd) =
+      (report_read.into(), high(report_write.into())?);
     let (read, write, report) = (
       gate_read.as_raw_fd(),
       gate_write.as_raw_fd(),
@@ -176,8 +184,10 @@ impl Gate {
     let app = rustix::process::getpid();
     // SAFETY: the closure runs between fork and exec, where only async-signal-safe calls are allowed:
     // close, getpid, write, sigaction, poll, read, getppid and _exit are plain system calls, and nothing
-    // here allocates. The three descriptors are open in the parent until the spawn returns (the gate's
-    // until the child ran or ended), so they are open in the child.
+    // here allocates. `read` and `report` belong to `ChildEnds`, open until the spawn returned, so they
+    // are open in the child. `write` is the manager's end: if the gate was dropped before the fork, its
+    // STOP is already in the pipe, and the number it had (maybe another descriptor by then) is only closed
+    // in a child about to exit.
     unsafe {
       cmd.pre_exec(move || {
         wait_at_gate(app, read, write, report);
@@ -188,9 +198,10 @@ impl Gate {
       Gate {
         report: Some(report_read),
         write: Some(gate_write),
-        _read: gate_read,
+        _read: gate_read.try_clone()?,
       },
       ChildEnds {
+        _gate: gate_read,
         _report: report_write,
       },
     ))
