@@ -34,9 +34,27 @@ function ranPids(file) {
   return fs.existsSync(file) ? fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).map(Number) : []
 }
 
-/** Kills (by pid) what is left of the process groups of the backends this test started. */
-function killGroups(pids) {
-  for (const pid of pids) {
+/** The start time of a process (clock ticks after boot, /proc/PID/stat), or null when there is none. */
+function startTime(pid) {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19])
+  } catch {
+    return null
+  }
+}
+
+/** A backend process seen now: its pid and start time, so that a cleanup never signals a reused pid. */
+const seen = (pid) => ({ pid, start: startTime(pid) })
+
+/**
+ * Kills what is left of the process groups of backends this test started: the leader if it is still that
+ * process, and the members of its group (while a group exists its id is never reused as a pid).
+ */
+function killGroups(backends) {
+  for (const { pid, start } of backends) {
+    const now = startTime(pid)
+    if (now !== null && now !== start) continue
     for (const member of [pid, ...groupMembers(pid)]) killIfAlive(member)
   }
 }
@@ -82,8 +100,8 @@ test('an app killed at any moment after it forked its backend leaves no backend 
   const project = tempDir(t)
   const stateDir = path.join(project, 'records')
   const ran = path.join(project, 'ran')
-  const backends = new Set()
-  t.after(() => killGroups([...backends, ...ranPids(ran)]))
+  const backends = []
+  t.after(() => killGroups(backends))
   const port = await freeRun(3)
   let programRan = 0
   for (let round = 0; round < ROUNDS; round++) {
@@ -100,7 +118,7 @@ test('an app killed at any moment after it forked its backend leaves no backend 
     let backend
     while (backend === undefined && Date.now() < deadline) [backend] = childrenOf(app.child.pid)
     assert.ok(backend, `round ${round}: the app forked no backend within 30 s`)
-    backends.add(backend)
+    backends.push(seen(backend))
     const killAt = process.hrtime.bigint() + BigInt(round * 250_000)
     while (process.hrtime.bigint() < killAt);
     app.child.kill('SIGKILL')
@@ -121,7 +139,7 @@ test('an app killed at any moment after it forked its backend leaves no backend 
   const cleaner = new ProcessManager({ name: 'gated', stateDir, logger: false, stopTimeoutMs: 300 })
   await cleaner.killExistingBackend()
   assert.deepEqual(fs.existsSync(stateDir) ? fs.readdirSync(stateDir) : [], [])
-  for (const backend of backends) assert.equal(isAlive(backend), false, `backend ${backend} is still alive`)
+  for (const { pid } of backends) assert.equal(isAlive(pid), false, `backend ${pid} is still alive`)
   t.diagnostic(`the program ran in ${programRan} of ${ROUNDS} rounds`)
 })
 
@@ -137,19 +155,22 @@ for (const [problem, stateFolder, osError] of [
     const stateDir = stateFolder(t)
     const before = fs.readdirSync(stateDir)
     const ran = path.join(project, 'ran')
-    t.after(() => killGroups(ranPids(ran)))
     const port = await freeRun(3)
     const pm = new ProcessManager({ name: 'nospace', command: '/bin/sh', args: STUBBORN, stateDir, port, logger: false, stopTimeoutMs: 300, env: { RAN_FILE: ran } })
     const exits = []
     pm.on('exit', (e) => exits.push(e))
+    const ownChildren = new Set(childrenOf(process.pid))
     const err = await pm.startBackend(project).then(() => assert.fail('the start succeeded'), (e) => e)
-    t.after(() => killGroups(exits.map((e) => e.pid)))
+    // A program that ran would have written its pid: whatever is left of it goes after the test.
+    const ranNow = ranPids(ran).map(seen)
+    t.after(() => killGroups(ranNow))
     assert.equal(err.code, 'ERR_STATE_DIR', err.stack)
     assert.equal(err.path, stateDir)
     assert.ok(err.message.includes(stateDir), err.message)
     assert.match(err.message, osError)
     assert.deepEqual(ranPids(ran), [], 'the program never ran')
     for (const { pid } of exits) assert.equal(isAlive(pid), false, `process ${pid} is gone`)
+    assert.deepEqual(childrenOf(process.pid).filter((p) => !ownChildren.has(p) && isAlive(p)), [], 'the process held for the program is gone')
     assert.equal(pm.backend, null)
     assert.deepEqual(fs.readdirSync(stateDir), before, 'no record and no temporary file')
     // Free again, and no longer reserved: another manager is handed the same port.

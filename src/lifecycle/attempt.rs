@@ -167,6 +167,8 @@ pub async fn run(
       .await;
     return Err(e);
   }
+  // Held, it was still a copy of the app: its record could name no executable.
+  rewrite_record(&instance, manager);
   manager.log(
     Level::Info,
     format!("backend started with pid {} on port {port}", child.pid),
@@ -228,18 +230,8 @@ pub async fn run(
     ) => {
       match ready {
         Ok(ready) => {
-          // The record was written at the spawn; a launcher may have exec'd the real server since. The
-          // rewrite (with its fsync) is not on the way to the app: a stop meanwhile waits for it, or
-          // finds the record closed and nothing is written.
-          let rewriting = (instance.clone(), Arc::downgrade(manager));
-          tokio::spawn(async move {
-            let (instance, manager) = rewriting;
-            if let Err(e) = instance.write_record().await {
-              if let Some(manager) = manager.upgrade() {
-                manager.record_not_updated(&instance, &e);
-              }
-            }
-          });
+          // A launcher may have exec'd the real server since the last write.
+          rewrite_record(&instance, manager);
           manager.log(Level::Info, format!(
             "backend is ready at {} ({} health checks in {} ms)",
             instance.info.url, ready.probes, waiting_since.elapsed().as_millis()
@@ -266,6 +258,20 @@ pub async fn run(
       }
     }
   }
+}
+
+/// Rewrites the record with what runs now (nothing is written when it did not change). The rewrite, with
+/// its fsync, is not on the way to the app: a stop meanwhile waits for it, or finds the record closed and
+/// nothing is written. Each write takes the record's lock and writes what runs at that moment.
+fn rewrite_record(instance: &Arc<Instance>, manager: &Arc<Manager>) {
+  let (instance, manager) = (instance.clone(), Arc::downgrade(manager));
+  tokio::spawn(async move {
+    if let Err(e) = instance.write_record().await {
+      if let Some(manager) = manager.upgrade() {
+        manager.record_not_updated(&instance, &e);
+      }
+    }
+  });
 }
 
 /// `Some(true)` when the listener at `addr` is in the backend's tree (or the OS cannot tell), `Some(false)`
