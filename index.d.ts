@@ -118,11 +118,14 @@ export interface LogsOptions {
   stream?: LogStream
 }
 
-/** Something went wrong that does not stop the backend: `ERR_LOG_WRITE` (log lines dropped: full disk, unwritable folder). */
+/**
+ * Something failed while the backend runs on: `ERR_LOG_WRITE` (log lines dropped: a full disk, an unwritable
+ * folder), `ERR_STATE_DIR` (its PID record could not be rewritten).
+ */
 export interface WarningEvent {
-  code: 'ERR_LOG_WRITE' | (string & {})
+  code: 'ERR_LOG_WRITE' | 'ERR_STATE_DIR'
   message: string
-  /** Log lines dropped so far. */
+  /** `ERR_LOG_WRITE`: log lines dropped so far. */
   dropped?: number
 }
 

@@ -8,7 +8,7 @@ const { EventEmitter } = require('node:events')
 const native = require('../binding.js')
 
 /** The events a member emits that the group passes on, with the member's name. */
-const MEMBER_EVENTS = ['ready', 'exit', 'restart', 'failed', 'start-failed', 'unhealthy', 'healthy', 'port-changed', 'stats', 'stdout', 'stderr']
+const MEMBER_EVENTS = ['ready', 'exit', 'restart', 'failed', 'start-failed', 'unhealthy', 'healthy', 'port-changed', 'stats', 'stdout', 'stderr', 'warning', 'status']
 
 function invalid(message) {
   const err = new Error(message)

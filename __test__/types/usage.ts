@@ -70,6 +70,7 @@ async function main(): Promise<void> {
   supervised.on('healthy', (e) => e.latencyMs)
   supervised.on('port-changed', (e) => e.port - e.previous)
   supervised.on('stats', (s) => s.cpuPercent + s.memoryBytes + s.processCount)
+  supervised.on('warning', (w) => (w.code === 'ERR_STATE_DIR' ? w.message.length : 0))
   const stats = await supervised.stats()
   const token: string | null | undefined = (await supervised.startBackend('/app')).token
   void [stats?.healthLatencyMs, token]

@@ -14,6 +14,7 @@ use crate::net::health;
 use crate::net::listeners::{self, Holder};
 use crate::options::ReadySignal;
 use crate::os::spawn::{self, ExitInfo, LineSink, Stream};
+use crate::os::stop::Polite;
 use crate::os::tree;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -108,7 +109,6 @@ pub async fn run(
     });
   }
   let o = &manager.options;
-  #[allow(unused_mut)]
   let mut spec = launch.on_port(port, o.host, &o.port_env, place.socket.clone());
   // `ready: 'notify'`: the backend says READY=1 on a socket of this start's own.
   #[cfg(unix)]
@@ -159,7 +159,20 @@ pub async fn run(
       }
     })
   };
-  let child = spawn::spawn(spec, sink).await?;
+  // Held before its program until its record is on disk (docs/design.md §25).
+  spec.no_parent_death_signal = !o.death_guard.parent_death_signal();
+  let child = spawn::spawn_held(spec, sink).await?;
+  // Held at its gate: the guard knows its group before its program can run.
+  #[cfg(unix)]
+  if o.death_guard.uses_guard() {
+    let told = crate::os::guard::shared().is_some_and(|g| g.watch(child.pid, o.stop_timeout));
+    if !told {
+      manager.log(
+        Level::Warn,
+        "the death guard could not be started or told (is /bin/sh there?); the backend may outlive a killed app",
+      );
+    }
+  }
   let info = BackendInfo {
     pid: child.pid,
     port,
@@ -169,11 +182,6 @@ pub async fn run(
     token: launch.token.clone(),
     replicas: None,
   };
-  manager.log(
-    Level::Info,
-    format!("backend started with pid {} on port {port}", child.pid),
-  );
-  manager.check_spawn_settings(&child);
   let instance = Instance::new(
     info,
     child.clone(),
@@ -183,10 +191,33 @@ pub async fn run(
     restarts,
     place.replica_of,
   );
-  if let Err(e) = instance.write_record().await {
-    manager.end(&instance, true, None, place.replica).await;
+  let record_written = instance.write_record().await;
+  let ran = match record_written {
+    Ok(()) => child.run_program().await,
+    Err(e) => {
+      child.stop_at_gate();
+      Err(e)
+    }
+  };
+  if let Err(e) = ran {
+    // Its program never ran: nothing to report as an exit, only the process to see gone (and a record
+    // written for it to delete).
+    instance
+      .end(o.stop_timeout, Polite::default(), |_, _, problem| {
+        if let Some(problem) = problem {
+          manager.log(Level::Warn, problem);
+        }
+      })
+      .await;
     return Err(e);
   }
+  // Held, it was still a copy of the app: its record could name no executable.
+  rewrite_record(&instance, manager);
+  manager.log(
+    Level::Info,
+    format!("backend started with pid {} on port {port}", child.pid),
+  );
+  manager.check_spawn_settings(&child);
 
   let waiting_since = Instant::now();
   let deadline = waiting_since + o.start_timeout;
@@ -261,22 +292,12 @@ pub async fn run(
     } => {
       match ready {
         Ok(ready) => {
-          // The record was written at the spawn; a launcher may have exec'd the real server since. The
-          // rewrite (with its fsync) is not on the way to the app: a stop meanwhile waits for it, or
-          // finds the record closed and nothing is written.
           #[cfg(unix)]
           if let Some(socket) = notify_socket {
             keep_reading_notices(manager, socket, child.clone(), place.replica);
           }
-          let rewriting = (instance.clone(), Arc::downgrade(manager));
-          tokio::spawn(async move {
-            let (instance, manager) = rewriting;
-            if let Err(e) = instance.write_record().await {
-              if let Some(manager) = manager.upgrade() {
-                manager.log(Level::Warn, format!("could not update the PID record: {e}"));
-              }
-            }
-          });
+          // A launcher may have exec'd the real server since the last write.
+          rewrite_record(&instance, manager);
           manager.log(Level::Info, format!(
             "backend is ready at {} ({} health checks in {} ms)",
             instance.info.url, ready.probes, waiting_since.elapsed().as_millis()
@@ -360,6 +381,20 @@ fn keep_reading_notices(
       };
       for notice in notices {
         report_notice(&manager, notice, replica);
+      }
+    }
+  });
+}
+
+/// Rewrites the record with what runs now (nothing is written when it did not change). The rewrite, with
+/// its fsync, is not on the way to the app: a stop meanwhile waits for it, or finds the record closed and
+/// nothing is written. Each write takes the record's lock and writes what runs at that moment.
+fn rewrite_record(instance: &Arc<Instance>, manager: &Arc<Manager>) {
+  let (instance, manager) = (instance.clone(), Arc::downgrade(manager));
+  tokio::spawn(async move {
+    if let Err(e) = instance.write_record().await {
+      if let Some(manager) = manager.upgrade() {
+        manager.record_not_updated(&instance, &e);
       }
     }
   });

@@ -10,6 +10,7 @@ use crate::os::spawn::Child;
 use crate::os::stop::{self, Polite};
 use crate::state::record::{self, Record, MARKER, RECORD_VERSION};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
@@ -41,6 +42,8 @@ pub struct Instance {
   healthy: Mutex<Option<bool>>,
   health_path: String,
   finished: OnceCell<StopResult>,
+  /// The last write of the record failed (reported once until a write succeeds again).
+  record_failing: AtomicBool,
 }
 
 impl Instance {
@@ -66,6 +69,7 @@ impl Instance {
       healthy: Mutex::new(None),
       health_path: health_path.to_string(),
       finished: OnceCell::new(),
+      record_failing: AtomicBool::new(false),
     })
   }
 
@@ -79,9 +83,19 @@ impl Instance {
     }
     let dir = self.state_dir.clone();
     let to_write = record.clone();
-    file.path = Some(blocking::run(move || record::write_record(&dir, &to_write)).await??);
+    let written = blocking::run(move || record::write_record(&dir, &to_write))
+      .await
+      .and_then(|written| written);
+    file.path = Some(written?);
+    self.record_failing.store(false, Ordering::SeqCst);
     file.written = Some(record);
     Ok(())
+  }
+
+  /// Whether a failed rewrite is the first of a run of failures (the app is told once, not at every
+  /// health change of a backend on a full disk).
+  pub fn first_record_failure(&self) -> bool {
+    !self.record_failing.swap(true, Ordering::SeqCst)
   }
 
   fn record_now(&self) -> Record {
@@ -95,7 +109,12 @@ impl Instance {
       port: self.info.port,
       host: self.info.host.clone(),
       started_at: self.info.started_at,
-      exe: backend.as_ref().and_then(|b| b.exe.clone()),
+      // Held before its program, it is still a copy of the app: its executable is not the backend's yet.
+      // Its start time (fork time, kept across exec) identifies it meanwhile.
+      exe: match self.child.is_held() {
+        true => None,
+        false => backend.as_ref().and_then(|b| b.exe.clone()),
+      },
       start_time: backend.map_or(0, |b| b.start_time),
       owner_pid: me,
       owner_start_time: process::identity(me).map_or(0, |o| o.start_time),

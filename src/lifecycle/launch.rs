@@ -230,6 +230,7 @@ impl Launch {
       core_dumps: self.core_dumps,
       stdin_pipe: self.stdin_pipe,
       listen_socket: socket,
+      no_parent_death_signal: false,
     }
   }
 }

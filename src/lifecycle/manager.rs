@@ -12,7 +12,7 @@ use super::owner;
 use super::run::{Front, Run};
 use super::{BackendInfo, Event, Events, Level, Reason, Stats, StopResult};
 use crate::blocking;
-use crate::error::Result;
+use crate::error::{PmError, Result};
 use crate::logs::{Log, LogStream, LogWarning, Redactor};
 use crate::net::health::{self, Secret, Target};
 use crate::net::port::{self, Search};
@@ -165,6 +165,23 @@ impl Manager {
   /// The log file, when the `logs` option keeps one.
   pub fn log_file(&self) -> Option<&Arc<Log>> {
     self.log_file.as_ref()
+  }
+
+  /// A running backend's record could not be rewritten (a full or read-only disk): it runs on, with the
+  /// last record written. Logged each time; the app gets one `warning` per run of failures.
+  pub(super) fn record_not_updated(&self, instance: &Instance, error: &PmError) {
+    let message = format!(
+      "could not update the PID record of backend pid {}: {error}",
+      instance.info.pid
+    );
+    self.log(Level::Warn, message.clone());
+    if instance.first_record_failure() {
+      self.emit(Event::Warning {
+        code: error.code(),
+        message,
+        dropped: None,
+      });
+    }
   }
 
   pub(super) fn emit(&self, event: Event) {

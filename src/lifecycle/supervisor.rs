@@ -606,7 +606,7 @@ async fn keep_verdict(manager: &Manager, run: &Run, slot: &Slot, instance: &Inst
   let healthy = lock(&slot.health).healthy;
   run.health_changed(slot, healthy);
   if let Err(e) = instance.set_healthy(healthy).await {
-    manager.log(Level::Warn, format!("could not update the PID record: {e}"));
+    manager.record_not_updated(instance, &e);
   }
 }
 

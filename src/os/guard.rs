@@ -46,7 +46,7 @@ exit 0
   /// which it only does after the app is gone, or when told nothing).
   pub struct Guard {
     pipe: Mutex<Option<ChildStdin>>,
-    pub pid: u32,
+    /// Never waited for: it exits only once the app is gone (or, in tests, its pipe closed).
     _process: Mutex<Child>,
   }
 
@@ -74,7 +74,6 @@ exit 0
       let pipe = process.stdin.take();
       Ok(Guard {
         pipe: Mutex::new(pipe),
-        pid: process.id(),
         _process: Mutex::new(process),
       })
     }
@@ -104,6 +103,11 @@ exit 0
     pub fn close(&self) {
       self.pipe.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
+
+    #[cfg(test)]
+    pub fn pid(&self) -> u32 {
+      self._process.lock().unwrap_or_else(|e| e.into_inner()).id()
+    }
   }
 
   static GUARD: OnceLock<Option<Guard>> = OnceLock::new();
@@ -119,8 +123,10 @@ exit 0
   }
 }
 
+#[cfg(all(test, unix))]
+use imp::Guard;
 #[cfg(unix)]
-pub use imp::{shared, started, Guard};
+pub use imp::{shared, started};
 
 #[cfg(all(test, unix))]
 mod tests {
@@ -191,7 +197,7 @@ mod tests {
     }
     // The guard exits once done.
     assert!(wait_until(Duration::from_secs(2), || {
-      crate::os::process::stat(guard.pid).is_none()
+      crate::os::process::stat(guard.pid()).is_none()
     }));
   }
 }

@@ -51,6 +51,14 @@ async fn stop_child_within(
     let limit = limit.min(deadline.saturating_duration_since(Instant::now()));
     timeout(limit, child.exited()).await.is_ok()
   };
+  if child.never_ran() {
+    // Its program could not be started and the failed spawn reaped it: its pid may be another's now.
+    return StopOutcome {
+      exit: child.exit_info().unwrap_or_default(),
+      forced: false,
+      survivors: Vec::new(),
+    };
+  }
   let mut forced = false;
   let mut survivors = Vec::new();
   if child.exit_info().is_none() {

@@ -229,11 +229,14 @@ pub struct CleanupItem {
 }
 
 /// Terminates orphaned backends (of `name`, or of every name) whose live process still matches its record,
-/// and the orphaned groups of dead wrappers; deletes stale records and broken records of ours. Backends
+/// and the orphaned groups of dead wrappers; deletes stale records, broken records of ours and the
+/// temporary files of writers killed mid-write. Backends
 /// whose app is alive, files that are not ours and this process's own ancestry are left alone. Blocking:
 /// run it off the JS thread.
 pub fn cleanup(dir: &Path, name: Option<&str>, grace: Duration) -> Result<Vec<CleanupItem>> {
+  // Listing checks the folder first: nothing is deleted in one that is not safe.
   let entries = record::list_records(dir, name)?;
+  record::remove_dead_temp_files(dir, name);
   let protected = tree::ancestry(process::own_pid());
   let items = entries
     .into_iter()

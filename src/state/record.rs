@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 pub const RECORD_VERSION: u32 = 1;
 /// The marker field's value: `"manager": "backend-process-manager"`.
@@ -126,12 +127,7 @@ pub fn record_path(dir: &Path, name: &str, pid: u32) -> PathBuf {
 pub fn write_record(dir: &Path, record: &Record) -> Result<PathBuf> {
   crate::state::dir::ensure_state_dir(dir)?;
   let path = record_path(dir, &record.name, record.pid);
-  let tmp = dir.join(format!(
-    ".{}-{}.{}.tmp",
-    file_stem(&record.name),
-    record.pid,
-    process::own_pid()
-  ));
+  let tmp = temp_path(dir, &record.name, record.pid);
   let body = serde_json::to_vec_pretty(record)
     .map_err(|e| PmError::Internal(format!("a record did not serialize: {e}")))?;
   let write = || -> std::io::Result<()> {
@@ -149,6 +145,81 @@ pub fn write_record(dir: &Path, record: &Record) -> Result<PathBuf> {
     PmError::state_dir_io(dir, "a PID record cannot be written", e)
   })?;
   Ok(path)
+}
+
+/// `.<stem>-<pid>.<writer pid>.<writer start time>.tmp`: the writer is named, so that a cleanup can tell
+/// the temporary file of an app killed mid-write (writer gone, or its pid reused) from one being written.
+fn temp_path(dir: &Path, name: &str, pid: u32) -> PathBuf {
+  static WRITER: OnceLock<(u32, u64)> = OnceLock::new();
+  let (writer, start_time) = *WRITER.get_or_init(|| {
+    let me = process::own_pid();
+    (me, process::identity(me).map_or(0, |i| i.start_time))
+  });
+  dir.join(format!(
+    ".{}-{pid}.{writer}.{start_time}.tmp",
+    file_stem(name)
+  ))
+}
+
+/// Deletes the temporary record files (of backend `name`, or of every name) whose writer is gone: an app
+/// killed while it wrote a record leaves one, which nothing else would ever remove. A file whose writer
+/// pid now names a process started at another time is a dead writer's too. Files named otherwise (and
+/// symlinks, other users' files) are left alone. Blocking.
+pub fn remove_dead_temp_files(dir: &Path, name: Option<&str>) {
+  let Ok(read) = fs::read_dir(dir) else {
+    return;
+  };
+  let stem = name.map(file_stem);
+  for entry in read.flatten() {
+    let file = entry.file_name();
+    let Some((record_stem, writer, start_time)) = file.to_str().and_then(parse_temp_name) else {
+      continue;
+    };
+    if stem.as_deref().is_some_and(|s| s != record_stem) {
+      continue;
+    }
+    let writer_alive = process::matches(
+      writer,
+      &Identity {
+        start_time,
+        exe: None,
+      },
+    );
+    if writer_alive || !is_own_plain_file(&entry.path()) {
+      continue;
+    }
+    let _ = fs::remove_file(entry.path());
+  }
+}
+
+/// The record's stem, the writer's pid and start time of a temporary record file's name.
+fn parse_temp_name(file: &str) -> Option<(&str, u32, u64)> {
+  let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+  let mut parts = file
+    .strip_prefix('.')?
+    .strip_suffix(".tmp")?
+    .rsplitn(3, '.');
+  let (start_time, writer, record) = (parts.next()?, parts.next()?, parts.next()?);
+  let (stem, pid) = record.rsplit_once('-')?;
+  if !(digits(start_time) && digits(writer) && digits(pid)) {
+    return None;
+  }
+  Some((stem, writer.parse().ok()?, start_time.parse().ok()?))
+}
+
+/// A regular file (not a symlink) of this user.
+fn is_own_plain_file(path: &Path) -> bool {
+  let Ok(meta) = fs::symlink_metadata(path) else {
+    return false;
+  };
+  #[cfg(unix)]
+  {
+    use std::os::unix::fs::MetadataExt;
+    if meta.uid() != rustix::process::geteuid().as_raw() {
+      return false;
+    }
+  }
+  meta.file_type().is_file()
 }
 
 /// Renames `from` over `to`. Windows refuses to replace a file that another process has open without
@@ -427,6 +498,39 @@ pub(crate) mod tests {
     delete_record(&path).unwrap();
     delete_record(&path).unwrap();
     assert!(list_records(dir.path(), None).unwrap().is_empty());
+  }
+
+  /// An app killed mid-write leaves a temporary file that only a cleanup removes: those of dead writers
+  /// (gone, or their pid now another process) go; one being written, and files not named so, stay.
+  #[test]
+  fn temporary_files_of_dead_writers_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = process::own_pid();
+    let my_start = process::identity(me).unwrap().start_time;
+    let mut exited = std::process::Command::new("true").spawn().unwrap();
+    exited.wait().unwrap();
+    let dead = exited.id();
+    let touch = |name: &str| {
+      let path = dir.path().join(name);
+      fs::write(&path, "{").unwrap();
+      path
+    };
+    let gone = touch(&format!(".api-4242.{dead}.1.tmp"));
+    let reused = touch(&format!(".api-4242.{me}.{}.tmp", my_start + 1));
+    let other_name = touch(&format!(".web-4242.{dead}.1.tmp"));
+    let being_written = temp_path(dir.path(), "api", 4242);
+    fs::write(&being_written, "{").unwrap();
+    let not_ours = [
+      touch(&format!(".api-4242.{dead}.tmp")),
+      touch(&format!("api-4242.{dead}.1.tmp")),
+      touch(".api.1.1.tmp"),
+    ];
+    remove_dead_temp_files(dir.path(), Some("api"));
+    assert!(!gone.exists() && !reused.exists());
+    assert!(being_written.exists() && other_name.exists());
+    assert!(not_ours.iter().all(|p| p.exists()));
+    remove_dead_temp_files(dir.path(), None);
+    assert!(!other_name.exists() && being_written.exists());
   }
 
   #[test]

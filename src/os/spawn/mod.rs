@@ -5,7 +5,10 @@
 //! - Linux's parent-death signal fires when the *thread* that forked exits, so the forking thread must live
 //!   as long as the child: then the signal means "the app died";
 //! - the child leads its own process group, and stays unreaped until the group has been dealt with, so its
-//!   pid (= the group id) cannot be reused while we still signal the group.
+//!   pid (= the group id) cannot be reused while we still signal the group;
+//! - the child is held before it runs the program until `Child::run_program` (docs/design.md §25): the
+//!   caller writes the PID record first, so an app killed at any moment leaves either nothing running or
+//!   a recorded orphan. Unix: a gate pipe read before `exec`; Windows: created suspended, resumed then.
 
 mod output;
 #[cfg(unix)]
@@ -18,8 +21,10 @@ pub use output::{LineSink, Output, Stream};
 pub use windows::Job;
 
 use crate::error::{PmError, Result};
-use std::io::Read;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use tokio::sync::{oneshot, watch};
 
@@ -47,6 +52,8 @@ pub struct SpawnSpec {
   /// A listening socket handed to the backend as file descriptor 3, with `LISTEN_FDS=1` and `LISTEN_PID`
   /// (systemd's socket activation; Unix).
   pub listen_socket: Option<Arc<std::net::TcpListener>>,
+  /// Linux: no parent-death signal (the death guard, or nothing, ends the backend with the app instead).
+  pub no_parent_death_signal: bool,
 }
 
 /// How the backend ended.
@@ -73,18 +80,99 @@ pub struct Child {
   exit: watch::Receiver<Option<ExitInfo>>,
   /// Sending on (or dropping) this lets the waiter thread reap the child.
   reap: Mutex<Option<mpsc::Sender<()>>>,
-  stdin: Mutex<Option<std::process::ChildStdin>>,
+  stdin: Mutex<Option<Box<dyn Write + Send>>>,
   /// What went wrong short of failing the spawn, for the caller to log.
   warnings: Vec<String>,
+  /// While the child is held before its program; `None` once let go or stopped.
+  held: Mutex<Option<Held>>,
+  /// The program could not be started once let go: the failed spawn reaped the process, so its pid (and
+  /// group id) may be another process's by now.
+  never_ran: AtomicBool,
   /// The job that holds the backend's tree (`None` when it could not be made: see `warnings`).
   #[cfg(windows)]
   pub job: Option<Job>,
   /// Set before the force stop, so that its exit is reported as forced.
   #[cfg(windows)]
-  killed: Arc<std::sync::atomic::AtomicBool>,
+  killed: Arc<AtomicBool>,
+}
+
+/// A child held before its program, and what is needed to let it go.
+struct Held {
+  #[cfg(unix)]
+  gate: unix::Gate,
+  /// Unix: the spawn's outcome, which comes once the program runs (or could not be started).
+  #[cfg(unix)]
+  started: oneshot::Receiver<std::io::Result<u32>>,
+  program: String,
+  cwd: PathBuf,
 }
 
 impl Child {
+  /// Lets the held child run its program (once its PID record is written). `SpawnFailed` when the program
+  /// could not be started (missing, not executable); nothing of it runs then. A child already let go (or
+  /// stopped) is left as it is.
+  pub async fn run_program(&self) -> Result<()> {
+    let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let Some(held) = held else {
+      return Ok(());
+    };
+    #[cfg(unix)]
+    {
+      let Held {
+        gate,
+        started,
+        program,
+        cwd,
+      } = held;
+      gate.open();
+      match started.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => {
+          self.never_ran.store(true, Ordering::SeqCst);
+          Err(spawn_error(&program, &cwd, e))
+        }
+        Err(_) => Err(waiter_ended(&program)),
+      }
+    }
+    #[cfg(windows)]
+    {
+      windows::resume(self.pid).map_err(|e| {
+        // It never ran a single instruction.
+        self.kill_tree();
+        spawn_error(&held.program, &held.cwd, e)
+      })
+    }
+  }
+
+  /// Ends a held child without running its program (its record could not be written). False when it was
+  /// not held (any more).
+  pub fn stop_at_gate(&self) -> bool {
+    let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let Some(held) = held else {
+      return false;
+    };
+    // Unix: a gate dropped unopened tells the child to stop.
+    drop(held);
+    #[cfg(windows)]
+    self.kill_tree();
+    true
+  }
+
+  /// Held before its program: the process exists, the program does not run yet.
+  pub fn is_held(&self) -> bool {
+    self
+      .held
+      .lock()
+      .unwrap_or_else(|e| e.into_inner())
+      .is_some()
+  }
+
+  /// The program could not be started, and the process is already reaped: nothing of it is left to stop,
+  /// and its pid must not be signalled.
+  pub fn never_ran(&self) -> bool {
+    self.never_ran.load(Ordering::SeqCst)
+  }
+
   /// The exit, once the backend has ended (it may still be unreaped).
   pub fn exit_info(&self) -> Option<ExitInfo> {
     self.exit.borrow().clone()
@@ -121,7 +209,7 @@ impl Child {
   /// could be signalled.
   #[cfg(windows)]
   pub fn kill_tree(&self) -> bool {
-    self.killed.store(true, std::sync::atomic::Ordering::SeqCst);
+    self.killed.store(true, Ordering::SeqCst);
     match &self.job {
       Some(job) => job.terminate(),
       None => crate::os::signal::signal_pid(self.pid, crate::os::signal::Stop::Force),
@@ -144,6 +232,11 @@ impl Child {
   /// Lets the waiter thread reap the (exited) leader, which frees its pid and process-group id.
   pub fn release(&self) {
     if let Some(tx) = self.reap.lock().unwrap_or_else(|e| e.into_inner()).take() {
+      // Before the reap frees the group id for reuse, the death guard forgets it.
+      #[cfg(unix)]
+      if let Some(guard) = crate::os::guard::started() {
+        guard.forget(self.pid);
+      }
       let _ = tx.send(());
     }
   }
@@ -159,6 +252,8 @@ impl Child {
       reap: Mutex::new(None),
       stdin: Mutex::new(None),
       warnings: Vec::new(),
+      held: Mutex::new(None),
+      never_ran: AtomicBool::new(false),
     };
     (Arc::new(child), tx)
   }
@@ -166,33 +261,157 @@ impl Child {
 
 impl Drop for Child {
   fn drop(&mut self) {
+    // Nobody can let it run any more.
+    self.stop_at_gate();
     self.release();
   }
 }
 
-/// Starts the backend on its own waiter thread and returns once it runs (or failed to start).
+/// Starts the backend on its own waiter thread and lets it run at once (tests that need no record).
+#[cfg(test)]
 pub async fn spawn(spec: SpawnSpec, sink: LineSink) -> Result<Arc<Child>> {
-  let (started_tx, started_rx) = oneshot::channel::<Result<Arc<Child>>>();
-  let command = spec.program.clone();
-  let thread_name = format!(
+  let child = spawn_held(spec, sink).await?;
+  child.run_program().await?;
+  Ok(child)
+}
+
+fn thread_name(program: &str) -> String {
+  format!(
     "bpm-waiter-{}",
-    spec.program.rsplit(['/', '\\']).next().unwrap_or("")
-  );
-  let spawned = std::thread::Builder::new()
-    .name(thread_name)
-    .stack_size(THREAD_STACK)
-    .spawn(move || waiter_thread(spec, sink, started_tx));
-  let failed = |reason: String, source| PmError::SpawnFailed {
-    command: command.clone(),
-    reason,
-    source,
-  };
-  if let Err(e) = spawned {
-    return Err(failed("no thread to watch it".into(), Some(Arc::new(e))));
+    program.rsplit(['/', '\\']).next().unwrap_or("")
+  )
+}
+
+fn no_thread(program: &str, e: std::io::Error) -> PmError {
+  PmError::SpawnFailed {
+    command: program.to_string(),
+    reason: "no thread to watch it".into(),
+    source: Some(Arc::new(e)),
   }
+}
+
+fn waiter_ended(program: &str) -> PmError {
+  PmError::SpawnFailed {
+    command: program.to_string(),
+    reason: "its waiter thread ended early".into(),
+    source: None,
+  }
+}
+
+/// Starts the backend on its own waiter thread, held before its program: it has a pid (for its record) but
+/// runs nothing until `Child::run_program`. Dropping it unreleased stops it there.
+#[cfg(unix)]
+pub async fn spawn_held(spec: SpawnSpec, sink: LineSink) -> Result<Arc<Child>> {
+  let (program, cwd) = (spec.program.clone(), spec.cwd.clone());
+  let failed = |e: std::io::Error| spawn_error(&program, &cwd, e);
+  let mut command = build_command(&spec);
+  // Pipes of our own: the spawn returns only once the program runs, and its output must be read before.
+  let (out_read, out_write) = std::io::pipe().map_err(failed)?;
+  let (err_read, err_write) = std::io::pipe().map_err(failed)?;
+  command.stdout(out_write).stderr(err_write);
+  let stdin = match spec.stdin_pipe {
+    true => {
+      let (read, write) = std::io::pipe().map_err(failed)?;
+      command.stdin(read);
+      Some(Box::new(write) as Box<dyn Write + Send>)
+    }
+    false => None,
+  };
+  let (mut gate, child_ends) = unix::Gate::install(&mut command).map_err(failed)?;
+  // The spec holds the socket handed to the backend (`listen: 'fd'`); the command's copy goes with the spawn.
+  drop(spec);
+  let (started_tx, mut started_rx) = oneshot::channel::<std::io::Result<u32>>();
+  let (exit_tx, exit_rx) = watch::channel(None);
+  let (reap_tx, reap_rx) = mpsc::channel::<()>();
+  std::thread::Builder::new()
+    .name(thread_name(&program))
+    .stack_size(THREAD_STACK)
+    .spawn(move || {
+      let spawned = command.spawn();
+      // Our copies of the child's descriptors (its output pipes, its socket): they must close with the
+      // backend, not live as long as this thread.
+      drop(command);
+      drop(child_ends);
+      let mut process = match spawned {
+        Ok(process) => process,
+        Err(e) => {
+          let _ = exit_tx.send(Some(ExitInfo::default()));
+          let _ = started_tx.send(Err(e));
+          return;
+        }
+      };
+      let _ = started_tx.send(Ok(process.id()));
+      let info = unix::wait_exit_keep_pid(&mut process);
+      let _ = exit_tx.send(Some(info));
+      // Hold the zombie (and with it the pid and group id) until the owner has dealt with the group.
+      let _ = reap_rx.recv();
+      let _ = process.wait();
+    })
+    .map_err(|e| no_thread(&program, e))?;
+  enum First {
+    Reported(std::io::Result<Option<u32>>),
+    Started(std::result::Result<std::io::Result<u32>, oneshot::error::RecvError>),
+  }
+  let first = tokio::select! {
+    biased;
+    reported = gate.reported_pid() => First::Reported(reported),
+    started = &mut started_rx => First::Started(started),
+  };
+  let outcome_known = !matches!(first, First::Reported(Ok(Some(_))));
+  let started = match first {
+    First::Reported(Ok(Some(pid))) => Ok(Ok(pid)),
+    // Our end of the report failed: the gate, dropped unopened, stops the child.
+    First::Reported(Err(e)) => return Err(failed(e)),
+    // It ended before it was held (a failed setup step): the spawn says why.
+    First::Reported(Ok(None)) => (&mut started_rx).await,
+    First::Started(started) => started,
+  };
+  let pid = match started {
+    Ok(Ok(pid)) => pid,
+    Ok(Err(e)) => return Err(failed(e)),
+    Err(_) => return Err(waiter_ended(&program)),
+  };
+  if outcome_known {
+    // Ended without being held (killed from outside): the outcome is known, and there is nothing to open.
+    let (tx, rx) = oneshot::channel();
+    let _ = tx.send(Ok(pid));
+    started_rx = rx;
+  }
+  let pipes: Vec<(Stream, Box<dyn Read + Send>)> = vec![
+    (Stream::Stdout, Box::new(out_read)),
+    (Stream::Stderr, Box::new(err_read)),
+  ];
+  Ok(Arc::new(Child {
+    pid,
+    output: output::start_readers(pid, pipes, sink),
+    exit: exit_rx,
+    reap: Mutex::new(Some(reap_tx)),
+    stdin: Mutex::new(stdin),
+    warnings: Vec::new(),
+    held: Mutex::new(Some(Held {
+      gate,
+      started: started_rx,
+      program,
+      cwd,
+    })),
+    never_ran: AtomicBool::new(false),
+  }))
+}
+
+/// Starts the backend suspended, in its job, on its own waiter thread: it has a pid (for its record) but
+/// runs nothing until `Child::run_program` resumes it. Dropping it unreleased ends it.
+#[cfg(windows)]
+pub async fn spawn_held(spec: SpawnSpec, sink: LineSink) -> Result<Arc<Child>> {
+  let (started_tx, started_rx) = oneshot::channel::<Result<Arc<Child>>>();
+  let program = spec.program.clone();
+  std::thread::Builder::new()
+    .name(thread_name(&program))
+    .stack_size(THREAD_STACK)
+    .spawn(move || waiter_thread(spec, sink, started_tx))
+    .map_err(|e| no_thread(&program, e))?;
   started_rx
     .await
-    .unwrap_or_else(|_| Err(failed("its waiter thread ended early".into(), None)))
+    .unwrap_or_else(|_| Err(waiter_ended(&program)))
 }
 
 fn build_command(spec: &SpawnSpec) -> Command {
@@ -221,58 +440,53 @@ fn build_command(spec: &SpawnSpec) -> Command {
   cmd
 }
 
-fn spawn_error(spec: &SpawnSpec, e: std::io::Error) -> PmError {
+fn spawn_error(program: &str, cwd: &Path, e: std::io::Error) -> PmError {
   let reason = match e.kind() {
     std::io::ErrorKind::NotFound => format!(
-      "{e} (is `{}` installed and on the PATH, and does {} exist?)",
-      spec.program,
-      spec.cwd.display()
+      "{e} (is `{program}` installed and on the PATH, and does {} exist?)",
+      cwd.display()
     ),
     std::io::ErrorKind::PermissionDenied => format!("{e} (is it executable?)"),
     _ => e.to_string(),
   };
   PmError::SpawnFailed {
-    command: spec.program.clone(),
+    command: program.to_string(),
     reason,
     source: Some(std::sync::Arc::new(e)),
   }
 }
 
+#[cfg(windows)]
 fn waiter_thread(spec: SpawnSpec, sink: LineSink, started: oneshot::Sender<Result<Arc<Child>>>) {
   let mut command = build_command(&spec);
-  #[cfg(windows)]
   let console = crate::os::win::console::lock();
-  #[cfg(windows)]
   windows::configure(&mut command, &spec);
   let spawned = command.spawn();
-  #[cfg(windows)]
   drop(console);
   let mut process = match spawned {
     Ok(p) => p,
     Err(e) => {
-      let _ = started.send(Err(spawn_error(&spec, e)));
+      let _ = started.send(Err(spawn_error(&spec.program, &spec.cwd, e)));
       return;
     }
   };
-  // The command and the spec hold the socket handed to the backend (`listen: 'fd'`): the backend has its
-  // own copy now, and the manager's must close with the manager's run, not live as long as this thread.
   drop(command);
   let pid = process.id();
-  #[cfg(windows)]
-  let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-  #[cfg(windows)]
+  let killed = Arc::new(AtomicBool::new(false));
   let (job, warnings) = match windows::contain(&process, &killed) {
     Ok(contained) => contained,
     Err(e) => {
       // It never ran a single instruction.
       let _ = process.kill();
       let _ = process.wait();
-      let _ = started.send(Err(spawn_error(&spec, e)));
+      let _ = started.send(Err(spawn_error(&spec.program, &spec.cwd, e)));
       return;
     }
   };
-  #[cfg(not(windows))]
-  let warnings = Vec::new();
+  let held = Held {
+    program: spec.program.clone(),
+    cwd: spec.cwd.clone(),
+  };
   drop(spec);
   let pipes: Vec<(Stream, Box<dyn Read + Send>)> = [
     process
@@ -296,31 +510,29 @@ fn waiter_thread(spec: SpawnSpec, sink: LineSink, started: oneshot::Sender<Resul
     output,
     exit: exit_rx,
     reap: Mutex::new(Some(reap_tx)),
-    stdin: Mutex::new(process.stdin.take()),
+    stdin: Mutex::new(
+      process
+        .stdin
+        .take()
+        .map(|s| Box::new(s) as Box<dyn Write + Send>),
+    ),
     warnings,
-    #[cfg(windows)]
+    held: Mutex::new(Some(held)),
+    never_ran: AtomicBool::new(false),
     job,
-    #[cfg(windows)]
     killed: killed.clone(),
   });
   if started.send(Ok(child)).is_err() {
-    // Nobody will ever stop it: don't leave it running.
-    #[cfg(unix)]
-    crate::os::signal::signal_group(pid, crate::os::signal::Stop::Force);
-    #[cfg(not(unix))]
+    // Nobody will ever stop it (or let it run): don't leave it there.
     let _ = process.kill();
   }
 
-  #[cfg(unix)]
-  let info = unix::wait_exit_keep_pid(&mut process);
-  #[cfg(windows)]
   let info = windows::wait_exit(&mut process, &killed);
   let _ = exit_tx.send(Some(info));
-  // Hold the zombie (and with it the pid and group id) until the owner has dealt with the group.
+  // Hold the process handle (and with it the pid) until the owner has dealt with the job.
   let _ = reap_rx.recv();
   let _ = process.wait();
   // The pid is free once the handle closes: its job is no longer found by pid.
-  #[cfg(windows)]
   Job::forget(pid);
 }
 
@@ -414,6 +626,86 @@ mod tests {
     let info = child.exited().await;
     assert_eq!(info.signal.as_deref(), Some("SIGKILL"));
     child.release();
+  }
+
+  /// The gate (docs/design.md §25): the process exists (a pid for the record) but is still a copy of this
+  /// program until let go; stopped there, it ends without running anything.
+  #[tokio::test]
+  async fn a_held_child_runs_its_program_only_when_let_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    let script = format!("echo $$ > {}", ran.display());
+    let own_exe = std::fs::read_link("/proc/self/exe").ok();
+    for let_go in [false, true] {
+      let (sink, _) = collect();
+      let child = spawn_held(sh(&script), sink).await.unwrap();
+      assert!(child.is_held());
+      if cfg!(target_os = "linux") {
+        let exe = std::fs::read_link(format!("/proc/{}/exe", child.pid)).ok();
+        assert_eq!(exe, own_exe, "held: not the program yet");
+      }
+      if let_go {
+        child.run_program().await.unwrap();
+      } else {
+        assert!(child.stop_at_gate());
+      }
+      let info = child.exited().await;
+      child.release();
+      if let_go {
+        assert_eq!(info.exit_code, Some(0));
+        let pid = std::fs::read_to_string(&ran).unwrap();
+        assert_eq!(
+          pid.trim(),
+          child.pid.to_string(),
+          "the program runs in the held process"
+        );
+      } else {
+        assert_eq!(info.exit_code, Some(unix::STOPPED_AT_GATE));
+        assert!(!ran.exists(), "the program never ran");
+      }
+    }
+  }
+
+  /// The listening socket handed over as descriptor 3 (`listen: 'fd'`) and the gate's own descriptors
+  /// do not replace each other in the child.
+  #[cfg(target_os = "linux")]
+  #[tokio::test]
+  async fn a_held_child_gets_its_listening_socket_as_descriptor_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = dir.path().join("fd3");
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut spec = sh(&format!(
+      "readlink /proc/$$/fd/3 > {}; echo \"$LISTEN_PID\" >> {}",
+      seen.display(),
+      seen.display()
+    ));
+    spec.listen_socket = Some(Arc::new(socket));
+    let (sink, _) = collect();
+    let child = spawn(spec, sink).await.unwrap();
+    assert_eq!(child.exited().await.exit_code, Some(0));
+    child.release();
+    let text = std::fs::read_to_string(&seen).unwrap();
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().starts_with("socket:"), "{text}");
+    assert_eq!(lines.next(), Some(child.pid.to_string().as_str()));
+  }
+
+  /// A program that cannot be started fails when let go; nothing is left to stop or signal.
+  #[tokio::test]
+  async fn a_missing_program_fails_when_let_go_and_is_never_signalled() {
+    let (sink, _) = collect();
+    let mut spec = sh("");
+    spec.program = "/nonexistent/backend-binary".into();
+    let child = spawn_held(spec, sink).await.unwrap();
+    let err = child.run_program().await.unwrap_err();
+    assert_eq!(
+      err.os_cause().map(|e| e.kind()),
+      Some(std::io::ErrorKind::NotFound)
+    );
+    assert!(child.never_ran());
+    let stopped =
+      crate::os::stop::stop_child(&child, Duration::from_secs(1), Default::default()).await;
+    assert!(!stopped.forced && stopped.survivors.is_empty());
   }
 
   /// A stopped process (Ctrl-Z, a debugger) has not exited: it must not be reported as ended.

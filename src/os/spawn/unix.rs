@@ -1,8 +1,9 @@
-//! The Unix half of spawning: a process group of its own, the parent-death signal, and a wait that leaves
-//! the child unreaped.
+//! The Unix half of spawning: a process group of its own, the parent-death signal, the gate that holds the
+//! child before `exec` until its PID record is written, and a wait that leaves the child unreaped.
 
 use super::{ExitInfo, SpawnSpec};
 use rustix::process::{waitid, Pid, WaitId, WaitIdOptions};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
 
 /// The command for a backend that gets a listening socket: `LISTEN_PID` must be its own pid, which is
@@ -72,7 +73,7 @@ pub fn configure(cmd: &mut Command, spec: &SpawnSpec) {
     }
   }
   #[cfg(target_os = "linux")]
-  {
+  if !spec.no_parent_death_signal {
     let app = rustix::process::getpid();
     // SAFETY: the closure runs between fork and exec, where only async-signal-safe calls are allowed:
     // prctl and getppid are plain system calls, and nothing here allocates (an io::Error from a raw OS
@@ -124,6 +125,191 @@ pub fn wait_exit_keep_pid(process: &mut std::process::Child) -> ExitInfo {
           _ => ExitInfo::default(),
         }
       }
+    }
+  }
+}
+
+/// The byte that lets the held child run the program; anything else (or the end of the pipe) ends it.
+const GO: u8 = b'g';
+const STOP: u8 = b's';
+/// The exit code of a child that was stopped at the gate, before it ran anything.
+pub const STOPPED_AT_GATE: i32 = 125;
+/// While it waits, the held child looks this often whether the app is still its parent. The end of the gate
+/// pipe says so at once, except while another child the app forked meanwhile still holds a copy of its
+/// write end (every fork copies every descriptor; close-on-exec only takes them away at that child's exec).
+const APP_CHECK_EVERY: rustix::event::Timespec = rustix::event::Timespec {
+  tv_sec: 0,
+  tv_nsec: 100_000_000,
+};
+
+/// The lowest descriptor number of the gate's ends in the child.
+const FIRST_GATE_FD: i32 = 10;
+
+/// The manager's side of the spawn gate (docs/design.md §25): the child reports its pid, then blocks before
+/// `exec` until the manager writes `GO` (after the PID record is on disk). If the app dies first, the child
+/// sees the pipe's end (or a new parent) and exits without running anything.
+pub struct Gate {
+  /// The child writes its pid here (4 bytes) before it waits.
+  report: Option<OwnedFd>,
+  /// Where `GO` or `STOP` is written. `None` once written.
+  write: Option<OwnedFd>,
+  /// Kept open, so that writing to it never raises SIGPIPE, even once the child is gone.
+  _read: OwnedFd,
+}
+
+/// The child's ends of the gate, which the parent keeps open until the child has them (the spawn returned).
+pub struct ChildEnds {
+  _gate: OwnedFd,
+  _report: OwnedFd,
+}
+
+impl Gate {
+  /// Adds the gate to `cmd` as its last step before `exec` (after the process group, limits and the
+  /// parent-death signal, so a held child is already what the program will be, minus the program).
+  pub fn install(cmd: &mut Command) -> std::io::Result<(Gate, ChildEnds)> {
+    use std::os::unix::process::CommandExt;
+    let (gate_read, gate_write) = std::io::pipe()?;
+    let (report_read, report_write) = std::io::pipe()?;
+    // The child's ends sit above the descriptors the spawn sets up in the child (stdio, and the listening
+    // socket moved to 3), which would otherwise replace them there.
+    let high = |fd: OwnedFd| rustix::io::fcntl_dupfd_cloexec(&fd, FIRST_GATE_FD);
+    let (gate_read, gate_write) = (high(gate_read.into())?, high(gate_write.into())?);
+    let (report_read, report_write): (OwnedFd, OwnedFd) =
+      (report_read.into(), high(report_write.into())?);
+    let (read, write, report) = (
+      gate_read.as_raw_fd(),
+      gate_write.as_raw_fd(),
+      report_write.as_raw_fd(),
+    );
+    let app = rustix::process::getpid();
+    // SAFETY: the closure runs between fork and exec, where only async-signal-safe calls are allowed:
+    // close, getpid, write, sigaction, poll, read, getppid and _exit are plain system calls, and nothing
+    // here allocates. `read` and `report` belong to `ChildEnds`, open until the spawn returned, so they
+    // are open in the child. `write` is the manager's end: if the gate was dropped before the fork, its
+    // STOP is already in the pipe, and the number it had (maybe another descriptor by then) is only closed
+    // in a child about to exit.
+    unsafe {
+      cmd.pre_exec(move || {
+        wait_at_gate(app, read, write, report);
+        Ok(())
+      });
+    }
+    Ok((
+      Gate {
+        report: Some(report_read),
+        write: Some(gate_write),
+        _read: gate_read.try_clone()?,
+      },
+      ChildEnds {
+        _gate: gate_read,
+        _report: report_write,
+      },
+    ))
+  }
+
+  /// The pid the held child reports; `None` when it ended (or failed to start) before reporting.
+  pub async fn reported_pid(&mut self) -> std::io::Result<Option<u32>> {
+    let Some(report) = self.report.take() else {
+      return Ok(None);
+    };
+    rustix::fs::fcntl_setfl(&report, rustix::fs::OFlags::NONBLOCK)?;
+    use tokio::io::{unix::AsyncFd, Interest};
+    // SAFETY: the AsyncFd owns the descriptor (an OwnedFd), which stays open and the same until it is dropped.
+    let report = unsafe { AsyncFd::register_with_interest(report, Interest::READABLE) }?;
+    let mut pid = [0u8; 4];
+    let mut got = 0;
+    while got < pid.len() {
+      let mut ready = report.readable().await?;
+      match ready.try_io(|fd| Ok(rustix::io::read(fd.get_ref(), &mut pid[got..])?)) {
+        Ok(Ok(0)) => return Ok(None),
+        Ok(Ok(n)) => got += n,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_would_block) => {}
+      }
+    }
+    Ok(Some(u32::from_ne_bytes(pid)))
+  }
+
+  /// Lets the child run the program.
+  pub fn open(mut self) {
+    self.send(GO);
+  }
+
+  /// Writes the verdict once. The pipe is empty and we hold its read end: the one byte always fits, and
+  /// no SIGPIPE can come.
+  fn send(&mut self, byte: u8) {
+    if let Some(write) = self.write.take() {
+      let _ = rustix::io::retry_on_intr(|| rustix::io::write(&write, &[byte]));
+    }
+  }
+}
+
+/// A gate never opened stops its child: nothing may run without its record.
+impl Drop for Gate {
+  fn drop(&mut self) {
+    self.send(STOP);
+  }
+}
+
+/// The child's side of the gate, between fork and exec: async-signal-safe calls only, no allocation.
+/// Returns only on `GO`; everything else ends the process without running the program.
+fn wait_at_gate(app: rustix::process::Pid, read: i32, write: i32, report: i32) {
+  use rustix::event::{poll, PollFd, PollFlags};
+  use std::os::fd::BorrowedFd;
+  let stop = || -> ! {
+    // SAFETY: _exit is async-signal-safe; it ends this forked process without running the parent's
+    // atexit handlers or flushing its buffers (which belong to the app).
+    unsafe { libc::_exit(STOPPED_AT_GATE) }
+  };
+  // SAFETY: `write` is this process's copy of the manager's end, open since the fork; closing it is what
+  // lets the app's death show as the end of the pipe. Nothing else here uses it.
+  drop(unsafe { OwnedFd::from_raw_fd(write) });
+  // SAFETY: both are open in this process until exec (see `Gate::install`).
+  let (read, report) = unsafe { (BorrowedFd::borrow_raw(read), BorrowedFd::borrow_raw(report)) };
+  let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+  // Four bytes to a pipe are written whole (fewer than PIPE_BUF).
+  if rustix::io::retry_on_intr(|| rustix::io::write(report, &pid.to_ne_bytes())) != Ok(4) {
+    stop();
+  }
+  default_sigterm_if_handled();
+  loop {
+    let mut fds = [PollFd::new(&read, PollFlags::IN)];
+    match poll(&mut fds, Some(&APP_CHECK_EVERY)) {
+      Ok(0) | Err(rustix::io::Errno::INTR) => {
+        if rustix::process::getppid() != Some(app) {
+          stop();
+        }
+      }
+      Ok(_) => {
+        let mut byte = [0u8; 1];
+        match rustix::io::read(read, &mut byte) {
+          Ok(1) if byte[0] == GO => return,
+          Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+          _ => stop(),
+        }
+      }
+      Err(_) => stop(),
+    }
+  }
+}
+
+/// A SIGTERM handler inherited from the app (Node's, when the app listens for SIGTERM) would run in the held
+/// child and report the signal to the *app* through the descriptors it shares with it: a stop of the held
+/// child must simply end it. `exec` resets handled signals anyway; an ignored SIGTERM stays ignored, as
+/// the app passes it on.
+fn default_sigterm_if_handled() {
+  // SAFETY: sigaction is async-signal-safe; the structs are plain data, zeroed then filled as sigaction(2)
+  // requires.
+  unsafe {
+    let mut current: libc::sigaction = std::mem::zeroed();
+    if libc::sigaction(libc::SIGTERM, std::ptr::null(), &mut current) != 0 {
+      return;
+    }
+    if current.sa_sigaction != libc::SIG_DFL && current.sa_sigaction != libc::SIG_IGN {
+      let mut default: libc::sigaction = std::mem::zeroed();
+      default.sa_sigaction = libc::SIG_DFL;
+      libc::sigaction(libc::SIGTERM, &default, std::ptr::null_mut());
     }
   }
 }

@@ -1,5 +1,6 @@
 //! The Windows half of spawning. The backend starts suspended, goes into a kill-on-close job object, and
-//! only then runs: nothing it starts can be outside the job (docs/design.md §3, §19). It leads a console
+//! only runs once its PID record is written: nothing it starts can be outside the job, and nothing runs
+//! without a record (docs/design.md §3, §19, §25). It leads a console
 //! process group of its own, the target of the polite stop (CTRL_BREAK_EVENT).
 
 use super::{ExitInfo, SpawnSpec};
@@ -40,9 +41,8 @@ pub fn configure(cmd: &mut Command, spec: &SpawnSpec) {
   cmd.creation_flags(CREATE_SUSPENDED | CREATE_NEW_PROCESS_GROUP | window | class);
 }
 
-/// Puts the just-spawned (suspended) backend in a new job, then lets it run. A job that cannot be made
-/// or joined is a warning (the backend then runs without one: its tree does not end with the app); a
-/// backend that cannot be resumed is an error (it never ran; the caller kills it).
+/// Puts the just-spawned (suspended) backend in a new job; `resume` lets it run. A job that cannot be made
+/// or joined is a warning (the backend then runs without one: its tree does not end with the app).
 pub fn contain(
   process: &std::process::Child,
   terminated: &Arc<AtomicBool>,
@@ -62,8 +62,12 @@ pub fn contain(
       None
     }
   };
-  resume_threads(pid)?;
   Ok((job, warnings))
+}
+
+/// Lets the suspended backend run. An error means it never ran (the caller ends it).
+pub fn resume(pid: u32) -> std::io::Result<()> {
+  resume_threads(pid).map(|_| ())
 }
 
 /// The open process handle pins the pid until `process` is dropped, so a plain wait is safe here. An
