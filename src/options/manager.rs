@@ -41,6 +41,8 @@ pub struct Options {
   pub replicas: u16,
   pub balance: Balance,
   pub listen: Listen,
+  /// What the balancer lets clients hold (`balancer`).
+  pub balancer: crate::net::balancer::Limits,
 }
 
 /// How the balancer picks a replica for a new connection.
@@ -178,6 +180,7 @@ const MANAGER_OPTIONS: &[&str] = &[
   "replicas",
   "balance",
   "listen",
+  "balancer",
   "logger",
 ];
 
@@ -281,6 +284,32 @@ fn inherit_env(value: &Value) -> Result<InheritEnv> {
       other,
     )),
   }
+}
+
+/// `{ maxConnections, idleTimeoutMs, firstByteTimeoutMs }`; missing keys take the defaults.
+fn balancer(value: &Value) -> Result<crate::net::balancer::Limits> {
+  let defaults = crate::net::balancer::Limits::default();
+  let mut f = Fields::of(value, "balancer")?;
+  let max_connections = f
+    .take("maxConnections")
+    .map(|v| integer(v, "balancer.maxConnections", 1.0, 1_048_576.0).map(|n| n as usize))
+    .transpose()?
+    .unwrap_or(defaults.max_connections);
+  let idle_timeout = match f.take("idleTimeoutMs") {
+    None => defaults.idle_timeout,
+    Some(v) => interval(v, "balancer.idleTimeoutMs")?,
+  };
+  let first_byte_timeout = f
+    .take("firstByteTimeoutMs")
+    .map(|v| interval(v, "balancer.firstByteTimeoutMs"))
+    .transpose()?
+    .flatten();
+  f.finish(&["maxConnections", "idleTimeoutMs", "firstByteTimeoutMs"])?;
+  Ok(crate::net::balancer::Limits {
+    max_connections,
+    idle_timeout,
+    first_byte_timeout,
+  })
 }
 
 /// `{ http: 'POST /shutdown', stdin: true }`.
@@ -467,6 +496,11 @@ impl Options {
           }
         },
       },
+      balancer: f
+        .take("balancer")
+        .map(balancer)
+        .transpose()?
+        .unwrap_or_default(),
     };
     let restart_given = matches!(value, Value::Object(fields) if fields.iter().any(|(k, v)| k == "restart" && !v.is_absent()));
     let mut options = options;
@@ -530,6 +564,17 @@ impl Options {
       ),
       ("stdin", Value::Bool(self.shutdown.stdin)),
     ]);
+    let balancer = Value::object(vec![
+      (
+        "maxConnections",
+        Value::Number(self.balancer.max_connections as f64),
+      ),
+      ("idleTimeoutMs", opt_ms(self.balancer.idle_timeout)),
+      (
+        "firstByteTimeoutMs",
+        opt_ms(self.balancer.first_byte_timeout),
+      ),
+    ]);
     Value::object(vec![
       ("name", text(&self.name)),
       ("entry", text(&self.entry)),
@@ -586,6 +631,7 @@ impl Options {
           Listen::Fd => "fd",
         }),
       ),
+      ("balancer", balancer),
     ])
   }
 
@@ -710,9 +756,25 @@ mod tests {
         ]),
       ),
       ("maxMemoryBytes", Value::Number(1e9)),
+      (
+        "balancer",
+        Value::object(vec![
+          ("maxConnections", Value::Number(8.0)),
+          ("idleTimeoutMs", Value::Number(0.0)),
+          ("firstByteTimeoutMs", Value::Number(500.0)),
+        ]),
+      ),
     ])
     .unwrap();
     let again = Options::parse(&o.to_value()).unwrap();
+    assert_eq!(
+      again.balancer,
+      crate::net::balancer::Limits {
+        max_connections: 8,
+        idle_timeout: None,
+        first_byte_timeout: Some(Duration::from_millis(500)),
+      }
+    );
     assert_eq!(again.restart, o.restart);
     assert_eq!(again.priority, Priority::Low);
     assert_eq!(again.inherit_env, o.inherit_env);
