@@ -16,10 +16,11 @@
 //! `2 × max_connections`), a connection idle both ways for `idle_timeout` is closed, and an upstream that
 //! sends no first byte within `first_byte_timeout` of a request is taken out as frozen.
 //!
-//! Costs, measured by the ignored bench at the end of this file (2-core VM, Node `http` replicas, wrk):
-//! ~25 ms of CPU time per 1000 keep-alive requests (about half what one Node replica spends answering
-//! them, a twelfth of Node's `http-proxy`), ~140 ms per 1000 with a connection per request (the second
-//! TCP handshake and teardown, nearly all kernel time), and 0.05-0.13 ms added to a keep-alive round trip.
+//! Costs, measured by the ignored bench at the end of this file and bench/replicas.js (2-core VM, Node
+//! `http` replicas, wrk): ~13 ms of CPU time per 1000 keep-alive requests on its own thread, as much as
+//! HAProxy and nginx's stream module in the same run (bench/RESULTS.md) and nearly all of it kernel time
+//! for the four send/recv calls per request; ~140 ms per 1000 with a connection per request (the second
+//! TCP handshake and teardown), and 0.05-0.13 ms added to a keep-alive round trip.
 
 use std::io;
 use std::net::SocketAddr;
