@@ -89,6 +89,17 @@ export interface ProcessManagerOptions {
   balance?: 'least-connections' | 'round-robin'
   /** `'fd'`: the manager binds the public port and hands the socket over as descriptor 3 (`LISTEN_FDS=1`; Unix). Default `'port'`. */
   listen?: 'port' | 'fd'
+  /** What clients can make the load balancer hold; missing keys take their defaults. */
+  balancer?: BalancerLimits
+}
+
+export interface BalancerLimits {
+  /** Client connections at once (each costs the app two descriptors); more wait in the kernel's queue. Default: a quarter of the app's open-file limit, at most 10000. */
+  maxConnections?: number
+  /** A connection with no byte either way this long is closed. `0`: never. Default 300000. */
+  idleTimeoutMs?: number
+  /** A replica that sends no byte of an answer this long after a request is taken out as frozen until a probe passes. `0`: off (default). */
+  firstByteTimeoutMs?: number
 }
 
 export interface LogOptions {

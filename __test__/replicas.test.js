@@ -9,7 +9,9 @@ const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const net = require('node:net')
 const path = require('node:path')
-const { ROOT, tempDir, freeRun, isAlive, records, waitFor, killIfAlive, fixtureManager, httpGet, cli, posixOnly } = require('./helpers')
+const http = require('node:http')
+const { once } = require('node:events')
+const { ROOT, tempDir, freeRun, isAlive, records, waitFor, killIfAlive, fixtureManager, httpGet, cli, posixOnly, linuxOnly, startProcess } = require('./helpers')
 const { isPortAvailable } = require('..')
 
 /** The pid a fixture answer names. */
@@ -291,7 +293,195 @@ test('a replica that cannot start fails the whole start: the others are stopped,
   assert.equal(pm.backend, null)
 })
 
-test('options: replicas out of range, an unknown balance, and listen fd with shutdown.http and replicas are refused', { skip: posixOnly("listen: 'fd' is refused on Windows before the other checks") }, () => {
+/** A POST of `bytes` on a fresh connection: resolves to { status, body }, rejects when the connection ends without an answer. */
+function httpPost(url, bytes, timeoutMs = 10000) {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method: 'POST', agent: false, timeout: timeoutMs, headers: { 'content-length': bytes.length } }, (res) => {
+      let body = ''
+      res.setEncoding('utf8')
+      res.on('data', (d) => (body += d))
+      res.on('end', () => resolve({ status: res.statusCode, body }))
+      res.on('error', reject)
+    })
+    req.on('timeout', () => req.destroy(new Error(`no answer from ${url} within ${timeoutMs} ms`)))
+    req.on('error', reject)
+    req.end(bytes)
+  })
+}
+
+/** The side effects recorded so far: [{ method, pid }]. */
+const sideEffects = (file) =>
+  (fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '').split('\n').filter(Boolean).map((l) => {
+    const [method, pid] = l.split(' ')
+    return { method, pid: Number(pid) }
+  })
+
+test('a replica that ran a POST and died before answering: the POST is not replayed (once, and the client sees the close); a GET is', async (t) => {
+  const dir = tempDir(t)
+  const effects = path.join(dir, 'side-effects')
+  const die = path.join(dir, 'die')
+  const { pm } = fixtureManager(t, {
+    port: await freeRun(3),
+    replicas: 2,
+    args: [path.join(__dirname, 'fixtures', 'side-effect-backend.js')],
+    env: { SIDE_EFFECT_FILE: effects, DIE_FILE: die },
+    restart: { initialDelayMs: 20 },
+  })
+  trackReplicas(t, pm)
+  const info = await pm.startBackend(ROOT)
+  const bothUp = () => replicaPids(pm).length === 2 && pm.backend.replicas.every((r) => r.healthy)
+
+  // The replica dies with the rest of the 30 KB unread, so the kernel resets the connection.
+  fs.writeFileSync(die, 'reset')
+  const posted = await httpPost(info.url, Buffer.alloc(30 * 1024, 'p')).then((r) => r, (e) => e)
+  assert.ok(posted instanceof Error, `the client got an answer: ${JSON.stringify(posted)}`)
+  assert.ok(!fs.existsSync(die), 'a replica took the POST and died')
+  await waitFor(bothUp, 10000, 'the dead replica to be back')
+  assert.deepEqual(sideEffects(effects).map((e) => e.method), ['POST'], 'the POST ran exactly once')
+
+  // A GET is replayed whether the dying replica's connection closes cleanly or is reset.
+  for (const how of ['exit', 'reset']) {
+    fs.writeFileSync(effects, '')
+    fs.writeFileSync(die, how)
+    const got = await httpGet(info.url, {}, 10000).catch((e) => assert.fail(`GET (replica dies by ${how}): ${e.message}`))
+    assert.equal(got.status, 200, 'the GET was replayed on the other replica')
+    const gets = sideEffects(effects)
+    assert.equal(gets.length, 2, `run by the replica that died (${how}), then by the other: ${JSON.stringify(gets)}`)
+    assert.notEqual(gets[0].pid, gets[1].pid)
+    assert.equal(pidOf(got.body), gets[1].pid)
+    await waitFor(bothUp, 10000, 'the dead replica to be back')
+  }
+})
+
+/**
+ * An app (a Node process of its own, under `ulimit -n`) running the fixture as 2 replicas with `balancer`;
+ * on SIGUSR2 it reads a file and prints "READ ok" or "READ <error code>". Resolves once it is ready.
+ */
+async function limitedApp(t, { openFiles, balancer }) {
+  const stateDir = tempDir(t)
+  const port = await freeRun(3)
+  const code = `
+    const fs = require('node:fs')
+    const { ProcessManager } = require(${JSON.stringify(ROOT)})
+    const pm = new ProcessManager({ name: 'limited', command: process.execPath, args: [${JSON.stringify(path.join(__dirname, 'fixtures', 'backend.js'))}],
+      port: ${port}, replicas: 2, stateDir: ${JSON.stringify(stateDir)}, logger: false, balancer: ${JSON.stringify(balancer)} })
+    let n = 0
+    process.on('SIGUSR2', () => {
+      try { fs.readFileSync(${JSON.stringify(path.join(ROOT, 'package.json'))}); console.log('READ ok ' + ++n) }
+      catch (e) { console.log('READ ' + e.code + ' ' + ++n) }
+    })
+    process.on('SIGTERM', () => pm.stopBackend().finally(() => process.exit(0)))
+    pm.startBackend(${JSON.stringify(ROOT)}).then((info) => console.log('READY ' + info.port + ' ' + pm.options.balancer.maxConnections))
+  `
+  const app = startProcess(t, '/bin/sh', ['-c', `ulimit -n ${openFiles} && exec "$0" -e "$1"`, process.execPath, code])
+  const [, publicPort, maxConnections] = /^READY (\d+) (\d+)$/.exec(await app.line(/^READY /, 20000))
+  const fds = () => fs.readdirSync(`/proc/${app.child.pid}/fd`).length
+  let reads = 0
+  /** Has the app read a file (resolves to 'ok' or the error code)? */
+  const read = async () => {
+    const n = ++reads
+    process.kill(app.child.pid, 'SIGUSR2')
+    return (await app.line(new RegExp(`^READ \\S+ ${n}$`))).split(' ')[1]
+  }
+  return { app, port: Number(publicPort), maxConnections: Number(maxConnections), fds, read }
+}
+
+/** `count` TCP connections to `port` that send nothing; destroyed after the test. */
+function idleConnections(t, port, count) {
+  const sockets = Array.from({ length: count }, () => net.connect(port, '127.0.0.1').on('error', () => {}))
+  t.after(() => sockets.forEach((s) => s.destroy()))
+  return sockets
+}
+
+test('balancer.maxConnections: 50 idle clients hold at most 8 connections (16 descriptors) of the app; a file read still works; closing lets the waiting through', { skip: linuxOnly('reads /proc/PID/fd') }, async (t) => {
+  const { port, fds, read } = await limitedApp(t, { openFiles: 256, balancer: { maxConnections: 8 } })
+  const baseline = fds()
+  const sockets = idleConnections(t, port, 50)
+  const last = sockets.at(-1)
+  let answer = ''
+  last.on('data', (d) => (answer += d))
+  last.write('GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n')
+  // 8 accepted, each with its upstream connection: the app's descriptors rise by 16, and no further.
+  await waitFor(() => fds() >= baseline + 16, 10000, '8 connections to be accepted')
+  assert.equal(await read(), 'ok')
+  const held = fds()
+  assert.ok(held <= baseline + 16 + 4, `the app holds ${held} descriptors, ${held - baseline} more than before the clients`)
+  assert.equal(answer, '', 'a client past maxConnections was served while 8 were held')
+  for (const s of sockets.slice(0, -1)) s.destroy()
+  await waitFor(() => /\npid \d+\n/.test(answer), 10000, 'the waiting client to be served')
+  assert.match(answer, /^HTTP\/1\.1 200/)
+})
+
+test('balancer.maxConnections defaults to a quarter of the open-file limit: 300 idle clients cannot drain the app of descriptors', { skip: linuxOnly('reads /proc/PID/fd') }, async (t) => {
+  const { port, fds, read, maxConnections } = await limitedApp(t, { openFiles: 256, balancer: {} })
+  assert.equal(maxConnections, 64)
+  const baseline = fds()
+  idleConnections(t, port, 300)
+  await waitFor(() => fds() >= baseline + 2 * 64, 10000, '64 connections to be accepted')
+  assert.equal(await read(), 'ok', "the app's own file read")
+  const held = fds()
+  assert.ok(held <= baseline + 2 * 64 + 4, `the app holds ${held} descriptors, ${held - baseline} more than before the clients`)
+})
+
+test('balancer.idleTimeoutMs: a connection with no byte either way is closed by the balancer', async (t) => {
+  const { pm } = fixtureManager(t, { port: await freeRun(3), replicas: 2, balancer: { idleTimeoutMs: 300 } })
+  trackReplicas(t, pm)
+  const info = await pm.startBackend(ROOT)
+  const started = Date.now()
+  const [socket] = idleConnections(t, info.port, 1)
+  const closed = await Promise.race([once(socket, 'close').then(() => true), new Promise((resolve) => setTimeout(resolve, 10000, false))])
+  const after = Date.now() - started
+  assert.ok(closed, 'still open after 10 s')
+  assert.ok(after >= 250, `closed after ${after} ms`)
+  // A connection that keeps talking is not idle: keep-alive requests for twice the timeout.
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 })
+  t.after(() => agent.destroy())
+  const sockets = new Set()
+  const until = Date.now() + 700
+  while (Date.now() < until) {
+    await new Promise((resolve, reject) => {
+      http.get(info.url, { agent }, (res) => {
+        sockets.add(res.socket)
+        res.resume().on('end', resolve)
+      }).on('error', reject)
+    })
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  assert.equal(sockets.size, 1, 'the busy connection was closed')
+})
+
+test('balancer.firstByteTimeoutMs: a frozen replica (SIGSTOP) is taken out; later requests go to the other', { skip: posixOnly('SIGSTOP') }, async (t) => {
+  const { pm } = fixtureManager(t, {
+    port: await freeRun(3),
+    replicas: 2,
+    balance: 'round-robin',
+    balancer: { firstByteTimeoutMs: 500 },
+  })
+  trackReplicas(t, pm)
+  const info = await pm.startBackend(ROOT)
+  const [frozen, other] = info.replicas.map((r) => r.pid)
+  process.kill(frozen, 'SIGSTOP')
+  t.after(() => killIfAlive(frozen, 'SIGCONT'))
+  const served = []
+  const failures = []
+  try {
+    for (let i = 0; i < 24; i++) {
+      try {
+        served.push(pidOf((await httpGet(info.url, {}, 3000)).body))
+      } catch (e) {
+        failures.push(e.message)
+        if (failures.length > 1) break
+      }
+    }
+  } finally {
+    process.kill(frozen, 'SIGCONT')
+  }
+  assert.ok(failures.length <= 1, `more than the first request to the frozen replica failed: ${failures.join('; ')}`)
+  assert.ok(served.length >= 23)
+  assert.ok(served.slice(-20).every((p) => p === other), `served by ${served}`)
+})
+
+test('options: replicas out of range, an unknown balance, bad balancer limits, and listen fd with shutdown.http and replicas are refused', { skip: posixOnly("listen: 'fd' is refused on Windows before the other checks") }, () => {
   const { ProcessManager } = require('..')
   const make = (o) => () => new ProcessManager({ command: 'x', logger: false, ...o })
   assert.throws(make({ replicas: 0 }), { code: 'ERR_INVALID_ARG', message: /replicas/ })
@@ -300,8 +490,20 @@ test('options: replicas out of range, an unknown balance, and listen fd with shu
   assert.throws(make({ balance: 'random' }), { code: 'ERR_INVALID_ARG', message: /balance/ })
   assert.throws(make({ listen: 'socket' }), { code: 'ERR_INVALID_ARG', message: /listen/ })
   assert.throws(make({ replicas: 2, listen: 'fd', shutdown: { http: 'POST /quit' } }), { code: 'ERR_INVALID_ARG', message: /shutdown\.http/ })
+  assert.throws(make({ balancer: 8 }), { code: 'ERR_INVALID_ARG', message: /balancer/ })
+  assert.throws(make({ balancer: { maxConnection: 8 } }), { code: 'ERR_INVALID_ARG', message: /maxConnection/ })
+  for (const maxConnections of [0, 1.5, -1, '8']) {
+    assert.throws(make({ balancer: { maxConnections } }), { code: 'ERR_INVALID_ARG', message: /balancer\.maxConnections/ })
+  }
+  assert.throws(make({ balancer: { idleTimeoutMs: -1 } }), { code: 'ERR_INVALID_ARG', message: /balancer\.idleTimeoutMs/ })
+  assert.throws(make({ balancer: { firstByteTimeoutMs: 'soon' } }), { code: 'ERR_INVALID_ARG', message: /balancer\.firstByteTimeoutMs/ })
   const pm = new ProcessManager({ command: 'x', logger: false, replicas: 2 })
   assert.ok(pm.options.restart, 'restart is on by default with replicas')
+  const { maxConnections, idleTimeoutMs, firstByteTimeoutMs } = pm.options.balancer
+  assert.ok(Number.isInteger(maxConnections) && maxConnections >= 1 && maxConnections <= 10000, String(maxConnections))
+  assert.deepEqual([idleTimeoutMs, firstByteTimeoutMs], [300000, 0])
+  const set = new ProcessManager({ command: 'x', logger: false, balancer: { maxConnections: 8, firstByteTimeoutMs: 500 } })
+  assert.deepEqual(set.options.balancer, { maxConnections: 8, idleTimeoutMs: 300000, firstByteTimeoutMs: 500 })
   const off = new ProcessManager({ command: 'x', logger: false, replicas: 2, restart: false })
   assert.equal(off.options.restart, false, 'an explicit false wins')
 })

@@ -1,10 +1,14 @@
 'use strict'
 // Replicas: throughput and added latency of one backend run as 2 processes behind one port — our balancer
 // (least-connections, its default, and round-robin), our `listen: 'fd'` (the manager's listening socket
-// handed to both, nothing in between), Node's http-proxy round-robin over the same 2 replicas (at its
-// defaults and with a keep-alive agent) and Node's cluster module with 2 workers (pm2's cluster mode) —
-// against the limit: one wrk straight at each replica at once. The backend is bench/replica-backend.js
-// (short answer), loopback only.
+// handed to both, nothing in between), the C peers in the same role (HAProxy in TCP mode, leastconn, one
+// thread; nginx's stream module, least_conn, one worker process), Node's http-proxy round-robin over the
+// same 2 replicas (at its defaults and with a keep-alive agent) and Node's cluster module with 2 workers
+// (pm2's cluster mode) — against the limit: one wrk straight at each replica at once. The backend is
+// bench/replica-backend.js (short answer), loopback only. HAProxy and nginx come from Debian's packages
+// (haproxy, nginx, libnginx-mod-stream), installed with apt-get when missing and we are root (services are
+// kept from starting: policy-rc.d), else their rows are skipped with a note; each runs in the foreground
+// with its config in a private temporary folder, listening on 127.0.0.1 only, and is stopped by its pid.
 //
 // Load: wrk -t2 -c64 at the public port; the direct limit is two wrk -t1 -c32 at once (the same 2 threads
 // and 64 keep-alive connections in all). The machine has few cores and wrk shares them with the replicas
@@ -18,6 +22,7 @@ const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
 const http = require('node:http')
+const net = require('node:net')
 const { spawn } = require('node:child_process')
 const { once } = require('node:events')
 const { ProcessManager } = require('..')
@@ -33,7 +38,11 @@ const STOP_LIMIT_MS = 3000
 /** /proc reports CPU time in clock ticks of USER_HZ, which is 100 on Linux. */
 const TICK_MS = 10
 
-const TARGETS = { balancerOfDirect: 0.6, balancerOverProxy: 4, fdOfDirect: 0.85, addedP50Ms: 0.1 }
+const TARGETS = { balancerOfDirect: 0.6, balancerOverProxy: 4, fdOfDirect: 0.85, addedP50Ms: 0.1, balancerOverHaproxy: 1, cpuOfHaproxy: 1 }
+/** Debian's stream module for nginx (package libnginx-mod-stream). */
+const NGINX_STREAM_MODULE = '/usr/lib/nginx/modules/ngx_stream_module.so'
+/** Keeps Debian's maintainer scripts from starting the packages' system services while they install. */
+const POLICY_RC = '/usr/sbin/policy-rc.d'
 
 /** CPU ms (user + system) a process has used, from /proc/PID/stat. */
 function cpuMs(pid) {
@@ -89,6 +98,100 @@ function startNode(args, env, ready) {
       reject(new Error(`${args.join(' ')} exited (${code ?? signal}) before it was ready: ${out}`))
     })
   })
+}
+
+const { spawnSync } = require('node:child_process')
+
+/** Does `command args` run and exit 0? */
+const runs = (command, args) => spawnSync(command, args, { stdio: 'ignore' }).status === 0
+
+/**
+ * HAProxy and nginx with its stream module, installed with apt-get when missing (as root, on Debian).
+ * Resolves to { haproxy, nginx }: true when usable, else the reason it is not.
+ */
+function ensurePeers() {
+  const present = () => ({
+    haproxy: runs('haproxy', ['-v']) || 'haproxy not installed',
+    nginx: !runs('nginx', ['-v']) ? 'nginx not installed' : fs.existsSync(NGINX_STREAM_MODULE) || `nginx's stream module (${NGINX_STREAM_MODULE}) not installed`,
+  })
+  let found = present()
+  if (found.haproxy === true && found.nginx === true) return found
+  const why = process.platform !== 'linux' || !fs.existsSync('/usr/bin/apt-get') ? 'no apt-get to install it' : process.getuid?.() !== 0 ? 'not root, cannot install it' : null
+  if (why) return { haproxy: found.haproxy === true || `${found.haproxy}; ${why}`, nginx: found.nginx === true || `${found.nginx}; ${why}` }
+  console.error('replicas: installing haproxy, nginx and libnginx-mod-stream with apt-get (their services are not started)')
+  const ownPolicy = !fs.existsSync(POLICY_RC)
+  if (ownPolicy) fs.writeFileSync(POLICY_RC, '#!/bin/sh\nexit 101\n', { mode: 0o755 })
+  try {
+    const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }
+    spawnSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env })
+    spawnSync('apt-get', ['install', '-y', '-qq', 'haproxy', 'nginx', 'libnginx-mod-stream'], { stdio: 'inherit', env })
+  } finally {
+    if (ownPolicy) fs.rmSync(POLICY_RC, { force: true })
+  }
+  found = present()
+  return { haproxy: found.haproxy === true || `${found.haproxy} (apt-get install failed)`, nginx: found.nginx === true || `${found.nginx} (apt-get install failed)` }
+}
+
+/** Resolves once something accepts on 127.0.0.1:`port` (a peer that prints nothing when ready). */
+async function accepting(port, child, what) {
+  const deadline = Date.now() + START_LIMIT_MS
+  for (;;) {
+    if (exited(child)) throw new Error(`${what} exited (${child.exitCode ?? child.signalCode}) before it listened`)
+    const ok = await new Promise((resolve) => {
+      const socket = net.connect(port, '127.0.0.1', () => socket.end(() => resolve(true)))
+      socket.once('error', () => resolve(false))
+    })
+    if (ok) return
+    if (Date.now() > deadline) throw new Error(`${what}: not listening on ${port} within ${START_LIMIT_MS} ms`)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
+
+/** HAProxy 2.x, TCP mode, leastconn over `upstreams`, one thread, in the foreground (-db). */
+async function startHaproxy(dir, port, upstreams) {
+  const config = path.join(dir, 'haproxy.cfg')
+  fs.writeFileSync(config, [
+    'global',
+    '  nbthread 1',
+    '  maxconn 4096',
+    'defaults',
+    '  mode tcp',
+    '  timeout connect 1s',
+    '  timeout client 60s',
+    '  timeout server 60s',
+    'frontend public',
+    `  bind 127.0.0.1:${port}`,
+    '  default_backend replicas',
+    'backend replicas',
+    '  balance leastconn',
+    ...upstreams.map((u, i) => `  server r${i} 127.0.0.1:${u}`),
+    '',
+  ].join('\n'))
+  const child = track(spawn('haproxy', ['-db', '-f', config], { stdio: ['ignore', 'ignore', 'inherit'] }))
+  await accepting(port, child, 'haproxy')
+  return child
+}
+
+/** nginx's stream module, least_conn over `upstreams`, one process (no master: its CPU is the front's). */
+async function startNginx(dir, port, upstreams) {
+  const config = path.join(dir, 'nginx.conf')
+  fs.writeFileSync(config, [
+    `load_module ${NGINX_STREAM_MODULE};`,
+    'daemon off;',
+    'master_process off;',
+    'worker_processes 1;',
+    `pid ${path.join(dir, 'nginx.pid')};`,
+    `error_log ${path.join(dir, 'nginx-error.log')} error;`,
+    'events { worker_connections 4096; }',
+    'stream {',
+    `  upstream replicas { least_conn; ${upstreams.map((u) => `server 127.0.0.1:${u};`).join(' ')} }`,
+    `  server { listen 127.0.0.1:${port}; proxy_pass replicas; proxy_connect_timeout 1s; }`,
+    '}',
+    '',
+  ].join('\n'))
+  const child = track(spawn('nginx', ['-p', dir, '-e', path.join(dir, 'nginx-error.log'), '-c', config], { stdio: ['ignore', 'ignore', 'inherit'] }))
+  await accepting(port, child, 'nginx')
+  return child
 }
 
 /** Milliseconds of a wrk duration ("72.00us", "1.20ms", "2.00s"). */
@@ -194,7 +297,7 @@ module.exports = async function replicas({ runs, quick }) {
   const managers = []
   const extraPids = [] // cluster workers: not our children, stopped through their primary, checked by pid
   try {
-    const base = await freeRun(6, 48000)
+    const base = await freeRun(8, 48000)
     const [pmLeast, pmRound, pmFd] = [
       manager('bench-replicas-lc', dir, base, {}),
       manager('bench-replicas-rr', dir, base + 1, { balance: 'round-robin' }),
@@ -208,9 +311,22 @@ module.exports = async function replicas({ runs, quick }) {
     const clusterPort = base + 5
     const clustered = await startNode([BACKEND], { CLUSTER_WORKERS: '2', PORT: String(clusterPort), HOST: '127.0.0.1' }, /^workers ([\d ]+)$/m)
     extraPids.push(...clustered.match[1].split(' ').map(Number))
+    const replicaPorts = least.replicas.map((r) => r.port)
+    const peers = ensurePeers()
+    const skipped = []
+    const peerRow = async (name, usable, start, port) => {
+      if (usable !== true) {
+        skipped.push(`${name}: skipped (${usable})`)
+        return null
+      }
+      const child = await start(dir, port, replicaPorts)
+      return { name, loads: at(`http://127.0.0.1:${port}/`), serving: () => pids(least), frontCpu: () => cpuMs(child.pid) }
+    }
 
     const pids = (info) => info.replicas.map((r) => r.pid)
     const at = (url) => [{ url, threads: THREADS, connections: CONNECTIONS }]
+    const haproxy = await peerRow('HAProxy 2 (tcp mode, leastconn, 1 thread)', peers.haproxy, startHaproxy, base + 6)
+    const nginx = await peerRow('nginx stream (least_conn, 1 worker)', peers.nginx, startNginx, base + 7)
     const proxyUrl = (i) => `http://127.0.0.1:${proxyPort(i)}/`
     const contenders = [
       {
@@ -222,6 +338,7 @@ module.exports = async function replicas({ runs, quick }) {
       { name: 'backend-process-manager balancer, replicas: 2 (least-connections, default)', reference: true, loads: at(least.url), serving: () => pids(least), frontCpu: ownCpuMs },
       { name: 'backend-process-manager balancer, replicas: 2, round-robin', loads: at(round.url), serving: () => pids(round), frontCpu: ownCpuMs },
       { name: "backend-process-manager listen: 'fd', replicas: 2", loads: at(fd.url), serving: () => pids(fd) },
+      ...[haproxy, nginx].filter(Boolean),
       { name: 'http-proxy round-robin over the 2 replicas (defaults)', loads: at(proxyUrl(0)), serving: () => pids(least), frontCpu: () => cpuMs(proxyDefaults.child.pid) },
       { name: 'http-proxy round-robin, keep-alive agent', loads: at(proxyUrl(1)), serving: () => pids(least), frontCpu: () => cpuMs(proxyKeepAlive.child.pid) },
       { name: 'Node cluster, 2 workers (pm2 cluster mode)', loads: at(`http://127.0.0.1:${clusterPort}/`), serving: () => extraPids, frontCpu: () => cpuMs(clustered.child.pid) },
@@ -271,7 +388,11 @@ module.exports = async function replicas({ runs, quick }) {
       }
     })
 
-    const [, ours, oursRound, oursFd, proxyDef, proxyBest, cluster] = rows
+    const byName = (name) => rows.find((r) => r.name === name)
+    const [ours, oursRound, oursFd] = rows.slice(1, 4)
+    const [proxyDef, proxyBest, cluster] = rows.slice(-3)
+    const haproxyRow = haproxy && byName(haproxy.name)
+    const nginxRow = nginx && byName(nginx.name)
     const pct = (v) => `${(v * 100).toFixed(0)} %`
     const times = (v) => `${v.toFixed(1)}×`
     const ms = (v) => `${v.toFixed(3)} ms`
@@ -279,13 +400,26 @@ module.exports = async function replicas({ runs, quick }) {
     const figures = {
       'load': `wrk -t${THREADS} -c${CONNECTIONS} (keep-alive) at the public port; direct: two wrk -t1 -c${CONNECTIONS / 2} at once; ${seconds} s a run, ${runs} runs each, interleaved; ${os.cpus().length} cores shared by wrk, the replicas and the front (the balancer runs in this bench process); 1-min load average at start ${loadAtStart.toFixed(2)}`,
       'latency': `wrk -t1 -c1 --latency (one keep-alive connection, requests back to back), ${latencySeconds} s a run; added = contender minus a direct replica in the same round, median over rounds`,
-      'columns': '× ours: the contender\'s req/s over ours (below 1: ours serves more); % of direct: median req/s over the direct limit; p50/p99: one connection; busiest %: the busier serving process\'s share of their CPU time; front cpu: ms of CPU the balancer (this process), proxy or cluster primary spent per 1000 requests',
+      'columns': '× ours: the contender\'s req/s over ours (below 1: ours serves more); % of direct: median req/s over the direct limit; p50/p99: one connection; busiest %: the busier serving process\'s share of their CPU time; front cpu: ms of CPU (user + system, /proc/PID/stat) the balancer (this whole bench process), HAProxy, nginx, proxy or cluster primary spent per 1000 requests',
       'balancer (least-connections) / direct limit': verdict(pct(ours.median / limit), [`≥ ${pct(TARGETS.balancerOfDirect)}`, ours.median / limit >= TARGETS.balancerOfDirect]),
       'balancer (round-robin) / direct limit': verdict(pct(oursRound.median / limit), [`≥ ${pct(TARGETS.balancerOfDirect)}`, oursRound.median / limit >= TARGETS.balancerOfDirect]),
       'balancer / http-proxy, both at their defaults': verdict(times(ours.median / proxyDef.median), [`≥ ${TARGETS.balancerOverProxy}×`, ours.median / proxyDef.median >= TARGETS.balancerOverProxy]),
       'balancer / http-proxy, each at its best (keep-alive agent)': verdict(times(oursBest / proxyBest.median), [`≥ ${TARGETS.balancerOverProxy}×`, oursBest / proxyBest.median >= TARGETS.balancerOverProxy]),
       "listen: 'fd' / direct limit": verdict(pct(oursFd.median / limit), [`≥ ${pct(TARGETS.fdOfDirect)}`, oursFd.median / limit >= TARGETS.fdOfDirect]),
       'Node cluster / direct limit': pct(cluster.median / limit),
+      ...(haproxyRow
+        ? {
+            'balancer / HAProxy, req/s': verdict(times(ours.median / haproxyRow.median), [`≥ ${TARGETS.balancerOverHaproxy}×`, ours.median / haproxyRow.median >= TARGETS.balancerOverHaproxy]),
+            'balancer / HAProxy, CPU ms per 1000 requests': verdict(`${ours.frontCpu.toFixed(1)} / ${haproxyRow.frontCpu.toFixed(1)} = ${times(ours.frontCpu / haproxyRow.frontCpu)}`, [`≤ ${TARGETS.cpuOfHaproxy}×`, ours.frontCpu / haproxyRow.frontCpu <= TARGETS.cpuOfHaproxy]),
+          }
+        : {}),
+      ...(nginxRow
+        ? {
+            'balancer / nginx stream, req/s': times(ours.median / nginxRow.median),
+            'balancer / nginx stream, CPU ms per 1000 requests': `${ours.frontCpu.toFixed(1)} / ${nginxRow.frontCpu.toFixed(1)} = ${times(ours.frontCpu / nginxRow.frontCpu)}`,
+          }
+        : {}),
+      ...(skipped.length ? { 'peers skipped': skipped.join('; ') } : {}),
       'added by the balancer, p50 / p99': verdict(`${ms(ours.addedP50)} / ${ms(ours.addedP99)}`, [`p50 ≤ ${TARGETS.addedP50Ms} ms`, ours.addedP50 <= TARGETS.addedP50Ms]),
       "added with listen: 'fd', p50 / p99": `${ms(oursFd.addedP50)} / ${ms(oursFd.addedP99)}`,
     }

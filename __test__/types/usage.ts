@@ -90,6 +90,11 @@ async function main(): Promise<void> {
   void [replicaPorts, reloaded, perReplica, stoppedAll]
   // @ts-expect-error balance strategies are named
   new ProcessManager({ balance: 'random' })
+  const limited = new ProcessManager({ replicas: 2, balancer: { maxConnections: 64, idleTimeoutMs: 60000, firstByteTimeoutMs: 5000 } })
+  const held: number | undefined = limited.options.balancer.maxConnections
+  void held
+  // @ts-expect-error balancer limits are named
+  new ProcessManager({ balancer: { maxConnection: 8 } })
 
   const group = new BackendGroup([
     { name: 'api', port: 8000 },

@@ -47,6 +47,8 @@ pub struct Options {
   pub replicas: u16,
   pub balance: Balance,
   pub listen: Listen,
+  /// What the balancer lets clients hold (`balancer`).
+  pub balancer: crate::net::balancer::Limits,
 }
 
 /// What tells that a started backend is ready (`ready`).
@@ -277,6 +279,7 @@ const MANAGER_OPTIONS: &[&str] = &[
   "replicas",
   "balance",
   "listen",
+  "balancer",
   "logger",
 ];
 
@@ -431,6 +434,32 @@ fn inherit_env(value: &Value) -> Result<InheritEnv> {
       other,
     )),
   }
+}
+
+/// `{ maxConnections, idleTimeoutMs, firstByteTimeoutMs }`; missing keys take the defaults.
+fn balancer(value: &Value) -> Result<crate::net::balancer::Limits> {
+  let defaults = crate::net::balancer::Limits::default();
+  let mut f = Fields::of(value, "balancer")?;
+  let max_connections = f
+    .take("maxConnections")
+    .map(|v| integer(v, "balancer.maxConnections", 1.0, 1_048_576.0).map(|n| n as usize))
+    .transpose()?
+    .unwrap_or(defaults.max_connections);
+  let idle_timeout = match f.take("idleTimeoutMs") {
+    None => defaults.idle_timeout,
+    Some(v) => interval(v, "balancer.idleTimeoutMs")?,
+  };
+  let first_byte_timeout = f
+    .take("firstByteTimeoutMs")
+    .map(|v| interval(v, "balancer.firstByteTimeoutMs"))
+    .transpose()?
+    .flatten();
+  f.finish(&["maxConnections", "idleTimeoutMs", "firstByteTimeoutMs"])?;
+  Ok(crate::net::balancer::Limits {
+    max_connections,
+    idle_timeout,
+    first_byte_timeout,
+  })
 }
 
 /// `{ http: 'POST /shutdown', stdin: true }`.
@@ -647,6 +676,11 @@ impl Options {
           }
         },
       },
+      balancer: f
+        .take("balancer")
+        .map(balancer)
+        .transpose()?
+        .unwrap_or_default(),
     };
     let restart_given = matches!(value, Value::Object(fields) if fields.iter().any(|(k, v)| k == "restart" && !v.is_absent()));
     let mut options = options;
@@ -709,6 +743,17 @@ impl Options {
           .map_or(Value::Undefined, |(m, p)| text(&format!("{m} {p}"))),
       ),
       ("stdin", Value::Bool(self.shutdown.stdin)),
+    ]);
+    let balancer = Value::object(vec![
+      (
+        "maxConnections",
+        Value::Number(self.balancer.max_connections as f64),
+      ),
+      ("idleTimeoutMs", opt_ms(self.balancer.idle_timeout)),
+      (
+        "firstByteTimeoutMs",
+        opt_ms(self.balancer.first_byte_timeout),
+      ),
     ]);
     Value::object(vec![
       ("name", text(&self.name)),
@@ -778,6 +823,7 @@ impl Options {
           Listen::Fd => "fd",
         }),
       ),
+      ("balancer", balancer),
     ])
   }
 
@@ -902,9 +948,25 @@ mod tests {
         ]),
       ),
       ("maxMemoryBytes", Value::Number(1e9)),
+      (
+        "balancer",
+        Value::object(vec![
+          ("maxConnections", Value::Number(8.0)),
+          ("idleTimeoutMs", Value::Number(0.0)),
+          ("firstByteTimeoutMs", Value::Number(500.0)),
+        ]),
+      ),
     ])
     .unwrap();
     let again = Options::parse(&o.to_value()).unwrap();
+    assert_eq!(
+      again.balancer,
+      crate::net::balancer::Limits {
+        max_connections: 8,
+        idle_timeout: None,
+        first_byte_timeout: Some(Duration::from_millis(500)),
+      }
+    );
     assert_eq!(again.restart, o.restart);
     assert_eq!(again.priority, Priority::Low);
     assert_eq!(again.inherit_env, o.inherit_env);

@@ -257,7 +257,7 @@ impl Manager {
           Balance::LeastConnections => Strategy::LeastConnections,
           Balance::RoundRobin => Strategy::RoundRobin,
         };
-        let balancer = Balancer::start(listener, strategy)
+        let balancer = Balancer::start(listener, strategy, o.balancer)
           .map_err(|e| PmError::Internal(format!("the load balancer could not start: {e}")))?;
         Front::balanced(balancer, public)
       }
