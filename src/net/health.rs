@@ -3,7 +3,7 @@
 //! host address: it can never be routed to a proxy (docs/design.md §5) and never resolves `localhost`. It sends
 //! `Connection: close`, so no idle keep-alive connection delays the backend's own shutdown later.
 //!
-//! Why not reqwest (measured, see the README's "Performance"): a probe through reqwest costs more per
+//! Why not reqwest (measured, see docs/performance.md, "The health probe"): a probe through reqwest costs more per
 //! request than this client on loopback, which readiness pays at every poll, and it cannot set the socket
 //! options a fast refused connect needs on Windows (`TCP_MAXRT`). The status line is parsed by httparse.
 
