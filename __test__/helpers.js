@@ -19,9 +19,9 @@ const CLI = path.join(ROOT, 'cli.js')
  * `skip` values that say why a test does not run on a platform (node:test reports the reason):
  * - posixOnly: the behaviour under test is POSIX (signals, /proc, process groups, file modes, tmux…): skipped
  *   on Windows, where the Rust tests in src/os/win check the Windows counterpart.
- * - wineLacks: Windows behaviour Wine 8 does not have (README, Platforms, with the evidence): skipped only
+ * - wineLacks: Windows behaviour Wine 8 does not have (docs/platforms.md, with the evidence): skipped only
  *   under Wine (BPM_UNDER_WINE=1, set by scripts/test-wine.sh); runs on Windows.
- * - wineUnexplained: fails under Wine for a reason not yet found (README, Platforms): skipped only under Wine.
+ * - wineUnexplained: fails under Wine for a reason not yet found (docs/platforms.md): skipped only under Wine.
  */
 /** How an outside kill (`process.kill(pid, 'SIGKILL')`) ends a process: a signal on POSIX, TerminateProcess's exit code 1 on Windows. */
 const KILLED = process.platform === 'win32' ? { exitCode: 1, signal: null } : { exitCode: null, signal: 'SIGKILL' }

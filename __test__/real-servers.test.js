@@ -101,16 +101,16 @@ for (const server of SERVERS) {
   })
 }
 
-// The token-checking backends of the README, run as they are there.
+// The token-checking backends of docs/api.md ("Isolation and access"), run as they are there.
 const TOKEN_BACKENDS = [
   { name: 'Node', file: 'token-server.js', entry: 'token-server.js' },
   { name: 'Python (Flask)', file: 'token_app.py', command: PYTHON, args: ['-m', 'flask', '--app', 'token_app', 'run', '--port', '{port}', '--host', '{host}'], env: PYTHON_ENV },
 ]
 
 for (const backend of TOKEN_BACKENDS) {
-  test(`the README's ${backend.name} backend that checks the token starts with token: true and refuses others`, { skip: linuxOnly('Python servers from .cache/pydeps and trees read from /proc') }, async (t) => {
-    const readme = fs.readFileSync(path.join(ROOT, 'README.md'), 'utf8')
-    assert.ok(readme.includes(fs.readFileSync(path.join(SERVERS_DIR, backend.file), 'utf8')), `README.md shows ${backend.file} as it is`)
+  test(`the docs' ${backend.name} backend that checks the token starts with token: true and refuses others`, { skip: linuxOnly('Python servers from .cache/pydeps and trees read from /proc') }, async (t) => {
+    const docs = fs.readFileSync(path.join(ROOT, 'docs', 'api.md'), 'utf8')
+    assert.ok(docs.includes(fs.readFileSync(path.join(SERVERS_DIR, backend.file), 'utf8')), `docs/api.md shows ${backend.file} as it is`)
     const pm = new ProcessManager({
       name: `token-${backend.file.replace(/\W/g, '-')}`,
       token: true,
@@ -130,7 +130,7 @@ for (const backend of TOKEN_BACKENDS) {
   })
 }
 
-// The socket handed over (listen: 'fd'), with the README's command lines: 2 replicas on one socket serve,
+// The socket handed over (listen: 'fd'), with the command lines of docs/api.md: 2 replicas on one socket serve,
 // a reload() under load replaces both with no failed request, and a stop leaves nothing.
 // `closesUnread`: on SIGTERM the server closes the connections it has accepted but not read a request from
 // yet (uvicorn's graceful shutdown treats them as idle: protocols/http/h11_impl.py `shutdown`), so a fresh

@@ -1,5 +1,5 @@
 'use strict'
-// Makes the README's monitoring pictures from real data: four fixture backends (one under varying load, one
+// Makes the monitoring pictures of docs/cli.md from real data: four fixture backends (one under varying load, one
 // with grandchildren, one that crashes and is restarted, one that wants a token) are watched for about a
 // minute; then the dashboard is photographed in headless Chromium (docs/dashboard.png) and a frame of
 // `backend-pm monitor` is read from a tmux pane (printed). Needs /usr/bin/chromium and tmux.

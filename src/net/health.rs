@@ -7,7 +7,7 @@
 //! found to be the backend's own (docs/design.md §26): a listener that another user put on the port between
 //! the port check and the backend's bind gets a connection and not one byte.
 //!
-//! Why not reqwest (measured, see the README's "Performance"): a probe through reqwest costs more per
+//! Why not reqwest (measured, see docs/performance.md, "The health probe"): a probe through reqwest costs more per
 //! request than this client on loopback, which readiness pays at every poll, and it cannot set the socket
 //! options a fast refused connect needs on Windows (`TCP_MAXRT`). The status line is parsed by httparse.
 
