@@ -66,7 +66,7 @@ function view(line, actions) {
  * of the record (of every replica, for a backend with replicas): its app sees an unexpected exit and
  * starts it again if its restart policy says so, which a record does not tell — so there is no Restart.
  */
-function recordsSource({ stateDir, name, stopTimeoutMs, stopRecord = require('../index.js').stopRecord, listRecords }) {
+function recordsSource({ stateDir, name, stopTimeoutMs, stopRecord = require('../binding.js').stopRecord, listRecords }) {
   const sampler = new RecordSampler({ stateDir, name, ...(listRecords ? { listRecords } : {}) })
   let lines = new Map()
   const actions = (line) => (ALIVE.has(line.state) && (line.file || line.replicas?.some((r) => ALIVE.has(r.state))) ? ['stop'] : [])

@@ -98,7 +98,7 @@ class RecordSampler {
   #history = new Map()
   #aborter = new AbortController()
 
-  constructor({ stateDir, name, probe = true, listRecords = require('../index.js').listRecords }) {
+  constructor({ stateDir, name, probe = true, listRecords = require('../binding.js').recordStatuses }) {
     this.#stateDir = stateDir
     this.#name = name
     this.#probe = probe

@@ -6,11 +6,15 @@
 
 use crate::error::{PmError, Result};
 
+/// Our threads only wait and copy lines: a small stack keeps the memory of many backends (and of the C
+/// library's cache of exited threads' stacks) small.
+pub const THREAD_STACK: usize = 256 * 1024;
+
 pub async fn run<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
   let (tx, rx) = tokio::sync::oneshot::channel();
   std::thread::Builder::new()
     .name("bpm-blocking".into())
-    .stack_size(crate::os::spawn::THREAD_STACK)
+    .stack_size(THREAD_STACK)
     .spawn(move || {
       let _ = tx.send(work());
     })

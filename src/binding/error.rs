@@ -74,7 +74,7 @@ where
   let (deferred, promise) = env.create_deferred()?;
   std::thread::Builder::new()
     .name("bpm-wait".into())
-    .stack_size(crate::os::spawn::THREAD_STACK)
+    .stack_size(crate::blocking::THREAD_STACK)
     .spawn(move || {
       // Its runtime is made here, off the JS thread.
       let result = tokio::runtime::Builder::new_current_thread()

@@ -27,7 +27,7 @@ fn sender() -> Option<&'static SyncSender<Job>> {
       let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
       std::thread::Builder::new()
         .name("bpm-logs".into())
-        .stack_size(crate::os::spawn::THREAD_STACK)
+        .stack_size(crate::blocking::THREAD_STACK)
         .spawn(move || run(rx))
         .ok()
         .map(|_| tx)

@@ -200,7 +200,7 @@ fn start_sweeper() {
   }
   let started = std::thread::Builder::new()
     .name("bpm-reservations".into())
-    .stack_size(crate::os::spawn::THREAD_STACK)
+    .stack_size(crate::blocking::THREAD_STACK)
     .spawn(|| loop {
       let mut entries = entries();
       let now = Instant::now();

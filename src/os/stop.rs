@@ -360,6 +360,22 @@ fn end_group(pgid: u32, not_before: u64, grace: Duration) -> OrphanEnd {
 #[cfg(all(test, unix))]
 mod tests {
   use super::*;
+
+  /// A backend whose program could not be started (its process already ended at the spawn gate) is
+  /// never signalled: nothing of it is left, and its pid may be someone else's by now.
+  #[tokio::test]
+  async fn a_child_whose_program_never_ran_is_not_signalled() {
+    let spec = crate::os::spawn::SpawnSpec {
+      program: "/nonexistent/backend-binary".into(),
+      cwd: std::env::temp_dir(),
+      ..Default::default()
+    };
+    let sink: crate::os::spawn::LineSink = std::sync::Arc::new(|_, _| {});
+    let child = crate::os::spawn::spawn_held(spec, sink).await.unwrap();
+    assert!(child.run_program().await.is_err());
+    let stopped = stop_child(&child, Duration::from_secs(1), Polite::default()).await;
+    assert!(!stopped.forced && stopped.survivors.is_empty());
+  }
   use std::os::unix::process::CommandExt;
 
   /// A process leading its own group, with two children in that group (like a backend found through an

@@ -28,10 +28,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use tokio::sync::{oneshot, watch};
 
-/// Our threads only wait and copy lines: a small stack keeps the memory of many backends (and of the C
-/// library's cache of exited threads' stacks) small.
-pub const THREAD_STACK: usize = 256 * 1024;
-
 #[derive(Debug, Clone, Default)]
 pub struct SpawnSpec {
   pub program: String,
@@ -325,7 +321,7 @@ pub async fn spawn_held(spec: SpawnSpec, sink: LineSink) -> Result<Arc<Child>> {
   let (reap_tx, reap_rx) = mpsc::channel::<()>();
   std::thread::Builder::new()
     .name(thread_name(&program))
-    .stack_size(THREAD_STACK)
+    .stack_size(crate::blocking::THREAD_STACK)
     .spawn(move || {
       let spawned = command.spawn();
       // Our copies of the child's descriptors (its output pipes, its socket): they must close with the
@@ -406,7 +402,7 @@ pub async fn spawn_held(spec: SpawnSpec, sink: LineSink) -> Result<Arc<Child>> {
   let program = spec.program.clone();
   std::thread::Builder::new()
     .name(thread_name(&program))
-    .stack_size(THREAD_STACK)
+    .stack_size(crate::blocking::THREAD_STACK)
     .spawn(move || waiter_thread(spec, sink, started_tx))
     .map_err(|e| no_thread(&program, e))?;
   started_rx
@@ -703,9 +699,6 @@ mod tests {
       Some(std::io::ErrorKind::NotFound)
     );
     assert!(child.never_ran());
-    let stopped =
-      crate::os::stop::stop_child(&child, Duration::from_secs(1), Default::default()).await;
-    assert!(!stopped.forced && stopped.survivors.is_empty());
   }
 
   /// A stopped process (Ctrl-Z, a debugger) has not exited: it must not be reported as ended.

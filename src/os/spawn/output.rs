@@ -75,7 +75,7 @@ pub fn start_readers(
     };
     let started = std::thread::Builder::new()
       .name(name)
-      .stack_size(super::THREAD_STACK)
+      .stack_size(crate::blocking::THREAD_STACK)
       .spawn(move || read_lines(stream, pipe, &reader_output, &sink));
     if started.is_err() {
       // Without a reader the pipe fills and blocks the backend; it gets no output events instead.
