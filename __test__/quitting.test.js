@@ -8,7 +8,7 @@ const path = require('node:path')
 const { EventEmitter, once } = require('node:events')
 const { ProcessManager, BackendGroup } = require('..')
 const { manage } = require('backend-process-manager/electron')
-const { ROOT, FIXTURE, tempDir, freeRun, isAlive, records, waitFor, fixtureManager, startScript, posixOnly, killIfAlive } = require('./helpers')
+const { ROOT, FIXTURE, tempDir, freeRun, isAlive, records, fixtureManager, startScript, posixOnly, wineLacks, killIfAlive } = require('./helpers')
 
 /** An app script whose manager(s) start the fixture backend; `quit` is its code run once they are up. */
 function appScript({ stateDir, port, count = 1, env = {}, quit }) {
@@ -50,7 +50,7 @@ test('stopSync() from process.on("exit") stops a backend that ignores SIGTERM wi
   assert.deepEqual(records(stateDir), [])
 })
 
-test('stopAllSync() from a SIGTERM handler that calls process.exit(): every manager\'s backend gone, politely', async (t) => {
+test('stopAllSync() from a SIGTERM handler that calls process.exit(): every manager\'s backend gone, politely', { skip: posixOnly('a SIGTERM handler (Windows ends the process at once)') }, async (t) => {
   const stateDir = tempDir(t)
   const app = startScript(t, appScript({
     stateDir, port: await freeRun(9), count: 3,
@@ -125,7 +125,7 @@ class StandInApp extends EventEmitter {
   }
 }
 
-test('manage(): the first before-quit waits for a graceful stop, then the app quits; will-quit finds nothing left', async (t) => {
+test('manage(): the first before-quit waits for a graceful stop, then the app quits; will-quit finds nothing left', { skip: wineLacks('CTRL_BREAK_EVENT is not delivered (GenerateConsoleCtrlEvent fails), so the stop is forced') }, async (t) => {
   const { pm, stateDir } = fixtureManager(t, { port: await freeRun(3), env: { TERM_DELAY_MS: '200' } })
   const app = new StandInApp()
   const before = app.listenerCount('before-quit')

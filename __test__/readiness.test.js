@@ -6,7 +6,7 @@ const test = require('node:test')
 const assert = require('node:assert/strict')
 const path = require('node:path')
 const { ProcessManager } = require('..')
-const { ROOT, tempDir, freeRun, isAlive, records, killIfAlive, httpGet, posixOnly } = require('./helpers')
+const { ROOT, tempDir, freeRun, isAlive, records, killIfAlive, httpGet, linuxOnly } = require('./helpers')
 const { ensurePythonDeps, PYDEPS, PYTHON } = require('../scripts/test-deps.js')
 
 const PYTHON_ENV = { PYTHONPATH: PYDEPS, PYTHONDONTWRITEBYTECODE: '1', PYTHONUNBUFFERED: '1' }
@@ -59,7 +59,7 @@ if not os.environ.get("NEVER_READY"):
 threading.Event().wait()
 `
 
-test("ready: 'notify' — READY=1 from a Python backend's socket module; STATUS= lines become status events", { skip: posixOnly('NOTIFY_SOCKET is a Unix datagram socket') }, async (t) => {
+test("ready: 'notify' — READY=1 from a Python backend's socket module; STATUS= lines become status events", { skip: linuxOnly('a Linux python3 (and NOTIFY_SOCKET is Unix)') }, async (t) => {
   const pm = manager(t, { name: 'notify', command: PYTHON, args: ['-c', NOTIFYING], port: await freeRun(3), ready: 'notify' })
   const statuses = []
   pm.on('status', (s) => statuses.push(s.text))
@@ -72,7 +72,7 @@ test("ready: 'notify' — READY=1 from a Python backend's socket module; STATUS=
   assert.equal(isAlive(b.pid), false)
 })
 
-test("ready: 'notify' — a backend that never says READY=1 fails at startTimeoutMs with ERR_START_TIMEOUT; nothing is left", { skip: posixOnly('NOTIFY_SOCKET is a Unix datagram socket') }, async (t) => {
+test("ready: 'notify' — a backend that never says READY=1 fails at startTimeoutMs with ERR_START_TIMEOUT; nothing is left", { skip: linuxOnly('a Linux python3 (and NOTIFY_SOCKET is Unix)') }, async (t) => {
   const pm = manager(t, { name: 'mute', command: PYTHON, args: ['-c', NOTIFYING], env: { NEVER_READY: '1' }, port: await freeRun(3), ready: 'notify', startTimeoutMs: 1500 })
   const spawned = []
   pm.on('exit', (e) => spawned.push(e.pid))
@@ -86,7 +86,7 @@ test("ready: 'notify' — a backend that never says READY=1 fails at startTimeou
   assert.deepEqual(records(pm.options.stateDir), [])
 })
 
-test("ready: 'notify' with gunicorn, which speaks systemd's protocol: ready on its READY=1, and it serves", { skip: posixOnly('NOTIFY_SOCKET is a Unix datagram socket') }, async (t) => {
+test("ready: 'notify' with gunicorn, which speaks systemd's protocol: ready on its READY=1, and it serves", { skip: linuxOnly('the Python servers are installed for Linux (and NOTIFY_SOCKET is Unix)') }, async (t) => {
   ensurePythonDeps()
   const pm = manager(t, { name: 'gunicorn-notify', command: PYTHON, args: ['-m', 'gunicorn', '--workers', '1', '--bind', '{host}:{port}', 'wsgi_app:app'], cwd: SERVERS, env: PYTHON_ENV, port: await freeRun(3), ready: 'notify' })
   const statuses = []
@@ -97,7 +97,7 @@ test("ready: 'notify' with gunicorn, which speaks systemd's protocol: ready on i
   assert.ok(statuses.includes('Gunicorn arbiter booted'), JSON.stringify(statuses))
 })
 
-test('ready: { stdout } — ready on the line uvicorn prints when it runs', async (t) => {
+test('ready: { stdout } — ready on the line uvicorn prints when it runs', { skip: linuxOnly('the Python servers are installed for Linux') }, async (t) => {
   ensurePythonDeps()
   const pm = manager(t, { name: 'uvicorn-line', command: PYTHON, args: ['-m', 'uvicorn', 'asgi_app:app', '--host', '{host}', '--port', '{port}'], cwd: SERVERS, env: PYTHON_ENV, port: await freeRun(3), ready: { stdout: 'Uvicorn running on' } })
   const seen = []
