@@ -250,7 +250,12 @@ export interface ProcessManagerError extends Error {
   stderrTail?: string[]
   port?: number
   lastHealthError?: string
+  /** `ERR_STATE_DIR`, `ERR_FILE_WRITE`: the folder or file; `ERR_SPAWN_FAILED`: the program or entry tried. */
   path?: string
+  /** `ERR_SPAWN_FAILED`: why the program could not be started. */
+  reason?: 'not-found' | 'not-executable' | 'permission' | 'blocked'
+  /** `ERR_SPAWN_FAILED` with `reason: 'not-found'` for a bare command name: the PATH folders looked in. */
+  searched?: string[]
   /** From `BackendGroup.startAll()`: the backend that failed. */
   backend?: string
   /** The OS error underneath, where there is one (`errno`, and `code` as the OS error kind). */

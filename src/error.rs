@@ -17,7 +17,10 @@ pub enum PmError {
   #[error("could not start `{command}`: {reason}")]
   SpawnFailed {
     command: String,
+    /// What happened and what to do (the message).
     reason: String,
+    /// The kind of failure, for the API's `reason` field (with `path` and `searched`).
+    problem: Option<crate::os::spawn::problem::SpawnProblem>,
     #[source]
     source: Option<Arc<io::Error>>,
   },
@@ -118,7 +121,21 @@ impl PmError {
         ("startPort", Field::Number((*start_port).into())),
         ("endPort", Field::Number((*end_port).into())),
       ],
-      PmError::SpawnFailed { command, .. } => vec![("command", Field::Text(command.clone()))],
+      PmError::SpawnFailed {
+        command, problem, ..
+      } => {
+        let mut fields = vec![("command", Field::Text(command.clone()))];
+        if let Some(p) = problem {
+          fields.push(("reason", Field::Text(p.kind.as_str().into())));
+          if let Some(path) = &p.path {
+            fields.push(("path", Field::Text(path.display().to_string())));
+          }
+          if let Some(searched) = &p.searched {
+            fields.push(("searched", Field::Lines(searched.clone())));
+          }
+        }
+        fields
+      }
       PmError::BackendExited {
         exit_code,
         signal,

@@ -117,6 +117,7 @@ pub async fn run(
       let socket = ready::NotifySocket::open().map_err(|e| PmError::SpawnFailed {
         command: spec.program.clone(),
         reason: format!("no notify socket could be made for it: {e}"),
+        problem: None,
         source: Some(Arc::new(e)),
       })?;
       spec.env.retain(|(k, _)| k != "NOTIFY_SOCKET");

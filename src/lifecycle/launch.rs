@@ -3,6 +3,7 @@
 
 use crate::error::{PmError, Result};
 use crate::options::{InheritEnv, Options, StartArgs};
+use crate::os::spawn::problem::{Kind, SpawnProblem};
 use crate::os::spawn::SpawnSpec;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -114,9 +115,14 @@ impl Launch {
       .command
       .clone()
       .unwrap_or_else(|| runtime.node_path.clone());
-    let failed = |reason: String| PmError::SpawnFailed {
+    let failed = |reason: String, kind: Kind, path: &std::path::Path| PmError::SpawnFailed {
       command: program.clone(),
       reason,
+      problem: Some(SpawnProblem {
+        kind,
+        path: Some(path.to_path_buf()),
+        searched: None,
+      }),
       source: None,
     };
     let mut args = options.args.clone();
@@ -125,16 +131,24 @@ impl Launch {
       match std::fs::metadata(&entry) {
         Ok(m) if m.is_file() => {}
         Ok(_) => {
-          return Err(failed(format!(
-            "the backend entry {} is a folder, not a script; check `entry`",
-            entry.display()
-          )))
+          return Err(failed(
+            format!(
+              "the backend entry {} is a folder, not a script; check `entry`",
+              entry.display()
+            ),
+            Kind::NotExecutable,
+            &entry,
+          ))
         }
         Err(_) => {
-          return Err(failed(format!(
-            "the backend entry {} does not exist; check `entry` and the project root",
-            entry.display()
-          )))
+          return Err(failed(
+            format!(
+              "the backend entry {} does not exist; check `entry` and the project root",
+              entry.display()
+            ),
+            Kind::NotFound,
+            &entry,
+          ))
         }
       }
       args.insert(0, entry.to_string_lossy().into_owned());
@@ -144,10 +158,11 @@ impl Launch {
       None => root,
     };
     if !cwd.is_dir() {
-      return Err(failed(format!(
-        "the working folder {} does not exist",
-        cwd.display()
-      )));
+      return Err(failed(
+        format!("the working folder {} does not exist", cwd.display()),
+        Kind::NotFound,
+        &cwd,
+      ));
     }
     let token = if options.token {
       Some(new_token()?)

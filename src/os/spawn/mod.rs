@@ -11,6 +11,7 @@
 //!   a recorded orphan. Unix: a gate pipe read before `exec`; Windows: created suspended, resumed then.
 
 mod output;
+pub mod problem;
 #[cfg(unix)]
 mod unix;
 #[cfg(windows)]
@@ -101,6 +102,8 @@ struct Held {
   started: oneshot::Receiver<std::io::Result<u32>>,
   program: String,
   cwd: PathBuf,
+  /// The backend's `PATH`, where a bare command name was looked for.
+  path_env: Option<String>,
 }
 
 impl Child {
@@ -119,13 +122,14 @@ impl Child {
         started,
         program,
         cwd,
+        path_env,
       } = held;
       gate.open();
       match started.await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => {
           self.never_ran.store(true, Ordering::SeqCst);
-          Err(spawn_error(&program, &cwd, e))
+          Err(spawn_error(&program, &cwd, path_env.as_deref(), e))
         }
         Err(_) => Err(waiter_ended(&program)),
       }
@@ -135,7 +139,7 @@ impl Child {
       windows::resume(self.pid).map_err(|e| {
         // It never ran a single instruction.
         self.kill_tree();
-        spawn_error(&held.program, &held.cwd, e)
+        spawn_error(&held.program, &held.cwd, held.path_env.as_deref(), e)
       })
     }
   }
@@ -282,6 +286,7 @@ fn no_thread(program: &str, e: std::io::Error) -> PmError {
   PmError::SpawnFailed {
     command: program.to_string(),
     reason: "no thread to watch it".into(),
+    problem: None,
     source: Some(Arc::new(e)),
   }
 }
@@ -290,6 +295,7 @@ fn waiter_ended(program: &str) -> PmError {
   PmError::SpawnFailed {
     command: program.to_string(),
     reason: "its waiter thread ended early".into(),
+    problem: None,
     source: None,
   }
 }
@@ -298,8 +304,8 @@ fn waiter_ended(program: &str) -> PmError {
 /// runs nothing until `Child::run_program`. Dropping it unreleased stops it there.
 #[cfg(unix)]
 pub async fn spawn_held(spec: SpawnSpec, sink: LineSink) -> Result<Arc<Child>> {
-  let (program, cwd) = (spec.program.clone(), spec.cwd.clone());
-  let failed = |e: std::io::Error| spawn_error(&program, &cwd, e);
+  let (program, cwd, path_env) = (spec.program.clone(), spec.cwd.clone(), path_of(&spec));
+  let failed = |e: std::io::Error| spawn_error(&program, &cwd, path_env.as_deref(), e);
   let mut command = build_command(&spec);
   // Pipes of our own: the spawn returns only once the program runs, and its output must be read before.
   let (out_read, out_write) = std::io::pipe().map_err(failed)?;
@@ -389,6 +395,7 @@ pub async fn spawn_held(spec: SpawnSpec, sink: LineSink) -> Result<Arc<Child>> {
       started: started_rx,
       program,
       cwd,
+      path_env,
     })),
     never_ran: AtomicBool::new(false),
   }))
@@ -436,18 +443,21 @@ fn build_command(spec: &SpawnSpec) -> Command {
   cmd
 }
 
-fn spawn_error(program: &str, cwd: &Path, e: std::io::Error) -> PmError {
-  let reason = match e.kind() {
-    std::io::ErrorKind::NotFound => format!(
-      "{e} (is `{program}` installed and on the PATH, and does {} exist?)",
-      cwd.display()
-    ),
-    std::io::ErrorKind::PermissionDenied => format!("{e} (is it executable?)"),
-    _ => e.to_string(),
-  };
+/// The backend's `PATH` (Windows compares variable names without case).
+fn path_of(spec: &SpawnSpec) -> Option<String> {
+  spec
+    .env
+    .iter()
+    .find(|(k, _)| k == "PATH" || (cfg!(windows) && k.eq_ignore_ascii_case("PATH")))
+    .map(|(_, v)| v.clone())
+}
+
+fn spawn_error(program: &str, cwd: &Path, path_env: Option<&str>, e: std::io::Error) -> PmError {
+  let problem = problem::classify(program, cwd, path_env, &e);
   PmError::SpawnFailed {
     command: program.to_string(),
-    reason,
+    reason: problem.advice(program, &e),
+    problem: Some(problem),
     source: Some(std::sync::Arc::new(e)),
   }
 }
@@ -462,7 +472,12 @@ fn waiter_thread(spec: SpawnSpec, sink: LineSink, started: oneshot::Sender<Resul
   let mut process = match spawned {
     Ok(p) => p,
     Err(e) => {
-      let _ = started.send(Err(spawn_error(&spec.program, &spec.cwd, e)));
+      let _ = started.send(Err(spawn_error(
+        &spec.program,
+        &spec.cwd,
+        path_of(&spec).as_deref(),
+        e,
+      )));
       return;
     }
   };
@@ -475,13 +490,19 @@ fn waiter_thread(spec: SpawnSpec, sink: LineSink, started: oneshot::Sender<Resul
       // It never ran a single instruction.
       let _ = process.kill();
       let _ = process.wait();
-      let _ = started.send(Err(spawn_error(&spec.program, &spec.cwd, e)));
+      let _ = started.send(Err(spawn_error(
+        &spec.program,
+        &spec.cwd,
+        path_of(&spec).as_deref(),
+        e,
+      )));
       return;
     }
   };
   let held = Held {
     program: spec.program.clone(),
     cwd: spec.cwd.clone(),
+    path_env: path_of(&spec),
   };
   drop(spec);
   let pipes: Vec<(Stream, Box<dyn Read + Send>)> = [
