@@ -217,6 +217,7 @@ fn payload(event: Event) -> Emitted {
         ("message", text(message)),
       ]),
     ),
+    #[cfg(unix)]
     Event::Status { text: status } => ("status", Value::object(vec![("text", text(status))])),
     Event::Warning {
       code,

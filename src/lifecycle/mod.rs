@@ -145,7 +145,8 @@ pub enum Event {
     level: Level,
     message: String,
   },
-  /// What the backend says of itself (`STATUS=` on its notify socket).
+  /// What the backend says of itself (`STATUS=` on its notify socket; Unix).
+  #[cfg(unix)]
   Status {
     text: String,
   },

@@ -90,7 +90,8 @@ where
   }
 }
 
-/// What a backend says on its notify socket.
+/// What a backend says on its notify socket (Unix: `ready: 'notify'`).
+#[cfg(unix)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
   Ready,
@@ -99,6 +100,7 @@ pub enum Notice {
 }
 
 /// `KEY=VALUE` lines of one datagram, as systemd's `sd_notify` sends them; unknown keys are ignored.
+#[cfg(unix)]
 pub fn notices(datagram: &[u8]) -> Vec<Notice> {
   String::from_utf8_lossy(datagram)
     .lines()
@@ -164,7 +166,7 @@ mod notify_socket {
   }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
   use super::*;
 

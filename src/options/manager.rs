@@ -122,7 +122,8 @@ pub enum DeathGuard {
 }
 
 impl DeathGuard {
-  /// The backends are watched by the guard process.
+  /// The backends are watched by the guard process (Unix).
+  #[cfg(unix)]
   pub fn uses_guard(self) -> bool {
     self == DeathGuard::Guard || (self == DeathGuard::Auto && cfg!(target_os = "macos"))
   }
