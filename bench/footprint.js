@@ -36,6 +36,43 @@ module.exports = async function footprint({ runs }) {
       fs.rmSync(dir, { recursive: true, force: true })
       console.log(JSON.stringify({ loadMiB: (loaded - before) / 2 ** 20, backendMiB: (running - loaded) / 2 ** 20, backendOwnMiB: backendRss / 2 ** 20 }))
     })`)
+  // Threads and RSS of the app with 0, 10 and 50 running backends (issue 21: threads should not grow with
+  // backends), and the death guard's RSS. Small Python servers, ready when their port accepts.
+  const scale = fresh(`
+    const fs = require('node:fs'), os = require('node:os'), path = require('node:path')
+    const threads = () => fs.readdirSync('/proc/self/task').length
+    const rssMiB = () => { global.gc?.(); return process.memoryUsage().rss / 2 ** 20 }
+    const { ProcessManager } = require(${JSON.stringify(ROOT)})
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bpm-bench-'))
+    const managers = []
+    const figure = {}
+    const up = async (count, deathGuard) => {
+      const fresh = []
+      for (let i = managers.length; i < count; i++) {
+        const pm = new ProcessManager({ name: 'bench-threads-' + i, command: 'python3', args: ['-m', 'http.server', '{port}', '--bind', '{host}'], port: 47100 + i * 3, portRange: 2, ready: 'port', stateDir: dir, logger: false, deathGuard })
+        managers.push(pm)
+        fresh.push(pm.startBackend(dir))
+      }
+      await Promise.all(fresh)
+      await new Promise((r) => setTimeout(r, 300))
+    }
+    ;(async () => {
+      await up(0)
+      figure.threads0 = threads(); figure.rss0 = rssMiB()
+      await up(10, 'auto')
+      figure.threads10 = threads(); figure.rss10 = rssMiB()
+      await up(50, 'auto')
+      figure.threads50 = threads(); figure.rss50 = rssMiB()
+      const guarded = new ProcessManager({ name: 'bench-guarded', command: 'python3', args: ['-m', 'http.server', '{port}', '--bind', '{host}'], port: 47400, portRange: 5, ready: 'port', stateDir: dir, logger: false, deathGuard: 'guard' })
+      await guarded.startBackend(dir)
+      // Children are listed by the thread that forked them.
+      const kids = fs.readdirSync('/proc/self/task').flatMap((t) => fs.readFileSync('/proc/self/task/' + t + '/children', 'utf8').trim().split(' ').filter(Boolean).map(Number))
+      const guard = kids.find((k) => fs.readFileSync('/proc/' + k + '/comm', 'utf8').trim() === 'sh')
+      figure.guardRssKiB = guard ? Number(/VmRSS:\\s+(\\d+)/.exec(fs.readFileSync('/proc/' + guard + '/status', 'utf8'))[1]) : null
+      await Promise.all([...managers, guarded].map((pm) => pm.stopBackend()))
+      fs.rmSync(dir, { recursive: true, force: true })
+      console.log(JSON.stringify(figure))
+    })()`)
   const req = summary(requireMs)
   return {
     title: 'Footprint',
@@ -49,6 +86,13 @@ module.exports = async function footprint({ runs }) {
       rssAddedByLoadingMiB: rss.loadMiB,
       rssAddedByOneManagedBackendMiB: rss.backendMiB,
       backendOwnRssMiB: rss.backendOwnMiB,
+      appThreadsWith0Backends: scale.threads0,
+      appThreadsWith10Backends: scale.threads10,
+      appThreadsWith50Backends: scale.threads50,
+      appRssMiBWith0Backends: scale.rss0,
+      appRssMiBWith10Backends: scale.rss10,
+      appRssMiBWith50Backends: scale.rss50,
+      deathGuardRssKiB: scale.guardRssKiB,
     },
   }
 }
