@@ -26,7 +26,7 @@ function manager(t, options) {
 /** A TCP server that speaks no HTTP: it greets, and records what clients sent before it (nothing, from the manager). */
 const RAW_SERVER = `
   const net = require('node:net')
-  net.createServer((c) => { c.on('data', (d) => console.log('GOT ' + JSON.stringify(String(d)))); c.end('hello\\n') })
+  net.createServer((c) => { c.on('error', () => {}); c.on('data', (d) => console.log('GOT ' + JSON.stringify(String(d)))); c.end('hello\\n') })
     .listen(Number(process.env.PORT), process.env.HOST, () => console.log('raw listening'))`
 
 test("ready: 'port' — a backend that speaks no HTTP is ready when its own listener accepts; nothing is written to it", async (t) => {

@@ -40,7 +40,7 @@ test('a path that does not exist, and a missing entry script: reason not-found w
   assert.equal(missing.path, path.join(dir, 'no-such-binary'))
   const entry = await startFails(t, { entry: 'backend/missing.js' })
   assert.equal(entry.reason, 'not-found')
-  assert.equal(entry.path, path.join(ROOT, 'backend', 'missing.js'))
+  assert.equal(path.normalize(entry.path), path.join(ROOT, 'backend', 'missing.js'))
 })
 
 test('a file without the execute permission, and a folder: reason not-executable with the path', { skip: posixOnly('execute permission bits') }, async (t) => {
