@@ -35,8 +35,13 @@ const wineUnexplained = (reason) => UNDER_WINE && `fails under Wine, not yet exp
 /** A fresh state folder, removed after the test. */
 function tempDir(t, prefix = 'bpm-test-') {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix))
-  // Retried: the log writer may still be writing the last lines of a backend that ended with the test.
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true, maxRetries: 5 }))
+  // Every backend of this test file still running is stopped first (its manager writes its output into the
+  // state folder's logs until then; tests in a file run one at a time), then the folder is removed —
+  // retried, for the last lines of a backend that ended by itself.
+  t.after(async () => {
+    await ProcessManager.stopAll().catch(() => {})
+    fs.rmSync(dir, { recursive: true, force: true, maxRetries: 5 })
+  })
   return dir
 }
 

@@ -134,8 +134,9 @@ for (const backend of TOKEN_BACKENDS) {
 // a reload() under load replaces both with no failed request, and a stop leaves nothing.
 // `closesUnread`: on SIGTERM the server closes the connections it has accepted but not read a request from
 // yet (uvicorn's graceful shutdown treats them as idle: protocols/http/h11_impl.py `shutdown`), so a fresh
-// connection the old process took from the shared socket just before its stop can close unanswered. That one
-// request is retried (nothing was processed), and counted.
+// connection the old process took from the shared socket just before its stop can close unanswered (or be
+// reset, when the request was already in its buffer). That one request is retried (nothing was processed),
+// and counted.
 const FD_SERVERS = [
   { name: 'uvicorn --fd 3', command: PYTHON, args: ['-m', 'uvicorn', 'asgi_app:app', '--fd', '3'], env: PYTHON_ENV, closesUnread: true },
   // gunicorn finds the socket itself (LISTEN_FDS and LISTEN_PID, systemd's convention).
@@ -181,8 +182,9 @@ for (const server of FD_SERVERS) {
         served.add(Number(/^pid (\d+)/.exec(body)?.[1]))
         look()
       } catch (e) {
-        // Node's message for a connection closed before any byte of an answer.
-        if (retry && e.message === 'socket hang up') {
+        // Node's message for a connection closed before any byte of an answer: a clean close, or a reset
+        // when the server closed it with the request unread in its buffer (seen once in a loaded full run).
+        if (retry && (e.message === 'socket hang up' || e.message === 'read ECONNRESET')) {
           closedUnanswered++
           return get(false)
         }
