@@ -20,7 +20,7 @@ pub enum PmError {
     /// What happened and what to do (the message).
     reason: String,
     /// The kind of failure, for the API's `reason` field (with `path` and `searched`).
-    problem: Option<crate::os::spawn::problem::SpawnProblem>,
+    problem: Option<crate::os::spawn_problem::SpawnProblem>,
     #[source]
     source: Option<Arc<io::Error>>,
   },

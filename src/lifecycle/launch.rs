@@ -3,8 +3,8 @@
 
 use crate::error::{PmError, Result};
 use crate::options::{InheritEnv, Options, StartArgs};
-use crate::os::spawn::problem::{Kind, SpawnProblem};
 use crate::os::spawn::SpawnSpec;
+use crate::os::spawn_problem::{Kind, SpawnProblem};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

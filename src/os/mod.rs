@@ -5,6 +5,7 @@ pub mod guard;
 pub mod process;
 pub mod signal;
 pub mod spawn;
+pub mod spawn_problem;
 pub mod stop;
 pub mod tree;
 #[cfg(windows)]

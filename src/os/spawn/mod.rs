@@ -11,7 +11,6 @@
 //!   a recorded orphan. Unix: a gate pipe read before `exec`; Windows: created suspended, resumed then.
 
 mod output;
-pub mod problem;
 #[cfg(unix)]
 mod unix;
 #[cfg(windows)]
@@ -453,7 +452,7 @@ fn path_of(spec: &SpawnSpec) -> Option<String> {
 }
 
 fn spawn_error(program: &str, cwd: &Path, path_env: Option<&str>, e: std::io::Error) -> PmError {
-  let problem = problem::classify(program, cwd, path_env, &e);
+  let problem = crate::os::spawn_problem::classify(program, cwd, path_env, &e);
   PmError::SpawnFailed {
     command: program.to_string(),
     reason: problem.advice(program, &e),
