@@ -38,9 +38,16 @@ function tempDir(t, prefix = 'bpm-test-') {
   // Every backend of this test file still running is stopped first (its manager writes its output into the
   // state folder's logs until then; tests in a file run one at a time), then the folder is removed —
   // retried, for the last lines of a backend that ended by itself.
+  // A failing hook would skip the test's later hooks (its process cleanup): a folder that still cannot be
+  // removed is tried once more when the test process exits, and said so.
   t.after(async () => {
     await ProcessManager.stopAll().catch(() => {})
-    fs.rmSync(dir, { recursive: true, force: true, maxRetries: 5 })
+    try {
+      fs.rmSync(dir, { recursive: true, force: true, maxRetries: 5 })
+    } catch (err) {
+      t.diagnostic(`${dir} could not be removed yet (${err.code}); removed at exit`)
+      process.once('exit', () => fs.rmSync(dir, { recursive: true, force: true }))
+    }
   })
   return dir
 }
