@@ -237,19 +237,29 @@ function cli(args, { cwd = ROOT, env = {} } = {}) {
   })
 }
 
-/** One GET without keep-alive or proxy: `{ status, body }`; rejects when nothing answers. */
-function httpGet(url, headers = {}, timeoutMs = 5000) {
+/**
+ * One request without keep-alive or proxy (a GET unless `method`; `body` is sent whole): `{ status, body }`;
+ * rejects when nothing answers, or the connection ends without an answer.
+ */
+function httpRequest(url, { method = 'GET', headers = {}, body, timeoutMs = 5000 } = {}) {
   return new Promise((resolve, reject) => {
-    const req = http.get(url, { agent: false, timeout: timeoutMs, headers }, (res) => {
-      let body = ''
+    const sent = body === undefined ? headers : { ...headers, 'content-length': body.length }
+    const req = http.request(url, { method, agent: false, timeout: timeoutMs, headers: sent }, (res) => {
+      let text = ''
       res.setEncoding('utf8')
-      res.on('data', (d) => (body += d))
-      res.on('end', () => resolve({ status: res.statusCode, body }))
+      res.on('data', (d) => (text += d))
+      res.on('end', () => resolve({ status: res.statusCode, body: text }))
       res.on('error', reject)
     })
     req.on('timeout', () => req.destroy(new Error(`no answer from ${url} within ${timeoutMs} ms`)))
     req.on('error', reject)
+    req.end(body)
   })
+}
+
+/** One GET without keep-alive or proxy: `{ status, body }`; rejects when nothing answers. */
+function httpGet(url, headers = {}, timeoutMs = 5000) {
+  return httpRequest(url, { headers, timeoutMs })
 }
 
 /** A PID record as this library writes it (with its marker field), for tests that plant records. */
@@ -285,4 +295,5 @@ module.exports = {
   startScript,
   cli,
   httpGet,
+  httpRequest,
 }

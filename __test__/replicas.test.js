@@ -11,7 +11,7 @@ const net = require('node:net')
 const path = require('node:path')
 const http = require('node:http')
 const { once } = require('node:events')
-const { ROOT, tempDir, freeRun, isAlive, records, waitFor, killIfAlive, fixtureManager, httpGet, cli, posixOnly, linuxOnly, startProcess } = require('./helpers')
+const { ROOT, tempDir, freeRun, isAlive, records, waitFor, killIfAlive, fixtureManager, httpGet, httpRequest, cli, posixOnly, linuxOnly, startProcess } = require('./helpers')
 const { isPortAvailable } = require('..')
 
 /** The pid a fixture answer names. */
@@ -294,20 +294,7 @@ test('a replica that cannot start fails the whole start: the others are stopped,
 })
 
 /** A POST of `bytes` on a fresh connection: resolves to { status, body }, rejects when the connection ends without an answer. */
-function httpPost(url, bytes, timeoutMs = 10000) {
-  return new Promise((resolve, reject) => {
-    const req = http.request(url, { method: 'POST', agent: false, timeout: timeoutMs, headers: { 'content-length': bytes.length } }, (res) => {
-      let body = ''
-      res.setEncoding('utf8')
-      res.on('data', (d) => (body += d))
-      res.on('end', () => resolve({ status: res.statusCode, body }))
-      res.on('error', reject)
-    })
-    req.on('timeout', () => req.destroy(new Error(`no answer from ${url} within ${timeoutMs} ms`)))
-    req.on('error', reject)
-    req.end(bytes)
-  })
-}
+const httpPost = (url, bytes, timeoutMs = 10000) => httpRequest(url, { method: 'POST', body: bytes, timeoutMs })
 
 /** The side effects recorded so far: [{ method, pid }]. */
 const sideEffects = (file) =>
