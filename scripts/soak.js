@@ -125,6 +125,13 @@ async function main() {
   // allocator's and runtime's pools; Node's own child_process shows +4 MiB over 150 spawns too), and one
   // descriptor is opened for good: the baseline is taken after that, so the figures show real leaks only.
   for (let i = 0; i < WARMUP; i++) await cycle(i)
+  // The exit-handler path warms up too (its manager's first allocations are not a leak).
+  if (FROM_EXIT > 0) {
+    let warm = await revived.startBackend(stateDir)
+    for (let i = 0; i < Math.min(20, FROM_EXIT); i++) warm = await startFromExit(warm)
+    await revived.stopBackend()
+    counts.startsFromExit = 0
+  }
   const fdsBefore = openFds()
   const rssBefore = rssMiB()
   const started = Date.now()

@@ -150,13 +150,14 @@ pub async fn run(
       if says_port_taken(line, port) {
         port_taken.store(true, Ordering::SeqCst);
       }
+      if let Some(manager) = manager.upgrade() {
+        manager.line(stream, replica, line, &redactor);
+      }
+      // After the line is queued for the log and the app: it is in `pm.logs()` once the start resolves.
       if let Some((pattern, seen)) = &ready_line {
         if !seen.is_seen() && pattern.is_match(line) {
           seen.saw();
         }
-      }
-      if let Some(manager) = manager.upgrade() {
-        manager.line(stream, replica, line, &redactor);
       }
     })
   };
