@@ -12,9 +12,9 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 /** The native half of `ProcessManager`: one named backend's lifecycle. */
 export declare class NativeManager {
   /** Checks the options (every rule of the API lives in the core) and makes the manager. */
-  constructor(options: Record<string, unknown> | undefined | null, onEvent: (event: { kind: string, data: any }) => void)
+  constructor(options: Record<string, unknown> | undefined | null, onEvent: (event: NativeEvent) => void)
   /** The options in force, defaults applied. */
-  get options(): Record<string, unknown>
+  get options(): OptionsInForce
   /** The running backend, or null (also while it is down between an exit and a restart). */
   get backend(): BackendInfo | null
   /** A start, a running or restarting backend, or a stop is under way (the JS layer keeps Node alive). */
@@ -23,7 +23,7 @@ export declare class NativeManager {
    * CPU (since the previous sample), memory and process count of the running backend's tree, with its
    * uptime, restarts and health; null when it is not running.
    */
-  stats(): Record<string, unknown> | null
+  stats(): Stats | null
   start(projectRoot: string, isPackaged: boolean | undefined, runtime: RuntimeInfo): Promise<Started>
   stop(): Promise<StopResult | null>
   /**
@@ -77,6 +77,20 @@ export interface BackendInfo {
   token?: string
   /** With `replicas > 1`: each running replica. */
   replicas?: Array<ReplicaInfo>
+  /** On a `ready` event about one replica: its index. */
+  replica?: number
+}
+
+/** How the load balancer picks a replica for a new connection. */
+export type Balance = 'least-connections' | 'round-robin'
+
+/** `balancer` in force. */
+export interface BalancerInForce {
+  maxConnections: number
+  /** `0`: never. */
+  idleTimeoutMs: number
+  /** `0`: off. */
+  firstByteTimeoutMs: number
 }
 
 /** What a cleanup did with one file of the state folder. */
@@ -96,6 +110,9 @@ export interface CleanupItem {
  */
 export declare function cleanupRecords(stateDir?: string | null, options?: { name?: string, stopTimeoutMs?: number } | null): Promise<CleanupItem[]>
 
+/** What ends the backends when the app dies without stopping them. */
+export type DeathGuard = 'auto' | 'guard' | 'none'
+
 /** The per-user log folder (`logs.dir`'s default without a `stateDir`). */
 export declare function defaultLogDir(): string
 
@@ -104,8 +121,24 @@ export declare function defaultStateDir(): string
 
 /** Where a diagnostics archive was written, and its size. */
 export interface DiagnosticsFile {
+  /** The archive written (absolute). */
   path: string
   bytes: number
+}
+
+export interface ExitEvent {
+  pid: number
+  exitCode: number | null
+  signal: string | null
+  /**
+   * False when nobody asked the backend to stop (it crashed, was killed from outside, or a watchdog/memory
+   * verdict stopped it).
+   */
+  expected: boolean
+  /** Set when the manager stopped it because of a verdict. */
+  reason?: Exclude<Reason, 'exit'>
+  /** Present on events about one replica: its index. */
+  replica?: number
 }
 
 /**
@@ -113,6 +146,13 @@ export interface DiagnosticsFile {
  * lines of every log of `logDir` (already redacted when written).
  */
 export declare function exportDiagnostics(file: string, folders: { stateDir?: string, logDir?: string }, entries: Record<string, string>): Promise<DiagnosticsFile>
+
+export interface FailedEvent {
+  reason: Reason
+  restarts: number
+  error: string
+  replica?: number
+}
 
 /**
  * The first available port from `startPort` (to `endPort`, default `startPort + 100`), skipping
@@ -143,26 +183,119 @@ export interface HealthProbe {
   error?: string
 }
 
+export interface HealthyEvent {
+  latencyMs: number | null
+  memoryBytes: number | null
+  replica?: number
+}
+
 /**
  * True when `port` can be bound on 127.0.0.1, ::1 (where IPv6 exists), 0.0.0.0 and :: — or only on
  * `host` when given. Synchronous: a few binds take microseconds, less than a hop to another thread.
  */
 export declare function isPortAvailable(port: number, host?: string | null): boolean
 
+/** Hard OS limits applied at spawn (Unix). */
+export interface Limits {
+  openFiles?: number
+  coreDumps?: boolean
+}
+
+/** How the backend gets its socket: it binds `port`, or the manager hands it over as descriptor 3 (`fd`). */
+export type Listen = 'port' | 'fd'
+
+/** A line for the app's logger. */
+export interface LogEvent {
+  level: LogLevel
+  message: string
+}
+
 /** The file `<dir>/<name>.log` (`backend-pm logs --follow` reads what is appended to it). */
 export declare function logFilePath(dir: string, name: string): string
+
+export type LogLevel = 'info' | 'warn'
 
 /** One line of a log file. */
 export interface LogLine {
   /** ISO time in UTC with milliseconds. */
   time: string
+  /** `out`, `err`, or `pm` for the manager's own lines. */
   stream: 'out' | 'err' | 'pm'
+  /** The replica's index (0 for a single process). */
   replica: number
   line: string
 }
 
 /** The names of the logs in `dir`. */
 export declare function logNames(dir: unknown): Promise<string[]>
+
+/** `logs` in force. */
+export interface LogsInForce {
+  dir: string
+  maxBytes: number
+  keep: number
+}
+
+/** One notification from the core: `kind` names the event, `data` is its payload. */
+export type NativeEvent =
+  | { kind: 'ready'; data: BackendInfo }
+  | { kind: 'exit'; data: ExitEvent }
+  | { kind: 'stdout'; data: string }
+  | { kind: 'stderr'; data: string }
+  | { kind: 'restart'; data: RestartEvent }
+  | { kind: 'failed'; data: FailedEvent }
+  | { kind: 'unhealthy'; data: UnhealthyEvent }
+  | { kind: 'healthy'; data: HealthyEvent }
+  | { kind: 'port-changed'; data: PortChangedEvent }
+  | { kind: 'stats'; data: Stats }
+  | { kind: 'status'; data: StatusEvent }
+  | { kind: 'warning'; data: WarningEvent }
+  | { kind: 'log'; data: LogEvent }
+  | { kind: 'idle' }
+
+/** The options in force, defaults applied (`pm.options`; the JS layer keeps the logger). */
+export interface OptionsInForce {
+  name: string
+  entry: string
+  command?: string
+  args: Array<string>
+  cwd?: string
+  env: Record<string, string>
+  host: string
+  port: number
+  portRange: number
+  portEnv: string
+  healthPath: string
+  healthTimeoutMs: number
+  startTimeoutMs: number
+  stopTimeoutMs: number
+  stateDir: string
+  deathGuard: DeathGuard
+  ready: ReadyCheck | ReadyStdout
+  logs: false | LogsInForce
+  restart: false | RestartInForce
+  /** `0`: no watchdog. */
+  healthIntervalMs: number
+  unhealthyThreshold: number
+  /** `0`: no limit. */
+  maxMemoryBytes: number
+  /** `0`: no `stats` events. */
+  statsIntervalMs: number
+  priority: Priority
+  limits: Limits
+  inheritEnv: boolean | Array<string>
+  token: boolean
+  shutdown: ShutdownInForce
+  replicas: number
+  balance: Balance
+  listen: Listen
+  balancer: BalancerInForce
+}
+
+export interface PortChangedEvent {
+  previous: number
+  port: number
+}
 
 export interface PortHolder {
   port: number
@@ -173,6 +306,8 @@ export interface PortHolder {
 
 /** The processes listening on the given ports (only busy ports are listed). */
 export declare function portHolders(ports: number[]): Promise<PortHolder[]>
+
+export type Priority = 'low' | 'below-normal' | 'normal' | 'above-normal' | 'high'
 
 /**
  * CPU and memory of each live process of `pids` (gone ones are left out). Synchronous: one small read per
@@ -198,6 +333,17 @@ export interface ProcessUsage {
  * names of the logs in `dir` are listed instead (as lines of stream 'pm').
  */
 export declare function readLogs(dir: string, name: string, options?: { lines?: number, stream?: 'out' | 'err' | 'pm' } | null): Promise<LogLine[]>
+
+/** What tells that the backend is ready, besides `{ stdout }`. */
+export type ReadyCheck = 'http' | 'port' | 'notify'
+
+/** Ready at the first stdout or stderr line that matches. */
+export interface ReadyStdout {
+  stdout: string
+}
+
+/** Why a backend ended without anyone stopping it, and why it is restarted. */
+export type Reason = 'exit' | 'unhealthy' | 'memory'
 
 /** One file of the state folder and what is known of its backend now. */
 export interface RecordStatus {
@@ -256,6 +402,27 @@ export interface ReplicaInfo {
   healthy: boolean
 }
 
+export interface RestartEvent {
+  /** Restarts of this run so far, this one included. */
+  attempt: number
+  delayMs: number
+  reason: Reason
+  /** The process that ended. */
+  pid: number
+  exitCode: number | null
+  signal: string | null
+  replica?: number
+}
+
+/** `restart` in force. */
+export interface RestartInForce {
+  maxRestarts: number
+  windowMs: number
+  initialDelayMs: number
+  maxDelayMs: number
+  resetAfterMs: number
+}
+
 /** What the JS layer knows of its runtime. */
 export interface RuntimeInfo {
   /** `process.execPath`. */
@@ -266,11 +433,39 @@ export interface RuntimeInfo {
   env: Record<string, string>
 }
 
+/** `shutdown` in force. */
+export interface ShutdownInForce {
+  http?: string
+  stdin: boolean
+}
+
 /** The outcome of `start`: the backend, and whether this call started it. */
 export interface Started {
   info: BackendInfo
   /** This call started it (others joined a start in progress, or found it running). */
   fresh: boolean
+}
+
+/** What the whole tree of the running backend uses, and how it is doing. */
+export interface Stats {
+  pid: number
+  /** Percent of one core since the previous sample (0 on the first). */
+  cpuPercent: number
+  memoryBytes: number
+  processCount: number
+  uptimeMs: number
+  restarts: number
+  healthy: boolean
+  /** Of the last watchdog or readiness probe. */
+  healthLatencyMs: number | null
+  /** With `replicas > 1`: each replica's (the fields above add them up). */
+  replicas?: Array<Stats>
+}
+
+/** `STATUS=text` on the notify socket (`ready: 'notify'`). */
+export interface StatusEvent {
+  text: string
+  replica?: number
 }
 
 /**
@@ -293,4 +488,29 @@ export interface StopResult {
   survivors: Array<number>
   /** With `replicas > 1`: the stop of each replica (the fields above sum them up); empty otherwise. */
   replicas: Array<StopResult>
+}
+
+export interface UnhealthyEvent {
+  reason: Verdict
+  failures: number
+  error: string | null
+  memoryBytes: number | null
+  replica?: number
+}
+
+/**
+ * What an `unhealthy` verdict is about: the watchdog's probes, or the tree's memory. (docs/api.md names the
+ * first `'health'` here and `'unhealthy'` as the reason of the `restart`, `failed` and `exit` it leads to.)
+ */
+export type Verdict = 'health' | 'memory'
+
+/**
+ * Something failed while the backend runs on: `ERR_LOG_WRITE` (log lines dropped: a full disk, an
+ * unwritable folder), `ERR_STATE_DIR` (its PID record could not be rewritten).
+ */
+export interface WarningEvent {
+  code: 'ERR_LOG_WRITE' | 'ERR_STATE_DIR'
+  message: string
+  /** `ERR_LOG_WRITE`: log lines dropped so far. */
+  dropped?: number
 }

@@ -1,11 +1,70 @@
-// Public types of backend-process-manager. Shapes that the native binding returns as they are come from its
-// generated types (binding.d.ts), so the two cannot drift apart.
+// Public types of backend-process-manager. What the native binding returns or emits as it is — results,
+// events, reasons, stats, the options in force — comes from its generated types (binding.d.ts), so the two
+// cannot drift apart; this file adds what only the JS layer has.
 import { EventEmitter } from 'node:events'
-import type { BackendInfo, StopResult, RecordStatus, CleanupItem, PortHolder, ProcessUsage } from './binding'
+import type {
+  BackendInfo,
+  StopResult,
+  RecordStatus,
+  CleanupItem,
+  PortHolder,
+  ProcessUsage,
+  ReplicaInfo,
+  Stats,
+  NativeEvent,
+  ExitEvent,
+  RestartEvent,
+  FailedEvent,
+  UnhealthyEvent,
+  HealthyEvent,
+  PortChangedEvent,
+  StatusEvent,
+  WarningEvent,
+  OptionsInForce,
+  Reason,
+  Verdict,
+  Priority,
+  Balance,
+  Listen,
+  DeathGuard,
+  ReadyCheck,
+  ReadyStdout,
+  LogLine,
+  DiagnosticsFile,
+} from './binding'
 
-export type { BackendInfo, StopResult, RecordStatus, CleanupItem, PortHolder, ProcessUsage }
+export type {
+  BackendInfo,
+  StopResult,
+  RecordStatus,
+  CleanupItem,
+  PortHolder,
+  ProcessUsage,
+  ReplicaInfo,
+  Stats,
+  ExitEvent,
+  RestartEvent,
+  FailedEvent,
+  UnhealthyEvent,
+  HealthyEvent,
+  PortChangedEvent,
+  StatusEvent,
+  WarningEvent,
+  OptionsInForce,
+  Reason,
+  Verdict,
+  Priority,
+  Balance,
+  Listen,
+  DeathGuard,
+  LogLine,
+  DiagnosticsFile,
+}
 export type RecordState = RecordStatus['state']
 export type CleanupAction = CleanupItem['action']
+/** Why a backend was restarted, or stays down (`restart`, `failed`; `exit` has the last two). */
+export type RestartReason = Reason
+export type LogStream = LogLine['stream']
 
 /** The methods the manager logs through; `console` by default. */
 export interface Logger {
@@ -26,7 +85,7 @@ export interface ProcessManagerOptions {
   /** Working directory of the backend. Default: `projectRoot`. */
   cwd?: string
   /** Extra environment, merged over `process.env`. Default `{}`. */
-  env?: Record<string, string | number | boolean | undefined>
+  env?: Record<string, string | number | boolean | null | undefined>
   /** Address the backend listens on and is probed at: an IP address, or `'localhost'` for 127.0.0.1. Default `'127.0.0.1'`. */
   host?: string
   /** Preferred port. Default `8000`. */
@@ -52,9 +111,9 @@ export interface ProcessManagerOptions {
    */
   logs?: false | true | LogOptions
   /** What tells that the backend is ready. Default `'http'`. */
-  ready?: 'http' | 'port' | 'notify' | { stdout: string }
+  ready?: ReadyCheck | ReadyStdout
   /** What ends the backends when the app dies without stopping them. Default `'auto'`. */
-  deathGuard?: 'auto' | 'guard' | 'none'
+  deathGuard?: DeathGuard
   /** Where the manager logs; `false` silences it. Default `console`. */
   logger?: Logger | false
 
@@ -86,9 +145,9 @@ export interface ProcessManagerOptions {
   /** Processes of the backend behind the public port (1–64). Default 1. With more, `restart` defaults to on. */
   replicas?: number
   /** How the load balancer picks a replica for a new connection. Default `'least-connections'`. */
-  balance?: 'least-connections' | 'round-robin'
+  balance?: Balance
   /** `'fd'`: the manager binds the public port and hands the socket over as descriptor 3 (`LISTEN_FDS=1`; Unix). Default `'port'`. */
-  listen?: 'port' | 'fd'
+  listen?: Listen
   /** What clients can make the load balancer hold; missing keys take their defaults. */
   balancer?: BalancerLimits
 }
@@ -111,36 +170,11 @@ export interface LogOptions {
   keep?: number
 }
 
-export type LogStream = 'out' | 'err' | 'pm'
-
-export interface LogLine {
-  /** ISO time in UTC with milliseconds. */
-  time: string
-  /** `out`, `err`, or `pm` for the manager's own lines. */
-  stream: LogStream
-  /** The replica's index (0 for a single process). */
-  replica: number
-  line: string
-}
-
 export interface LogsOptions {
   /** @default 200 */
   lines?: number
   stream?: LogStream
 }
-
-/**
- * Something failed while the backend runs on: `ERR_LOG_WRITE` (log lines dropped: a full disk, an unwritable
- * folder), `ERR_STATE_DIR` (its PID record could not be rewritten).
- */
-export interface WarningEvent {
-  code: 'ERR_LOG_WRITE' | 'ERR_STATE_DIR'
-  message: string
-  /** `ERR_LOG_WRITE`: log lines dropped so far. */
-  dropped?: number
-}
-
-export type Priority = 'low' | 'below-normal' | 'normal' | 'above-normal' | 'high'
 
 export interface RestartPolicy {
   /** More restarts than this within `windowMs` and the backend stays down (`failed`). Default 5. */
@@ -155,71 +189,9 @@ export interface RestartPolicy {
   resetAfterMs?: number
 }
 
-/** What the whole tree of the running backend uses, and how it is doing. */
-export interface Stats {
-  pid: number
-  /** Percent of one core since the previous sample (0 on the first). */
-  cpuPercent: number
-  memoryBytes: number
-  processCount: number
-  uptimeMs: number
-  restarts: number
-  healthy: boolean
-  /** Of the last watchdog or readiness probe. */
-  healthLatencyMs: number | null
-  /** With `replicas > 1`: each replica's (the fields above add them up). */
-  replicas?: Stats[]
-}
-
 /** Present on events about one replica: its index. */
 export interface ReplicaContext {
   replica?: number
-}
-
-export type RestartReason = 'exit' | 'unhealthy' | 'memory'
-
-export interface RestartEvent extends ReplicaContext {
-  /** Restarts of this run so far, this one included. */
-  attempt: number
-  delayMs: number
-  reason: RestartReason
-  /** The process that ended. */
-  pid: number
-  exitCode: number | null
-  signal: string | null
-}
-
-export interface FailedEvent extends ReplicaContext {
-  reason: RestartReason
-  restarts: number
-  error: string
-}
-
-export interface UnhealthyEvent extends ReplicaContext {
-  reason: 'health' | 'memory'
-  failures: number
-  error: string | null
-  memoryBytes: number | null
-}
-
-export interface HealthyEvent extends ReplicaContext {
-  latencyMs: number | null
-  memoryBytes: number | null
-}
-
-export interface PortChangedEvent {
-  previous: number
-  port: number
-}
-
-export interface ExitEvent extends ReplicaContext {
-  pid: number
-  exitCode: number | null
-  signal: string | null
-  /** False when nobody asked the backend to stop (it crashed, was killed from outside, or a watchdog/memory verdict stopped it). */
-  expected: boolean
-  /** Set when the manager stopped it because of a verdict. */
-  reason?: 'unhealthy' | 'memory'
 }
 
 export interface StatusReport {
@@ -262,24 +234,18 @@ export interface ProcessManagerError extends Error {
   cause?: Error & { code?: string; errno?: number }
 }
 
-export interface ProcessManagerEvents {
-  /** The backend (from `startBackend()` or a restart), or one replica (with `replica`, after its restart or reload). */
-  ready: [info: BackendInfo & ReplicaContext]
-  exit: [event: ExitEvent]
-  stdout: [line: string]
-  stderr: [line: string]
-  restart: [event: RestartEvent]
-  failed: [event: FailedEvent]
-  unhealthy: [event: UnhealthyEvent]
-  healthy: [event: HealthyEvent]
-  'port-changed': [event: PortChangedEvent]
-  stats: [stats: Stats]
-  warning: [event: WarningEvent]
-  /** `STATUS=text` on the notify socket (`ready: 'notify'`). */
-  status: [event: { text: string } & ReplicaContext]
-  /** A `startBackend()` call rejected (besides the rejection), for code that did not make the call. */
-  'start-failed': [event: StartFailedEvent]
+/** The events the core emits (its `log` lines go to the logger, `idle` lets Node exit), as `event: [payload]`. */
+type NativeEvents = {
+  [E in Exclude<NativeEvent, { kind: 'log' | 'idle' }> as E['kind']]: E extends { data: infer D } ? [D] : never
 }
+
+/**
+ * Every event and its payload (docs/api.md, "Events"): `ready` (the backend from `startBackend()` or a restart, or
+ * one replica with `replica`), `exit`, `stdout`, `stderr`, `restart`, `failed`, `unhealthy`, `healthy`,
+ * `port-changed`, `stats`, `warning`, `status` (`STATUS=text` on the notify socket), and `start-failed` (a
+ * `startBackend()` call rejected, for code that did not make the call).
+ */
+export type ProcessManagerEvents = NativeEvents & { 'start-failed': [event: StartFailedEvent] }
 
 export interface StartFailedEvent {
   error: ProcessManagerError
@@ -303,11 +269,10 @@ export interface Dashboard {
   close(): Promise<void>
 }
 
-export declare class ProcessManager extends EventEmitter {
+export declare class ProcessManager extends EventEmitter<ProcessManagerEvents> {
   constructor(options?: ProcessManagerOptions)
   /** The options in force, defaults applied (without the logger). */
-  readonly options: Required<Omit<ProcessManagerOptions, 'logger' | 'command' | 'cwd' | 'logs'>> &
-    Pick<ProcessManagerOptions, 'command' | 'cwd'> & { logs: false | Required<LogOptions> }
+  readonly options: OptionsInForce
   /** The running backend, or `null`. */
   readonly backend: BackendInfo | null
 
@@ -360,18 +325,13 @@ export declare class ProcessManager extends EventEmitter {
    * Restart behind a confirmation), for a developer window. The URL carries a random token.
    */
   dashboard(options?: DashboardOptions): Promise<Dashboard>
-
-  on<K extends keyof ProcessManagerEvents>(event: K, listener: (...args: ProcessManagerEvents[K]) => void): this
-  once<K extends keyof ProcessManagerEvents>(event: K, listener: (...args: ProcessManagerEvents[K]) => void): this
-  off<K extends keyof ProcessManagerEvents>(event: K, listener: (...args: ProcessManagerEvents[K]) => void): this
-  emit<K extends keyof ProcessManagerEvents>(event: K, ...args: ProcessManagerEvents[K]): boolean
 }
 
 export interface FindPortOptions {
   /** Last port to try. Default `startPort + 100` (at most 65535). */
   endPort?: number
   /** Ports never to return. */
-  exclude?: Iterable<number>
+  exclude?: number[]
   /** Check only this address instead of all four (127.0.0.1, ::1, 0.0.0.0, ::). */
   host?: string
 }
@@ -401,11 +361,6 @@ export declare function defaultLogDir(): string
 export declare function readLogs(dir: string, name: string, options?: LogsOptions): Promise<LogLine[]>
 /** The names of the logs in `dir`. */
 export declare function logNames(dir: string): Promise<string[]>
-export interface DiagnosticsFile {
-  /** The archive written (absolute). */
-  path: string
-  bytes: number
-}
 /** `backend-pm diagnostics`: status and versions, the records of `stateDir`, the last lines of every log of `logDir`. */
 export declare function exportDiagnostics(file: string, folders?: { stateDir?: string; logDir?: string }): Promise<DiagnosticsFile>
 
@@ -433,7 +388,7 @@ export interface GroupMemberStatus {
 }
 
 /** Several named backends: started in dependency order (independent ones in parallel), stopped in reverse. */
-export declare class BackendGroup extends EventEmitter {
+export declare class BackendGroup extends EventEmitter<GroupEvents> {
   /** Throws `ERR_INVALID_ARG` for a dependency cycle, an unknown dependency, a duplicate or missing name, or a bad option. */
   constructor(entries: BackendGroupMember[])
   /** Member names in start order. */
@@ -447,8 +402,4 @@ export declare class BackendGroup extends EventEmitter {
   /** That backend's `ProcessManager` (a member with an `env` function gets a new one at each `startAll()`). */
   get(name: string): ProcessManager | undefined
   status(): Promise<GroupMemberStatus[]>
-
-  on<K extends keyof GroupEvents>(event: K, listener: (...args: GroupEvents[K]) => void): this
-  once<K extends keyof GroupEvents>(event: K, listener: (...args: GroupEvents[K]) => void): this
-  off<K extends keyof GroupEvents>(event: K, listener: (...args: GroupEvents[K]) => void): this
 }

@@ -1,15 +1,16 @@
 //! Events from the core to the JS layer, in order, through one weak thread-safe function (it never keeps
 //! Node's event loop alive, docs/design.md §10). Nothing here ever blocks the caller: the queue is
 //! unbounded, and output lines — the one kind that can flood — are capped by a count of those not yet
-//! delivered. Each event reaches JS as `{ kind, data }`, `data` in the API's names (docs/api.md, "Events").
+//! delivered. Each event reaches JS as `{ kind, data }`: `NativeEvent`, whose generated type in
+//! `binding.d.ts` is the contract `index.d.ts` builds the public events from (docs/api.md, "Events").
 
-use super::value::JsPlain;
-use crate::lifecycle::{BackendInfo, Event, Events, Level, Reason, Stats};
-use crate::options::Value;
+use super::BackendInfo;
+use crate::lifecycle::{self, Event, Events, Level};
 use crate::os::spawn::{ExitInfo, Stream};
-use napi::bindgen_prelude::Function;
+use napi::bindgen_prelude::{Either, Function, Null};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::Status;
+use napi_derive::napi;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,13 +19,324 @@ use std::time::Duration;
 /// floods its output can neither block nor grow the app's memory without bound.
 const MAX_PENDING_LINES: usize = 4096;
 
-/// An event on its way to the JS thread.
-pub struct Emitted {
-  kind: &'static str,
-  data: Value,
+/// Why a backend ended without anyone stopping it, and why it is restarted.
+#[napi(string_enum = "lowercase")]
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reason {
+  /// It exited by itself.
+  Exit,
+  /// The watchdog's probes failed `unhealthyThreshold` times in a row.
+  Unhealthy,
+  /// Its tree used more memory than `maxMemoryBytes`.
+  Memory,
 }
 
-type Callback = ThreadsafeFunction<Emitted, (), JsPlain, Status, false, true, 0>;
+impl From<lifecycle::Reason> for Reason {
+  fn from(r: lifecycle::Reason) -> Self {
+    match r {
+      lifecycle::Reason::Exit => Reason::Exit,
+      lifecycle::Reason::Unhealthy => Reason::Unhealthy,
+      lifecycle::Reason::Memory => Reason::Memory,
+    }
+  }
+}
+
+/// What an `unhealthy` verdict is about: the watchdog's probes, or the tree's memory. (docs/api.md names the
+/// first `'health'` here and `'unhealthy'` as the reason of the `restart`, `failed` and `exit` it leads to.)
+#[napi(string_enum = "lowercase")]
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+  Health,
+  Memory,
+}
+
+#[napi(string_enum = "lowercase")]
+#[derive(Debug, PartialEq, Eq)]
+pub enum LogLevel {
+  Info,
+  Warn,
+}
+
+/// `T | null` in JS.
+fn nullable<T>(value: Option<T>) -> Either<T, Null> {
+  value.map_or(Either::B(Null), Either::A)
+}
+
+/// Milliseconds to a tenth.
+pub fn ms(d: Duration) -> f64 {
+  (d.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
+#[napi(object)]
+pub struct ExitEvent {
+  pub pid: u32,
+  pub exit_code: Either<i32, Null>,
+  pub signal: Either<String, Null>,
+  /// False when nobody asked the backend to stop (it crashed, was killed from outside, or a watchdog/memory
+  /// verdict stopped it).
+  pub expected: bool,
+  /// Set when the manager stopped it because of a verdict.
+  #[napi(ts_type = "Exclude<Reason, 'exit'>")]
+  pub reason: Option<Reason>,
+  /// Present on events about one replica: its index.
+  pub replica: Option<u32>,
+}
+
+#[napi(object)]
+pub struct RestartEvent {
+  /// Restarts of this run so far, this one included.
+  pub attempt: u32,
+  pub delay_ms: f64,
+  pub reason: Reason,
+  /// The process that ended.
+  pub pid: u32,
+  pub exit_code: Either<i32, Null>,
+  pub signal: Either<String, Null>,
+  pub replica: Option<u32>,
+}
+
+#[napi(object)]
+pub struct FailedEvent {
+  pub reason: Reason,
+  pub restarts: u32,
+  pub error: String,
+  pub replica: Option<u32>,
+}
+
+#[napi(object)]
+pub struct UnhealthyEvent {
+  pub reason: Verdict,
+  pub failures: u32,
+  pub error: Either<String, Null>,
+  pub memory_bytes: Either<f64, Null>,
+  pub replica: Option<u32>,
+}
+
+#[napi(object)]
+pub struct HealthyEvent {
+  pub latency_ms: Either<f64, Null>,
+  pub memory_bytes: Either<f64, Null>,
+  pub replica: Option<u32>,
+}
+
+#[napi(object)]
+pub struct PortChangedEvent {
+  pub previous: u32,
+  pub port: u32,
+}
+
+/// What the whole tree of the running backend uses, and how it is doing.
+#[napi(object)]
+pub struct Stats {
+  pub pid: u32,
+  /// Percent of one core since the previous sample (0 on the first).
+  pub cpu_percent: f64,
+  pub memory_bytes: f64,
+  pub process_count: u32,
+  pub uptime_ms: f64,
+  pub restarts: u32,
+  pub healthy: bool,
+  /// Of the last watchdog or readiness probe.
+  pub health_latency_ms: Either<f64, Null>,
+  /// With `replicas > 1`: each replica's (the fields above add them up).
+  pub replicas: Option<Vec<Stats>>,
+}
+
+impl From<lifecycle::Stats> for Stats {
+  fn from(s: lifecycle::Stats) -> Self {
+    Stats {
+      pid: s.pid,
+      cpu_percent: s.cpu_percent,
+      memory_bytes: s.memory_bytes as f64,
+      process_count: s.process_count,
+      uptime_ms: s.uptime.as_millis() as f64,
+      restarts: s.restarts,
+      healthy: s.healthy,
+      health_latency_ms: nullable(s.health_latency.map(ms)),
+      replicas: (!s.replicas.is_empty())
+        .then(|| s.replicas.into_iter().map(Stats::from).collect()),
+    }
+  }
+}
+
+/// A line for the app's logger.
+#[napi(object)]
+pub struct LogEvent {
+  pub level: LogLevel,
+  pub message: String,
+}
+
+/// `STATUS=text` on the notify socket (`ready: 'notify'`).
+#[napi(object)]
+pub struct StatusEvent {
+  pub text: String,
+  pub replica: Option<u32>,
+}
+
+/// Something failed while the backend runs on: `ERR_LOG_WRITE` (log lines dropped: a full disk, an
+/// unwritable folder), `ERR_STATE_DIR` (its PID record could not be rewritten).
+#[napi(object)]
+pub struct WarningEvent {
+  #[napi(ts_type = "'ERR_LOG_WRITE' | 'ERR_STATE_DIR'")]
+  pub code: String,
+  pub message: String,
+  /// `ERR_LOG_WRITE`: log lines dropped so far.
+  pub dropped: Option<f64>,
+}
+
+/// One notification from the core: `kind` names the event, `data` is its payload.
+#[napi(discriminant = "kind", discriminant_case = "kebab-case", object_from_js = false)]
+pub enum NativeEvent {
+  /// The backend (from a restart), or one replica (with `replica`, after its restart or reload).
+  Ready { data: BackendInfo },
+  Exit { data: ExitEvent },
+  Stdout { data: String },
+  Stderr { data: String },
+  Restart { data: RestartEvent },
+  Failed { data: FailedEvent },
+  Unhealthy { data: UnhealthyEvent },
+  Healthy { data: HealthyEvent },
+  PortChanged { data: PortChangedEvent },
+  Stats { data: Stats },
+  Status { data: StatusEvent },
+  Warning { data: WarningEvent },
+  /// For the manager's logger, not emitted.
+  Log { data: LogEvent },
+  /// Nothing is under way any more (the JS layer lets Node exit).
+  Idle,
+}
+
+fn exit_code(exit: &ExitInfo) -> Either<i32, Null> {
+  nullable(exit.exit_code)
+}
+
+fn signal(exit: &ExitInfo) -> Either<String, Null> {
+  nullable(exit.signal.clone())
+}
+
+impl NativeEvent {
+  /// The event as the API names it; `replica`: the index of the replica it is about.
+  fn of(event: Event, replica: Option<u32>) -> NativeEvent {
+    match event {
+      Event::Ready(info) => NativeEvent::Ready {
+        data: BackendInfo {
+          replica,
+          ..info.into()
+        },
+      },
+      Event::Exit {
+        pid,
+        exit,
+        expected,
+        reason,
+      } => NativeEvent::Exit {
+        data: ExitEvent {
+          pid,
+          exit_code: exit_code(&exit),
+          signal: signal(&exit),
+          expected,
+          reason: reason.map(Reason::from),
+          replica,
+        },
+      },
+      Event::Restart {
+        attempt,
+        delay,
+        reason,
+        pid,
+        exit,
+      } => NativeEvent::Restart {
+        data: RestartEvent {
+          attempt,
+          delay_ms: ms(delay),
+          reason: reason.into(),
+          pid,
+          exit_code: exit_code(&exit),
+          signal: signal(&exit),
+          replica,
+        },
+      },
+      Event::Failed {
+        reason,
+        restarts,
+        error,
+      } => NativeEvent::Failed {
+        data: FailedEvent {
+          reason: reason.into(),
+          restarts,
+          error,
+          replica,
+        },
+      },
+      Event::Unhealthy {
+        reason,
+        failures,
+        error,
+        memory_bytes,
+      } => NativeEvent::Unhealthy {
+        data: UnhealthyEvent {
+          reason: match reason {
+            lifecycle::Reason::Memory => Verdict::Memory,
+            lifecycle::Reason::Unhealthy | lifecycle::Reason::Exit => Verdict::Health,
+          },
+          failures,
+          error: nullable(error),
+          memory_bytes: nullable(memory_bytes.map(|m| m as f64)),
+          replica,
+        },
+      },
+      Event::Healthy {
+        latency,
+        memory_bytes,
+      } => NativeEvent::Healthy {
+        data: HealthyEvent {
+          latency_ms: nullable(latency.map(ms)),
+          memory_bytes: nullable(memory_bytes.map(|m| m as f64)),
+          replica,
+        },
+      },
+      Event::PortChanged { previous, port } => NativeEvent::PortChanged {
+        data: PortChangedEvent {
+          previous: previous.into(),
+          port: port.into(),
+        },
+      },
+      Event::Stats(stats) => NativeEvent::Stats { data: stats.into() },
+      Event::Idle => NativeEvent::Idle,
+      Event::Replica(index, event) => NativeEvent::of(*event, Some(index as u32)),
+      Event::Log { level, message } => NativeEvent::Log {
+        data: LogEvent {
+          level: match level {
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+          },
+          message,
+        },
+      },
+      #[cfg(unix)]
+      Event::Status { text } => NativeEvent::Status {
+        data: StatusEvent { text, replica },
+      },
+      Event::Warning {
+        code,
+        message,
+        dropped,
+      } => NativeEvent::Warning {
+        data: WarningEvent {
+          code: code.into(),
+          message,
+          dropped: dropped.map(|d| d as f64),
+        },
+      },
+    }
+  }
+
+  fn is_line(&self) -> bool {
+    matches!(self, NativeEvent::Stdout { .. } | NativeEvent::Stderr { .. })
+  }
+}
+
+type Callback = ThreadsafeFunction<NativeEvent, (), NativeEvent, Status, false, true, 0>;
 
 pub struct JsEvents {
   callback: Callback,
@@ -32,229 +344,19 @@ pub struct JsEvents {
   dropped_lines: AtomicU64,
 }
 
-fn ms(d: Duration) -> Value {
-  Value::Number((d.as_secs_f64() * 10_000.0).round() / 10.0)
-}
-
-fn opt<T>(v: Option<T>, f: impl FnOnce(T) -> Value) -> Value {
-  v.map_or(Value::Null, f)
-}
-
-fn num(n: impl Into<f64>) -> Value {
-  Value::Number(n.into())
-}
-
-fn text(s: impl Into<String>) -> Value {
-  Value::String(s.into())
-}
-
-pub fn info_value(b: &BackendInfo) -> Value {
-  Value::object(vec![
-    ("pid", num(b.pid)),
-    ("port", num(b.port)),
-    ("host", text(&b.host)),
-    ("url", text(&b.url)),
-    ("startedAt", Value::Number(b.started_at as f64)),
-    ("token", b.token.clone().map_or(Value::Undefined, text)),
-    (
-      "replicas",
-      b.replicas.as_ref().map_or(Value::Undefined, |replicas| {
-        Value::Array(
-          replicas
-            .iter()
-            .map(|r| {
-              Value::object(vec![
-                ("pid", num(r.pid)),
-                ("port", opt(r.port, num)),
-                ("healthy", Value::Bool(r.healthy)),
-              ])
-            })
-            .collect(),
-        )
-      }),
-    ),
-  ])
-}
-
-pub fn stats_value(s: &Stats) -> Value {
-  Value::object(vec![
-    ("pid", num(s.pid)),
-    ("cpuPercent", Value::Number(s.cpu_percent)),
-    ("memoryBytes", Value::Number(s.memory_bytes as f64)),
-    ("processCount", num(s.process_count)),
-    ("uptimeMs", Value::Number(s.uptime.as_millis() as f64)),
-    ("restarts", num(s.restarts)),
-    ("healthy", Value::Bool(s.healthy)),
-    ("healthLatencyMs", opt(s.health_latency, ms)),
-    (
-      "replicas",
-      match s.replicas.is_empty() {
-        true => Value::Undefined,
-        false => Value::Array(s.replicas.iter().map(stats_value).collect()),
-      },
-    ),
-  ])
-}
-
-fn exit_fields(exit: &ExitInfo) -> [(&'static str, Value); 2] {
-  [
-    ("exitCode", opt(exit.exit_code, num)),
-    ("signal", opt(exit.signal.clone(), text)),
-  ]
-}
-
-/// The kind and the payload of an event, as the API names them.
-fn payload(event: Event) -> Emitted {
-  let (kind, data) = match event {
-    Event::Ready(info) => ("ready", info_value(&info)),
-    Event::Exit {
-      pid,
-      exit,
-      expected,
-      reason,
-    } => {
-      let mut fields = vec![("pid", num(pid))];
-      fields.extend(exit_fields(&exit));
-      fields.push(("expected", Value::Bool(expected)));
-      fields.push((
-        "reason",
-        reason.map_or(Value::Undefined, |r| text(r.as_str())),
-      ));
-      ("exit", Value::object(fields))
-    }
-    Event::Restart {
-      attempt,
-      delay,
-      reason,
-      pid,
-      exit,
-    } => {
-      let mut fields = vec![
-        ("attempt", num(attempt)),
-        ("delayMs", ms(delay)),
-        ("reason", text(reason.as_str())),
-        ("pid", num(pid)),
-      ];
-      fields.extend(exit_fields(&exit));
-      ("restart", Value::object(fields))
-    }
-    Event::Failed {
-      reason,
-      restarts,
-      error,
-    } => (
-      "failed",
-      Value::object(vec![
-        ("reason", text(reason.as_str())),
-        ("restarts", num(restarts)),
-        ("error", text(error)),
-      ]),
-    ),
-    Event::Unhealthy {
-      reason,
-      failures,
-      error,
-      memory_bytes,
-    } => (
-      "unhealthy",
-      Value::object(vec![
-        (
-          "reason",
-          text(if reason == Reason::Memory {
-            "memory"
-          } else {
-            "health"
-          }),
-        ),
-        ("failures", num(failures)),
-        ("error", opt(error, text)),
-        (
-          "memoryBytes",
-          opt(memory_bytes, |m| Value::Number(m as f64)),
-        ),
-      ]),
-    ),
-    Event::Healthy {
-      latency,
-      memory_bytes,
-    } => (
-      "healthy",
-      Value::object(vec![
-        ("latencyMs", opt(latency, ms)),
-        (
-          "memoryBytes",
-          opt(memory_bytes, |m| Value::Number(m as f64)),
-        ),
-      ]),
-    ),
-    Event::PortChanged { previous, port } => (
-      "port-changed",
-      Value::object(vec![("previous", num(previous)), ("port", num(port))]),
-    ),
-    Event::Stats(stats) => ("stats", stats_value(&stats)),
-    Event::Idle => ("idle", Value::Null),
-    Event::Replica(index, event) => {
-      let Emitted { kind, data } = payload(*event);
-      let data = match data {
-        Value::Object(mut fields) => {
-          fields.push(("replica".into(), num(index as u32)));
-          Value::Object(fields)
-        }
-        other => Value::object(vec![("replica", num(index as u32)), ("value", other)]),
-      };
-      (kind, data)
-    }
-    Event::Log { level, message } => (
-      "log",
-      Value::object(vec![
-        (
-          "level",
-          text(match level {
-            Level::Info => "info",
-            Level::Warn => "warn",
-          }),
-        ),
-        ("message", text(message)),
-      ]),
-    ),
-    #[cfg(unix)]
-    Event::Status { text: status } => ("status", Value::object(vec![("text", text(status))])),
-    Event::Warning {
-      code,
-      message,
-      dropped,
-    } => (
-      "warning",
-      Value::object(vec![
-        ("code", text(code)),
-        ("message", text(message)),
-        (
-          "dropped",
-          dropped.map_or(Value::Undefined, |d| Value::Number(d as f64)),
-        ),
-      ]),
-    ),
-  };
-  Emitted { kind, data }
-}
-
 impl JsEvents {
-  pub fn new(on_event: Function<'_, JsPlain, ()>) -> napi::Result<JsEvents> {
+  pub fn new(on_event: Function<'_, NativeEvent, ()>) -> napi::Result<JsEvents> {
     let pending_lines = Arc::new(AtomicUsize::new(0));
     let delivered = pending_lines.clone();
     let callback = on_event
-      .build_threadsafe_function::<Emitted>()
+      .build_threadsafe_function::<NativeEvent>()
       .weak::<true>()
       .max_queue_size::<0>()
       .build_callback(move |ctx| {
-        let Emitted { kind, data } = ctx.value;
-        if matches!(kind, "stdout" | "stderr") {
+        if ctx.value.is_line() {
           delivered.fetch_sub(1, Ordering::Relaxed);
         }
-        Ok(JsPlain(Value::object(vec![
-          ("kind", text(kind)),
-          ("data", data),
-        ])))
+        Ok(ctx.value)
       })?;
     Ok(JsEvents {
       callback,
@@ -263,10 +365,10 @@ impl JsEvents {
     })
   }
 
-  fn send(&self, emitted: Emitted) {
+  fn send(&self, event: NativeEvent) {
     self
       .callback
-      .call(emitted, ThreadsafeFunctionCallMode::NonBlocking);
+      .call(event, ThreadsafeFunctionCallMode::NonBlocking);
   }
 }
 
@@ -277,12 +379,10 @@ impl Events for JsEvents {
       self.dropped_lines.fetch_add(1, Ordering::Relaxed);
       return;
     }
-    self.send(Emitted {
-      kind: match stream {
-        Stream::Stdout => "stdout",
-        Stream::Stderr => "stderr",
-      },
-      data: text(line),
+    let data = line.to_string();
+    self.send(match stream {
+      Stream::Stdout => NativeEvent::Stdout { data },
+      Stream::Stderr => NativeEvent::Stderr { data },
     });
   }
 
@@ -290,12 +390,15 @@ impl Events for JsEvents {
     if matches!(event, Event::Exit { .. }) {
       let dropped = self.dropped_lines.swap(0, Ordering::Relaxed);
       if dropped > 0 {
-        self.send(payload(Event::Log {
-          level: Level::Warn,
-          message: format!("{dropped} output lines were dropped because the app did not keep up"),
-        }));
+        self.send(NativeEvent::of(
+          Event::Log {
+            level: Level::Warn,
+            message: format!("{dropped} output lines were dropped because the app did not keep up"),
+          },
+          None,
+        ));
       }
     }
-    self.send(payload(event));
+    self.send(NativeEvent::of(event, None));
   }
 }

@@ -3,6 +3,7 @@
 
 mod error;
 mod events;
+mod js_options;
 mod value;
 
 use crate::diagnostics;
@@ -14,13 +15,14 @@ use crate::options::{self, CleanupArgs, FindArgs, Options, StartArgs};
 use crate::state;
 use crate::state::orphans::{self, RecordState};
 use error::{blocking_promise, promise, promise_on_own_thread, sync};
-use events::JsEvents;
+use events::{JsEvents, NativeEvent, Stats};
 use napi::bindgen_prelude::{Function, Object, PromiseRaw};
 use napi::{Env, Unknown};
 use napi_derive::napi;
 use std::collections::HashMap;
 use std::sync::Arc;
-use value::{from_js, JsPlain};
+use js_options::OptionsInForce;
+use value::from_js;
 
 // ---- ports -------------------------------------------------------------------------------------------
 
@@ -70,8 +72,10 @@ pub fn find_available_port(env: &Env, start_port: Unknown, options: Unknown) -> 
 pub struct LogLine {
   /// ISO time in UTC with milliseconds.
   pub time: String,
+  /// `out`, `err`, or `pm` for the manager's own lines.
   #[napi(ts_type = "'out' | 'err' | 'pm'")]
   pub stream: String,
+  /// The replica's index (0 for a single process).
   pub replica: u32,
   pub line: String,
 }
@@ -143,6 +147,7 @@ pub fn log_file_path(env: &Env, dir: Unknown, name: Unknown) -> napi::Result<Str
 /// Where a diagnostics archive was written, and its size.
 #[napi(object)]
 pub struct DiagnosticsFile {
+  /// The archive written (absolute).
   pub path: String,
   pub bytes: f64,
 }
@@ -562,6 +567,8 @@ pub struct BackendInfo {
   pub token: Option<String>,
   /// With `replicas > 1`: each running replica.
   pub replicas: Option<Vec<ReplicaInfo>>,
+  /// On a `ready` event about one replica: its index.
+  pub replica: Option<u32>,
 }
 
 /// One running replica.
@@ -592,6 +599,7 @@ impl From<lifecycle::BackendInfo> for BackendInfo {
           })
           .collect()
       }),
+      replica: None,
     }
   }
 }
@@ -653,9 +661,9 @@ impl NativeManager {
   /// Checks the options (every rule of the API lives in the core) and makes the manager.
   #[napi(
     constructor,
-    ts_args_type = "options: Record<string, unknown> | undefined | null, onEvent: (event: { kind: string, data: any }) => void"
+    ts_args_type = "options: Record<string, unknown> | undefined | null, onEvent: (event: NativeEvent) => void"
   )]
-  pub fn new(env: &Env, options: Unknown, on_event: Function<JsPlain, ()>) -> napi::Result<Self> {
+  pub fn new(env: &Env, options: Unknown, on_event: Function<NativeEvent, ()>) -> napi::Result<Self> {
     let options = from_js(options)?;
     let options = sync(env, || Options::parse(&options))?;
     let events = Arc::new(JsEvents::new(on_event)?);
@@ -666,9 +674,9 @@ impl NativeManager {
   }
 
   /// The options in force, defaults applied.
-  #[napi(getter, ts_return_type = "Record<string, unknown>")]
-  pub fn options(&self) -> JsPlain {
-    JsPlain(self.inner.options.to_value())
+  #[napi(getter)]
+  pub fn options(&self) -> OptionsInForce {
+    OptionsInForce::from(&self.inner.options)
   }
 
   /// The running backend, or null (also while it is down between an exit and a restart).
@@ -685,9 +693,9 @@ impl NativeManager {
 
   /// CPU (since the previous sample), memory and process count of the running backend's tree, with its
   /// uptime, restarts and health; null when it is not running.
-  #[napi(ts_return_type = "Record<string, unknown> | null")]
-  pub fn stats(&self) -> Option<JsPlain> {
-    self.inner.stats().map(|s| JsPlain(events::stats_value(&s)))
+  #[napi]
+  pub fn stats(&self) -> Option<Stats> {
+    self.inner.stats().map(Stats::from)
   }
 
   #[napi(

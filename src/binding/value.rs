@@ -1,8 +1,8 @@
-//! JS values in and out, without judgement: checking them is `options`' job.
+//! JS values in, without judgement: checking them is `options`' job.
 
 use crate::options::Value;
-use napi::bindgen_prelude::{Array, FromNapiValue, Null, Object, ToNapiValue};
-use napi::{Env, JsValue, Unknown, ValueType};
+use napi::bindgen_prelude::{Array, FromNapiValue, Object};
+use napi::{JsValue, Unknown, ValueType};
 
 /// Options are small: deeper nesting than this is a mistake (or a cycle), not an option.
 const MAX_DEPTH: usize = 8;
@@ -44,40 +44,4 @@ fn convert(value: Unknown<'_>, depth: usize) -> napi::Result<Value> {
     ValueType::Symbol => Value::Other("symbol"),
     _ => Value::Other("bigint or other value"),
   })
-}
-
-/// A plain JS value made from a `Value` (for `pm.options`).
-pub struct JsPlain(pub Value);
-
-impl ToNapiValue for JsPlain {
-  /// # Safety
-  /// As for every `ToNapiValue`: `env` must be the live env of the current call.
-  unsafe fn to_napi_value(
-    env: napi::sys::napi_env,
-    val: Self,
-  ) -> napi::Result<napi::sys::napi_value> {
-    // SAFETY: each conversion below gets the same live `env`, as the caller guarantees.
-    unsafe {
-      match val.0 {
-        Value::Undefined | Value::Other(_) => <()>::to_napi_value(env, ()),
-        Value::Null => Null::to_napi_value(env, Null),
-        Value::Bool(b) => bool::to_napi_value(env, b),
-        Value::Number(n) => f64::to_napi_value(env, n),
-        Value::String(s) => String::to_napi_value(env, s),
-        Value::Array(items) => {
-          Vec::<JsPlain>::to_napi_value(env, items.into_iter().map(JsPlain).collect())
-        }
-        Value::Object(fields) => {
-          let env = Env::from_raw(env);
-          let mut object = Object::new(&env)?;
-          for (key, field) in fields {
-            if !matches!(field, Value::Undefined) {
-              object.set(key, JsPlain(field))?;
-            }
-          }
-          Object::to_napi_value(env.raw(), object)
-        }
-      }
-    }
-  }
 }

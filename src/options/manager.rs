@@ -3,6 +3,41 @@
 
 use super::*;
 
+/// What each system can do, for the checks and defaults below: platform facts at the module's edge, not
+/// inside function bodies.
+mod platform {
+  use crate::error::{PmError, Result};
+
+  /// `deathGuard: 'auto'` is the guard process where there is neither a parent-death signal nor a job object.
+  pub const GUARD_BY_DEFAULT: bool = cfg!(target_os = "macos");
+  /// `deathGuard: 'auto'` is the kernel's parent-death signal.
+  pub const PARENT_DEATH_SIGNAL: bool = cfg!(target_os = "linux");
+
+  /// Options this system cannot honour, each with what to use instead (`None`: it can).
+  #[cfg(windows)]
+  pub const NO_NOTIFY: Option<&str> = Some(
+    "ready: 'notify' uses a Unix datagram socket (NOTIFY_SOCKET); on Windows use 'http', 'port' or { stdout }",
+  );
+  #[cfg(windows)]
+  pub const NO_GUARD: Option<&str> = Some(
+    "deathGuard: 'guard' is a Unix guard process; on Windows the job object ends the backends with the app (deathGuard: 'auto')",
+  );
+  #[cfg(windows)]
+  pub const NO_LISTEN_FD: Option<&str> = Some(
+    "listen: 'fd' hands a socket over as file descriptor 3, which Windows programs cannot take; use listen: 'port'",
+  );
+  #[cfg(not(windows))]
+  pub const NO_NOTIFY: Option<&str> = None;
+  #[cfg(not(windows))]
+  pub const NO_GUARD: Option<&str> = None;
+  #[cfg(not(windows))]
+  pub const NO_LISTEN_FD: Option<&str> = None;
+
+  pub fn supported(refusal: Option<&'static str>) -> Result<()> {
+    refusal.map_or(Ok(()), |why| Err(PmError::invalid(why)))
+  }
+}
+
 /// The options of `new ProcessManager(options)`, checked, with the defaults applied. `logger` is the JS
 /// layer's own and never reaches here.
 #[derive(Debug, Clone)]
@@ -88,24 +123,10 @@ impl ReadySignal {
     match string(value, "ready")?.as_str() {
       "http" => Ok(ReadySignal::Http),
       "port" => Ok(ReadySignal::Port),
-      "notify" if cfg!(windows) => Err(PmError::invalid(
-        "ready: 'notify' uses a Unix datagram socket (NOTIFY_SOCKET); on Windows use 'http', 'port' or { stdout }",
-      )),
-      "notify" => Ok(ReadySignal::Notify),
+      "notify" => platform::supported(platform::NO_NOTIFY).map(|()| ReadySignal::Notify),
       other => Err(PmError::invalid(format!(
         "ready must be 'http', 'port', 'notify' or {{ stdout: pattern }}, got {other:?}"
       ))),
-    }
-  }
-
-  fn to_value(&self) -> Value {
-    match self {
-      ReadySignal::Http => Value::String("http".into()),
-      ReadySignal::Port => Value::String("port".into()),
-      ReadySignal::Notify => Value::String("notify".into()),
-      ReadySignal::Stdout(regex) => {
-        Value::object(vec![("stdout", Value::String(regex.as_str().into()))])
-      }
     }
   }
 }
@@ -125,12 +146,12 @@ impl DeathGuard {
   /// The backends are watched by the guard process (Unix).
   #[cfg(unix)]
   pub fn uses_guard(self) -> bool {
-    self == DeathGuard::Guard || (self == DeathGuard::Auto && cfg!(target_os = "macos"))
+    self == DeathGuard::Guard || (self == DeathGuard::Auto && platform::GUARD_BY_DEFAULT)
   }
 
   /// The backend gets SIGTERM from the kernel when the app dies (Linux).
   pub fn parent_death_signal(self) -> bool {
-    self == DeathGuard::Auto && cfg!(target_os = "linux")
+    self == DeathGuard::Auto && platform::PARENT_DEATH_SIGNAL
   }
 
   pub fn name(self) -> &'static str {
@@ -493,8 +514,54 @@ fn shutdown(value: &Value) -> Result<Shutdown> {
   Ok(Shutdown { http, stdin })
 }
 
+/// The options of `new ProcessManager()` without arguments: the API's defaults (docs/api.md), each in one
+/// place. Without a `stateDir`, logs go to the per-user log folder.
+impl Default for Options {
+  fn default() -> Self {
+    Options {
+      name: DEFAULT_NAME.into(),
+      entry: DEFAULT_ENTRY.into(),
+      command: None,
+      args: Vec::new(),
+      cwd: None,
+      env: Vec::new(),
+      host: DEFAULT_HOST,
+      port: DEFAULT_PORT,
+      port_range: DEFAULT_PORT_RANGE,
+      port_env: DEFAULT_PORT_ENV.into(),
+      health_path: DEFAULT_HEALTH_PATH.into(),
+      health_timeout: DEFAULT_HEALTH_TIMEOUT,
+      start_timeout: DEFAULT_START_TIMEOUT,
+      stop_timeout: DEFAULT_STOP_TIMEOUT,
+      state_dir: crate::state::dir::default_state_dir(),
+      logs: Some(crate::logs::LogConfig {
+        dir: crate::logs::default_log_dir(),
+        max_bytes: crate::logs::DEFAULT_MAX_BYTES,
+        keep: crate::logs::DEFAULT_KEEP,
+      }),
+      death_guard: DeathGuard::Auto,
+      ready: ReadySignal::Http,
+      restart: None,
+      health_interval: None,
+      unhealthy_threshold: DEFAULT_UNHEALTHY_THRESHOLD,
+      max_memory_bytes: None,
+      stats_interval: None,
+      priority: Priority::Normal,
+      limits: Limits::default(),
+      inherit_env: InheritEnv::All,
+      token: false,
+      shutdown: Shutdown::default(),
+      replicas: 1,
+      balance: Balance::LeastConnections,
+      listen: Listen::Port,
+      balancer: crate::net::balancer::Limits::default(),
+    }
+  }
+}
+
 impl Options {
   pub fn parse(value: &Value) -> Result<Options> {
+    let d = Options::default();
     let mut f = Fields::of(value, "the ProcessManager options")?;
     let state_dir_value = f.take("stateDir");
     let state_dir_given = state_dir_value.map(|v| state_dir(Some(v))).transpose()?;
@@ -507,12 +574,12 @@ impl Options {
         .take("name")
         .map(name)
         .transpose()?
-        .unwrap_or_else(|| DEFAULT_NAME.into()),
+        .unwrap_or(d.name),
       entry: f
         .take("entry")
         .map(|v| non_empty(v, "entry"))
         .transpose()?
-        .unwrap_or_else(|| DEFAULT_ENTRY.into()),
+        .unwrap_or(d.entry),
       command: f
         .take("command")
         .map(|v| non_empty(v, "command"))
@@ -532,17 +599,17 @@ impl Options {
         .take("host")
         .map(|v| host(v, "host"))
         .transpose()?
-        .unwrap_or(DEFAULT_HOST),
+        .unwrap_or(d.host),
       port: f
         .take("port")
         .map(|v| port(v, "port"))
         .transpose()?
-        .unwrap_or(DEFAULT_PORT),
+        .unwrap_or(d.port),
       port_range: f
         .take("portRange")
         .map(port_range)
         .transpose()?
-        .unwrap_or(DEFAULT_PORT_RANGE),
+        .unwrap_or(d.port_range),
       port_env: f
         .take("portEnv")
         .map(|v| {
@@ -551,44 +618,39 @@ impl Options {
           Ok::<_, PmError>(key)
         })
         .transpose()?
-        .unwrap_or_else(|| DEFAULT_PORT_ENV.into()),
+        .unwrap_or(d.port_env),
       health_path: f
         .take("healthPath")
         .map(health_path)
         .transpose()?
-        .unwrap_or_else(|| DEFAULT_HEALTH_PATH.into()),
+        .unwrap_or(d.health_path),
       health_timeout: f
         .take("healthTimeoutMs")
         .map(|v| millis(v, "healthTimeoutMs", 1.0))
         .transpose()?
-        .unwrap_or(DEFAULT_HEALTH_TIMEOUT),
+        .unwrap_or(d.health_timeout),
       start_timeout: f
         .take("startTimeoutMs")
         .map(|v| millis(v, "startTimeoutMs", 0.0))
         .transpose()?
-        .unwrap_or(DEFAULT_START_TIMEOUT),
+        .unwrap_or(d.start_timeout),
       stop_timeout: f
         .take("stopTimeoutMs")
         .map(|v| millis(v, "stopTimeoutMs", 0.0))
         .transpose()?
-        .unwrap_or(DEFAULT_STOP_TIMEOUT),
-      state_dir: state_dir_given.unwrap_or_else(crate::state::dir::default_state_dir),
+        .unwrap_or(d.stop_timeout),
+      state_dir: state_dir_given.unwrap_or(d.state_dir),
       logs,
       ready: f
         .take("ready")
         .map(ReadySignal::parse)
         .transpose()?
-        .unwrap_or(ReadySignal::Http),
+        .unwrap_or(d.ready),
       death_guard: match f.take("deathGuard") {
-        None => DeathGuard::Auto,
+        None => d.death_guard,
         Some(v) => match string(v, "deathGuard")?.as_str() {
           "auto" => DeathGuard::Auto,
-          "guard" if cfg!(windows) => {
-            return Err(PmError::invalid(
-              "deathGuard: 'guard' is a Unix guard process; on Windows the job object ends the backends with the app (deathGuard: 'auto')",
-            ))
-          }
-          "guard" => DeathGuard::Guard,
+          "guard" => platform::supported(platform::NO_GUARD).map(|()| DeathGuard::Guard)?,
           "none" => DeathGuard::None,
           other => {
             return Err(PmError::invalid(format!(
@@ -607,7 +669,7 @@ impl Options {
         .take("unhealthyThreshold")
         .map(|v| count(v, "unhealthyThreshold"))
         .transpose()?
-        .unwrap_or(DEFAULT_UNHEALTHY_THRESHOLD),
+        .unwrap_or(d.unhealthy_threshold),
       max_memory_bytes: f
         .take("maxMemoryBytes")
         .map(|v| integer(v, "maxMemoryBytes", 0.0, 2f64.powi(53)).map(|n| n as u64))
@@ -622,7 +684,7 @@ impl Options {
         .take("priority")
         .map(priority)
         .transpose()?
-        .unwrap_or(Priority::Normal),
+        .unwrap_or(d.priority),
       limits: f
         .take("limits")
         .map(limits)
@@ -632,12 +694,12 @@ impl Options {
         .take("inheritEnv")
         .map(inherit_env)
         .transpose()?
-        .unwrap_or(InheritEnv::All),
+        .unwrap_or(d.inherit_env),
       token: f
         .take("token")
         .map(|v| boolean(v, "token"))
         .transpose()?
-        .unwrap_or(false),
+        .unwrap_or(d.token),
       shutdown: f
         .take("shutdown")
         .map(shutdown)
@@ -647,9 +709,9 @@ impl Options {
         .take("replicas")
         .map(|v| integer(v, "replicas", 1.0, MAX_REPLICAS).map(|n| n as u16))
         .transpose()?
-        .unwrap_or(1),
+        .unwrap_or(d.replicas),
       balance: match f.take("balance") {
-        None => Balance::LeastConnections,
+        None => d.balance,
         Some(v) => match string(v, "balance")?.as_str() {
           "least-connections" => Balance::LeastConnections,
           "round-robin" => Balance::RoundRobin,
@@ -661,15 +723,10 @@ impl Options {
         },
       },
       listen: match f.take("listen") {
-        None => Listen::Port,
+        None => d.listen,
         Some(v) => match string(v, "listen")?.as_str() {
           "port" => Listen::Port,
-          "fd" if cfg!(windows) => {
-            return Err(PmError::invalid(
-              "listen: 'fd' hands a socket over as file descriptor 3, which Windows programs cannot take; use listen: 'port'",
-            ))
-          }
-          "fd" => Listen::Fd,
+          "fd" => platform::supported(platform::NO_LISTEN_FD).map(|()| Listen::Fd)?,
           other => {
             return Err(PmError::invalid(format!(
               "listen must be 'port' or 'fd', got {other:?}"
@@ -698,134 +755,6 @@ impl Options {
     f.take("logger");
     f.finish(MANAGER_OPTIONS)?;
     Ok(options)
-  }
-
-  /// The options in force, as the JS layer shows them (`pm.options`).
-  pub fn to_value(&self) -> Value {
-    let text = |s: &str| Value::String(s.to_string());
-    let ms = |d: Duration| Value::Number(d.as_secs_f64() * 1000.0);
-    let opt_ms = |d: Option<Duration>| d.map_or(Value::Number(0.0), ms);
-    let opt = |s: &Option<String>| s.as_deref().map_or(Value::Undefined, text);
-    let restart = match &self.restart {
-      None => Value::Bool(false),
-      Some(r) => Value::object(vec![
-        ("maxRestarts", Value::Number(r.max_restarts.into())),
-        ("windowMs", ms(r.window)),
-        ("initialDelayMs", ms(r.initial_delay)),
-        ("maxDelayMs", ms(r.max_delay)),
-        ("resetAfterMs", ms(r.reset_after)),
-      ]),
-    };
-    let limits = Value::object(vec![
-      (
-        "openFiles",
-        self
-          .limits
-          .open_files
-          .map_or(Value::Undefined, |n| Value::Number(n as f64)),
-      ),
-      (
-        "coreDumps",
-        self.limits.core_dumps.map_or(Value::Undefined, Value::Bool),
-      ),
-    ]);
-    let inherit_env = match &self.inherit_env {
-      InheritEnv::All => Value::Bool(true),
-      InheritEnv::Only(names) if names.is_empty() => Value::Bool(false),
-      InheritEnv::Only(names) => Value::Array(names.iter().map(|n| text(n)).collect()),
-    };
-    let shutdown = Value::object(vec![
-      (
-        "http",
-        self
-          .shutdown
-          .http
-          .as_ref()
-          .map_or(Value::Undefined, |(m, p)| text(&format!("{m} {p}"))),
-      ),
-      ("stdin", Value::Bool(self.shutdown.stdin)),
-    ]);
-    let balancer = Value::object(vec![
-      (
-        "maxConnections",
-        Value::Number(self.balancer.max_connections as f64),
-      ),
-      ("idleTimeoutMs", opt_ms(self.balancer.idle_timeout)),
-      (
-        "firstByteTimeoutMs",
-        opt_ms(self.balancer.first_byte_timeout),
-      ),
-    ]);
-    Value::object(vec![
-      ("name", text(&self.name)),
-      ("entry", text(&self.entry)),
-      ("command", opt(&self.command)),
-      (
-        "args",
-        Value::Array(self.args.iter().map(|a| text(a)).collect()),
-      ),
-      ("cwd", opt(&self.cwd)),
-      (
-        "env",
-        Value::Object(self.env.iter().map(|(k, v)| (k.clone(), text(v))).collect()),
-      ),
-      ("host", Value::String(self.host.to_string())),
-      ("port", Value::Number(self.port.into())),
-      ("portRange", Value::Number(self.port_range.into())),
-      ("portEnv", text(&self.port_env)),
-      ("healthPath", text(&self.health_path)),
-      ("healthTimeoutMs", ms(self.health_timeout)),
-      ("startTimeoutMs", ms(self.start_timeout)),
-      ("stopTimeoutMs", ms(self.stop_timeout)),
-      (
-        "stateDir",
-        Value::String(self.state_dir.display().to_string()),
-      ),
-      ("deathGuard", text(self.death_guard.name())),
-      ("ready", self.ready.to_value()),
-      (
-        "logs",
-        self.logs.as_ref().map_or(Value::Bool(false), |l| {
-          Value::object(vec![
-            ("dir", Value::String(l.dir.display().to_string())),
-            ("maxBytes", Value::Number(l.max_bytes as f64)),
-            ("keep", Value::Number(l.keep.into())),
-          ])
-        }),
-      ),
-      ("restart", restart),
-      ("healthIntervalMs", opt_ms(self.health_interval)),
-      (
-        "unhealthyThreshold",
-        Value::Number(self.unhealthy_threshold.into()),
-      ),
-      (
-        "maxMemoryBytes",
-        Value::Number(self.max_memory_bytes.unwrap_or(0) as f64),
-      ),
-      ("statsIntervalMs", opt_ms(self.stats_interval)),
-      ("priority", text(self.priority.name())),
-      ("limits", limits),
-      ("inheritEnv", inherit_env),
-      ("token", Value::Bool(self.token)),
-      ("shutdown", shutdown),
-      ("replicas", Value::Number(self.replicas.into())),
-      (
-        "balance",
-        text(match self.balance {
-          Balance::LeastConnections => "least-connections",
-          Balance::RoundRobin => "round-robin",
-        }),
-      ),
-      (
-        "listen",
-        text(match self.listen {
-          Listen::Port => "port",
-          Listen::Fd => "fd",
-        }),
-      ),
-      ("balancer", balancer),
-    ])
   }
 
   /// The last port of the range `startBackend` may use.
@@ -933,45 +862,17 @@ mod tests {
   }
 
   #[test]
-  fn the_options_in_force_round_trip() {
-    let o = opts(vec![
-      ("restart", Value::Bool(true)),
-      ("priority", Value::String("low".into())),
-      (
-        "inheritEnv",
-        Value::Array(vec![Value::String("LANG".into())]),
-      ),
-      (
-        "shutdown",
-        Value::object(vec![
-          ("http", Value::String("POST /quit".into())),
-          ("stdin", Value::Bool(true)),
-        ]),
-      ),
-      ("maxMemoryBytes", Value::Number(1e9)),
-      (
-        "balancer",
-        Value::object(vec![
-          ("maxConnections", Value::Number(8.0)),
-          ("idleTimeoutMs", Value::Number(0.0)),
-          ("firstByteTimeoutMs", Value::Number(500.0)),
-        ]),
-      ),
-    ])
-    .unwrap();
-    let again = Options::parse(&o.to_value()).unwrap();
+  fn the_defaults_are_the_options_of_an_empty_object() {
+    let (parsed, default) = (Options::parse(&Value::Null).unwrap(), Options::default());
     assert_eq!(
-      again.balancer,
-      crate::net::balancer::Limits {
-        max_connections: 8,
-        idle_timeout: None,
-        first_byte_timeout: Some(Duration::from_millis(500)),
-      }
+      (parsed.name, parsed.port, parsed.host, parsed.stop_timeout),
+      (default.name, default.port, default.host, default.stop_timeout)
     );
-    assert_eq!(again.restart, o.restart);
-    assert_eq!(again.priority, Priority::Low);
-    assert_eq!(again.inherit_env, o.inherit_env);
-    assert_eq!(again.shutdown, o.shutdown);
-    assert_eq!(again.memory_interval(), Some(Duration::from_secs(1)));
+    assert_eq!(parsed.logs, default.logs);
+    assert_eq!(parsed.balancer, default.balancer);
+    assert_eq!(
+      (parsed.restart, parsed.replicas, parsed.listen),
+      (default.restart, default.replicas, default.listen)
+    );
   }
 }
