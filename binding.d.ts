@@ -307,6 +307,7 @@ export interface PortHolder {
 /** The processes listening on the given ports (only busy ports are listed). */
 export declare function portHolders(ports: number[]): Promise<PortHolder[]>
 
+/** Scheduling priority of the backend tree (nice 10/5/0/−5/−10; Windows priority classes). */
 export type Priority = 'low' | 'below-normal' | 'normal' | 'above-normal' | 'high'
 
 /**

@@ -2,64 +2,35 @@
 // events, reasons, stats, the options in force — comes from its generated types (binding.d.ts), so the two
 // cannot drift apart; this file adds what only the JS layer has.
 import { EventEmitter } from 'node:events'
-import type {
-  BackendInfo,
-  StopResult,
-  RecordStatus,
-  CleanupItem,
-  PortHolder,
-  ProcessUsage,
-  ReplicaInfo,
-  Stats,
-  NativeEvent,
-  ExitEvent,
-  RestartEvent,
-  FailedEvent,
-  UnhealthyEvent,
-  HealthyEvent,
-  PortChangedEvent,
-  StatusEvent,
-  WarningEvent,
-  OptionsInForce,
-  Reason,
-  Verdict,
-  Priority,
-  Balance,
-  Listen,
-  DeathGuard,
-  ReadyCheck,
-  ReadyStdout,
-  LogLine,
-  DiagnosticsFile,
-} from './binding'
+import type * as native from './binding'
 
-export type {
-  BackendInfo,
-  StopResult,
-  RecordStatus,
-  CleanupItem,
-  PortHolder,
-  ProcessUsage,
-  ReplicaInfo,
-  Stats,
-  ExitEvent,
-  RestartEvent,
-  FailedEvent,
-  UnhealthyEvent,
-  HealthyEvent,
-  PortChangedEvent,
-  StatusEvent,
-  WarningEvent,
-  OptionsInForce,
-  Reason,
-  Verdict,
-  Priority,
-  Balance,
-  Listen,
-  DeathGuard,
-  LogLine,
-  DiagnosticsFile,
-}
+export type BackendInfo = native.BackendInfo
+export type StopResult = native.StopResult
+export type RecordStatus = native.RecordStatus
+export type CleanupItem = native.CleanupItem
+export type PortHolder = native.PortHolder
+export type ProcessUsage = native.ProcessUsage
+export type ReplicaInfo = native.ReplicaInfo
+export type Stats = native.Stats
+export type ExitEvent = native.ExitEvent
+export type RestartEvent = native.RestartEvent
+export type FailedEvent = native.FailedEvent
+export type UnhealthyEvent = native.UnhealthyEvent
+export type HealthyEvent = native.HealthyEvent
+export type PortChangedEvent = native.PortChangedEvent
+export type StatusEvent = native.StatusEvent
+export type WarningEvent = native.WarningEvent
+export type OptionsInForce = native.OptionsInForce
+export type Reason = native.Reason
+export type Verdict = native.Verdict
+export type Priority = native.Priority
+export type Balance = native.Balance
+export type Listen = native.Listen
+export type DeathGuard = native.DeathGuard
+export type ReadyCheck = native.ReadyCheck
+export type ReadyStdout = native.ReadyStdout
+export type LogLine = native.LogLine
+export type DiagnosticsFile = native.DiagnosticsFile
 export type RecordState = RecordStatus['state']
 export type CleanupAction = CleanupItem['action']
 /** Why a backend was restarted, or stays down (`restart`, `failed`; `exit` has the last two). */
@@ -236,7 +207,7 @@ export interface ProcessManagerError extends Error {
 
 /** The events the core emits (its `log` lines go to the logger, `idle` lets Node exit), as `event: [payload]`. */
 type NativeEvents = {
-  [E in Exclude<NativeEvent, { kind: 'log' | 'idle' }> as E['kind']]: E extends { data: infer D } ? [D] : never
+  [E in Exclude<native.NativeEvent, { kind: 'log' | 'idle' }> as E['kind']]: E extends { data: infer D } ? [D] : never
 }
 
 /**

@@ -1,81 +1,55 @@
 //! The options of `new ProcessManager(options)` as JS sees them: `pm.options`, the options in force with the
 //! defaults applied, typed so that the generated `binding.d.ts` says what each value can be.
 
-use crate::options::{self as core, InheritEnv, Options, ReadySignal};
+use crate::options::{self as opts, InheritEnv, Options, ReadySignal};
 use napi::bindgen_prelude::Either;
 use napi_derive::napi;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-#[napi(string_enum = "kebab-case")]
-pub enum Priority {
-  Low,
-  BelowNormal,
-  Normal,
-  AboveNormal,
-  High,
-}
-
-impl From<core::Priority> for Priority {
-  fn from(p: core::Priority) -> Self {
-    match p {
-      core::Priority::Low => Priority::Low,
-      core::Priority::BelowNormal => Priority::BelowNormal,
-      core::Priority::Normal => Priority::Normal,
-      core::Priority::AboveNormal => Priority::AboveNormal,
-      core::Priority::High => Priority::High,
+/// A napi string enum for a core enum without data, variant for variant, and its conversion from the core's
+/// (an exhaustive match: a variant the core adds or drops fails to build here). Its doc is written as
+/// `#[doc = "…"]`: napi's type generation reads a doc comment passed through a macro as a raw string.
+macro_rules! string_enum_of {
+  ($(#[$($attr:tt)*])* $core:path => $name:ident { $($variant:ident),+ $(,)? }) => {
+    $(#[$($attr)*])*
+    pub enum $name {
+      $($variant),+
     }
-  }
-}
 
-/// How the load balancer picks a replica for a new connection.
-#[napi(string_enum = "kebab-case")]
-pub enum Balance {
-  LeastConnections,
-  RoundRobin,
-}
-
-impl From<core::Balance> for Balance {
-  fn from(b: core::Balance) -> Self {
-    match b {
-      core::Balance::LeastConnections => Balance::LeastConnections,
-      core::Balance::RoundRobin => Balance::RoundRobin,
+    impl From<$core> for $name {
+      fn from(value: $core) -> Self {
+        use $core as Core;
+        match value {
+          $(Core::$variant => $name::$variant),+
+        }
+      }
     }
-  }
+  };
 }
 
-/// How the backend gets its socket: it binds `port`, or the manager hands it over as descriptor 3 (`fd`).
-#[napi(string_enum = "lowercase")]
-pub enum Listen {
-  Port,
-  Fd,
+string_enum_of! {
+  #[doc = "Scheduling priority of the backend tree (nice 10/5/0/−5/−10; Windows priority classes)."]
+  #[napi(string_enum = "kebab-case")]
+  opts::Priority => Priority { Low, BelowNormal, Normal, AboveNormal, High }
 }
 
-impl From<core::Listen> for Listen {
-  fn from(l: core::Listen) -> Self {
-    match l {
-      core::Listen::Port => Listen::Port,
-      core::Listen::Fd => Listen::Fd,
-    }
-  }
+string_enum_of! {
+  #[doc = "How the load balancer picks a replica for a new connection."]
+  #[napi(string_enum = "kebab-case")]
+  opts::Balance => Balance { LeastConnections, RoundRobin }
 }
 
-/// What ends the backends when the app dies without stopping them.
-#[napi(string_enum = "lowercase")]
-pub enum DeathGuard {
-  Auto,
-  Guard,
-  None,
+string_enum_of! {
+  #[doc = "How the backend gets its socket: it binds `port`, or the manager hands it over as descriptor 3 (`fd`)."]
+  #[napi(string_enum = "lowercase")]
+  opts::Listen => Listen { Port, Fd }
 }
 
-impl From<core::DeathGuard> for DeathGuard {
-  fn from(d: core::DeathGuard) -> Self {
-    match d {
-      core::DeathGuard::Auto => DeathGuard::Auto,
-      core::DeathGuard::Guard => DeathGuard::Guard,
-      core::DeathGuard::None => DeathGuard::None,
-    }
-  }
+string_enum_of! {
+  #[doc = "What ends the backends when the app dies without stopping them."]
+  #[napi(string_enum = "lowercase")]
+  opts::DeathGuard => DeathGuard { Auto, Guard, None }
 }
 
 /// What tells that the backend is ready, besides `{ stdout }`.
