@@ -9,6 +9,7 @@ mod platform {
   use crate::error::{PmError, Result};
 
   /// `deathGuard: 'auto'` is the guard process where there is neither a parent-death signal nor a job object.
+  #[cfg(unix)]
   pub const GUARD_BY_DEFAULT: bool = cfg!(target_os = "macos");
   /// `deathGuard: 'auto'` is the kernel's parent-death signal.
   pub const PARENT_DEATH_SIGNAL: bool = cfg!(target_os = "linux");
