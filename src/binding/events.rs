@@ -153,8 +153,7 @@ impl From<lifecycle::Stats> for Stats {
       restarts: s.restarts,
       healthy: s.healthy,
       health_latency_ms: nullable(s.health_latency.map(ms)),
-      replicas: (!s.replicas.is_empty())
-        .then(|| s.replicas.into_iter().map(Stats::from).collect()),
+      replicas: (!s.replicas.is_empty()).then(|| s.replicas.into_iter().map(Stats::from).collect()),
     }
   }
 }
@@ -185,23 +184,53 @@ pub struct WarningEvent {
 }
 
 /// One notification from the core: `kind` names the event, `data` is its payload.
-#[napi(discriminant = "kind", discriminant_case = "kebab-case", object_from_js = false)]
+#[napi(
+  discriminant = "kind",
+  discriminant_case = "kebab-case",
+  object_from_js = false
+)]
 pub enum NativeEvent {
   /// The backend (from a restart), or one replica (with `replica`, after its restart or reload).
-  Ready { data: BackendInfo },
-  Exit { data: ExitEvent },
-  Stdout { data: String },
-  Stderr { data: String },
-  Restart { data: RestartEvent },
-  Failed { data: FailedEvent },
-  Unhealthy { data: UnhealthyEvent },
-  Healthy { data: HealthyEvent },
-  PortChanged { data: PortChangedEvent },
-  Stats { data: Stats },
-  Status { data: StatusEvent },
-  Warning { data: WarningEvent },
+  Ready {
+    data: BackendInfo,
+  },
+  Exit {
+    data: ExitEvent,
+  },
+  Stdout {
+    data: String,
+  },
+  Stderr {
+    data: String,
+  },
+  Restart {
+    data: RestartEvent,
+  },
+  Failed {
+    data: FailedEvent,
+  },
+  Unhealthy {
+    data: UnhealthyEvent,
+  },
+  Healthy {
+    data: HealthyEvent,
+  },
+  PortChanged {
+    data: PortChangedEvent,
+  },
+  Stats {
+    data: Stats,
+  },
+  Status {
+    data: StatusEvent,
+  },
+  Warning {
+    data: WarningEvent,
+  },
   /// For the manager's logger, not emitted.
-  Log { data: LogEvent },
+  Log {
+    data: LogEvent,
+  },
   /// Nothing is under way any more (the JS layer lets Node exit).
   Idle,
 }
@@ -332,7 +361,10 @@ impl NativeEvent {
   }
 
   fn is_line(&self) -> bool {
-    matches!(self, NativeEvent::Stdout { .. } | NativeEvent::Stderr { .. })
+    matches!(
+      self,
+      NativeEvent::Stdout { .. } | NativeEvent::Stderr { .. }
+    )
   }
 }
 

@@ -251,7 +251,10 @@ mod tests {
       ("inheritEnv", Value::Array(vec![s("LANG")])),
       (
         "shutdown",
-        Value::object(vec![("http", s("POST /quit")), ("stdin", Value::Bool(true))]),
+        Value::object(vec![
+          ("http", s("POST /quit")),
+          ("stdin", Value::Bool(true)),
+        ]),
       ),
       ("maxMemoryBytes", Value::Number(1e9)),
       ("ready", Value::object(vec![("stdout", s("listening on"))])),
@@ -267,13 +270,20 @@ mod tests {
     ]);
     let b = &o.balancer;
     assert_eq!(
-      (b.max_connections, b.idle_timeout_ms, b.first_byte_timeout_ms),
+      (
+        b.max_connections,
+        b.idle_timeout_ms,
+        b.first_byte_timeout_ms
+      ),
       (8, 0.0, 500.0)
     );
     let Either::B(r) = &o.restart else {
       panic!("restart is on")
     };
-    assert_eq!((r.max_restarts, r.window_ms, r.initial_delay_ms), (5, 60_000.0, 100.0));
+    assert_eq!(
+      (r.max_restarts, r.window_ms, r.initial_delay_ms),
+      (5, 60_000.0, 100.0)
+    );
     assert!(matches!(o.priority, Priority::BelowNormal));
     assert!(matches!(&o.inherit_env, Either::B(names) if names == &["LANG"]));
     assert_eq!(o.shutdown.http.as_deref(), Some("POST /quit"));

@@ -16,12 +16,12 @@ use crate::state;
 use crate::state::orphans::{self, RecordState};
 use error::{blocking_promise, promise, promise_on_own_thread, sync};
 use events::{JsEvents, NativeEvent, Stats};
+use js_options::OptionsInForce;
 use napi::bindgen_prelude::{Function, Object, PromiseRaw};
 use napi::{Env, Unknown};
 use napi_derive::napi;
 use std::collections::HashMap;
 use std::sync::Arc;
-use js_options::OptionsInForce;
 use value::from_js;
 
 // ---- ports -------------------------------------------------------------------------------------------
@@ -191,7 +191,7 @@ pub fn export_diagnostics<'env>(
       .take("logDir")
       .map(|v| options::non_empty_path(v, "logDir"))
       .transpose()?;
-    f.finish(&["stateDir", "logDir"])?;
+    f.finish()?;
     Ok((options::non_empty_path(&file, "file")?, state_dir, log_dir))
   })?;
   blocking_promise(
@@ -504,7 +504,7 @@ pub fn stop_record<'env>(
         .map(|v| options::millis(v, "stopTimeoutMs", 0.0))
         .transpose()?
         .unwrap_or(options::DEFAULT_STOP_TIMEOUT);
-      f.finish(&["stopTimeoutMs"])?;
+      f.finish()?;
       orphans::stop_record(std::path::Path::new(&file), grace)
     },
     cleanup_item,
@@ -663,7 +663,11 @@ impl NativeManager {
     constructor,
     ts_args_type = "options: Record<string, unknown> | undefined | null, onEvent: (event: NativeEvent) => void"
   )]
-  pub fn new(env: &Env, options: Unknown, on_event: Function<NativeEvent, ()>) -> napi::Result<Self> {
+  pub fn new(
+    env: &Env,
+    options: Unknown,
+    on_event: Function<NativeEvent, ()>,
+  ) -> napi::Result<Self> {
     let options = from_js(options)?;
     let options = sync(env, || Options::parse(&options))?;
     let events = Arc::new(JsEvents::new(on_event)?);

@@ -56,7 +56,7 @@ impl FindArgs {
       Some(other) => return Err(bad("exclude", "an array of ports", other)),
     };
     let host = f.take("host").map(|v| host(v, "host")).transpose()?;
-    f.finish(&["endPort", "exclude", "host"])?;
+    f.finish()?;
     if end_port < start_port {
       return Err(PmError::invalid(format!(
         "endPort {end_port} is below startPort {start_port}"
@@ -89,7 +89,7 @@ impl CleanupArgs {
       .map(|v| millis(v, "stopTimeoutMs", 0.0))
       .transpose()?
       .unwrap_or(DEFAULT_STOP_TIMEOUT);
-    f.finish(&["name", "stopTimeoutMs"])?;
+    f.finish()?;
     Ok(CleanupArgs {
       state_dir,
       name,
@@ -130,7 +130,7 @@ pub fn sync_stop_timeout(options: &Value, what: &str) -> Result<Duration> {
     .map(|v| integer(v, "timeoutMs", 0.0, 60_000.0).map(|n| Duration::from_millis(n as u64)))
     .transpose()?
     .unwrap_or(DEFAULT_SYNC_STOP_TIMEOUT);
-  f.finish(&["timeoutMs"])?;
+  f.finish()?;
   Ok(timeout)
 }
 
@@ -160,7 +160,7 @@ impl LogsArgs {
         })?)
       }
     };
-    f.finish(&["lines", "stream"])?;
+    f.finish()?;
     Ok(LogsArgs { lines, stream })
   }
 }

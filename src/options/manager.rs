@@ -108,7 +108,7 @@ impl ReadySignal {
         .take("stdout")
         .map(|v| non_empty(v, "ready.stdout"))
         .transpose()?;
-      f.finish(&["stdout"])?;
+      f.finish()?;
       let pattern = pattern.ok_or_else(|| {
         PmError::invalid(
           "ready as an object needs stdout: a pattern of the line that says the backend is ready",
@@ -270,42 +270,6 @@ pub struct Shutdown {
   pub stdin: bool,
 }
 
-const MANAGER_OPTIONS: &[&str] = &[
-  "name",
-  "entry",
-  "command",
-  "args",
-  "cwd",
-  "env",
-  "host",
-  "port",
-  "portRange",
-  "portEnv",
-  "healthPath",
-  "healthTimeoutMs",
-  "startTimeoutMs",
-  "stopTimeoutMs",
-  "stateDir",
-  "logs",
-  "deathGuard",
-  "ready",
-  "restart",
-  "healthIntervalMs",
-  "unhealthyThreshold",
-  "maxMemoryBytes",
-  "statsIntervalMs",
-  "priority",
-  "limits",
-  "inheritEnv",
-  "token",
-  "shutdown",
-  "replicas",
-  "balance",
-  "listen",
-  "balancer",
-  "logger",
-];
-
 pub const MAX_REPLICAS: f64 = 64.0;
 
 /// `logs`: `false` (no files), `true` or an object `{ dir, maxBytes, keep }` (missing keys take their
@@ -341,7 +305,7 @@ fn logs(
         .map(|v| integer(v, "logs.keep", 0.0, 100.0).map(|n| n as u32))
         .transpose()?
         .unwrap_or(DEFAULT_KEEP);
-      f.finish(&["dir", "maxBytes", "keep"])?;
+      f.finish()?;
       Ok(Some(LogConfig {
         dir: match dir {
           Some(d) => PathBuf::from(d),
@@ -372,7 +336,7 @@ fn restart(value: &Value) -> Result<Option<RestartPolicy>> {
     Value::Object(_) => {
       let defaults = RestartPolicy::default();
       let mut f = Fields::of(value, "restart")?;
-      let mut ms = |key: &str, default: Duration| {
+      let mut ms = |key: &'static str, default: Duration| {
         f.take(key)
           .map(|v| millis(v, &format!("restart.{key}"), 0.0))
           .transpose()
@@ -387,13 +351,7 @@ fn restart(value: &Value) -> Result<Option<RestartPolicy>> {
         .map(|v| integer(v, "restart.maxRestarts", 0.0, 1e6).map(|n| n as u32))
         .transpose()?
         .unwrap_or(defaults.max_restarts);
-      f.finish(&[
-        "maxRestarts",
-        "windowMs",
-        "initialDelayMs",
-        "maxDelayMs",
-        "resetAfterMs",
-      ])?;
+      f.finish()?;
       if max_delay < initial_delay {
         return Err(PmError::invalid(
           "restart.maxDelayMs must not be below restart.initialDelayMs",
@@ -436,7 +394,7 @@ fn limits(value: &Value) -> Result<Limits> {
       .map(|v| boolean(v, "limits.coreDumps"))
       .transpose()?,
   };
-  f.finish(&["openFiles", "coreDumps"])?;
+  f.finish()?;
   Ok(limits)
 }
 
@@ -477,7 +435,7 @@ fn balancer(value: &Value) -> Result<crate::net::balancer::Limits> {
     .map(|v| interval(v, "balancer.firstByteTimeoutMs"))
     .transpose()?
     .flatten();
-  f.finish(&["maxConnections", "idleTimeoutMs", "firstByteTimeoutMs"])?;
+  f.finish()?;
   Ok(crate::net::balancer::Limits {
     max_connections,
     idle_timeout,
@@ -511,7 +469,7 @@ fn shutdown(value: &Value) -> Result<Shutdown> {
     .map(|v| boolean(v, "shutdown.stdin"))
     .transpose()?
     .unwrap_or(false);
-  f.finish(&["http", "stdin"])?;
+  f.finish()?;
   Ok(Shutdown { http, stdin })
 }
 
@@ -571,11 +529,7 @@ impl Options {
       state_dir_given.as_deref(),
     )?;
     let options = Options {
-      name: f
-        .take("name")
-        .map(name)
-        .transpose()?
-        .unwrap_or(d.name),
+      name: f.take("name").map(name).transpose()?.unwrap_or(d.name),
       entry: f
         .take("entry")
         .map(|v| non_empty(v, "entry"))
@@ -754,7 +708,7 @@ impl Options {
     }
     // The JS layer keeps the logger; it may still be in the object it passes on.
     f.take("logger");
-    f.finish(MANAGER_OPTIONS)?;
+    f.finish()?;
     Ok(options)
   }
 
@@ -867,7 +821,12 @@ mod tests {
     let (parsed, default) = (Options::parse(&Value::Null).unwrap(), Options::default());
     assert_eq!(
       (parsed.name, parsed.port, parsed.host, parsed.stop_timeout),
-      (default.name, default.port, default.host, default.stop_timeout)
+      (
+        default.name,
+        default.port,
+        default.host,
+        default.stop_timeout
+      )
     );
     assert_eq!(parsed.logs, default.logs);
     assert_eq!(parsed.balancer, default.balancer);

@@ -319,42 +319,45 @@ fn health_path(value: &Value) -> Result<String> {
 
 // ---- objects ---------------------------------------------------------------------------------------
 
-/// The fields of an options object, taken one by one; whatever is left over is an unknown option.
+/// The fields of an options object, taken one by one; whatever is left over is an unknown option. The keys
+/// taken are the known ones: each parser names its options once, where it reads them.
 pub struct Fields<'a> {
   what: &'a str,
   fields: Vec<(&'a str, &'a Value)>,
+  known: Vec<&'static str>,
 }
 
 impl<'a> Fields<'a> {
   /// `undefined` and `null` are an empty object: every option takes its default.
   pub fn of(value: &'a Value, what: &'a str) -> Result<Self> {
-    match value {
-      Value::Undefined | Value::Null => Ok(Fields {
-        what,
-        fields: Vec::new(),
-      }),
-      Value::Object(fields) => Ok(Fields {
-        what,
-        fields: fields.iter().map(|(k, v)| (k.as_str(), v)).collect(),
-      }),
-      other => Err(bad(what, "an object", other)),
-    }
+    let fields = match value {
+      Value::Undefined | Value::Null => Vec::new(),
+      Value::Object(fields) => fields.iter().map(|(k, v)| (k.as_str(), v)).collect(),
+      other => return Err(bad(what, "an object", other)),
+    };
+    Ok(Fields {
+      what,
+      fields,
+      known: Vec::new(),
+    })
   }
 
   /// The value of `key`, or `None` when it is missing or undefined.
-  pub fn take(&mut self, key: &str) -> Option<&'a Value> {
+  pub fn take(&mut self, key: &'static str) -> Option<&'a Value> {
+    self.known.push(key);
     let at = self.fields.iter().position(|(k, _)| *k == key)?;
     let (_, value) = self.fields.remove(at);
     (!value.is_absent()).then_some(value)
   }
 
-  pub fn finish(self, known: &[&str]) -> Result<()> {
+  /// Refuses the first key no `take` asked for.
+  pub fn finish(self) -> Result<()> {
     match self.fields.first() {
       None => Ok(()),
       Some((key, _)) => Err(PmError::invalid(format!(
         "unknown option {key:?} in {}; known options: {}",
         self.what,
-        known.join(", ")
+        self.known.join(", ")
       ))),
     }
   }
@@ -440,6 +443,36 @@ mod tests {
       assert_eq!(err.code(), "ERR_INVALID_ARG");
       assert!(err.to_string().contains(expected), "{key}={value:?}: {err}");
     }
+  }
+
+  #[test]
+  fn an_unknown_option_is_named_with_every_known_one() {
+    let err = opts(vec![("startTimeout", n(5.0))])
+      .unwrap_err()
+      .to_string();
+    assert!(
+      err.starts_with(
+        "unknown option \"startTimeout\" in the ProcessManager options; known options: "
+      ),
+      "{err}"
+    );
+    for key in [
+      "name",
+      "startTimeoutMs",
+      "stateDir",
+      "logs",
+      "balancer",
+      "logger",
+    ] {
+      assert!(err.contains(key), "{key}: {err}");
+    }
+    let nested = opts(vec![("logs", Value::object(vec![("size", n(1.0))]))])
+      .unwrap_err()
+      .to_string();
+    assert!(
+      nested.ends_with("in logs; known options: dir, maxBytes, keep"),
+      "{nested}"
+    );
   }
 
   #[test]
