@@ -1,5 +1,6 @@
 'use strict'
 // Human-readable output shared by the CLI and the demo: durations, sizes and aligned tables.
+const { byBackend, totals, replicaLabel } = require('./replicas.js')
 
 function formatDuration(ms) {
   if (ms == null) return '-'
@@ -57,17 +58,12 @@ function groupRecords(records) {
   }
   const lines = []
   for (const [name, group] of byName) {
-    const replicaSets = new Map()
-    for (const r of group) {
-      if (r.replicaOf == null) lines.push({ record: r })
-      else {
-        if (!replicaSets.has(r.replicaOf)) replicaSets.set(r.replicaOf, [])
-        replicaSets.get(r.replicaOf).push(r)
-      }
-    }
-    for (const [port, replicas] of replicaSets) {
-      const sum = (field) => (replicas.some((r) => r[field] != null) ? replicas.reduce((s, r) => s + (r[field] ?? 0), 0) : null)
-      lines.push({ backend: { name, port, replicas: replicas.length, cpuPercent: sum('cpuPercent'), memoryBytes: sum('memoryBytes'), processCount: sum('processCount') } })
+    const parts = byBackend(group)
+    for (const { item } of parts) if (item) lines.push({ record: item })
+    for (const { replicaOf: port, replicas } of parts) {
+      if (!replicas) continue
+      const { cpuPercent, memoryBytes, processCount } = totals(replicas)
+      lines.push({ backend: { name, port, replicas: replicas.length, cpuPercent, memoryBytes, processCount } })
       for (const r of replicas) lines.push({ record: r, replica: true })
     }
   }
@@ -84,7 +80,7 @@ function recordsTable(records) {
         ? ['-', b.name, b.port, `${b.replicas} replicas`, '-', '-', '-', cpu(b.cpuPercent), formatBytes(b.memoryBytes), b.processCount, '-']
         : [
             r.pid,
-            replica ? (r.port === r.replicaOf ? '  replica (shared socket)' : `  replica (port ${r.port})`) : (r.name ?? r.file),
+            replica ? `  ${replicaLabel(r)}` : (r.name ?? r.file),
             replica ? r.replicaOf : r.port,
             r.state,
             health(r),
