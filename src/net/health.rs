@@ -272,7 +272,7 @@ where
   let mut last_telling: Option<ProbeOutcome> = None;
   // The backend just wrote a line: probe at once, without a look first (it most likely listens now).
   let mut nudged = false;
-  let own_thread = imp::OwnThread::new(target, watch.own_thread);
+  let own_thread = own_thread::OwnThread::new(target, watch.own_thread);
   loop {
     let look = !last_look && !nudged;
     nudged = false;
@@ -357,24 +357,55 @@ where
   }
 }
 
-/// Linux: the kernel answers exact listener lookups, so a wait on a thread of its own looks there, sleeping
-/// between looks, instead of probing.
-#[cfg(target_os = "linux")]
+/// Windows: a refused connect is slow, so the probe's is told to give up at once; the table of listening
+/// sockets answers whether anything listens.
+#[cfg(windows)]
 mod imp {
-  use super::Target;
   use std::net::SocketAddr;
-  use std::time::Duration;
   use tokio::net::TcpStream;
-  use tokio::time::Instant;
+
+  /// Windows retries a refused connect for ~2 s, even on loopback (libuv#2896): the probe's socket is told
+  /// not to (best effort: a system that refuses the options keeps its default).
+  pub async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    let _ = crate::os::win::net::set_fast_fail(&socket, 1);
+    socket.set_nonblocking(true)?;
+    tokio::net::TcpSocket::from_std_stream(socket.into())
+      .connect(addr)
+      .await
+  }
+
+  /// Its table of listening sockets.
+  pub fn listening_in_table(port: u16) -> Option<bool> {
+    crate::net::listeners::listening_ports().map(|ports| ports.contains(&port))
+  }
+}
+
+/// Unix: a plain connect. The exact lookup (Linux) answers wherever anything can; listing sockets on macOS
+/// means every process's, so the probe finds out instead.
+#[cfg(not(windows))]
+mod imp {
+  use std::net::SocketAddr;
+  use tokio::net::TcpStream;
 
   pub async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     TcpStream::connect(addr).await
   }
 
-  /// The exact lookup answers (`listener_at`) whenever it can answer at all.
   pub fn listening_in_table(_port: u16) -> Option<bool> {
     None
   }
+}
+
+/// Linux: the kernel answers exact listener lookups, so a wait on a thread of its own looks there, sleeping
+/// between looks, instead of probing.
+#[cfg(target_os = "linux")]
+mod own_thread {
+  use super::Target;
+  use std::net::SocketAddr;
+  use std::time::Duration;
+  use tokio::time::Instant;
 
   /// A readiness wait alone on its thread (`Watch::own_thread`), where the kernel answers exact lookups
   /// (some sandboxes refuse netlink).
@@ -400,12 +431,11 @@ mod imp {
     }
   }
 
-  /// Linux, a wait on a thread of its own (`Watch::own_thread`): looks for a listener at `addr` every `every`
-  /// until one is there (`true`) or `until` (`false`), sleeping on the kernel's precise timer between looks.
-  /// It blocks the thread, which nothing else shares. On the shared runtime each look cost two thread
-  /// wake-ups (the worker holding the timer hands the task to another) and the timer's 1 ms ticks made the
-  /// looks 1-2 ms apart at random; on a VM each wake-up costs ~45 us of CPU, more than the look itself, so
-  /// the wake-ups are the cost.
+  /// Looks for a listener at `addr` every `every` until one is there (`true`) or `until` (`false`),
+  /// sleeping on the kernel's precise timer between looks. It blocks the thread, which nothing else
+  /// shares. On the shared runtime each look cost two thread wake-ups (the worker holding the timer hands
+  /// the task to another) and the timer's 1 ms ticks made the looks 1-2 ms apart at random; on a VM each
+  /// wake-up costs ~45 us of CPU, more than the look itself, so the wake-ups are the cost.
   fn look_until_listening(addr: SocketAddr, every: Duration, until: Instant) -> bool {
     let until = until.into_std();
     loop {
@@ -421,66 +451,13 @@ mod imp {
   }
 }
 
-/// macOS: no cheap lookup; a refused connect on loopback is cheap and answers.
-#[cfg(target_os = "macos")]
-mod imp {
+/// Elsewhere a wait looks on its runtime's timer.
+#[cfg(not(target_os = "linux"))]
+mod own_thread {
   use super::Target;
-  use std::net::SocketAddr;
   use std::time::Duration;
-  use tokio::net::TcpStream;
   use tokio::time::Instant;
 
-  pub async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
-    TcpStream::connect(addr).await
-  }
-
-  /// Listing sockets here means every process's: the probe finds out instead.
-  pub fn listening_in_table(_port: u16) -> Option<bool> {
-    None
-  }
-
-  /// Waits look on their runtime's timer here.
-  pub struct OwnThread;
-
-  impl OwnThread {
-    pub fn new(_target: &Target, _own_thread: bool) -> OwnThread {
-      OwnThread
-    }
-
-    pub fn look_until_listening(&self, _every: Duration, _until: Instant) -> Option<bool> {
-      None
-    }
-  }
-}
-
-/// Windows: the table of listening sockets answers; a refused connect is slow, so the probe's is told to
-/// give up at once.
-#[cfg(windows)]
-mod imp {
-  use super::Target;
-  use std::net::SocketAddr;
-  use std::time::Duration;
-  use tokio::net::TcpStream;
-  use tokio::time::Instant;
-
-  /// Windows retries a refused connect for ~2 s, even on loopback (libuv#2896): the probe's socket is told
-  /// not to (best effort: a system that refuses the options keeps its default).
-  pub async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    let _ = crate::os::win::net::set_fast_fail(&socket, 1);
-    socket.set_nonblocking(true)?;
-    tokio::net::TcpSocket::from_std_stream(socket.into())
-      .connect(addr)
-      .await
-  }
-
-  /// Its table of listening sockets.
-  pub fn listening_in_table(port: u16) -> Option<bool> {
-    crate::net::listeners::listening_ports().map(|ports| ports.contains(&port))
-  }
-
-  /// Waits look on their runtime's timer here.
   pub struct OwnThread;
 
   impl OwnThread {
