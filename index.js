@@ -288,7 +288,6 @@ function versions() {
   }
 }
 
-
 /** True when `port` binds on 127.0.0.1, ::1 (where IPv6 exists), 0.0.0.0 and :: (or only on `options.host`). */
 async function isPortAvailable(port, options) {
   return native.isPortAvailable(port, options?.host ?? null)
