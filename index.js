@@ -6,7 +6,7 @@
 const { EventEmitter } = require('node:events')
 const native = require('./binding.js')
 const { BackendGroup: Group } = require('./lib/group.js')
-const { invalidArg } = require('./lib/errors.js')
+const { invalidArg } = require('./lib/format.js')
 
 /** The options the JS layer keeps for itself. */
 function splitLogger(options) {

@@ -9,11 +9,9 @@ const path = require('node:path')
 const http = require('node:http')
 const { pathToFileURL } = require('node:url')
 const { spawn } = require('node:child_process')
-const { RecordSampler, probeHealth } = require('./monitor.js')
-const { everyLine, managerReplicaLines } = require('./replicas.js')
-const { logFileOf, stderrTail } = require('./backend-logs.js')
+const { RecordSampler, probeHealth, logFileOf, stderrTail } = require('./monitor.js')
+const { everyLine, managerReplicaLines, invalidArg } = require('./format.js')
 const { buildPage } = require('./dashboard-page.js')
-const { invalidArg } = require('./errors.js')
 
 /** Samples kept for a page that connects later: five minutes. */
 const KEEP = 300

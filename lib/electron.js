@@ -4,7 +4,7 @@
 // for one manager or group. It uses only the objects passed in — no require('electron') — so it runs (and is
 // tested) under plain Node with stand-ins that follow Electron's documented event semantics.
 
-const { invalidArg } = require('./errors.js')
+const { invalidArg } = require('./format.js')
 
 const isGroup = (target) => typeof target?.startAll === 'function' && typeof target?.stopAll === 'function'
 

@@ -6,7 +6,7 @@
 
 const { EventEmitter } = require('node:events')
 const native = require('../binding.js')
-const { invalidArg } = require('./errors.js')
+const { invalidArg } = require('./format.js')
 
 /** The events a member emits that the group passes on, with the member's name. */
 const MEMBER_EVENTS = ['ready', 'exit', 'restart', 'failed', 'start-failed', 'unhealthy', 'healthy', 'port-changed', 'stats', 'stdout', 'stderr', 'warning', 'status']

@@ -5,9 +5,7 @@
 const fs = require('node:fs')
 const path = require('node:path')
 const native = require('../binding.js')
-const { formatDuration, formatBytes } = require('./format.js')
-const { byBackend, totals, everyLine } = require('./replicas.js')
-const { logFileOf, stderrTail } = require('./backend-logs.js')
+const { formatDuration, formatBytes, byBackend, totals, everyLine } = require('./format.js')
 
 /** Samples kept per backend: one a second, the sparklines' last minute. */
 const HISTORY = 60
@@ -60,6 +58,32 @@ async function probeHealth(host, port, healthPath, { timeoutMs = PROBE_TIMEOUT_M
     return await Promise.race([probed, aborted])
   } finally {
     signal?.removeEventListener('abort', onAbort)
+  }
+}
+
+// ---- Logs: a backend's log file, and a failed one's last stderr lines (docs/api.md "Logs") ----
+
+/** Lines of stderr shown for a failed backend. */
+const STDERR_TAIL_LINES = 5
+
+/** `<logDir>/<name>.log`; `null` without a log folder (logs off) or for a name no log file can have. */
+function logFileOf(logDir, name) {
+  if (!logDir || name == null) return null
+  try {
+    return native.logFilePath(logDir, name)
+  } catch {
+    return null
+  }
+}
+
+/** The last `lines` stderr lines of `name`'s log (rotated files included), oldest first; `[]` when there are none. */
+async function stderrTail(logDir, name, lines = STDERR_TAIL_LINES) {
+  if (logFileOf(logDir, name) === null) return []
+  try {
+    return (await native.readLogs(logDir, name, { lines, stream: 'err' })).map((l) => l.line)
+  } catch {
+    // An unreadable folder says nothing about the backend: the monitor goes on without its lines.
+    return []
   }
 }
 
@@ -611,4 +635,4 @@ async function command({ once = false, json = false }, { stateDir, name, logDir 
   return live(sampler)
 }
 
-module.exports = { RecordSampler, probeHealth, probeHost, renderFrame, snapshotJson, sparkline, displayWidth, truncate, clean, command, HISTORY }
+module.exports = { RecordSampler, probeHealth, probeHost, logFileOf, stderrTail, renderFrame, snapshotJson, sparkline, displayWidth, truncate, clean, command, HISTORY }
