@@ -15,9 +15,12 @@ Commands:
   cleanup [--json]                        terminate orphaned backends, delete stale records
   test-ports [port] [--count N] [--json]  availability of port … port+N-1 (default 8000, 10 ports) and
                                           the process holding each busy one
-  monitor [--once] [--json]               live view of every backend: state, CPU, memory, restarts,
-                                          health latency, sparklines; q quits. --once: one frame
-  dashboard [--port N] [--open]           serve a live page with charts and stop buttons on
+  monitor [--once] [--json] [--log-dir DIR]
+                                          live view of every backend: state, CPU, memory, restarts,
+                                          health latency, sparklines, log file, a failed one's last
+                                          stderr lines; q quits. --once: one frame
+  dashboard [--port N] [--open] [--log-dir DIR]
+                                          serve a live page with charts and stop buttons on
                                           127.0.0.1 (the URL carries a secret token)
   logs [NAME] [--lines N] [--follow] [--json] [--log-dir DIR]
                                           the last lines of a backend's log file (stdout, stderr
@@ -54,8 +57,8 @@ const COMMANDS = {
   status: { json: { type: 'boolean' } },
   cleanup: { json: { type: 'boolean' } },
   'test-ports': { json: { type: 'boolean' }, count: { type: 'string' } },
-  monitor: { once: { type: 'boolean' }, json: { type: 'boolean' } },
-  dashboard: { open: { type: 'boolean' } },
+  monitor: { once: { type: 'boolean' }, json: { type: 'boolean' }, 'log-dir': { type: 'string' } },
+  dashboard: { open: { type: 'boolean' }, 'log-dir': { type: 'string' } },
   diagnostics: { 'log-dir': { type: 'string' } },
   logs: { lines: { type: 'string' }, follow: { type: 'boolean' }, json: { type: 'boolean' }, 'log-dir': { type: 'string' } },
   start: {
@@ -276,16 +279,21 @@ function follow(file, show) {
   })
 }
 
-/** The state folder (options and defaults applied, checked) and the name to limit a view to. */
-async function recordScope(options) {
+/** The state folder (options and defaults applied, checked), the name to limit a view to, and the log folder. */
+async function recordScope(values, options) {
   // `--port` is not the backend's here (the dashboard's own port, or nothing): it cannot make the options invalid.
   const { port, ...rest } = options
   const pm = new ProcessManager({ ...rest, logger: false })
   // A folder whose records cannot be trusted is refused here (ERR_STATE_DIR), before a live view or page opens.
   await listRecords(pm.options.stateDir)
-  return { stateDir: pm.options.stateDir, name: options.name, stopTimeoutMs: pm.options.stopTimeoutMs }
+  return { stateDir: pm.options.stateDir, name: options.name, stopTimeoutMs: pm.options.stopTimeoutMs, logDir: logDir(values, options) }
 }
 
+/**
+ * `backend-pm start`: runs the backend in the foreground until it ends. Three promises say what can happen:
+ * `started` (the start resolves or rejects), `signal` (the first SIGINT or SIGTERM, which begins the stop:
+ * `stopped`) and `ended` (the backend exited on its own without a restart policy, or the policy gave up).
+ */
 async function start(options, extraArgs) {
   if (extraArgs.length > 0) options.args = extraArgs
   const pm = new ProcessManager({
@@ -297,55 +305,63 @@ async function start(options, extraArgs) {
   pm.on('unhealthy', (e) => console.error(`backend unhealthy (${e.reason}): ${e.error ?? ''}`))
   pm.on('healthy', () => console.error('backend healthy again'))
   pm.on('port-changed', (e) => print(`backend moved from port ${e.previous} to port ${e.port}`))
-  let stopping = null
-  const stop = (signal) => {
-    if (stopping) return
-    console.error(`received ${signal}, stopping the backend…`)
-    stopping = pm.stopBackend()
-  }
+  pm.on('restart', (e) => console.error(`backend pid ${e.pid} ended (${e.exitCode !== null ? `exit code ${e.exitCode}` : e.signal ?? e.reason}); restart ${e.attempt} in ${e.delayMs} ms`))
+
+  // The handlers stay for the whole run: a second Ctrl-C while stopping must not kill the CLI mid-stop.
+  let received = null
+  const signal = new Promise((resolve) => {
+    for (const name of ['SIGINT', 'SIGTERM']) {
+      process.on(name, () => {
+        received ??= name
+        resolve(name)
+      })
+    }
+  })
+  const stopped = signal.then((name) => {
+    console.error(`received ${name}, stopping the backend…`)
+    return pm.stopBackend()
+  })
+
   // Every exit is kept: a failed attempt on a taken port ends too, before the backend that is started.
+  const restarting = pm.options.restart !== false
   const exits = []
-  let exitSeen = () => {}
+  let current = null
+  let announced = false
+  let end
+  const ended = new Promise((resolve) => (end = resolve))
+  const crashed = () => (restarting ? null : exits.find((e) => e.pid === current && !e.expected))
   pm.on('exit', (e) => {
     exits.push(e)
-    exitSeen()
+    const crash = crashed()
+    if (crash) end({ crash })
   })
-  process.on('SIGINT', () => stop('SIGINT'))
-  process.on('SIGTERM', () => stop('SIGTERM'))
+  pm.on('failed', (e) => end({ failed: e }))
+  pm.on('ready', (b) => {
+    if (announced) print(`backend running again: pid ${b.pid}, port ${b.port}`)
+    current = b.pid
+  })
+
+  const started = pm.startBackend(process.cwd())
   let backend
   try {
-    backend = await pm.startBackend(process.cwd())
+    backend = await started
   } catch (err) {
     // Ctrl-C during the start: the stop cancelled it, which is a clean end.
-    if (!stopping) throw err
-    await stopping
+    if (received === null) throw err
+    await stopped
     print('backend stopped before it became ready')
     return 0
   }
+  current = backend.pid
   print(`backend "${pm.options.name}" running: pid ${backend.pid}, port ${backend.port}, ${backend.url}`)
   print('press Ctrl-C to stop it')
+  announced = true
+  // It may have ended already, between its start and now.
+  const crash = crashed()
+  if (crash) end({ crash })
+
   // It runs until Ctrl-C; or until it ends by itself (without --restart), or the restart policy gives up.
-  let current = backend.pid
-  const restarting = pm.options.restart !== false
-  const ending = () => {
-    const crash = exits.find((e) => e.pid === current && !e.expected)
-    if (crash && !restarting) return { crash }
-    return null
-  }
-  const outcome = await new Promise((resolve) => {
-    exitSeen = () => ending() && resolve(ending())
-    pm.on('ready', (b) => {
-      current = b.pid
-      print(`backend running again: pid ${b.pid}, port ${b.port}`)
-    })
-    pm.on('restart', (e) => console.error(`backend pid ${e.pid} ended (${e.exitCode !== null ? `exit code ${e.exitCode}` : e.signal ?? e.reason}); restart ${e.attempt} in ${e.delayMs} ms`))
-    pm.on('failed', (e) => resolve({ failed: e }))
-    const stoppedOrEnded = () => (stopping ? stopping.then((result) => resolve({ result })) : null)
-    process.on('SIGINT', stoppedOrEnded)
-    process.on('SIGTERM', stoppedOrEnded)
-    if (stopping) stoppedOrEnded()
-    if (ending()) resolve(ending())
-  })
+  const outcome = await Promise.race([ended, stopped.then((result) => ({ result }))])
   if (outcome.crash) {
     const e = outcome.crash
     console.error(`the backend exited on its own (${e.exitCode !== null ? `exit code ${e.exitCode}` : e.signal})`)
@@ -384,17 +400,17 @@ async function main(argv) {
       case 'test-ports':
         return (await testPorts(values, positionals, options)) ?? 0
       case 'monitor':
-        return await require('./lib/monitor.js').command(values, await recordScope(options))
+        return await require('./lib/monitor.js').command(values, await recordScope(values, options))
       case 'dashboard': {
         // --port is the page's own port here, never the backend's port from package.json.
         const port = values.port === undefined ? 0 : integer(values.port, '--port')
-        return await require('./lib/dashboard.js').command({ port, open: Boolean(values.open) }, await recordScope(options))
+        return await require('./lib/dashboard.js').command({ port, open: Boolean(values.open) }, await recordScope(values, options))
       }
       case 'logs':
         return await logs(values, positionals, options)
       case 'diagnostics': {
         if (positionals.length !== 1) throw new UsageError('diagnostics needs the archive to write: backend-pm diagnostics OUT.zip')
-        const written = await exportDiagnostics(path.resolve(positionals[0]), { stateDir: (await recordScope(options)).stateDir, logDir: logDir(values, options) })
+        const written = await exportDiagnostics(path.resolve(positionals[0]), { stateDir: (await recordScope(values, options)).stateDir, logDir: logDir(values, options) })
         print(`wrote ${written.path} (${written.bytes} bytes)`)
         return 0
       }

@@ -6,15 +6,14 @@
 const { EventEmitter } = require('node:events')
 const native = require('./binding.js')
 const { BackendGroup: Group } = require('./lib/group.js')
+const { invalidArg } = require('./lib/format.js')
 
 /** The options the JS layer keeps for itself. */
 function splitLogger(options) {
   if (options === null || typeof options !== 'object' || Array.isArray(options)) return { logger: console, rest: options }
   const { logger = console, ...rest } = options
   if (logger !== false && (logger === null || typeof logger !== 'object')) {
-    const err = new Error(`logger must be an object with info, warn and error methods, or false, got ${logger === null ? 'null' : typeof logger}`)
-    err.code = 'ERR_INVALID_ARG'
-    throw err
+    throw invalidArg(`logger must be an object with info, warn and error methods, or false, got ${logger === null ? 'null' : typeof logger}`)
   }
   return { logger, rest }
 }
@@ -287,12 +286,6 @@ function versions() {
     platform: process.platform,
     arch: process.arch,
   }
-}
-
-function invalidArg(message) {
-  const err = new Error(message)
-  err.code = 'ERR_INVALID_ARG'
-  return err
 }
 
 /** True when `port` binds on 127.0.0.1, ::1 (where IPv6 exists), 0.0.0.0 and :: (or only on `options.host`). */

@@ -379,3 +379,92 @@ test('CLI dashboard --port: serves on that port; a port in use is an error (exit
   assert.equal(code, 1)
   assert.match(second.stderr(), new RegExp(`port ${port} is in use.*ERR_NO_FREE_PORT`))
 })
+
+const { recordOf } = require('./helpers')
+const DB_ERROR = 'Error: cannot open database /data/app.db'
+
+/** A manager whose start fails with a line on stderr (logged), and one that runs, in one state folder. */
+async function failedAndRunning(t) {
+  const failing = fixtureManager(t, { name: 'broken', port: await freeRun(3), env: { FAIL_WITH_LINE: DB_ERROR } })
+  const running = fixtureManager(t, { name: 'healthy', port: await freeRun(3), stateDir: failing.stateDir })
+  const backend = await running.pm.startBackend(ROOT)
+  return { failing, running, backend, logDir: path.join(failing.stateDir, 'logs') }
+}
+
+test('dashboard of managers: each backend\'s log file; a backend whose start failed also shows the last lines of its stderr', async (t) => {
+  const { serveDashboard, managerSource } = require('../lib/dashboard.js')
+  const { failing, running, logDir } = await failedAndRunning(t)
+  const dash = await serveDashboard({ source: managerSource([{ manager: running.pm }, { manager: failing.pm }]) })
+  t.after(() => dash.close())
+  const url = new URL(dash.url)
+  const snapshot = async () => JSON.parse((await httpGet(`${url.origin}/snapshot?token=${url.searchParams.get('token')}`)).body)
+
+  const before = (await snapshot()).backends
+  assert.deepEqual(before.map((b) => [b.name, b.state, b.logFile, b.stderrTail]), [
+    ['healthy', 'running', path.join(logDir, 'healthy.log'), []],
+    ['broken', 'stopped', path.join(logDir, 'broken.log'), []],
+  ])
+  await assert.rejects(failing.pm.startBackend(ROOT), { code: 'ERR_BACKEND_EXITED' })
+  // The line reaches the log through the log writer: the next samples show it.
+  await waitFor(async () => (await snapshot()).backends[1].stderrTail.length > 0, 5000, 'the stderr line in a sample')
+  const broken = (await snapshot()).backends[1]
+  assert.equal(broken.state, 'failed')
+  assert.equal(broken.logFile, path.join(logDir, 'broken.log'))
+  assert.deepEqual(broken.stderrTail, [DB_ERROR])
+  assert.deepEqual((await snapshot()).backends[0].stderrTail, [], 'a running backend shows no stderr lines')
+
+  // Without logs there is no file to show.
+  const quiet = fixtureManager(t, { name: 'quiet', port: await freeRun(3), logs: false })
+  await quiet.pm.startBackend(ROOT)
+  const source = managerSource([{ manager: quiet.pm }])
+  t.after(() => source.close())
+  const [line] = (await source.sample()).backends
+  assert.equal(line.logFile, null)
+  assert.deepEqual(line.stderrTail, [])
+})
+
+test('CLI dashboard: each record\'s log file; a record whose process is gone also shows the last lines of its stderr', { skip: posixOnly('ends the dashboard with SIGTERM') }, async (t) => {
+  const { failing, backend, logDir } = await failedAndRunning(t)
+  const { stateDir } = failing
+  await assert.rejects(failing.pm.startBackend(ROOT), { code: 'ERR_BACKEND_EXITED' })
+  await waitFor(async () => (await failing.pm.logs({ stream: 'err' })).length > 0, 5000, 'the stderr line in the log')
+  // Its app died with it: the record stays while the process is gone (a stale record).
+  const stale = recordOf({ name: 'broken', pid: 999999, port: 8123, exe: '/bin/false', startTime: 1, ownerPid: 999998, ownerStartTime: 1 })
+  fs.writeFileSync(path.join(stateDir, 'broken-999999.json'), JSON.stringify(stale), { mode: 0o600 })
+
+  const dash = await cliDashboard(t, stateDir)
+  const { backends } = JSON.parse((await httpGet(`${dash.origin}/snapshot?token=${dash.token}`)).body)
+  const byName = new Map(backends.map((b) => [b.name, b]))
+  assert.equal(byName.get('healthy').pid, backend.pid)
+  assert.equal(byName.get('healthy').logFile, path.join(logDir, 'healthy.log'))
+  assert.deepEqual(byName.get('healthy').stderrTail, [])
+  assert.equal(byName.get('broken').state, 'stale')
+  assert.equal(byName.get('broken').logFile, path.join(logDir, 'broken.log'))
+  assert.deepEqual(byName.get('broken').stderrTail, [DB_ERROR])
+  dash.proc.child.kill('SIGTERM')
+  const [code] = await dash.proc.exited
+  assert.equal(code, 0)
+})
+
+test('dashboard page in Chromium: the log file under each backend, and a failed one\'s stderr lines', { skip: linuxOnly("drives Debian's /usr/bin/chromium") }, async (t) => {
+  const { serveDashboard, managerSource } = require('../lib/dashboard.js')
+  const { failing, running, logDir } = await failedAndRunning(t)
+  const dash = await serveDashboard({ source: managerSource([{ manager: running.pm }, { manager: failing.pm }]) })
+  t.after(() => dash.close())
+  const { page } = await browser(t)
+  const problems = []
+  page.on('pageerror', (err) => problems.push(err.message))
+  assert.equal((await page.goto(dash.url)).status(), 200)
+  await page.waitForFunction(() => document.querySelectorAll('tr.details').length === 2, null, { timeout: 20000 })
+  const escape = (text) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+  const details = page.locator('tr.details')
+  assert.match(await details.nth(0).innerText(), new RegExp(`^log: ${escape(path.join(logDir, 'healthy.log'))}$`))
+  assert.match(await details.nth(1).innerText(), new RegExp(`^log: ${escape(path.join(logDir, 'broken.log'))}$`))
+  assert.equal(await page.locator('pre.stderr').count(), 0, 'no stderr shown while nothing failed')
+
+  await assert.rejects(failing.pm.startBackend(ROOT), { code: 'ERR_BACKEND_EXITED' })
+  await page.waitForSelector('tr.details pre.stderr', { timeout: 20000 })
+  assert.equal(await details.nth(1).locator('pre.stderr').innerText(), DB_ERROR)
+  assert.equal(await details.nth(0).locator('pre.stderr').count(), 0)
+  assert.deepEqual(problems, [])
+})

@@ -237,3 +237,58 @@ test('monitor in a terminal: SIGTERM also restores the terminal', { skip: posixO
   assert.equal(term.flag('alternate_on'), '0')
   assert.equal(term.flag('cursor_flag'), '1')
 })
+
+/** The lines of `name`'s entry in a frame: its own line and the indented ones under it. */
+function entryLines(lines, name) {
+  const start = lines.findIndex((l) => l.startsWith(`${name} `))
+  assert.ok(start >= 0, `no line for ${name}: ${lines.join('\n')}`)
+  const rest = lines.slice(start + 1)
+  const end = rest.findIndex((l) => !l.startsWith('  '))
+  return [lines[start], ...(end < 0 ? rest : rest.slice(0, end))]
+}
+
+/** The path a `  log …` line shows, checked against the full path (a long one is cut at its start, with …). */
+function assertShowsLogFile(entry, file) {
+  const logLines = entry.filter((l) => l.startsWith('  log '))
+  assert.equal(logLines.length, 1, entry.join('\n'))
+  const shown = logLines[0].slice('  log '.length)
+  if (shown.startsWith('…')) assert.ok(file.endsWith(shown.slice(1)) && shown.length > 20, `${shown} is not the end of ${file}`)
+  else assert.equal(shown, file)
+}
+
+test('monitor --once shows each backend\'s log file, and for one whose process is gone the last lines of its stderr', async (t) => {
+  const failing = fixtureManager(t, { name: 'crashed', port: await freeRun(3), env: { FAIL_WITH_LINE: 'Error: cannot open database /data/app.db' } })
+  const { stateDir } = failing
+  await assert.rejects(failing.pm.startBackend(ROOT), { code: 'ERR_BACKEND_EXITED' })
+  // The line reaches the log file through the log writer, after the rejection at the latest.
+  await waitFor(async () => (await failing.pm.logs({ stream: 'err' })).length > 0, 5000, 'the stderr line in the log')
+  const fine = fixtureManager(t, { name: 'fine', port: await freeRun(3), stateDir })
+  const running = await fine.pm.startBackend(ROOT)
+  // Its app died with it: the record stays while the process is gone (a stale record).
+  const stale = recordOf({ name: 'crashed', pid: 999999, port: 8123, exe: '/bin/false', startTime: 1, ownerPid: 999998, ownerStartTime: 1 })
+  fs.writeFileSync(path.join(stateDir, 'crashed-999999.json'), JSON.stringify(stale), { mode: 0o600 })
+
+  const { code, stdout, stderr } = await cli(['monitor', '--once', '--state-dir', stateDir])
+  assert.equal(code, 0, stderr)
+  const lines = stdout.trimEnd().split('\n')
+  for (const line of lines) assert.ok(columns(line) <= 80, `${columns(line)} columns: ${JSON.stringify(line)}`)
+  const logDir = path.join(stateDir, 'logs')
+
+  const fineEntry = entryLines(lines, 'fine')
+  assert.match(fineEntry[0], new RegExp(`^fine\\s+running\\s+${running.pid}\\s`))
+  assertShowsLogFile(fineEntry, path.join(logDir, 'fine.log'))
+  assert.deepEqual(fineEntry.filter((l) => l.startsWith('  err ')), [], 'a running backend shows no stderr lines')
+
+  const crashedEntry = entryLines(lines, 'crashed')
+  assert.match(crashedEntry[0], /^crashed\s+stale\s+999999\s/)
+  assertShowsLogFile(crashedEntry, path.join(logDir, 'crashed.log'))
+  assert.deepEqual(crashedEntry.filter((l) => l.startsWith('  err ')), ['  err Error: cannot open database /data/app.db'])
+
+  // Another log folder (--log-dir) is where the paths then point, and it holds no stderr of "crashed".
+  const otherLogs = tempDir(t)
+  const other = await cli(['monitor', '--once', '--state-dir', stateDir, '--log-dir', otherLogs])
+  assert.equal(other.code, 0, other.stderr)
+  const otherEntry = entryLines(other.stdout.trimEnd().split('\n'), 'crashed')
+  assertShowsLogFile(otherEntry, path.join(otherLogs, 'crashed.log'))
+  assert.deepEqual(otherEntry.filter((l) => l.startsWith('  err ')), [])
+})

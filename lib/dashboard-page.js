@@ -60,6 +60,9 @@ button + button { margin-left: 6px; }
 #confirm .box { background: var(--card); border-radius: 8px; padding: 18px 20px; max-width: 460px; box-shadow: 0 8px 30px rgba(0, 0, 0, .25); }
 #confirm p { margin: 0 0 14px; overflow-wrap: anywhere; }
 #confirm .buttons { text-align: right; }
+tr.details td { padding: 2px 10px 8px 28px; white-space: normal; color: var(--muted); font-size: 12px; }
+tr.details .log-file { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; overflow-wrap: anywhere; }
+tr.details pre.stderr { margin: 4px 0 0; padding: 6px 8px; background: #fff5f5; color: var(--bad); border-radius: 4px; white-space: pre-wrap; overflow-wrap: anywhere; font-size: 12px; }
 `
 
 /**
@@ -213,6 +216,15 @@ function client(duration, bytes) {
       el('td', {}, ...actionButtons(b)))
   }
 
+  /** Under a backend: where its log file is and, when it failed, the last lines of its stderr. */
+  function detailsOf(b) {
+    const tail = b.stderrTail || []
+    if (!b.logFile && tail.length === 0) return null
+    return el('tr', { class: 'details' }, el('td', { colspan: '11' },
+      b.logFile ? el('div', {}, 'log: ', el('span', { class: 'log-file' }, b.logFile)) : null,
+      tail.length ? el('pre', { class: 'stderr', title: 'the last lines of its stderr' }, tail.join('\n')) : null))
+  }
+
   function drawTable(sample) {
     const tbody = $('rows')
     const rows = []
@@ -225,6 +237,8 @@ function client(duration, bytes) {
       }
       rows.push(rowOf(b, false))
       ;(b.replicas || []).forEach((r, i) => rows.push(rowOf(r, true, i)))
+      const details = detailsOf(b)
+      if (details) rows.push(details)
     }
     if (rows.length === 0) rows.push(el('tr', {}, el('td', { colspan: '11', class: 'empty' }, 'No backends.')))
     tbody.replaceChildren(...rows)

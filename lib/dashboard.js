@@ -9,7 +9,8 @@ const path = require('node:path')
 const http = require('node:http')
 const { pathToFileURL } = require('node:url')
 const { spawn } = require('node:child_process')
-const { RecordSampler, probeHealth } = require('./monitor.js')
+const { RecordSampler, probeHealth, logFileOf, stderrTail } = require('./monitor.js')
+const { everyLine, managerReplicaLines, invalidArg } = require('./format.js')
 const { buildPage } = require('./dashboard-page.js')
 
 /** Samples kept for a page that connects later: five minutes. */
@@ -18,11 +19,6 @@ const INTERVAL_MS = 1000
 const MAX_CLIENTS = 16
 const MAX_BODY = 4096
 
-function invalid(message) {
-  const err = new Error(message)
-  err.code = 'ERR_INVALID_ARG'
-  return err
-}
 
 function httpError(status, message) {
   const err = new Error(message)
@@ -31,6 +27,8 @@ function httpError(status, message) {
 }
 
 const ALIVE = new Set(['running', 'orphaned', 'unhealthy'])
+/** States of a manager's backend that ended against its will: its stderr tells why. */
+const FAILED = new Set(['failed', 'exited'])
 /** ProcessManager's own health probe (index.js), which checks the listener's owner before sending the token. */
 const PROBE_HEALTH = Symbol.for('backend-process-manager.probeHealth')
 
@@ -56,18 +54,20 @@ function view(line, actions) {
     healthStatus: line.healthStatus ?? null,
     healthLatencyMs: line.healthLatencyMs ?? null,
     healthError: line.healthError ?? null,
+    logFile: line.logFile ?? null,
+    stderrTail: line.stderrTail ?? [],
     replicas: (line.replicas ?? []).map((r) => view(r, actions(r))),
     actions: actions(line),
   }
 }
 
 /**
- * The records of a state folder (`listRecords` and the monitor's own health probe). Stop = `stopRecord`
+ * The records of a state folder (`listRecords`, the addon's health probe and the logs of `logDir`). Stop = `stopRecord`
  * of the record (of every replica, for a backend with replicas): its app sees an unexpected exit and
  * starts it again if its restart policy says so, which a record does not tell — so there is no Restart.
  */
-function recordsSource({ stateDir, name, stopTimeoutMs, stopRecord = require('../binding.js').stopRecord, listRecords }) {
-  const sampler = new RecordSampler({ stateDir, name, ...(listRecords ? { listRecords } : {}) })
+function recordsSource({ stateDir, name, logDir = null, stopTimeoutMs, stopRecord = require('../binding.js').stopRecord, listRecords }) {
+  const sampler = new RecordSampler({ stateDir, name, logDir, ...(listRecords ? { listRecords } : {}) })
   let lines = new Map()
   const actions = (line) => (ALIVE.has(line.state) && (line.file || line.replicas?.some((r) => ALIVE.has(r.state))) ? ['stop'] : [])
   const source = {
@@ -76,7 +76,7 @@ function recordsSource({ stateDir, name, stopTimeoutMs, stopRecord = require('..
     note: 'Stop ends the backend (checked to be the recorded process); its app starts it again if its restart policy says so.',
     async sample() {
       const s = await sampler.sample()
-      lines = new Map(s.backends.flatMap((b) => [[b.id, b], ...b.replicas.map((r) => [r.id, r])]))
+      lines = new Map(everyLine(s.backends).map((line) => [line.id, line]))
       return { at: s.sampledAt, backends: s.backends.map((b) => view(b, actions)) }
     },
     async act(id, action) {
@@ -102,7 +102,8 @@ function recordsSource({ stateDir, name, stopTimeoutMs, stopRecord = require('..
  * Managers of the app itself: `members` is `[{ manager, group?, restart?, canRestart? }]` (a group of
  * backends passes one entry per member, with its group name). Figures come from `manager.stats()` — or
  * its `stats` events when it emits them, so the app's own CPU sampling windows are not cut short — and
- * health from its watchdog when it runs one, else from a probe of our own (with the backend's token).
+ * health from its watchdog when it runs one, else from a probe of our own (with the backend's token); the
+ * path of its log file, and for a backend that failed or exited on its own, its last stderr lines.
  * Stop = `stopBackend()`; Restart = `restart()` (stop, then start with the same arguments).
  */
 function managerSource(members, { title = 'Backends', subtitle = '' } = {}) {
@@ -117,6 +118,8 @@ function managerSource(members, { title = 'Backends', subtitle = '' } = {}) {
       ready: () => (entry.phase = 'running'),
       restart: () => (entry.phase = 'restarting'),
       failed: () => (entry.phase = 'failed'),
+      // A start that rejected (its process ended before it was ready): failed too, so its stderr is shown.
+      'start-failed': () => (entry.phase = 'failed'),
       // An unexpected exit is followed by `restart` when the policy restarts it; else it stays `exited`.
       exit: (e) => {
         if (!entry.busy) entry.phase = e.expected ? 'stopped' : 'exited'
@@ -173,22 +176,10 @@ function managerSource(members, { title = 'Backends', subtitle = '' } = {}) {
       line.healthError = probe.error
     }
     // Replicas, where the manager runs them: their figures when stats() lists them, else pid and port.
-    const replicas = stats?.replicas ?? backend?.replicas ?? []
-    line.replicas = replicas.map((r, i) => ({
-      id: `${e.id}#replica${i + 1}`,
-      name: `${opts.name} #${i + 1}`,
-      group: e.group ?? null,
-      state: r.healthy === false ? 'unhealthy' : 'running',
-      pid: r.pid ?? null,
-      port: r.port ?? null,
-      uptimeMs: r.uptimeMs ?? null,
-      cpuPercent: r.cpuPercent == null ? null : Number(r.cpuPercent.toFixed(1)),
-      memoryBytes: r.memoryBytes ?? null,
-      processCount: r.processCount ?? null,
-      restarts: r.restarts ?? null,
-      healthy: r.healthy ?? null,
-      healthLatencyMs: r.healthLatencyMs ?? null,
-    }))
+    line.replicas = managerReplicaLines(stats?.replicas ?? backend?.replicas ?? [], { id: e.id, name: opts.name, group: e.group })
+    const logDir = opts.logs ? opts.logs.dir : null
+    line.logFile = logFileOf(logDir, opts.name)
+    line.stderrTail = line.logFile && FAILED.has(line.state) ? await stderrTail(logDir, opts.name) : []
     return view(line, (l) => (l === line ? actions(e, line.state) : []))
   }
 
@@ -242,7 +233,7 @@ function tokenMatches(given, expectedDigest) {
  * (`?token=`). Resolves to `{ url, port, close() }`.
  */
 async function serveDashboard({ source, port = 0 }) {
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw invalid(`port must be an integer from 0 to 65535, got ${port}`)
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw invalidArg(`port must be an integer from 0 to 65535, got ${port}`)
   const token = crypto.randomBytes(32).toString('hex')
   const digest = sha256(token)
   const page = buildPage(source)
@@ -431,8 +422,8 @@ function openBrowser(url) {
 }
 
 /** `backend-pm dashboard [--port N] [--open]`: serves until SIGINT, SIGTERM or SIGHUP; resolves to the exit code. */
-async function command({ port, open }, { stateDir, name, stopTimeoutMs }) {
-  const dashboard = await serveDashboard({ source: recordsSource({ stateDir, name, stopTimeoutMs }), port })
+async function command({ port, open }, { stateDir, name, logDir = null, stopTimeoutMs }) {
+  const dashboard = await serveDashboard({ source: recordsSource({ stateDir, name, logDir, stopTimeoutMs }), port })
   process.stdout.write(`Dashboard of ${stateDir}${name !== undefined ? ` (backends named ${JSON.stringify(name)})` : ''}:\n  ${dashboard.url}\n`)
   process.stdout.write('The URL carries a secret: whoever has it can stop these backends. Ctrl-C stops the dashboard.\n')
   let redirect = null

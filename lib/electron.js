@@ -4,11 +4,7 @@
 // for one manager or group. It uses only the objects passed in — no require('electron') — so it runs (and is
 // tested) under plain Node with stand-ins that follow Electron's documented event semantics.
 
-function invalid(message) {
-  const err = new Error(message)
-  err.code = 'ERR_INVALID_ARG'
-  return err
-}
+const { invalidArg } = require('./format.js')
 
 const isGroup = (target) => typeof target?.startAll === 'function' && typeof target?.stopAll === 'function'
 
@@ -19,7 +15,7 @@ function managersOf(target) {
 
 function needsEvents(what, value, events = ['on', 'removeListener']) {
   if (value === null || typeof value !== 'object' || events.some((m) => typeof value[m] !== 'function')) {
-    throw invalid(`${what} must be an object with ${events.join(', ')} methods (Electron's ${what})`)
+    throw invalidArg(`${what} must be an object with ${events.join(', ')} methods (Electron's ${what})`)
   }
 }
 
@@ -43,16 +39,16 @@ function describe(error, target) {
 function manage(app, target, options = {}) {
   needsEvents('app', app, ['on', 'removeListener', 'quit'])
   if (!(target instanceof Object) || (!isGroup(target) && typeof target.stopBackend !== 'function')) {
-    throw invalid('manage() takes a ProcessManager or a BackendGroup')
+    throw invalidArg('manage() takes a ProcessManager or a BackendGroup')
   }
-  if (options === null || typeof options !== 'object' || Array.isArray(options)) throw invalid('manage() options must be an object')
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) throw invalidArg('manage() options must be an object')
   const known = ['splash', 'dialog', 'autoUpdater', 'powerMonitor']
-  for (const key of Object.keys(options)) if (!known.includes(key)) throw invalid(`unknown manage() option ${JSON.stringify(key)} (known: ${known.join(', ')})`)
+  for (const key of Object.keys(options)) if (!known.includes(key)) throw invalidArg(`unknown manage() option ${JSON.stringify(key)} (known: ${known.join(', ')})`)
   const { splash, dialog, autoUpdater, powerMonitor } = options
   if (autoUpdater !== undefined) needsEvents('autoUpdater', autoUpdater)
   if (powerMonitor !== undefined) needsEvents('powerMonitor', powerMonitor)
-  if (dialog !== undefined && typeof dialog?.showErrorBox !== 'function') throw invalid('dialog must be Electron\'s dialog (with showErrorBox)')
-  if (splash !== undefined && typeof splash?.close !== 'function') throw invalid('splash must be a BrowserWindow (with close)')
+  if (dialog !== undefined && typeof dialog?.showErrorBox !== 'function') throw invalidArg('dialog must be Electron\'s dialog (with showErrorBox)')
+  if (splash !== undefined && typeof splash?.close !== 'function') throw invalidArg('splash must be a BrowserWindow (with close)')
 
   const added = []
   const on = (emitter, event, listener) => {

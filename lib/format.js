@@ -1,5 +1,6 @@
 'use strict'
-// Human-readable output shared by the CLI and the demo: durations, sizes and aligned tables.
+// What the CLI, the monitor, the dashboard and the API share: durations, sizes and aligned tables; replicas
+// under their backend (the one place that groups them and sums their figures); the error of a bad argument.
 
 function formatDuration(ms) {
   if (ms == null) return '-'
@@ -39,6 +40,82 @@ function listener(record) {
   return `${record.listenerPid} (${record.listenerName ?? '?'})`
 }
 
+// ---- Replicas ----
+// A replicated backend leaves one PID record per replica (`replicaOf`: the backend's public port); the status
+// table, the monitor and the dashboard show them under one line for the backend, with the replicas' totals.
+// A manager of the app itself lists its replicas in `stats().replicas` (or `backend.replicas`); the dashboard
+// shows those the same way.
+
+/** The sum of some values, `null` when none is known. */
+const sum = (values) => (values.some((v) => v != null) ? values.reduce((a, v) => a + (v ?? 0), 0) : null)
+
+/**
+ * Items (records, or lines made from them) in first-seen order, those of one replicated backend (same name,
+ * host and public port) gathered: `[{ item } | { replicaOf, replicas: [...] }]`.
+ */
+function byBackend(items) {
+  const out = []
+  const sets = new Map()
+  for (const item of items) {
+    if (item.replicaOf == null) {
+      out.push({ item })
+      continue
+    }
+    const key = `${item.name}\0${item.host}\0${item.replicaOf}`
+    let set = sets.get(key)
+    if (!set) {
+      set = { replicaOf: item.replicaOf, replicas: [] }
+      sets.set(key, set)
+      out.push(set)
+    }
+    set.replicas.push(item)
+  }
+  return out
+}
+
+/** The replicas' totals of CPU, memory, processes and restarts (each `null` when no replica has it). */
+function totals(replicas) {
+  const of = (field) => sum(replicas.map((r) => r[field]))
+  return { cpuPercent: of('cpuPercent'), memoryBytes: of('memoryBytes'), processCount: of('processCount'), restarts: of('restarts') }
+}
+
+/** A backend line and its replicas' lines, in one list. */
+const everyLine = (backends) => backends.flatMap((b) => [b, ...(b.replicas ?? [])])
+
+/** The status table's label of a replica record: sharing the public socket, or on a port of its own. */
+const replicaLabel = (record) => (record.port === record.replicaOf ? 'replica (shared socket)' : `replica (port ${record.port})`)
+
+/**
+ * The dashboard's lines for the replicas a manager runs (`stats().replicas` when it has them, else
+ * `backend.replicas`): their figures where known, else pid and port.
+ */
+function managerReplicaLines(replicas, { id, name, group }) {
+  return replicas.map((r, i) => ({
+    id: `${id}#replica${i + 1}`,
+    name: `${name} #${i + 1}`,
+    group: group ?? null,
+    state: r.healthy === false ? 'unhealthy' : 'running',
+    pid: r.pid ?? null,
+    port: r.port ?? null,
+    uptimeMs: r.uptimeMs ?? null,
+    cpuPercent: r.cpuPercent == null ? null : Number(r.cpuPercent.toFixed(1)),
+    memoryBytes: r.memoryBytes ?? null,
+    processCount: r.processCount ?? null,
+    restarts: r.restarts ?? null,
+    healthy: r.healthy ?? null,
+    healthLatencyMs: r.healthLatencyMs ?? null,
+  }))
+}
+
+// ---- Errors ----
+
+/** The one error of a bad argument or option (docs/api.md: code ERR_INVALID_ARG), for every JS file. */
+function invalidArg(message) {
+  const err = new Error(message)
+  err.code = 'ERR_INVALID_ARG'
+  return err
+}
+
 function health(record) {
   if (record.healthy == null) return '-'
   return record.healthy ? 'healthy' : 'UNHEALTHY'
@@ -57,17 +134,12 @@ function groupRecords(records) {
   }
   const lines = []
   for (const [name, group] of byName) {
-    const replicaSets = new Map()
-    for (const r of group) {
-      if (r.replicaOf == null) lines.push({ record: r })
-      else {
-        if (!replicaSets.has(r.replicaOf)) replicaSets.set(r.replicaOf, [])
-        replicaSets.get(r.replicaOf).push(r)
-      }
-    }
-    for (const [port, replicas] of replicaSets) {
-      const sum = (field) => (replicas.some((r) => r[field] != null) ? replicas.reduce((s, r) => s + (r[field] ?? 0), 0) : null)
-      lines.push({ backend: { name, port, replicas: replicas.length, cpuPercent: sum('cpuPercent'), memoryBytes: sum('memoryBytes'), processCount: sum('processCount') } })
+    const parts = byBackend(group)
+    for (const { item } of parts) if (item) lines.push({ record: item })
+    for (const { replicaOf: port, replicas } of parts) {
+      if (!replicas) continue
+      const { cpuPercent, memoryBytes, processCount } = totals(replicas)
+      lines.push({ backend: { name, port, replicas: replicas.length, cpuPercent, memoryBytes, processCount } })
       for (const r of replicas) lines.push({ record: r, replica: true })
     }
   }
@@ -84,7 +156,7 @@ function recordsTable(records) {
         ? ['-', b.name, b.port, `${b.replicas} replicas`, '-', '-', '-', cpu(b.cpuPercent), formatBytes(b.memoryBytes), b.processCount, '-']
         : [
             r.pid,
-            replica ? (r.port === r.replicaOf ? '  replica (shared socket)' : `  replica (port ${r.port})`) : (r.name ?? r.file),
+            replica ? `  ${replicaLabel(r)}` : (r.name ?? r.file),
             replica ? r.replicaOf : r.port,
             r.state,
             health(r),
@@ -99,4 +171,4 @@ function recordsTable(records) {
   )
 }
 
-module.exports = { formatDuration, formatBytes, table, recordsTable, groupRecords }
+module.exports = { formatDuration, formatBytes, table, recordsTable, groupRecords, byBackend, totals, everyLine, replicaLabel, managerReplicaLines, invalidArg }

@@ -6,15 +6,11 @@
 
 const { EventEmitter } = require('node:events')
 const native = require('../binding.js')
+const { invalidArg } = require('./format.js')
 
 /** The events a member emits that the group passes on, with the member's name. */
 const MEMBER_EVENTS = ['ready', 'exit', 'restart', 'failed', 'start-failed', 'unhealthy', 'healthy', 'port-changed', 'stats', 'stdout', 'stderr', 'warning', 'status']
 
-function invalid(message) {
-  const err = new Error(message)
-  err.code = 'ERR_INVALID_ARG'
-  return err
-}
 
 class BackendGroup extends EventEmitter {
   /** name → { options, dependsOn, envFn, pm } */
@@ -31,12 +27,12 @@ class BackendGroup extends EventEmitter {
   constructor(entries, ProcessManager) {
     super()
     this.#ProcessManager = ProcessManager
-    if (!Array.isArray(entries)) throw invalid('a BackendGroup takes an array of ProcessManager options, each with a name')
+    if (!Array.isArray(entries)) throw invalidArg('a BackendGroup takes an array of ProcessManager options, each with a name')
     const ordered = native.groupOrder(entries.map((e) => (e !== null && typeof e === 'object' ? { name: e.name, dependsOn: e.dependsOn } : e)))
     for (const { index, dependsOn } of ordered) {
       const { dependsOn: _, env, ...options } = entries[index]
       if (env !== undefined && env !== null && typeof env !== 'function' && typeof env !== 'object') {
-        throw invalid(`env of ${JSON.stringify(options.name)} must be an object or a function of the started dependencies, got ${typeof env}`)
+        throw invalidArg(`env of ${JSON.stringify(options.name)} must be an object or a function of the started dependencies, got ${typeof env}`)
       }
       const envFn = typeof env === 'function' ? env : null
       const member = {
@@ -109,7 +105,7 @@ class BackendGroup extends EventEmitter {
               const infos = Object.fromEntries(member.dependsOn.map((d) => [d, started.get(d)]))
               const env = member.envFn(infos)
               if (env !== undefined && env !== null && (typeof env !== 'object' || Array.isArray(env))) {
-                throw Object.assign(invalid(`env() of ${JSON.stringify(name)} must return an object, got ${Array.isArray(env) ? 'an array' : typeof env}`), { backend: name })
+                throw Object.assign(invalidArg(`env() of ${JSON.stringify(name)} must return an object, got ${Array.isArray(env) ? 'an array' : typeof env}`), { backend: name })
               }
               member.pm = this.#manager(member, env ?? {})
             }

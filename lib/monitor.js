@@ -1,11 +1,11 @@
 'use strict'
 // backend-pm monitor: a live terminal view of the records of a state folder, and the sampler it shares with
-// the dashboard (CPU % from two readings of the tree's CPU time, a health probe of its own, a minute of
-// history per backend).
+// the dashboard (CPU % from two readings of the tree's CPU time, the addon's health probe, a minute of
+// history per backend, each backend's log file and a failed one's last stderr lines).
 const fs = require('node:fs')
-const net = require('node:net')
 const path = require('node:path')
-const { formatDuration, formatBytes } = require('./format.js')
+const native = require('../binding.js')
+const { formatDuration, formatBytes, byBackend, totals, everyLine } = require('./format.js')
 
 /** Samples kept per backend: one a second, the sparklines' last minute. */
 const HISTORY = 60
@@ -20,61 +20,71 @@ function probeHost(host) {
 }
 
 /**
- * One GET of `http://host:port{healthPath}` over a fresh connection (no proxy, no keep-alive, so the
- * backend keeps no connection of ours open). Any answer counts as answering (a 401 is a backend that wants
- * its token); the latency is the time to the status line. Resolves to `{ status, latencyMs, error }`.
- * Plain `net` rather than `http`: the status line is all it needs, at half the CPU per probe.
+ * The addon's health probe for backends this process did not start, one native manager (of no backend) per
+ * host, health path and time-out: the same GET, proxies never used, as `checkBackendHealth`.
  */
-function probeHealth(host, port, healthPath, { timeoutMs = PROBE_TIMEOUT_MS, token = null, signal } = {}) {
-  return new Promise((resolve) => {
-    const started = performance.now()
-    const address = probeHost(host)
-    let settled = false
-    let head = ''
-    const socket = net.connect({ host: address, port })
-    const finish = (result) => {
-      if (settled) return
-      settled = true
-      resolve(result)
-    }
-    const end = () => {
-      clearTimeout(timer)
-      signal?.removeEventListener('abort', onAbort)
-      socket.destroy()
-    }
-    const timer = setTimeout(() => {
-      finish({ status: null, latencyMs: null, error: 'timeout' })
-      end()
-    }, timeoutMs)
-    const onAbort = () => {
-      finish({ status: null, latencyMs: null, error: 'aborted' })
-      end()
-    }
+const probers = new Map()
+function proberFor(host, healthPath, timeoutMs) {
+  const key = `${host}\0${healthPath}\0${timeoutMs}`
+  let prober = probers.get(key)
+  if (!prober) {
+    prober = new native.NativeManager({ host, healthPath, healthTimeoutMs: timeoutMs, logs: false }, () => {})
+    probers.set(key, prober)
+  }
+  return prober
+}
+
+/**
+ * One GET of `http://host:port{healthPath}` by the addon's probe (at most `timeoutMs`, at most 1 s). Any answer
+ * counts as answering (a 401 is a backend that wants its token); the latency is the time to the status
+ * line. Resolves to `{ status, latencyMs, error }`; an abort resolves at once with `error: 'aborted'`.
+ */
+async function probeHealth(host, port, healthPath, { timeoutMs = PROBE_TIMEOUT_MS, signal } = {}) {
+  if (signal?.aborted) return { status: null, latencyMs: null, error: 'aborted' }
+  let onAbort
+  const aborted = new Promise((resolve) => {
+    onAbort = () => resolve({ status: null, latencyMs: null, error: 'aborted' })
     signal?.addEventListener('abort', onAbort, { once: true })
-    socket.setNoDelay(true)
-    socket.on('connect', () => {
-      const hostHeader = address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`
-      socket.write(`GET ${healthPath || '/health'} HTTP/1.1\r\nHost: ${hostHeader}\r\nConnection: close\r\nUser-Agent: backend-pm-monitor\r\n${token ? `Authorization: Bearer ${token}\r\n` : ''}\r\n`)
-    })
-    socket.setEncoding('latin1')
-    socket.on('data', (chunk) => {
-      if (settled) return
-      head += chunk
-      const eol = head.indexOf('\r\n')
-      if (eol < 0 && head.length < 1024) return
-      const m = /^HTTP\/\d(?:\.\d)? (\d{3})/.exec(head)
-      finish(m ? { status: Number(m[1]), latencyMs: round(performance.now() - started, 1), error: null } : { status: null, latencyMs: null, error: 'not HTTP' })
-      // The rest of the answer is read to its end (the backend closes), so that it sees no reset.
-    })
-    socket.on('end', () => {
-      finish({ status: null, latencyMs: null, error: 'closed' })
-      end()
-    })
-    socket.on('error', (err) => {
-      finish({ status: null, latencyMs: null, error: err.code === 'ECONNREFUSED' ? 'refused' : err.code ?? err.message })
-      end()
-    })
   })
+  const probed = (async () => {
+    try {
+      const r = await proberFor(probeHost(host), healthPath || '/health', timeoutMs).probeHealth(port)
+      return { status: r.status ?? null, latencyMs: r.status == null ? null : round(r.latencyMs, 1), error: r.error ?? null }
+    } catch (err) {
+      return { status: null, latencyMs: null, error: err.message }
+    }
+  })()
+  try {
+    return await Promise.race([probed, aborted])
+  } finally {
+    signal?.removeEventListener('abort', onAbort)
+  }
+}
+
+// ---- Logs: a backend's log file, and a failed one's last stderr lines (docs/api.md "Logs") ----
+
+/** Lines of stderr shown for a failed backend. */
+const STDERR_TAIL_LINES = 5
+
+/** `<logDir>/<name>.log`; `null` without a log folder (logs off) or for a name no log file can have. */
+function logFileOf(logDir, name) {
+  if (!logDir || name == null) return null
+  try {
+    return native.logFilePath(logDir, name)
+  } catch {
+    return null
+  }
+}
+
+/** The last `lines` stderr lines of `name`'s log (rotated files included), oldest first; `[]` when there are none. */
+async function stderrTail(logDir, name, lines = STDERR_TAIL_LINES) {
+  if (logFileOf(logDir, name) === null) return []
+  try {
+    return (await native.readLogs(logDir, name, { lines, stream: 'err' })).map((l) => l.line)
+  } catch {
+    // An unreadable folder says nothing about the backend: the monitor goes on without its lines.
+    return []
+  }
 }
 
 const round = (value, digits) => (value == null ? null : Number(value.toFixed(digits)))
@@ -82,25 +92,29 @@ const ALIVE = new Set(['running', 'orphaned'])
 /** States of a line whose backend runs (`unhealthy`: running, and its app's watchdog says so). */
 const LIVE = new Set(['running', 'orphaned', 'unhealthy'])
 const STATE_ORDER = ['running', 'orphaned', 'stale', 'invalid', 'foreign']
-const sum = (values) => (values.some((v) => v != null) ? values.reduce((a, v) => a + (v ?? 0), 0) : null)
+/** States of a line whose backend failed: its process is gone though its record says it should run. */
+const FAILED = new Set(['stale'])
 
 /**
  * Samples the records of a state folder: each call lists them, turns two readings of a tree's CPU time into
- * CPU % of one core, probes the health path of every live backend, and keeps a minute of history per
- * backend (across its restarts: the history follows name and port, the CPU reading the process).
+ * CPU % of one core, probes the health path of every live backend, keeps a minute of history per backend
+ * (across its restarts: the history follows name and port, the CPU reading the process), and with a
+ * `logDir` gives each backend line its `logFile` and a failed (stale) one its last stderr lines.
  */
 class RecordSampler {
   #stateDir
   #name
+  #logDir
   #listRecords
   #probe
   #previousCpu = new Map()
   #history = new Map()
   #aborter = new AbortController()
 
-  constructor({ stateDir, name, probe = true, listRecords = require('../binding.js').recordStatuses }) {
+  constructor({ stateDir, name, logDir = null, probe = true, listRecords = native.recordStatuses }) {
     this.#stateDir = stateDir
     this.#name = name
+    this.#logDir = logDir
     this.#probe = probe
     this.#listRecords = listRecords
   }
@@ -125,18 +139,26 @@ class RecordSampler {
     for (const [key, v] of this.#previousCpu) if (v.seen !== sampledAt) this.#previousCpu.delete(key)
 
     const backends = groupReplicas(records.map((r) => recordLine(r, cpu.get(r.file) ?? null)))
-    if (this.#probe) await this.#probeAll(backends)
+    await Promise.all([this.#probe ? this.#probeAll(backends) : null, this.#addLogs(backends)])
     this.#record(backends, sampledAt)
     return { stateDir: this.#stateDir, sampledAt, backends }
   }
 
   async #probeAll(backends) {
-    const lines = backends.flatMap((b) => [b, ...b.replicas]).filter((b) => LIVE.has(b.state) && b.port != null)
+    const lines = everyLine(backends).filter((b) => LIVE.has(b.state) && b.port != null)
     await Promise.all(lines.map(async (b) => {
       const result = await probeHealth(b.host, b.port, b.healthPath, { signal: this.#aborter.signal })
       b.healthStatus = result.status
       b.healthLatencyMs = result.latencyMs
       b.healthError = result.error
+    }))
+  }
+
+  /** Each backend line's log file; for one whose process is gone (`stale`), its last stderr lines. */
+  async #addLogs(backends) {
+    await Promise.all(backends.map(async (b) => {
+      b.logFile = logFileOf(this.#logDir, b.name)
+      b.stderrTail = b.logFile && FAILED.has(b.state) ? await stderrTail(this.#logDir, b.name) : []
     }))
   }
 
@@ -207,34 +229,30 @@ function recordLine(r, cpuPercent) {
 
 /** Records of replicas (`replicaOf`: the public port) become one backend line with its replicas under it. */
 function groupReplicas(lines) {
-  const out = []
-  const groups = new Map()
-  for (const line of lines) {
-    if (line.replicaOf == null) {
-      out.push(line)
-      continue
-    }
-    const key = `${line.name}\0${line.host}\0${line.replicaOf}`
-    let group = groups.get(key)
-    if (!group) {
-      group = { ...line, id: `replicas:${line.name}:${line.replicaOf}`, file: null, pid: null, port: line.replicaOf, replicaOf: null, replicas: [] }
-      groups.set(key, group)
-      out.push(group)
-    }
-    group.replicas.push(line)
-  }
-  for (const g of groups.values()) {
-    const rs = g.replicas.sort((a, b) => (a.pid ?? 0) - (b.pid ?? 0))
+  const out = byBackend(lines).map(({ item, replicaOf, replicas }) => {
+    if (item) return item
+    const rs = replicas.sort((a, b) => (a.pid ?? 0) - (b.pid ?? 0))
+    const [first] = rs
     const states = rs.map((r) => r.state)
-    g.state = ['running', 'unhealthy', ...STATE_ORDER.slice(1)].find((st) => states.includes(st)) ?? states[0]
     const uptimes = rs.map((r) => r.uptimeMs).filter((v) => v != null)
-    g.uptimeMs = uptimes.length ? Math.max(...uptimes) : null
-    g.cpuPercent = round(sum(rs.map((r) => r.cpuPercent)), 1)
-    g.memoryBytes = sum(rs.map((r) => r.memoryBytes))
-    g.processCount = sum(rs.map((r) => r.processCount))
-    g.restarts = sum(rs.map((r) => r.restarts))
-    g.healthy = rs.some((r) => r.healthy === false) ? false : rs.every((r) => r.healthy === true) ? true : null
-  }
+    const { cpuPercent, memoryBytes, processCount, restarts } = totals(rs)
+    return {
+      ...first,
+      id: `replicas:${first.name}:${replicaOf}`,
+      file: null,
+      pid: null,
+      port: replicaOf,
+      replicaOf: null,
+      state: ['running', 'unhealthy', ...STATE_ORDER.slice(1)].find((st) => states.includes(st)) ?? states[0],
+      uptimeMs: uptimes.length ? Math.max(...uptimes) : null,
+      cpuPercent: round(cpuPercent, 1),
+      memoryBytes,
+      processCount,
+      restarts,
+      healthy: rs.some((r) => r.healthy === false) ? false : rs.every((r) => r.healthy === true) ? true : null,
+      replicas: rs,
+    }
+  })
   const rank = (b) => {
     const i = STATE_ORDER.indexOf(b.state === 'unhealthy' ? 'running' : b.state)
     return i < 0 ? STATE_ORDER.length : i
@@ -445,9 +463,22 @@ function nameCell(b) {
   return truncate(name, COLUMNS[0].width - suffix.length) + suffix
 }
 
+/** `text` in at most `room` columns, cut at its start (a path's end is the telling part). */
+function tail(text, room) {
+  const plain = clean(text)
+  if (displayWidth(plain) <= room) return plain
+  let out = ''
+  for (const ch of [...plain].reverse()) {
+    if (displayWidth(ch + out) > room - 1) break
+    out = ch + out
+  }
+  return `…${out}`
+}
+
 /**
  * The lines of one frame, each at most `width` (≤ 80) columns: a header, the column heads, and per backend
- * its line, its replicas' lines and a line of CPU and memory sparklines for the last minute.
+ * its line, its replicas' lines, a line of CPU and memory sparklines for the last minute, the path of its
+ * log file and, for a failed backend, the last lines of its stderr.
  */
 function renderFrame(sample, { width = WIDTH, color = false, live = false, now = new Date() } = {}) {
   const s = color ? STYLE : { bold: '', dim: '', red: '', yellow: '', green: '', inverse: '', reset: '' }
@@ -475,6 +506,8 @@ function renderFrame(sample, { width = WIDTH, color = false, live = false, now =
       const peakMem = mem.max == null ? '-' : shortBytes(mem.max)
       lines.push(`${s.dim}  cpu${s.reset} ${cpu.text} ${pad(peakCpu, 5, true)}${s.dim}  mem${s.reset} ${mem.text} ${pad(peakMem, 5, true)}`)
     }
+    if (b.logFile) lines.push(`${s.dim}  log${s.reset} ${tail(b.logFile, WIDTH - 6)}`)
+    for (const line of b.stderrTail ?? []) lines.push(`${s.red}  err${s.reset} ${clean(line)}`)
   }
   return lines.map((l) => truncate(l, Math.min(width, WIDTH)).trimEnd())
 }
@@ -584,8 +617,8 @@ function live(sampler, { stdin = process.stdin, stdout = process.stdout, interva
 }
 
 /** `backend-pm monitor [--once] [--json]`; resolves to the exit code. */
-async function command({ once = false, json = false }, { stateDir, name }) {
-  const sampler = new RecordSampler({ stateDir, name })
+async function command({ once = false, json = false }, { stateDir, name, logDir = null }) {
+  const sampler = new RecordSampler({ stateDir, name, logDir })
   if (json) {
     process.stdout.write(`${JSON.stringify(snapshotJson(await oneShot(sampler)), null, 2)}\n`)
     return 0
@@ -602,4 +635,4 @@ async function command({ once = false, json = false }, { stateDir, name }) {
   return live(sampler)
 }
 
-module.exports = { RecordSampler, probeHealth, probeHost, renderFrame, snapshotJson, sparkline, displayWidth, truncate, clean, command, HISTORY }
+module.exports = { RecordSampler, probeHealth, probeHost, logFileOf, stderrTail, renderFrame, snapshotJson, sparkline, displayWidth, truncate, clean, command, HISTORY }

@@ -36,15 +36,43 @@ pub const DEFAULT_KEEP: u32 = 5;
 
 /// The per-user log folder, which survives logout and reboot (unlike the records' runtime folder).
 pub fn default_log_dir() -> PathBuf {
-  #[cfg(target_os = "macos")]
-  let base = dirs::home_dir().map(|h| h.join("Library").join("Logs").join(APP));
-  #[cfg(windows)]
-  let base = dirs::data_local_dir().map(|d| d.join(APP).join("logs"));
-  #[cfg(not(any(target_os = "macos", windows)))]
-  let base = dirs::state_dir()
-    .or_else(|| dirs::home_dir().map(|h| h.join(".local").join("state")))
-    .map(|d| d.join(APP).join("logs"));
-  base.unwrap_or_else(|| std::env::temp_dir().join(APP).join("logs"))
+  platform::log_dir().unwrap_or_else(|| std::env::temp_dir().join(APP).join("logs"))
+}
+
+/// Where each system keeps a user's logs.
+#[cfg(target_os = "macos")]
+mod platform {
+  use super::APP;
+  use std::path::PathBuf;
+
+  /// `~/Library/Logs/<app>`, where Console.app looks.
+  pub fn log_dir() -> Option<PathBuf> {
+    dirs::home_dir().map(|h| h.join("Library").join("Logs").join(APP))
+  }
+}
+
+#[cfg(windows)]
+mod platform {
+  use super::APP;
+  use std::path::PathBuf;
+
+  /// `%LOCALAPPDATA%\<app>\logs`: per user, not roamed.
+  pub fn log_dir() -> Option<PathBuf> {
+    dirs::data_local_dir().map(|d| d.join(APP).join("logs"))
+  }
+}
+
+#[cfg(not(any(target_os = "macos", windows)))]
+mod platform {
+  use super::APP;
+  use std::path::PathBuf;
+
+  /// `$XDG_STATE_HOME/<app>/logs` (`~/.local/state` without it): kept across logout and reboot.
+  pub fn log_dir() -> Option<PathBuf> {
+    dirs::state_dir()
+      .or_else(|| dirs::home_dir().map(|h| h.join(".local").join("state")))
+      .map(|d| d.join(APP).join("logs"))
+  }
 }
 
 /// The stream of a log line.

@@ -43,14 +43,22 @@ fn lines_are_framed_and_read_back_oldest_first() {
   assert_eq!(lines[1].line, "a warning with a return");
   assert_eq!(log.tail(10, Some(LogStream::Manager))[0].line, "ready");
   assert_eq!(log.tail(1, None)[0].line, "ready");
-  #[cfg(unix)]
-  {
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-      std::fs::metadata(log.path()).unwrap().permissions().mode() & 0o777,
-      0o600
-    );
-  }
+  assert!(warnings.lock().unwrap().is_empty());
+}
+
+/// Only its owner can read a log (it may hold what the backend printed of its data).
+#[cfg(unix)]
+#[test]
+fn a_log_file_has_mode_0600() {
+  use std::os::unix::fs::PermissionsExt;
+  let dir = tempfile::tempdir().unwrap();
+  let (log, warnings) = quiet_log(config(dir.path(), DEFAULT_MAX_BYTES, 2), "api");
+  log.line(LogStream::Out, 0, "listening on 8000", &Redactor::default());
+  log.flush();
+  assert_eq!(
+    std::fs::metadata(log.path()).unwrap().permissions().mode() & 0o777,
+    0o600
+  );
   assert!(warnings.lock().unwrap().is_empty());
 }
 

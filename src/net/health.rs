@@ -18,7 +18,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::{sleep, timeout, Instant};
 
@@ -127,7 +126,7 @@ pub async fn request(target: &Target, method: &str, path: &str, limit: Duration)
 
 async fn exchange(target: &Target, method: &str, path: &str) -> ProbeOutcome {
   let addr = SocketAddr::new(target.host, target.port);
-  let mut stream = match connect(addr).await {
+  let mut stream = match imp::connect(addr).await {
     Ok(s) => s,
     Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return ProbeOutcome::Refused,
     Err(e) => return ProbeOutcome::Failed(e.to_string()),
@@ -189,24 +188,6 @@ async fn exchange(target: &Target, method: &str, path: &str) -> ProbeOutcome {
   }
 }
 
-#[cfg(not(windows))]
-async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
-  TcpStream::connect(addr).await
-}
-
-/// Windows retries a refused connect for ~2 s, even on loopback (libuv#2896): the probe's socket is told
-/// not to (best effort: a system that refuses the options keeps its default).
-#[cfg(windows)]
-async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
-  use socket2::{Domain, Protocol, Socket, Type};
-  let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-  let _ = crate::os::win::net::set_fast_fail(&socket, 1);
-  socket.set_nonblocking(true)?;
-  tokio::net::TcpSocket::from_std_stream(socket.into())
-    .connect(addr)
-    .await
-}
-
 /// The status code of an HTTP/1.x response head (which may be cut short after the status line).
 fn parse_status(head: &[u8]) -> Option<u16> {
   let mut headers = [httparse::EMPTY_HEADER; 32];
@@ -242,7 +223,6 @@ pub struct Watch {
   pub nudge: Option<Arc<Notify>>,
   /// The wait runs alone on a thread of its own (a runtime of its own driven by `block_on`), so it may
   /// sleep there between looks (Linux, see `look_until_listening`).
-  #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
   pub own_thread: bool,
 }
 
@@ -266,34 +246,7 @@ impl Watch {
 /// its table of listening sockets. macOS: the probe, as listing sockets there means every process's.
 fn listening(target: &Target) -> Option<bool> {
   let addr = SocketAddr::new(target.host, target.port);
-  super::listeners::listener_at(addr).or_else(|| {
-    if cfg!(windows) {
-      super::listeners::listening_ports().map(|ports| ports.contains(&target.port))
-    } else {
-      None
-    }
-  })
-}
-
-/// Linux, a wait on a thread of its own (`Watch::own_thread`): looks for a listener at `addr` every `every`
-/// until one is there (`true`) or `until` (`false`), sleeping on the kernel's precise timer between looks.
-/// It blocks the thread, which nothing else shares. On the shared runtime each look cost two thread
-/// wake-ups (the worker holding the timer hands the task to another) and the timer's 1 ms ticks made the
-/// looks 1-2 ms apart at random; on a VM each wake-up costs ~45 us of CPU, more than the look itself, so
-/// the wake-ups are the cost.
-#[cfg(target_os = "linux")]
-fn look_until_listening(addr: SocketAddr, every: Duration, until: Instant) -> bool {
-  let until = until.into_std();
-  loop {
-    let now = std::time::Instant::now();
-    if super::listeners::listener_at(addr) != Some(false) {
-      return true;
-    }
-    if now >= until {
-      return false;
-    }
-    std::thread::sleep(every.min(until - now));
-  }
+  super::listeners::listener_at(addr).or_else(|| imp::listening_in_table(target.port))
 }
 
 /// Waits until healthy or `deadline`. While nothing listens on the port, it looks every
@@ -319,10 +272,7 @@ where
   let mut last_telling: Option<ProbeOutcome> = None;
   // The backend just wrote a line: probe at once, without a look first (it most likely listens now).
   let mut nudged = false;
-  // Whether the kernel answers exact listener lookups here (some sandboxes refuse netlink).
-  #[cfg(target_os = "linux")]
-  let looks_answer =
-    super::listeners::listener_at(SocketAddr::new(target.host, target.port)).is_some();
+  let own_thread = own_thread::OwnThread::new(target, watch.own_thread);
   loop {
     let look = !last_look && !nudged;
     nudged = false;
@@ -383,13 +333,14 @@ where
       answered_delay = (answered_delay * 2).min(answered_delay_cap.max(ANSWERED_DELAY_START));
       d
     };
-    #[cfg(target_os = "linux")]
-    if watch.own_thread && outcome == ProbeOutcome::Refused && looks_answer {
+    if outcome == ProbeOutcome::Refused {
       // A listener found is probed at once, without another look, on this thread (no hand-over between
       // threads on the path to "ready"); none by the deadline: one last probe.
-      nudged = look_until_listening(SocketAddr::new(target.host, target.port), delay, deadline);
-      last_look = !nudged;
-      continue;
+      if let Some(found) = own_thread.look_until_listening(delay, deadline) {
+        nudged = found;
+        last_look = !nudged;
+        continue;
+      }
     }
     let pause = sleep(delay.min(deadline - now));
     match (&watch.nudge, outcome == ProbeOutcome::Refused) {
@@ -403,6 +354,120 @@ where
     }
     // At the deadline itself, one last look, so a backend that became healthy during the wait counts.
     last_look = Instant::now() >= deadline;
+  }
+}
+
+/// Windows: a refused connect is slow, so the probe's is told to give up at once; the table of listening
+/// sockets answers whether anything listens.
+#[cfg(windows)]
+mod imp {
+  use std::net::SocketAddr;
+  use tokio::net::TcpStream;
+
+  /// Windows retries a refused connect for ~2 s, even on loopback (libuv#2896): the probe's socket is told
+  /// not to (best effort: a system that refuses the options keeps its default).
+  pub async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    let _ = crate::os::win::net::set_fast_fail(&socket, 1);
+    socket.set_nonblocking(true)?;
+    tokio::net::TcpSocket::from_std_stream(socket.into())
+      .connect(addr)
+      .await
+  }
+
+  /// Its table of listening sockets.
+  pub fn listening_in_table(port: u16) -> Option<bool> {
+    crate::net::listeners::listening_ports().map(|ports| ports.contains(&port))
+  }
+}
+
+/// Unix: a plain connect. The exact lookup (Linux) answers wherever anything can; listing sockets on macOS
+/// means every process's, so the probe finds out instead.
+#[cfg(not(windows))]
+mod imp {
+  use std::net::SocketAddr;
+  use tokio::net::TcpStream;
+
+  pub async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    TcpStream::connect(addr).await
+  }
+
+  pub fn listening_in_table(_port: u16) -> Option<bool> {
+    None
+  }
+}
+
+/// Linux: the kernel answers exact listener lookups, so a wait on a thread of its own looks there, sleeping
+/// between looks, instead of probing.
+#[cfg(target_os = "linux")]
+mod own_thread {
+  use super::Target;
+  use std::net::SocketAddr;
+  use std::time::Duration;
+  use tokio::time::Instant;
+
+  /// A readiness wait alone on its thread (`Watch::own_thread`), where the kernel answers exact lookups
+  /// (some sandboxes refuse netlink).
+  pub struct OwnThread {
+    addr: Option<SocketAddr>,
+  }
+
+  impl OwnThread {
+    pub fn new(target: &Target, own_thread: bool) -> OwnThread {
+      let addr = SocketAddr::new(target.host, target.port);
+      let answers = own_thread && crate::net::listeners::listener_at(addr).is_some();
+      OwnThread {
+        addr: answers.then_some(addr),
+      }
+    }
+
+    /// Looks every `every` until a listener is there (`Some(true)`) or `until` (`Some(false)`); `None`
+    /// when this wait does not look on its own thread.
+    pub fn look_until_listening(&self, every: Duration, until: Instant) -> Option<bool> {
+      self
+        .addr
+        .map(|addr| look_until_listening(addr, every, until))
+    }
+  }
+
+  /// Looks for a listener at `addr` every `every` until one is there (`true`) or `until` (`false`),
+  /// sleeping on the kernel's precise timer between looks. It blocks the thread, which nothing else
+  /// shares. On the shared runtime each look cost two thread wake-ups (the worker holding the timer hands
+  /// the task to another) and the timer's 1 ms ticks made the looks 1-2 ms apart at random; on a VM each
+  /// wake-up costs ~45 us of CPU, more than the look itself, so the wake-ups are the cost.
+  fn look_until_listening(addr: SocketAddr, every: Duration, until: Instant) -> bool {
+    let until = until.into_std();
+    loop {
+      let now = std::time::Instant::now();
+      if crate::net::listeners::listener_at(addr) != Some(false) {
+        return true;
+      }
+      if now >= until {
+        return false;
+      }
+      std::thread::sleep(every.min(until - now));
+    }
+  }
+}
+
+/// Elsewhere a wait looks on its runtime's timer.
+#[cfg(not(target_os = "linux"))]
+mod own_thread {
+  use super::Target;
+  use std::time::Duration;
+  use tokio::time::Instant;
+
+  pub struct OwnThread;
+
+  impl OwnThread {
+    pub fn new(_target: &Target, _own_thread: bool) -> OwnThread {
+      OwnThread
+    }
+
+    pub fn look_until_listening(&self, _every: Duration, _until: Instant) -> Option<bool> {
+      None
+    }
   }
 }
 

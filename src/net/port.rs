@@ -37,9 +37,7 @@ fn binds(addr: IpAddr, port: u16) -> bool {
     // Test the IPv6 address alone; the IPv4 addresses are tested on their own.
     let _ = socket.set_only_v6(true);
   }
-  // Like Node and std: a port in TIME_WAIT is free for a new listener, so don't count it as busy.
-  #[cfg(unix)]
-  let _ = socket.set_reuse_address(true);
+  imp::ignore_time_wait(&socket);
   match socket.bind(&SocketAddr::new(addr, port).into()) {
     Ok(()) => true,
     Err(e) => {
@@ -53,15 +51,30 @@ fn binds(addr: IpAddr, port: u16) -> bool {
 }
 
 fn is_family_unsupported(e: &std::io::Error) -> bool {
-  #[cfg(unix)]
-  {
-    e.raw_os_error() == Some(rustix::io::Errno::AFNOSUPPORT.raw_os_error())
+  e.raw_os_error() == Some(imp::FAMILY_UNSUPPORTED)
+}
+
+#[cfg(unix)]
+mod imp {
+  use socket2::Socket;
+
+  /// Like Node and std: a port in TIME_WAIT is free for a new listener, so it does not count as busy.
+  pub fn ignore_time_wait(socket: &Socket) {
+    let _ = socket.set_reuse_address(true);
   }
-  #[cfg(windows)]
-  {
-    const WSAEAFNOSUPPORT: i32 = 10047;
-    e.raw_os_error() == Some(WSAEAFNOSUPPORT)
-  }
+
+  pub const FAMILY_UNSUPPORTED: i32 = rustix::io::Errno::AFNOSUPPORT.raw_os_error();
+}
+
+#[cfg(windows)]
+mod imp {
+  use socket2::Socket;
+
+  /// A port in TIME_WAIT already binds here; SO_REUSEADDR would let a bind share a port that is in use.
+  pub fn ignore_time_wait(_socket: &Socket) {}
+
+  /// WSAEAFNOSUPPORT.
+  pub const FAMILY_UNSUPPORTED: i32 = 10047;
 }
 
 /// True when `port` binds on 127.0.0.1, ::1, 0.0.0.0 and :: (or only on `host` when one is given).

@@ -153,6 +153,24 @@ enum Locked {
   Unavailable,
 }
 
+#[cfg(unix)]
+mod imp {
+  use std::os::unix::fs::OpenOptionsExt;
+
+  /// A lock file only this user can open, and never through a symbolic link.
+  pub fn private_no_follow(options: &mut std::fs::OpenOptions) {
+    options
+      .mode(0o600)
+      .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+  }
+}
+
+#[cfg(windows)]
+mod imp {
+  /// The lock file inherits the private folder's access (`ensure_state_dir`).
+  pub fn private_no_follow(_options: &mut std::fs::OpenOptions) {}
+}
+
 fn lock_dir() -> PathBuf {
   crate::state::dir::port_locks_dir()
 }
@@ -162,13 +180,7 @@ fn lock_file(port: u16) -> Locked {
   let path = dir.join(format!("{port}.lock"));
   let mut options = std::fs::OpenOptions::new();
   options.create(true).truncate(false).write(true);
-  #[cfg(unix)]
-  {
-    use std::os::unix::fs::OpenOptionsExt;
-    options
-      .mode(0o600)
-      .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
-  }
+  imp::private_no_follow(&mut options);
   let opened = match options.open(&path) {
     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
       // The folder is created (and checked to be private) once, the first time it is missing.

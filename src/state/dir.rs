@@ -37,15 +37,11 @@ pub fn ensure_state_dir(dir: &Path) -> Result<()> {
   }
   let mut builder = fs::DirBuilder::new();
   builder.recursive(true);
-  #[cfg(unix)]
-  std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+  imp::create_private(&mut builder);
   builder
     .create(dir)
     .map_err(|e| PmError::state_dir_io(dir, "it cannot be created", e))?;
-  // Windows: what mode 0700 is on Unix; a new folder would otherwise inherit its parent's access.
-  #[cfg(windows)]
-  crate::os::win::security::make_private(dir)
-    .map_err(|e| PmError::state_dir_io(dir, "it cannot be made private", e))?;
+  imp::make_private(dir).map_err(|e| PmError::state_dir_io(dir, "it cannot be made private", e))?;
   match check_state_dir(dir)? {
     true => Ok(()),
     false => Err(PmError::state_dir(
@@ -68,64 +64,89 @@ pub fn check_state_dir(dir: &Path) -> Result<bool> {
       "it is not a folder. Pass a folder as `stateDir`",
     ));
   }
-  check_private(dir, &meta).map(|()| true)
+  imp::check_private(dir, &meta).map(|()| true)
 }
 
+/// Unix: mode 0700 at creation; a folder is private when this user owns it and no one else can write it.
 #[cfg(unix)]
-fn check_private(dir: &Path, meta: &fs::Metadata) -> Result<()> {
-  use rustix::fs::{access, Access};
-  use std::os::unix::fs::MetadataExt;
-  if meta.uid() != rustix::process::geteuid().as_raw() {
-    return Err(PmError::state_dir(
-      dir,
-      "it belongs to another user. Use a folder of your own as `stateDir`",
-    ));
+mod imp {
+  use crate::error::{PmError, Result};
+  use std::fs;
+  use std::path::Path;
+
+  pub fn create_private(builder: &mut fs::DirBuilder) {
+    std::os::unix::fs::DirBuilderExt::mode(builder, 0o700);
   }
-  if meta.mode() & 0o022 != 0 {
-    let shared_temp = meta.mode() & 0o1000 != 0;
-    return Err(PmError::state_dir(
-      dir,
-      if shared_temp {
-        "it is a shared temporary folder that every user can write to, where another user could plant records. Use a folder of your own (the default state folder is one)".to_string()
-      } else {
-        format!(
-          "other users can write to it (mode {:o}), so its records cannot be trusted. Run `chmod go-w {}` or choose another `stateDir`",
-          meta.mode() & 0o777,
-          dir.display()
-        )
-      },
-    ));
+
+  /// Nothing more to do: `create_private` made it so.
+  pub fn make_private(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
   }
-  access(dir, Access::WRITE_OK | Access::EXEC_OK)
-    .map_err(|e| PmError::state_dir_io(dir, "it is not writable", e.into()))
+
+  pub fn check_private(dir: &Path, meta: &fs::Metadata) -> Result<()> {
+    use rustix::fs::{access, Access};
+    use std::os::unix::fs::MetadataExt;
+    if meta.uid() != rustix::process::geteuid().as_raw() {
+      return Err(PmError::state_dir(
+        dir,
+        "it belongs to another user. Use a folder of your own as `stateDir`",
+      ));
+    }
+    if meta.mode() & 0o022 != 0 {
+      let shared_temp = meta.mode() & 0o1000 != 0;
+      return Err(PmError::state_dir(
+        dir,
+        if shared_temp {
+          "it is a shared temporary folder that every user can write to, where another user could plant records. Use a folder of your own (the default state folder is one)".to_string()
+        } else {
+          format!(
+            "other users can write to it (mode {:o}), so its records cannot be trusted. Run `chmod go-w {}` or choose another `stateDir`",
+            meta.mode() & 0o777,
+            dir.display()
+          )
+        },
+      ));
+    }
+    access(dir, Access::WRITE_OK | Access::EXEC_OK)
+      .map_err(|e| PmError::state_dir_io(dir, "it is not writable", e.into()))
+  }
 }
 
-/// Windows: the folder's owner must be this user and its DACL may let only this user, SYSTEM and
-/// Administrators write (os/win/security.rs).
 #[cfg(windows)]
-fn check_private(dir: &Path, _meta: &fs::Metadata) -> Result<()> {
-  use crate::os::win::security::{access_of_path, Access};
-  match access_of_path(dir) {
-    Ok(Access::Private) => Ok(()),
-    Ok(Access::OtherOwner) => Err(PmError::state_dir(
-      dir,
-      "it belongs to another user. Use a folder of your own as `stateDir`",
-    )),
-    Ok(Access::OthersCanWrite(_)) => Err(PmError::state_dir(
-      dir,
-      "other users can write to it, so its records cannot be trusted. Remove their write access (Properties, Security) or choose another `stateDir` (the default state folder is private)",
-    )),
-    Err(e) => Err(PmError::state_dir_io(
-      dir,
-      "its permissions cannot be read",
-      e,
-    )),
-  }
-}
+mod imp {
+  use crate::error::{PmError, Result};
+  use std::fs;
+  use std::path::Path;
 
-#[cfg(not(any(unix, windows)))]
-fn check_private(_dir: &Path, _meta: &fs::Metadata) -> Result<()> {
-  Ok(())
+  /// A new folder inherits its parent's access: `make_private` replaces it after the creation.
+  pub fn create_private(_builder: &mut fs::DirBuilder) {}
+
+  /// What mode 0700 is on Unix.
+  pub fn make_private(dir: &Path) -> std::io::Result<()> {
+    crate::os::win::security::make_private(dir)
+  }
+
+  /// Windows: the folder's owner must be this user and its DACL may let only this user, SYSTEM and
+  /// Administrators write (os/win/security.rs).
+  pub fn check_private(dir: &Path, _meta: &fs::Metadata) -> Result<()> {
+    use crate::os::win::security::{access_of_path, Access};
+    match access_of_path(dir) {
+      Ok(Access::Private) => Ok(()),
+      Ok(Access::OtherOwner) => Err(PmError::state_dir(
+        dir,
+        "it belongs to another user. Use a folder of your own as `stateDir`",
+      )),
+      Ok(Access::OthersCanWrite(_)) => Err(PmError::state_dir(
+        dir,
+        "other users can write to it, so its records cannot be trusted. Remove their write access (Properties, Security) or choose another `stateDir` (the default state folder is private)",
+      )),
+      Err(e) => Err(PmError::state_dir_io(
+        dir,
+        "its permissions cannot be read",
+        e,
+      )),
+    }
+  }
 }
 
 #[cfg(test)]

@@ -12,6 +12,14 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+/// Who may have written a file, and how to open one without following a link: per platform, same names.
+#[cfg(unix)]
+#[path = "record/unix.rs"]
+mod imp;
+#[cfg(windows)]
+#[path = "record/windows.rs"]
+mod imp;
+
 pub const RECORD_VERSION: u32 = 1;
 /// The marker field's value: `"manager": "backend-process-manager"`.
 pub const MARKER: &str = "backend-process-manager";
@@ -138,7 +146,7 @@ pub fn write_record(dir: &Path, record: &Record) -> Result<PathBuf> {
     file.write_all(&body)?;
     file.sync_all()?;
     drop(file);
-    replace(&tmp, &path)
+    imp::replace(&tmp, &path)
   };
   write().map_err(|e| {
     let _ = fs::remove_file(&tmp);
@@ -212,31 +220,9 @@ fn is_own_plain_file(path: &Path) -> bool {
   let Ok(meta) = fs::symlink_metadata(path) else {
     return false;
   };
-  #[cfg(unix)]
-  {
-    use std::os::unix::fs::MetadataExt;
-    if meta.uid() != rustix::process::geteuid().as_raw() {
-      return false;
-    }
-  }
-  meta.file_type().is_file()
+  imp::is_own(&meta) && meta.file_type().is_file()
 }
 
-/// Renames `from` over `to`. Windows refuses to replace a file that another process has open without
-/// delete sharing (a reader of the state folder, an antivirus scan) with "access denied"; that lasts as
-/// long as the other's read, so the rename is retried for up to ~1 s (as npm's graceful-fs does).
-fn replace(from: &Path, to: &Path) -> std::io::Result<()> {
-  #[cfg(windows)]
-  for _ in 0..50 {
-    match fs::rename(from, to) {
-      Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-        std::thread::sleep(std::time::Duration::from_millis(20))
-      }
-      done => return done,
-    }
-  }
-  fs::rename(from, to)
-}
 
 /// Removes a record file; one already gone is fine.
 pub fn delete_record(path: &Path) -> std::io::Result<()> {
@@ -273,24 +259,7 @@ pub struct Entry {
 }
 
 pub(crate) fn no_follow(options: &mut fs::OpenOptions, mode: u32) {
-  #[cfg(unix)]
-  {
-    use rustix::fs::OFlags;
-    use std::os::unix::fs::OpenOptionsExt;
-    options
-      .mode(mode)
-      .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32);
-  }
-  // Windows: open a symbolic link or junction itself, never what it points to; the file inherits the
-  // (private) folder's permissions.
-  #[cfg(windows)]
-  {
-    use std::os::windows::fs::OpenOptionsExt;
-    let _ = mode;
-    options.custom_flags(crate::os::win::security::OPEN_REPARSE_POINT);
-  }
-  #[cfg(not(any(unix, windows)))]
-  let _ = (options, mode);
+  imp::no_follow(options, mode);
 }
 
 fn open_no_follow(path: &Path) -> std::io::Result<fs::File> {
@@ -304,8 +273,7 @@ fn open_no_follow(path: &Path) -> std::io::Result<fs::File> {
 /// no one else can write.
 pub fn read_record(path: &Path) -> std::result::Result<Record, Problem> {
   let file = open_no_follow(path).map_err(|e| {
-    #[cfg(unix)]
-    if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+    if imp::is_link_refused(&e) {
       return Problem::Untrusted("it is a symbolic link".into());
     }
     Problem::Foreign(e.to_string())
@@ -313,12 +281,7 @@ pub fn read_record(path: &Path) -> std::result::Result<Record, Problem> {
   let meta = file
     .metadata()
     .map_err(|e| Problem::Foreign(e.to_string()))?;
-  // Windows: what was opened is the link itself (if it is one), so this checks the handle that is read.
-  #[cfg(windows)]
-  if std::os::windows::fs::MetadataExt::file_attributes(&meta)
-    & crate::os::win::security::REPARSE_POINT
-    != 0
-  {
+  if imp::opened_a_link(&meta) {
     return Err(Problem::Untrusted(
       "it is a symbolic link or junction".into(),
     ));
@@ -326,35 +289,7 @@ pub fn read_record(path: &Path) -> std::result::Result<Record, Problem> {
   if !meta.is_file() {
     return Err(Problem::Untrusted("it is not a regular file".into()));
   }
-  #[cfg(unix)]
-  {
-    use std::os::unix::fs::MetadataExt;
-    if meta.uid() != rustix::process::geteuid().as_raw() {
-      return Err(Problem::Untrusted("it belongs to another user".into()));
-    }
-    if meta.mode() & 0o022 != 0 {
-      return Err(Problem::Untrusted("other users can write it".into()));
-    }
-  }
-  #[cfg(windows)]
-  {
-    use crate::os::win::security::{access_of_handle, Access};
-    use std::os::windows::io::AsRawHandle;
-    match access_of_handle(file.as_raw_handle()) {
-      Ok(Access::Private) => {}
-      Ok(Access::OtherOwner) => {
-        return Err(Problem::Untrusted("it belongs to another user".into()))
-      }
-      Ok(Access::OthersCanWrite(_)) => {
-        return Err(Problem::Untrusted("other users can write it".into()))
-      }
-      Err(e) => {
-        return Err(Problem::Untrusted(format!(
-          "its permissions cannot be read: {e}"
-        )))
-      }
-    }
-  }
+  imp::check_private(&file, &meta)?;
   if meta.len() > MAX_RECORD_BYTES {
     return Err(Problem::Foreign("it is too large to be a record".into()));
   }
@@ -478,6 +413,19 @@ pub(crate) mod tests {
     }
   }
 
+  /// Only its owner can read or write a record (Windows: the folder's private access is inherited).
+  #[cfg(unix)]
+  #[test]
+  fn a_record_file_has_mode_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_record(dir.path(), &sample("api", 4243)).unwrap();
+    assert_eq!(
+      fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+      0o600
+    );
+  }
+
   #[test]
   fn a_record_round_trips_and_is_private() {
     let dir = tempfile::tempdir().unwrap();
@@ -485,14 +433,6 @@ pub(crate) mod tests {
     let path = write_record(dir.path(), &record).unwrap();
     assert_eq!(path, dir.path().join("api-4242.json"));
     assert_eq!(read_record(&path).unwrap(), record);
-    #[cfg(unix)]
-    {
-      use std::os::unix::fs::PermissionsExt;
-      assert_eq!(
-        fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-        0o600
-      );
-    }
     assert_eq!(list_records(dir.path(), Some("api")).unwrap().len(), 1);
     assert!(list_records(dir.path(), Some("other")).unwrap().is_empty());
     delete_record(&path).unwrap();
