@@ -4,7 +4,7 @@
 
 use super::instance::Instance;
 use super::launch::Launch;
-use super::manager::{url_for, Manager};
+use super::context::{url_for, Context};
 use super::owner;
 use super::ready;
 use super::{BackendInfo, Level, StopResult};
@@ -94,7 +94,7 @@ impl Where {
 
 /// One try at `place`. `restarts`: how many restarts came before it, for its record.
 pub async fn run(
-  manager: &Arc<Manager>,
+  manager: &Arc<Context>,
   launch: &Launch,
   place: Where,
   cancel: &mut watch::Receiver<bool>,
@@ -331,7 +331,7 @@ pub async fn run(
 /// Ready at the first `READY=1`; `STATUS=` lines meanwhile become `status` events.
 #[cfg(unix)]
 async fn wait_for_notify(
-  manager: &Manager,
+  manager: &Context,
   socket: Option<&ready::NotifySocket>,
   deadline: Instant,
   replica: Option<usize>,
@@ -366,7 +366,7 @@ async fn wait_for_notify(
 /// After ready: what the backend still says on its socket, until it exits.
 #[cfg(unix)]
 fn keep_reading_notices(
-  manager: &Arc<Manager>,
+  manager: &Arc<Context>,
   socket: ready::NotifySocket,
   child: Arc<spawn::Child>,
   replica: Option<usize>,
@@ -391,7 +391,7 @@ fn keep_reading_notices(
 /// Rewrites the record with what runs now (nothing is written when it did not change). The rewrite, with
 /// its fsync, is not on the way to the app: a stop meanwhile waits for it, or finds the record closed and
 /// nothing is written. Each write takes the record's lock and writes what runs at that moment.
-fn rewrite_record(instance: &Arc<Instance>, manager: &Arc<Manager>) {
+fn rewrite_record(instance: &Arc<Instance>, manager: &Arc<Context>) {
   let (instance, manager) = (instance.clone(), Arc::downgrade(manager));
   tokio::spawn(async move {
     if let Err(e) = instance.write_record().await {
@@ -403,7 +403,7 @@ fn rewrite_record(instance: &Arc<Instance>, manager: &Arc<Manager>) {
 }
 
 #[cfg(unix)]
-fn report_notice(manager: &Manager, notice: ready::Notice, replica: Option<usize>) {
+fn report_notice(manager: &Context, notice: ready::Notice, replica: Option<usize>) {
   match notice {
     ready::Notice::Status(text) => manager.emit_for(replica, super::Event::Status { text }),
     ready::Notice::Stopping => {

@@ -7,7 +7,9 @@
 
 use super::attempt::{self, Attempt, Where};
 use super::instance::Instance;
-use super::manager::{port_lost, Manager, ADDRESS_IN_USE_RETRIES};
+use super::context::Context;
+use super::mailbox::{self, Input, Mailbox};
+use super::start::{port_lost, reserve_internal_port, reserve_port, ADDRESS_IN_USE_RETRIES};
 use super::owner;
 use super::restart::Decision;
 use super::run::Reload;
@@ -26,13 +28,13 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 const PUT_BACK_PROBE: Duration = Duration::from_secs(1);
 
 /// Starts the supervisors of `run`, which is up with its first processes.
-pub fn start(manager: Arc<Manager>, run: Arc<Run>) {
+pub fn start(manager: Arc<Context>, run: Arc<Run>, owner: Mailbox) {
   tokio::spawn(async move {
     let mut slots = JoinSet::new();
     for slot in &run.slots {
-      let (manager, run, slot) = (manager.clone(), run.clone(), slot.clone());
+      let (manager, run, slot, owner) = (manager.clone(), run.clone(), slot.clone(), owner.clone());
       slots.spawn(async move {
-        let result = supervise(&manager, &run, &slot).await;
+        let result = supervise(&manager, &run, &slot, &owner).await;
         slot.release_port();
         (slot.index, result)
       });
@@ -48,7 +50,7 @@ pub fn start(manager: Arc<Manager>, run: Arc<Run>) {
     put_back.abort();
     close_front(&run).await;
     results.sort_by_key(|(index, _)| *index);
-    let result = combine(
+    let result = StopResult::combine(
       results.into_iter().filter_map(|(_, r)| r).collect(),
       run.replicated(),
     );
@@ -59,30 +61,33 @@ pub fn start(manager: Arc<Manager>, run: Arc<Run>) {
         error: "no replica of the backend is left".into(),
       });
     }
-    manager.run_ended(&run);
-    run.done.send_replace(Some(result));
+    mailbox::report(&owner, Input::RunEnded(run.clone(), result));
   });
+}
+
+/// Reloads every slot of `run` in turn (`reason`: a watchdog verdict, for replicas on one socket). A slot
+/// with no process now (down between restarts, or for good) is left to its supervisor.
+pub async fn reload_all(
+  manager: Arc<Context>,
+  run: Arc<Run>,
+  reason: Option<Reason>,
+) -> Result<Option<super::BackendInfo>> {
+  let _one_at_a_time = run.reloading.lock().await;
+  for slot in &run.slots {
+    if run.stop_requested() {
+      break;
+    }
+    if let Err(e) = slot.reload(reason).await {
+      manager.log(Level::Warn, format!("reload failed: {e}"));
+      return Err(e);
+    }
+  }
+  Ok(run.info())
 }
 
 /// The front stops taking connections once no replica is left (a stop has already stopped accepting).
 async fn close_front(run: &Run) {
   run.front.close(Instant::now()).await;
-}
-
-/// One result for the stop: the replicas' added up (`pid` of the first, forced if any was).
-pub(super) fn combine(mut results: Vec<StopResult>, replicated: bool) -> Option<StopResult> {
-  if !replicated {
-    return results.pop();
-  }
-  let first = results.first()?.clone();
-  Some(StopResult {
-    pid: first.pid,
-    exit: first.exit.clone(),
-    forced: results.iter().any(|r| r.forced),
-    duration: results.iter().map(|r| r.duration).max().unwrap_or_default(),
-    survivors: results.iter().flat_map(|r| r.survivors.clone()).collect(),
-    replicas: results,
-  })
 }
 
 enum Ended {
@@ -104,7 +109,12 @@ async fn stop_asked(stop: &mut watch::Receiver<bool>) {
   let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn supervise(manager: &Arc<Manager>, run: &Arc<Run>, slot: &Arc<Slot>) -> Option<StopResult> {
+async fn supervise(
+  manager: &Arc<Context>,
+  run: &Arc<Run>,
+  slot: &Arc<Slot>,
+  owner: &Mailbox,
+) -> Option<StopResult> {
   let mut stop = run.stop.subscribe();
   let mut reloads = slot.take_reloads()?;
   loop {
@@ -127,6 +137,7 @@ async fn supervise(manager: &Arc<Manager>, run: &Arc<Run>, slot: &Arc<Slot>) -> 
       Ended::Exit => {
         let result = manager.end(&instance, false, None, replica).await;
         run.went_down(slot);
+        mailbox::report(owner, Input::Down(run.clone()));
         Down {
           pid: instance.info.pid,
           exit: result.exit,
@@ -137,6 +148,7 @@ async fn supervise(manager: &Arc<Manager>, run: &Arc<Run>, slot: &Arc<Slot>) -> 
       Ended::Verdict(reason) => {
         let result = manager.end(&instance, true, Some(reason), replica).await;
         run.went_down(slot);
+        mailbox::report(owner, Input::Down(run.clone()));
         Down {
           pid: instance.info.pid,
           exit: result.exit,
@@ -147,6 +159,7 @@ async fn supervise(manager: &Arc<Manager>, run: &Arc<Run>, slot: &Arc<Slot>) -> 
       Ended::Reload(request) => {
         match replace(manager, run, slot, &instance, &mut stop, request.reason).await {
           Replaced::Done => {
+            mailbox::report(owner, Input::Up(run.clone()));
             let _ = request.reply.send(Ok(()));
             continue;
           }
@@ -159,14 +172,16 @@ async fn supervise(manager: &Arc<Manager>, run: &Arc<Run>, slot: &Arc<Slot>) -> 
             return result;
           }
           Replaced::Down(down, error) => {
+            mailbox::report(owner, Input::Down(run.clone()));
             let _ = request.reply.send(Err(error));
             down
           }
         }
       }
     };
-    if let Some(result) = recover(manager, run, slot, down, &mut stop).await {
-      return result;
+    match recover(manager, run, slot, down, &mut stop).await {
+      Some(result) => return result,
+      None => mailbox::report(owner, Input::Up(run.clone())),
     }
   }
 }
@@ -183,7 +198,7 @@ fn stopped_during_reload() -> PmError {
 /// After a process went down without a stop: restarts per the policy until one is up (`None`), or ends
 /// the slot (`Some`: what a stop meanwhile stopped, if one came).
 async fn recover(
-  manager: &Arc<Manager>,
+  manager: &Arc<Context>,
   run: &Arc<Run>,
   slot: &Arc<Slot>,
   down: Down,
@@ -270,7 +285,7 @@ enum Replaced {
 /// old one, which is put out (drained, with the balancer) and stopped once the new one is in; a process on
 /// its own port is stopped first, then started again on that port.
 async fn replace(
-  manager: &Arc<Manager>,
+  manager: &Arc<Context>,
   run: &Arc<Run>,
   slot: &Arc<Slot>,
   old: &Arc<Instance>,
@@ -316,7 +331,7 @@ async fn replace(
   }
   let (reservation, place) = match run.socket() {
     Some(socket) => (None, Where::shared(run.public_port, socket)),
-    None => match manager.reserve_internal_port(&[]).await {
+    None => match reserve_internal_port(manager, &[]).await {
       Ok(reserved) => {
         let port = reserved.port();
         (Some(reserved), Where::own(port))
@@ -373,7 +388,7 @@ fn ready_info(run: &Run, instance: &Instance) -> super::BackendInfo {
 }
 
 fn give_up(
-  manager: &Manager,
+  manager: &Context,
   run: &Run,
   slot: &Slot,
   reason: Reason,
@@ -411,7 +426,7 @@ enum Restarted {
 /// One restart of a slot: on its kept port if still free, else on another (`port-changed`); with a
 /// shared socket, on that socket.
 async fn restart_once(
-  manager: &Arc<Manager>,
+  manager: &Arc<Context>,
   run: &Arc<Run>,
   slot: &Slot,
   attempt: u32,
@@ -451,7 +466,7 @@ async fn restart_once(
 /// The slot's port if no other program took it meanwhile (and it is not in `exclude`); otherwise a new
 /// one, which then becomes the slot's (`port-changed` for the public port).
 async fn keep_or_move_port(
-  manager: &Arc<Manager>,
+  manager: &Arc<Context>,
   run: &Run,
   slot: &Slot,
   exclude: &[u16],
@@ -467,8 +482,8 @@ async fn keep_or_move_port(
   let mut avoid = exclude.to_vec();
   avoid.extend(kept);
   let reserved = match run.front {
-    Front::Direct => manager.reserve_port(&avoid).await?,
-    _ => manager.reserve_internal_port(&avoid).await?,
+    Front::Direct => reserve_port(manager, &avoid).await?,
+    _ => reserve_internal_port(manager, &avoid).await?,
   };
   let port = reserved.port();
   slot.set_port(reserved);
@@ -484,7 +499,7 @@ async fn keep_or_move_port(
 
 /// Replicas the balancer took out because they refused a connection: probed every second (the watchdog
 /// does it too, when there is one) and put back once they answer.
-async fn put_back_refusing(manager: Arc<Manager>, run: Arc<Run>) {
+async fn put_back_refusing(manager: Arc<Context>, run: Arc<Run>) {
   let Front::Balanced { balancer, .. } = &run.front else {
     return;
   };
@@ -543,7 +558,7 @@ fn every(period: Option<Duration>) -> Option<Interval> {
 /// `healthy`; resolves only with a verdict that needs a restart (the restart policy is on), never
 /// otherwise.
 async fn watchdog(
-  manager: &Arc<Manager>,
+  manager: &Arc<Context>,
   run: &Arc<Run>,
   slot: &Slot,
   instance: &Instance,
@@ -578,7 +593,7 @@ async fn watchdog(
         let unhealthy = probe_verdict(manager, run, slot, outcome, began.elapsed());
         keep_verdict(manager, run, slot, instance).await;
         if unhealthy && restart && shared {
-          tokio::spawn(super::manager::reload_run(manager.clone(), run.clone(), Some(Reason::Unhealthy)));
+          tokio::spawn(reload_all(manager.clone(), run.clone(), Some(Reason::Unhealthy)));
         } else if unhealthy && restart {
           return Reason::Unhealthy;
         }
@@ -602,7 +617,7 @@ async fn watchdog(
 
 /// Keeps the current verdict in the PID record (rewritten only when it changed) for `backend-pm status`,
 /// and tells the balancer.
-async fn keep_verdict(manager: &Manager, run: &Run, slot: &Slot, instance: &Instance) {
+async fn keep_verdict(manager: &Context, run: &Run, slot: &Slot, instance: &Instance) {
   let healthy = lock(&slot.health).healthy;
   run.health_changed(slot, healthy);
   if let Err(e) = instance.set_healthy(healthy).await {
@@ -612,7 +627,7 @@ async fn keep_verdict(manager: &Manager, run: &Run, slot: &Slot, instance: &Inst
 
 /// Counts a watchdog probe; true when it made the process unhealthy (just now).
 fn probe_verdict(
-  manager: &Manager,
+  manager: &Context,
   run: &Run,
   slot: &Slot,
   outcome: ProbeOutcome,
@@ -657,7 +672,7 @@ fn probe_verdict(
 }
 
 /// Compares a memory sample with `maxMemoryBytes`; true when it made the process unhealthy (just now).
-fn memory_verdict(manager: &Manager, run: &Run, slot: &Slot, memory_bytes: u64) -> bool {
+fn memory_verdict(manager: &Context, run: &Run, slot: &Slot, memory_bytes: u64) -> bool {
   let Some(limit) = manager.options.max_memory_bytes else {
     return false;
   };

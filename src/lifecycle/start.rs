@@ -1,245 +1,131 @@
-//! Starting: this name's orphans cleaned up, the processes of a start placed (one on its port, or replicas
-//! behind the front) and waited for, and the phase a start leaves behind. Part of `manager`, with its
-//! access to the manager's state.
+//! A start, below the owner: this name's orphans cleaned up, the processes placed (one on its port, or
+//! replicas behind the front) and waited for until healthy. It returns what happened (`Outcome`); the
+//! owner (`task`) decides what that means for the backend's state.
 
-use super::{settled, Manager, Phase, StartState, StopDone, ADDRESS_IN_USE_RETRIES};
+use super::context::Context;
 use crate::blocking;
 use crate::error::{PmError, Result};
 use crate::lifecycle::attempt::{self, Attempt, Where};
 use crate::lifecycle::instance::Instance;
 use crate::lifecycle::launch::{Launch, Runtime};
-use crate::lifecycle::run::{Front, Run};
-use crate::lifecycle::supervisor;
-use crate::lifecycle::{BackendInfo, Level, StopResult};
+use crate::lifecycle::run::Front;
+use crate::lifecycle::{Level, StopResult};
 use crate::net::balancer::{Balancer, Strategy};
 use crate::net::port::{self, Search};
 use crate::net::reservation::{self, Reservation};
 use crate::options::{Balance, Listen, StartArgs};
 use crate::state::dir::ensure_state_dir;
-use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-/// What a call to `start` does.
-enum StartPlan {
-  /// The backend runs: this is it.
-  Done(BackendInfo),
-  /// A start is under way: its outcome.
-  Join(watch::Receiver<Option<Result<BackendInfo>>>),
-  /// The run is down between an exit and what its supervisor decides.
-  Rejoin(Arc<Run>),
-  /// This call starts it, after the stop under way if any.
-  Run {
-    start: Arc<StartState>,
-    after: Option<StopDone>,
+/// How many more ports are tried when the backend reports `EADDRINUSE` before it is healthy.
+pub const ADDRESS_IN_USE_RETRIES: usize = 3;
+
+/// What a start came to.
+pub enum Outcome {
+  /// Every process is healthy: they become the run.
+  Up(Started),
+  /// It failed (what it started is ended, and its lines are written).
+  Failed(PmError),
+  /// A stop cancelled it: what that stop stopped, and the backend's last stderr lines.
+  Cancelled {
+    stopped: Option<StopResult>,
+    stderr_tail: Vec<String>,
   },
 }
 
-/// The backend once a process of `run` is up again; `None` once the run has ended instead.
-async fn up_again(run: &Run) -> Option<BackendInfo> {
-  // Subscribed before looking, so a change between the look and the wait is not missed.
-  let mut up = run.up.subscribe();
-  let mut done = run.done.subscribe();
-  loop {
-    if let Some(info) = run.info() {
-      return Some(info);
-    }
-    if done.borrow_and_update().is_some() {
-      return None;
-    }
-    tokio::select! {
-      changed = up.changed() => changed.ok()?,
-      changed = done.changed() => changed.ok()?,
-    }
+/// Why a start did not come up.
+enum Halt {
+  Cancelled {
+    stopped: Option<StopResult>,
+    stderr_tail: Vec<String>,
+  },
+  Error(PmError),
+}
+
+impl From<PmError> for Halt {
+  fn from(e: PmError) -> Halt {
+    Halt::Error(e)
   }
 }
 
-fn stopped_while_down() -> PmError {
-  PmError::BackendExited {
-    message: "stopBackend() was called while the backend was down; it is not started again".into(),
-    exit_code: None,
-    signal: None,
-    stderr_tail: Vec::new(),
-  }
+/// Runs a start to its outcome. `cancel` turns true when a stop asks for it to end.
+pub async fn run(
+  ctx: &Arc<Context>,
+  args: &StartArgs,
+  runtime: &Runtime,
+  cancel: watch::Receiver<bool>,
+) -> Outcome {
+  let outcome = match start_processes(ctx, args, runtime, &cancel).await {
+    Ok(started) => match started.first_dead() {
+      // It died right after its health check.
+      Some(dead) => {
+        end_started(ctx, started, false).await;
+        Outcome::Failed(exited_after_ready(&dead))
+      }
+      None => return Outcome::Up(started),
+    },
+    Err(Halt::Error(e)) => Outcome::Failed(e),
+    Err(Halt::Cancelled {
+      stopped,
+      stderr_tail,
+    }) => Outcome::Cancelled {
+      stopped,
+      stderr_tail,
+    },
+  };
+  // A failed start's lines are written before the app hears of it (and may clean up).
+  ctx.flush_log().await;
+  outcome
 }
-
-impl Manager {
-  /// Starts the backend, or joins the start in progress, or returns the running backend. A start asked
-  /// for while a stop runs waits for that stop, then starts afresh. With the backend: whether this call
-  /// started it (the JS layer emits `ready` for that one, before the call resolves; restarts emit their
-  /// own).
-  pub fn start(
-    self: &Arc<Self>,
-    args: StartArgs,
-    runtime: Runtime,
-  ) -> impl Future<Output = Result<(BackendInfo, bool)>> + Send + 'static {
-    // The plan is made at call time, so calls keep the order the app made them in.
-    let mut plan = self.plan_start();
-    let manager = self.clone();
-    async move {
-      loop {
-        match plan {
-          StartPlan::Done(info) => return Ok((info, false)),
-          StartPlan::Join(outcome) => {
-            return settled(outcome)
-              .await
-              .unwrap_or_else(|| Err(PmError::Internal("a start ended without an outcome".into())))
-              .map(|info| (info, false))
-          }
-          StartPlan::Rejoin(run) => match up_again(&run).await {
-            Some(info) => return Ok((info, false)),
-            // A stop asked for after this call wins, as it does over a start in progress.
-            None if run.stop_requested() => return Err(stopped_while_down()),
-            // It ended by itself (no restart, or its restarts failed): this call starts it afresh.
-            None => plan = manager.plan_start(),
-          },
-          StartPlan::Run { start, after } => {
-            if let Some(stop) = after {
-              settled(stop).await;
-            }
-            let outcome = manager.run_start(&args, &runtime, &start).await;
-            if outcome.is_err() {
-              // A failed start's lines are written before the app hears of it (and may clean up).
-              manager.flush_log().await;
-            }
-            start.outcome.send_replace(Some(outcome.clone()));
-            return outcome.map(|info| (info, true));
-          }
-        }
-      }
-    }
-  }
-
-  /// What a start asked for now does, given the phase; a new start takes the phase at once.
-  fn plan_start(&self) -> StartPlan {
-    let mut phase = self.phase();
-    match &*phase {
-      Phase::Up(run) => match run.info() {
-        Some(info) => StartPlan::Done(info),
-        // Down (it exited, maybe to be restarted): wait for its next process, or for its end.
-        None => StartPlan::Rejoin(run.clone()),
-      },
-      Phase::Starting(start) => StartPlan::Join(start.outcome.subscribe()),
-      Phase::Idle | Phase::Stopping { .. } => {
-        let after = match &*phase {
-          Phase::Stopping { done, .. } => Some(done.clone()),
-          _ => None,
-        };
-        let start = Arc::new(StartState {
-          outcome: watch::channel(None).0,
-          cancel: watch::channel(false).0,
-          stopped: Mutex::new(None),
-        });
-        *phase = Phase::Starting(start.clone());
-        StartPlan::Run { start, after }
-      }
-    }
-  }
-
-  /// The start itself, then the phase it leaves behind: up and supervised, or idle.
-  async fn run_start(
-    self: &Arc<Self>,
-    args: &StartArgs,
-    runtime: &Runtime,
-    start: &Arc<StartState>,
-  ) -> Result<BackendInfo> {
-    let result = self.start_processes(args, runtime, start).await;
-    enum Next {
-      Up(Arc<Run>),
-      DiedAtOnce(Started, Arc<Instance>),
-      StopWins(Started),
-      Failed(PmError),
-    }
-    let next = {
-      let mut phase = self.phase();
-      let still_ours = matches!(&*phase, Phase::Starting(s) if Arc::ptr_eq(s, start));
-      let next = match result {
-        Ok(started) if still_ours => match started.first_dead() {
-          // It died right after its health check.
-          Some(dead) => Next::DiedAtOnce(started, dead),
-          None => {
-            let run = Run::new(
-              &self.options,
-              started.launch,
-              started.public_port,
-              started.front,
-              started.replicas,
-            );
-            *phase = Phase::Up(run.clone());
-            Next::Up(run)
-          }
-        },
-        // A stop came as it became ready: that stop wins.
-        Ok(started) => Next::StopWins(started),
-        Err(e) => Next::Failed(e),
-      };
-      if still_ours && !matches!(next, Next::Up(_)) {
-        self.become_idle(&mut phase);
-      }
-      next
-    };
-    match next {
-      Next::Up(run) => {
-        let info = run.info();
-        supervisor::start(self.clone(), run);
-        info.ok_or_else(|| PmError::Internal("a run began without its backend".into()))
-      }
-      Next::DiedAtOnce(started, dead) => {
-        self.end_started(started, false).await;
-        Err(exited_after_ready(&dead))
-      }
-      Next::StopWins(started) => {
-        let tail = started.replicas[0].1.child.output.stderr_tail();
-        let stopped = self.end_started(started, true).await;
-        Err(cancelled(start, stopped, tail))
-      }
-      Next::Failed(e) => Err(e),
-    }
-  }
 
   /// Ends the processes of a start that does not become a run, and closes its front.
-  async fn end_started(&self, started: Started, request_stop: bool) -> Option<StopResult> {
+pub async fn end_started(ctx: &Context, started: Started, request_stop: bool) -> Option<StopResult> {
     let replicated = started.replicas.len() > 1;
     let mut results = Vec::new();
     for (index, (_, instance, _)) in started.replicas.iter().enumerate() {
       let replica = replicated.then_some(index);
-      results.push(self.end(instance, request_stop, None, replica).await);
+      results.push(ctx.end(instance, request_stop, None, replica).await);
     }
     started.front.close(Instant::now()).await;
-    supervisor::combine(results, replicated)
+    StopResult::combine(results, replicated)
   }
 
   /// Cleans up, resolves what to run, and starts the processes: the one on its port, or the front (the
   /// balancer, or the manager's socket) on the public port and every replica behind it.
-  async fn start_processes(
-    self: &Arc<Self>,
+async fn start_processes(
+    ctx: &Arc<Context>,
     args: &StartArgs,
     runtime: &Runtime,
-    start: &StartState,
-  ) -> Result<Started> {
-    let o = &self.options;
+    cancel: &watch::Receiver<bool>,
+  ) -> std::result::Result<Started, Halt> {
+    let o = &ctx.options;
     let dir = o.state_dir.clone();
     blocking::run(move || ensure_state_dir(&dir)).await??;
     let mut launch = Launch::resolve(o, args, runtime)?;
-    self.learn_secrets(&launch, false);
-    self.kill_existing().await?;
+    ctx.learn_secrets(&launch, false);
+    ctx.kill_existing().await?;
     if o.replicas <= 1 && o.listen == Listen::Port {
-      let mut cancel = start.cancel.subscribe();
-      let (reserved, instance, latency) = match self
-        .start_one(&mut launch, Spot::Public, None, &mut cancel)
+      let mut cancel = cancel.clone();
+      let (reserved, instance, latency) = match start_one(ctx, &mut launch, Spot::Public, None, &mut cancel)
         .await?
       {
         One::Up(Some(reserved), instance, latency) => (reserved, instance, latency),
         One::Up(None, ..) => {
-          return Err(PmError::Internal("a port without its reservation".into()))
+          return Err(PmError::Internal("a port without its reservation".into()).into())
         }
         One::Cancelled {
           stopped,
           stderr_tail,
-        } => return Err(cancelled(start, stopped, stderr_tail)),
+        } => {
+          return Err(Halt::Cancelled {
+            stopped,
+            stderr_tail,
+          })
+        }
       };
       return Ok(Started {
         launch,
@@ -248,7 +134,7 @@ impl Manager {
         replicas: vec![(Some(reserved), instance, latency)],
       });
     }
-    let (public, listener) = self.bind_public().await?;
+    let (public, listener) = bind_public(ctx).await?;
     let public_port = public.port();
     let front = match o.listen {
       Listen::Fd => Front::socket(listener, public),
@@ -269,13 +155,11 @@ impl Manager {
     let replicated = o.replicas > 1;
     let mut starting = JoinSet::new();
     for index in 0..usize::from(o.replicas) {
-      let (manager, mut launch, spot) = (self.clone(), launch.clone(), spot.clone());
-      let mut cancel = start.cancel.subscribe();
+      let (ctx, mut launch, spot) = (ctx.clone(), launch.clone(), spot.clone());
+      let mut cancel = cancel.clone();
       let replica = replicated.then_some((public_port, index));
       starting.spawn(async move {
-        let one = manager
-          .start_one(&mut launch, spot, replica, &mut cancel)
-          .await;
+        let one = start_one(&ctx, &mut launch, spot, replica, &mut cancel).await;
         (index, one)
       });
     }
@@ -325,39 +209,38 @@ impl Manager {
     }
     // All or nothing: a replica that failed (or a stop) ends the ones that came up.
     if !started.replicas.is_empty() {
-      stopped.extend(self.end_started(started, true).await);
+      stopped.extend(end_started(ctx, started, true).await);
     } else {
       started.front.close(Instant::now()).await;
     }
     match error {
-      Some(e) if !was_cancelled => Err(e),
-      _ => Err(cancelled(
-        start,
-        supervisor::combine(stopped, replicated),
+      Some(e) if !was_cancelled => Err(Halt::Error(e)),
+      _ => Err(Halt::Cancelled {
+        stopped: StopResult::combine(stopped, replicated),
         stderr_tail,
-      )),
+      }),
     }
   }
 
   /// Starts one process (the backend, or one replica) at `spot`: healthy, or an error; a port lost to
   /// another program before the process could bind it is retried on another — for a backend on its own
   /// (whose token nobody has yet) with a new token, as that program may have been sent the old one.
-  async fn start_one(
-    self: &Arc<Self>,
+async fn start_one(
+    ctx: &Arc<Context>,
     launch: &mut Launch,
     spot: Spot,
     replica: Option<(u16, usize)>,
     cancel: &mut watch::Receiver<bool>,
   ) -> Result<One> {
-    let o = &self.options;
+    let o = &ctx.options;
     let mut exclude = Vec::new();
     for attempt in 0..=ADDRESS_IN_USE_RETRIES {
       let (reserved, place) = match &spot {
         Spot::Public => {
-          let reserved = self.reserve_port(&exclude).await?;
+          let reserved = reserve_port(ctx, &exclude).await?;
           let chosen = reserved.port();
           if chosen != o.port && attempt == 0 {
-            self.log(
+            ctx.log(
               Level::Info,
               format!("port {} is in use, using port {chosen}", o.port),
             );
@@ -365,7 +248,7 @@ impl Manager {
           (Some(reserved), Where::own(chosen))
         }
         Spot::Internal => {
-          let reserved = self.reserve_internal_port(&exclude).await?;
+          let reserved = reserve_internal_port(ctx, &exclude).await?;
           let port = reserved.port();
           (Some(reserved), Where::own(port))
         }
@@ -375,7 +258,7 @@ impl Manager {
         Some((public_port, index)) => place.replica(public_port, index),
         None => place,
       };
-      match attempt::run(self, launch, place, cancel, 0).await? {
+      match attempt::run(ctx, launch, place, cancel, 0).await? {
         Attempt::Ready(instance, latency) => return Ok(One::Up(reserved, instance, latency)),
         Attempt::Cancelled {
           stopped,
@@ -389,7 +272,7 @@ impl Manager {
         Attempt::PortTaken { port, .. }
           if attempt < ADDRESS_IN_USE_RETRIES && reserved.is_some() =>
         {
-          self.log(
+          ctx.log(
             Level::Warn,
             format!(
               "another program took port {port} before the backend could; trying the next port"
@@ -400,7 +283,7 @@ impl Manager {
           // listener found to be theirs).
           if matches!(spot, Spot::Public) {
             launch.renew_token()?;
-            self.learn_secrets(launch, true);
+            ctx.learn_secrets(launch, true);
           }
         }
         Attempt::PortTaken { port, exited } => return Err(port_lost(port, exited)),
@@ -412,18 +295,18 @@ impl Manager {
 
   /// The public port of a backend with a front: reserved in this manager's range, and bound and
   /// listening at once (by the balancer, or handed to the processes), so it can't be lost afterwards.
-  async fn bind_public(&self) -> Result<(Reservation, std::net::TcpListener)> {
+async fn bind_public(ctx: &Context) -> Result<(Reservation, std::net::TcpListener)> {
     let mut exclude = Vec::new();
     loop {
-      let reserved = self.reserve_port(&exclude).await?;
+      let reserved = reserve_port(ctx, &exclude).await?;
       let port = reserved.port();
-      match std::net::TcpListener::bind(std::net::SocketAddr::new(self.options.host, port)) {
+      match std::net::TcpListener::bind(std::net::SocketAddr::new(ctx.options.host, port)) {
         Ok(listener) => return Ok((reserved, listener)),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => exclude.push(port),
         Err(e) => {
           return Err(PmError::Internal(format!(
             "could not listen on {}:{port}: {e}",
-            self.options.host
+            ctx.options.host
           )))
         }
       }
@@ -432,11 +315,11 @@ impl Manager {
 
   /// A free port for a replica behind the balancer: one the OS hands out (outside the public range, which
   /// the app's other backends use), checked on every address family and reserved like any other.
-  pub(in crate::lifecycle) async fn reserve_internal_port(
-    &self,
+pub async fn reserve_internal_port(
+    ctx: &Context,
     exclude: &[u16],
   ) -> Result<Reservation> {
-    let owner = self.owner;
+    let owner = ctx.owner;
     let exclude = exclude.to_vec();
     blocking::run(move || {
       for _ in 0..64 {
@@ -466,8 +349,8 @@ impl Manager {
 
   /// The first free port of this manager's range, not in `exclude`. Off the async workers: it binds
   /// sockets and takes file locks.
-  pub(in crate::lifecycle) async fn reserve_port(&self, exclude: &[u16]) -> Result<Reservation> {
-    let o = &self.options;
+pub async fn reserve_port(ctx: &Context, exclude: &[u16]) -> Result<Reservation> {
+    let o = &ctx.options;
     let search = Search {
       start_port: exclude
         .last()
@@ -475,7 +358,7 @@ impl Manager {
       end_port: o.last_port(),
       exclude: exclude.to_vec(),
       host: None,
-      owner: self.owner,
+      owner: ctx.owner,
       handout: false,
     };
     let found = blocking::run(move || port::find_available_port(&search)).await?;
@@ -487,12 +370,10 @@ impl Manager {
       other => other,
     })
   }
-}
 
-/// The error of a start that a stop cancelled; the stop's result is kept for that stop to report.
-fn cancelled(start: &StartState, stopped: Option<StopResult>, stderr_tail: Vec<String>) -> PmError {
-  let exit = stopped.as_ref().map(|s| s.exit.clone()).unwrap_or_default();
-  *start.stopped.lock().unwrap_or_else(|e| e.into_inner()) = stopped;
+/// The error of a start that a stop cancelled (`stopped`: what that stop stopped).
+pub fn cancelled(stopped: Option<&StopResult>, stderr_tail: Vec<String>) -> PmError {
+  let exit = stopped.map(|s| s.exit.clone()).unwrap_or_default();
   PmError::BackendExited {
     message: "stopBackend() was called while the backend was starting; it has been stopped".into(),
     exit_code: exit.exit_code,
@@ -502,7 +383,7 @@ fn cancelled(start: &StartState, stopped: Option<StopResult>, stderr_tail: Vec<S
 }
 
 /// The error after the last port was lost to other programs too.
-pub(in crate::lifecycle) fn port_lost(port: u16, exited: PmError) -> PmError {
+pub fn port_lost(port: u16, exited: PmError) -> PmError {
   match exited {
     PmError::BackendExited {
       exit_code,
@@ -535,11 +416,11 @@ fn exited_after_ready(instance: &Instance) -> PmError {
 }
 
 /// The processes of a start, healthy, before they become a run.
-struct Started {
-  launch: Launch,
-  public_port: u16,
-  front: Front,
-  replicas: Vec<(Option<Reservation>, Arc<Instance>, Duration)>,
+pub struct Started {
+  pub launch: Launch,
+  pub public_port: u16,
+  pub front: Front,
+  pub replicas: Vec<(Option<Reservation>, Arc<Instance>, Duration)>,
 }
 
 impl Started {
