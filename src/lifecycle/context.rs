@@ -2,6 +2,7 @@
 //! log, where the backend is reached, and how one process is ended. It holds no state of the lifecycle:
 //! that is the owner's alone.
 
+use super::deadlines::Deadlines;
 use super::instance::Instance;
 use super::owner;
 use super::{Event, Events, Level, Reason, StopResult};
@@ -21,6 +22,8 @@ use std::time::Duration;
 
 pub struct Context {
   pub options: Options,
+  /// Every time limit, from the options.
+  pub deadlines: Deadlines,
   /// Reservations made by this manager (its `findAvailablePort` included) never block its own start.
   pub owner: Owner,
   events: Arc<dyn Events>,
@@ -67,6 +70,7 @@ impl Context {
     Context {
       log_file,
       redactor: Mutex::new(Arc::new(Redactor::default())),
+      deadlines: Deadlines::new(&options),
       options,
       owner: Owner::new(),
       events,
@@ -175,7 +179,7 @@ impl Context {
   pub async fn kill_existing(&self) -> Result<bool> {
     let dir = self.options.state_dir.clone();
     let name = self.options.name.clone();
-    let grace = self.options.stop_timeout;
+    let grace = self.deadlines.stop;
     let items = blocking::run(move || orphans::cleanup(&dir, Some(&name), grace)).await??;
     let mut terminated = false;
     for item in items {
@@ -198,7 +202,7 @@ impl Context {
       .stop_grace
       .lock()
       .unwrap_or_else(|e| e.into_inner())
-      .unwrap_or(self.options.stop_timeout)
+      .unwrap_or(self.deadlines.stop)
   }
 
   /// Sets (`Some`) or clears the grace of a bounded stop (`stopSync`).
@@ -212,7 +216,7 @@ impl Context {
       let pid = instance.info.pid;
       let secret = owner::secret(instance.info.token.clone(), move || vec![pid]);
       let target = self.target(instance.info.port, secret);
-      let limit = (self.stop_timeout() / 4).min(Duration::from_secs(1));
+      let limit = Deadlines::polite_step(self.stop_timeout());
       Box::pin(async move {
         health::request(&target, &method, &path, limit).await;
       }) as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>

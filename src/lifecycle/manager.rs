@@ -4,6 +4,7 @@
 //! `Manager` derefs to.
 
 use super::context::Context;
+use super::deadlines::Deadlines;
 use super::launch::Runtime;
 use super::mailbox::{Command, Message, Reply};
 use super::owner;
@@ -66,7 +67,11 @@ impl Manager {
   }
 
   fn wake_owner(&self) {
-    let messages = self.unowned.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let messages = self
+      .unowned
+      .lock()
+      .unwrap_or_else(|e| e.into_inner())
+      .take();
     if let Some(messages) = messages {
       tokio::spawn(task::own(
         self.ctx.clone(),
@@ -119,7 +124,7 @@ impl Manager {
   pub async fn check_health(&self, port: u16) -> bool {
     health::probe(
       &self.target(port, self.current_secret()),
-      self.options.health_timeout,
+      self.deadlines.probe,
     )
     .await
     .is_healthy()
@@ -129,7 +134,7 @@ impl Manager {
   /// only to the running backend's own listener.
   pub async fn probe_health(&self, port: u16) -> (health::ProbeOutcome, Duration) {
     let started = Instant::now();
-    let limit = self.options.health_timeout.min(Duration::from_secs(1));
+    let limit = self.deadlines.quick_probe();
     let outcome = health::probe(&self.target(port, self.current_secret()), limit).await;
     (outcome, started.elapsed())
   }
@@ -137,21 +142,24 @@ impl Manager {
   /// `pm.waitForBackendReady`. Runs alone on a thread of its own (the binding's `promise_on_own_thread`):
   /// on Linux it sleeps on that thread between looks at the port.
   pub async fn wait_for_ready(&self, port: u16, max_retries: u32, retry_delay: Duration) -> bool {
-    let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
-    let deadline = retry_delay
-      .checked_mul(max_retries)
-      .and_then(|total| Instant::now().checked_add(total))
-      .unwrap_or(far_future);
-    health::wait_until_healthy(
-      &self.target(port, self.current_secret()),
-      self.options.health_timeout,
-      deadline,
-      retry_delay,
-      health::Watch::polling_on_own_thread(),
-      || async { true },
-    )
-    .await
-    .is_ok()
+    let mut left = retry_delay.saturating_mul(max_retries);
+    loop {
+      let (deadline, rest) = Deadlines::part_of(left);
+      let ready = health::wait_until_healthy(
+        &self.target(port, self.current_secret()),
+        self.deadlines.probe,
+        deadline,
+        retry_delay,
+        health::Watch::polling_on_own_thread(),
+        || async { true },
+      )
+      .await
+      .is_ok();
+      if ready || rest.is_zero() {
+        return ready;
+      }
+      left = rest;
+    }
   }
 
   /// `pm.findAvailablePort(startPort)`: the range is this manager's, and the port stays reserved for it.

@@ -6,13 +6,14 @@
 //! watchdog, stats), `restart` the restart policy's arithmetic, `launch` what to run; `context` is what
 //! they all use (options, events, log, ends).
 
-mod attempt;
 mod context;
+mod deadlines;
 mod instance;
 pub mod launch;
 mod mailbox;
 pub mod manager;
 mod owner;
+mod place;
 mod ready;
 mod restart;
 mod run;

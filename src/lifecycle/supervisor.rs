@@ -5,12 +5,11 @@
 //! end of a running process goes through its slot's task, including the one a stop asks for, so nothing is
 //! started once a stop has been asked for (docs/design.md §16).
 
-use super::attempt::{self, Attempt, Where};
-use super::instance::Instance;
 use super::context::Context;
+use super::instance::Instance;
 use super::mailbox::{self, Input, Mailbox};
-use super::start::{port_lost, reserve_internal_port, reserve_port, ADDRESS_IN_USE_RETRIES};
 use super::owner;
+use super::place::{self, Place, Placed, Ports};
 use super::restart::Decision;
 use super::run::Reload;
 use super::run::{lock, Front, Run, Slot};
@@ -23,9 +22,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
-
-/// How often a replica the balancer took out (it refused a connection) is probed, when no watchdog does.
-const PUT_BACK_PROBE: Duration = Duration::from_secs(1);
 
 /// Starts the supervisors of `run`, which is up with its first processes.
 pub fn start(manager: Arc<Context>, run: Arc<Run>, owner: Mailbox) {
@@ -329,30 +325,24 @@ async fn replace(
       }
     };
   }
-  let (reservation, place) = match run.socket() {
-    Some(socket) => (None, Where::shared(run.public_port, socket)),
-    None => match reserve_internal_port(manager, &[]).await {
-      Ok(reserved) => {
-        let port = reserved.port();
-        (Some(reserved), Where::own(port))
-      }
-      Err(e) => return Replaced::Kept(e),
-    },
-  };
-  let place = match run.replicated() {
-    true => place.replica(run.public_port, slot.index),
-    false => place,
-  };
-  let (instance, latency) = match attempt::run(manager, &run.launch, place, stop, restarts).await {
-    Ok(Attempt::Ready(instance, latency)) => (instance, latency),
-    Ok(Attempt::Cancelled { .. }) => {
+  let mut launch = run.launch.clone();
+  let placed = place::place(
+    manager,
+    &mut launch,
+    &place_of(run, slot, false),
+    stop,
+    restarts,
+    false,
+  )
+  .await;
+  let (instance, latency, reservation) = match placed {
+    Ok(Placed::Up(instance, latency, reserved)) => (instance, latency, reserved),
+    Ok(Placed::Cancelled { .. }) => {
       let result = manager.end(old, true, None, replica).await;
       run.went_down(slot);
       return Replaced::Stopped(Some(result));
     }
-    Ok(Attempt::PortTaken { exited, .. }) => return Replaced::Kept(exited),
-    Ok(Attempt::Failed { error, .. }) => return Replaced::Kept(error),
-    Err(e) => return Replaced::Kept(e),
+    Ok(Placed::Failed { error, .. }) | Err(error) => return Replaced::Kept(error),
   };
   let old_upstream = slot.upstream();
   if let Some(reserved) = reservation {
@@ -362,7 +352,7 @@ async fn replace(
   manager.emit_for(replica, Event::Ready(ready_info(run, &instance)));
   if let Front::Balanced { balancer, .. } = &run.front {
     let open = balancer
-      .drain(old_upstream, Instant::now() + manager.options.stop_timeout)
+      .drain(old_upstream, Instant::now() + manager.deadlines.stop)
       .await;
     balancer.remove(old_upstream);
     if open > 0 {
@@ -432,69 +422,36 @@ async fn restart_once(
   attempt: u32,
   stop: &mut watch::Receiver<bool>,
 ) -> Restarted {
-  let mut exclude = Vec::new();
-  for _ in 0..=ADDRESS_IN_USE_RETRIES {
-    let place = match run.socket() {
-      Some(socket) => Where::shared(run.public_port, socket),
-      None => match keep_or_move_port(manager, run, slot, &exclude).await {
-        Ok(port) => Where::own(port),
-        Err(e) => return Restarted::Fatal(e),
-      },
-    };
-    let place = match run.replicated() {
-      true => place.replica(run.public_port, slot.index),
-      false => place,
-    };
-    match attempt::run(manager, &run.launch, place, stop, attempt).await {
-      Ok(Attempt::Ready(instance, latency)) => {
-        run.went_up(slot, instance.clone(), latency, false);
-        manager.emit_for(run.replica(slot), Event::Ready(ready_info(run, &instance)));
-        return Restarted::Up;
+  let mut launch = run.launch.clone();
+  let place = place_of(run, slot, true);
+  match place::place(manager, &mut launch, &place, stop, attempt, false).await {
+    Ok(Placed::Up(instance, latency, reserved)) => {
+      if let Some(reserved) = reserved {
+        slot.set_port(reserved);
       }
-      Ok(Attempt::Cancelled { stopped, .. }) => return Restarted::Stopped(stopped),
-      Ok(Attempt::PortTaken { port, .. }) if exclude.len() < ADDRESS_IN_USE_RETRIES => {
-        exclude.push(port)
-      }
-      Ok(Attempt::PortTaken { port, exited }) => return Restarted::Fatal(port_lost(port, exited)),
-      Ok(Attempt::Failed { pid, exit, .. }) => return Restarted::Exited { pid, exit },
-      Err(e) => return Restarted::Fatal(e),
+      run.went_up(slot, instance.clone(), latency, false);
+      manager.emit_for(run.replica(slot), Event::Ready(ready_info(run, &instance)));
+      Restarted::Up
     }
+    Ok(Placed::Cancelled { stopped, .. }) => Restarted::Stopped(stopped),
+    Ok(Placed::Failed { pid, exit, .. }) => Restarted::Exited { pid, exit },
+    Err(e) => Restarted::Fatal(e),
   }
-  Restarted::Fatal(PmError::Internal("no port tried for the restart".into()))
 }
 
-/// The slot's port if no other program took it meanwhile (and it is not in `exclude`); otherwise a new
-/// one, which then becomes the slot's (`port-changed` for the public port).
-async fn keep_or_move_port(
-  manager: &Arc<Context>,
-  run: &Run,
-  slot: &Slot,
-  exclude: &[u16],
-) -> Result<u16> {
-  let kept = slot.port();
-  if let Some(port) = kept.filter(|p| !exclude.contains(p)) {
-    let free =
-      crate::blocking::run(move || crate::net::port::is_port_available(port, None)).await?;
-    if free {
-      return Ok(port);
-    }
-  }
-  let mut avoid = exclude.to_vec();
-  avoid.extend(kept);
-  let reserved = match run.front {
-    Front::Direct => reserve_port(manager, &avoid).await?,
-    _ => reserve_internal_port(manager, &avoid).await?,
+/// Where a new process of `slot` goes: on the manager's socket; or on a port of its own — the slot's
+/// port again while it is free (`keep`: a restart), or a fresh one beside the old process (a reload).
+fn place_of(run: &Run, slot: &Slot, keep: bool) -> Place {
+  let keep = slot.port().filter(|_| keep);
+  let ports = match (run.socket(), &run.front) {
+    (Some(socket), _) => Ports::Shared(run.public_port, socket),
+    (None, Front::Direct) => Ports::Range { keep },
+    (None, _) => Ports::Internal { keep },
   };
-  let port = reserved.port();
-  slot.set_port(reserved);
-  if let (Some(previous), Front::Direct) = (kept, &run.front) {
-    manager.log(
-      Level::Warn,
-      format!("port {previous} was taken by another program; the backend moves to port {port}"),
-    );
-    manager.emit(Event::PortChanged { previous, port });
-  }
-  Ok(port)
+  Place::new(
+    ports,
+    run.replicated().then_some((run.public_port, slot.index)),
+  )
 }
 
 /// Replicas the balancer took out because they refused a connection: probed every second (the watchdog
@@ -513,7 +470,7 @@ async fn put_back_refusing(manager: Arc<Context>, run: Arc<Run>) {
     let (manager, run, balancer) = (manager.clone(), run.clone(), balancer.clone());
     tokio::spawn(async move {
       loop {
-        tokio::time::sleep(PUT_BACK_PROBE).await;
+        tokio::time::sleep(manager.deadlines.put_back).await;
         let Some(instance) = slot.current() else {
           return;
         };
@@ -523,7 +480,7 @@ async fn put_back_refusing(manager: Arc<Context>, run: Arc<Run>) {
         let pid = instance.info.pid;
         let secret = owner::secret(instance.info.token.clone(), move || vec![pid]);
         let target = manager.target(instance.info.port, secret);
-        if health::probe(&target, manager.options.health_timeout)
+        if health::probe(&target, manager.deadlines.probe)
           .await
           .is_healthy()
         {
@@ -573,8 +530,13 @@ async fn watchdog(
   // Replicas on one socket: a probe reaches whichever accepts, so one slot probes for them all, and its
   // verdict replaces them all one by one (as a reload).
   let shared = run.socket().is_some() && run.replicated();
-  let mut probes = every(o.health_interval.filter(|_| !shared || slot.index == 0));
-  let mut samples = every(o.memory_interval());
+  let mut probes = every(
+    manager
+      .deadlines
+      .watchdog
+      .filter(|_| !shared || slot.index == 0),
+  );
+  let mut samples = every(manager.deadlines.samples);
   // With replicas, `stats` events are the run's: the first slot with a running process sends them.
   let sends_stats = || {
     o.stats_interval.is_some()
@@ -589,7 +551,7 @@ async fn watchdog(
     tokio::select! {
       _ = tick(&mut probes) => {
         let began = Instant::now();
-        let outcome = health::probe(&target, o.health_timeout).await;
+        let outcome = health::probe(&target, manager.deadlines.probe).await;
         let unhealthy = probe_verdict(manager, run, slot, outcome, began.elapsed());
         keep_verdict(manager, run, slot, instance).await;
         if unhealthy && restart && shared {

@@ -8,8 +8,8 @@
 //! the `View` the owner publishes before it answers anyone.
 
 use super::context::Context;
-use super::mailbox::{self, Command, Input, Mailbox, Message, Reply};
 use super::launch::Runtime;
+use super::mailbox::{self, Command, Input, Mailbox, Message, Reply};
 use super::run::{Front, Run};
 use super::start::{self, Outcome};
 use super::supervisor;
@@ -331,8 +331,14 @@ impl Owner {
             }
           }
           let state = match run.info() {
-            Some(_) => State::Running(Up { run, waiting: still }),
-            None => State::Backoff(Up { run, waiting: still }),
+            Some(_) => State::Running(Up {
+              run,
+              waiting: still,
+            }),
+            None => State::Backoff(Up {
+              run,
+              waiting: still,
+            }),
           };
           self.set(state);
         }
@@ -406,7 +412,10 @@ impl Owner {
           stderr_tail,
         } => {
           self.set(State::Idle);
-          answer_failed(starting.callers, &start::cancelled(stopped.as_ref(), stderr_tail));
+          answer_failed(
+            starting.callers,
+            &start::cancelled(stopped.as_ref(), stderr_tail),
+          );
           for reply in starting.reloads {
             let _ = reply.send(Ok(None));
           }

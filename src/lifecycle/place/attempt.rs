@@ -2,14 +2,15 @@
 //! exits, or until a stop cancels the start. Readiness counts only when the port's listener is one of the
 //! backend's own processes (docs/design.md §11): a 2xx from a stranger on the same port is not our backend.
 
-use super::instance::Instance;
-use super::launch::Launch;
-use super::context::{url_for, Context};
-use super::owner;
-use super::ready;
-use super::{BackendInfo, Level, StopResult};
+use super::Place;
 use crate::blocking;
 use crate::error::{PmError, Result};
+use crate::lifecycle::context::{url_for, Context};
+use crate::lifecycle::instance::Instance;
+use crate::lifecycle::launch::Launch;
+use crate::lifecycle::owner;
+use crate::lifecycle::ready;
+use crate::lifecycle::{BackendInfo, Level, StopResult};
 use crate::net::health;
 use crate::net::listeners::{self, Holder};
 use crate::options::ReadySignal;
@@ -23,8 +24,6 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-/// How long an error report waits for the backend's last stderr lines after it exited.
-const OUTPUT_DRAIN: Duration = Duration::from_millis(200);
 /// Once the backend answers but is not healthy yet, probes back off up to this.
 const ANSWERED_DELAY_CAP: Duration = Duration::from_millis(500);
 /// While the backend does not listen yet, a look for its listener this often — and at once whenever it
@@ -50,57 +49,15 @@ pub enum Attempt {
   },
 }
 
-/// Where a process listens.
-#[derive(Clone)]
-pub struct Where {
-  /// The port it binds (reserved by the caller), or the port of the socket it is handed.
-  pub port: u16,
-  /// With `listen: 'fd'`: the manager's listening socket, handed over as descriptor 3.
-  pub socket: Option<Arc<std::net::TcpListener>>,
-  /// A replica's: the public port of its backend, for its record.
-  pub replica_of: Option<u16>,
-  /// A replica's index, for its events.
-  pub replica: Option<usize>,
-}
-
-impl Where {
-  pub fn own(port: u16) -> Where {
-    Where {
-      port,
-      socket: None,
-      replica_of: None,
-      replica: None,
-    }
-  }
-
-  pub fn shared(port: u16, socket: Arc<std::net::TcpListener>) -> Where {
-    Where {
-      port,
-      socket: Some(socket),
-      replica_of: None,
-      replica: None,
-    }
-  }
-
-  /// As replica `index` of the backend on `public_port`.
-  pub fn replica(self, public_port: u16, index: usize) -> Where {
-    Where {
-      replica_of: Some(public_port),
-      replica: Some(index),
-      ..self
-    }
-  }
-}
-
-/// One try at `place`. `restarts`: how many restarts came before it, for its record.
+/// One try at `place`, on `port`. `restarts`: how many restarts came before it, for its record.
 pub async fn run(
   manager: &Arc<Context>,
   launch: &Launch,
-  place: Where,
+  place: &Place,
+  port: u16,
   cancel: &mut watch::Receiver<bool>,
   restarts: u32,
 ) -> Result<Attempt> {
-  let port = place.port;
   let cancelled = *cancel.borrow_and_update();
   if cancelled {
     return Ok(Attempt::Cancelled {
@@ -109,7 +66,7 @@ pub async fn run(
     });
   }
   let o = &manager.options;
-  let mut spec = launch.on_port(port, o.host, &o.port_env, place.socket.clone());
+  let mut spec = launch.on_port(port, o.host, &o.port_env, place.socket());
   // `ready: 'notify'`: the backend says READY=1 on a socket of this start's own.
   #[cfg(unix)]
   let notify_socket = match o.ready {
@@ -140,7 +97,7 @@ pub async fn run(
     let port_taken = port_taken.clone();
     let nudge = nudge.clone();
     let redactor = Arc::new(launch.redactor());
-    let replica = place.replica.unwrap_or(0);
+    let replica = place.index().unwrap_or(0);
     let ready_line = match &o.ready {
       ReadySignal::Stdout(pattern) => Some((pattern.clone(), line_seen.clone())),
       _ => None,
@@ -167,7 +124,8 @@ pub async fn run(
   // Held at its gate: the guard knows its group before its program can run.
   #[cfg(unix)]
   if o.death_guard.uses_guard() {
-    let told = crate::os::guard::shared().is_some_and(|g| g.watch(child.pid, o.stop_timeout));
+    let told =
+      crate::os::guard::shared().is_some_and(|g| g.watch(child.pid, manager.deadlines.stop));
     if !told {
       manager.log(
         Level::Warn,
@@ -191,7 +149,7 @@ pub async fn run(
     o.state_dir.clone(),
     &o.health_path,
     restarts,
-    place.replica_of,
+    place.replica.map(|(public_port, _)| public_port),
   );
   let record_written = instance.write_record().await;
   let ran = match record_written {
@@ -205,11 +163,15 @@ pub async fn run(
     // Its program never ran: nothing to report as an exit, only the process to see gone (and a record
     // written for it to delete).
     instance
-      .end(o.stop_timeout, Polite::default(), |_, _, problem| {
-        if let Some(problem) = problem {
-          manager.log(Level::Warn, problem);
-        }
-      })
+      .end(
+        manager.deadlines.stop,
+        Polite::default(),
+        |_, _, problem| {
+          if let Some(problem) = problem {
+            manager.log(Level::Warn, problem);
+          }
+        },
+      )
       .await;
     return Err(e);
   }
@@ -222,7 +184,7 @@ pub async fn run(
   manager.check_spawn_settings(&child);
 
   let waiting_since = Instant::now();
-  let deadline = waiting_since + o.start_timeout;
+  let deadline = waiting_since + manager.deadlines.start;
   let pid = child.pid;
   let target = manager.target(port, owner::secret(launch.token.clone(), move || vec![pid]));
   let host = target.host;
@@ -240,12 +202,12 @@ pub async fn run(
   tokio::select! {
     biased;
     _ = async { cancel.wait_for(|c| *c).await.map(|_| ()) } => {
-      let stopped = manager.end(&instance, true, None, place.replica).await;
+      let stopped = manager.end(&instance, true, None, place.index()).await;
       Ok(Attempt::Cancelled { stopped: Some(stopped), stderr_tail: child.output.stderr_tail() })
     }
     exit = child.exited() => {
-      child.output.wait_closed(OUTPUT_DRAIN).await;
-      manager.end(&instance, false, None, place.replica).await;
+      child.output.wait_closed(manager.deadlines.output_drain).await;
+      manager.end(&instance, false, None, place.index()).await;
       let tail = child.output.stderr_tail();
       let hint = tail.last().map(|l| format!(": {l}")).unwrap_or_default();
       let exited = PmError::BackendExited {
@@ -266,7 +228,7 @@ pub async fn run(
       match &o.ready {
         ReadySignal::Http => health::wait_until_healthy(
           &target,
-          o.health_timeout,
+          manager.deadlines.probe,
           deadline,
           ANSWERED_DELAY_CAP,
           health::Watch {
@@ -277,13 +239,13 @@ pub async fn run(
           own_listener,
         ).await,
         ReadySignal::Port => ready::wait_for_port(
-          SocketAddr::new(host, port), o.health_timeout, deadline, QUIET_LOOK_EVERY, &nudge, own_listener,
+          SocketAddr::new(host, port), manager.deadlines.probe, deadline, QUIET_LOOK_EVERY, &nudge, own_listener,
         ).await,
         ReadySignal::Stdout(pattern) => line_seen.wait(deadline, &format!("{:?}", pattern.as_str())).await,
         ReadySignal::Notify => {
           #[cfg(unix)]
           {
-            wait_for_notify(manager, notify_socket.as_ref(), deadline, place.replica).await
+            wait_for_notify(manager, notify_socket.as_ref(), deadline, place.index()).await
           }
           #[cfg(not(unix))]
           {
@@ -296,7 +258,7 @@ pub async fn run(
         Ok(ready) => {
           #[cfg(unix)]
           if let Some(socket) = notify_socket {
-            keep_reading_notices(manager, socket, child.clone(), place.replica);
+            keep_reading_notices(manager, socket, child.clone(), place.index());
           }
           // A launcher may have exec'd the real server since the last write.
           rewrite_record(&instance, manager);
@@ -310,15 +272,15 @@ pub async fn run(
           let last = not_ready.last.describe();
           manager.log(Level::Warn, format!(
             "backend not healthy after {} ms and {} health checks (last: {last}); stopping it",
-            o.start_timeout.as_millis(), not_ready.probes
+            manager.deadlines.start.as_millis(), not_ready.probes
           ));
-          let stopped = manager.end(&instance, true, None, place.replica).await;
+          let stopped = manager.end(&instance, true, None, place.index()).await;
           Ok(Attempt::Failed {
             pid,
             exit: stopped.exit,
             error: PmError::StartTimeout {
               port,
-              timeout_ms: o.start_timeout.as_millis() as u64,
+              timeout_ms: manager.deadlines.start.as_millis() as u64,
               last_health_error: last,
             },
           })
@@ -405,7 +367,9 @@ fn rewrite_record(instance: &Arc<Instance>, manager: &Arc<Context>) {
 #[cfg(unix)]
 fn report_notice(manager: &Context, notice: ready::Notice, replica: Option<usize>) {
   match notice {
-    ready::Notice::Status(text) => manager.emit_for(replica, super::Event::Status { text }),
+    ready::Notice::Status(text) => {
+      manager.emit_for(replica, crate::lifecycle::Event::Status { text })
+    }
     ready::Notice::Stopping => {
       manager.log(Level::Info, "the backend says it is stopping (STOPPING=1)")
     }
