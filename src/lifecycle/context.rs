@@ -3,8 +3,9 @@
 //! that is the owner's alone.
 
 use super::deadlines::Deadlines;
-use super::instance::Instance;
+use super::instance::{EndReport, Instance};
 use super::owner;
+use super::platform;
 use super::{Event, Events, Level, Reason, StopResult};
 use crate::blocking;
 use crate::error::{PmError, Result};
@@ -244,53 +245,69 @@ impl Context {
       self.log(Level::Info, format!("stopping backend pid {pid}"));
     }
     let stop_timeout = self.stop_timeout();
-    instance
-      .end(stop_timeout, self.polite(instance), |result, asked, delete_error| {
-        if let Some(problem) = delete_error {
-          self.log(Level::Warn, problem);
-        }
-        if result.forced {
-          self.log(
-            Level::Warn,
-            format!(
-              "backend pid {pid} did not stop within {} ms; force-killed its process group",
-              stop_timeout.as_millis()
-            ),
-          );
-        }
-        if !result.survivors.is_empty() {
-          self.log(
+    let ended = instance.end(stop_timeout, self.polite(instance)).await;
+    let result = ended.result;
+    // Reported once, by the call that ended it, before that call returns.
+    if let Some(EndReport {
+      asked,
+      delete_error,
+    }) = ended.report
+    {
+      if let Some(problem) = delete_error {
+        self.log(Level::Warn, problem);
+      }
+      if result.forced {
+        self.log(
+          Level::Warn,
+          format!(
+            "backend pid {pid} did not stop within {} ms; force-killed its process group",
+            stop_timeout.as_millis()
+          ),
+        );
+      }
+      if !result.survivors.is_empty() {
+        self.log(
             Level::Warn,
             format!(
               "processes {:?} of backend pid {pid} are still alive after the force kill (uninterruptible?); their record is kept, and a later cleanup will end them",
               result.survivors
             ),
           );
-        }
-        // A watchdog verdict stops it, but nobody asked for that: not an expected exit.
-        let expected = asked && reason.is_none();
-        let describe = result.exit.describe();
-        match (expected, reason) {
-          (true, _) => self.log(Level::Info, format!("backend pid {pid} stopped ({describe})")),
-          (false, Some(r)) => self.log(
-            Level::Warn,
-            format!("backend pid {pid} stopped because it was {} ({describe})", match r {
+      }
+      // A watchdog verdict stops it, but nobody asked for that: not an expected exit.
+      let expected = asked && reason.is_none();
+      let describe = result.exit.describe();
+      match (expected, reason) {
+        (true, _) => self.log(
+          Level::Info,
+          format!("backend pid {pid} stopped ({describe})"),
+        ),
+        (false, Some(r)) => self.log(
+          Level::Warn,
+          format!(
+            "backend pid {pid} stopped because it was {} ({describe})",
+            match r {
               Reason::Memory => "over its memory limit",
               _ => "unhealthy",
-            }),
+            }
           ),
-          (false, None) => {
-            self.log(Level::Warn, format!("backend pid {pid} exited unexpectedly ({describe})"))
-          }
-        }
-        self.emit_for(replica, Event::Exit {
+        ),
+        (false, None) => self.log(
+          Level::Warn,
+          format!("backend pid {pid} exited unexpectedly ({describe})"),
+        ),
+      }
+      self.emit_for(
+        replica,
+        Event::Exit {
           pid,
           exit: result.exit.clone(),
           expected,
           reason,
-        });
-      })
-      .await
+        },
+      );
+    }
+    result
   }
 
   /// Waits until every log line queued so far is written (or dropped). Off the async workers.
@@ -322,7 +339,7 @@ impl Context {
         }
       }
     }
-    if cfg!(windows) && (o.limits.open_files.is_some() || o.limits.core_dumps.is_some()) {
+    if !platform::LIMITS_APPLY && (o.limits.open_files.is_some() || o.limits.core_dumps.is_some()) {
       self.log(Level::Warn, "limits are not applied on Windows");
     }
   }

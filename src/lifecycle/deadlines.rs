@@ -2,6 +2,7 @@
 //! each step below it read, so that a limit (the polite-stop step, say) is worked out in one place.
 
 use crate::options::Options;
+use crate::os::stop::FORCE_GRACE;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -9,6 +10,10 @@ use tokio::time::Instant;
 const OUTPUT_DRAIN: Duration = Duration::from_millis(200);
 /// How often a replica the balancer took out (it refused a connection) is probed, when no watchdog does.
 const PUT_BACK_PROBE: Duration = Duration::from_secs(1);
+/// How long past its grace a stop may take before the owner force-kills what is left: longer than the
+/// stop's own wait to see a force-killed group gone (`os::stop::FORCE_GRACE`), so that a stop that
+/// works as it should never meets it.
+const STOP_OVERRUN: Duration = FORCE_GRACE.saturating_add(Duration::from_secs(1));
 /// The longest a polite stop request (`shutdown.http`) may take.
 const POLITE_STEP_CAP: Duration = Duration::from_secs(1);
 
@@ -48,6 +53,12 @@ impl Deadlines {
   /// 1 s)`, so that the signal that follows still has most of the grace.
   pub fn polite_step(grace: Duration) -> Duration {
     (grace / 4).min(POLITE_STEP_CAP)
+  }
+
+  /// When a stop with `grace` that began now must be over: past it, the owner force-kills what is left
+  /// (an end that began earlier with a longer grace, or a process that ignored the force kill's wait).
+  pub fn force_kill_after(grace: Duration) -> Duration {
+    grace + STOP_OVERRUN
   }
 
   /// A probe for a person waiting on it (the dashboard): at most a second.

@@ -45,6 +45,15 @@ pub enum Input {
     stopped: Option<StopResult>,
     stderr_tail: Vec<String>,
   },
+  /// The deadline the current state armed has passed.
+  Deadline(Deadline),
+}
+
+/// The named deadlines a state of the owner arms (at most one at a time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Deadline {
+  /// Stopping a run: by then every process of it is force-killed, whatever grace its end began with.
+  ForceKill,
 }
 
 pub enum Message {

@@ -222,10 +222,8 @@ impl Manager {
   /// a bounded stop's grace, for ends that began with a longer one.
   pub fn force_now(&self) {
     let run = self.view().run.clone();
-    for slot in run.iter().flat_map(|r| r.slots.iter()) {
-      if let Some(instance) = slot.current() {
-        instance.child.force_now();
-      }
+    if let Some(run) = run {
+      run.force_now();
     }
   }
 

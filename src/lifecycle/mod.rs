@@ -14,6 +14,7 @@ mod mailbox;
 pub mod manager;
 mod owner;
 mod place;
+mod platform;
 mod ready;
 mod restart;
 mod run;

@@ -280,6 +280,15 @@ impl Run {
     })
   }
 
+  /// Force-kills the whole tree of every process of the run, now.
+  pub fn force_now(&self) {
+    for slot in &self.slots {
+      if let Some(instance) = slot.current() {
+        instance.child.force_now();
+      }
+    }
+  }
+
   pub fn stop_requested(&self) -> bool {
     *self.stop.borrow()
   }

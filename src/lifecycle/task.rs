@@ -8,16 +8,19 @@
 //! the `View` the owner publishes before it answers anyone.
 
 use super::context::Context;
+use super::deadlines::Deadlines;
 use super::launch::Runtime;
-use super::mailbox::{self, Command, Input, Mailbox, Message, Reply};
+use super::mailbox::{self, Command, Deadline, Input, Mailbox, Message, Reply};
 use super::run::{Front, Run};
 use super::start::{self, Outcome};
 use super::supervisor;
+use super::Level;
 use super::{BackendInfo, Event, StopResult};
 use crate::error::{PmError, Result};
 use crate::options::StartArgs;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 /// A `startBackend()` call, until it is answered.
 struct StartCall {
@@ -139,6 +142,8 @@ struct Owner {
   mailbox: mpsc::WeakUnboundedSender<Message>,
   view: Arc<Mutex<View>>,
   state: State,
+  /// The one deadline the state armed, if any.
+  armed: Option<(Instant, Deadline)>,
   starts: u64,
 }
 
@@ -154,12 +159,21 @@ pub async fn own(
     mailbox,
     view,
     state: State::Idle,
+    armed: None,
     starts: 0,
   };
-  while let Some(message) = messages.recv().await {
+  loop {
+    let message = match owner.armed {
+      Some((at, deadline)) => tokio::select! {
+        message = messages.recv() => message,
+        () = tokio::time::sleep_until(at) => Some(Message::Input(Input::Deadline(deadline))),
+      },
+      None => messages.recv().await,
+    };
     match message {
-      Message::Command(command) => owner.command(command),
-      Message::Input(input) => owner.input(input),
+      Some(Message::Command(command)) => owner.command(command),
+      Some(Message::Input(input)) => owner.input(input),
+      None => return,
     }
   }
 }
@@ -189,8 +203,23 @@ impl Owner {
     };
     let active = view.active();
     *self.view.lock().unwrap_or_else(|e| e.into_inner()) = view;
+    self.armed = self
+      .deadline()
+      .map(|(after, name)| (Instant::now() + after, name));
     if was_active && !active {
       self.ctx.emit(Event::Idle);
+    }
+  }
+
+  /// The deadline a state arms when it is entered: only a run's stop has one (the steps below the owner
+  /// keep their own: a try's ready deadline, a backoff's delay, a stop's grace).
+  fn deadline(&self) -> Option<(std::time::Duration, Deadline)> {
+    match &self.state {
+      State::Stopping(Stopping { run: Some(_), .. }) => Some((
+        Deadlines::force_kill_after(self.ctx.stop_timeout()),
+        Deadline::ForceKill,
+      )),
+      _ => None,
     }
   }
 
@@ -295,6 +324,13 @@ impl Owner {
       State::Stopping(mut stopping) => {
         stopping.stops.push(reply);
         self.state = State::Stopping(stopping);
+        // A bounded stop (`stopSync`) during a longer one brings the force kill forward.
+        if let Some((at, name)) = self
+          .deadline()
+          .map(|(after, name)| (Instant::now() + after, name))
+        {
+          self.armed = Some(self.armed.map_or((at, name), |armed| armed.min((at, name))));
+        }
       }
     }
   }
@@ -362,6 +398,19 @@ impl Owner {
         }
         other => self.state = other,
       },
+      Input::Deadline(Deadline::ForceKill) => {
+        self.armed = None;
+        if let State::Stopping(Stopping { run: Some(run), .. }) = &self.state {
+          self.ctx.log(
+            Level::Warn,
+            format!(
+              "the stop is not done {} ms after it began; force-killing what is left of the backend",
+              Deadlines::force_kill_after(self.ctx.stop_timeout()).as_millis()
+            ),
+          );
+          run.force_now();
+        }
+      }
       Input::Stopped {
         stopped,
         stderr_tail,

@@ -2,6 +2,7 @@
 //! exits, or until a stop cancels the start. Readiness counts only when the port's listener is one of the
 //! backend's own processes (docs/design.md §11): a 2xx from a stranger on the same port is not our backend.
 
+use super::notify::{self, Notices};
 use super::Place;
 use crate::blocking;
 use crate::error::{PmError, Result};
@@ -68,23 +69,7 @@ pub async fn run(
   let o = &manager.options;
   let mut spec = launch.on_port(port, o.host, &o.port_env, place.socket());
   // `ready: 'notify'`: the backend says READY=1 on a socket of this start's own.
-  #[cfg(unix)]
-  let notify_socket = match o.ready {
-    ReadySignal::Notify => {
-      let socket = ready::NotifySocket::open().map_err(|e| PmError::SpawnFailed {
-        command: spec.program.clone(),
-        reason: format!("no notify socket could be made for it: {e}"),
-        problem: None,
-        source: Some(Arc::new(e)),
-      })?;
-      spec.env.retain(|(k, _)| k != "NOTIFY_SOCKET");
-      spec
-        .env
-        .push(("NOTIFY_SOCKET".into(), socket.path().display().to_string()));
-      Some(socket)
-    }
-    _ => None,
-  };
+  let notices = Notices::open(&o.ready, &mut spec)?;
   manager.log(
     Level::Info,
     format!("starting backend: {} {}", spec.program, spec.args.join(" ")),
@@ -122,17 +107,7 @@ pub async fn run(
   spec.no_parent_death_signal = !o.death_guard.parent_death_signal();
   let child = spawn::spawn_held(spec, sink).await?;
   // Held at its gate: the guard knows its group before its program can run.
-  #[cfg(unix)]
-  if o.death_guard.uses_guard() {
-    let told =
-      crate::os::guard::shared().is_some_and(|g| g.watch(child.pid, manager.deadlines.stop));
-    if !told {
-      manager.log(
-        Level::Warn,
-        "the death guard could not be started or told (is /bin/sh there?); the backend may outlive a killed app",
-      );
-    }
-  }
+  notify::tell_guard(manager, child.pid);
   let info = BackendInfo {
     pid: child.pid,
     port,
@@ -162,17 +137,12 @@ pub async fn run(
   if let Err(e) = ran {
     // Its program never ran: nothing to report as an exit, only the process to see gone (and a record
     // written for it to delete).
-    instance
-      .end(
-        manager.deadlines.stop,
-        Polite::default(),
-        |_, _, problem| {
-          if let Some(problem) = problem {
-            manager.log(Level::Warn, problem);
-          }
-        },
-      )
+    let ended = instance
+      .end(manager.deadlines.stop, Polite::default())
       .await;
+    if let Some(problem) = ended.report.and_then(|r| r.delete_error) {
+      manager.log(Level::Warn, problem);
+    }
     return Err(e);
   }
   // Held, it was still a copy of the app: its record could name no executable.
@@ -242,24 +212,12 @@ pub async fn run(
           SocketAddr::new(host, port), manager.deadlines.probe, deadline, QUIET_LOOK_EVERY, &nudge, own_listener,
         ).await,
         ReadySignal::Stdout(pattern) => line_seen.wait(deadline, &format!("{:?}", pattern.as_str())).await,
-        ReadySignal::Notify => {
-          #[cfg(unix)]
-          {
-            wait_for_notify(manager, notify_socket.as_ref(), deadline, place.index()).await
-          }
-          #[cfg(not(unix))]
-          {
-            unreachable!("ready: 'notify' is refused at construction off Unix")
-          }
-        }
+        ReadySignal::Notify => notices.wait_ready(manager, deadline, place.index()).await,
       }
     } => {
       match ready {
         Ok(ready) => {
-          #[cfg(unix)]
-          if let Some(socket) = notify_socket {
-            keep_reading_notices(manager, socket, child.clone(), place.index());
-          }
+          notices.keep_reading(manager, child.clone(), place.index());
           // A launcher may have exec'd the real server since the last write.
           rewrite_record(&instance, manager);
           manager.log(Level::Info, format!(
@@ -290,66 +248,6 @@ pub async fn run(
   }
 }
 
-/// Ready at the first `READY=1`; `STATUS=` lines meanwhile become `status` events.
-#[cfg(unix)]
-async fn wait_for_notify(
-  manager: &Context,
-  socket: Option<&ready::NotifySocket>,
-  deadline: Instant,
-  replica: Option<usize>,
-) -> std::result::Result<health::Ready, health::NotReady> {
-  let began = Instant::now();
-  let not_ready = |why: &str| health::NotReady {
-    last: health::ProbeOutcome::Failed(why.to_string()),
-    probes: 0,
-  };
-  let Some(socket) = socket else {
-    return Err(not_ready("no notify socket"));
-  };
-  loop {
-    let notices = tokio::select! {
-      notices = socket.next() => notices.ok_or_else(|| not_ready("the notify socket failed"))?,
-      _ = tokio::time::sleep_until(deadline) => return Err(not_ready("no READY=1 on NOTIFY_SOCKET")),
-    };
-    // Every notice of the datagram counts: READY=1 often comes with a STATUS= line.
-    let ready = notices.contains(&ready::Notice::Ready);
-    for notice in notices {
-      report_notice(manager, notice, replica);
-    }
-    if ready {
-      return Ok(health::Ready {
-        probes: 0,
-        latency: began.elapsed(),
-      });
-    }
-  }
-}
-
-/// After ready: what the backend still says on its socket, until it exits.
-#[cfg(unix)]
-fn keep_reading_notices(
-  manager: &Arc<Context>,
-  socket: ready::NotifySocket,
-  child: Arc<spawn::Child>,
-  replica: Option<usize>,
-) {
-  let manager = Arc::downgrade(manager);
-  tokio::spawn(async move {
-    loop {
-      let notices = tokio::select! {
-        notices = socket.next() => notices,
-        _ = child.exited() => None,
-      };
-      let (Some(notices), Some(manager)) = (notices, manager.upgrade()) else {
-        return;
-      };
-      for notice in notices {
-        report_notice(&manager, notice, replica);
-      }
-    }
-  });
-}
-
 /// Rewrites the record with what runs now (nothing is written when it did not change). The rewrite, with
 /// its fsync, is not on the way to the app: a stop meanwhile waits for it, or finds the record closed and
 /// nothing is written. Each write takes the record's lock and writes what runs at that moment.
@@ -362,19 +260,6 @@ fn rewrite_record(instance: &Arc<Instance>, manager: &Arc<Context>) {
       }
     }
   });
-}
-
-#[cfg(unix)]
-fn report_notice(manager: &Context, notice: ready::Notice, replica: Option<usize>) {
-  match notice {
-    ready::Notice::Status(text) => {
-      manager.emit_for(replica, crate::lifecycle::Event::Status { text })
-    }
-    ready::Notice::Stopping => {
-      manager.log(Level::Info, "the backend says it is stopping (STOPPING=1)")
-    }
-    ready::Notice::Ready => {}
-  }
 }
 
 /// `Some(true)` when the listener at `addr` is in the backend's tree (or the OS cannot tell), `Some(false)`

@@ -4,6 +4,7 @@
 //! replacement all come through `place`; `attempt` is one try.
 
 mod attempt;
+mod notify;
 
 use super::context::Context;
 use super::instance::Instance;
