@@ -195,14 +195,18 @@ impl Owner {
   /// The one place the state changes: it is published, and `Idle` reported when nothing is under way
   /// any more, before anyone is answered.
   fn set(&mut self, state: State) {
-    let was_active = !matches!(self.state, State::Idle | State::Failed);
     self.state = state;
     let view = View {
       phase: self.state.name(),
       run: self.state.run(),
     };
     let active = view.active();
-    *self.view.lock().unwrap_or_else(|e| e.into_inner()) = view;
+    // What was published before, not `self.state`: a handler takes the state out while it works on it.
+    let was_active = std::mem::replace(
+      &mut *self.view.lock().unwrap_or_else(|e| e.into_inner()),
+      view,
+    )
+    .active();
     self.armed = self
       .deadline()
       .map(|(after, name)| (Instant::now() + after, name));

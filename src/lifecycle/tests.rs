@@ -12,11 +12,15 @@ use tokio::sync::watch;
 struct Recorded {
   exits: Mutex<Vec<(u32, ExitInfo, bool)>>,
   exit_count: watch::Sender<usize>,
+  idles: watch::Sender<usize>,
 }
 
 impl Events for Recorded {
   fn line(&self, _stream: Stream, _text: &str) {}
   fn emit(&self, event: Event) {
+    if event == Event::Idle {
+      self.idles.send_modify(|n| *n += 1);
+    }
     if let Event::Exit {
       pid,
       exit,
@@ -341,4 +345,28 @@ async fn a_bounded_stop_during_a_long_one_force_kills_at_its_own_deadline() {
     "long before stopTimeoutMs: {took:?}"
   );
   assert!(!process::is_alive(info.pid));
+}
+
+/// `idle` comes once nothing is under way any more: after a stop, after a failed start, and after an
+/// exit that nothing restarts (the JS layer then lets Node exit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_is_reported_when_nothing_is_under_way() {
+  let dir = tempfile::tempdir().unwrap();
+  let (pm, events) = manager(dir.path());
+  let mut idles = events.idles.subscribe();
+  let info = start(&pm, dir.path()).await;
+  assert_eq!(*idles.borrow_and_update(), 0);
+  pm.stop().await.unwrap();
+  assert_eq!(*idles.borrow_and_update(), 1, "after a stop");
+  assert!(!pm.is_active());
+
+  let info2 = start(&pm, dir.path()).await;
+  assert_ne!(info.pid, info2.pid);
+  crate::os::signal::signal_pid(info2.pid, crate::os::signal::Stop::Force);
+  tokio::time::timeout(Duration::from_secs(5), idles.wait_for(|n| *n >= 2))
+    .await
+    .expect("idle after an exit that nothing restarts")
+    .unwrap();
+  assert!(!pm.is_active());
+  assert!(pm.backend().is_none());
 }
