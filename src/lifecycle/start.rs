@@ -5,7 +5,7 @@
 use super::context::Context;
 use super::instance::Instance;
 use super::launch::{Launch, Runtime};
-use super::place::{self, bind_public, Place, Placed, Ports};
+use super::place::{self, bind_public, NotUp, Place, Placed, Ports};
 use super::run::Front;
 use super::StopResult;
 use crate::blocking;
@@ -237,14 +237,14 @@ async fn start_one(
   let renew_token = place.replica.is_none() && matches!(place.ports, Ports::Range { .. });
   match place::place(ctx, launch, &place, cancel, 0, renew_token).await? {
     Placed::Up(instance, latency, reserved) => Ok(One::Up(reserved, instance, latency)),
-    Placed::Cancelled {
+    Placed::NotUp(NotUp::Cancelled {
       stopped,
       stderr_tail,
-    } => Ok(One::Cancelled {
+    }) => Ok(One::Cancelled {
       stopped,
       stderr_tail,
     }),
-    Placed::Failed { error, .. } => Err(error),
+    Placed::NotUp(NotUp::Failed { error, .. }) => Err(error),
   }
 }
 

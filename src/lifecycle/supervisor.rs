@@ -9,7 +9,7 @@ use super::context::Context;
 use super::instance::Instance;
 use super::mailbox::{self, Input, Mailbox};
 use super::owner;
-use super::place::{self, Place, Placed, Ports};
+use super::place::{self, NotUp, Place, Placed, Ports};
 use super::restart::Decision;
 use super::run::Reload;
 use super::run::{lock, Front, Run, Slot};
@@ -337,12 +337,12 @@ async fn replace(
   .await;
   let (instance, latency, reservation) = match placed {
     Ok(Placed::Up(instance, latency, reserved)) => (instance, latency, reserved),
-    Ok(Placed::Cancelled { .. }) => {
+    Ok(Placed::NotUp(NotUp::Cancelled { .. })) => {
       let result = manager.end(old, true, None, replica).await;
       run.went_down(slot);
       return Replaced::Stopped(Some(result));
     }
-    Ok(Placed::Failed { error, .. }) | Err(error) => return Replaced::Kept(error),
+    Ok(Placed::NotUp(NotUp::Failed { error, .. })) | Err(error) => return Replaced::Kept(error),
   };
   let old_upstream = slot.upstream();
   if let Some(reserved) = reservation {
@@ -433,8 +433,8 @@ async fn restart_once(
       manager.emit_for(run.replica(slot), Event::Ready(ready_info(run, &instance)));
       Restarted::Up
     }
-    Ok(Placed::Cancelled { stopped, .. }) => Restarted::Stopped(stopped),
-    Ok(Placed::Failed { pid, exit, .. }) => Restarted::Exited { pid, exit },
+    Ok(Placed::NotUp(NotUp::Cancelled { stopped, .. })) => Restarted::Stopped(stopped),
+    Ok(Placed::NotUp(NotUp::Failed { pid, exit, .. })) => Restarted::Exited { pid, exit },
     Err(e) => Restarted::Fatal(e),
   }
 }

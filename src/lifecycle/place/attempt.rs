@@ -37,6 +37,12 @@ pub enum Attempt {
   /// The backend lost the race for its port (it said so, then exited); try the next one. `exited` is the
   /// error to report if no try is left.
   PortTaken { port: u16, exited: PmError },
+  /// It did not come up, and another port would not help.
+  NotUp(NotUp),
+}
+
+/// Why a process did not come up.
+pub enum NotUp {
   /// A stop came first; what it stopped (nothing, if it came before the spawn).
   Cancelled {
     stopped: Option<StopResult>,
@@ -61,10 +67,10 @@ pub async fn run(
 ) -> Result<Attempt> {
   let cancelled = *cancel.borrow_and_update();
   if cancelled {
-    return Ok(Attempt::Cancelled {
+    return Ok(Attempt::NotUp(NotUp::Cancelled {
       stopped: None,
       stderr_tail: Vec::new(),
-    });
+    }));
   }
   let o = &manager.options;
   let mut spec = launch.on_port(port, o.host, &o.port_env, place.socket());
@@ -173,7 +179,7 @@ pub async fn run(
     biased;
     _ = async { cancel.wait_for(|c| *c).await.map(|_| ()) } => {
       let stopped = manager.end(&instance, true, None, place.index()).await;
-      Ok(Attempt::Cancelled { stopped: Some(stopped), stderr_tail: child.output.stderr_tail() })
+      Ok(Attempt::NotUp(NotUp::Cancelled { stopped: Some(stopped), stderr_tail: child.output.stderr_tail() }))
     }
     exit = child.exited() => {
       child.output.wait_closed(manager.deadlines.output_drain).await;
@@ -192,7 +198,7 @@ pub async fn run(
       if port_taken.load(Ordering::SeqCst) {
         return Ok(Attempt::PortTaken { port, exited });
       }
-      Ok(Attempt::Failed { pid, exit, error: exited })
+      Ok(Attempt::NotUp(NotUp::Failed { pid, exit, error: exited }))
     }
     ready = async {
       match &o.ready {
@@ -233,7 +239,7 @@ pub async fn run(
             manager.deadlines.start.as_millis(), not_ready.probes
           ));
           let stopped = manager.end(&instance, true, None, place.index()).await;
-          Ok(Attempt::Failed {
+          Ok(Attempt::NotUp(NotUp::Failed {
             pid,
             exit: stopped.exit,
             error: PmError::StartTimeout {
@@ -241,7 +247,7 @@ pub async fn run(
               timeout_ms: manager.deadlines.start.as_millis() as u64,
               last_health_error: last,
             },
-          })
+          }))
         }
       }
     }

@@ -9,13 +9,13 @@ mod notify;
 use super::context::Context;
 use super::instance::Instance;
 use super::launch::Launch;
-use super::{Event, Level, StopResult};
+use super::{Event, Level};
 use crate::blocking;
 use crate::error::{PmError, Result};
 use crate::net::port::{self, Search};
 use crate::net::reservation::{self, Reservation};
-use crate::os::spawn::ExitInfo;
 use attempt::Attempt;
+pub use attempt::NotUp;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -67,17 +67,7 @@ pub enum Placed {
   /// Healthy: the process, its last probe's latency, and the reservation of a port newly taken for it
   /// (`None`: the port it kept, or the shared socket).
   Up(Arc<Instance>, Duration, Option<Reservation>),
-  /// A stop came first; what it stopped (nothing, if it came before the spawn).
-  Cancelled {
-    stopped: Option<StopResult>,
-    stderr_tail: Vec<String>,
-  },
-  /// The process ended before it was healthy (by itself, or stopped at the start deadline).
-  Failed {
-    pid: u32,
-    exit: ExitInfo,
-    error: PmError,
-  },
+  NotUp(NotUp),
 }
 
 /// Places one process: healthy, or why not. `renew_token`: a port lost to another program is retried
@@ -96,15 +86,6 @@ pub async fn place(
     let (port, reserved) = pick(ctx, &place.ports, &exclude, try_index == 0).await?;
     match attempt::run(ctx, launch, place, port, cancel, restarts).await? {
       Attempt::Ready(instance, latency) => return Ok(Placed::Up(instance, latency, reserved)),
-      Attempt::Cancelled {
-        stopped,
-        stderr_tail,
-      } => {
-        return Ok(Placed::Cancelled {
-          stopped,
-          stderr_tail,
-        })
-      }
       Attempt::PortTaken { port, exited } => {
         let shared = matches!(place.ports, Ports::Shared(..));
         if shared || try_index == ADDRESS_IN_USE_RETRIES {
@@ -124,7 +105,7 @@ pub async fn place(
           ctx.learn_secrets(launch, true);
         }
       }
-      Attempt::Failed { pid, exit, error } => return Ok(Placed::Failed { pid, exit, error }),
+      Attempt::NotUp(not_up) => return Ok(Placed::NotUp(not_up)),
     }
   }
   unreachable!("the loop returns on its last try")
