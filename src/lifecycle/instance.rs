@@ -157,16 +157,11 @@ impl Instance {
 
   /// Ends the instance once: stops it (when a stop was requested: `polite` requests, then the signal) or
   /// deals with its exit, stops what is left of its group, and closes its record — unless something
-  /// survived even the force kill, whose record is then kept for a later cleanup. `on_end` runs once,
-  /// before the result is returned to anyone, with whether the end was asked for and what went wrong
-  /// deleting the record.
-  pub async fn end(
-    &self,
-    stop_timeout: Duration,
-    polite: Polite,
-    on_end: impl FnOnce(&StopResult, bool, Option<String>),
-  ) -> StopResult {
-    self
+  /// survived even the force kill, whose record is then kept for a later cleanup. Every caller gets the
+  /// result; the one whose call ended it also gets what there is to report (`Ended::report`).
+  pub async fn end(&self, stop_timeout: Duration, polite: Polite) -> Ended {
+    let report = Mutex::new(None);
+    let result = self
       .finished
       .get_or_init(|| async {
         let requested = self.stop_requested();
@@ -184,18 +179,38 @@ impl Instance {
           }
         }
         drop(file);
-        let result = StopResult {
+        *report.lock().unwrap_or_else(|e| e.into_inner()) = Some(EndReport {
+          asked: requested.is_some(),
+          delete_error,
+        });
+        StopResult {
           pid: self.info.pid,
           exit: outcome.exit,
           forced: outcome.forced,
           duration: began.elapsed(),
           survivors: outcome.survivors,
           replicas: Vec::new(),
-        };
-        on_end(&result, requested.is_some(), delete_error);
-        result
+        }
       })
       .await
-      .clone()
+      .clone();
+    Ended {
+      result,
+      report: report.into_inner().unwrap_or_else(|e| e.into_inner()),
+    }
   }
+}
+
+/// How an instance ended.
+pub struct Ended {
+  pub result: StopResult,
+  /// For the call that ended it (`None` for the others, which found it ended).
+  pub report: Option<EndReport>,
+}
+
+pub struct EndReport {
+  /// The end was asked for (a stop, or a watchdog verdict), rather than an exit of its own.
+  pub asked: bool,
+  /// What went wrong deleting its record.
+  pub delete_error: Option<String>,
 }

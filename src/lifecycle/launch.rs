@@ -1,6 +1,7 @@
 //! What to run: the program, its arguments, folder and environment, resolved from the options and
 //! `startBackend(projectRoot, isPackaged)`; and, per attempt, the port and host filled in.
 
+use super::platform::same_variable;
 use crate::error::{PmError, Result};
 use crate::options::{InheritEnv, Options, StartArgs};
 use crate::os::spawn::SpawnSpec;
@@ -57,15 +58,6 @@ const MINIMAL_ENV: [&str; 8] = [
   "LANG",
   "SystemRoot",
 ];
-
-fn same_variable(a: &str, b: &str) -> bool {
-  // Windows treats environment variable names without regard to case (`Path` is `PATH`).
-  if cfg!(windows) {
-    a.eq_ignore_ascii_case(b)
-  } else {
-    a == b
-  }
-}
 
 fn inherited(env: &[(String, String)], inherit: &InheritEnv) -> Vec<(String, String)> {
   match inherit {

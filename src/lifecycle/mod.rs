@@ -1,18 +1,26 @@
 //! The lifecycle of one named backend: clean up orphans → pick a port → spawn → record → wait until
-//! healthy → run, supervised → stop. `manager` holds the phases and the public operations, `attempt` one
-//! try on one port, `instance` one spawned process and its record, `supervisor` what watches a running
-//! backend (exits, restarts, watchdog, stats), `restart` the restart policy's arithmetic, `launch` what to
-//! run.
+//! healthy → run, supervised → stop. `task` is the backend's owner: the one task that holds its state and
+//! takes the messages of `mailbox`; `manager` the public operations, which send it commands. Below the
+//! owner, each step returns what happened: `start` a start, `attempt` one try on one port, `instance` one
+//! spawned process and its record, `supervisor` what watches a running backend (exits, restarts,
+//! watchdog, stats), `restart` the restart policy's arithmetic, `launch` what to run; `context` is what
+//! they all use (options, events, log, ends).
 
-mod attempt;
+mod context;
+mod deadlines;
 mod instance;
 pub mod launch;
+mod mailbox;
 pub mod manager;
 mod owner;
+mod place;
+mod platform;
 mod ready;
 mod restart;
 mod run;
+mod start;
 mod supervisor;
+mod task;
 
 pub use manager::Manager;
 
@@ -53,6 +61,25 @@ pub struct StopResult {
   pub survivors: Vec<u32>,
   /// With replicas: the stop of each (the fields above then sum them up).
   pub replicas: Vec<StopResult>,
+}
+
+impl StopResult {
+  /// One result for a stop of several processes: the replicas' added up (`pid` of the first, forced if
+  /// any was); a single process's own result.
+  pub fn combine(mut results: Vec<StopResult>, replicated: bool) -> Option<StopResult> {
+    if !replicated {
+      return results.pop();
+    }
+    let first = results.first()?.clone();
+    Some(StopResult {
+      pid: first.pid,
+      exit: first.exit.clone(),
+      forced: results.iter().any(|r| r.forced),
+      duration: results.iter().map(|r| r.duration).max().unwrap_or_default(),
+      survivors: results.iter().flat_map(|r| r.survivors.clone()).collect(),
+      replicas: results,
+    })
+  }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

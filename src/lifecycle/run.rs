@@ -5,7 +5,7 @@
 use super::instance::Instance;
 use super::launch::Launch;
 use super::restart::RestartBook;
-use super::{BackendInfo, Reason, ReplicaInfo, Stats, StopResult};
+use super::{BackendInfo, Reason, ReplicaInfo, Stats};
 use crate::error::Result;
 use crate::net::balancer::Balancer;
 use crate::net::reservation::Reservation;
@@ -186,11 +186,6 @@ pub struct Run {
   pub slots: Vec<Arc<Slot>>,
   /// Set by a stop: the supervisors end their processes and start nothing more.
   pub stop: watch::Sender<bool>,
-  /// The supervisors' last word: what the stop stopped (`None`: nothing ran).
-  pub done: watch::Sender<Option<Option<StopResult>>>,
-  /// Changes each time a process of the run comes up: a start asked for while none is up waits for it
-  /// (or for `done`). `info()` says what is up; this only wakes the waiter.
-  pub up: watch::Sender<()>,
   /// One reload at a time.
   pub reloading: tokio::sync::Mutex<()>,
 }
@@ -235,8 +230,6 @@ impl Run {
       front,
       slots: slots.iter().map(|(s, _, _)| s.clone()).collect(),
       stop: watch::channel(false).0,
-      done: watch::channel(None).0,
-      up: watch::channel(()).0,
       reloading: tokio::sync::Mutex::new(()),
     });
     for (slot, instance, latency) in slots {
@@ -280,11 +273,20 @@ impl Run {
       pid: first.info.pid,
       port: self.public_port,
       host: first.info.host.clone(),
-      url: super::manager::url_for(self.host, self.public_port),
+      url: super::context::url_for(self.host, self.public_port),
       started_at: first.info.started_at,
       token: self.launch.token.clone(),
       replicas,
     })
+  }
+
+  /// Force-kills the whole tree of every process of the run, now.
+  pub fn force_now(&self) {
+    for slot in &self.slots {
+      if let Some(instance) = slot.current() {
+        instance.child.force_now();
+      }
+    }
   }
 
   pub fn stop_requested(&self) -> bool {
@@ -303,7 +305,7 @@ impl Run {
         slot.upstream()
       };
       let addr =
-        std::net::SocketAddr::new(super::manager::reachable(self.host), instance.info.port);
+        std::net::SocketAddr::new(super::context::reachable(self.host), instance.info.port);
       balancer.add(id, addr);
     }
     *lock(&slot.current) = Some(instance);
@@ -313,7 +315,6 @@ impl Run {
       healthy_since: Some(Instant::now()),
       ..Health::default()
     };
-    self.up.send_replace(());
   }
 
   /// A slot's process is gone (its supervisor decides what comes next).

@@ -5,10 +5,11 @@
 //! end of a running process goes through its slot's task, including the one a stop asks for, so nothing is
 //! started once a stop has been asked for (docs/design.md §16).
 
-use super::attempt::{self, Attempt, Where};
+use super::context::Context;
 use super::instance::Instance;
-use super::manager::{port_lost, Manager, ADDRESS_IN_USE_RETRIES};
+use super::mailbox::{self, Input, Mailbox};
 use super::owner;
+use super::place::{self, NotUp, Place, Placed, Ports};
 use super::restart::Decision;
 use super::run::Reload;
 use super::run::{lock, Front, Run, Slot};
@@ -22,17 +23,14 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-/// How often a replica the balancer took out (it refused a connection) is probed, when no watchdog does.
-const PUT_BACK_PROBE: Duration = Duration::from_secs(1);
-
 /// Starts the supervisors of `run`, which is up with its first processes.
-pub fn start(manager: Arc<Manager>, run: Arc<Run>) {
+pub fn start(manager: Arc<Context>, run: Arc<Run>, owner: Mailbox) {
   tokio::spawn(async move {
     let mut slots = JoinSet::new();
     for slot in &run.slots {
-      let (manager, run, slot) = (manager.clone(), run.clone(), slot.clone());
+      let (manager, run, slot, owner) = (manager.clone(), run.clone(), slot.clone(), owner.clone());
       slots.spawn(async move {
-        let result = supervise(&manager, &run, &slot).await;
+        let result = supervise(&manager, &run, &slot, &owner).await;
         slot.release_port();
         (slot.index, result)
       });
@@ -48,7 +46,7 @@ pub fn start(manager: Arc<Manager>, run: Arc<Run>) {
     put_back.abort();
     close_front(&run).await;
     results.sort_by_key(|(index, _)| *index);
-    let result = combine(
+    let result = StopResult::combine(
       results.into_iter().filter_map(|(_, r)| r).collect(),
       run.replicated(),
     );
@@ -59,30 +57,33 @@ pub fn start(manager: Arc<Manager>, run: Arc<Run>) {
         error: "no replica of the backend is left".into(),
       });
     }
-    manager.run_ended(&run);
-    run.done.send_replace(Some(result));
+    mailbox::report(&owner, Input::RunEnded(run.clone(), result));
   });
+}
+
+/// Reloads every slot of `run` in turn (`reason`: a watchdog verdict, for replicas on one socket). A slot
+/// with no process now (down between restarts, or for good) is left to its supervisor.
+pub async fn reload_all(
+  manager: Arc<Context>,
+  run: Arc<Run>,
+  reason: Option<Reason>,
+) -> Result<Option<super::BackendInfo>> {
+  let _one_at_a_time = run.reloading.lock().await;
+  for slot in &run.slots {
+    if run.stop_requested() {
+      break;
+    }
+    if let Err(e) = slot.reload(reason).await {
+      manager.log(Level::Warn, format!("reload failed: {e}"));
+      return Err(e);
+    }
+  }
+  Ok(run.info())
 }
 
 /// The front stops taking connections once no replica is left (a stop has already stopped accepting).
 async fn close_front(run: &Run) {
   run.front.close(Instant::now()).await;
-}
-
-/// One result for the stop: the replicas' added up (`pid` of the first, forced if any was).
-pub(super) fn combine(mut results: Vec<StopResult>, replicated: bool) -> Option<StopResult> {
-  if !replicated {
-    return results.pop();
-  }
-  let first = results.first()?.clone();
-  Some(StopResult {
-    pid: first.pid,
-    exit: first.exit.clone(),
-    forced: results.iter().any(|r| r.forced),
-    duration: results.iter().map(|r| r.duration).max().unwrap_or_default(),
-    survivors: results.iter().flat_map(|r| r.survivors.clone()).collect(),
-    replicas: results,
-  })
 }
 
 enum Ended {
@@ -104,7 +105,12 @@ async fn stop_asked(stop: &mut watch::Receiver<bool>) {
   let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn supervise(manager: &Arc<Manager>, run: &Arc<Run>, slot: &Arc<Slot>) -> Option<StopResult> {
+async fn supervise(
+  manager: &Arc<Context>,
+  run: &Arc<Run>,
+  slot: &Arc<Slot>,
+  owner: &Mailbox,
+) -> Option<StopResult> {
   let mut stop = run.stop.subscribe();
   let mut reloads = slot.take_reloads()?;
   loop {
@@ -127,6 +133,7 @@ async fn supervise(manager: &Arc<Manager>, run: &Arc<Run>, slot: &Arc<Slot>) -> 
       Ended::Exit => {
         let result = manager.end(&instance, false, None, replica).await;
         run.went_down(slot);
+        mailbox::report(owner, Input::Down(run.clone()));
         Down {
           pid: instance.info.pid,
           exit: result.exit,
@@ -137,6 +144,7 @@ async fn supervise(manager: &Arc<Manager>, run: &Arc<Run>, slot: &Arc<Slot>) -> 
       Ended::Verdict(reason) => {
         let result = manager.end(&instance, true, Some(reason), replica).await;
         run.went_down(slot);
+        mailbox::report(owner, Input::Down(run.clone()));
         Down {
           pid: instance.info.pid,
           exit: result.exit,
@@ -147,6 +155,7 @@ async fn supervise(manager: &Arc<Manager>, run: &Arc<Run>, slot: &Arc<Slot>) -> 
       Ended::Reload(request) => {
         match replace(manager, run, slot, &instance, &mut stop, request.reason).await {
           Replaced::Done => {
+            mailbox::report(owner, Input::Up(run.clone()));
             let _ = request.reply.send(Ok(()));
             continue;
           }
@@ -159,14 +168,16 @@ async fn supervise(manager: &Arc<Manager>, run: &Arc<Run>, slot: &Arc<Slot>) -> 
             return result;
           }
           Replaced::Down(down, error) => {
+            mailbox::report(owner, Input::Down(run.clone()));
             let _ = request.reply.send(Err(error));
             down
           }
         }
       }
     };
-    if let Some(result) = recover(manager, run, slot, down, &mut stop).await {
-      return result;
+    match recover(manager, run, slot, down, &mut stop).await {
+      Some(result) => return result,
+      None => mailbox::report(owner, Input::Up(run.clone())),
     }
   }
 }
@@ -183,7 +194,7 @@ fn stopped_during_reload() -> PmError {
 /// After a process went down without a stop: restarts per the policy until one is up (`None`), or ends
 /// the slot (`Some`: what a stop meanwhile stopped, if one came).
 async fn recover(
-  manager: &Arc<Manager>,
+  manager: &Arc<Context>,
   run: &Arc<Run>,
   slot: &Arc<Slot>,
   down: Down,
@@ -270,7 +281,7 @@ enum Replaced {
 /// old one, which is put out (drained, with the balancer) and stopped once the new one is in; a process on
 /// its own port is stopped first, then started again on that port.
 async fn replace(
-  manager: &Arc<Manager>,
+  manager: &Arc<Context>,
   run: &Arc<Run>,
   slot: &Arc<Slot>,
   old: &Arc<Instance>,
@@ -314,30 +325,24 @@ async fn replace(
       }
     };
   }
-  let (reservation, place) = match run.socket() {
-    Some(socket) => (None, Where::shared(run.public_port, socket)),
-    None => match manager.reserve_internal_port(&[]).await {
-      Ok(reserved) => {
-        let port = reserved.port();
-        (Some(reserved), Where::own(port))
-      }
-      Err(e) => return Replaced::Kept(e),
-    },
-  };
-  let place = match run.replicated() {
-    true => place.replica(run.public_port, slot.index),
-    false => place,
-  };
-  let (instance, latency) = match attempt::run(manager, &run.launch, place, stop, restarts).await {
-    Ok(Attempt::Ready(instance, latency)) => (instance, latency),
-    Ok(Attempt::Cancelled { .. }) => {
+  let mut launch = run.launch.clone();
+  let placed = place::place(
+    manager,
+    &mut launch,
+    &place_of(run, slot, false),
+    stop,
+    restarts,
+    false,
+  )
+  .await;
+  let (instance, latency, reservation) = match placed {
+    Ok(Placed::Up(instance, latency, reserved)) => (instance, latency, reserved),
+    Ok(Placed::NotUp(NotUp::Cancelled { .. })) => {
       let result = manager.end(old, true, None, replica).await;
       run.went_down(slot);
       return Replaced::Stopped(Some(result));
     }
-    Ok(Attempt::PortTaken { exited, .. }) => return Replaced::Kept(exited),
-    Ok(Attempt::Failed { error, .. }) => return Replaced::Kept(error),
-    Err(e) => return Replaced::Kept(e),
+    Ok(Placed::NotUp(NotUp::Failed { error, .. })) | Err(error) => return Replaced::Kept(error),
   };
   let old_upstream = slot.upstream();
   if let Some(reserved) = reservation {
@@ -347,7 +352,7 @@ async fn replace(
   manager.emit_for(replica, Event::Ready(ready_info(run, &instance)));
   if let Front::Balanced { balancer, .. } = &run.front {
     let open = balancer
-      .drain(old_upstream, Instant::now() + manager.options.stop_timeout)
+      .drain(old_upstream, Instant::now() + manager.deadlines.stop)
       .await;
     balancer.remove(old_upstream);
     if open > 0 {
@@ -373,7 +378,7 @@ fn ready_info(run: &Run, instance: &Instance) -> super::BackendInfo {
 }
 
 fn give_up(
-  manager: &Manager,
+  manager: &Context,
   run: &Run,
   slot: &Slot,
   reason: Reason,
@@ -411,80 +416,47 @@ enum Restarted {
 /// One restart of a slot: on its kept port if still free, else on another (`port-changed`); with a
 /// shared socket, on that socket.
 async fn restart_once(
-  manager: &Arc<Manager>,
+  manager: &Arc<Context>,
   run: &Arc<Run>,
   slot: &Slot,
   attempt: u32,
   stop: &mut watch::Receiver<bool>,
 ) -> Restarted {
-  let mut exclude = Vec::new();
-  for _ in 0..=ADDRESS_IN_USE_RETRIES {
-    let place = match run.socket() {
-      Some(socket) => Where::shared(run.public_port, socket),
-      None => match keep_or_move_port(manager, run, slot, &exclude).await {
-        Ok(port) => Where::own(port),
-        Err(e) => return Restarted::Fatal(e),
-      },
-    };
-    let place = match run.replicated() {
-      true => place.replica(run.public_port, slot.index),
-      false => place,
-    };
-    match attempt::run(manager, &run.launch, place, stop, attempt).await {
-      Ok(Attempt::Ready(instance, latency)) => {
-        run.went_up(slot, instance.clone(), latency, false);
-        manager.emit_for(run.replica(slot), Event::Ready(ready_info(run, &instance)));
-        return Restarted::Up;
+  let mut launch = run.launch.clone();
+  let place = place_of(run, slot, true);
+  match place::place(manager, &mut launch, &place, stop, attempt, false).await {
+    Ok(Placed::Up(instance, latency, reserved)) => {
+      if let Some(reserved) = reserved {
+        slot.set_port(reserved);
       }
-      Ok(Attempt::Cancelled { stopped, .. }) => return Restarted::Stopped(stopped),
-      Ok(Attempt::PortTaken { port, .. }) if exclude.len() < ADDRESS_IN_USE_RETRIES => {
-        exclude.push(port)
-      }
-      Ok(Attempt::PortTaken { port, exited }) => return Restarted::Fatal(port_lost(port, exited)),
-      Ok(Attempt::Failed { pid, exit, .. }) => return Restarted::Exited { pid, exit },
-      Err(e) => return Restarted::Fatal(e),
+      run.went_up(slot, instance.clone(), latency, false);
+      manager.emit_for(run.replica(slot), Event::Ready(ready_info(run, &instance)));
+      Restarted::Up
     }
+    Ok(Placed::NotUp(NotUp::Cancelled { stopped, .. })) => Restarted::Stopped(stopped),
+    Ok(Placed::NotUp(NotUp::Failed { pid, exit, .. })) => Restarted::Exited { pid, exit },
+    Err(e) => Restarted::Fatal(e),
   }
-  Restarted::Fatal(PmError::Internal("no port tried for the restart".into()))
 }
 
-/// The slot's port if no other program took it meanwhile (and it is not in `exclude`); otherwise a new
-/// one, which then becomes the slot's (`port-changed` for the public port).
-async fn keep_or_move_port(
-  manager: &Arc<Manager>,
-  run: &Run,
-  slot: &Slot,
-  exclude: &[u16],
-) -> Result<u16> {
-  let kept = slot.port();
-  if let Some(port) = kept.filter(|p| !exclude.contains(p)) {
-    let free =
-      crate::blocking::run(move || crate::net::port::is_port_available(port, None)).await?;
-    if free {
-      return Ok(port);
-    }
-  }
-  let mut avoid = exclude.to_vec();
-  avoid.extend(kept);
-  let reserved = match run.front {
-    Front::Direct => manager.reserve_port(&avoid).await?,
-    _ => manager.reserve_internal_port(&avoid).await?,
+/// Where a new process of `slot` goes: on the manager's socket; or on a port of its own — the slot's
+/// port again while it is free (`keep`: a restart), or a fresh one beside the old process (a reload).
+fn place_of(run: &Run, slot: &Slot, keep: bool) -> Place {
+  let keep = slot.port().filter(|_| keep);
+  let ports = match (run.socket(), &run.front) {
+    (Some(socket), _) => Ports::Shared(run.public_port, socket),
+    (None, Front::Direct) => Ports::Range { keep },
+    (None, _) => Ports::Internal { keep },
   };
-  let port = reserved.port();
-  slot.set_port(reserved);
-  if let (Some(previous), Front::Direct) = (kept, &run.front) {
-    manager.log(
-      Level::Warn,
-      format!("port {previous} was taken by another program; the backend moves to port {port}"),
-    );
-    manager.emit(Event::PortChanged { previous, port });
-  }
-  Ok(port)
+  Place::new(
+    ports,
+    run.replicated().then_some((run.public_port, slot.index)),
+  )
 }
 
 /// Replicas the balancer took out because they refused a connection: probed every second (the watchdog
 /// does it too, when there is one) and put back once they answer.
-async fn put_back_refusing(manager: Arc<Manager>, run: Arc<Run>) {
+async fn put_back_refusing(manager: Arc<Context>, run: Arc<Run>) {
   let Front::Balanced { balancer, .. } = &run.front else {
     return;
   };
@@ -498,7 +470,7 @@ async fn put_back_refusing(manager: Arc<Manager>, run: Arc<Run>) {
     let (manager, run, balancer) = (manager.clone(), run.clone(), balancer.clone());
     tokio::spawn(async move {
       loop {
-        tokio::time::sleep(PUT_BACK_PROBE).await;
+        tokio::time::sleep(manager.deadlines.put_back).await;
         let Some(instance) = slot.current() else {
           return;
         };
@@ -508,7 +480,7 @@ async fn put_back_refusing(manager: Arc<Manager>, run: Arc<Run>) {
         let pid = instance.info.pid;
         let secret = owner::secret(instance.info.token.clone(), move || vec![pid]);
         let target = manager.target(instance.info.port, secret);
-        if health::probe(&target, manager.options.health_timeout)
+        if health::probe(&target, manager.deadlines.probe)
           .await
           .is_healthy()
         {
@@ -543,7 +515,7 @@ fn every(period: Option<Duration>) -> Option<Interval> {
 /// `healthy`; resolves only with a verdict that needs a restart (the restart policy is on), never
 /// otherwise.
 async fn watchdog(
-  manager: &Arc<Manager>,
+  manager: &Arc<Context>,
   run: &Arc<Run>,
   slot: &Slot,
   instance: &Instance,
@@ -558,8 +530,13 @@ async fn watchdog(
   // Replicas on one socket: a probe reaches whichever accepts, so one slot probes for them all, and its
   // verdict replaces them all one by one (as a reload).
   let shared = run.socket().is_some() && run.replicated();
-  let mut probes = every(o.health_interval.filter(|_| !shared || slot.index == 0));
-  let mut samples = every(o.memory_interval());
+  let mut probes = every(
+    manager
+      .deadlines
+      .watchdog
+      .filter(|_| !shared || slot.index == 0),
+  );
+  let mut samples = every(manager.deadlines.samples);
   // With replicas, `stats` events are the run's: the first slot with a running process sends them.
   let sends_stats = || {
     o.stats_interval.is_some()
@@ -574,11 +551,11 @@ async fn watchdog(
     tokio::select! {
       _ = tick(&mut probes) => {
         let began = Instant::now();
-        let outcome = health::probe(&target, o.health_timeout).await;
+        let outcome = health::probe(&target, manager.deadlines.probe).await;
         let unhealthy = probe_verdict(manager, run, slot, outcome, began.elapsed());
         keep_verdict(manager, run, slot, instance).await;
         if unhealthy && restart && shared {
-          tokio::spawn(super::manager::reload_run(manager.clone(), run.clone(), Some(Reason::Unhealthy)));
+          tokio::spawn(reload_all(manager.clone(), run.clone(), Some(Reason::Unhealthy)));
         } else if unhealthy && restart {
           return Reason::Unhealthy;
         }
@@ -602,7 +579,7 @@ async fn watchdog(
 
 /// Keeps the current verdict in the PID record (rewritten only when it changed) for `backend-pm status`,
 /// and tells the balancer.
-async fn keep_verdict(manager: &Manager, run: &Run, slot: &Slot, instance: &Instance) {
+async fn keep_verdict(manager: &Context, run: &Run, slot: &Slot, instance: &Instance) {
   let healthy = lock(&slot.health).healthy;
   run.health_changed(slot, healthy);
   if let Err(e) = instance.set_healthy(healthy).await {
@@ -612,7 +589,7 @@ async fn keep_verdict(manager: &Manager, run: &Run, slot: &Slot, instance: &Inst
 
 /// Counts a watchdog probe; true when it made the process unhealthy (just now).
 fn probe_verdict(
-  manager: &Manager,
+  manager: &Context,
   run: &Run,
   slot: &Slot,
   outcome: ProbeOutcome,
@@ -657,7 +634,7 @@ fn probe_verdict(
 }
 
 /// Compares a memory sample with `maxMemoryBytes`; true when it made the process unhealthy (just now).
-fn memory_verdict(manager: &Manager, run: &Run, slot: &Slot, memory_bytes: u64) -> bool {
+fn memory_verdict(manager: &Context, run: &Run, slot: &Slot, memory_bytes: u64) -> bool {
   let Some(limit) = manager.options.max_memory_bytes else {
     return false;
   };

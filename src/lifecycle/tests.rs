@@ -12,11 +12,15 @@ use tokio::sync::watch;
 struct Recorded {
   exits: Mutex<Vec<(u32, ExitInfo, bool)>>,
   exit_count: watch::Sender<usize>,
+  idles: watch::Sender<usize>,
 }
 
 impl Events for Recorded {
   fn line(&self, _stream: Stream, _text: &str) {}
   fn emit(&self, event: Event) {
+    if event == Event::Idle {
+      self.idles.send_modify(|n| *n += 1);
+    }
     if let Event::Exit {
       pid,
       exit,
@@ -44,8 +48,12 @@ fn python3() -> String {
 }
 
 fn manager(dir: &std::path::Path) -> (Arc<Manager>, Arc<Recorded>) {
+  manager_with(dir, Vec::new())
+}
+
+fn manager_with(dir: &std::path::Path, extra: Vec<(&str, Value)>) -> (Arc<Manager>, Arc<Recorded>) {
   let text = |s: &str| Value::String(s.into());
-  let options = Options::parse(&Value::object(vec![
+  let mut fields = vec![
     ("name", text("core-test")),
     ("command", text(&python3())),
     (
@@ -64,8 +72,10 @@ fn manager(dir: &std::path::Path) -> (Arc<Manager>, Arc<Recorded>) {
     ("healthPath", text("/")),
     ("stopTimeoutMs", Value::Number(2000.0)),
     ("stateDir", text(&dir.display().to_string())),
-  ]))
-  .unwrap();
+  ];
+  fields.retain(|(key, _)| extra.iter().all(|(k, _)| k != key));
+  fields.extend(extra);
+  let options = Options::parse(&Value::object(fields)).unwrap();
   let events = Arc::new(Recorded::default());
   (Manager::new(options, events.clone()), events)
 }
@@ -198,7 +208,7 @@ async fn no_record_is_written_after_the_end() {
   assert_eq!(record::list_records(dir.path(), None).unwrap().len(), 1);
   instance.request_stop();
   instance
-    .end(Duration::from_secs(2), Default::default(), |_, _, _| {})
+    .end(Duration::from_secs(2), Default::default())
     .await;
   assert!(record::list_records(dir.path(), None).unwrap().is_empty());
   instance.write_record().await.unwrap();
@@ -206,4 +216,157 @@ async fn no_record_is_written_after_the_end() {
     record::list_records(dir.path(), None).unwrap().is_empty(),
     "a write after the end is refused"
   );
+}
+
+/// A stop during a restart's backoff wins over the restart, and over a start that waited for it: the
+/// owner takes the stop before the backoff's end, so nothing is started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_a_restarts_backoff_wins() {
+  let dir = tempfile::tempdir().unwrap();
+  let backoff = 1000.0;
+  let (pm, events) = manager_with(
+    dir.path(),
+    vec![(
+      "restart",
+      Value::object(vec![
+        ("initialDelayMs", Value::Number(backoff)),
+        ("maxDelayMs", Value::Number(backoff)),
+      ]),
+    )],
+  );
+  let info = start(&pm, dir.path()).await;
+  let mut exit_count = events.exit_count.subscribe();
+  crate::os::signal::signal_pid(info.pid, crate::os::signal::Stop::Force);
+  tokio::time::timeout(Duration::from_secs(5), exit_count.wait_for(|n| *n >= 1))
+    .await
+    .expect("the crash is reported")
+    .unwrap();
+  // Asked in this order: a start (it waits for the restart), then a stop.
+  let (args, runtime) = start_args(dir.path());
+  let starting = pm.start(args, runtime);
+  let stopping = pm.stop();
+  let started = tokio::time::timeout(Duration::from_secs(5), starting)
+    .await
+    .expect("the start is answered");
+  let error = started
+    .expect_err("the stop wins over the start that waited")
+    .to_string();
+  assert!(error.contains("while the backend was down"), "{error}");
+  let stopped = tokio::time::timeout(Duration::from_secs(5), stopping)
+    .await
+    .expect("the stop is answered");
+  assert!(stopped.is_none(), "nothing ran: {stopped:?}");
+  assert!(!pm.is_active());
+  // Past the backoff: nothing was started again.
+  tokio::time::sleep(Duration::from_secs_f64(backoff / 1000.0 * 1.5)).await;
+  assert!(pm.backend().is_none());
+  assert!(record::list_records(dir.path(), None).unwrap().is_empty());
+  assert_eq!(*exit_count.borrow(), 1, "no second process ran");
+}
+
+/// Parallel starts share one start: one call starts it, the others join, and all get the same backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_starts_share_one_backend() {
+  let dir = tempfile::tempdir().unwrap();
+  let (pm, _) = manager(dir.path());
+  let calls: Vec<_> = (0..3)
+    .map(|_| {
+      let (args, runtime) = start_args(dir.path());
+      pm.start(args, runtime)
+    })
+    .collect();
+  let mut answers = Vec::new();
+  for call in calls {
+    answers.push(call.await);
+  }
+  let records = record::list_records(dir.path(), None).unwrap().len();
+  // Stopped before anything is asserted, so that a failure leaves no process behind.
+  let stopped = pm.stop().await;
+  let answers: Vec<(BackendInfo, bool)> = answers.into_iter().map(Result::unwrap).collect();
+  let fresh = answers.iter().filter(|(_, fresh)| *fresh).count();
+  assert_eq!(fresh, 1, "one call started it");
+  let pid = answers[0].0.pid;
+  assert!(
+    answers.iter().all(|(info, _)| info.pid == pid),
+    "{answers:?}"
+  );
+  assert_eq!(records, 1);
+  assert_eq!(stopped.map(|s| s.pid), Some(pid));
+  assert!(!process::is_alive(pid));
+}
+
+/// A bounded stop during a longer one brings the force kill forward: the owner's deadline for the stop
+/// ends a backend that ignores the stop signal long before its own `stopTimeoutMs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_stop_during_a_long_one_force_kills_at_its_own_deadline() {
+  let dir = tempfile::tempdir().unwrap();
+  let text = |s: &str| Value::String(s.into());
+  let stubborn = "import signal, runpy, sys\n\
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
+    signal.signal(signal.SIGINT, signal.SIG_IGN)\n\
+    sys.argv = ['server', sys.argv[1], '--bind', sys.argv[2]]\n\
+    runpy.run_module('http.server', run_name='__main__')";
+  let (pm, _) = manager_with(
+    dir.path(),
+    vec![
+      (
+        "args",
+        Value::Array(vec![
+          text("-c"),
+          text(stubborn),
+          text("{port}"),
+          text("{host}"),
+        ]),
+      ),
+      ("stopTimeoutMs", Value::Number(60_000.0)),
+    ],
+  );
+  let info = start(&pm, dir.path()).await;
+  let began = std::time::Instant::now();
+  let long = pm.stop();
+  let grace = Duration::from_millis(200);
+  let bounded = pm.stop_within(grace);
+  let limit = super::deadlines::Deadlines::force_kill_after(grace) + Duration::from_secs(5);
+  let stopped = tokio::time::timeout(limit, bounded).await;
+  if stopped.is_err() {
+    // Not ended in time: ended here, so that the failure leaves no process behind.
+    crate::os::signal::signal_pid(info.pid, crate::os::signal::Stop::Force);
+  }
+  let stopped = stopped.expect("the bounded stop's deadline ended it");
+  let took = began.elapsed();
+  assert_eq!(stopped.map(|s| s.pid), Some(info.pid));
+  assert_eq!(
+    long.await.map(|s| s.pid),
+    Some(info.pid),
+    "both stops get the result"
+  );
+  assert!(
+    took < Duration::from_secs(30),
+    "long before stopTimeoutMs: {took:?}"
+  );
+  assert!(!process::is_alive(info.pid));
+}
+
+/// `idle` comes once nothing is under way any more: after a stop, after a failed start, and after an
+/// exit that nothing restarts (the JS layer then lets Node exit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_is_reported_when_nothing_is_under_way() {
+  let dir = tempfile::tempdir().unwrap();
+  let (pm, events) = manager(dir.path());
+  let mut idles = events.idles.subscribe();
+  let info = start(&pm, dir.path()).await;
+  assert_eq!(*idles.borrow_and_update(), 0);
+  pm.stop().await.unwrap();
+  assert_eq!(*idles.borrow_and_update(), 1, "after a stop");
+  assert!(!pm.is_active());
+
+  let info2 = start(&pm, dir.path()).await;
+  assert_ne!(info.pid, info2.pid);
+  crate::os::signal::signal_pid(info2.pid, crate::os::signal::Stop::Force);
+  tokio::time::timeout(Duration::from_secs(5), idles.wait_for(|n| *n >= 2))
+    .await
+    .expect("idle after an exit that nothing restarts")
+    .unwrap();
+  assert!(!pm.is_active());
+  assert!(pm.backend().is_none());
 }

@@ -2,14 +2,16 @@
 //! exits, or until a stop cancels the start. Readiness counts only when the port's listener is one of the
 //! backend's own processes (docs/design.md §11): a 2xx from a stranger on the same port is not our backend.
 
-use super::instance::Instance;
-use super::launch::Launch;
-use super::manager::{url_for, Manager};
-use super::owner;
-use super::ready;
-use super::{BackendInfo, Level, StopResult};
+use super::notify::{self, Notices};
+use super::Place;
 use crate::blocking;
 use crate::error::{PmError, Result};
+use crate::lifecycle::context::{url_for, Context};
+use crate::lifecycle::instance::Instance;
+use crate::lifecycle::launch::Launch;
+use crate::lifecycle::owner;
+use crate::lifecycle::ready;
+use crate::lifecycle::{BackendInfo, Level, StopResult};
 use crate::net::health;
 use crate::net::listeners::{self, Holder};
 use crate::options::ReadySignal;
@@ -23,8 +25,6 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-/// How long an error report waits for the backend's last stderr lines after it exited.
-const OUTPUT_DRAIN: Duration = Duration::from_millis(200);
 /// Once the backend answers but is not healthy yet, probes back off up to this.
 const ANSWERED_DELAY_CAP: Duration = Duration::from_millis(500);
 /// While the backend does not listen yet, a look for its listener this often — and at once whenever it
@@ -37,6 +37,12 @@ pub enum Attempt {
   /// The backend lost the race for its port (it said so, then exited); try the next one. `exited` is the
   /// error to report if no try is left.
   PortTaken { port: u16, exited: PmError },
+  /// It did not come up, and another port would not help.
+  NotUp(NotUp),
+}
+
+/// Why a process did not come up.
+pub enum NotUp {
   /// A stop came first; what it stopped (nothing, if it came before the spawn).
   Cancelled {
     stopped: Option<StopResult>,
@@ -50,84 +56,26 @@ pub enum Attempt {
   },
 }
 
-/// Where a process listens.
-#[derive(Clone)]
-pub struct Where {
-  /// The port it binds (reserved by the caller), or the port of the socket it is handed.
-  pub port: u16,
-  /// With `listen: 'fd'`: the manager's listening socket, handed over as descriptor 3.
-  pub socket: Option<Arc<std::net::TcpListener>>,
-  /// A replica's: the public port of its backend, for its record.
-  pub replica_of: Option<u16>,
-  /// A replica's index, for its events.
-  pub replica: Option<usize>,
-}
-
-impl Where {
-  pub fn own(port: u16) -> Where {
-    Where {
-      port,
-      socket: None,
-      replica_of: None,
-      replica: None,
-    }
-  }
-
-  pub fn shared(port: u16, socket: Arc<std::net::TcpListener>) -> Where {
-    Where {
-      port,
-      socket: Some(socket),
-      replica_of: None,
-      replica: None,
-    }
-  }
-
-  /// As replica `index` of the backend on `public_port`.
-  pub fn replica(self, public_port: u16, index: usize) -> Where {
-    Where {
-      replica_of: Some(public_port),
-      replica: Some(index),
-      ..self
-    }
-  }
-}
-
-/// One try at `place`. `restarts`: how many restarts came before it, for its record.
+/// One try at `place`, on `port`. `restarts`: how many restarts came before it, for its record.
 pub async fn run(
-  manager: &Arc<Manager>,
+  manager: &Arc<Context>,
   launch: &Launch,
-  place: Where,
+  place: &Place,
+  port: u16,
   cancel: &mut watch::Receiver<bool>,
   restarts: u32,
 ) -> Result<Attempt> {
-  let port = place.port;
   let cancelled = *cancel.borrow_and_update();
   if cancelled {
-    return Ok(Attempt::Cancelled {
+    return Ok(Attempt::NotUp(NotUp::Cancelled {
       stopped: None,
       stderr_tail: Vec::new(),
-    });
+    }));
   }
   let o = &manager.options;
-  let mut spec = launch.on_port(port, o.host, &o.port_env, place.socket.clone());
+  let mut spec = launch.on_port(port, o.host, &o.port_env, place.socket());
   // `ready: 'notify'`: the backend says READY=1 on a socket of this start's own.
-  #[cfg(unix)]
-  let notify_socket = match o.ready {
-    ReadySignal::Notify => {
-      let socket = ready::NotifySocket::open().map_err(|e| PmError::SpawnFailed {
-        command: spec.program.clone(),
-        reason: format!("no notify socket could be made for it: {e}"),
-        problem: None,
-        source: Some(Arc::new(e)),
-      })?;
-      spec.env.retain(|(k, _)| k != "NOTIFY_SOCKET");
-      spec
-        .env
-        .push(("NOTIFY_SOCKET".into(), socket.path().display().to_string()));
-      Some(socket)
-    }
-    _ => None,
-  };
+  let notices = Notices::open(&o.ready, &mut spec)?;
   manager.log(
     Level::Info,
     format!("starting backend: {} {}", spec.program, spec.args.join(" ")),
@@ -140,7 +88,7 @@ pub async fn run(
     let port_taken = port_taken.clone();
     let nudge = nudge.clone();
     let redactor = Arc::new(launch.redactor());
-    let replica = place.replica.unwrap_or(0);
+    let replica = place.index().unwrap_or(0);
     let ready_line = match &o.ready {
       ReadySignal::Stdout(pattern) => Some((pattern.clone(), line_seen.clone())),
       _ => None,
@@ -165,16 +113,7 @@ pub async fn run(
   spec.no_parent_death_signal = !o.death_guard.parent_death_signal();
   let child = spawn::spawn_held(spec, sink).await?;
   // Held at its gate: the guard knows its group before its program can run.
-  #[cfg(unix)]
-  if o.death_guard.uses_guard() {
-    let told = crate::os::guard::shared().is_some_and(|g| g.watch(child.pid, o.stop_timeout));
-    if !told {
-      manager.log(
-        Level::Warn,
-        "the death guard could not be started or told (is /bin/sh there?); the backend may outlive a killed app",
-      );
-    }
-  }
+  notify::tell_guard(manager, child.pid);
   let info = BackendInfo {
     pid: child.pid,
     port,
@@ -191,7 +130,7 @@ pub async fn run(
     o.state_dir.clone(),
     &o.health_path,
     restarts,
-    place.replica_of,
+    place.replica.map(|(public_port, _)| public_port),
   );
   let record_written = instance.write_record().await;
   let ran = match record_written {
@@ -204,13 +143,12 @@ pub async fn run(
   if let Err(e) = ran {
     // Its program never ran: nothing to report as an exit, only the process to see gone (and a record
     // written for it to delete).
-    instance
-      .end(o.stop_timeout, Polite::default(), |_, _, problem| {
-        if let Some(problem) = problem {
-          manager.log(Level::Warn, problem);
-        }
-      })
+    let ended = instance
+      .end(manager.deadlines.stop, Polite::default())
       .await;
+    if let Some(problem) = ended.report.and_then(|r| r.delete_error) {
+      manager.log(Level::Warn, problem);
+    }
     return Err(e);
   }
   // Held, it was still a copy of the app: its record could name no executable.
@@ -222,7 +160,7 @@ pub async fn run(
   manager.check_spawn_settings(&child);
 
   let waiting_since = Instant::now();
-  let deadline = waiting_since + o.start_timeout;
+  let deadline = waiting_since + manager.deadlines.start;
   let pid = child.pid;
   let target = manager.target(port, owner::secret(launch.token.clone(), move || vec![pid]));
   let host = target.host;
@@ -240,12 +178,12 @@ pub async fn run(
   tokio::select! {
     biased;
     _ = async { cancel.wait_for(|c| *c).await.map(|_| ()) } => {
-      let stopped = manager.end(&instance, true, None, place.replica).await;
-      Ok(Attempt::Cancelled { stopped: Some(stopped), stderr_tail: child.output.stderr_tail() })
+      let stopped = manager.end(&instance, true, None, place.index()).await;
+      Ok(Attempt::NotUp(NotUp::Cancelled { stopped: Some(stopped), stderr_tail: child.output.stderr_tail() }))
     }
     exit = child.exited() => {
-      child.output.wait_closed(OUTPUT_DRAIN).await;
-      manager.end(&instance, false, None, place.replica).await;
+      child.output.wait_closed(manager.deadlines.output_drain).await;
+      manager.end(&instance, false, None, place.index()).await;
       let tail = child.output.stderr_tail();
       let hint = tail.last().map(|l| format!(": {l}")).unwrap_or_default();
       let exited = PmError::BackendExited {
@@ -260,13 +198,13 @@ pub async fn run(
       if port_taken.load(Ordering::SeqCst) {
         return Ok(Attempt::PortTaken { port, exited });
       }
-      Ok(Attempt::Failed { pid, exit, error: exited })
+      Ok(Attempt::NotUp(NotUp::Failed { pid, exit, error: exited }))
     }
     ready = async {
       match &o.ready {
         ReadySignal::Http => health::wait_until_healthy(
           &target,
-          o.health_timeout,
+          manager.deadlines.probe,
           deadline,
           ANSWERED_DELAY_CAP,
           health::Watch {
@@ -277,27 +215,15 @@ pub async fn run(
           own_listener,
         ).await,
         ReadySignal::Port => ready::wait_for_port(
-          SocketAddr::new(host, port), o.health_timeout, deadline, QUIET_LOOK_EVERY, &nudge, own_listener,
+          SocketAddr::new(host, port), manager.deadlines.probe, deadline, QUIET_LOOK_EVERY, &nudge, own_listener,
         ).await,
         ReadySignal::Stdout(pattern) => line_seen.wait(deadline, &format!("{:?}", pattern.as_str())).await,
-        ReadySignal::Notify => {
-          #[cfg(unix)]
-          {
-            wait_for_notify(manager, notify_socket.as_ref(), deadline, place.replica).await
-          }
-          #[cfg(not(unix))]
-          {
-            unreachable!("ready: 'notify' is refused at construction off Unix")
-          }
-        }
+        ReadySignal::Notify => notices.wait_ready(manager, deadline, place.index()).await,
       }
     } => {
       match ready {
         Ok(ready) => {
-          #[cfg(unix)]
-          if let Some(socket) = notify_socket {
-            keep_reading_notices(manager, socket, child.clone(), place.replica);
-          }
+          notices.keep_reading(manager, child.clone(), place.index());
           // A launcher may have exec'd the real server since the last write.
           rewrite_record(&instance, manager);
           manager.log(Level::Info, format!(
@@ -310,88 +236,28 @@ pub async fn run(
           let last = not_ready.last.describe();
           manager.log(Level::Warn, format!(
             "backend not healthy after {} ms and {} health checks (last: {last}); stopping it",
-            o.start_timeout.as_millis(), not_ready.probes
+            manager.deadlines.start.as_millis(), not_ready.probes
           ));
-          let stopped = manager.end(&instance, true, None, place.replica).await;
-          Ok(Attempt::Failed {
+          let stopped = manager.end(&instance, true, None, place.index()).await;
+          Ok(Attempt::NotUp(NotUp::Failed {
             pid,
             exit: stopped.exit,
             error: PmError::StartTimeout {
               port,
-              timeout_ms: o.start_timeout.as_millis() as u64,
+              timeout_ms: manager.deadlines.start.as_millis() as u64,
               last_health_error: last,
             },
-          })
+          }))
         }
       }
     }
   }
 }
 
-/// Ready at the first `READY=1`; `STATUS=` lines meanwhile become `status` events.
-#[cfg(unix)]
-async fn wait_for_notify(
-  manager: &Manager,
-  socket: Option<&ready::NotifySocket>,
-  deadline: Instant,
-  replica: Option<usize>,
-) -> std::result::Result<health::Ready, health::NotReady> {
-  let began = Instant::now();
-  let not_ready = |why: &str| health::NotReady {
-    last: health::ProbeOutcome::Failed(why.to_string()),
-    probes: 0,
-  };
-  let Some(socket) = socket else {
-    return Err(not_ready("no notify socket"));
-  };
-  loop {
-    let notices = tokio::select! {
-      notices = socket.next() => notices.ok_or_else(|| not_ready("the notify socket failed"))?,
-      _ = tokio::time::sleep_until(deadline) => return Err(not_ready("no READY=1 on NOTIFY_SOCKET")),
-    };
-    // Every notice of the datagram counts: READY=1 often comes with a STATUS= line.
-    let ready = notices.contains(&ready::Notice::Ready);
-    for notice in notices {
-      report_notice(manager, notice, replica);
-    }
-    if ready {
-      return Ok(health::Ready {
-        probes: 0,
-        latency: began.elapsed(),
-      });
-    }
-  }
-}
-
-/// After ready: what the backend still says on its socket, until it exits.
-#[cfg(unix)]
-fn keep_reading_notices(
-  manager: &Arc<Manager>,
-  socket: ready::NotifySocket,
-  child: Arc<spawn::Child>,
-  replica: Option<usize>,
-) {
-  let manager = Arc::downgrade(manager);
-  tokio::spawn(async move {
-    loop {
-      let notices = tokio::select! {
-        notices = socket.next() => notices,
-        _ = child.exited() => None,
-      };
-      let (Some(notices), Some(manager)) = (notices, manager.upgrade()) else {
-        return;
-      };
-      for notice in notices {
-        report_notice(&manager, notice, replica);
-      }
-    }
-  });
-}
-
 /// Rewrites the record with what runs now (nothing is written when it did not change). The rewrite, with
 /// its fsync, is not on the way to the app: a stop meanwhile waits for it, or finds the record closed and
 /// nothing is written. Each write takes the record's lock and writes what runs at that moment.
-fn rewrite_record(instance: &Arc<Instance>, manager: &Arc<Manager>) {
+fn rewrite_record(instance: &Arc<Instance>, manager: &Arc<Context>) {
   let (instance, manager) = (instance.clone(), Arc::downgrade(manager));
   tokio::spawn(async move {
     if let Err(e) = instance.write_record().await {
@@ -400,17 +266,6 @@ fn rewrite_record(instance: &Arc<Instance>, manager: &Arc<Manager>) {
       }
     }
   });
-}
-
-#[cfg(unix)]
-fn report_notice(manager: &Manager, notice: ready::Notice, replica: Option<usize>) {
-  match notice {
-    ready::Notice::Status(text) => manager.emit_for(replica, super::Event::Status { text }),
-    ready::Notice::Stopping => {
-      manager.log(Level::Info, "the backend says it is stopping (STOPPING=1)")
-    }
-    ready::Notice::Ready => {}
-  }
 }
 
 /// `Some(true)` when the listener at `addr` is in the backend's tree (or the OS cannot tell), `Some(false)`

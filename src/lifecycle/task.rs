@@ -1,0 +1,569 @@
+//! The owner of one backend: one task that holds its state and takes one message at a time from its
+//! mailbox (`mailbox`) — the app's commands, each answered on its own channel, and the inputs the steps
+//! below it send (a start's outcome, a process up or down, the run's end, a stop done). Nothing else
+//! changes the state, so calls keep the order the app made them in, and a race between a call and what
+//! the backend does is decided by which message came first (docs/design.md §21). The work itself (a
+//! start, a stop's wait, a reload) runs in tasks of its own, so the owner always answers at once; each
+//! reports back through the mailbox. What the app reads without waiting (`backend`, `active`, `stats`) is
+//! the `View` the owner publishes before it answers anyone.
+
+use super::context::Context;
+use super::deadlines::Deadlines;
+use super::launch::Runtime;
+use super::mailbox::{self, Command, Deadline, Input, Mailbox, Message, Reply};
+use super::run::{Front, Run};
+use super::start::{self, Outcome};
+use super::supervisor;
+use super::Level;
+use super::{BackendInfo, Event, StopResult};
+use crate::error::{PmError, Result};
+use crate::options::StartArgs;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// A `startBackend()` call, until it is answered.
+struct StartCall {
+  args: StartArgs,
+  runtime: Runtime,
+  reply: Reply<Result<(BackendInfo, bool)>>,
+}
+
+/// A backend's state: one of these at a time, changed only by the owner.
+enum State {
+  /// Nothing runs, and nothing ran since the last stop (or ever).
+  Idle,
+  /// A start is under way.
+  Starting(Starting),
+  /// Started and supervised, with a process up.
+  Running(Up),
+  /// Started, with no process up: a supervisor waits out a restart's delay, or starts one again.
+  Backoff(Up),
+  /// A stop is under way.
+  Stopping(Stopping),
+  /// It ended without a stop (it exited and was not restarted, or its restarts failed).
+  Failed,
+}
+
+struct Starting {
+  id: u64,
+  cancel: watch::Sender<bool>,
+  /// Who asked for it; the first started it.
+  callers: Vec<StartCall>,
+  /// `reload()` calls meanwhile: taken up once it is up.
+  reloads: Vec<Reply<Result<Option<BackendInfo>>>>,
+}
+
+struct Up {
+  run: Arc<Run>,
+  /// Start calls while no process is up: answered when one is up again, or started afresh if the run
+  /// ends by itself.
+  waiting: Vec<StartCall>,
+}
+
+struct Stopping {
+  /// The run being stopped, or `None` for a start being cancelled (`start`: its id).
+  run: Option<Arc<Run>>,
+  start: Option<u64>,
+  stops: Vec<Reply<Option<StopResult>>>,
+  /// Callers of the start this stop cancels: rejected when it is done.
+  cancelled: Vec<StartCall>,
+  /// Start calls that waited for a process to come up again: the stop wins over them.
+  overruled: Vec<StartCall>,
+  /// Start calls after the stop: a new start once it is done.
+  next: Vec<StartCall>,
+  reloads: Vec<Reply<Result<Option<BackendInfo>>>>,
+}
+
+impl State {
+  fn name(&self) -> Phase {
+    match self {
+      State::Idle => Phase::Idle,
+      State::Starting(_) => Phase::Starting,
+      State::Running(_) => Phase::Running,
+      State::Backoff(_) => Phase::Backoff,
+      State::Stopping(_) => Phase::Stopping,
+      State::Failed => Phase::Failed,
+    }
+  }
+
+  fn run(&self) -> Option<Arc<Run>> {
+    match self {
+      State::Running(up) | State::Backoff(up) => Some(up.run.clone()),
+      State::Stopping(s) => s.run.clone(),
+      _ => None,
+    }
+  }
+}
+
+/// The state's name, as the app's synchronous reads see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+  Idle,
+  Starting,
+  Running,
+  Backoff,
+  Stopping,
+  Failed,
+}
+
+/// What the owner publishes for reads that do not wait: its state's name and the run it holds.
+pub struct View {
+  pub phase: Phase,
+  pub run: Option<Arc<Run>>,
+}
+
+impl View {
+  pub fn new() -> Arc<Mutex<View>> {
+    Arc::new(Mutex::new(View {
+      phase: Phase::Idle,
+      run: None,
+    }))
+  }
+
+  /// Something is under way: a start, a running or restarting backend, or a stop.
+  pub fn active(&self) -> bool {
+    !matches!(self.phase, Phase::Idle | Phase::Failed)
+  }
+
+  /// The run that is up (running, or between an exit and a restart).
+  pub fn up(&self) -> Option<Arc<Run>> {
+    match self.phase {
+      Phase::Running | Phase::Backoff => self.run.clone(),
+      _ => None,
+    }
+  }
+}
+
+struct Owner {
+  ctx: Arc<Context>,
+  /// The owner's own address, for the tasks it starts: weak, so that the mailbox closes (and the owner
+  /// ends) once the manager and every task that reports to it are gone.
+  mailbox: mpsc::WeakUnboundedSender<Message>,
+  view: Arc<Mutex<View>>,
+  state: State,
+  /// The one deadline the state armed, if any.
+  armed: Option<(Instant, Deadline)>,
+  starts: u64,
+}
+
+/// Runs the owner of one backend until its mailbox closes.
+pub async fn own(
+  ctx: Arc<Context>,
+  mailbox: mpsc::WeakUnboundedSender<Message>,
+  mut messages: mpsc::UnboundedReceiver<Message>,
+  view: Arc<Mutex<View>>,
+) {
+  let mut owner = Owner {
+    ctx,
+    mailbox,
+    view,
+    state: State::Idle,
+    armed: None,
+    starts: 0,
+  };
+  loop {
+    let message = match owner.armed {
+      Some((at, deadline)) => tokio::select! {
+        message = messages.recv() => message,
+        () = tokio::time::sleep_until(at) => Some(Message::Input(Input::Deadline(deadline))),
+      },
+      None => messages.recv().await,
+    };
+    match message {
+      Some(Message::Command(command)) => owner.command(command),
+      Some(Message::Input(input)) => owner.input(input),
+      None => return,
+    }
+  }
+}
+
+fn stopped_while_down() -> PmError {
+  PmError::BackendExited {
+    message: "stopBackend() was called while the backend was down; it is not started again".into(),
+    exit_code: None,
+    signal: None,
+    stderr_tail: Vec::new(),
+  }
+}
+
+impl Owner {
+  fn mailbox(&self) -> Option<Mailbox> {
+    self.mailbox.upgrade()
+  }
+
+  /// The one place the state changes: it is published, and `Idle` reported when nothing is under way
+  /// any more, before anyone is answered.
+  fn set(&mut self, state: State) {
+    self.state = state;
+    let view = View {
+      phase: self.state.name(),
+      run: self.state.run(),
+    };
+    let active = view.active();
+    // What was published before, not `self.state`: a handler takes the state out while it works on it.
+    let was_active = std::mem::replace(
+      &mut *self.view.lock().unwrap_or_else(|e| e.into_inner()),
+      view,
+    )
+    .active();
+    self.armed = self
+      .deadline()
+      .map(|(after, name)| (Instant::now() + after, name));
+    if was_active && !active {
+      self.ctx.emit(Event::Idle);
+    }
+  }
+
+  /// The deadline a state arms when it is entered: only a run's stop has one (the steps below the owner
+  /// keep their own: a try's ready deadline, a backoff's delay, a stop's grace).
+  fn deadline(&self) -> Option<(std::time::Duration, Deadline)> {
+    match &self.state {
+      State::Stopping(Stopping { run: Some(_), .. }) => Some((
+        Deadlines::force_kill_after(self.ctx.stop_timeout()),
+        Deadline::ForceKill,
+      )),
+      _ => None,
+    }
+  }
+
+  fn take(&mut self) -> State {
+    std::mem::replace(&mut self.state, State::Idle)
+  }
+
+  fn command(&mut self, command: Command) {
+    match command {
+      Command::Start {
+        args,
+        runtime,
+        reply,
+      } => self.start(StartCall {
+        args,
+        runtime,
+        reply,
+      }),
+      Command::Stop { reply } => self.stop(reply),
+      Command::Reload { reply } => self.reload(reply),
+    }
+  }
+
+  fn start(&mut self, call: StartCall) {
+    match &mut self.state {
+      State::Idle | State::Failed => self.begin_start(vec![call]),
+      State::Starting(starting) => starting.callers.push(call),
+      State::Running(up) | State::Backoff(up) => match up.run.info() {
+        Some(info) => {
+          let _ = call.reply.send(Ok((info, false)));
+        }
+        // Down (it exited, maybe to be restarted): answered with its next process, or at its end.
+        None => up.waiting.push(call),
+      },
+      State::Stopping(stopping) => stopping.next.push(call),
+    }
+  }
+
+  /// A new start, for `callers` (the first one's arguments; it is the one that started it).
+  fn begin_start(&mut self, callers: Vec<StartCall>) {
+    let Some(first) = callers.first() else {
+      return;
+    };
+    self.starts += 1;
+    let id = self.starts;
+    let (cancel, cancelled) = watch::channel(false);
+    let (ctx, args, runtime) = (self.ctx.clone(), first.args.clone(), first.runtime.clone());
+    if let Some(mailbox) = self.mailbox() {
+      tokio::spawn(async move {
+        let outcome = start::run(&ctx, &args, &runtime, cancelled).await;
+        mailbox::report(&mailbox, Input::Started(id, outcome));
+      });
+    }
+    self.set(State::Starting(Starting {
+      id,
+      cancel,
+      callers,
+      reloads: Vec::new(),
+    }));
+  }
+
+  fn stop(&mut self, reply: Reply<Option<StopResult>>) {
+    match self.take() {
+      state @ (State::Idle | State::Failed) => {
+        self.state = state;
+        // Lines of an end nobody asked for (an exit without restart) are written by the time it returns.
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move {
+          ctx.flush_log().await;
+          let _ = reply.send(None);
+        });
+      }
+      State::Starting(starting) => {
+        starting.cancel.send_replace(true);
+        self.set(State::Stopping(Stopping {
+          run: None,
+          start: Some(starting.id),
+          stops: vec![reply],
+          cancelled: starting.callers,
+          overruled: Vec::new(),
+          next: Vec::new(),
+          reloads: starting.reloads,
+        }));
+      }
+      State::Running(up) | State::Backoff(up) => {
+        up.run.stop.send_replace(true);
+        // No new connection reaches a replica that is being stopped.
+        if let Front::Balanced { balancer, .. } = &up.run.front {
+          let balancer = balancer.clone();
+          tokio::spawn(async move { balancer.stop_accepting().await });
+        }
+        self.set(State::Stopping(Stopping {
+          run: Some(up.run),
+          start: None,
+          stops: vec![reply],
+          cancelled: Vec::new(),
+          overruled: up.waiting,
+          next: Vec::new(),
+          reloads: Vec::new(),
+        }));
+      }
+      State::Stopping(mut stopping) => {
+        stopping.stops.push(reply);
+        self.state = State::Stopping(stopping);
+        // A bounded stop (`stopSync`) during a longer one brings the force kill forward.
+        if let Some((at, name)) = self
+          .deadline()
+          .map(|(after, name)| (Instant::now() + after, name))
+        {
+          self.armed = Some(self.armed.map_or((at, name), |armed| armed.min((at, name))));
+        }
+      }
+    }
+  }
+
+  fn reload(&mut self, reply: Reply<Result<Option<BackendInfo>>>) {
+    match &mut self.state {
+      State::Running(up) | State::Backoff(up) => {
+        let (ctx, run) = (self.ctx.clone(), up.run.clone());
+        tokio::spawn(async move {
+          let _ = reply.send(supervisor::reload_all(ctx, run, None).await);
+        });
+      }
+      // A start in progress is waited for first.
+      State::Starting(starting) => starting.reloads.push(reply),
+      State::Stopping(_) | State::Idle | State::Failed => {
+        let _ = reply.send(Ok(None));
+      }
+    }
+  }
+
+  fn input(&mut self, input: Input) {
+    match input {
+      Input::Started(id, outcome) => self.started(id, outcome),
+      Input::Up(run) => match self.take() {
+        State::Running(up) | State::Backoff(up) if Arc::ptr_eq(&up.run, &run) => {
+          let Up { run, waiting } = up;
+          let mut still = Vec::new();
+          for call in waiting {
+            match run.info() {
+              Some(info) => {
+                let _ = call.reply.send(Ok((info, false)));
+              }
+              None => still.push(call),
+            }
+          }
+          let state = match run.info() {
+            Some(_) => State::Running(Up {
+              run,
+              waiting: still,
+            }),
+            None => State::Backoff(Up {
+              run,
+              waiting: still,
+            }),
+          };
+          self.set(state);
+        }
+        other => self.state = other,
+      },
+      Input::Down(run) => match self.take() {
+        State::Running(up) if Arc::ptr_eq(&up.run, &run) && run.info().is_none() => {
+          self.set(State::Backoff(up))
+        }
+        other => self.state = other,
+      },
+      Input::RunEnded(run, result) => match self.take() {
+        State::Running(up) | State::Backoff(up) if Arc::ptr_eq(&up.run, &run) => {
+          self.set(State::Failed);
+          // It ended by itself (no restart, or its restarts failed): who waited for it starts it afresh.
+          self.begin_start(up.waiting);
+        }
+        State::Stopping(stopping) if matches!(&stopping.run, Some(r) if Arc::ptr_eq(r, &run)) => {
+          self.state = State::Stopping(stopping);
+          self.stop_done_after_flush(result, Vec::new());
+        }
+        other => self.state = other,
+      },
+      Input::Deadline(Deadline::ForceKill) => {
+        self.armed = None;
+        if let State::Stopping(Stopping { run: Some(run), .. }) = &self.state {
+          self.ctx.log(
+            Level::Warn,
+            format!(
+              "the stop is not done {} ms after it began; force-killing what is left of the backend",
+              Deadlines::force_kill_after(self.ctx.stop_timeout()).as_millis()
+            ),
+          );
+          run.force_now();
+        }
+      }
+      Input::Stopped {
+        stopped,
+        stderr_tail,
+      } => match self.take() {
+        State::Stopping(stopping) => self.finish_stop(stopping, stopped, stderr_tail, None),
+        other => self.state = other,
+      },
+    }
+  }
+
+  fn started(&mut self, id: u64, outcome: Outcome) {
+    match self.take() {
+      State::Starting(starting) if starting.id == id => match outcome {
+        Outcome::Up(started) => {
+          let run = Run::new(
+            &self.ctx.options,
+            started.launch,
+            started.public_port,
+            started.front,
+            started.replicas,
+          );
+          if let Some(mailbox) = self.mailbox() {
+            supervisor::start(self.ctx.clone(), run.clone(), mailbox);
+          }
+          self.set(State::Running(Up {
+            run: run.clone(),
+            waiting: Vec::new(),
+          }));
+          let info = run
+            .info()
+            .ok_or_else(|| PmError::Internal("a run began without its backend".into()));
+          for (index, call) in starting.callers.into_iter().enumerate() {
+            let _ = call.reply.send(info.clone().map(|info| (info, index == 0)));
+          }
+          for reply in starting.reloads {
+            self.reload(reply);
+          }
+        }
+        Outcome::Failed(error) => {
+          self.set(State::Idle);
+          answer_failed(starting.callers, &error);
+          for reply in starting.reloads {
+            let _ = reply.send(Ok(None));
+          }
+        }
+        Outcome::Cancelled {
+          stopped,
+          stderr_tail,
+        } => {
+          self.set(State::Idle);
+          answer_failed(
+            starting.callers,
+            &start::cancelled(stopped.as_ref(), stderr_tail),
+          );
+          for reply in starting.reloads {
+            let _ = reply.send(Ok(None));
+          }
+        }
+      },
+      State::Stopping(stopping) if stopping.start == Some(id) => match outcome {
+        // A stop came as it became ready: that stop wins.
+        Outcome::Up(started) => {
+          let ctx = self.ctx.clone();
+          let mailbox = self.mailbox();
+          self.state = State::Stopping(stopping);
+          tokio::spawn(async move {
+            let stderr_tail = started.replicas[0].1.child.output.stderr_tail();
+            let stopped = start::end_started(&ctx, started, true).await;
+            ctx.flush_log().await;
+            if let Some(mailbox) = mailbox {
+              mailbox::report(
+                &mailbox,
+                Input::Stopped {
+                  stopped,
+                  stderr_tail,
+                },
+              );
+            }
+          });
+        }
+        Outcome::Cancelled {
+          stopped,
+          stderr_tail,
+        } => {
+          self.state = State::Stopping(stopping);
+          self.stop_done_after_flush(stopped, stderr_tail);
+        }
+        // It failed on its own (its lines are written): its callers hear of that, the stop of nothing.
+        Outcome::Failed(error) => self.finish_stop(stopping, None, Vec::new(), Some(error)),
+      },
+      other => self.state = other,
+    }
+  }
+
+  /// Once the stop's lines are written (nothing more of it is written after the stop resolves: the app
+  /// may remove the folders), the stop is done.
+  fn stop_done_after_flush(&self, stopped: Option<StopResult>, stderr_tail: Vec<String>) {
+    let ctx = self.ctx.clone();
+    let Some(mailbox) = self.mailbox() else {
+      return;
+    };
+    tokio::spawn(async move {
+      ctx.flush_log().await;
+      mailbox::report(
+        &mailbox,
+        Input::Stopped {
+          stopped,
+          stderr_tail,
+        },
+      );
+    });
+  }
+
+  /// The stop is done: idle, or the start asked for meanwhile; then everyone is answered.
+  fn finish_stop(
+    &mut self,
+    stopping: Stopping,
+    stopped: Option<StopResult>,
+    stderr_tail: Vec<String>,
+    start_error: Option<PmError>,
+  ) {
+    let Stopping {
+      stops,
+      cancelled,
+      overruled,
+      next,
+      reloads,
+      ..
+    } = stopping;
+    if next.is_empty() {
+      self.set(State::Idle);
+    } else {
+      self.begin_start(next);
+    }
+    let start_error =
+      start_error.unwrap_or_else(|| start::cancelled(stopped.as_ref(), stderr_tail));
+    answer_failed(cancelled, &start_error);
+    answer_failed(overruled, &stopped_while_down());
+    for reply in reloads {
+      let _ = reply.send(Ok(None));
+    }
+    for reply in stops {
+      let _ = reply.send(stopped.clone());
+    }
+  }
+}
+
+fn answer_failed(calls: Vec<StartCall>, error: &PmError) {
+  for call in calls {
+    let _ = call.reply.send(Err(error.clone()));
+  }
+}
