@@ -187,7 +187,7 @@ mod imp {
   /// exiting. A group whose leader is gone gets no break (os/signal.rs), so that is a force kill;
   /// terminating a job that holds only the console host is not.
   async fn drain_job(child: &Child, force_grace: Duration) -> Drained {
-    use super::win::job::Job;
+    use crate::os::win::job::Job;
     let Some(job) = child.job.clone() else {
       return Drained::default();
     };
