@@ -66,6 +66,8 @@ pub async fn spawn_held(spec: SpawnSpec, sink: LineSink) -> Result<Arc<Child>> {
     reaping.clone(),
     exit_tx,
   ));
+  // Until a `Child` owns it: a start that fails below leaves the process to be reaped once it exited.
+  let unowned = Unowned(Some(reaping.clone()));
   enum First {
     Reported(std::io::Result<Option<u32>>),
     Started(std::result::Result<std::io::Result<u32>, oneshot::error::RecvError>),
@@ -96,6 +98,7 @@ pub async fn spawn_held(spec: SpawnSpec, sink: LineSink) -> Result<Arc<Child>> {
     started_rx = rx;
   }
   let pipes: Vec<(Stream, Pipe)> = vec![(Stream::Stdout, out_read), (Stream::Stderr, err_read)];
+  unowned.disarm();
   Ok(Arc::new(Child {
     pid,
     output: output::start_readers(pid, pipes, sink),
@@ -114,6 +117,25 @@ pub async fn spawn_held(spec: SpawnSpec, sink: LineSink) -> Result<Arc<Child>> {
     })),
     never_ran: AtomicBool::new(false),
   }))
+}
+
+/// A started process no `Child` owns yet: dropped armed, it is released (reaped once it exited).
+struct Unowned(Option<Arc<Mutex<Reaping>>>);
+
+impl Unowned {
+  fn disarm(mut self) {
+    self.0 = None;
+  }
+}
+
+impl Drop for Unowned {
+  fn drop(&mut self) {
+    if let Some(reaping) = self.0.take() {
+      let mut reaping = lock(&reaping);
+      reaping.released = true;
+      reaping.reap_if_done();
+    }
+  }
 }
 
 /// Takes the spawn's outcome from the spawner thread, then reports the exit (the pid stays ours until the
