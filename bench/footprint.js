@@ -2,6 +2,7 @@
 // Footprint: require() time, the size of the .node binary, and the memory (RSS) that loading the addon and
 // managing one running backend add to the app process. Each figure comes from fresh Node processes.
 const fs = require('node:fs')
+const os = require('node:os')
 const path = require('node:path')
 const { execFileSync } = require('node:child_process')
 const { summary } = require('./lib')
@@ -36,43 +37,31 @@ module.exports = async function footprint({ runs }) {
       fs.rmSync(dir, { recursive: true, force: true })
       console.log(JSON.stringify({ loadMiB: (loaded - before) / 2 ** 20, backendMiB: (running - loaded) / 2 ** 20, backendOwnMiB: backendRss / 2 ** 20 }))
     })`)
-  // Threads and RSS of the app with 0, 10 and 50 running backends (issue 21: threads should not grow with
-  // backends), and the death guard's RSS. Small Python servers, ready when their port accepts.
-  const scale = fresh(`
+  // Threads and RSS of the app with 0, 10 and 50 running backends and with 5 backends of 2 replicas (issue 21,
+  // docs/design.md §23: threads do not grow with backends). "0" is the app after one backend was started and
+  // stopped. Small Python servers, ready when their port accepts; __test__/threads.test.js holds the bound.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bpm-bench-'))
+  let scale
+  try {
+    scale = JSON.parse(execFileSync(process.execPath, [path.join(ROOT, '__test__', 'fixtures', 'threads.js'), ROOT, dir, '47100', '10', '50', '5x2'], { cwd: ROOT, encoding: 'utf8' }))
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+  // The death guard's RSS.
+  const guard = fresh(`
     const fs = require('node:fs'), os = require('node:os'), path = require('node:path')
-    const threads = () => fs.readdirSync('/proc/self/task').length
-    const rssMiB = () => { global.gc?.(); return process.memoryUsage().rss / 2 ** 20 }
     const { ProcessManager } = require(${JSON.stringify(ROOT)})
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bpm-bench-'))
-    const managers = []
-    const figure = {}
-    const up = async (count, deathGuard) => {
-      const fresh = []
-      for (let i = managers.length; i < count; i++) {
-        const pm = new ProcessManager({ name: 'bench-threads-' + i, command: 'python3', args: ['-m', 'http.server', '{port}', '--bind', '{host}'], port: 47100 + i * 3, portRange: 2, ready: 'port', stateDir: dir, logger: false, deathGuard })
-        managers.push(pm)
-        fresh.push(pm.startBackend(dir))
-      }
-      await Promise.all(fresh)
-      await new Promise((r) => setTimeout(r, 300))
-    }
-    ;(async () => {
-      await up(0)
-      figure.threads0 = threads(); figure.rss0 = rssMiB()
-      await up(10, 'auto')
-      figure.threads10 = threads(); figure.rss10 = rssMiB()
-      await up(50, 'auto')
-      figure.threads50 = threads(); figure.rss50 = rssMiB()
-      const guarded = new ProcessManager({ name: 'bench-guarded', command: 'python3', args: ['-m', 'http.server', '{port}', '--bind', '{host}'], port: 47400, portRange: 5, ready: 'port', stateDir: dir, logger: false, deathGuard: 'guard' })
-      await guarded.startBackend(dir)
+    const guarded = new ProcessManager({ name: 'bench-guarded', command: 'python3', args: ['-m', 'http.server', '{port}', '--bind', '{host}'], port: 47400, portRange: 5, ready: 'port', stateDir: dir, logger: false, deathGuard: 'guard' })
+    guarded.startBackend(dir).then(async () => {
       // Children are listed by the thread that forked them.
       const kids = fs.readdirSync('/proc/self/task').flatMap((t) => fs.readFileSync('/proc/self/task/' + t + '/children', 'utf8').trim().split(' ').filter(Boolean).map(Number))
       const guard = kids.find((k) => fs.readFileSync('/proc/' + k + '/comm', 'utf8').trim() === 'sh')
-      figure.guardRssKiB = guard ? Number(/VmRSS:\\s+(\\d+)/.exec(fs.readFileSync('/proc/' + guard + '/status', 'utf8'))[1]) : null
-      await Promise.all([...managers, guarded].map((pm) => pm.stopBackend()))
+      const guardRssKiB = guard ? Number(/VmRSS:\\s+(\\d+)/.exec(fs.readFileSync('/proc/' + guard + '/status', 'utf8'))[1]) : null
+      await guarded.stopBackend()
       fs.rmSync(dir, { recursive: true, force: true })
-      console.log(JSON.stringify(figure))
-    })()`)
+      console.log(JSON.stringify({ guardRssKiB }))
+    })`)
   const req = summary(requireMs)
   return {
     title: 'Footprint',
@@ -86,13 +75,15 @@ module.exports = async function footprint({ runs }) {
       rssAddedByLoadingMiB: rss.loadMiB,
       rssAddedByOneManagedBackendMiB: rss.backendMiB,
       backendOwnRssMiB: rss.backendOwnMiB,
-      appThreadsWith0Backends: scale.threads0,
-      appThreadsWith10Backends: scale.threads10,
-      appThreadsWith50Backends: scale.threads50,
-      appRssMiBWith0Backends: scale.rss0,
-      appRssMiBWith10Backends: scale.rss10,
-      appRssMiBWith50Backends: scale.rss50,
-      deathGuardRssKiB: scale.guardRssKiB,
+      appThreadsWith0Backends: scale.base.threads,
+      appThreadsWith10Backends: scale['10'].threads,
+      appThreadsWith50Backends: scale['50'].threads,
+      appThreadsWith5Backends2ReplicasEach: scale['5x2'].threads,
+      appRssMiBWith0Backends: scale.base.rssMiB,
+      appRssMiBWith10Backends: scale['10'].rssMiB,
+      appRssMiBWith50Backends: scale['50'].rssMiB,
+      appRssMiBWith5Backends2ReplicasEach: scale['5x2'].rssMiB,
+      deathGuardRssKiB: guard.guardRssKiB,
     },
   }
 }

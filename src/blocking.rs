@@ -6,7 +6,7 @@
 
 use crate::error::{PmError, Result};
 
-/// Our threads only wait and copy lines: a small stack keeps the memory of many backends (and of the C
+/// Our threads only wait, fork or copy lines: a small stack keeps the memory of many backends (and of the C
 /// library's cache of exited threads' stacks) small.
 pub const THREAD_STACK: usize = 256 * 1024;
 

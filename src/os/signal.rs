@@ -129,10 +129,7 @@ pub use imp::{signal_group, signal_pid};
 /// On Windows an open process handle: while it is open the pid cannot be given to another process.
 pub struct PinnedProcess {
   pub pid: u32,
-  #[cfg(target_os = "linux")]
-  pidfd: Option<std::os::fd::OwnedFd>,
-  #[cfg(windows)]
-  process: crate::os::win::process::Pinned,
+  handle: pinned::Handle,
 }
 
 impl PinnedProcess {
@@ -141,100 +138,102 @@ impl PinnedProcess {
     if pid <= 1 {
       return None;
     }
-    #[cfg(target_os = "linux")]
-    {
-      use rustix::process::{pidfd_open, PidfdFlags};
-      let pidfd = match pidfd_open(imp::target(pid)?, PidfdFlags::empty()) {
-        Ok(fd) => Some(fd),
-        Err(rustix::io::Errno::SRCH) => return None,
-        // A kernel before 5.3: plain pid signals, right after the identity check.
-        Err(_) => None,
-      };
-      Some(PinnedProcess { pid, pidfd })
-    }
-    #[cfg(windows)]
-    {
-      // Only a running process of this user: never another user's (docs/design.md §4). One we may not
-      // end (elevated) is still pinned: its signals then fail and it is reported, not taken for gone.
-      use crate::os::win::process::Pinned;
-      let process = Pinned::running(pid, true).or_else(|| Pinned::running(pid, false))?;
-      process
-        .is_own_user()
-        .then_some(PinnedProcess { pid, process })
-    }
-    #[cfg(not(any(target_os = "linux", windows)))]
-    {
-      Some(PinnedProcess { pid })
-    }
+    let handle = pinned::pin(pid)?;
+    Some(PinnedProcess { pid, handle })
   }
 
   pub fn signal(&self, sig: Stop) -> bool {
-    #[cfg(target_os = "linux")]
-    if let Some(fd) = &self.pidfd {
-      return rustix::process::pidfd_send_signal(fd, imp::signal_of(sig)).is_ok();
-    }
-    #[cfg(windows)]
-    if sig == Stop::Force {
-      return self
-        .process
-        .terminate(crate::os::win::job::FORCED_EXIT_CODE);
-    }
-    signal_pid(self.pid, sig)
+    self.handle.signal(self.pid, sig)
   }
 
-  /// Signals the process group this (verified) process leads, each process once. Linux 6.9+ does it through
-  /// the pidfd (`PIDFD_SIGNAL_PROCESS_GROUP`), so it cannot reach a group whose leader was replaced; before
-  /// that, `killpg` right after the identity check.
+  /// Signals the process group this (verified) process leads, each process once.
   pub fn signal_group(&self, sig: Stop) -> bool {
-    #[cfg(target_os = "linux")]
-    if let Some(sent) = self.pidfd_signal_group(sig) {
-      return sent;
-    }
-    // Through the pinned handle, so the leader ended is the one verified.
-    #[cfg(windows)]
-    if sig == Stop::Force {
-      return imp::terminate_tree(&self.process);
-    }
-    signal_group(self.pid, sig)
-  }
-
-  /// `Some(sent)`, or `None` when the kernel does not know the flag (or there is no pidfd). rustix's
-  /// `pidfd_send_signal` takes no flags, hence the raw call.
-  #[cfg(target_os = "linux")]
-  fn pidfd_signal_group(&self, sig: Stop) -> Option<bool> {
-    use std::os::fd::AsRawFd;
-    const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
-    let fd = self.pidfd.as_ref()?;
-    // SAFETY: `fd` is a pidfd we own and keep open for the call; a null siginfo is allowed by
-    // pidfd_send_signal(2); the signal number is a valid one.
-    let rc = unsafe {
-      libc::syscall(
-        libc::SYS_pidfd_send_signal,
-        fd.as_raw_fd(),
-        imp::signal_of(sig).as_raw(),
-        std::ptr::null::<libc::siginfo_t>(),
-        PIDFD_SIGNAL_PROCESS_GROUP,
-      )
-    };
-    match rc {
-      0 => Some(true),
-      _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) => None,
-      _ => Some(false),
-    }
+    self.handle.signal_group(self.pid, sig)
   }
 
   /// Waits up to `timeout` for the process to exit; true when it has.
-  #[cfg(windows)]
   pub fn wait_exit(&self, timeout: std::time::Duration) -> bool {
-    self.process.wait(timeout).unwrap_or(true)
+    self.handle.wait_exit(self.pid, timeout)
+  }
+}
+
+/// Waits for `pid` to be gone by looking every few milliseconds (where nothing can be awaited).
+#[cfg(unix)]
+fn poll_exit(pid: u32, timeout: std::time::Duration) -> bool {
+  let deadline = std::time::Instant::now() + timeout;
+  while crate::os::process::is_alive(pid) {
+    if std::time::Instant::now() >= deadline {
+      return false;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(5));
+  }
+  true
+}
+
+/// Linux: a pidfd, when the kernel has them (5.3+); plain pid signals right after the identity check
+/// before that.
+#[cfg(target_os = "linux")]
+mod pinned {
+  use super::{imp, poll_exit, signal_group, signal_pid, Stop};
+  use rustix::process::{pidfd_open, PidfdFlags};
+  use std::os::fd::OwnedFd;
+
+  pub struct Handle(Option<OwnedFd>);
+
+  pub fn pin(pid: u32) -> Option<Handle> {
+    match pidfd_open(imp::target(pid)?, PidfdFlags::empty()) {
+      Ok(fd) => Some(Handle(Some(fd))),
+      Err(rustix::io::Errno::SRCH) => None,
+      // A kernel before 5.3.
+      Err(_) => Some(Handle(None)),
+    }
   }
 
-  /// Waits up to `timeout` for the process to exit; true when it has.
-  #[cfg(not(windows))]
-  pub fn wait_exit(&self, timeout: std::time::Duration) -> bool {
-    #[cfg(target_os = "linux")]
-    if let Some(fd) = &self.pidfd {
+  impl Handle {
+    pub fn signal(&self, pid: u32, sig: Stop) -> bool {
+      match &self.0 {
+        Some(fd) => rustix::process::pidfd_send_signal(fd, imp::signal_of(sig)).is_ok(),
+        None => signal_pid(pid, sig),
+      }
+    }
+
+    /// Linux 6.9+ signals the group through the pidfd (`PIDFD_SIGNAL_PROCESS_GROUP`), so it cannot reach
+    /// a group whose leader was replaced; before that, `killpg` right after the identity check.
+    pub fn signal_group(&self, pid: u32, sig: Stop) -> bool {
+      self
+        .pidfd_signal_group(sig)
+        .unwrap_or_else(|| signal_group(pid, sig))
+    }
+
+    /// `Some(sent)`, or `None` when the kernel does not know the flag (or there is no pidfd). rustix's
+    /// `pidfd_send_signal` takes no flags, hence the raw call.
+    fn pidfd_signal_group(&self, sig: Stop) -> Option<bool> {
+      use std::os::fd::AsRawFd;
+      const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
+      let fd = self.0.as_ref()?;
+      // SAFETY: `fd` is a pidfd we own and keep open for the call; a null siginfo is allowed by
+      // pidfd_send_signal(2); the signal number is a valid one.
+      let rc = unsafe {
+        libc::syscall(
+          libc::SYS_pidfd_send_signal,
+          fd.as_raw_fd(),
+          imp::signal_of(sig).as_raw(),
+          std::ptr::null::<libc::siginfo_t>(),
+          PIDFD_SIGNAL_PROCESS_GROUP,
+        )
+      };
+      match rc {
+        0 => Some(true),
+        _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) => None,
+        _ => Some(false),
+      }
+    }
+
+    pub fn wait_exit(&self, pid: u32, timeout: std::time::Duration) -> bool {
       use rustix::event::{poll, PollFd, PollFlags, Timespec};
+      let Some(fd) = &self.0 else {
+        return poll_exit(pid, timeout);
+      };
       let deadline = std::time::Instant::now() + timeout;
       loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -246,18 +245,73 @@ impl PinnedProcess {
         match poll(&mut fds, Some(&wait)) {
           Ok(n) if n > 0 => return true,
           Err(rustix::io::Errno::INTR) if !left.is_zero() => continue,
-          _ => return !crate::os::process::is_alive(self.pid),
+          _ => return !crate::os::process::is_alive(pid),
         }
       }
     }
-    let deadline = std::time::Instant::now() + timeout;
-    while crate::os::process::is_alive(self.pid) {
-      if std::time::Instant::now() >= deadline {
-        return false;
-      }
-      std::thread::sleep(std::time::Duration::from_millis(5));
+  }
+}
+
+/// Other Unix systems: plain pid signals, right after the identity check.
+#[cfg(all(unix, not(target_os = "linux")))]
+mod pinned {
+  use super::{poll_exit, signal_group, signal_pid, Stop};
+
+  pub struct Handle;
+
+  pub fn pin(_pid: u32) -> Option<Handle> {
+    Some(Handle)
+  }
+
+  impl Handle {
+    pub fn signal(&self, pid: u32, sig: Stop) -> bool {
+      signal_pid(pid, sig)
     }
-    true
+
+    pub fn signal_group(&self, pid: u32, sig: Stop) -> bool {
+      signal_group(pid, sig)
+    }
+
+    pub fn wait_exit(&self, pid: u32, timeout: std::time::Duration) -> bool {
+      poll_exit(pid, timeout)
+    }
+  }
+}
+
+/// Windows: an open process handle, through which the force stop goes.
+#[cfg(windows)]
+mod pinned {
+  use super::{imp, signal_group, signal_pid, Stop};
+  use crate::os::win::{job::FORCED_EXIT_CODE, process::Pinned};
+
+  pub struct Handle(Pinned);
+
+  /// Only a running process of this user: never another user's (docs/design.md §4). One we may not end
+  /// (elevated) is still pinned: its signals then fail and it is reported, not taken for gone.
+  pub fn pin(pid: u32) -> Option<Handle> {
+    let process = Pinned::running(pid, true).or_else(|| Pinned::running(pid, false))?;
+    process.is_own_user().then_some(Handle(process))
+  }
+
+  impl Handle {
+    pub fn signal(&self, pid: u32, sig: Stop) -> bool {
+      match sig {
+        Stop::Force => self.0.terminate(FORCED_EXIT_CODE),
+        Stop::Polite => signal_pid(pid, sig),
+      }
+    }
+
+    /// The force stop goes through the pinned handle, so the leader ended is the one verified.
+    pub fn signal_group(&self, pid: u32, sig: Stop) -> bool {
+      match sig {
+        Stop::Force => imp::terminate_tree(&self.0),
+        Stop::Polite => signal_group(pid, sig),
+      }
+    }
+
+    pub fn wait_exit(&self, _pid: u32, timeout: std::time::Duration) -> bool {
+      self.0.wait(timeout).unwrap_or(true)
+    }
   }
 }
 

@@ -119,20 +119,28 @@ fn by_error(_meta: &std::fs::Metadata, error: &std::io::Error) -> Kind {
   by_error_alone(error)
 }
 
+/// What Windows' own error codes say about a program it would not start.
+#[cfg(windows)]
+fn windows_refusal(error: &std::io::Error) -> Option<Kind> {
+  // ERROR_BAD_EXE_FORMAT, ERROR_EXE_MACHINE_TYPE_MISMATCH.
+  if matches!(error.raw_os_error(), Some(193 | 216)) {
+    return Some(Kind::NotExecutable);
+  }
+  // Access denied, ERROR_VIRUS_INFECTED, ERROR_VIRUS_DELETED, blocked by policy, or UNKNOWN: antivirus and
+  // SmartScreen refuse this way.
+  let blocked = error.kind() == std::io::ErrorKind::PermissionDenied
+    || matches!(error.raw_os_error(), Some(225 | 226 | 1260));
+  blocked.then_some(Kind::Blocked)
+}
+
+#[cfg(unix)]
+fn windows_refusal(_error: &std::io::Error) -> Option<Kind> {
+  None
+}
+
 fn by_error_alone(error: &std::io::Error) -> Kind {
-  #[cfg(windows)]
-  {
-    // ERROR_BAD_EXE_FORMAT, ERROR_EXE_MACHINE_TYPE_MISMATCH.
-    if matches!(error.raw_os_error(), Some(193 | 216)) {
-      return Kind::NotExecutable;
-    }
-    // Access denied, ERROR_VIRUS_INFECTED, ERROR_VIRUS_DELETED, blocked by policy, or UNKNOWN: antivirus and
-    // SmartScreen refuse this way.
-    if error.kind() == std::io::ErrorKind::PermissionDenied
-      || matches!(error.raw_os_error(), Some(225 | 226 | 1260))
-    {
-      return Kind::Blocked;
-    }
+  if let Some(kind) = windows_refusal(error) {
+    return kind;
   }
   match error.kind() {
     std::io::ErrorKind::NotFound => Kind::NotFound,

@@ -76,20 +76,20 @@ async fn stop_child_within(
     if !done {
       // A stop signal that could not be sent (Windows: no console to send the break on) leaves nothing
       // to wait for, unless an earlier request may still be working.
-      if send(child, Stop::Polite) || asked {
+      if imp::send(child, Stop::Polite) || asked {
         done = exited_within(grace).await;
       }
     }
     if !done {
       forced = true;
-      send(child, Stop::Force);
+      imp::send(child, Stop::Force);
       if timeout(force_grace, child.exited()).await.is_err() {
         survivors.push(child.pid);
       }
     }
   }
   let exit = child.exit_info().unwrap_or_default();
-  let drained = drain_group(child, deadline, force_grace).await;
+  let drained = imp::drain_group(child, deadline, force_grace).await;
   forced |= drained.forced;
   survivors.extend(drained.survivors);
   if survivors.is_empty() {
@@ -108,116 +108,136 @@ struct Drained {
   survivors: Vec<u32>,
 }
 
-/// After the leader exited: members of its group that are still alive (grandchildren) get until `deadline`
-/// to finish after the polite signal, then the force kill. The leader is still unreaped, so the group id
-/// cannot have been reused. Watching the group scans every process, so it runs off the async workers.
-async fn drain_group(child: &Child, deadline: Instant, force_grace: Duration) -> Drained {
-  #[cfg(windows)]
-  {
-    let _ = deadline;
-    drain_job(child, force_grace).await
-  }
-  #[cfg(unix)]
-  {
+/// The Unix half: the group is watched through its members, and signalled by its id.
+#[cfg(unix)]
+mod imp {
+  use super::{signal_group, tree, Child, Drained, Stop, GROUP_POLL};
+  use std::time::Duration;
+  use tokio::time::Instant;
+
+  /// After the leader exited: members of its group that are still alive (grandchildren) get until
+  /// `deadline` to finish after the polite signal, then the force kill. The leader is still unreaped, so
+  /// the group id cannot have been reused. Watching the group scans every process, so it runs off the
+  /// async workers.
+  pub async fn drain_group(child: &Child, deadline: Instant, force_grace: Duration) -> Drained {
     let (pgid, deadline) = (child.pid, deadline.into_std());
     crate::blocking::run(move || drain_unix(pgid, deadline, force_grace))
       .await
       .unwrap_or_default()
   }
-}
 
-#[cfg(unix)]
-fn drain_unix(pgid: u32, deadline: std::time::Instant, force_grace: Duration) -> Drained {
-  let members = || -> Vec<u32> {
-    tree::group_members(pgid)
-      .into_iter()
-      .map(|m| m.pid)
-      .filter(|&p| p != pgid)
-      .collect()
-  };
-  let empty_until = |until: std::time::Instant| loop {
-    let left = members();
-    if left.is_empty() || std::time::Instant::now() >= until {
-      return left;
+  fn drain_unix(pgid: u32, deadline: std::time::Instant, force_grace: Duration) -> Drained {
+    let members = || -> Vec<u32> {
+      tree::group_members(pgid)
+        .into_iter()
+        .map(|m| m.pid)
+        .filter(|&p| p != pgid)
+        .collect()
+    };
+    let empty_until = |until: std::time::Instant| loop {
+      let left = members();
+      if left.is_empty() || std::time::Instant::now() >= until {
+        return left;
+      }
+      std::thread::sleep(GROUP_POLL);
+    };
+    if members().is_empty() {
+      return Drained::default();
     }
-    std::thread::sleep(GROUP_POLL);
-  };
-  if members().is_empty() {
-    return Drained::default();
-  }
-  signal_group(pgid, Stop::Polite);
-  if empty_until(deadline).is_empty() {
-    return Drained::default();
-  }
-  signal_group(pgid, Stop::Force);
-  Drained {
-    forced: true,
-    survivors: empty_until(std::time::Instant::now() + force_grace),
-  }
-}
-
-/// Windows: how long what is left in a backend's job after its leader exited by itself may take to end by
-/// itself before the job ends it.
-#[cfg(windows)]
-const EXITING_SETTLE: Duration = Duration::from_millis(100);
-
-/// After the leader exited (Windows): what is left in its job — processes it started, not the console
-/// host that a hidden console adds — is ended with the job, after `EXITING_SETTLE` for what is already
-/// exiting. A group whose leader is gone gets no break (os/signal.rs), so that is a force kill;
-/// terminating a job that holds only the console host is not.
-#[cfg(windows)]
-async fn drain_job(child: &Child, force_grace: Duration) -> Drained {
-  use super::win::job::Job;
-  let Some(job) = child.job.clone() else {
-    return Drained::default();
-  };
-  let leader = child.pid;
-  let left_until = move |job: Job, until: std::time::Instant| loop {
-    let left: Vec<u32> = job
-      .pids()
-      .unwrap_or_default()
-      .into_iter()
-      .filter(|&p| p != leader && process::is_alive(p) && !tree::is_console_host(p))
-      .collect();
-    if left.is_empty() || std::time::Instant::now() >= until {
-      return left;
+    signal_group(pgid, Stop::Polite);
+    if empty_until(deadline).is_empty() {
+      return Drained::default();
     }
-    std::thread::sleep(GROUP_POLL);
-  };
-  // What is already on its way out gets a moment: the console host of a hidden console ends when its last
-  // client (the leader) does, and a process that is exiting can no longer be named as one (seen under
-  // Wine: listed alive, nameless and gone a moment later, and the stop was reported forced).
-  let now = job.clone();
-  let settle = std::time::Instant::now() + EXITING_SETTLE;
-  let left = crate::blocking::run(move || left_until(now, settle))
-    .await
-    .unwrap_or_default();
-  child.kill_tree();
-  if left.is_empty() {
-    return Drained::default();
+    signal_group(pgid, Stop::Force);
+    Drained {
+      forced: true,
+      survivors: empty_until(std::time::Instant::now() + force_grace),
+    }
   }
-  let until = std::time::Instant::now() + force_grace;
-  Drained {
-    forced: true,
-    survivors: crate::blocking::run(move || left_until(job, until))
-      .await
-      .unwrap_or_default(),
-  }
-}
 
-/// Sends the stop to the backend's whole tree; false when it could not be sent.
-fn send(child: &Child, sig: Stop) -> bool {
-  #[cfg(unix)]
-  {
+
+  /// Sends the stop to the backend's whole group; false when it could not be sent.
+  pub fn send(child: &Child, sig: Stop) -> bool {
     signal_group(child.pid, sig)
   }
-  #[cfg(windows)]
-  {
+
+  pub fn own_uid() -> Option<u32> {
+    Some(rustix::process::geteuid().as_raw())
+  }
+}
+
+/// The Windows half: the backend's tree is its job.
+#[cfg(windows)]
+mod imp {
+  use super::{process, signal_group, tree, Child, Drained, Stop, GROUP_POLL};
+  use std::time::Duration;
+  use tokio::time::Instant;
+
+  /// After the leader exited: what is left in its job (see `drain_job`).
+  pub async fn drain_group(child: &Child, _deadline: Instant, force_grace: Duration) -> Drained {
+    drain_job(child, force_grace).await
+  }
+
+  /// Windows: how long what is left in a backend's job after its leader exited by itself may take to end by
+  /// itself before the job ends it.
+  const EXITING_SETTLE: Duration = Duration::from_millis(100);
+
+  /// After the leader exited (Windows): what is left in its job — processes it started, not the console
+  /// host that a hidden console adds — is ended with the job, after `EXITING_SETTLE` for what is already
+  /// exiting. A group whose leader is gone gets no break (os/signal.rs), so that is a force kill;
+  /// terminating a job that holds only the console host is not.
+  async fn drain_job(child: &Child, force_grace: Duration) -> Drained {
+    use crate::os::win::job::Job;
+    let Some(job) = child.job.clone() else {
+      return Drained::default();
+    };
+    let leader = child.pid;
+    let left_until = move |job: Job, until: std::time::Instant| loop {
+      let left: Vec<u32> = job
+        .pids()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&p| p != leader && process::is_alive(p) && !tree::is_console_host(p))
+        .collect();
+      if left.is_empty() || std::time::Instant::now() >= until {
+        return left;
+      }
+      std::thread::sleep(GROUP_POLL);
+    };
+    // What is already on its way out gets a moment: the console host of a hidden console ends when its last
+    // client (the leader) does, and a process that is exiting can no longer be named as one (seen under
+    // Wine: listed alive, nameless and gone a moment later, and the stop was reported forced).
+    let now = job.clone();
+    let settle = std::time::Instant::now() + EXITING_SETTLE;
+    let left = crate::blocking::run(move || left_until(now, settle))
+      .await
+      .unwrap_or_default();
+    child.kill_tree();
+    if left.is_empty() {
+      return Drained::default();
+    }
+    let until = std::time::Instant::now() + force_grace;
+    Drained {
+      forced: true,
+      survivors: crate::blocking::run(move || left_until(job, until))
+        .await
+        .unwrap_or_default(),
+    }
+  }
+
+
+  /// Sends the stop to the backend's whole tree; false when it could not be sent.
+  pub fn send(child: &Child, sig: Stop) -> bool {
     match sig {
       // The break goes to the backend's console process group (docs/api.md, "Stopping on Windows").
       Stop::Polite => signal_group(child.pid, Stop::Polite),
       Stop::Force => child.kill_tree(),
     }
+  }
+
+  /// Windows records no user id with a process here.
+  pub fn own_uid() -> Option<u32> {
+    None
   }
 }
 
@@ -301,23 +321,12 @@ pub fn terminate_orphaned_group(
 
 /// The members of `pgid` that can be the rest of a backend started at `not_before` by this user.
 pub fn orphaned_group(pgid: u32, not_before: u64) -> Vec<u32> {
-  let me = own_uid();
+  let me = imp::own_uid();
   tree::group_members(pgid)
     .into_iter()
     .filter(|m| m.start_time >= not_before && (me.is_none() || m.uid == me))
     .map(|m| m.pid)
     .collect()
-}
-
-fn own_uid() -> Option<u32> {
-  #[cfg(unix)]
-  {
-    Some(rustix::process::geteuid().as_raw())
-  }
-  #[cfg(not(unix))]
-  {
-    None
-  }
 }
 
 fn group_touches(pgid: u32, protected: &HashSet<u32>) -> bool {

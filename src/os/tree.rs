@@ -8,7 +8,6 @@ use std::time::Duration;
 /// `pid` and every live descendant of it, parents before children. Windows: for a backend of ours, its
 /// job's processes (the whole tree, whoever their parents were).
 pub fn with_descendants(pid: u32) -> Vec<u32> {
-  #[cfg(windows)]
   if let Some(tree) = imp::job_tree(pid) {
     return tree;
   }
@@ -178,6 +177,11 @@ mod imp {
     None
   }
 
+  /// No job objects: a tree is found through parents.
+  pub fn job_tree(_pid: u32) -> Option<Vec<u32>> {
+    None
+  }
+
   pub fn all_pids() -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
       return Vec::new();
@@ -242,6 +246,11 @@ pub fn is_console_host(pid: u32) -> bool {
 #[cfg(not(any(target_os = "linux", windows)))]
 mod imp {
   use std::time::Duration;
+
+  /// No job objects: a tree is found through parents.
+  pub fn job_tree(_pid: u32) -> Option<Vec<u32>> {
+    None
+  }
 
   /// Seconds since the epoch: the clock of sysinfo's start times.
   pub fn clock_now() -> Option<f64> {

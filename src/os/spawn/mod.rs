@@ -1,32 +1,40 @@
-//! Starting a backend and watching it. Each backend gets one dedicated, long-lived thread that starts it,
-//! then blocks waiting for that one process (docs/design.md §1-3):
-//! - inside Node, libuv owns SIGCHLD and resets it, so a SIGCHLD-based reaper (tokio's) can hang forever;
-//!   a blocking wait on our own pid needs no signal at all and never touches Node's children;
-//! - Linux's parent-death signal fires when the *thread* that forked exits, so the forking thread must live
-//!   as long as the child: then the signal means "the app died";
+//! Starting a backend and watching it, with no thread per backend (docs/design.md §1-3, §23):
+//! - every backend is forked by one long-lived spawner thread (`spawner`): Linux's parent-death signal
+//!   fires when the *thread* that forked exits, so that thread lives as long as the app, and the signal
+//!   means "the app died";
+//! - the exit is awaited on the runtime (`exit_wait`: a pidfd on Linux, one kqueue on macOS, the system's
+//!   wait pool on Windows), never through SIGCHLD, which libuv owns inside Node; the output pipes are read
+//!   on the runtime too (`output`; threads on Windows, which has no async anonymous pipes);
 //! - the child leads its own process group, and stays unreaped until the group has been dealt with, so its
 //!   pid (= the group id) cannot be reused while we still signal the group;
 //! - the child is held before it runs the program until `Child::run_program` (docs/design.md §25): the
 //!   caller writes the PID record first, so an app killed at any moment leaves either nothing running or
 //!   a recorded orphan. Unix: a gate pipe read before `exec`; Windows: created suspended, resumed then.
+//!
+//! Each system's half is its `imp` module (unix.rs, windows.rs), as in tokio's `process`.
 
+mod exit_wait;
 mod output;
+mod spawner;
 #[cfg(unix)]
-mod unix;
+#[path = "unix.rs"]
+mod imp;
 #[cfg(windows)]
-mod windows;
+#[path = "windows.rs"]
+mod imp;
 
-pub use output::{LineSink, Output, Stream};
 #[cfg(windows)]
-pub use windows::Job;
+pub use imp::Job;
+pub use output::{LineSink, Output, Stream};
 
 use crate::error::{PmError, Result};
-use std::io::{Read, Write};
+use std::future::Future;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use tokio::sync::{oneshot, watch};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::watch;
 
 #[derive(Debug, Clone, Default)]
 pub struct SpawnSpec {
@@ -74,8 +82,8 @@ pub struct Child {
   pub pid: u32,
   pub output: Arc<Output>,
   exit: watch::Receiver<Option<ExitInfo>>,
-  /// Sending on (or dropping) this lets the waiter thread reap the child.
-  reap: Mutex<Option<mpsc::Sender<()>>>,
+  /// The process, until it is reaped: once it has exited *and* the owner released it.
+  reaping: Arc<Mutex<Reaping>>,
   stdin: Mutex<Option<Box<dyn Write + Send>>>,
   /// What went wrong short of failing the spawn, for the caller to log.
   warnings: Vec<String>,
@@ -92,17 +100,36 @@ pub struct Child {
   killed: Arc<AtomicBool>,
 }
 
+/// Who may reap the process: both the exit watch (once it saw the exit) and the owner (`release`) must
+/// agree. Reaping an exited process does not block.
+#[derive(Default)]
+struct Reaping {
+  process: Option<std::process::Child>,
+  exited: bool,
+  released: bool,
+}
+
+impl Reaping {
+  fn reap_if_done(&mut self) {
+    if self.exited && self.released {
+      if let Some(process) = self.process.take() {
+        imp::reap(process);
+      }
+    }
+  }
+}
+
 /// A child held before its program, and what is needed to let it go.
 struct Held {
-  #[cfg(unix)]
-  gate: unix::Gate,
-  /// Unix: the spawn's outcome, which comes once the program runs (or could not be started).
-  #[cfg(unix)]
-  started: oneshot::Receiver<std::io::Result<u32>>,
+  os: imp::Held,
   program: String,
   cwd: PathBuf,
   /// The backend's `PATH`, where a bare command name was looked for.
   path_env: Option<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+  m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Child {
@@ -110,60 +137,27 @@ impl Child {
   /// could not be started (missing, not executable); nothing of it runs then. A child already let go (or
   /// stopped) is left as it is.
   pub async fn run_program(&self) -> Result<()> {
-    let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let Some(held) = held else {
-      return Ok(());
-    };
-    #[cfg(unix)]
-    {
-      let Held {
-        gate,
-        started,
-        program,
-        cwd,
-        path_env,
-      } = held;
-      gate.open();
-      match started.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => {
-          self.never_ran.store(true, Ordering::SeqCst);
-          Err(spawn_error(&program, &cwd, path_env.as_deref(), e))
-        }
-        Err(_) => Err(waiter_ended(&program)),
-      }
-    }
-    #[cfg(windows)]
-    {
-      windows::resume(self.pid).map_err(|e| {
-        // It never ran a single instruction.
-        self.kill_tree();
-        spawn_error(&held.program, &held.cwd, held.path_env.as_deref(), e)
-      })
+    let held = lock(&self.held).take();
+    match held {
+      Some(held) => imp::let_go(self, held).await,
+      None => Ok(()),
     }
   }
 
   /// Ends a held child without running its program (its record could not be written). False when it was
   /// not held (any more).
   pub fn stop_at_gate(&self) -> bool {
-    let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let held = lock(&self.held).take();
     let Some(held) = held else {
       return false;
     };
-    // Unix: a gate dropped unopened tells the child to stop.
-    drop(held);
-    #[cfg(windows)]
-    self.kill_tree();
+    imp::stop_held(self, held);
     true
   }
 
   /// Held before its program: the process exists, the program does not run yet.
   pub fn is_held(&self) -> bool {
-    self
-      .held
-      .lock()
-      .unwrap_or_else(|e| e.into_inner())
-      .is_some()
+    lock(&self.held).is_some()
   }
 
   /// The program could not be started, and the process is already reaped: nothing of it is left to stop,
@@ -181,7 +175,7 @@ impl Child {
   pub async fn exited(&self) -> ExitInfo {
     let mut rx = self.exit.clone();
     let reported = rx.wait_for(Option::is_some).await.map(|info| info.clone());
-    // The waiter thread only drops its sender after reporting.
+    // The exit watch only drops its sender after reporting.
     reported
       .unwrap_or_else(|_| rx.borrow().clone())
       .unwrap_or_default()
@@ -190,12 +184,7 @@ impl Child {
   /// Closes the backend's stdin pipe (a stop request, for backends that treat end of input so). False when
   /// it had none, or it was closed already.
   pub fn close_stdin(&self) -> bool {
-    self
-      .stdin
-      .lock()
-      .unwrap_or_else(|e| e.into_inner())
-      .take()
-      .is_some()
+    lock(&self.stdin).take().is_some()
   }
 
   /// What went wrong short of failing the spawn (Windows: the backend could not be put in a job object),
@@ -204,40 +193,25 @@ impl Child {
     self.warnings.clone()
   }
 
-  /// Ends the backend's whole tree at once (the force stop): the job on Windows. False when nothing
-  /// could be signalled.
-  #[cfg(windows)]
-  pub fn kill_tree(&self) -> bool {
-    self.killed.store(true, Ordering::SeqCst);
-    match &self.job {
-      Some(job) => job.terminate(),
-      None => crate::os::signal::signal_pid(self.pid, crate::os::signal::Stop::Force),
+  /// Force-kills the backend's whole tree now, unless its leader was already released (then its group id
+  /// may name someone else's group). Holding the reaping lock keeps it unreaped while signalling.
+  pub fn force_now(&self) {
+    let reaping = lock(&self.reaping);
+    if !reaping.released {
+      imp::force_tree(self);
     }
   }
 
-  /// Force-kills the backend's whole tree now, unless its leader was already released (then its group id
-  /// may name someone else's group). Holding the release lock keeps it unreaped while signalling.
-  pub fn force_now(&self) {
-    let reap = self.reap.lock().unwrap_or_else(|e| e.into_inner());
-    if reap.is_none() {
+  /// Lets the (exited) leader be reaped, which frees its pid and process-group id.
+  pub fn release(&self) {
+    let mut reaping = lock(&self.reaping);
+    if reaping.released {
       return;
     }
-    #[cfg(unix)]
-    crate::os::signal::signal_group(self.pid, crate::os::signal::Stop::Force);
-    #[cfg(windows)]
-    self.kill_tree();
-  }
-
-  /// Lets the waiter thread reap the (exited) leader, which frees its pid and process-group id.
-  pub fn release(&self) {
-    if let Some(tx) = self.reap.lock().unwrap_or_else(|e| e.into_inner()).take() {
-      // Before the reap frees the group id for reuse, the death guard forgets it.
-      #[cfg(unix)]
-      if let Some(guard) = crate::os::guard::started() {
-        guard.forget(self.pid);
-      }
-      let _ = tx.send(());
-    }
+    // Before the reap frees the group id for reuse, the death guard forgets it.
+    imp::forget_group(self.pid);
+    reaping.released = true;
+    reaping.reap_if_done();
   }
 
   /// A child that never reports an exit, for tests of what happens when a process cannot be ended.
@@ -248,7 +222,10 @@ impl Child {
       pid,
       output: Arc::new(Output::default()),
       exit: rx,
-      reap: Mutex::new(None),
+      reaping: Arc::new(Mutex::new(Reaping {
+        released: true,
+        ..Reaping::default()
+      })),
       stdin: Mutex::new(None),
       warnings: Vec::new(),
       held: Mutex::new(None),
@@ -266,7 +243,20 @@ impl Drop for Child {
   }
 }
 
-/// Starts the backend on its own waiter thread and lets it run at once (tests that need no record).
+/// Reports the exit `wait` resolves with, then lets the process be reaped once the owner released it.
+async fn watch_exit(
+  reaping: Arc<Mutex<Reaping>>,
+  exit: watch::Sender<Option<ExitInfo>>,
+  wait: impl Future<Output = ExitInfo>,
+) {
+  let info = wait.await;
+  let _ = exit.send(Some(info));
+  let mut reaping = lock(&reaping);
+  reaping.exited = true;
+  reaping.reap_if_done();
+}
+
+/// Starts the backend and lets it run at once (tests that need no record).
 #[cfg(test)]
 pub async fn spawn(spec: SpawnSpec, sink: LineSink) -> Result<Arc<Child>> {
   let child = spawn_held(spec, sink).await?;
@@ -274,158 +264,32 @@ pub async fn spawn(spec: SpawnSpec, sink: LineSink) -> Result<Arc<Child>> {
   Ok(child)
 }
 
-fn thread_name(program: &str) -> String {
-  format!(
-    "bpm-waiter-{}",
-    program.rsplit(['/', '\\']).next().unwrap_or("")
-  )
+/// Starts the backend, held before its program: it has a pid (for its record) but runs nothing until
+/// `Child::run_program`. Dropping it unreleased stops it there.
+pub async fn spawn_held(spec: SpawnSpec, sink: LineSink) -> Result<Arc<Child>> {
+  imp::spawn_held(spec, sink).await
 }
 
 fn no_thread(program: &str, e: std::io::Error) -> PmError {
   PmError::SpawnFailed {
     command: program.to_string(),
-    reason: "no thread to watch it".into(),
+    reason: "no thread to start it".into(),
     problem: None,
     source: Some(Arc::new(e)),
   }
 }
 
-fn waiter_ended(program: &str) -> PmError {
+fn spawner_ended(program: &str) -> PmError {
   PmError::SpawnFailed {
     command: program.to_string(),
-    reason: "its waiter thread ended early".into(),
+    reason: "its start was dropped before it finished".into(),
     problem: None,
     source: None,
   }
 }
 
-/// Starts the backend on its own waiter thread, held before its program: it has a pid (for its record) but
-/// runs nothing until `Child::run_program`. Dropping it unreleased stops it there.
-#[cfg(unix)]
-pub async fn spawn_held(spec: SpawnSpec, sink: LineSink) -> Result<Arc<Child>> {
-  let (program, cwd, path_env) = (spec.program.clone(), spec.cwd.clone(), path_of(&spec));
-  let failed = |e: std::io::Error| spawn_error(&program, &cwd, path_env.as_deref(), e);
-  let mut command = build_command(&spec);
-  // Pipes of our own: the spawn returns only once the program runs, and its output must be read before.
-  let (out_read, out_write) = std::io::pipe().map_err(failed)?;
-  let (err_read, err_write) = std::io::pipe().map_err(failed)?;
-  command.stdout(out_write).stderr(err_write);
-  let stdin = match spec.stdin_pipe {
-    true => {
-      let (read, write) = std::io::pipe().map_err(failed)?;
-      command.stdin(read);
-      Some(Box::new(write) as Box<dyn Write + Send>)
-    }
-    false => None,
-  };
-  let (mut gate, child_ends) = unix::Gate::install(&mut command).map_err(failed)?;
-  // The spec holds the socket handed to the backend (`listen: 'fd'`); the command's copy goes with the spawn.
-  drop(spec);
-  let (started_tx, mut started_rx) = oneshot::channel::<std::io::Result<u32>>();
-  let (exit_tx, exit_rx) = watch::channel(None);
-  let (reap_tx, reap_rx) = mpsc::channel::<()>();
-  std::thread::Builder::new()
-    .name(thread_name(&program))
-    .stack_size(crate::blocking::THREAD_STACK)
-    .spawn(move || {
-      let spawned = command.spawn();
-      // Our copies of the child's descriptors (its output pipes, its socket): they must close with the
-      // backend, not live as long as this thread.
-      drop(command);
-      drop(child_ends);
-      let mut process = match spawned {
-        Ok(process) => process,
-        Err(e) => {
-          let _ = exit_tx.send(Some(ExitInfo::default()));
-          let _ = started_tx.send(Err(e));
-          return;
-        }
-      };
-      let _ = started_tx.send(Ok(process.id()));
-      let info = unix::wait_exit_keep_pid(&mut process);
-      let _ = exit_tx.send(Some(info));
-      // Hold the zombie (and with it the pid and group id) until the owner has dealt with the group.
-      let _ = reap_rx.recv();
-      let _ = process.wait();
-    })
-    .map_err(|e| no_thread(&program, e))?;
-  enum First {
-    Reported(std::io::Result<Option<u32>>),
-    Started(std::result::Result<std::io::Result<u32>, oneshot::error::RecvError>),
-  }
-  let first = tokio::select! {
-    biased;
-    reported = gate.reported_pid() => First::Reported(reported),
-    started = &mut started_rx => First::Started(started),
-  };
-  let outcome_known = !matches!(first, First::Reported(Ok(Some(_))));
-  let started = match first {
-    First::Reported(Ok(Some(pid))) => Ok(Ok(pid)),
-    // Our end of the report failed: the gate, dropped unopened, stops the child.
-    First::Reported(Err(e)) => return Err(failed(e)),
-    // It ended before it was held (a failed setup step): the spawn says why.
-    First::Reported(Ok(None)) => (&mut started_rx).await,
-    First::Started(started) => started,
-  };
-  let pid = match started {
-    Ok(Ok(pid)) => pid,
-    Ok(Err(e)) => return Err(failed(e)),
-    Err(_) => return Err(waiter_ended(&program)),
-  };
-  if outcome_known {
-    // Ended without being held (killed from outside): the outcome is known, and there is nothing to open.
-    let (tx, rx) = oneshot::channel();
-    let _ = tx.send(Ok(pid));
-    started_rx = rx;
-  }
-  let pipes: Vec<(Stream, Box<dyn Read + Send>)> = vec![
-    (Stream::Stdout, Box::new(out_read)),
-    (Stream::Stderr, Box::new(err_read)),
-  ];
-  Ok(Arc::new(Child {
-    pid,
-    output: output::start_readers(pid, pipes, sink),
-    exit: exit_rx,
-    reap: Mutex::new(Some(reap_tx)),
-    stdin: Mutex::new(stdin),
-    warnings: Vec::new(),
-    held: Mutex::new(Some(Held {
-      gate,
-      started: started_rx,
-      program,
-      cwd,
-      path_env,
-    })),
-    never_ran: AtomicBool::new(false),
-  }))
-}
-
-/// Starts the backend suspended, in its job, on its own waiter thread: it has a pid (for its record) but
-/// runs nothing until `Child::run_program` resumes it. Dropping it unreleased ends it.
-#[cfg(windows)]
-pub async fn spawn_held(spec: SpawnSpec, sink: LineSink) -> Result<Arc<Child>> {
-  let (started_tx, started_rx) = oneshot::channel::<Result<Arc<Child>>>();
-  let program = spec.program.clone();
-  std::thread::Builder::new()
-    .name(thread_name(&program))
-    .stack_size(crate::blocking::THREAD_STACK)
-    .spawn(move || waiter_thread(spec, sink, started_tx))
-    .map_err(|e| no_thread(&program, e))?;
-  started_rx
-    .await
-    .unwrap_or_else(|_| Err(waiter_ended(&program)))
-}
-
 fn build_command(spec: &SpawnSpec) -> Command {
-  let mut cmd = match &spec.listen_socket {
-    #[cfg(unix)]
-    Some(_) => unix::with_listen_pid(spec),
-    _ => {
-      let mut cmd = Command::new(&spec.program);
-      cmd.args(&spec.args);
-      cmd
-    }
-  };
+  let mut cmd = imp::command(spec);
   cmd
     .current_dir(&spec.cwd)
     .env_clear()
@@ -437,17 +301,15 @@ fn build_command(spec: &SpawnSpec) -> Command {
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-  #[cfg(unix)]
-  unix::configure(&mut cmd, spec);
   cmd
 }
 
-/// The backend's `PATH` (Windows compares variable names without case).
+/// The backend's `PATH`.
 fn path_of(spec: &SpawnSpec) -> Option<String> {
   spec
     .env
     .iter()
-    .find(|(k, _)| k == "PATH" || (cfg!(windows) && k.eq_ignore_ascii_case("PATH")))
+    .find(|(k, _)| imp::is_path_variable(k))
     .map(|(_, v)| v.clone())
 }
 
@@ -458,114 +320,6 @@ fn spawn_error(program: &str, cwd: &Path, path_env: Option<&str>, e: std::io::Er
     reason: problem.advice(program, &e),
     problem: Some(problem),
     source: Some(std::sync::Arc::new(e)),
-  }
-}
-
-#[cfg(windows)]
-fn waiter_thread(spec: SpawnSpec, sink: LineSink, started: oneshot::Sender<Result<Arc<Child>>>) {
-  let mut command = build_command(&spec);
-  let console = crate::os::win::console::lock();
-  windows::configure(&mut command, &spec);
-  let spawned = command.spawn();
-  drop(console);
-  let mut process = match spawned {
-    Ok(p) => p,
-    Err(e) => {
-      let _ = started.send(Err(spawn_error(
-        &spec.program,
-        &spec.cwd,
-        path_of(&spec).as_deref(),
-        e,
-      )));
-      return;
-    }
-  };
-  drop(command);
-  let pid = process.id();
-  let killed = Arc::new(AtomicBool::new(false));
-  let (job, warnings) = match windows::contain(&process, &killed) {
-    Ok(contained) => contained,
-    Err(e) => {
-      // It never ran a single instruction.
-      let _ = process.kill();
-      let _ = process.wait();
-      let _ = started.send(Err(spawn_error(
-        &spec.program,
-        &spec.cwd,
-        path_of(&spec).as_deref(),
-        e,
-      )));
-      return;
-    }
-  };
-  let held = Held {
-    program: spec.program.clone(),
-    cwd: spec.cwd.clone(),
-    path_env: path_of(&spec),
-  };
-  drop(spec);
-  let pipes: Vec<(Stream, Box<dyn Read + Send>)> = [
-    process
-      .stdout
-      .take()
-      .map(|s| (Stream::Stdout, Box::new(s) as Box<dyn Read + Send>)),
-    process
-      .stderr
-      .take()
-      .map(|s| (Stream::Stderr, Box::new(s) as Box<dyn Read + Send>)),
-  ]
-  .into_iter()
-  .flatten()
-  .collect();
-  let output = output::start_readers(pid, pipes, sink);
-  let (exit_tx, exit_rx) = watch::channel(None);
-  let (reap_tx, reap_rx) = mpsc::channel::<()>();
-
-  let child = Arc::new(Child {
-    pid,
-    output,
-    exit: exit_rx,
-    reap: Mutex::new(Some(reap_tx)),
-    stdin: Mutex::new(
-      process
-        .stdin
-        .take()
-        .map(|s| Box::new(s) as Box<dyn Write + Send>),
-    ),
-    warnings,
-    held: Mutex::new(Some(held)),
-    never_ran: AtomicBool::new(false),
-    job,
-    killed: killed.clone(),
-  });
-  if started.send(Ok(child)).is_err() {
-    // Nobody will ever stop it (or let it run): don't leave it there.
-    let _ = process.kill();
-  }
-
-  let info = windows::wait_exit(&mut process, &killed);
-  let _ = exit_tx.send(Some(info));
-  // Hold the process handle (and with it the pid) until the owner has dealt with the job.
-  let _ = reap_rx.recv();
-  let _ = process.wait();
-  // The pid is free once the handle closes: its job is no longer found by pid.
-  Job::forget(pid);
-}
-
-pub(crate) fn exit_info_from(status: std::process::ExitStatus) -> ExitInfo {
-  #[cfg(unix)]
-  {
-    use std::os::unix::process::ExitStatusExt;
-    if let Some(sig) = status.signal() {
-      return ExitInfo {
-        exit_code: None,
-        signal: Some(crate::os::signal::name(sig)),
-      };
-    }
-  }
-  ExitInfo {
-    exit_code: status.code(),
-    signal: None,
   }
 }
 
@@ -676,7 +430,7 @@ mod tests {
           "the program runs in the held process"
         );
       } else {
-        assert_eq!(info.exit_code, Some(unix::STOPPED_AT_GATE));
+        assert_eq!(info.exit_code, Some(imp::STOPPED_AT_GATE));
         assert!(!ran.exists(), "the program never ran");
       }
     }

@@ -1,13 +1,24 @@
-//! The backend's stdout and stderr: one reader thread per pipe turns them into lines for the caller, and
-//! keeps the last lines of stderr for error reports.
+//! The backend's stdout and stderr, turned into lines for the caller; the last lines of stderr are kept for
+//! error reports. Unix reads the pipes on the runtime (docs/design.md §23); Windows has no async anonymous
+//! pipes, so a thread per pipe reads there (as tokio's own `process` does on Windows).
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+#[cfg(unix)]
+#[path = "output_unix.rs"]
+mod imp;
+#[cfg(windows)]
+#[path = "output_windows.rs"]
+mod imp;
+
+pub use imp::{start_readers, Pipe};
+
 /// Lines of stderr kept for error reports.
 pub const STDERR_TAIL_LINES: usize = 20;
+/// Bytes read from a pipe at once.
+const READ_BUFFER: usize = 16 * 1024;
 /// A longer line is cut into pieces of this size, so one endless line cannot grow memory without bound.
 const MAX_LINE_BYTES: usize = 16 * 1024;
 
@@ -58,61 +69,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
   m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Starts one reader thread per pipe.
-pub fn start_readers(
-  pid: u32,
-  pipes: Vec<(Stream, Box<dyn Read + Send>)>,
-  sink: LineSink,
-) -> Arc<Output> {
+/// Counts the pipes being read, before their readers start.
+fn expecting(pipes: usize) -> Arc<Output> {
   let output = Arc::new(Output::default());
-  *lock(&output.open_streams) = pipes.len();
-  for (stream, pipe) in pipes {
-    let reader_output = output.clone();
-    let sink = sink.clone();
-    let name = match stream {
-      Stream::Stdout => format!("bpm-out-{pid}"),
-      Stream::Stderr => format!("bpm-err-{pid}"),
-    };
-    let started = std::thread::Builder::new()
-      .name(name)
-      .stack_size(crate::blocking::THREAD_STACK)
-      .spawn(move || read_lines(stream, pipe, &reader_output, &sink));
-    if started.is_err() {
-      // Without a reader the pipe fills and blocks the backend; it gets no output events instead.
-      output.stream_closed();
-    }
-  }
+  *lock(&output.open_streams) = pipes;
   output
 }
 
-fn read_lines(stream: Stream, pipe: Box<dyn Read + Send>, output: &Output, sink: &LineSink) {
-  let mut reader = BufReader::with_capacity(16 * 1024, pipe);
-  let mut buf = Vec::with_capacity(256);
-  loop {
-    buf.clear();
-    let n = match (&mut reader)
-      .take(MAX_LINE_BYTES as u64)
-      .read_until(b'\n', &mut buf)
-    {
-      Ok(n) => n,
-      Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-      Err(_) => 0,
-    };
-    if n == 0 {
-      break;
-    }
-    while matches!(buf.last(), Some(b'\n' | b'\r')) {
-      buf.pop();
-    }
-    let line = String::from_utf8_lossy(&buf);
-    if stream == Stream::Stderr {
-      let mut tail = lock(&output.stderr_tail);
-      if tail.len() == STDERR_TAIL_LINES {
-        tail.pop_front();
-      }
-      tail.push_back(line.to_string());
-    }
-    sink(stream, &line);
+/// Hands one line (as read, with its newline if it had one) to the sink, and keeps it if it is stderr.
+fn deliver(stream: Stream, buf: &mut Vec<u8>, output: &Output, sink: &LineSink) {
+  while matches!(buf.last(), Some(b'\n' | b'\r')) {
+    buf.pop();
   }
-  output.stream_closed();
+  let line = String::from_utf8_lossy(buf);
+  if stream == Stream::Stderr {
+    let mut tail = lock(&output.stderr_tail);
+    if tail.len() == STDERR_TAIL_LINES {
+      tail.pop_front();
+    }
+    tail.push_back(line.to_string());
+  }
+  sink(stream, &line);
 }

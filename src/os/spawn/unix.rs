@@ -1,10 +1,225 @@
 //! The Unix half of spawning: a process group of its own, the parent-death signal, the gate that holds the
-//! child before `exec` until its PID record is written, and a wait that leaves the child unreaped.
+//! child before `exec` until its PID record is written; the fork on the spawner thread, the exit awaited
+//! on the runtime.
 
-use super::{ExitInfo, SpawnSpec};
-use rustix::process::{waitid, Pid, WaitId, WaitIdOptions};
+use super::output::{self, Pipe, Stream};
+use super::{
+  build_command, exit_wait, lock, no_thread, path_of, spawn_error, spawner, spawner_ended, watch_exit,
+  Child, ExitInfo, LineSink, Reaping, SpawnSpec,
+};
+use crate::error::Result;
+use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{oneshot, watch};
+
+/// What a held child needs to be let go: its gate, and the spawn's outcome, which comes once the program
+/// runs (or could not be started).
+pub struct Held {
+  gate: Gate,
+  started: oneshot::Receiver<std::io::Result<u32>>,
+}
+
+/// Starts the backend on the spawner thread, held at its gate; returns once it reported its pid.
+pub async fn spawn_held(spec: SpawnSpec, sink: LineSink) -> Result<Arc<Child>> {
+  let (program, cwd, path_env) = (spec.program.clone(), spec.cwd.clone(), path_of(&spec));
+  let failed = |e: std::io::Error| spawn_error(&program, &cwd, path_env.as_deref(), e);
+  let mut command = build_command(&spec);
+  configure(&mut command, &spec);
+  // Pipes of our own: the spawn returns only once the program runs, and its output must be read before.
+  let (out_read, out_write) = std::io::pipe().map_err(failed)?;
+  let (err_read, err_write) = std::io::pipe().map_err(failed)?;
+  command.stdout(out_write).stderr(err_write);
+  let stdin = match spec.stdin_pipe {
+    true => {
+      let (read, write) = std::io::pipe().map_err(failed)?;
+      command.stdin(read);
+      Some(Box::new(write) as Box<dyn Write + Send>)
+    }
+    false => None,
+  };
+  let (mut gate, child_ends) = Gate::install(&mut command).map_err(failed)?;
+  // The spec holds the socket handed to the backend (`listen: 'fd'`); the command's copy goes with the spawn.
+  drop(spec);
+  let (spawned_tx, spawned_rx) = oneshot::channel::<std::io::Result<std::process::Child>>();
+  spawner::run(move || {
+    let spawned = command.spawn();
+    // Our copies of the child's descriptors (its output pipes, its socket): they must close with the
+    // backend, not wait for the next start.
+    drop(command);
+    drop(child_ends);
+    if let Err(Ok(mut orphan)) = spawned_tx.send(spawned) {
+      // Nobody watches it any more (its runtime is gone): end it rather than leave it unwatched.
+      crate::os::signal::signal_group(orphan.id(), crate::os::signal::Stop::Force);
+      let _ = orphan.wait();
+    }
+  })
+  .map_err(|e| no_thread(&program, e))?;
+  let (started_tx, mut started_rx) = oneshot::channel::<std::io::Result<u32>>();
+  let (exit_tx, exit_rx) = watch::channel(None);
+  let reaping = Arc::new(Mutex::new(Reaping::default()));
+  tokio::spawn(watch_spawned(
+    spawned_rx,
+    started_tx,
+    reaping.clone(),
+    exit_tx,
+  ));
+  // Until a `Child` owns it: a start that fails below leaves the process to be reaped once it exited.
+  let unowned = Unowned(Some(reaping.clone()));
+  enum First {
+    Reported(std::io::Result<Option<u32>>),
+    Started(std::result::Result<std::io::Result<u32>, oneshot::error::RecvError>),
+  }
+  let first = tokio::select! {
+    biased;
+    reported = gate.reported_pid() => First::Reported(reported),
+    started = &mut started_rx => First::Started(started),
+  };
+  let outcome_known = !matches!(first, First::Reported(Ok(Some(_))));
+  let started = match first {
+    First::Reported(Ok(Some(pid))) => Ok(Ok(pid)),
+    // Our end of the report failed: the gate, dropped unopened, stops the child.
+    First::Reported(Err(e)) => return Err(failed(e)),
+    // It ended before it was held (a failed setup step): the spawn says why.
+    First::Reported(Ok(None)) => (&mut started_rx).await,
+    First::Started(started) => started,
+  };
+  let pid = match started {
+    Ok(Ok(pid)) => pid,
+    Ok(Err(e)) => return Err(failed(e)),
+    Err(_) => return Err(spawner_ended(&program)),
+  };
+  if outcome_known {
+    // Ended without being held (killed from outside): the outcome is known, and there is nothing to open.
+    let (tx, rx) = oneshot::channel();
+    let _ = tx.send(Ok(pid));
+    started_rx = rx;
+  }
+  let pipes: Vec<(Stream, Pipe)> = vec![(Stream::Stdout, out_read), (Stream::Stderr, err_read)];
+  unowned.disarm();
+  Ok(Arc::new(Child {
+    pid,
+    output: output::start_readers(pid, pipes, sink),
+    exit: exit_rx,
+    reaping,
+    stdin: Mutex::new(stdin),
+    warnings: Vec::new(),
+    held: Mutex::new(Some(super::Held {
+      os: Held {
+        gate,
+        started: started_rx,
+      },
+      program,
+      cwd,
+      path_env,
+    })),
+    never_ran: AtomicBool::new(false),
+  }))
+}
+
+/// A started process no `Child` owns yet: dropped armed, it is released (reaped once it exited).
+struct Unowned(Option<Arc<Mutex<Reaping>>>);
+
+impl Unowned {
+  fn disarm(mut self) {
+    self.0 = None;
+  }
+}
+
+impl Drop for Unowned {
+  fn drop(&mut self) {
+    if let Some(reaping) = self.0.take() {
+      let mut reaping = lock(&reaping);
+      reaping.released = true;
+      reaping.reap_if_done();
+    }
+  }
+}
+
+/// Takes the spawn's outcome from the spawner thread, then reports the exit (the pid stays ours until the
+/// child is released and reaped).
+async fn watch_spawned(
+  spawned: oneshot::Receiver<std::io::Result<std::process::Child>>,
+  started: oneshot::Sender<std::io::Result<u32>>,
+  reaping: Arc<Mutex<Reaping>>,
+  exit: watch::Sender<Option<ExitInfo>>,
+) {
+  let process = match spawned.await {
+    Ok(Ok(process)) => process,
+    Ok(Err(e)) => {
+      let _ = exit.send(Some(ExitInfo::default()));
+      let _ = started.send(Err(e));
+      return;
+    }
+    Err(_) => {
+      let _ = exit.send(Some(ExitInfo::default()));
+      return;
+    }
+  };
+  let pid = process.id();
+  lock(&reaping).process = Some(process);
+  let _ = started.send(Ok(pid));
+  watch_exit(reaping, exit, exit_wait::exited(pid)).await;
+}
+
+/// Opens the gate, and waits until the program runs (or could not be started).
+pub async fn let_go(child: &Child, held: super::Held) -> Result<()> {
+  let super::Held {
+    os: Held { gate, started },
+    program,
+    cwd,
+    path_env,
+  } = held;
+  gate.open();
+  match started.await {
+    Ok(Ok(_)) => Ok(()),
+    Ok(Err(e)) => {
+      child.never_ran.store(true, Ordering::SeqCst);
+      Err(spawn_error(&program, &cwd, path_env.as_deref(), e))
+    }
+    Err(_) => Err(spawner_ended(&program)),
+  }
+}
+
+/// A gate dropped unopened tells the child to stop.
+pub fn stop_held(_child: &Child, held: super::Held) {
+  drop(held);
+}
+
+/// The force stop of the whole group.
+pub fn force_tree(child: &Child) {
+  crate::os::signal::signal_group(child.pid, crate::os::signal::Stop::Force);
+}
+
+/// Before the reap frees the group id for reuse, the death guard forgets it.
+pub fn forget_group(pid: u32) {
+  if let Some(guard) = crate::os::guard::started() {
+    guard.forget(pid);
+  }
+}
+
+/// Reaps an exited child (does not block).
+pub fn reap(mut process: std::process::Child) {
+  let _ = process.wait();
+}
+
+/// The command as given, or wrapped to learn its pid for a listening socket.
+pub fn command(spec: &SpawnSpec) -> Command {
+  match &spec.listen_socket {
+    Some(_) => with_listen_pid(spec),
+    None => {
+      let mut cmd = Command::new(&spec.program);
+      cmd.args(&spec.args);
+      cmd
+    }
+  }
+}
+
+pub fn is_path_variable(name: &str) -> bool {
+  name == "PATH"
+}
 
 /// The command for a backend that gets a listening socket: `LISTEN_PID` must be its own pid, which is
 /// known only after the fork, so a shell sets it and `exec`s the program, which keeps that pid.
@@ -90,41 +305,6 @@ pub fn configure(cmd: &mut Command, spec: &SpawnSpec) {
         }
         Ok(())
       });
-    }
-  }
-}
-
-/// Blocks until the child exits, leaving it unreaped (`waitid(WNOWAIT)`), so that its pid and group id
-/// stay ours. A stop or continue (Ctrl-Z, a debugger) is not an exit: some systems report those too.
-pub fn wait_exit_keep_pid(process: &mut std::process::Child) -> ExitInfo {
-  let Some(pid) = Pid::from_raw(process.id() as i32) else {
-    return ExitInfo::default();
-  };
-  loop {
-    match waitid(
-      WaitId::Pid(pid),
-      WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
-    ) {
-      Ok(Some(status)) if status.exited() => {
-        return ExitInfo {
-          exit_code: status.exit_status(),
-          signal: None,
-        }
-      }
-      Ok(Some(status)) if status.killed() || status.dumped() => {
-        return ExitInfo {
-          exit_code: None,
-          signal: status.terminating_signal().map(crate::os::signal::name),
-        }
-      }
-      Ok(_) | Err(rustix::io::Errno::INTR) => continue,
-      // Someone else reaped it (only possible if the host calls waitpid(-1)): report what std sees.
-      Err(_) => {
-        return match process.try_wait() {
-          Ok(Some(status)) => super::exit_info_from(status),
-          _ => ExitInfo::default(),
-        }
-      }
     }
   }
 }
