@@ -6,11 +6,11 @@ const fs = require('node:fs')
 const path = require('node:path')
 const { machine, fmt, isOurs } = require('./lib')
 
-const AREAS = ['ports', 'readiness', 'stopping', 'status', 'supervision', 'monitoring', 'replicas', 'footprint']
+const AREAS = ['ports', 'readiness', 'signals', 'logs', 'stopping', 'status', 'supervision', 'monitoring', 'replicas', 'footprint']
 const args = process.argv.slice(2)
 const quick = args.includes('--quick')
 const chosen = args.filter((a) => !a.startsWith('--'))
-const RUNS = { ports: quick ? 50 : 200, readiness: quick ? 10 : 30, stopping: quick ? 5 : 15, status: quick ? 20 : 60, supervision: quick ? 10 : 30, monitoring: quick ? 4 : 10, replicas: quick ? 3 : 5, footprint: quick ? 10 : 20 }
+const RUNS = { ports: quick ? 50 : 200, readiness: quick ? 10 : 30, signals: quick ? 20 : 100, logs: quick ? 1 : 5, stopping: quick ? 5 : 15, status: quick ? 20 : 60, supervision: quick ? 10 : 30, monitoring: quick ? 4 : 10, replicas: quick ? 3 : 5, footprint: quick ? 10 : 20 }
 
 /**
  * The reference of a row: the row of its group marked `reference`, else the group's first row of ours. Each
