@@ -111,7 +111,15 @@ async function main() {
   let results = []
   for (const area of chosen.length ? chosen : AREAS) {
     if (!AREAS.includes(area)) throw new Error(`unknown area ${area}; areas: ${AREAS.join(', ')}`)
-    const result = withRatios(await require(`./${area}.js`)({ runs: RUNS[area], quick }))
+    let result
+    try {
+      result = withRatios(await require(`./${area}.js`)({ runs: RUNS[area], quick }))
+    } catch (err) {
+      // One area failing (a start timing out on a loaded machine) does not lose the others' results.
+      console.error(err)
+      process.exitCode = 1
+      result = { title: `${area}: failed`, rows: [], figures: { error: String(err.message).split('\n')[0] } }
+    }
     result.area = area
     results.push(result)
     console.log(`${result.title}${result.unit ? ` (${result.unit})` : ''}`)
@@ -153,7 +161,10 @@ async function main() {
   console.log('wrote bench/RESULTS.md, bench/chart.svg, bench/results/latest.json')
 }
 
-main().catch((err) => {
-  console.error(err)
-  process.exitCode = 1
-})
+if (require.main === module) {
+  main().catch((err) => {
+    console.error(err)
+    process.exitCode = 1
+  })
+}
+module.exports = { withRatios, markdownTable }
