@@ -123,3 +123,45 @@ test('bad ready options are refused at construction, naming the option', () => {
   }
   assert.equal(new ProcessManager({ logger: false }).options.ready, 'http')
 })
+
+const { posixOnly } = require('./helpers')
+
+/**
+ * An HTTP backend on the socket it is handed (`listen: 'fd'`) that starts accepting only after
+ * ACCEPT_AFTER_MS (or exits then, with EXIT_INSTEAD), and says which connections and requests it got.
+ */
+const HANDED_SOCKET_SERVER = `
+  const http = require('node:http')
+  let connections = 0
+  const server = http.createServer((req, res) => { console.log('REQUEST ' + req.method + ' ' + req.url); res.end('ok') })
+  server.on('connection', () => console.log('CONNECTION ' + ++connections))
+  setTimeout(() => {
+    if (process.env.EXIT_INSTEAD) { console.error('giving up before accepting'); process.exit(4) }
+    server.listen({ fd: 3 }, () => console.log('accepting'))
+  }, Number(process.env.ACCEPT_AFTER_MS))`
+
+test("listen: 'fd' + 'http' — one probe waits in the held socket's backlog: the backend gets exactly one connection, and ready comes after its accept", { skip: posixOnly("listen: 'fd' (a socket as fd 3) is refused on Windows") }, async (t) => {
+  const lines = []
+  const acceptAfter = 1200
+  // A probe that waits is bounded by the start's deadline, not by healthTimeoutMs.
+  const pm = manager(t, { name: 'fd-probe', command: process.execPath, args: ['-e', HANDED_SOCKET_SERVER], env: { ACCEPT_AFTER_MS: String(acceptAfter) }, port: await freeRun(3), listen: 'fd', healthTimeoutMs: 100 })
+  pm.on('stdout', (l) => lines.push(l))
+  const began = Date.now()
+  const b = await pm.startBackend(ROOT)
+  assert.ok(Date.now() - began >= acceptAfter, 'ready only once the backend accepted')
+  await pm.stopBackend()
+  assert.equal(isAlive(b.pid), false)
+  // Probes that each give up after healthTimeoutMs would have queued one connection per try.
+  assert.deepEqual(lines.filter((l) => /^(CONNECTION|REQUEST) /.test(l)), ['CONNECTION 1', 'REQUEST GET /health'])
+})
+
+test("listen: 'fd' + 'http' — a backend that exits while the probe waits in the backlog fails at once with ERR_BACKEND_EXITED", { skip: posixOnly("listen: 'fd' (a socket as fd 3) is refused on Windows") }, async (t) => {
+  const pm = manager(t, { name: 'fd-exit', command: process.execPath, args: ['-e', HANDED_SOCKET_SERVER], env: { ACCEPT_AFTER_MS: '300', EXIT_INSTEAD: '1' }, port: await freeRun(3), listen: 'fd', startTimeoutMs: 20000 })
+  const began = Date.now()
+  const err = await pm.startBackend(ROOT).catch((e) => e)
+  assert.equal(err.code, 'ERR_BACKEND_EXITED', err.message)
+  assert.equal(err.exitCode, 4)
+  assert.deepEqual(err.stderrTail, ['giving up before accepting'])
+  assert.ok(Date.now() - began < 8000, 'well before startTimeoutMs')
+  assert.deepEqual(records(pm.options.stateDir), [])
+})

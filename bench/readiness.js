@@ -184,3 +184,6 @@ module.exports = async function readiness({ runs, only }) {
     rows,
   }
 }
+
+module.exports.startWaiter = startWaiter
+module.exports.oneRun = oneRun

@@ -6,11 +6,11 @@ const fs = require('node:fs')
 const path = require('node:path')
 const { machine, fmt, isOurs } = require('./lib')
 
-const AREAS = ['ports', 'readiness', 'stopping', 'status', 'supervision', 'monitoring', 'replicas', 'footprint']
+const AREAS = ['ports', 'readiness', 'signals', 'logs', 'stopping', 'status', 'supervision', 'monitoring', 'replicas', 'footprint']
 const args = process.argv.slice(2)
 const quick = args.includes('--quick')
 const chosen = args.filter((a) => !a.startsWith('--'))
-const RUNS = { ports: quick ? 50 : 200, readiness: quick ? 10 : 30, stopping: quick ? 5 : 15, status: quick ? 20 : 60, supervision: quick ? 10 : 30, monitoring: quick ? 4 : 10, replicas: quick ? 3 : 5, footprint: quick ? 10 : 20 }
+const RUNS = { ports: quick ? 50 : 200, readiness: quick ? 10 : 30, signals: quick ? 20 : 100, logs: quick ? 1 : 5, stopping: quick ? 5 : 15, status: quick ? 20 : 60, supervision: quick ? 10 : 30, monitoring: quick ? 4 : 10, replicas: quick ? 3 : 5, footprint: quick ? 10 : 20 }
 
 /**
  * The reference of a row: the row of its group marked `reference`, else the group's first row of ours. Each
@@ -111,7 +111,15 @@ async function main() {
   let results = []
   for (const area of chosen.length ? chosen : AREAS) {
     if (!AREAS.includes(area)) throw new Error(`unknown area ${area}; areas: ${AREAS.join(', ')}`)
-    const result = withRatios(await require(`./${area}.js`)({ runs: RUNS[area], quick }))
+    let result
+    try {
+      result = withRatios(await require(`./${area}.js`)({ runs: RUNS[area], quick }))
+    } catch (err) {
+      // One area failing (a start timing out on a loaded machine) does not lose the others' results.
+      console.error(err)
+      process.exitCode = 1
+      result = { title: `${area}: failed`, rows: [], figures: { error: String(err.message).split('\n')[0] } }
+    }
     result.area = area
     results.push(result)
     console.log(`${result.title}${result.unit ? ` (${result.unit})` : ''}`)
@@ -153,7 +161,10 @@ async function main() {
   console.log('wrote bench/RESULTS.md, bench/chart.svg, bench/results/latest.json')
 }
 
-main().catch((err) => {
-  console.error(err)
-  process.exitCode = 1
-})
+if (require.main === module) {
+  main().catch((err) => {
+    console.error(err)
+    process.exitCode = 1
+  })
+}
+module.exports = { withRatios, markdownTable }

@@ -9,6 +9,7 @@ const { ProcessManager } = require('..')
 const { now, sleep } = require('./lib')
 
 const BACKEND = path.join(__dirname, 'fast-backend.py')
+const SIGNAL_BACKEND = path.join(__dirname, 'signal-backend.py')
 const WAIT_LIMIT_MS = 30000
 
 /** The original hand-written manager: one GET, then a fixed 1000 ms between retries. */
@@ -33,9 +34,22 @@ const waitOnFast = (interval) => ({ interval, delay: 0, httpTimeout: 1000, proxy
 // `wait` and `stop`.
 let started = null
 
-/** Makes the manager and reserves `port` for it (for it alone): false when another process holds it. */
-async function prepare({ port, dir, delay, mark }) {
-  started = new ProcessManager({
+// The starters of bench/signals.js: the backend's signal and the `ready` (and `listen`) that waits for it.
+const SIGNALS = {
+  notify: { ready: 'notify' },
+  stdout: { ready: { stdout: '^ready now$' } },
+  fd: { ready: 'http', listen: 'fd' },
+}
+
+/**
+ * Makes the manager and reserves `port` for it (for it alone): false when another process holds it. With
+ * `signal` (bench/signals.js) its backend is bench/signal-backend.py, else bench/fast-backend.py.
+ */
+async function prepare({ port, dir, delay, mark, signal }) {
+  started = new ProcessManager(signal ? {
+    name: `bench-${signal}`, command: 'python3', args: [SIGNAL_BACKEND], port, portRange: 0, stateDir: dir, logger: false, healthPath: '/',
+    env: { SIGNAL: signal, DELAY_MS: String(delay), MARK_FILE: mark }, ...SIGNALS[signal],
+  } : {
     name: 'bench-ready', command: 'python3', args: [BACKEND], port, portRange: 0, stateDir: dir, logger: false, healthPath: '/',
     env: { LISTEN_DELAY_MS: String(delay), LISTEN_MARK_FILE: mark },
   })

@@ -230,7 +230,9 @@ fn frame(time: String, stream: LogStream, replica: usize, text: &str) -> Vec<u8>
   } else {
     (text, 0)
   };
-  let mut line = format!("{time} {} {replica} ", stream.as_str());
+  // Sized once: grown a character at a time it was reallocated several times a line.
+  let mut line = String::with_capacity(time.len() + kept.len() + 32);
+  line.push_str(&format!("{time} {} {replica} ", stream.as_str()));
   line.extend(
     kept
       .chars()

@@ -906,7 +906,10 @@ async fn forward(
     }
     to.write_all(&buffer[..read]).await?;
     let (slots, reader, writer) = (&shared.slots, from.as_ref(), to.as_ref());
-    if bulk.after_copy(slots, reader, writer, read, buffer.len(), activity).await? {
+    if bulk
+      .after_copy(slots, reader, writer, read, buffer.len(), activity)
+      .await?
+    {
       return Ok(());
     }
   }

@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::{sleep, timeout, Instant};
 
@@ -126,7 +127,7 @@ pub async fn request(target: &Target, method: &str, path: &str, limit: Duration)
 
 async fn exchange(target: &Target, method: &str, path: &str) -> ProbeOutcome {
   let addr = SocketAddr::new(target.host, target.port);
-  let mut stream = match imp::connect(addr).await {
+  let stream = match imp::connect(addr).await {
     Ok(s) => s,
     Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return ProbeOutcome::Refused,
     Err(e) => return ProbeOutcome::Failed(e.to_string()),
@@ -146,6 +147,16 @@ async fn exchange(target: &Target, method: &str, path: &str) -> ProbeOutcome {
       }
     }
   }
+  converse(stream, target, method, path).await
+}
+
+/// Writes `method path` (with the token) on a connection made, and reads how it is answered.
+async fn converse(
+  mut stream: TcpStream,
+  target: &Target,
+  method: &str,
+  path: &str,
+) -> ProbeOutcome {
   let authorization = target
     .secret
     .as_ref()
@@ -195,6 +206,76 @@ fn parse_status(head: &[u8]) -> Option<u16> {
   match response.parse(head) {
     Ok(_) | Err(httparse::Error::TooManyHeaders) => response.code,
     Err(_) => None,
+  }
+}
+
+/// `listen: 'fd'`: readiness on the listening socket that this process holds and handed to the backend.
+/// A connection to it is queued in its backlog until a backend process accepts it, so one probe, its
+/// request written at once, waits there for its answer until `deadline`: nothing is polled, the backend
+/// gets one connection, and the answer comes as soon as it accepts and answers. Only the processes that
+/// hold that socket (this one and those it handed it to) can accept from it, so the request goes without
+/// an owner check first, and its 2xx is the backend's. An answer that is not a 2xx (or a connection closed
+/// without one) hands the rest of the wait to `wait_until_healthy`, whose probes back off as usual. The
+/// backend exiting meanwhile is the caller's to notice (it drops this future).
+pub async fn wait_in_backlog<F, Fut>(
+  target: &Target,
+  probe_timeout: Duration,
+  deadline: Instant,
+  answered_delay_cap: Duration,
+  watch: Watch,
+  is_own: F,
+) -> Result<Ready, NotReady>
+where
+  F: FnMut() -> Fut,
+  Fut: std::future::Future<Output = bool>,
+{
+  let began = Instant::now();
+  let queued = async {
+    match imp::connect(SocketAddr::new(target.host, target.port)).await {
+      Ok(stream) => {
+        let _ = stream.set_nodelay(true);
+        converse(stream, target, "GET", &target.path).await
+      }
+      Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => ProbeOutcome::Refused,
+      Err(e) => ProbeOutcome::Failed(e.to_string()),
+    }
+  };
+  let outcome = match tokio::time::timeout_at(deadline, queued).await {
+    Ok(outcome) => outcome,
+    Err(_) => {
+      return Err(NotReady {
+        last: ProbeOutcome::Failed(format!(
+          "no answer: the backend did not accept from the socket it was handed (one probe waited {} ms in its backlog)",
+          began.elapsed().as_millis()
+        )),
+        probes: 1,
+      })
+    }
+  };
+  if let ProbeOutcome::Healthy(_) = outcome {
+    return Ok(Ready {
+      probes: 1,
+      latency: began.elapsed(),
+    });
+  }
+  match wait_until_healthy(
+    target,
+    probe_timeout,
+    deadline,
+    answered_delay_cap,
+    watch,
+    is_own,
+  )
+  .await
+  {
+    Ok(ready) => Ok(Ready {
+      probes: ready.probes + 1,
+      ..ready
+    }),
+    Err(not_ready) => Err(NotReady {
+      probes: not_ready.probes + 1,
+      ..not_ready
+    }),
   }
 }
 

@@ -155,7 +155,6 @@ mod imp {
     }
   }
 
-
   /// Sends the stop to the backend's whole group; false when it could not be sent.
   pub fn send(child: &Child, sig: Stop) -> bool {
     signal_group(child.pid, sig)
@@ -224,7 +223,6 @@ mod imp {
         .unwrap_or_default(),
     }
   }
-
 
   /// Sends the stop to the backend's whole tree; false when it could not be sent.
   pub fn send(child: &Child, sig: Stop) -> bool {

@@ -223,7 +223,6 @@ fn is_own_plain_file(path: &Path) -> bool {
   imp::is_own(&meta) && meta.file_type().is_file()
 }
 
-
 /// Removes a record file; one already gone is fine.
 pub fn delete_record(path: &Path) -> std::io::Result<()> {
   match fs::remove_file(path) {

@@ -202,6 +202,15 @@ pub async fn run(
     }
     ready = async {
       match &o.ready {
+        // `listen: 'fd'`: one probe waits in the backlog of the socket this process holds.
+        ReadySignal::Http if place.socket().is_some() => health::wait_in_backlog(
+          &target,
+          o.health_timeout,
+          deadline,
+          ANSWERED_DELAY_CAP,
+          health::Watch { refused_delay: QUIET_LOOK_EVERY, nudge: Some(nudge.clone()), own_thread: false },
+          own_listener,
+        ).await,
         ReadySignal::Http => health::wait_until_healthy(
           &target,
           manager.deadlines.probe,

@@ -151,11 +151,7 @@ fn start_limited(strategy: Strategy, limits: Limits) -> Started {
 
 /// A balancer in front of upstreams 0..count, all answering in `mode`. Keep the upstreams: dropping
 /// them closes their listeners.
-async fn balancing(
-  strategy: Strategy,
-  mode: Mode,
-  count: usize,
-) -> (Vec<TestUpstream>, Started) {
+async fn balancing(strategy: Strategy, mode: Mode, count: usize) -> (Vec<TestUpstream>, Started) {
   let balancer = start_balancer(strategy);
   let mut upstreams = Vec::new();
   for id in 0..count {
@@ -326,11 +322,7 @@ async fn a_down_upstream_is_skipped_without_client_errors_and_reported_once() {
 /// result and the balancer (with its failure reports).
 async fn reset_while_queued(
   body: Vec<u8>,
-) -> (
-  io::Result<Vec<u8>>,
-  Started,
-  mpsc::UnboundedReceiver<usize>,
-) {
+) -> (io::Result<Vec<u8>>, Started, mpsc::UnboundedReceiver<usize>) {
   let dying = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
   let live = TestUpstream::start(1, Mode::Reply).await;
   let balancer = start_balancer(Strategy::LeastConnections);

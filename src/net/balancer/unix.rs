@@ -9,7 +9,10 @@ pub fn open_file_limit() -> Option<u64> {
 /// Whether an accept error with this OS code comes back at once until descriptors or memory are freed
 /// (EMFILE, ENFILE, ENOBUFS, ENOMEM). Always decided here.
 pub fn accept_exhausted(code: i32) -> Option<bool> {
-  Some(is_one_of(code, &[Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM]))
+  Some(is_one_of(
+    code,
+    &[Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM],
+  ))
 }
 
 /// Whether a connect error with this OS code means our own resources ran out (those of accept, and no

@@ -14,14 +14,14 @@
 //! Each system's half is its `imp` module (unix.rs, windows.rs), as in tokio's `process`.
 
 mod exit_wait;
-mod output;
-mod spawner;
 #[cfg(unix)]
 #[path = "unix.rs"]
 mod imp;
 #[cfg(windows)]
 #[path = "windows.rs"]
 mod imp;
+mod output;
+mod spawner;
 
 #[cfg(windows)]
 pub use imp::Job;

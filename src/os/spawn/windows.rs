@@ -5,8 +5,8 @@
 
 use super::output::{self, Pipe, Stream};
 use super::{
-  build_command, exit_wait, lock, no_thread, path_of, spawn_error, spawner, spawner_ended, watch_exit,
-  Child, ExitInfo, LineSink, Reaping, SpawnSpec,
+  build_command, exit_wait, lock, no_thread, path_of, spawn_error, spawner, spawner_ended,
+  watch_exit, Child, ExitInfo, LineSink, Reaping, SpawnSpec,
 };
 use crate::error::Result;
 use crate::os::win::console;

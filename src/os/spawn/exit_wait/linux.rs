@@ -20,7 +20,9 @@ pub async fn exited(pid: u32) -> ExitInfo {
   let pidfd = pidfd_open(target, PidfdFlags::NONBLOCK)
     .ok()
     // SAFETY: the AsyncFd owns the pidfd (an OwnedFd), which stays open and the same until it is dropped.
-    .and_then(|fd| unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok());
+    .and_then(|fd| {
+      unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()
+    });
   let Some(pidfd) = pidfd else {
     // A kernel before 5.3, or no room in the runtime's poll set.
     return super::thread::exited(pid).await;
