@@ -10,7 +10,7 @@ const path = require('node:path')
 
 const root = path.resolve(__dirname, '..')
 const DESIGN = path.join(root, 'docs', 'design.md')
-const SCANNED = ['src', 'lib', 'index.js', 'cli.js', 'scripts', 'bench', '__test__']
+const SCANNED = ['src', 'crates', 'lib', 'index.js', 'cli.js', 'scripts', 'bench', '__test__']
 const TEXT = /\.(rs|js|cjs|mjs|ts|sh|py|md|toml|json)$/
 const SKIPPED_DIRS = new Set(['node_modules', 'target', '.cache'])
 

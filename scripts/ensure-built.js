@@ -17,7 +17,7 @@ function newestSource() {
     if (st.isDirectory()) for (const e of fs.readdirSync(p)) visit(path.join(p, e))
     else newest = Math.max(newest, st.mtimeMs)
   }
-  for (const p of ['src', 'Cargo.toml', 'Cargo.lock', 'build.rs']) visit(path.join(root, p))
+  for (const p of ['src', 'crates', 'Cargo.toml', 'Cargo.lock', 'build.rs']) visit(path.join(root, p))
   return newest
 }
 

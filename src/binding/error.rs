@@ -2,7 +2,7 @@
 //! API's `code`, its fields, and the OS error underneath as `cause`. No panic reaches JS as anything but
 //! `ERR_INTERNAL` (docs/design.md §14).
 
-use crate::error::{catch_panic, catch_panic_async, Field, PmError, Result};
+use bpm::error::{catch_panic, catch_panic_async, Field, PmError, Result};
 use napi::bindgen_prelude::{Object, PromiseRaw, ToNapiValue};
 use napi::{Env, JsValue, Status};
 use std::future::Future;
@@ -74,7 +74,7 @@ where
   let (deferred, promise) = env.create_deferred()?;
   std::thread::Builder::new()
     .name("bpm-wait".into())
-    .stack_size(crate::blocking::THREAD_STACK)
+    .stack_size(bpm::blocking::THREAD_STACK)
     .spawn(move || {
       // Its runtime is made here, off the JS thread.
       let result = tokio::runtime::Builder::new_current_thread()
@@ -108,7 +108,7 @@ where
 {
   promise(
     env,
-    async move { crate::blocking::run(work).await? },
+    async move { bpm::blocking::run(work).await? },
     convert,
   )
 }

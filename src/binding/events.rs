@@ -5,8 +5,8 @@
 //! `binding.d.ts` is the contract `index.d.ts` builds the public events from (docs/api.md, "Events").
 
 use super::BackendInfo;
-use crate::lifecycle::{self, Event, Events, Level};
-use crate::os::spawn::{ExitInfo, Stream};
+use bpm::lifecycle::{self, Event, Events, Level};
+use bpm::os::spawn::{ExitInfo, Stream};
 use napi::bindgen_prelude::{Either, Function, Null};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::Status;

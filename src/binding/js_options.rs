@@ -1,7 +1,7 @@
 //! The options of `new ProcessManager(options)` as JS sees them: `pm.options`, the options in force with the
 //! defaults applied, typed so that the generated `binding.d.ts` says what each value can be.
 
-use crate::options::{self as opts, InheritEnv, Options, ReadySignal};
+use bpm::options::{self as opts, InheritEnv, Options, ReadySignal};
 use napi::bindgen_prelude::Either;
 use napi_derive::napi;
 use std::collections::BTreeMap;
@@ -236,7 +236,7 @@ impl From<&Options> for OptionsInForce {
 #[cfg(test)]
 mod tests {
   use super::*;
-  use crate::options::Value;
+  use bpm::options::Value;
 
   fn in_force(fields: Vec<(&str, Value)>) -> OptionsInForce {
     OptionsInForce::from(&Options::parse(&Value::object(fields)).unwrap())

@@ -6,14 +6,14 @@ mod events;
 mod js_options;
 mod value;
 
-use crate::diagnostics;
-use crate::lifecycle::launch::Runtime;
-use crate::lifecycle::{self, Manager};
-use crate::logs;
-use crate::net::{listeners, port, reservation};
-use crate::options::{self, CleanupArgs, FindArgs, Options, StartArgs};
-use crate::state;
-use crate::state::orphans::{self, RecordState};
+use bpm::diagnostics;
+use bpm::lifecycle::launch::Runtime;
+use bpm::lifecycle::{self, Manager};
+use bpm::logs;
+use bpm::net::{listeners, port, reservation};
+use bpm::options::{self, CleanupArgs, FindArgs, Options, StartArgs};
+use bpm::state;
+use bpm::state::orphans::{self, RecordState};
 use error::{blocking_promise, promise, promise_on_own_thread, sync};
 use events::{JsEvents, NativeEvent, Stats};
 use js_options::OptionsInForce;
@@ -321,7 +321,7 @@ pub fn process_usage(env: &Env, pids: Unknown) -> napi::Result<Vec<ProcessUsage>
   sync(env, || {
     let pids = options::pids(&pids)?;
     Ok(
-      crate::os::tree::per_process(&pids)
+      bpm::os::tree::per_process(&pids)
         .into_iter()
         .map(|u| {
           let cpu_ms = u.cpu_time.as_secs_f64() * 1000.0;
@@ -911,7 +911,7 @@ impl NativeManager {
       env,
       async move { Ok(manager.probe_health(port).await) },
       |(outcome, took)| {
-        use crate::net::health::ProbeOutcome;
+        use bpm::net::health::ProbeOutcome;
         let (status, error) = match outcome {
           ProbeOutcome::Healthy(s) | ProbeOutcome::Unhealthy(s) => (Some(u32::from(s)), None),
           ProbeOutcome::Refused => (None, Some("refused".to_string())),

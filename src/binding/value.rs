@@ -1,6 +1,6 @@
 //! JS values in, without judgement: checking them is `options`' job.
 
-use crate::options::Value;
+use bpm::options::Value;
 use napi::bindgen_prelude::{Array, FromNapiValue, Object};
 use napi::{JsValue, Unknown, ValueType};
 

@@ -19,6 +19,8 @@ impl Owner {
   /// The free `findAvailablePort`: its reservations block every caller.
   pub const ANYONE: Owner = Owner(0);
 
+  /// A new caller's own name: its reservations do not block it.
+  #[allow(clippy::new_without_default)] // each call names another caller: not a default value
   pub fn new() -> Owner {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     Owner(NEXT.fetch_add(1, Ordering::Relaxed))

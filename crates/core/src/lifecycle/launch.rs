@@ -21,6 +21,18 @@ pub struct Runtime {
   pub env: Vec<(String, String)>,
 }
 
+impl Runtime {
+  /// This process's environment, for a Rust program: JavaScript entries (`entry`) run on the `node` found
+  /// on `PATH`; a `command` runs as it is.
+  pub fn current() -> Runtime {
+    Runtime {
+      node_path: "node".into(),
+      electron: false,
+      env: std::env::vars().collect(),
+    }
+  }
+}
+
 /// A resolved launch; `{port}` and `{host}` in the arguments are still to be replaced.
 #[derive(Debug, Clone)]
 pub struct Launch {

@@ -19,8 +19,8 @@ pub async fn exited(pid: u32) -> ExitInfo {
   // The child is ours and unreaped, so `pid` cannot name another process meanwhile.
   let pidfd = pidfd_open(target, PidfdFlags::NONBLOCK)
     .ok()
-    // SAFETY: the AsyncFd owns the pidfd (an OwnedFd), which stays open and the same until it is dropped.
     .and_then(|fd| {
+      // SAFETY: the AsyncFd owns the pidfd (an OwnedFd), which stays open and the same until it is dropped.
       unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()
     });
   let Some(pidfd) = pidfd else {
