@@ -80,6 +80,18 @@ fn manager_with(dir: &std::path::Path, extra: Vec<(&str, Value)>) -> (Arc<Manage
   (Manager::new(options, events.clone()), events)
 }
 
+/// A manager whose backend is started by `/bin/sh` with `args`.
+fn launched_by(dir: &std::path::Path, args: &[&str]) -> (Arc<Manager>, Arc<Recorded>) {
+  let text = |s: &str| Value::String(s.into());
+  manager_with(
+    dir,
+    vec![
+      ("command", text("/bin/sh")),
+      ("args", Value::Array(args.iter().map(|a| text(a)).collect())),
+    ],
+  )
+}
+
 fn start_args(dir: &std::path::Path) -> (StartArgs, Runtime) {
   (
     StartArgs {
@@ -131,6 +143,87 @@ async fn start_stop_and_crash() {
   );
   assert!(pm.backend().is_none());
   assert!(record::list_records(dir.path(), None).unwrap().is_empty());
+}
+
+/// A launcher that `exec`s the server (a shell, a version manager's shim, an `env` shebang) keeps the pid
+/// and start time but changes the executable. Once the start resolves, the record names what runs: read
+/// then, it is the running backend's, not a stale record a cleanup would delete, orphaning the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launchers_record_names_the_server_once_started() {
+  let dir = tempfile::tempdir().unwrap();
+  let launcher = format!("exec {} -m http.server \"$0\" --bind \"$1\"", python3());
+  let (pm, _events) = launched_by(dir.path(), &["-c", &launcher, "{port}", "{host}"]);
+  let info = start(&pm, dir.path()).await;
+  let written = record::list_records(dir.path(), None)
+    .unwrap()
+    .into_iter()
+    .find_map(|e| e.record.ok());
+  let state = written.as_ref().map(crate::state::orphans::classify);
+  let live = process::identity(info.pid).and_then(|i| i.exe);
+  // Stopped before the checks: nothing is left running when they fail.
+  pm.stop().await.unwrap();
+  assert!(live.is_some(), "the server ran");
+  assert_eq!(
+    (state, written.and_then(|r| r.exe)),
+    (Some(crate::state::orphans::RecordState::Running), live),
+    "the record read as soon as the start resolved"
+  );
+}
+
+/// While the server starts (after its launcher exec'd it, before it is ready), its record must not name
+/// the launcher: a status would call the live backend stale, and a cleanup (another instance of the app,
+/// the CLI) would delete its record — leaving nothing to find it by if the app then dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launchers_record_does_not_name_the_launcher_while_the_server_starts() {
+  let dir = tempfile::tempdir().unwrap();
+  // The shell runs a while before it execs the server, which never gets ready (the stop cancels it).
+  let launcher = format!(
+    "sleep 0.5; exec {} -c 'import time; time.sleep(60)'",
+    python3()
+  );
+  let (pm, _events) = launched_by(dir.path(), &["-c", &launcher]);
+  let (args, runtime) = start_args(dir.path());
+  let starting = pm.start(args, runtime);
+  let looking = async {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    // Once the server runs at the recorded pid: what the record says of it then.
+    let seen = loop {
+      let written = record::list_records(dir.path(), None)
+        .unwrap()
+        .into_iter()
+        .find_map(|e| e.record.ok());
+      let server = written.as_ref().and_then(|r| {
+        let exe = process::identity(r.pid)?.exe?;
+        let name = std::path::Path::new(&exe)
+          .file_name()?
+          .to_string_lossy()
+          .into_owned();
+        name.starts_with("python").then_some(exe)
+      });
+      if let (Some(written), Some(server)) = (written, server) {
+        break Some((
+          crate::state::orphans::classify(&written),
+          written.exe,
+          server,
+        ));
+      }
+      if tokio::time::Instant::now() > deadline {
+        break None;
+      }
+      tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    pm.stop().await;
+    seen
+  };
+  let (started, seen) = tokio::join!(starting, looking);
+  assert!(started.is_err(), "the stop cancelled the start");
+  let (state, exe, server) = seen.expect("the launcher exec'd the server");
+  assert_eq!(
+    state,
+    crate::state::orphans::RecordState::Running,
+    "record exe {exe:?} while {server} runs"
+  );
+  assert!(exe.is_none() || exe == Some(server), "record exe {exe:?}");
 }
 
 /// The order of the calls is kept: a start asked for during a stop waits for it and starts afresh.

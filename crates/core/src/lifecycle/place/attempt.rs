@@ -151,8 +151,9 @@ pub async fn run(
     }
     return Err(e);
   }
-  // Held, it was still a copy of the app: its record could name no executable.
-  rewrite_record(&instance, manager);
+  // Its record names no executable until it is ready: the program may be a launcher that execs the server
+  // (a shell, a version manager's shim, an `env` shebang), and a record naming the launcher would make the
+  // server a stranger at its own pid. Its start time identifies it meanwhile.
   manager.log(
     Level::Info,
     format!("backend started with pid {} on port {port}", child.pid),
@@ -233,8 +234,12 @@ pub async fn run(
       match ready {
         Ok(ready) => {
           notices.keep_reading(manager, child.clone(), place.index());
-          // A launcher may have exec'd the real server since the last write.
-          rewrite_record(&instance, manager);
+          // A launcher (a shell, a version manager's shim, an `env` shebang) may have exec'd the real
+          // server since the last write: the record names it before the start resolves, or a status or
+          // cleanup reading it then would find a stranger at the pid and call the live backend stale.
+          if let Err(e) = instance.write_record().await {
+            manager.record_not_updated(&instance, &e);
+          }
           manager.log(Level::Info, format!(
             "backend is ready at {} ({} health checks in {} ms)",
             instance.info.url, ready.probes, waiting_since.elapsed().as_millis()
@@ -261,20 +266,6 @@ pub async fn run(
       }
     }
   }
-}
-
-/// Rewrites the record with what runs now (nothing is written when it did not change). The rewrite, with
-/// its fsync, is not on the way to the app: a stop meanwhile waits for it, or finds the record closed and
-/// nothing is written. Each write takes the record's lock and writes what runs at that moment.
-fn rewrite_record(instance: &Arc<Instance>, manager: &Arc<Context>) {
-  let (instance, manager) = (instance.clone(), Arc::downgrade(manager));
-  tokio::spawn(async move {
-    if let Err(e) = instance.write_record().await {
-      if let Some(manager) = manager.upgrade() {
-        manager.record_not_updated(&instance, &e);
-      }
-    }
-  });
 }
 
 /// `Some(true)` when the listener at `addr` is in the backend's tree (or the OS cannot tell), `Some(false)`
