@@ -9,4 +9,4 @@ pub mod spawn_problem;
 pub mod stop;
 pub mod tree;
 #[cfg(windows)]
-pub mod win;
+pub(crate) mod win;

@@ -24,7 +24,7 @@ mod output;
 mod spawner;
 
 #[cfg(windows)]
-pub use imp::Job;
+pub(crate) use imp::Job;
 pub use output::{LineSink, Output, Stream};
 
 use crate::error::{PmError, Result};

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::error::Result;
 use crate::os::win::console;
-pub use crate::os::win::job::Job;
+pub(crate) use crate::os::win::job::Job;
 use crate::os::win::job::{resume_threads, FORCED_EXIT_CODE};
 use std::io::Write;
 use std::os::windows::io::{AsHandle, AsRawHandle, OwnedHandle};
