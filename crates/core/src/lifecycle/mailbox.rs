@@ -1,7 +1,8 @@
 //! The messages a backend's owner (`task`) takes, from one mailbox: the app's commands, each with the
 //! channel its answer goes to, and the inputs the steps below the owner send when something happened.
 //! One mailbox orders them all: a start asked for from an `exit` handler comes after the exit that caused
-//! it, a stop during a restart's backoff comes before or after the restart, never in between.
+//! it, a stop during a restart's backoff comes before or after the backoff's end (the owner's `Restart`
+//! deadline), never in between.
 
 use super::launch::Runtime;
 use super::run::Run;
@@ -10,6 +11,7 @@ use super::{BackendInfo, StopResult};
 use crate::error::Result;
 use crate::options::StartArgs;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 pub type Reply<T> = oneshot::Sender<T>;
@@ -38,6 +40,14 @@ pub enum Input {
   Up(Arc<Run>),
   /// A process of `run` went down, and its supervisor decides whether to restart it.
   Down(Arc<Run>),
+  /// A supervisor of `run` restarts its process after `delay` (the restart policy's backoff): the owner
+  /// arms the wait as its `Restart` deadline and answers `go` when it is over, or drops `go` (nothing is
+  /// restarted) when a stop or the run's end came first.
+  Backoff {
+    run: Arc<Run>,
+    delay: Duration,
+    go: Reply<()>,
+  },
   /// Every supervisor of `run` is done: what a stop stopped (`None`: it ended by itself).
   RunEnded(Arc<Run>, Option<StopResult>),
   /// What a stop ended is gone and its lines are written: the stop is done.
@@ -54,6 +64,8 @@ pub enum Input {
 pub enum Deadline {
   /// Stopping a run: by then every process of it is force-killed, whatever grace its end began with.
   ForceKill,
+  /// Running or between restarts: the earliest backoff of a process waiting to be restarted is over.
+  Restart,
 }
 
 pub enum Message {

@@ -1,6 +1,7 @@
 //! The supervisors of a started backend: one task per slot (the one process, or each replica) that owns
 //! what happens to it — its exit, the watchdog's and the memory limit's verdicts, `stats` events, and the
-//! restarts of the restart policy with their backoff — and one task for the run that waits for them all,
+//! restarts of the restart policy (their backoff is the owner's `Restart` deadline: the slot's task asks
+//! for it with `Input::Backoff` and restarts when the owner says) — and one task for the run that waits for them all,
 //! puts replicas the balancer found refusing back once they answer, and closes the front at the end. Every
 //! end of a running process goes through its slot's task, including the one a stop asks for, so nothing is
 //! started once a stop has been asked for (docs/design.md §16).
@@ -19,7 +20,7 @@ use crate::net::health::{self, ProbeOutcome};
 use crate::os::spawn::ExitInfo;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
@@ -175,7 +176,7 @@ async fn supervise(
         }
       }
     };
-    match recover(manager, run, slot, down, &mut stop).await {
+    match recover(manager, run, slot, down, &mut stop, owner).await {
       Some(result) => return result,
       None => mailbox::report(owner, Input::Up(run.clone())),
     }
@@ -192,13 +193,14 @@ fn stopped_during_reload() -> PmError {
 }
 
 /// After a process went down without a stop: restarts per the policy until one is up (`None`), or ends
-/// the slot (`Some`: what a stop meanwhile stopped, if one came).
+/// the slot (`Some`: what a stop meanwhile stopped, if one came). Each backoff is waited out by the owner.
 async fn recover(
   manager: &Arc<Context>,
   run: &Arc<Run>,
   slot: &Arc<Slot>,
   down: Down,
   stop: &mut watch::Receiver<bool>,
+  owner: &Mailbox,
 ) -> Option<Option<StopResult>> {
   let Some(book) = slot.book.as_ref() else {
     return Some(None);
@@ -242,10 +244,22 @@ async fn recover(
         last.reason.as_str()
       ),
     );
+    // The backoff is the owner's: it says when it is over, or drops `go` when a stop came first.
+    let (go, over) = oneshot::channel();
+    mailbox::report(
+      owner,
+      Input::Backoff {
+        run: run.clone(),
+        delay,
+        go,
+      },
+    );
     tokio::select! {
       biased;
       _ = stop_asked(stop) => return Some(None),
-      _ = tokio::time::sleep(delay) => {}
+      over = over => if over.is_err() {
+        return Some(None);
+      },
     }
     match restart_once(manager, run, slot, attempt, stop).await {
       Restarted::Up => return None,

@@ -1,6 +1,7 @@
 //! The owner of one backend: one task that holds its state and takes one message at a time from its
 //! mailbox (`mailbox`) — the app's commands, each answered on its own channel, and the inputs the steps
-//! below it send (a start's outcome, a process up or down, the run's end, a stop done). Nothing else
+//! below it send (a start's outcome, a process up or down, a restart's backoff, the run's end, a stop
+//! done), and the end of the one deadline its state armed (a stop's force kill, a backoff's end). Nothing else
 //! changes the state, so calls keep the order the app made them in, and a race between a call and what
 //! the backend does is decided by which message came first (docs/design.md §21). The work itself (a
 //! start, a stop's wait, a reload) runs in tasks of its own, so the owner always answers at once; each
@@ -37,7 +38,8 @@ enum State {
   Starting(Starting),
   /// Started and supervised, with a process up.
   Running(Up),
-  /// Started, with no process up: a supervisor waits out a restart's delay, or starts one again.
+  /// Started, with no process up: a restart's backoff is armed (`Deadline::Restart`), or a supervisor
+  /// starts a process again.
   Backoff(Up),
   /// A stop is under way.
   Stopping(Stopping),
@@ -59,6 +61,24 @@ struct Up {
   /// Start calls while no process is up: answered when one is up again, or started afresh if the run
   /// ends by itself.
   waiting: Vec<StartCall>,
+  /// Processes waiting out a restart's backoff (each replica has its own): the earliest end is the
+  /// state's `Restart` deadline.
+  restarts: Vec<Restart>,
+}
+
+/// One process's backoff before its restart: over at `at` (and `rest` after it, for a wait longer than
+/// the clock holds); then its supervisor is told to `go`.
+struct Restart {
+  at: Instant,
+  rest: std::time::Duration,
+  go: Reply<()>,
+}
+
+impl Restart {
+  fn new(delay: std::time::Duration, go: Reply<()>) -> Restart {
+    let (at, rest) = Deadlines::part_of(delay);
+    Restart { at, rest, go }
+  }
 }
 
 struct Stopping {
@@ -84,6 +104,14 @@ impl State {
       State::Backoff(_) => Phase::Backoff,
       State::Stopping(_) => Phase::Stopping,
       State::Failed => Phase::Failed,
+    }
+  }
+
+  /// The run `run` while it is this state's (running, or between restarts).
+  fn up_of(&mut self, run: &Arc<Run>) -> Option<&mut Up> {
+    match self {
+      State::Running(up) | State::Backoff(up) if Arc::ptr_eq(&up.run, run) => Some(up),
+      _ => None,
     }
   }
 
@@ -207,22 +235,27 @@ impl Owner {
       view,
     )
     .active();
-    self.armed = self
-      .deadline()
-      .map(|(after, name)| (Instant::now() + after, name));
+    self.armed = self.deadline();
     if was_active && !active {
       self.ctx.emit(Event::Idle);
     }
   }
 
-  /// The deadline a state arms when it is entered: only a run's stop has one (the steps below the owner
-  /// keep their own: a try's ready deadline, a backoff's delay, a stop's grace).
-  fn deadline(&self) -> Option<(std::time::Duration, Deadline)> {
+  /// The deadline a state arms when it is entered: a run's stop its force kill, a run with processes
+  /// waiting to be restarted the earliest end of their backoffs (the steps below the owner keep their
+  /// own: a try's ready deadline, a stop's grace).
+  fn deadline(&self) -> Option<(Instant, Deadline)> {
     match &self.state {
       State::Stopping(Stopping { run: Some(_), .. }) => Some((
-        Deadlines::force_kill_after(self.ctx.stop_timeout()),
+        Instant::now() + Deadlines::force_kill_after(self.ctx.stop_timeout()),
         Deadline::ForceKill,
       )),
+      State::Running(up) | State::Backoff(up) => up
+        .restarts
+        .iter()
+        .map(|r| r.at)
+        .min()
+        .map(|at| (at, Deadline::Restart)),
       _ => None,
     }
   }
@@ -329,10 +362,7 @@ impl Owner {
         stopping.stops.push(reply);
         self.state = State::Stopping(stopping);
         // A bounded stop (`stopSync`) during a longer one brings the force kill forward.
-        if let Some((at, name)) = self
-          .deadline()
-          .map(|(after, name)| (Instant::now() + after, name))
-        {
+        if let Some((at, name)) = self.deadline() {
           self.armed = Some(self.armed.map_or((at, name), |armed| armed.min((at, name))));
         }
       }
@@ -360,7 +390,11 @@ impl Owner {
       Input::Started(id, outcome) => self.started(id, outcome),
       Input::Up(run) => match self.take() {
         State::Running(up) | State::Backoff(up) if Arc::ptr_eq(&up.run, &run) => {
-          let Up { run, waiting } = up;
+          let Up {
+            run,
+            waiting,
+            restarts,
+          } = up;
           let mut still = Vec::new();
           for call in waiting {
             match run.info() {
@@ -374,10 +408,12 @@ impl Owner {
             Some(_) => State::Running(Up {
               run,
               waiting: still,
+              restarts,
             }),
             None => State::Backoff(Up {
               run,
               waiting: still,
+              restarts,
             }),
           };
           self.set(state);
@@ -390,6 +426,33 @@ impl Owner {
         }
         other => self.state = other,
       },
+      Input::Backoff { run, delay, go } => {
+        match self.state.up_of(&run) {
+          Some(up) => up.restarts.push(Restart::new(delay, go)),
+          // Stopping, or another run: `go` is dropped, and nothing is restarted.
+          None => return,
+        }
+        let state = self.take();
+        self.set(state);
+      }
+      Input::Deadline(Deadline::Restart) => {
+        self.armed = None;
+        let (State::Running(up) | State::Backoff(up)) = &mut self.state else {
+          return;
+        };
+        let now = Instant::now();
+        for restart in std::mem::take(&mut up.restarts) {
+          if restart.at > now {
+            up.restarts.push(restart);
+          } else if restart.rest.is_zero() {
+            let _ = restart.go.send(());
+          } else {
+            up.restarts.push(Restart::new(restart.rest, restart.go));
+          }
+        }
+        let state = self.take();
+        self.set(state);
+      }
       Input::RunEnded(run, result) => match self.take() {
         State::Running(up) | State::Backoff(up) if Arc::ptr_eq(&up.run, &run) => {
           self.set(State::Failed);
@@ -442,6 +505,7 @@ impl Owner {
           self.set(State::Running(Up {
             run: run.clone(),
             waiting: Vec::new(),
+            restarts: Vec::new(),
           }));
           let info = run
             .info()

@@ -357,6 +357,49 @@ async fn a_stop_during_a_restarts_backoff_wins() {
   assert_eq!(*exit_count.borrow(), 1, "no second process ran");
 }
 
+/// A crash's restart waits out the backoff the owner armed: meanwhile nothing runs and the backend stays
+/// active, and a start that came during the backoff is answered with the restarted process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_comes_once_the_owners_backoff_is_over() {
+  let dir = tempfile::tempdir().unwrap();
+  let backoff = Duration::from_millis(600);
+  let (pm, events) = manager_with(
+    dir.path(),
+    vec![(
+      "restart",
+      Value::object(vec![
+        ("initialDelayMs", Value::Number(backoff.as_millis() as f64)),
+        ("maxDelayMs", Value::Number(backoff.as_millis() as f64)),
+      ]),
+    )],
+  );
+  let info = start(&pm, dir.path()).await;
+  let mut exit_count = events.exit_count.subscribe();
+  crate::os::signal::signal_pid(info.pid, crate::os::signal::Stop::Force);
+  tokio::time::timeout(Duration::from_secs(5), exit_count.wait_for(|n| *n >= 1))
+    .await
+    .expect("the crash is reported")
+    .unwrap();
+  let crashed = std::time::Instant::now();
+  assert!(pm.is_active(), "a backend between restarts is active");
+  let (args, runtime) = start_args(dir.path());
+  let (restarted, fresh) = tokio::time::timeout(Duration::from_secs(10), pm.start(args, runtime))
+    .await
+    .expect("the start is answered")
+    .expect("the restarted backend");
+  // The exit is reported before the backoff is asked for, so it is over at least that long after.
+  let waited = crashed.elapsed();
+  assert!(
+    waited + Duration::from_millis(50) >= backoff,
+    "restarted after {waited:?}, before the backoff of {backoff:?} was over"
+  );
+  assert!(!fresh, "the restart started it, not this call");
+  assert_ne!(restarted.pid, info.pid, "a new process");
+  assert_eq!(pm.backend().map(|b| b.pid), Some(restarted.pid));
+  assert!(pm.stop().await.is_some());
+  assert!(!pm.is_active());
+}
+
 /// Parallel starts share one start: one call starts it, the others join, and all get the same backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_starts_share_one_backend() {
