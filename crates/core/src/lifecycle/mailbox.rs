@@ -7,8 +7,9 @@
 use super::launch::Runtime;
 use super::run::Run;
 use super::start::Outcome;
-use super::{BackendInfo, StopResult};
+use super::{BackendInfo, Reason, StopResult};
 use crate::error::Result;
+use crate::net::health::ProbeOutcome;
 use crate::options::StartArgs;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +48,25 @@ pub enum Input {
     run: Arc<Run>,
     delay: Duration,
     go: Reply<()>,
+  },
+  /// A watchdog probe of the process `pid` in slot `slot` of `run` came back after `latency`: the owner
+  /// takes the verdict and answers with the restart it calls for (`None`: none), or drops `verdict` when
+  /// the process is no longer that slot's or the run is being stopped.
+  Probe {
+    run: Arc<Run>,
+    slot: usize,
+    pid: u32,
+    outcome: ProbeOutcome,
+    latency: Duration,
+    verdict: Reply<Option<Reason>>,
+  },
+  /// A memory sample of the process `pid` in slot `slot` of `run` (its whole tree): as `Probe`.
+  Sample {
+    run: Arc<Run>,
+    slot: usize,
+    pid: u32,
+    memory_bytes: u64,
+    verdict: Reply<Option<Reason>>,
   },
   /// Every supervisor of `run` is done: what a stop stopped (`None`: it ended by itself).
   RunEnded(Arc<Run>, Option<StopResult>),

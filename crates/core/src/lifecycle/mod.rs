@@ -3,7 +3,7 @@
 //! takes the messages of `mailbox`; `manager` the public operations, which send it commands. Below the
 //! owner, each step returns what happened: `start` a start, `attempt` one try on one port, `instance` one
 //! spawned process and its record, `supervisor` what watches a running backend (exits, restarts,
-//! watchdog, stats), `restart` the restart policy's arithmetic, `launch` what to run; `context` is what
+//! watchdog ticks, stats), `verdict` what the owner makes of a probe or memory sample, `restart` the restart policy's arithmetic, `launch` what to run; `context` is what
 //! they all use (options, events, log, ends).
 
 mod context;
@@ -21,6 +21,7 @@ mod run;
 mod start;
 mod supervisor;
 mod task;
+mod verdict;
 
 pub use manager::Manager;
 

@@ -1,10 +1,11 @@
-//! The supervisors of a started backend: one task per slot (the one process, or each replica) that owns
-//! what happens to it — its exit, the watchdog's and the memory limit's verdicts, `stats` events, and the
-//! restarts of the restart policy (their backoff is the owner's `Restart` deadline: the slot's task asks
-//! for it with `Input::Backoff` and restarts when the owner says) — and one task for the run that waits for them all,
-//! puts replicas the balancer found refusing back once they answer, and closes the front at the end. Every
-//! end of a running process goes through its slot's task, including the one a stop asks for, so nothing is
-//! started once a stop has been asked for (docs/design.md §16).
+//! The supervisors of a started backend: one task per slot (the one process, or each replica) that carries
+//! out what happens to it — its exit, the watchdog's probes and memory samples (their verdicts are the
+//! owner's: `Input::Probe`/`Input::Sample`), `stats` events, and the restarts of the restart policy (their
+//! backoff is the owner's `Restart` deadline: the slot's task asks for it with `Input::Backoff` and restarts
+//! when the owner says) — and one task for the run that waits for them all, puts replicas the balancer
+//! found refusing back once they answer, and closes the front at the end. Every end of a running process
+//! goes through its slot's task, including the one a stop asks for, so nothing is started once a stop has
+//! been asked for (docs/design.md §16).
 
 use super::context::Context;
 use super::instance::Instance;
@@ -14,9 +15,10 @@ use super::place::{self, NotUp, Place, Placed, Ports};
 use super::restart::Decision;
 use super::run::Reload;
 use super::run::{lock, Front, Run, Slot};
+use super::verdict;
 use super::{Event, Level, Reason, StopResult};
 use crate::error::{PmError, Result};
-use crate::net::health::{self, ProbeOutcome};
+use crate::net::health;
 use crate::os::spawn::ExitInfo;
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,7 +123,7 @@ async fn supervise(
       _ = stop_asked(&mut stop) => Ended::Stop,
       _ = instance.child.exited() => Ended::Exit,
       Some(request) = reloads.recv() => Ended::Reload(request),
-      reason = watchdog(manager, run, slot, &instance) => Ended::Verdict(reason),
+      reason = watchdog(manager, run, slot, &instance, owner) => Ended::Verdict(reason),
     };
     let replica = run.replica(slot);
     let healthy_since = lock(&slot.health).healthy_since;
@@ -525,24 +527,25 @@ fn every(period: Option<Duration>) -> Option<Interval> {
 }
 
 /// Watches one running process: health probes every `healthIntervalMs`, memory (and `stats` events)
-/// every `statsIntervalMs` (or every second with only `maxMemoryBytes`). Reports `unhealthy` and
-/// `healthy`; resolves only with a verdict that needs a restart (the restart policy is on), never
-/// otherwise.
+/// every `statsIntervalMs` (or every second with only `maxMemoryBytes`). Each result goes to the owner
+/// (`Input::Probe`, `Input::Sample`), which takes the verdict (and reports `unhealthy` and `healthy`);
+/// this keeps it in the record and the balancer, and resolves only when the owner calls for a restart
+/// (the restart policy is on), never otherwise.
 async fn watchdog(
   manager: &Arc<Context>,
   run: &Arc<Run>,
   slot: &Slot,
   instance: &Instance,
+  owner: &Mailbox,
 ) -> Reason {
   let o = &manager.options;
-  let restart = o.restart.is_some();
   let pid = instance.info.pid;
   let target = manager.target(
     instance.info.port,
     owner::secret(instance.info.token.clone(), move || vec![pid]),
   );
   // Replicas on one socket: a probe reaches whichever accepts, so one slot probes for them all, and its
-  // verdict replaces them all one by one (as a reload).
+  // verdict replaces them all one by one (as a reload, which the owner starts).
   let shared = run.socket().is_some() && run.replicated();
   let mut probes = every(
     manager
@@ -562,17 +565,14 @@ async fn watchdog(
         == Some(slot.index)
   };
   loop {
+    let (verdict, taken) = oneshot::channel();
+    let (watched, slot_index) = (run.clone(), slot.index);
     tokio::select! {
       _ = tick(&mut probes) => {
         let began = Instant::now();
         let outcome = health::probe(&target, manager.deadlines.probe).await;
-        let unhealthy = probe_verdict(manager, run, slot, outcome, began.elapsed());
-        keep_verdict(manager, run, slot, instance).await;
-        if unhealthy && restart && shared {
-          tokio::spawn(reload_all(manager.clone(), run.clone(), Some(Reason::Unhealthy)));
-        } else if unhealthy && restart {
-          return Reason::Unhealthy;
-        }
+        let latency = began.elapsed();
+        mailbox::report(owner, Input::Probe { run: watched, slot: slot_index, pid, outcome, latency, verdict });
       }
       _ = tick(&mut samples) => {
         if sends_stats() {
@@ -580,110 +580,17 @@ async fn watchdog(
             manager.emit(Event::Stats(stats));
           }
         }
-        let memory = crate::os::tree::usage(&crate::os::tree::with_descendants(instance.info.pid)).memory_bytes;
-        let unhealthy = memory_verdict(manager, run, slot, memory);
-        keep_verdict(manager, run, slot, instance).await;
-        if unhealthy && restart {
-          return Reason::Memory;
-        }
+        let memory_bytes = crate::os::tree::usage(&crate::os::tree::with_descendants(pid)).memory_bytes;
+        mailbox::report(owner, Input::Sample { run: watched, slot: slot_index, pid, memory_bytes, verdict });
       }
     }
-  }
-}
-
-/// Keeps the current verdict in the PID record (rewritten only when it changed) for `backend-pm status`,
-/// and tells the balancer.
-async fn keep_verdict(manager: &Context, run: &Run, slot: &Slot, instance: &Instance) {
-  let healthy = lock(&slot.health).healthy;
-  run.health_changed(slot, healthy);
-  if let Err(e) = instance.set_healthy(healthy).await {
-    manager.record_not_updated(instance, &e);
-  }
-}
-
-/// Counts a watchdog probe; true when it made the process unhealthy (just now).
-fn probe_verdict(
-  manager: &Context,
-  run: &Run,
-  slot: &Slot,
-  outcome: ProbeOutcome,
-  latency: Duration,
-) -> bool {
-  let threshold = manager.options.unhealthy_threshold;
-  let mut health = lock(&slot.health);
-  if outcome.is_healthy() {
-    health.failures = 0;
-    health.latency = Some(latency);
-    if std::mem::take(&mut health.reported_probes) {
-      health.healthy = !health.reported_memory;
-      drop(health);
-      manager.emit_for(
-        run.replica(slot),
-        Event::Healthy {
-          latency: Some(latency),
-          memory_bytes: None,
-        },
-      );
+    // The owner answers unless a stop or the process's end came first (then this is dropped).
+    let Ok(restart) = taken.await else {
+      return std::future::pending().await;
+    };
+    verdict::keep(manager, run, slot, instance).await;
+    if let Some(reason) = restart {
+      return reason;
     }
-    return false;
   }
-  health.failures += 1;
-  if health.failures != threshold {
-    return false;
-  }
-  health.reported_probes = true;
-  health.healthy = false;
-  let failures = health.failures;
-  drop(health);
-  manager.emit_for(
-    run.replica(slot),
-    Event::Unhealthy {
-      reason: Reason::Unhealthy,
-      failures,
-      error: Some(outcome.describe()),
-      memory_bytes: None,
-    },
-  );
-  true
-}
-
-/// Compares a memory sample with `maxMemoryBytes`; true when it made the process unhealthy (just now).
-fn memory_verdict(manager: &Context, run: &Run, slot: &Slot, memory_bytes: u64) -> bool {
-  let Some(limit) = manager.options.max_memory_bytes else {
-    return false;
-  };
-  let mut health = lock(&slot.health);
-  if memory_bytes <= limit {
-    if std::mem::take(&mut health.reported_memory) {
-      health.healthy = !health.reported_probes;
-      let latency = health.latency;
-      drop(health);
-      manager.emit_for(
-        run.replica(slot),
-        Event::Healthy {
-          latency,
-          memory_bytes: Some(memory_bytes),
-        },
-      );
-    }
-    return false;
-  }
-  if health.reported_memory {
-    return false;
-  }
-  health.reported_memory = true;
-  health.healthy = false;
-  drop(health);
-  manager.emit_for(
-    run.replica(slot),
-    Event::Unhealthy {
-      reason: Reason::Memory,
-      failures: 0,
-      error: Some(format!(
-        "its processes use {memory_bytes} bytes of memory, more than maxMemoryBytes ({limit})"
-      )),
-      memory_bytes: Some(memory_bytes),
-    },
-  );
-  true
 }

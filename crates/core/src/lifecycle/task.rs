@@ -1,7 +1,7 @@
 //! The owner of one backend: one task that holds its state and takes one message at a time from its
 //! mailbox (`mailbox`) — the app's commands, each answered on its own channel, and the inputs the steps
-//! below it send (a start's outcome, a process up or down, a restart's backoff, the run's end, a stop
-//! done), and the end of the one deadline its state armed (a stop's force kill, a backoff's end). Nothing else
+//! below it send (a start's outcome, a process up or down, a restart's backoff, a watchdog probe or
+//! memory sample to take the verdict on, the run's end, a stop done), and the end of the one deadline its state armed (a stop's force kill, a backoff's end). Nothing else
 //! changes the state, so calls keep the order the app made them in, and a race between a call and what
 //! the backend does is decided by which message came first (docs/design.md §21). The work itself (a
 //! start, a stop's wait, a reload) runs in tasks of its own, so the owner always answers at once; each
@@ -12,11 +12,12 @@ use super::context::Context;
 use super::deadlines::Deadlines;
 use super::launch::Runtime;
 use super::mailbox::{self, Command, Deadline, Input, Mailbox, Message, Reply};
-use super::run::{Front, Run};
+use super::run::{Front, Run, Slot};
 use super::start::{self, Outcome};
 use super::supervisor;
-use super::Level;
+use super::verdict;
 use super::{BackendInfo, Event, StopResult};
+use super::{Level, Reason};
 use crate::error::{PmError, Result};
 use crate::options::StartArgs;
 use std::sync::{Arc, Mutex};
@@ -453,6 +454,30 @@ impl Owner {
         let state = self.take();
         self.set(state);
       }
+      Input::Probe {
+        run,
+        slot,
+        pid,
+        outcome,
+        latency,
+        verdict: answer,
+      } => self.watched(
+        &run,
+        slot,
+        pid,
+        Reason::Unhealthy,
+        answer,
+        |ctx, run, slot| verdict::probe(ctx, run, slot, outcome, latency),
+      ),
+      Input::Sample {
+        run,
+        slot,
+        pid,
+        memory_bytes,
+        verdict: answer,
+      } => self.watched(&run, slot, pid, Reason::Memory, answer, |ctx, run, slot| {
+        verdict::memory(ctx, run, slot, memory_bytes)
+      }),
       Input::RunEnded(run, result) => match self.take() {
         State::Running(up) | State::Backoff(up) if Arc::ptr_eq(&up.run, &run) => {
           self.set(State::Failed);
@@ -485,6 +510,42 @@ impl Owner {
         State::Stopping(stopping) => self.finish_stop(stopping, stopped, stderr_tail, None),
         other => self.state = other,
       },
+    }
+  }
+
+  /// A probe or sample of the process `pid` in slot `slot` of the run this state holds: `unhealthy` takes
+  /// the verdict (and reports it); one that makes the process unhealthy calls for a restart with `reason`
+  /// when the restart policy is on — for a probe of replicas on one socket, a reload of them all, started
+  /// here. Anything else (a stop under way, a process that is no longer the slot's) gets no answer.
+  fn watched(
+    &mut self,
+    run: &Arc<Run>,
+    slot: usize,
+    pid: u32,
+    reason: Reason,
+    answer: Reply<Option<Reason>>,
+    unhealthy: impl FnOnce(&Context, &Run, &Slot) -> bool,
+  ) {
+    let Some(up) = self.state.up_of(run) else {
+      return;
+    };
+    let Some(slot) = up.run.slots.get(slot).cloned() else {
+      return;
+    };
+    if slot.current().map(|i| i.info.pid) != Some(pid) {
+      return;
+    }
+    let restart = unhealthy(&self.ctx, run, &slot) && self.ctx.options.restart.is_some();
+    let shared = run.socket().is_some() && run.replicated();
+    if restart && reason == Reason::Unhealthy && shared {
+      tokio::spawn(supervisor::reload_all(
+        self.ctx.clone(),
+        run.clone(),
+        Some(Reason::Unhealthy),
+      ));
+      let _ = answer.send(None);
+    } else {
+      let _ = answer.send(restart.then_some(reason));
     }
   }
 

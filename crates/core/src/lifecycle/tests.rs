@@ -13,6 +13,8 @@ struct Recorded {
   exits: Mutex<Vec<(u32, ExitInfo, bool)>>,
   exit_count: watch::Sender<usize>,
   idles: watch::Sender<usize>,
+  /// Why each restart came, in order.
+  restarts: watch::Sender<Vec<(Reason, u32)>>,
 }
 
 impl Events for Recorded {
@@ -20,6 +22,9 @@ impl Events for Recorded {
   fn emit(&self, event: Event) {
     if event == Event::Idle {
       self.idles.send_modify(|n| *n += 1);
+    }
+    if let Event::Restart { reason, pid, .. } = event {
+      self.restarts.send_modify(|r| r.push((reason, pid)));
     }
     if let Event::Exit {
       pid,
@@ -397,6 +402,35 @@ async fn a_restart_comes_once_the_owners_backoff_is_over() {
   assert_ne!(restarted.pid, info.pid, "a new process");
   assert_eq!(pm.backend().map(|b| b.pid), Some(restarted.pid));
   assert!(pm.stop().await.is_some());
+  assert!(!pm.is_active());
+}
+
+/// A memory sample above `maxMemoryBytes` reaches the owner, whose verdict restarts the process with
+/// the reason `memory`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owners_memory_verdict_restarts_the_process() {
+  let dir = tempfile::tempdir().unwrap();
+  let (pm, events) = manager_with(
+    dir.path(),
+    vec![
+      ("maxMemoryBytes", Value::Number(1.0)),
+      (
+        "restart",
+        Value::object(vec![("initialDelayMs", Value::Number(100.0))]),
+      ),
+    ],
+  );
+  let info = start(&pm, dir.path()).await;
+  let mut restarts = events.restarts.subscribe();
+  tokio::time::timeout(
+    Duration::from_secs(10),
+    restarts.wait_for(|r| !r.is_empty()),
+  )
+  .await
+  .expect("the memory limit's verdict restarts it")
+  .unwrap();
+  assert_eq!(restarts.borrow()[0], (Reason::Memory, info.pid));
+  pm.stop().await;
   assert!(!pm.is_active());
 }
 
