@@ -85,6 +85,29 @@ fn manager_with(dir: &std::path::Path, extra: Vec<(&str, Value)>) -> (Arc<Manage
   (Manager::new(options, events.clone()), events)
 }
 
+/// A manager that restarts its crashed backend after `backoff`, every time.
+fn restarting_after(dir: &std::path::Path, backoff: Duration) -> (Arc<Manager>, Arc<Recorded>) {
+  let ms = Value::Number(backoff.as_millis() as f64);
+  manager_with(
+    dir,
+    vec![(
+      "restart",
+      Value::object(vec![("initialDelayMs", ms.clone()), ("maxDelayMs", ms)]),
+    )],
+  )
+}
+
+/// Force-kills the backend `pid` and waits until `exits` exits in all are reported.
+async fn crash(events: &Recorded, pid: u32, exits: usize) -> watch::Receiver<usize> {
+  let mut exit_count = events.exit_count.subscribe();
+  crate::os::signal::signal_pid(pid, crate::os::signal::Stop::Force);
+  tokio::time::timeout(Duration::from_secs(5), exit_count.wait_for(|n| *n >= exits))
+    .await
+    .expect("the crash is reported")
+    .unwrap();
+  exit_count
+}
+
 /// A manager whose backend is started by `/bin/sh` with `args`.
 fn launched_by(dir: &std::path::Path, args: &[&str]) -> (Arc<Manager>, Arc<Recorded>) {
   let text = |s: &str| Value::String(s.into());
@@ -133,12 +156,7 @@ async fn start_stop_and_crash() {
   assert!(pm.stop().await.is_none());
 
   let info = start(&pm, dir.path()).await;
-  let mut exit_count = events.exit_count.subscribe();
-  crate::os::signal::signal_pid(info.pid, crate::os::signal::Stop::Force);
-  tokio::time::timeout(Duration::from_secs(5), exit_count.wait_for(|n| *n >= 2))
-    .await
-    .expect("the crash is reported")
-    .unwrap();
+  crash(&events, info.pid, 2).await;
   let exits = events.exits.lock().unwrap().clone();
   assert_eq!(exits.len(), 2, "{exits:?}");
   assert!(exits[0].2, "the first exit was asked for");
@@ -321,24 +339,10 @@ async fn no_record_is_written_after_the_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_during_a_restarts_backoff_wins() {
   let dir = tempfile::tempdir().unwrap();
-  let backoff = 1000.0;
-  let (pm, events) = manager_with(
-    dir.path(),
-    vec![(
-      "restart",
-      Value::object(vec![
-        ("initialDelayMs", Value::Number(backoff)),
-        ("maxDelayMs", Value::Number(backoff)),
-      ]),
-    )],
-  );
+  let backoff = Duration::from_secs(1);
+  let (pm, events) = restarting_after(dir.path(), backoff);
   let info = start(&pm, dir.path()).await;
-  let mut exit_count = events.exit_count.subscribe();
-  crate::os::signal::signal_pid(info.pid, crate::os::signal::Stop::Force);
-  tokio::time::timeout(Duration::from_secs(5), exit_count.wait_for(|n| *n >= 1))
-    .await
-    .expect("the crash is reported")
-    .unwrap();
+  let exit_count = crash(&events, info.pid, 1).await;
   // Asked in this order: a start (it waits for the restart), then a stop.
   let (args, runtime) = start_args(dir.path());
   let starting = pm.start(args, runtime);
@@ -356,7 +360,7 @@ async fn a_stop_during_a_restarts_backoff_wins() {
   assert!(stopped.is_none(), "nothing ran: {stopped:?}");
   assert!(!pm.is_active());
   // Past the backoff: nothing was started again.
-  tokio::time::sleep(Duration::from_secs_f64(backoff / 1000.0 * 1.5)).await;
+  tokio::time::sleep(backoff.mul_f64(1.5)).await;
   assert!(pm.backend().is_none());
   assert!(record::list_records(dir.path(), None).unwrap().is_empty());
   assert_eq!(*exit_count.borrow(), 1, "no second process ran");
@@ -368,23 +372,9 @@ async fn a_stop_during_a_restarts_backoff_wins() {
 async fn a_restart_comes_once_the_owners_backoff_is_over() {
   let dir = tempfile::tempdir().unwrap();
   let backoff = Duration::from_millis(600);
-  let (pm, events) = manager_with(
-    dir.path(),
-    vec![(
-      "restart",
-      Value::object(vec![
-        ("initialDelayMs", Value::Number(backoff.as_millis() as f64)),
-        ("maxDelayMs", Value::Number(backoff.as_millis() as f64)),
-      ]),
-    )],
-  );
+  let (pm, events) = restarting_after(dir.path(), backoff);
   let info = start(&pm, dir.path()).await;
-  let mut exit_count = events.exit_count.subscribe();
-  crate::os::signal::signal_pid(info.pid, crate::os::signal::Stop::Force);
-  tokio::time::timeout(Duration::from_secs(5), exit_count.wait_for(|n| *n >= 1))
-    .await
-    .expect("the crash is reported")
-    .unwrap();
+  crash(&events, info.pid, 1).await;
   let crashed = std::time::Instant::now();
   assert!(pm.is_active(), "a backend between restarts is active");
   let (args, runtime) = start_args(dir.path());
