@@ -106,9 +106,5 @@ where
   T: Send + 'static,
   V: ToNapiValue + 'static,
 {
-  promise(
-    env,
-    async move { bpm::blocking::run(work).await? },
-    convert,
-  )
+  promise(env, async move { bpm::blocking::run(work).await? }, convert)
 }

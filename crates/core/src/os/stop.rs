@@ -89,6 +89,8 @@ async fn stop_child_within(
     }
   }
   let exit = child.exit_info().unwrap_or_default();
+  // A bounded stop's end (`stopSync`) or the owner may have forced the tree before this stop's own turn.
+  forced |= child.was_forced();
   let drained = imp::drain_group(child, deadline, force_grace).await;
   forced |= drained.forced;
   survivors.extend(drained.survivors);
@@ -383,6 +385,40 @@ mod tests {
     let stopped = stop_child(&child, Duration::from_secs(1), Polite::default()).await;
     assert!(!stopped.forced && stopped.survivors.is_empty());
   }
+  /// A stop whose backend was force-killed from outside it before its own escalation (a bounded
+  /// `stopSync`'s end calls `force_now` at `timeoutMs`) reports it forced: the exit comes from the kill.
+  #[tokio::test]
+  async fn a_force_from_outside_the_stop_is_reported_forced() {
+    let spec = crate::os::spawn::SpawnSpec {
+      program: "/bin/sh".into(),
+      args: vec![
+        "-c".into(),
+        "trap '' TERM; echo up; while :; do sleep 1; done".into(),
+      ],
+      cwd: std::env::temp_dir(),
+      ..Default::default()
+    };
+    let (up_tx, up) = std::sync::mpsc::channel();
+    let sink: crate::os::spawn::LineSink = std::sync::Arc::new(move |_, line: &str| {
+      if line == "up" {
+        let _ = up_tx.send(());
+      }
+    });
+    let child = crate::os::spawn::spawn(spec, sink).await.unwrap();
+    let _ended = Ended(child.pid);
+    // The trap is set once it speaks.
+    tokio::task::spawn_blocking(move || up.recv_timeout(Duration::from_secs(10)))
+      .await
+      .unwrap()
+      .expect("the backend did not start");
+    let stopping = stop_child(&child, Duration::from_secs(20), Polite::default());
+    // Whether the kill comes before the stop has looked or while it waits politely, the exit is forced.
+    let force = async { child.force_now() };
+    let (stopped, ()) = tokio::join!(stopping, force);
+    assert!(stopped.forced, "{stopped:?}");
+    assert!(stopped.survivors.is_empty());
+  }
+
   use std::os::unix::process::CommandExt;
 
   /// A process leading its own group, with two children in that group (like a backend found through an

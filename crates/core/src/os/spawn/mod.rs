@@ -92,6 +92,9 @@ pub struct Child {
   /// The program could not be started once let go: the failed spawn reaped the process, so its pid (and
   /// group id) may be another process's by now.
   never_ran: AtomicBool,
+  /// A force kill was sent to the whole tree (`force_now`: a bounded stop's end, or the owner's), so the
+  /// stop that sees the exit reports it forced even when its own escalation had not come yet.
+  forced: AtomicBool,
   /// The job that holds the backend's tree (`None` when it could not be made: see `warnings`).
   #[cfg(windows)]
   pub job: Option<Job>,
@@ -166,6 +169,11 @@ impl Child {
     self.never_ran.load(Ordering::SeqCst)
   }
 
+  /// Whether `force_now` force-killed the tree.
+  pub fn was_forced(&self) -> bool {
+    self.forced.load(Ordering::SeqCst)
+  }
+
   /// The exit, once the backend has ended (it may still be unreaped).
   pub fn exit_info(&self) -> Option<ExitInfo> {
     self.exit.borrow().clone()
@@ -198,6 +206,7 @@ impl Child {
   pub fn force_now(&self) {
     let reaping = lock(&self.reaping);
     if !reaping.released {
+      self.forced.store(true, Ordering::SeqCst);
       imp::force_tree(self);
     }
   }
@@ -230,6 +239,7 @@ impl Child {
       warnings: Vec::new(),
       held: Mutex::new(None),
       never_ran: AtomicBool::new(false),
+      forced: AtomicBool::new(false),
     };
     (Arc::new(child), tx)
   }

@@ -97,6 +97,7 @@ pub async fn spawn_held(spec: SpawnSpec, sink: LineSink) -> Result<Arc<Child>> {
       path_env,
     })),
     never_ran: AtomicBool::new(false),
+    forced: AtomicBool::new(false),
     job,
     killed,
   }))
