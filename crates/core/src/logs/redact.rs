@@ -85,6 +85,11 @@ impl Redactor {
     Redactor { secrets }
   }
 
+  /// Whether a secret is in `text` (then `redact` would change it).
+  pub fn finds_in(&self, text: &str) -> bool {
+    self.secrets.iter().any(|secret| text.contains(secret.as_str()))
+  }
+
   pub fn redact<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
     let mut out = std::borrow::Cow::Borrowed(text);
     for secret in &self.secrets {

@@ -103,8 +103,24 @@ impl LineBuffer {
   fn read(&mut self, n: usize, stream: Stream, output: &Output, sink: &LineSink) {
     self.filled += n;
     let data = &self.buf[..self.filled];
-    let mut lines = Vec::new();
+    // Most output is UTF-8 in lines shorter than the limit: checked once for the whole read, its lines are
+    // borrowed from it. What is left (a line not yet ended, a longer one, bytes that are not UTF-8) is cut
+    // byte by byte as before.
+    let text = match std::str::from_utf8(data) {
+      Ok(text) => text,
+      Err(e) => std::str::from_utf8(&data[..e.valid_up_to()]).unwrap_or_default(),
+    };
+    let mut lines: Vec<std::borrow::Cow<'_, str>> = Vec::new();
     let mut at = 0;
+    while let Some(i) = text[at..].find('\n') {
+      if i >= MAX_LINE_BYTES {
+        break;
+      }
+      lines.push(std::borrow::Cow::Borrowed(
+        text[at..at + i].trim_end_matches(['\n', '\r']),
+      ));
+      at += i + 1;
+    }
     while at < data.len() {
       let rest = &data[at..];
       let window = &rest[..rest.len().min(MAX_LINE_BYTES)];
@@ -113,10 +129,10 @@ impl LineBuffer {
         None if window.len() == MAX_LINE_BYTES => MAX_LINE_BYTES,
         None => break,
       };
-      lines.push(&rest[..len]);
+      lines.push(lossy(&rest[..len]));
       at += len;
     }
-    deliver(stream, &lines, output, sink);
+    deliver(stream, lines, output, sink);
     self.buf.copy_within(at..self.filled, 0);
     self.filled -= at;
   }
@@ -124,24 +140,24 @@ impl LineBuffer {
   /// End of file: what is left is the last line, without its newline.
   fn finish(&mut self, stream: Stream, output: &Output, sink: &LineSink) {
     let rest = &self.buf[..self.filled];
-    deliver(stream, &[rest], output, sink);
+    if !rest.is_empty() {
+      deliver(stream, vec![lossy(rest)], output, sink);
+    }
     self.filled = 0;
   }
 }
 
-/// Hands lines (as read, with their newline if they had one) to the sink, and keeps the last of stderr.
-fn deliver(stream: Stream, raw: &[&[u8]], output: &Output, sink: &LineSink) {
-  let texts: Vec<std::borrow::Cow<'_, str>> = raw
-    .iter()
-    .filter(|line| !line.is_empty())
-    .map(|line| {
-      let mut end = line.len();
-      while end > 0 && matches!(line[end - 1], b'\n' | b'\r') {
-        end -= 1;
-      }
-      String::from_utf8_lossy(&line[..end])
-    })
-    .collect();
+/// A line as read (with its newline if it had one) as text, without its newline.
+fn lossy(line: &[u8]) -> std::borrow::Cow<'_, str> {
+  let mut end = line.len();
+  while end > 0 && matches!(line[end - 1], b'\n' | b'\r') {
+    end -= 1;
+  }
+  String::from_utf8_lossy(&line[..end])
+}
+
+/// Hands lines to the sink, and keeps the last of stderr.
+fn deliver(stream: Stream, texts: Vec<std::borrow::Cow<'_, str>>, output: &Output, sink: &LineSink) {
   if texts.is_empty() {
     return;
   }
@@ -189,6 +205,19 @@ mod tests {
       vec![vec!["one", "two"], vec!["three", ""], vec!["four"]]
     );
     assert_eq!(output.stderr_tail(), ["one", "two", "three", "", "four"]);
+  }
+
+  #[test]
+  fn bytes_that_are_not_utf8_spoil_only_their_own_line() {
+    let (sink, calls) = collect();
+    let output = expecting(1);
+    let mut buffer = LineBuffer::new();
+    feed(&mut buffer, b"caf\xc3\xa9\nbad \xff byte\nafter\n\xc3", &output, &sink);
+    feed(&mut buffer, b"\xa9t\xc3\xa9\n", &output, &sink);
+    assert_eq!(
+      *calls.lock().unwrap(),
+      vec![vec!["café", "bad \u{fffd} byte", "after"], vec!["été"]]
+    );
   }
 
   #[test]
