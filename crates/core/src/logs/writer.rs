@@ -77,6 +77,8 @@ pub fn flush() {
 
 fn run(rx: Receiver<Job>) {
   let mut ahead = true;
+  // Kept between batches: a fresh megabyte each time cost its page faults again.
+  let mut pending: Vec<u8> = Vec::new();
   while let Ok(first) = rx.recv() {
     if ahead && matches!(first, Job::Lines(..)) {
       std::thread::sleep(LINGER);
@@ -114,9 +116,12 @@ fn run(rx: Receiver<Job>) {
       }
     }
     for (log, chunks, count) in batches {
-      if let Err(e) = append(&log, chunks) {
+      if let Err(e) = append(&log, chunks, &mut pending) {
         log.drop_lines(count as u64, &e);
       }
+    }
+    if pending.capacity() > 4 * BATCH_BYTES {
+      pending = Vec::new();
     }
     for done in flushes {
       let _ = done.send(());
@@ -126,14 +131,14 @@ fn run(rx: Receiver<Job>) {
 
 /// Appends the chunks of framed lines (after a note of lines dropped before, if any), rotating as needed:
 /// a chunk that fits in the file goes whole, one that does not line by line.
-fn append(log: &Log, chunks: Vec<Vec<u8>>) -> Result<(), String> {
+fn append(log: &Log, chunks: Vec<Vec<u8>>, pending: &mut Vec<u8>) -> Result<(), String> {
+  pending.clear();
   let dir = &log.config.dir;
   make_folder(log).map_err(|e| e.to_string())?;
   let path = log.path();
   let shown = |e: std::io::Error| format!("{}: {e}", path.display());
   let mut file = open(&path).map_err(shown)?;
   let mut size = file.metadata().map_err(shown)?.len();
-  let mut pending: Vec<u8> = Vec::new();
   let mut first_write = true;
   for chunk in &chunks {
     if !first_write && size + chunk.len() as u64 <= log.config.max_bytes {
@@ -144,7 +149,7 @@ fn append(log: &Log, chunks: Vec<Vec<u8>>) -> Result<(), String> {
     for line in chunk.split_inclusive(|&b| b == b'\n') {
       let len = line.len() as u64;
       if size > 0 && size + len > log.config.max_bytes {
-        commit(&mut file, &mut pending, size).map_err(shown)?;
+        commit(&mut file, pending, size).map_err(shown)?;
         drop(file);
         rotate(dir, &log.name, log.config.keep).map_err(shown)?;
         file = open(&path).map_err(shown)?;
@@ -154,7 +159,7 @@ fn append(log: &Log, chunks: Vec<Vec<u8>>) -> Result<(), String> {
       size += len;
       if first_write {
         first_write = false;
-        commit(&mut file, &mut pending, size).map_err(shown)?;
+        commit(&mut file, pending, size).map_err(shown)?;
         // The first line went through: if lines were dropped before, say so in the file and to the manager.
         if let Some(note) = log.recovered() {
           size += note.len() as u64;
@@ -163,7 +168,7 @@ fn append(log: &Log, chunks: Vec<Vec<u8>>) -> Result<(), String> {
       }
     }
   }
-  commit(&mut file, &mut pending, size).map_err(shown)
+  commit(&mut file, pending, size).map_err(shown)
 }
 
 /// The log folder, checked like a state folder. It is made with its parents for the first line only: a
