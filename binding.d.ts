@@ -13,6 +13,8 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 export declare class NativeManager {
   /** Checks the options (every rule of the API lives in the core) and makes the manager. */
   constructor(options: Record<string, unknown> | undefined | null, onEvent: (event: NativeEvent) => void)
+  /** Whether the app listens to `stdout` and `stderr` events: lines are sent to JS only while it does. */
+  listenToOutput(stdout: boolean, stderr: boolean): void
   /** The options in force, defaults applied. */
   get options(): OptionsInForce
   /** The running backend, or null (also while it is down between an exit and a restart). */

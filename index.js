@@ -118,6 +118,55 @@ class ProcessManager extends EventEmitter {
     }
   }
 
+  /**
+   * Output lines cross from the native side only while someone listens to them: the native side is told
+   * when the first `stdout`/`stderr` listener comes and the last goes (`once`, `prependOnceListener` and
+   * `off` go through these). A backend flooding its output nobody listens to then costs the JS thread nothing.
+   */
+  #listening = 0
+  #outputListenersChanged() {
+    const now = (this.listenerCount('stdout') > 0 ? 1 : 0) | (this.listenerCount('stderr') > 0 ? 2 : 0)
+    if (now === this.#listening) return
+    this.#listening = now
+    this.#native.listenToOutput(Boolean(now & 1), Boolean(now & 2))
+  }
+
+  addListener(kind, listener) {
+    super.addListener(kind, listener)
+    this.#outputListenersChanged()
+    return this
+  }
+
+  on(kind, listener) {
+    super.on(kind, listener)
+    this.#outputListenersChanged()
+    return this
+  }
+
+  prependListener(kind, listener) {
+    super.prependListener(kind, listener)
+    this.#outputListenersChanged()
+    return this
+  }
+
+  removeListener(kind, listener) {
+    super.removeListener(kind, listener)
+    this.#outputListenersChanged()
+    return this
+  }
+
+  off(kind, listener) {
+    super.off(kind, listener)
+    this.#outputListenersChanged()
+    return this
+  }
+
+  removeAllListeners(...kind) {
+    super.removeAllListeners(...kind)
+    this.#outputListenersChanged()
+    return this
+  }
+
   emit(kind, ...args) {
     if (kind !== 'stdout' && kind !== 'stderr') {
       const data = args[0] instanceof Error ? { message: args[0].message, code: args[0].code } : args[0]

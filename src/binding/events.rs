@@ -11,7 +11,7 @@ use napi::bindgen_prelude::{Either, Function, Null};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::Status;
 use napi_derive::napi;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -374,6 +374,9 @@ pub struct JsEvents {
   callback: Callback,
   pending_lines: Arc<AtomicUsize>,
   dropped_lines: AtomicU64,
+  /// Whether the app listens to `stdout` and to `stderr` (the JS layer says when that changes): a line
+  /// nobody listens to is not sent to the JS thread, where each one cost a call, a string and an emit.
+  listening: [AtomicBool; 2],
 }
 
 impl JsEvents {
@@ -394,7 +397,14 @@ impl JsEvents {
       callback,
       pending_lines,
       dropped_lines: AtomicU64::new(0),
+      listening: [AtomicBool::new(false), AtomicBool::new(false)],
     })
+  }
+
+  /// Whether the app listens to the lines of stdout, and of stderr.
+  pub fn listen(&self, stdout: bool, stderr: bool) {
+    self.listening[0].store(stdout, Ordering::SeqCst);
+    self.listening[1].store(stderr, Ordering::SeqCst);
   }
 
   fn send(&self, event: NativeEvent) {
@@ -405,6 +415,18 @@ impl JsEvents {
 }
 
 impl Events for JsEvents {
+  fn lines(&self, stream: Stream, lines: &[&str]) {
+    let at = match stream {
+      Stream::Stdout => 0,
+      Stream::Stderr => 1,
+    };
+    if self.listening[at].load(Ordering::SeqCst) {
+      for line in lines {
+        self.line(stream, line);
+      }
+    }
+  }
+
   fn line(&self, stream: Stream, line: &str) {
     if self.pending_lines.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_LINES {
       self.pending_lines.fetch_sub(1, Ordering::Relaxed);

@@ -639,6 +639,7 @@ impl From<lifecycle::StopResult> for StopResult {
 #[napi]
 pub struct NativeManager {
   inner: Arc<Manager>,
+  events: Arc<JsEvents>,
   /// A synchronous stop begun and not yet waited for (`stopAllSync` begins every manager's first).
   sync_stop: std::sync::Mutex<Option<SyncStop>>,
 }
@@ -672,9 +673,16 @@ impl NativeManager {
     let options = sync(env, || Options::parse(&options))?;
     let events = Arc::new(JsEvents::new(on_event)?);
     Ok(NativeManager {
-      inner: Manager::new(options, events),
+      inner: Manager::new(options, events.clone()),
+      events,
       sync_stop: std::sync::Mutex::new(None),
     })
+  }
+
+  /// Whether the app listens to `stdout` and `stderr` events: lines are sent to JS only while it does.
+  #[napi]
+  pub fn listen_to_output(&self, stdout: bool, stderr: bool) {
+    self.events.listen(stdout, stderr);
   }
 
   /// The options in force, defaults applied.

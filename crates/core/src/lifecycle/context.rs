@@ -154,16 +154,16 @@ impl Context {
     }
   }
 
-  /// A line of the backend's output (of replica `replica`, 0 for a single process).
-  pub fn line(&self, stream: Stream, replica: usize, text: &str, redactor: &Redactor) {
+  /// Lines of the backend's output (of replica `replica`, 0 for a single process), those of one read.
+  pub fn lines(&self, stream: Stream, replica: usize, lines: &[&str], redactor: &Redactor) {
     if let Some(file) = &self.log_file {
       let stream = match stream {
         Stream::Stdout => LogStream::Out,
         Stream::Stderr => LogStream::Err,
       };
-      file.line(stream, replica, text, redactor);
+      file.lines(stream, replica, lines, redactor);
     }
-    self.events.line(stream, text);
+    self.events.lines(stream, lines);
   }
 
   pub fn target(&self, port: u16, secret: Option<Secret>) -> Target {

@@ -190,6 +190,12 @@ pub enum Event {
 /// Where a manager reports what happens. `line` is separate: it is the one that can flood.
 pub trait Events: Send + Sync {
   fn line(&self, stream: Stream, text: &str);
+  /// The lines of one read of the backend's output, in order (by default: `line` for each).
+  fn lines(&self, stream: Stream, lines: &[&str]) {
+    for text in lines {
+      self.line(stream, text);
+    }
+  }
   fn emit(&self, event: Event);
 }
 

@@ -150,9 +150,39 @@ impl Log {
     text: &str,
     redactor: &Redactor,
   ) {
-    let framed = frame(time::now_iso(), stream, replica, &redactor.redact(text));
-    if !writer::queue(self.clone(), framed) {
-      self.drop_line("the log writer cannot keep up with the backend's output");
+    self.lines(stream, replica, &[text], redactor);
+  }
+
+  /// Frames lines read together (they share a time: the time they were read) and queues them for the
+  /// writer as one piece; never blocks. Each is redacted by `redactor`. Per line, only what must be done
+  /// per line is: the redaction's search, and copying the text after the frame (docs/performance.md).
+  pub fn lines(
+    self: &Arc<Self>,
+    stream: LogStream,
+    replica: usize,
+    lines: &[&str],
+    redactor: &Redactor,
+  ) {
+    if lines.is_empty() {
+      return;
+    }
+    let prefix = format!("{} {} {replica} ", time::now_iso(), stream.as_str());
+    let framed = match frame_plain(&prefix, lines, redactor) {
+      Some(framed) => framed,
+      None => {
+        let size: usize = lines.iter().map(|l| prefix.len() + l.len() + 1).sum();
+        let mut framed = Vec::with_capacity(size + 64);
+        for text in lines {
+          frame_into(&mut framed, &prefix, &redactor.redact(text));
+        }
+        framed
+      }
+    };
+    if !writer::queue(self.clone(), framed, lines.len()) {
+      self.drop_lines(
+        lines.len() as u64,
+        "the log writer cannot keep up with the backend's output",
+      );
     }
   }
 
@@ -173,8 +203,8 @@ impl Log {
     )
   }
 
-  fn drop_line(&self, why: &str) {
-    let dropped = self.dropped.fetch_add(1, Ordering::SeqCst) + 1;
+  fn drop_lines(&self, count: u64, why: &str) {
+    let dropped = self.dropped.fetch_add(count, Ordering::SeqCst) + count;
     if !self.failing.swap(true, Ordering::SeqCst) {
       (self.on_warning)(LogWarning {
         dropped,
@@ -221,6 +251,35 @@ pub fn file_of(dir: &Path, name: &str, n: u32) -> PathBuf {
 /// `time stream replica text\n`, the text cut at `MAX_LINE_BYTES` (on a character boundary) and kept on one
 /// line: a carriage return or newline inside it cannot forge another line.
 fn frame(time: String, stream: LogStream, replica: usize, text: &str) -> Vec<u8> {
+  let prefix = format!("{time} {} {replica} ", stream.as_str());
+  let mut line = Vec::with_capacity(prefix.len() + text.len().min(MAX_LINE_BYTES) + 32);
+  frame_into(&mut line, &prefix, text);
+  line
+}
+
+/// The lines framed as they are, when that is what `frame_into` would make of them: none is too long or
+/// holds a line break, and no secret is in them. Each check is one search over the whole batch rather
+/// than one per line (a secret found across two lines only sends the batch the slow way).
+fn frame_plain(prefix: &str, lines: &[&str], redactor: &Redactor) -> Option<Vec<u8>> {
+  let size: usize = lines.iter().map(|l| prefix.len() + l.len() + 1).sum();
+  let mut framed = String::with_capacity(size);
+  for text in lines {
+    if text.len() > MAX_LINE_BYTES {
+      return None;
+    }
+    framed.push_str(prefix);
+    framed.push_str(text);
+    framed.push('\n');
+  }
+  let breaks = framed.bytes().filter(|&b| b == b'\n').count();
+  if breaks != lines.len() || framed.contains('\r') || redactor.finds_in(&framed) {
+    return None;
+  }
+  Some(framed.into_bytes())
+}
+
+/// Appends `prefix` (`time stream replica `) and `text` as one framed line to `out`.
+fn frame_into(out: &mut Vec<u8>, prefix: &str, text: &str) {
   let (kept, cut) = if text.len() > MAX_LINE_BYTES {
     let mut at = MAX_LINE_BYTES;
     while !text.is_char_boundary(at) {
@@ -230,19 +289,19 @@ fn frame(time: String, stream: LogStream, replica: usize, text: &str) -> Vec<u8>
   } else {
     (text, 0)
   };
-  // Sized once: grown a character at a time it was reallocated several times a line.
-  let mut line = String::with_capacity(time.len() + kept.len() + 32);
-  line.push_str(&format!("{time} {} {replica} ", stream.as_str()));
-  line.extend(
-    kept
-      .chars()
-      .map(|c| if c == '\n' || c == '\r' { ' ' } else { c }),
-  );
-  if cut > 0 {
-    line.push_str(&format!("…[truncated {cut} bytes]"));
+  out.extend_from_slice(prefix.as_bytes());
+  let start = out.len();
+  out.extend_from_slice(kept.as_bytes());
+  // Bytewise: in UTF-8 neither byte is ever part of another character.
+  for b in &mut out[start..] {
+    if *b == b'\n' || *b == b'\r' {
+      *b = b' ';
+    }
   }
-  line.push('\n');
-  line.into_bytes()
+  if cut > 0 {
+    out.extend_from_slice(format!("…[truncated {cut} bytes]").as_bytes());
+  }
+  out.push(b'\n');
 }
 
 /// One line read back.

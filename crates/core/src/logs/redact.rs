@@ -85,6 +85,19 @@ impl Redactor {
     Redactor { secrets }
   }
 
+  /// Whether a secret may be in `text`: true when it is (then `redact` would change it), and rarely when
+  /// only its start is. Only the start is looked for: a needle of up to 32 bytes is searched with SIMD,
+  /// a longer one (a token) byte by byte.
+  pub fn finds_in(&self, text: &str) -> bool {
+    self.secrets.iter().any(|secret| {
+      let mut end = secret.len().min(32);
+      while !secret.is_char_boundary(end) {
+        end -= 1;
+      }
+      text.contains(&secret[..end])
+    })
+  }
+
   pub fn redact<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
     let mut out = std::borrow::Cow::Borrowed(text);
     for secret in &self.secrets {

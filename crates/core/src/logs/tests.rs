@@ -160,3 +160,43 @@ fn names_of_logs_skip_rotated_files() {
   }
   assert_eq!(names_in(dir.path()), vec!["api", "my.app", "web"]);
 }
+
+/// Lines written together are framed as each would be alone: redacted (also a secret split across two
+/// lines is no secret), kept on one line, cut when too long.
+#[test]
+fn lines_written_together_are_framed_as_each_alone() {
+  let redactor = Redactor::new(Some("0123456789abcdef"), []);
+  let long = "y".repeat(MAX_LINE_BYTES + 5);
+  let batches: Vec<Vec<&str>> = vec![
+    vec!["plain one", "plain two", ""],
+    vec!["a token 0123456789abcdef here", "after"],
+    vec!["split 01234567", "89abcdef split"],
+    vec!["with\ra return", "with\na newline"],
+    vec!["short", &long],
+  ];
+  for batch in batches {
+    let together = tempfile::tempdir().unwrap();
+    let alone = tempfile::tempdir().unwrap();
+    let (a, _) = quiet_log(config(together.path(), DEFAULT_MAX_BYTES, 1), "b");
+    let (b, _) = quiet_log(config(alone.path(), DEFAULT_MAX_BYTES, 1), "b");
+    a.lines(LogStream::Err, 2, &batch, &redactor);
+    for text in &batch {
+      b.line(LogStream::Err, 2, text, &redactor);
+    }
+    a.flush();
+    let read = |log: &Arc<Log>| {
+      let text = std::fs::read_to_string(log.path()).unwrap();
+      assert_eq!(text.lines().count(), batch.len(), "{text:?}");
+      text
+        .lines()
+        .map(|l| {
+          let l = parse_line(l).unwrap();
+          (l.stream, l.replica, l.line)
+        })
+        .collect::<Vec<_>>()
+    };
+    let got = read(&a);
+    assert_eq!(got, read(&b), "{batch:?}");
+    assert!(got.iter().all(|(_, _, l)| !l.contains("0123456789abcdef")));
+  }
+}

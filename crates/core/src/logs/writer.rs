@@ -7,13 +7,16 @@ use super::{file_of, Log};
 use std::fs;
 use std::io::Write;
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, OnceLock};
 
-/// Lines waiting for the writer, over every backend of the process; beyond it lines are dropped.
-const QUEUE_LINES: usize = 16 * 1024;
-/// Lines taken from the queue at most before they are written.
-const BATCH_LINES: usize = 1024;
+/// Bytes of framed lines waiting for the writer, over every backend of the process; beyond it lines are
+/// dropped. (Counted in lines, 16 Ki lines, it was ~2 MB of 100-byte lines: a backend writing as fast as it
+/// could filled it while the writer waited for the CPU.)
+const QUEUE_BYTES: usize = 16 * 1024 * 1024;
+/// Bytes taken from the queue at most before they are written.
+const BATCH_BYTES: usize = 1024 * 1024;
 /// When the writer is ahead (its last batch was not full), it lets the next batch gather this long after
 /// its first line. Woken per line, it cost the pipe reader a futex wake per line and itself a folder
 /// check, an open and a write per line: a backend writing as fast as it could was slowed to 17 MB/s
@@ -21,15 +24,19 @@ const BATCH_LINES: usize = 1024;
 const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
 enum Job {
-  Line(Arc<Log>, Vec<u8>),
+  /// Framed lines of one log (each ends with its newline), and how many.
+  Lines(Arc<Log>, Vec<u8>, usize),
   Flush(mpsc::Sender<()>),
 }
 
-fn sender() -> Option<&'static SyncSender<Job>> {
-  static QUEUE: OnceLock<Option<SyncSender<Job>>> = OnceLock::new();
+/// Bytes queued and not yet taken by the writer.
+static QUEUED: AtomicUsize = AtomicUsize::new(0);
+
+fn sender() -> Option<&'static Sender<Job>> {
+  static QUEUE: OnceLock<Option<Sender<Job>>> = OnceLock::new();
   QUEUE
     .get_or_init(|| {
-      let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
+      let (tx, rx) = mpsc::channel();
       std::thread::Builder::new()
         .name("bpm-logs".into())
         .stack_size(crate::blocking::THREAD_STACK)
@@ -40,52 +47,81 @@ fn sender() -> Option<&'static SyncSender<Job>> {
     .as_ref()
 }
 
-/// Queues a line; false when it had to be dropped (the queue is full, or there is no writer).
-pub fn queue(log: Arc<Log>, line: Vec<u8>) -> bool {
-  match sender() {
-    Some(tx) => !matches!(
-      tx.try_send(Job::Line(log, line)),
-      Err(TrySendError::Full(_) | TrySendError::Disconnected(_))
-    ),
-    None => false,
+fn send(job: Job) -> bool {
+  sender().is_some_and(|tx| tx.send(job).is_ok())
+}
+
+/// Queues framed lines (`count` of them); false when they had to be dropped (the queue is full, or there
+/// is no writer).
+pub fn queue(log: Arc<Log>, lines: Vec<u8>, count: usize) -> bool {
+  let len = lines.len();
+  if QUEUED.fetch_add(len, Ordering::SeqCst) + len > QUEUE_BYTES {
+    QUEUED.fetch_sub(len, Ordering::SeqCst);
+    return false;
+  }
+  if send(Job::Lines(log, lines, count)) {
+    true
+  } else {
+    QUEUED.fetch_sub(len, Ordering::SeqCst);
+    false
   }
 }
 
 /// Returns once every line queued before the call is written or dropped. Blocking.
 pub fn flush() {
   let (done, wait) = mpsc::channel();
-  if sender().is_some_and(|tx| tx.send(Job::Flush(done)).is_ok()) {
+  if send(Job::Flush(done)) {
     let _ = wait.recv();
   }
 }
 
 fn run(rx: Receiver<Job>) {
   let mut ahead = true;
+  // Kept between batches: a fresh megabyte each time cost its page faults again.
+  let mut pending: Vec<u8> = Vec::new();
   while let Ok(first) = rx.recv() {
-    if ahead && matches!(first, Job::Line(..)) {
+    if ahead && matches!(first, Job::Lines(..)) {
       std::thread::sleep(LINGER);
     }
     let mut jobs = vec![first];
-    while jobs.len() < BATCH_LINES {
+    let mut bytes = 0;
+    loop {
+      if let Some(Job::Lines(_, lines, _)) = jobs.last() {
+        bytes += lines.len();
+        QUEUED.fetch_sub(lines.len(), Ordering::SeqCst);
+      }
+      if bytes >= BATCH_BYTES {
+        break;
+      }
       match rx.try_recv() {
         Ok(job) => jobs.push(job),
         Err(_) => break,
       }
     }
-    ahead = jobs.len() < BATCH_LINES;
-    let mut batches: Vec<(Arc<Log>, Vec<Vec<u8>>)> = Vec::new();
+    ahead = bytes < BATCH_BYTES;
+    let mut batches: Vec<(Arc<Log>, Vec<Vec<u8>>, usize)> = Vec::new();
     let mut flushes = Vec::new();
     for job in jobs {
       match job {
-        Job::Line(log, line) => match batches.iter_mut().find(|(l, _)| Arc::ptr_eq(l, &log)) {
-          Some((_, lines)) => lines.push(line),
-          None => batches.push((log, vec![line])),
-        },
+        Job::Lines(log, lines, count) => {
+          match batches.iter_mut().find(|(l, _, _)| Arc::ptr_eq(l, &log)) {
+            Some((_, all, n)) => {
+              all.push(lines);
+              *n += count;
+            }
+            None => batches.push((log, vec![lines], count)),
+          }
+        }
         Job::Flush(done) => flushes.push(done),
       }
     }
-    for (log, lines) in batches {
-      write_lines(&log, lines);
+    for (log, chunks, count) in batches {
+      if let Err(e) = append(&log, chunks, &mut pending) {
+        log.drop_lines(count as u64, &e);
+      }
+    }
+    if pending.capacity() > 4 * BATCH_BYTES {
+      pending = Vec::new();
     }
     for done in flushes {
       let _ = done.send(());
@@ -93,47 +129,46 @@ fn run(rx: Receiver<Job>) {
   }
 }
 
-fn write_lines(log: &Log, mut lines: Vec<Vec<u8>>) {
-  let count = lines.len();
-  if let Err(e) = append(log, &mut lines) {
-    for _ in 0..count {
-      log.drop_line(&e);
-    }
-  }
-}
-
-/// Appends the lines (after a note of lines dropped before, if any), rotating as needed.
-fn append(log: &Log, lines: &mut Vec<Vec<u8>>) -> Result<(), String> {
+/// Appends the chunks of framed lines (after a note of lines dropped before, if any), rotating as needed:
+/// a chunk that fits in the file goes whole, one that does not line by line.
+fn append(log: &Log, chunks: Vec<Vec<u8>>, pending: &mut Vec<u8>) -> Result<(), String> {
+  pending.clear();
   let dir = &log.config.dir;
   make_folder(log).map_err(|e| e.to_string())?;
   let path = log.path();
   let shown = |e: std::io::Error| format!("{}: {e}", path.display());
   let mut file = open(&path).map_err(shown)?;
   let mut size = file.metadata().map_err(shown)?.len();
-  let mut pending: Vec<u8> = Vec::new();
   let mut first_write = true;
-  for line in lines.drain(..) {
-    let len = line.len() as u64;
-    if size > 0 && size + len > log.config.max_bytes {
-      commit(&mut file, &mut pending, size).map_err(shown)?;
-      drop(file);
-      rotate(dir, &log.name, log.config.keep).map_err(shown)?;
-      file = open(&path).map_err(shown)?;
-      size = 0;
+  for chunk in &chunks {
+    if !first_write && size + chunk.len() as u64 <= log.config.max_bytes {
+      pending.extend_from_slice(chunk);
+      size += chunk.len() as u64;
+      continue;
     }
-    pending.extend_from_slice(&line);
-    size += len;
-    if first_write {
-      first_write = false;
-      commit(&mut file, &mut pending, size).map_err(shown)?;
-      // The first line went through: if lines were dropped before, say so in the file and to the manager.
-      if let Some(note) = log.recovered() {
-        size += note.len() as u64;
-        pending.extend_from_slice(&note);
+    for line in chunk.split_inclusive(|&b| b == b'\n') {
+      let len = line.len() as u64;
+      if size > 0 && size + len > log.config.max_bytes {
+        commit(&mut file, pending, size).map_err(shown)?;
+        drop(file);
+        rotate(dir, &log.name, log.config.keep).map_err(shown)?;
+        file = open(&path).map_err(shown)?;
+        size = 0;
+      }
+      pending.extend_from_slice(line);
+      size += len;
+      if first_write {
+        first_write = false;
+        commit(&mut file, pending, size).map_err(shown)?;
+        // The first line went through: if lines were dropped before, say so in the file and to the manager.
+        if let Some(note) = log.recovered() {
+          size += note.len() as u64;
+          pending.extend_from_slice(&note);
+        }
       }
     }
   }
-  commit(&mut file, &mut pending, size).map_err(shown)
+  commit(&mut file, pending, size).map_err(shown)
 }
 
 /// The log folder, checked like a state folder. It is made with its parents for the first line only: a

@@ -379,7 +379,7 @@ mod tests {
       cwd: std::env::temp_dir(),
       ..Default::default()
     };
-    let sink: crate::os::spawn::LineSink = std::sync::Arc::new(|_, _| {});
+    let sink: crate::os::spawn::LineSink = std::sync::Arc::new(|_, _: &[&str]| {});
     let child = crate::os::spawn::spawn_held(spec, sink).await.unwrap();
     assert!(child.run_program().await.is_err());
     let stopped = stop_child(&child, Duration::from_secs(1), Polite::default()).await;

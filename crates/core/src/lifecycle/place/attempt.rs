@@ -83,9 +83,12 @@ pub async fn run(
   let port_taken = Arc::new(AtomicBool::new(false));
   let nudge = Arc::new(Notify::new());
   let line_seen = Arc::new(ready::LineSeen::default());
+  // Lines are looked at for "address in use" only while that can still fail the start.
+  let starting = Arc::new(AtomicBool::new(true));
   let sink: LineSink = {
     let manager = Arc::downgrade(manager);
     let port_taken = port_taken.clone();
+    let starting = starting.clone();
     let nudge = nudge.clone();
     let redactor = Arc::new(launch.redactor());
     let replica = place.index().unwrap_or(0);
@@ -93,17 +96,17 @@ pub async fn run(
       ReadySignal::Stdout(pattern) => Some((pattern.clone(), line_seen.clone())),
       _ => None,
     };
-    Arc::new(move |stream: Stream, line: &str| {
+    Arc::new(move |stream: Stream, lines: &[&str]| {
       nudge.notify_one();
-      if says_port_taken(line, port) {
+      if starting.load(Ordering::Relaxed) && lines.iter().any(|line| says_port_taken(line, port)) {
         port_taken.store(true, Ordering::SeqCst);
       }
       if let Some(manager) = manager.upgrade() {
-        manager.line(stream, replica, line, &redactor);
+        manager.lines(stream, replica, lines, &redactor);
       }
       // After the line is queued for the log and the app: it is in `pm.logs()` once the start resolves.
       if let Some((pattern, seen)) = &ready_line {
-        if !seen.is_seen() && pattern.is_match(line) {
+        if !seen.is_seen() && lines.iter().any(|line| pattern.is_match(line)) {
           seen.saw();
         }
       }
@@ -233,6 +236,7 @@ pub async fn run(
     } => {
       match ready {
         Ok(ready) => {
+          starting.store(false, Ordering::Relaxed);
           notices.keep_reading(manager, child.clone(), place.index());
           // A launcher (a shell, a version manager's shim, an `env` shebang) may have exec'd the real
           // server since the last write: the record names it before the start resolves, or a status or
@@ -297,6 +301,15 @@ fn now_ms() -> u64 {
 /// The line says the backend could not listen because the address is in use — on `port`, or on no port it
 /// names. A metrics endpoint or a second server failing on another port is not a port conflict of ours.
 pub fn says_port_taken(line: &str, port: u16) -> bool {
+  // Every phrase below has "us" in it ("in use", "usage"): most lines are passed over without a
+  // lower-cased copy.
+  if !line
+    .as_bytes()
+    .windows(2)
+    .any(|w| w.eq_ignore_ascii_case(b"us"))
+  {
+    return false;
+  }
   let lower = line.to_ascii_lowercase();
   let in_use = [
     "eaddrinuse",

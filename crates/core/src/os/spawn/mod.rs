@@ -353,7 +353,10 @@ mod tests {
   fn collect() -> (LineSink, Lines) {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink_lines = lines.clone();
-    let sink: LineSink = Arc::new(move |s, l| sink_lines.lock().unwrap().push((s, l.to_string())));
+    let sink: LineSink = Arc::new(move |s, ls: &[&str]| {
+      let mut all = sink_lines.lock().unwrap();
+      all.extend(ls.iter().map(|l| (s, l.to_string())));
+    });
     (sink, lines)
   }
 

@@ -17,8 +17,9 @@ pub use imp::{start_readers, Pipe};
 
 /// Lines of stderr kept for error reports.
 pub const STDERR_TAIL_LINES: usize = 20;
-/// Bytes read from a pipe at once.
-const READ_BUFFER: usize = 16 * 1024;
+/// Bytes read from a pipe at once: a pipe's whole default capacity (64 KiB on Linux), so that a backend
+/// writing fast is drained in one read and its lines go to the sink in one call (docs/performance.md).
+const READ_BUFFER: usize = 64 * 1024;
 /// A longer line is cut into pieces of this size, so one endless line cannot grow memory without bound.
 const MAX_LINE_BYTES: usize = 16 * 1024;
 
@@ -28,8 +29,9 @@ pub enum Stream {
   Stderr,
 }
 
-/// Receives every line the backend writes, without its newline.
-pub type LineSink = Arc<dyn Fn(Stream, &str) + Send + Sync>;
+/// Receives every line the backend writes, without its newline, in order: the complete lines of one read
+/// at once (never an empty slice), so that what is done per read is not done per line.
+pub type LineSink = Arc<dyn Fn(Stream, &[&str]) + Send + Sync>;
 
 /// What the readers have seen, shared with the owner of the child.
 #[derive(Default)]
@@ -76,18 +78,158 @@ fn expecting(pipes: usize) -> Arc<Output> {
   output
 }
 
-/// Hands one line (as read, with its newline if it had one) to the sink, and keeps it if it is stderr.
-fn deliver(stream: Stream, buf: &mut Vec<u8>, output: &Output, sink: &LineSink) {
-  while matches!(buf.last(), Some(b'\n' | b'\r')) {
-    buf.pop();
+/// The bytes read from one pipe that do not yet end a line. Each read is appended after them; every
+/// complete line is then handed on, and what is left (the start of the next line) moves to the front.
+struct LineBuffer {
+  buf: Vec<u8>,
+  filled: usize,
+}
+
+impl LineBuffer {
+  fn new() -> LineBuffer {
+    LineBuffer {
+      buf: vec![0; READ_BUFFER],
+      filled: 0,
+    }
   }
-  let line = String::from_utf8_lossy(buf);
+
+  /// Where the next read goes (never empty: a full buffer always holds a line or a piece to hand on).
+  fn space(&mut self) -> &mut [u8] {
+    &mut self.buf[self.filled..]
+  }
+
+  /// `n` bytes were read into `space()`: hands every complete line (a longer one in pieces of
+  /// `MAX_LINE_BYTES`, its newline included) to the sink in one call.
+  fn read(&mut self, n: usize, stream: Stream, output: &Output, sink: &LineSink) {
+    self.filled += n;
+    let data = &self.buf[..self.filled];
+    // Most output is UTF-8 in lines shorter than the limit: checked once for the whole read, its lines are
+    // borrowed from it. What is left (a line not yet ended, a longer one, bytes that are not UTF-8) is cut
+    // byte by byte as before.
+    let text = match std::str::from_utf8(data) {
+      Ok(text) => text,
+      Err(e) => std::str::from_utf8(&data[..e.valid_up_to()]).unwrap_or_default(),
+    };
+    let mut lines: Vec<std::borrow::Cow<'_, str>> = Vec::new();
+    let mut at = 0;
+    while let Some(i) = text[at..].find('\n') {
+      if i >= MAX_LINE_BYTES {
+        break;
+      }
+      lines.push(std::borrow::Cow::Borrowed(
+        text[at..at + i].trim_end_matches(['\n', '\r']),
+      ));
+      at += i + 1;
+    }
+    while at < data.len() {
+      let rest = &data[at..];
+      let window = &rest[..rest.len().min(MAX_LINE_BYTES)];
+      let len = match window.iter().position(|&b| b == b'\n') {
+        Some(i) => i + 1,
+        None if window.len() == MAX_LINE_BYTES => MAX_LINE_BYTES,
+        None => break,
+      };
+      lines.push(lossy(&rest[..len]));
+      at += len;
+    }
+    deliver(stream, lines, output, sink);
+    self.buf.copy_within(at..self.filled, 0);
+    self.filled -= at;
+  }
+
+  /// End of file: what is left is the last line, without its newline.
+  fn finish(&mut self, stream: Stream, output: &Output, sink: &LineSink) {
+    let rest = &self.buf[..self.filled];
+    if !rest.is_empty() {
+      deliver(stream, vec![lossy(rest)], output, sink);
+    }
+    self.filled = 0;
+  }
+}
+
+/// A line as read (with its newline if it had one) as text, without its newline.
+fn lossy(line: &[u8]) -> std::borrow::Cow<'_, str> {
+  let mut end = line.len();
+  while end > 0 && matches!(line[end - 1], b'\n' | b'\r') {
+    end -= 1;
+  }
+  String::from_utf8_lossy(&line[..end])
+}
+
+/// Hands lines to the sink, and keeps the last of stderr.
+fn deliver(stream: Stream, texts: Vec<std::borrow::Cow<'_, str>>, output: &Output, sink: &LineSink) {
+  if texts.is_empty() {
+    return;
+  }
   if stream == Stream::Stderr {
     let mut tail = lock(&output.stderr_tail);
-    if tail.len() == STDERR_TAIL_LINES {
-      tail.pop_front();
+    for line in texts.iter().skip(texts.len().saturating_sub(STDERR_TAIL_LINES)) {
+      if tail.len() == STDERR_TAIL_LINES {
+        tail.pop_front();
+      }
+      tail.push_back(line.to_string());
     }
-    tail.push_back(line.to_string());
   }
-  sink(stream, &line);
+  let lines: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
+  sink(stream, &lines);
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  fn collect() -> (LineSink, Arc<Mutex<Vec<Vec<String>>>>) {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let seen = calls.clone();
+    let sink: LineSink = Arc::new(move |_, lines: &[&str]| {
+      seen.lock().unwrap().push(lines.iter().map(|l| l.to_string()).collect());
+    });
+    (sink, calls)
+  }
+
+  fn feed(buffer: &mut LineBuffer, bytes: &[u8], output: &Output, sink: &LineSink) {
+    buffer.space()[..bytes.len()].copy_from_slice(bytes);
+    buffer.read(bytes.len(), Stream::Stderr, output, sink);
+  }
+
+  #[test]
+  fn the_complete_lines_of_a_read_go_together_and_a_started_line_waits_for_its_end() {
+    let (sink, calls) = collect();
+    let output = expecting(1);
+    let mut buffer = LineBuffer::new();
+    feed(&mut buffer, b"one\r\ntwo\nthr", &output, &sink);
+    feed(&mut buffer, b"ee\n\nfour", &output, &sink);
+    buffer.finish(Stream::Stderr, &output, &sink);
+    assert_eq!(
+      *calls.lock().unwrap(),
+      vec![vec!["one", "two"], vec!["three", ""], vec!["four"]]
+    );
+    assert_eq!(output.stderr_tail(), ["one", "two", "three", "", "four"]);
+  }
+
+  #[test]
+  fn bytes_that_are_not_utf8_spoil_only_their_own_line() {
+    let (sink, calls) = collect();
+    let output = expecting(1);
+    let mut buffer = LineBuffer::new();
+    feed(&mut buffer, b"caf\xc3\xa9\nbad \xff byte\nafter\n\xc3", &output, &sink);
+    feed(&mut buffer, b"\xa9t\xc3\xa9\n", &output, &sink);
+    assert_eq!(
+      *calls.lock().unwrap(),
+      vec![vec!["café", "bad \u{fffd} byte", "after"], vec!["été"]]
+    );
+  }
+
+  #[test]
+  fn an_endless_line_is_handed_on_in_pieces() {
+    let (sink, calls) = collect();
+    let output = expecting(1);
+    let mut buffer = LineBuffer::new();
+    let long = vec![b'x'; MAX_LINE_BYTES * 2 + 10];
+    feed(&mut buffer, &long, &output, &sink);
+    buffer.finish(Stream::Stderr, &output, &sink);
+    let calls = calls.lock().unwrap();
+    let lengths: Vec<Vec<usize>> = calls.iter().map(|c| c.iter().map(String::len).collect()).collect();
+    assert_eq!(lengths, vec![vec![MAX_LINE_BYTES, MAX_LINE_BYTES], vec![10]]);
+  }
 }

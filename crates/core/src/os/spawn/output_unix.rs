@@ -1,9 +1,9 @@
 //! Unix: each pipe is read by a task on the runtime (its descriptor in the runtime's poll set), not by a
 //! thread.
 
-use super::{deliver, expecting, LineSink, Output, Stream, MAX_LINE_BYTES, READ_BUFFER};
+use super::{expecting, LineBuffer, LineSink, Output, Stream};
 use std::sync::Arc;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe::Receiver;
 
 /// The read end of one of the backend's output pipes.
@@ -24,24 +24,16 @@ pub fn start_readers(_pid: u32, pipes: Vec<(Stream, Pipe)>, sink: LineSink) -> A
   output
 }
 
-async fn read_lines(stream: Stream, pipe: Receiver, output: Arc<Output>, sink: LineSink) {
-  let mut reader = BufReader::with_capacity(READ_BUFFER, pipe);
-  let mut buf = Vec::with_capacity(256);
+async fn read_lines(stream: Stream, mut pipe: Receiver, output: Arc<Output>, sink: LineSink) {
+  let mut lines = LineBuffer::new();
   loop {
-    buf.clear();
-    let n = match (&mut reader)
-      .take(MAX_LINE_BYTES as u64)
-      .read_until(b'\n', &mut buf)
-      .await
-    {
-      Ok(n) => n,
+    match pipe.read(lines.space()).await {
+      Ok(0) => break,
+      Ok(n) => lines.read(n, stream, &output, &sink),
       Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-      Err(_) => 0,
-    };
-    if n == 0 {
-      break;
+      Err(_) => break,
     }
-    deliver(stream, &mut buf, &output, &sink);
   }
+  lines.finish(stream, &output, &sink);
   output.stream_closed();
 }

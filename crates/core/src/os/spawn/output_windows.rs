@@ -1,8 +1,8 @@
 //! Windows: anonymous pipes cannot be read asynchronously, so one thread per pipe reads it (tokio's own
 //! `process` does the same through its blocking pool).
 
-use super::{deliver, expecting, LineSink, Output, Stream, MAX_LINE_BYTES, READ_BUFFER};
-use std::io::{BufRead, BufReader, Read};
+use super::{expecting, LineBuffer, LineSink, Output, Stream};
+use std::io::Read;
 use std::sync::Arc;
 
 /// The read end of one of the backend's output pipes.
@@ -30,23 +30,16 @@ pub fn start_readers(pid: u32, pipes: Vec<(Stream, Pipe)>, sink: LineSink) -> Ar
   output
 }
 
-fn read_lines(stream: Stream, pipe: Pipe, output: &Output, sink: &LineSink) {
-  let mut reader = BufReader::with_capacity(READ_BUFFER, pipe);
-  let mut buf = Vec::with_capacity(256);
+fn read_lines(stream: Stream, mut pipe: Pipe, output: &Output, sink: &LineSink) {
+  let mut lines = LineBuffer::new();
   loop {
-    buf.clear();
-    let n = match (&mut reader)
-      .take(MAX_LINE_BYTES as u64)
-      .read_until(b'\n', &mut buf)
-    {
-      Ok(n) => n,
+    match pipe.read(lines.space()) {
+      Ok(0) => break,
+      Ok(n) => lines.read(n, stream, output, sink),
       Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-      Err(_) => 0,
-    };
-    if n == 0 {
-      break;
+      Err(_) => break,
     }
-    deliver(stream, &mut buf, output, sink);
   }
+  lines.finish(stream, output, sink);
   output.stream_closed();
 }

@@ -56,8 +56,8 @@ fn node(script: &str) -> SpawnSpec {
 /// The lines a backend wrote, to be awaited.
 fn lines() -> (LineSink, watch::Receiver<Vec<(Stream, String)>>) {
   let (tx, rx) = watch::channel(Vec::new());
-  let sink: LineSink = Arc::new(move |stream, line| {
-    tx.send_modify(|all| all.push((stream, line.to_string())));
+  let sink: LineSink = Arc::new(move |stream, lines: &[&str]| {
+    tx.send_modify(|all| all.extend(lines.iter().map(|line| (stream, line.to_string()))));
   });
   (sink, rx)
 }
