@@ -399,8 +399,8 @@ mod tests {
       ..Default::default()
     };
     let (up_tx, up) = std::sync::mpsc::channel();
-    let sink: crate::os::spawn::LineSink = std::sync::Arc::new(move |_, line: &str| {
-      if line == "up" {
+    let sink: crate::os::spawn::LineSink = std::sync::Arc::new(move |_, lines: &[&str]| {
+      if lines.contains(&"up") {
         let _ = up_tx.send(());
       }
     });

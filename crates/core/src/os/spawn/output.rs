@@ -157,13 +157,21 @@ fn lossy(line: &[u8]) -> std::borrow::Cow<'_, str> {
 }
 
 /// Hands lines to the sink, and keeps the last of stderr.
-fn deliver(stream: Stream, texts: Vec<std::borrow::Cow<'_, str>>, output: &Output, sink: &LineSink) {
+fn deliver(
+  stream: Stream,
+  texts: Vec<std::borrow::Cow<'_, str>>,
+  output: &Output,
+  sink: &LineSink,
+) {
   if texts.is_empty() {
     return;
   }
   if stream == Stream::Stderr {
     let mut tail = lock(&output.stderr_tail);
-    for line in texts.iter().skip(texts.len().saturating_sub(STDERR_TAIL_LINES)) {
+    for line in texts
+      .iter()
+      .skip(texts.len().saturating_sub(STDERR_TAIL_LINES))
+    {
       if tail.len() == STDERR_TAIL_LINES {
         tail.pop_front();
       }
@@ -182,7 +190,10 @@ mod tests {
     let calls = Arc::new(Mutex::new(Vec::new()));
     let seen = calls.clone();
     let sink: LineSink = Arc::new(move |_, lines: &[&str]| {
-      seen.lock().unwrap().push(lines.iter().map(|l| l.to_string()).collect());
+      seen
+        .lock()
+        .unwrap()
+        .push(lines.iter().map(|l| l.to_string()).collect());
     });
     (sink, calls)
   }
@@ -212,7 +223,12 @@ mod tests {
     let (sink, calls) = collect();
     let output = expecting(1);
     let mut buffer = LineBuffer::new();
-    feed(&mut buffer, b"caf\xc3\xa9\nbad \xff byte\nafter\n\xc3", &output, &sink);
+    feed(
+      &mut buffer,
+      b"caf\xc3\xa9\nbad \xff byte\nafter\n\xc3",
+      &output,
+      &sink,
+    );
     feed(&mut buffer, b"\xa9t\xc3\xa9\n", &output, &sink);
     assert_eq!(
       *calls.lock().unwrap(),
@@ -229,7 +245,13 @@ mod tests {
     feed(&mut buffer, &long, &output, &sink);
     buffer.finish(Stream::Stderr, &output, &sink);
     let calls = calls.lock().unwrap();
-    let lengths: Vec<Vec<usize>> = calls.iter().map(|c| c.iter().map(String::len).collect()).collect();
-    assert_eq!(lengths, vec![vec![MAX_LINE_BYTES, MAX_LINE_BYTES], vec![10]]);
+    let lengths: Vec<Vec<usize>> = calls
+      .iter()
+      .map(|c| c.iter().map(String::len).collect())
+      .collect();
+    assert_eq!(
+      lengths,
+      vec![vec![MAX_LINE_BYTES, MAX_LINE_BYTES], vec![10]]
+    );
   }
 }
