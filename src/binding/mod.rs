@@ -752,13 +752,15 @@ impl NativeManager {
     let grace = sync(env, || {
       options::sync_stop_timeout(&options, "the stopSync options")
     })?;
+    // Read before the stop is asked for: the owner may take the stop at once, and a stopping backend is
+    // no longer published as the running one.
+    let pid = self.inner.backend().map(|b| b.pid);
+    let began = std::time::Instant::now();
     let (tx, rx) = std::sync::mpsc::channel();
     let stopping = self.inner.stop_within(grace);
     napi::bindgen_prelude::spawn(async move {
       let _ = tx.send(stopping.await);
     });
-    let began = std::time::Instant::now();
-    let pid = self.inner.backend().map(|b| b.pid);
     *self.sync_stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(SyncStop {
       result: rx,
       force_at: began + grace,
