@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the Rust core's tests of the spawn/wait/stop paths (and the whole lifecycle without Node) under
+# Runs the Rust core's (crates/core) tests of the spawn/wait/stop paths (and the whole lifecycle without Node) under
 # valgrind's memcheck: any definite leak or memory error fails. Usage: npm run leakcheck
 # Left out: the property tests (thousands of cases under valgrind take too long; they run in npm test), the
 # comparison of sysinfo with /proc and the held child's executable (valgrind answers /proc/PID/exe with its own
@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)"; exit 1; }
-binary=$(cargo test --lib --no-run --message-format=json 2>/dev/null \
+binary=$(cargo test -p backend-process-manager-core --lib --no-run --message-format=json 2>/dev/null \
   | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{for(const l of s.split("\n")){try{const m=JSON.parse(l);if(m.executable)console.log(m.executable)}catch{}}})' | tail -1)
 echo "valgrind on $binary"
 valgrind --quiet --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite \
