@@ -130,8 +130,11 @@ pub fn record_path(dir: &Path, name: &str, pid: u32) -> PathBuf {
   dir.join(format!("{}-{pid}.json", file_stem(name)))
 }
 
-/// Writes the record atomically: a 0600 temporary file in the same folder, flushed, then renamed over the
-/// final name, so a reader never sees half a record. Blocking (fsync).
+/// Writes the record atomically: a 0600 temporary file in the same folder, renamed over the final name, so a
+/// reader never sees half a record. Not fsynced: a record is read after the *app* died, and the kernel's page
+/// cache outlives any process; only a crash of the machine loses it, and that ends every backend too (a
+/// record of another boot is stale anyway, decision 24). The fsync cost 2–3 ms on the way to `ready` (the
+/// record is rewritten there) and held a spawner thread while a child waited at its gate.
 pub fn write_record(dir: &Path, record: &Record) -> Result<PathBuf> {
   crate::state::dir::ensure_state_dir(dir)?;
   let path = record_path(dir, &record.name, record.pid);
@@ -144,7 +147,6 @@ pub fn write_record(dir: &Path, record: &Record) -> Result<PathBuf> {
     no_follow(&mut options, 0o600);
     let mut file = options.open(&tmp)?;
     file.write_all(&body)?;
-    file.sync_all()?;
     drop(file);
     imp::replace(&tmp, &path)
   };
