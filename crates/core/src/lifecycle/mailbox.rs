@@ -2,15 +2,16 @@
 //! channel its answer goes to, and the inputs the steps below the owner send when something happened.
 //! One mailbox orders them all: a start asked for from an `exit` handler comes after the exit that caused
 //! it, a stop during a restart's backoff comes before or after the backoff's end (the owner's `Restart`
-//! deadline), never in between.
+//! deadline), never in between, and a process's `Up` before its `Down`.
 
 use super::launch::Runtime;
 use super::run::Run;
 use super::start::Outcome;
 use super::{BackendInfo, Reason, StopResult};
-use crate::error::Result;
+use crate::error::{PmError, Result};
 use crate::net::health::ProbeOutcome;
 use crate::options::StartArgs;
+use crate::os::spawn::ExitInfo;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -37,20 +38,32 @@ pub enum Command {
 pub enum Input {
   /// The start `id` came to its outcome.
   Started(u64, Outcome),
-  /// A process of `run` is up (a restart's, or a reload's new one).
-  Up(Arc<Run>),
-  /// A process of `run` went down, and its supervisor decides whether to restart it.
-  Down(Arc<Run>),
-  /// A supervisor of `run` restarts its process after `delay` (the restart policy's backoff): the owner
-  /// arms the wait as its `Restart` deadline and answers `go` when it is over, or drops `go` (nothing is
-  /// restarted) when a stop or the run's end came first.
-  Backoff {
+  /// The process `pid` of slot `slot` of `run` is up (a restart's, or a reload's new one), its readiness
+  /// probe answered after `latency`.
+  Up {
     run: Arc<Run>,
-    delay: Duration,
-    go: Reply<()>,
+    slot: usize,
+    pid: u32,
+    latency: Duration,
+  },
+  /// The process of slot `slot` of `run` went down without a stop (or its restart could not start at
+  /// all): the owner decides on the restart policy's book. For a restart, it arms the backoff as its
+  /// `Restart` deadline and answers `next` with the restart's attempt when it is over; when it gives up
+  /// (or there is no policy, or a stop or the run's end came first) it drops `next`, and the slot ends.
+  Down {
+    run: Arc<Run>,
+    slot: usize,
+    gone: Gone,
+    next: Reply<u32>,
+  },
+  /// Every slot of `run` was reloaded (`reload()`): the owner answers `reply` with the backend.
+  Reloaded {
+    run: Arc<Run>,
+    result: Result<()>,
+    reply: Reply<Result<Option<BackendInfo>>>,
   },
   /// A watchdog probe of the process `pid` in slot `slot` of `run` came back after `latency`: the owner
-  /// takes the verdict and answers with the restart it calls for (`None`: none), or drops `verdict` when
+  /// takes the verdict and answers with it, or drops `verdict` when
   /// the process is no longer that slot's or the run is being stopped.
   Probe {
     run: Arc<Run>,
@@ -58,7 +71,7 @@ pub enum Input {
     pid: u32,
     outcome: ProbeOutcome,
     latency: Duration,
-    verdict: Reply<Option<Reason>>,
+    verdict: Reply<Verdict>,
   },
   /// A memory sample of the process `pid` in slot `slot` of `run` (its whole tree): as `Probe`.
   Sample {
@@ -66,7 +79,7 @@ pub enum Input {
     slot: usize,
     pid: u32,
     memory_bytes: u64,
-    verdict: Reply<Option<Reason>>,
+    verdict: Reply<Verdict>,
   },
   /// Every supervisor of `run` is done: what a stop stopped (`None`: it ended by itself).
   RunEnded(Arc<Run>, Option<StopResult>),
@@ -77,6 +90,25 @@ pub enum Input {
   },
   /// The deadline the current state armed has passed.
   Deadline(Deadline),
+}
+
+/// How a slot's process went down, as its supervisor reports it.
+pub enum Gone {
+  /// It ended (`reason`: by itself, or ended for a watchdog or memory verdict).
+  Exited {
+    pid: u32,
+    exit: ExitInfo,
+    reason: Reason,
+  },
+  /// A restart of it cannot be started at all (spawn failed, state folder unusable).
+  Unstartable(PmError),
+}
+
+/// The owner's verdict on a probe or a memory sample: whether the process is healthy now (for the
+/// balancer and the record), and the restart it calls for (`None`: none).
+pub struct Verdict {
+  pub healthy: bool,
+  pub restart: Option<Reason>,
 }
 
 /// The named deadlines a state of the owner arms (at most one at a time).

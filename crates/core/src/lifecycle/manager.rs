@@ -1,6 +1,6 @@
 //! The public operations on one named backend. Each sends a command to the backend's owner (`task`) and
-//! awaits its answer; the reads that do not wait (`backend`, `active`, `stats`) read what the owner
-//! published. The services below the owner (log, events, ports, ends) are the `Context`, which a
+//! awaits its answer; the reads that do not wait (`backend`, `active`, `stats`) read the `View` the owner
+//! published last. The services below the owner (log, events, ports, ends) are the `Context`, which a
 //! `Manager` derefs to.
 
 use super::context::Context;
@@ -9,7 +9,8 @@ use super::launch::Runtime;
 use super::mailbox::{Command, Message, Reply};
 use super::owner;
 use super::run::Run;
-use super::task::{self, View};
+use super::task;
+use super::view::View;
 use super::{BackendInfo, Events, Stats, StopResult};
 use crate::error::{PmError, Result};
 use crate::net::health::{self, Secret};
@@ -18,16 +19,18 @@ use crate::options::{Options, StartArgs};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 pub struct Manager {
   ctx: Arc<Context>,
   /// The owner's mailbox.
   mailbox: mpsc::UnboundedSender<Message>,
-  /// The mailbox's receiving end until the owner task starts (with the first command).
-  unowned: Mutex<Option<mpsc::UnboundedReceiver<Message>>>,
-  view: Arc<Mutex<View>>,
+  /// The mailbox's receiving end, and the end the owner publishes its view on, until the owner task
+  /// starts (with the first command).
+  unowned: Mutex<Option<(mpsc::UnboundedReceiver<Message>, watch::Sender<View>)>>,
+  /// What the owner published last.
+  view: watch::Receiver<View>,
 }
 
 impl std::ops::Deref for Manager {
@@ -40,11 +43,12 @@ impl std::ops::Deref for Manager {
 impl Manager {
   pub fn new(options: Options, events: Arc<dyn Events>) -> Arc<Manager> {
     let (mailbox, messages) = mpsc::unbounded_channel();
+    let (publish, view) = View::channel();
     Arc::new(Manager {
       ctx: Arc::new(Context::new(options, events)),
       mailbox,
-      unowned: Mutex::new(Some(messages)),
-      view: View::new(),
+      unowned: Mutex::new(Some((messages, publish))),
+      view,
     })
   }
 
@@ -72,38 +76,37 @@ impl Manager {
       .lock()
       .unwrap_or_else(|e| e.into_inner())
       .take();
-    if let Some(messages) = messages {
+    if let Some((messages, publish)) = messages {
       tokio::spawn(task::own(
         self.ctx.clone(),
         self.mailbox.downgrade(),
         messages,
-        self.view.clone(),
+        publish,
       ));
     }
   }
 
-  fn view(&self) -> std::sync::MutexGuard<'_, View> {
-    self.view.lock().unwrap_or_else(|e| e.into_inner())
-  }
-
   /// The run that is up (running, or down between an exit and a restart).
   fn up(&self) -> Option<Arc<Run>> {
-    self.view().up()
+    self.view.borrow().up()
   }
 
   /// The running backend, if one is ready (`None` while it is down between an exit and a restart).
   pub fn backend(&self) -> Option<BackendInfo> {
-    self.up()?.info()
+    let (run, slots) = self.view.borrow().up_with_slots()?;
+    run.info(&slots)
   }
 
   /// Something is under way: a start, a running or restarting backend, or a stop.
   pub fn is_active(&self) -> bool {
-    self.view().active()
+    self.view.borrow().active()
   }
 
-  /// What the running backend's tree uses now; `None` when it is not running.
+  /// What the running backend's tree uses now; `None` when it is not running. Health and restarts are
+  /// what the owner published; nothing of the owner's is locked or waited for.
   pub fn stats(&self) -> Option<Stats> {
-    self.up()?.stats()
+    let (run, slots) = self.view.borrow().up_with_slots()?;
+    run.stats(&slots)
   }
 
   /// The token of the running start, so that `checkBackendHealth` and `waitForBackendReady` are let in —
@@ -221,7 +224,7 @@ impl Manager {
   /// Force-kills the whole tree of every process of the run that is up or being stopped, now: the end of
   /// a bounded stop's grace, for ends that began with a longer one.
   pub fn force_now(&self) {
-    let run = self.view().run.clone();
+    let run = self.view.borrow().run.clone();
     if let Some(run) = run {
       run.force_now();
     }

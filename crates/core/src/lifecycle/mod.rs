@@ -22,6 +22,7 @@ mod start;
 mod supervisor;
 mod task;
 mod verdict;
+mod view;
 
 pub use manager::Manager;
 

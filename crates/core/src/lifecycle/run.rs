@@ -4,7 +4,6 @@
 
 use super::instance::Instance;
 use super::launch::Launch;
-use super::restart::RestartBook;
 use super::{BackendInfo, Reason, ReplicaInfo, Stats};
 use crate::error::Result;
 use crate::net::balancer::Balancer;
@@ -78,20 +77,13 @@ impl Front {
   }
 }
 
-/// How a process is doing, as the watchdog and the memory sampler see it.
-#[derive(Default)]
-pub struct Health {
+/// What the owner publishes of one slot (its `View`): the verdict on its process and its restarts so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SlotView {
   pub healthy: bool,
-  /// Watchdog probes failed in a row.
-  pub failures: u32,
   /// Of the last watchdog or readiness probe.
   pub latency: Option<Duration>,
-  /// `unhealthy` was reported for failed probes, and not yet `healthy`.
-  pub reported_probes: bool,
-  /// `unhealthy` was reported for memory, and not yet `healthy`.
-  pub reported_memory: bool,
-  /// Since when the current process has been healthy.
-  pub healthy_since: Option<Instant>,
+  pub restarts: u32,
 }
 
 /// A reload of one slot, for its supervisor; the reply says whether the new process is in.
@@ -118,8 +110,8 @@ pub struct Slot {
   /// Reloads asked for, for the slot's supervisor (which takes the receiver).
   reloads: mpsc::UnboundedSender<Reload>,
   reloads_rx: Mutex<Option<mpsc::UnboundedReceiver<Reload>>>,
-  pub book: Option<Mutex<RestartBook>>,
-  pub health: Mutex<Health>,
+  /// The previous CPU sample of the current process (`stats`): a cache of whoever samples (the app's
+  /// `stats()`, the `stats` events), not the owner's state.
   cpu: Mutex<Option<CpuSample>>,
   /// The balancer's id for the current process: a new one per process, so an old one can drain while
   /// the new one already takes connections.
@@ -146,10 +138,6 @@ impl Slot {
 
   pub fn release_port(&self) {
     lock(&self.port).take();
-  }
-
-  pub fn restarts(&self) -> u32 {
-    self.book.as_ref().map_or(0, |b| lock(b).total())
   }
 
   pub fn upstream(&self) -> usize {
@@ -199,12 +187,12 @@ impl Run {
     launch: Launch,
     public_port: u16,
     front: Front,
-    replicas: Vec<(Option<Reservation>, Arc<Instance>, Duration)>,
+    replicas: Vec<(Option<Reservation>, Arc<Instance>)>,
   ) -> Arc<Run> {
     let slots = replicas
       .into_iter()
       .enumerate()
-      .map(|(index, (port, instance, latency))| {
+      .map(|(index, (port, instance))| {
         let (reloads, reloads_rx) = mpsc::unbounded_channel();
         let slot = Arc::new(Slot {
           index,
@@ -212,15 +200,10 @@ impl Run {
           current: Mutex::new(None),
           reloads,
           reloads_rx: Mutex::new(Some(reloads_rx)),
-          book: options
-            .restart
-            .clone()
-            .map(|p| Mutex::new(RestartBook::new(p))),
-          health: Mutex::new(Health::default()),
           cpu: Mutex::new(None),
           upstream: AtomicUsize::new(index),
         });
-        (slot, instance, latency)
+        (slot, instance)
       })
       .collect::<Vec<_>>();
     let run = Arc::new(Run {
@@ -228,12 +211,12 @@ impl Run {
       host: options.host,
       public_port,
       front,
-      slots: slots.iter().map(|(s, _, _)| s.clone()).collect(),
+      slots: slots.iter().map(|(s, _)| s.clone()).collect(),
       stop: watch::channel(false).0,
       reloading: tokio::sync::Mutex::new(()),
     });
-    for (slot, instance, latency) in slots {
-      run.went_up(&slot, instance, latency, false);
+    for (slot, instance) in slots {
+      run.went_up(&slot, instance, false);
     }
     run
   }
@@ -247,9 +230,14 @@ impl Run {
     self.replicated().then_some(slot.index)
   }
 
-  /// The backend as the app sees it: the public port, the first running replica's pid, every replica;
-  /// `None` while no process is up.
-  pub fn info(&self) -> Option<BackendInfo> {
+  /// A process of the run is running.
+  pub fn any_running(&self) -> bool {
+    self.slots.iter().any(|s| s.running().is_some())
+  }
+
+  /// The backend as the app sees it: the public port, the first running replica's pid, every replica
+  /// (healthy as `views`, the owner's, say); `None` while no process is up.
+  pub fn info(&self, views: &[SlotView]) -> Option<BackendInfo> {
     let up: Vec<Arc<Instance>> = self.slots.iter().filter_map(|s| s.running()).collect();
     let first = up.first()?;
     let replicas = self.replicated().then(|| {
@@ -264,7 +252,7 @@ impl Run {
               Front::Socket { .. } => None,
               _ => Some(instance.info.port),
             },
-            healthy: lock(&s.health).healthy,
+            healthy: views.get(s.index).is_some_and(|v| v.healthy),
           })
         })
         .collect()
@@ -294,7 +282,7 @@ impl Run {
   }
 
   /// A slot's process is up (started, or restarted, or a reload's new one): the front routes to it.
-  pub fn went_up(&self, slot: &Slot, instance: Arc<Instance>, latency: Duration, replacing: bool) {
+  pub fn went_up(&self, slot: &Slot, instance: Arc<Instance>, replacing: bool) {
     if let Front::Balanced { balancer, .. } = &self.front {
       let id = if replacing {
         slot
@@ -309,21 +297,14 @@ impl Run {
       balancer.add(id, addr);
     }
     *lock(&slot.current) = Some(instance);
-    *lock(&slot.health) = Health {
-      healthy: true,
-      latency: Some(latency),
-      healthy_since: Some(Instant::now()),
-      ..Health::default()
-    };
   }
 
-  /// A slot's process is gone (its supervisor decides what comes next).
+  /// A slot's process is gone (the owner decides what comes next).
   pub fn went_down(&self, slot: &Slot) {
     if let Front::Balanced { balancer, .. } = &self.front {
       balancer.remove(slot.upstream());
     }
     *lock(&slot.current) = None;
-    lock(&slot.health).healthy = false;
   }
 
   /// The watchdog's verdict on a slot reaches the balancer: an unhealthy replica gets no connections.
@@ -339,12 +320,16 @@ impl Run {
   }
 
   /// What the processes of every running replica use together now; CPU as a rate since each slot's
-  /// previous sample (0 on the first). A handful of `/proc` reads per process.
-  pub fn stats(&self) -> Option<Stats> {
+  /// previous sample (0 on the first); health and restarts as `views`, the owner's, say. A handful of
+  /// `/proc` reads per process.
+  pub fn stats(&self, views: &[SlotView]) -> Option<Stats> {
     let per_slot: Vec<(Arc<Instance>, Stats)> = self
       .slots
       .iter()
-      .filter_map(|slot| Some((slot.current()?, sample(slot)?)))
+      .filter_map(|slot| {
+        let view = views.get(slot.index).copied().unwrap_or_default();
+        Some((slot.current()?, sample(slot, view)?))
+      })
       .collect();
     let (first, _) = per_slot.first()?;
     let mut total = Stats {
@@ -375,7 +360,7 @@ impl Run {
 }
 
 /// What one slot's process tree uses now.
-fn sample(slot: &Slot) -> Option<Stats> {
+fn sample(slot: &Slot, view: SlotView) -> Option<Stats> {
   let instance = slot.current()?;
   let pid = instance.info.pid;
   let usage = tree::usage(&tree::with_descendants(pid));
@@ -394,16 +379,15 @@ fn sample(slot: &Slot) -> Option<Stats> {
     cpu: usage.cpu_time,
   });
   drop(previous);
-  let health = lock(&slot.health);
   Some(Stats {
     pid,
     cpu_percent,
     memory_bytes: usage.memory_bytes,
     process_count: usage.process_count,
     uptime: instance.spawned.elapsed(),
-    restarts: slot.restarts(),
-    healthy: health.healthy,
-    health_latency: health.latency,
+    restarts: view.restarts,
+    healthy: view.healthy,
+    health_latency: view.latency,
     replicas: Vec::new(),
   })
 }

@@ -1,21 +1,21 @@
 //! The supervisors of a started backend: one task per slot (the one process, or each replica) that carries
-//! out what happens to it — its exit, the watchdog's probes and memory samples (their verdicts are the
-//! owner's: `Input::Probe`/`Input::Sample`), `stats` events, and the restarts of the restart policy (their
-//! backoff is the owner's `Restart` deadline: the slot's task asks for it with `Input::Backoff` and restarts
-//! when the owner says) — and one task for the run that waits for them all, puts replicas the balancer
-//! found refusing back once they answer, and closes the front at the end. Every end of a running process
-//! goes through its slot's task, including the one a stop asks for, so nothing is started once a stop has
-//! been asked for (docs/design.md §16).
+//! out what happens to it and reports it to the owner — its exit (`Input::Down`), the watchdog's probes and
+//! memory samples (`Input::Probe`/`Input::Sample`), `stats` events, a new process up (`Input::Up`) — and
+//! does what the owner answers: a restart once the owner's backoff is over (the owner decides on its
+//! restart book whether there is one, and when), the end of a process it found unhealthy. One task for the
+//! run waits for them all, puts replicas the balancer found refusing back once they answer, and closes the
+//! front at the end. Every end of a running process goes through its slot's task, including the one a
+//! stop asks for, so nothing is started once a stop has been asked for (docs/design.md §16).
 
 use super::context::Context;
 use super::instance::Instance;
-use super::mailbox::{self, Input, Mailbox};
+use super::mailbox::{self, Gone, Input, Mailbox};
 use super::owner;
 use super::place::{self, NotUp, Place, Placed, Ports};
-use super::restart::Decision;
 use super::run::Reload;
-use super::run::{lock, Front, Run, Slot};
+use super::run::{Front, Run, Slot};
 use super::verdict;
+use super::view::View;
 use super::{Event, Level, Reason, StopResult};
 use crate::error::{PmError, Result};
 use crate::net::health;
@@ -26,14 +26,16 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-/// Starts the supervisors of `run`, which is up with its first processes.
-pub fn start(manager: Arc<Context>, run: Arc<Run>, owner: Mailbox) {
+/// Starts the supervisors of `run`, which is up with its first processes. `view`: what the owner
+/// publishes, for the `stats` events.
+pub fn start(manager: Arc<Context>, run: Arc<Run>, owner: Mailbox, view: watch::Receiver<View>) {
   tokio::spawn(async move {
     let mut slots = JoinSet::new();
     for slot in &run.slots {
       let (manager, run, slot, owner) = (manager.clone(), run.clone(), slot.clone(), owner.clone());
+      let view = view.clone();
       slots.spawn(async move {
-        let result = supervise(&manager, &run, &slot, &owner).await;
+        let result = supervise(&manager, &run, &slot, &owner, &view).await;
         slot.release_port();
         (slot.index, result)
       });
@@ -53,13 +55,6 @@ pub fn start(manager: Arc<Context>, run: Arc<Run>, owner: Mailbox) {
       results.into_iter().filter_map(|(_, r)| r).collect(),
       run.replicated(),
     );
-    if !run.stop_requested() && run.replicated() {
-      manager.emit(Event::Failed {
-        reason: Reason::Exit,
-        restarts: run.slots.iter().map(|s| s.restarts()).sum(),
-        error: "no replica of the backend is left".into(),
-      });
-    }
     mailbox::report(&owner, Input::RunEnded(run.clone(), result));
   });
 }
@@ -70,7 +65,7 @@ pub async fn reload_all(
   manager: Arc<Context>,
   run: Arc<Run>,
   reason: Option<Reason>,
-) -> Result<Option<super::BackendInfo>> {
+) -> Result<()> {
   let _one_at_a_time = run.reloading.lock().await;
   for slot in &run.slots {
     if run.stop_requested() {
@@ -81,7 +76,7 @@ pub async fn reload_all(
       return Err(e);
     }
   }
-  Ok(run.info())
+  Ok(())
 }
 
 /// The front stops taking connections once no replica is left (a stop has already stopped accepting).
@@ -96,14 +91,6 @@ enum Ended {
   Reload(Reload),
 }
 
-/// A process that went down without a stop: what the restart policy decides on.
-struct Down {
-  pid: u32,
-  exit: ExitInfo,
-  reason: Reason,
-  healthy_since: Option<Instant>,
-}
-
 async fn stop_asked(stop: &mut watch::Receiver<bool>) {
   let _ = stop.wait_for(|s| *s).await;
 }
@@ -113,9 +100,12 @@ async fn supervise(
   run: &Arc<Run>,
   slot: &Arc<Slot>,
   owner: &Mailbox,
+  view: &watch::Receiver<View>,
 ) -> Option<StopResult> {
   let mut stop = run.stop.subscribe();
   let mut reloads = slot.take_reloads()?;
+  // The slot's restarts so far, as the owner numbered them, for the records of its new processes.
+  let mut restarts = 0;
   loop {
     let instance = slot.current()?;
     let ended = tokio::select! {
@@ -123,11 +113,10 @@ async fn supervise(
       _ = stop_asked(&mut stop) => Ended::Stop,
       _ = instance.child.exited() => Ended::Exit,
       Some(request) = reloads.recv() => Ended::Reload(request),
-      reason = watchdog(manager, run, slot, &instance, owner) => Ended::Verdict(reason),
+      reason = watchdog(manager, run, slot, &instance, owner, view) => Ended::Verdict(reason),
     };
     let replica = run.replica(slot);
-    let healthy_since = lock(&slot.health).healthy_since;
-    let down = match ended {
+    let gone = match ended {
       Ended::Stop => {
         let result = manager.end(&instance, true, None, replica).await;
         run.went_down(slot);
@@ -136,29 +125,34 @@ async fn supervise(
       Ended::Exit => {
         let result = manager.end(&instance, false, None, replica).await;
         run.went_down(slot);
-        mailbox::report(owner, Input::Down(run.clone()));
-        Down {
+        Gone::Exited {
           pid: instance.info.pid,
           exit: result.exit,
           reason: Reason::Exit,
-          healthy_since,
         }
       }
       Ended::Verdict(reason) => {
         let result = manager.end(&instance, true, Some(reason), replica).await;
         run.went_down(slot);
-        mailbox::report(owner, Input::Down(run.clone()));
-        Down {
+        Gone::Exited {
           pid: instance.info.pid,
           exit: result.exit,
           reason,
-          healthy_since,
         }
       }
       Ended::Reload(request) => {
-        match replace(manager, run, slot, &instance, &mut stop, request.reason).await {
+        let replaced = replace(
+          manager,
+          run,
+          slot,
+          &instance,
+          &mut stop,
+          (request.reason, restarts),
+          owner,
+        )
+        .await;
+        match replaced {
           Replaced::Done => {
-            mailbox::report(owner, Input::Up(run.clone()));
             let _ = request.reply.send(Ok(()));
             continue;
           }
@@ -170,17 +164,15 @@ async fn supervise(
             let _ = request.reply.send(Err(stopped_during_reload()));
             return result;
           }
-          Replaced::Down(down, error) => {
-            mailbox::report(owner, Input::Down(run.clone()));
+          Replaced::Down(gone, error) => {
             let _ = request.reply.send(Err(error));
-            down
+            gone
           }
         }
       }
     };
-    match recover(manager, run, slot, down, &mut stop, owner).await {
-      Some(result) => return result,
-      None => mailbox::report(owner, Input::Up(run.clone())),
+    if let Some(result) = recover(manager, run, slot, gone, &mut stop, owner, &mut restarts).await {
+      return result;
     }
   }
 }
@@ -194,91 +186,50 @@ fn stopped_during_reload() -> PmError {
   }
 }
 
-/// After a process went down without a stop: restarts per the policy until one is up (`None`), or ends
-/// the slot (`Some`: what a stop meanwhile stopped, if one came). Each backoff is waited out by the owner.
+/// After a process went down without a stop: tells the owner, and restarts when it says so, until one is
+/// up (`None`), or ends the slot (`Some`: what a stop meanwhile stopped, if one came) when the owner
+/// restarts it no more (no policy, too many restarts, a stop first). Each backoff is waited out by the
+/// owner; `restarts` is the owner's count, for the records.
 async fn recover(
   manager: &Arc<Context>,
   run: &Arc<Run>,
   slot: &Arc<Slot>,
-  down: Down,
+  gone: Gone,
   stop: &mut watch::Receiver<bool>,
   owner: &Mailbox,
+  restarts: &mut u32,
 ) -> Option<Option<StopResult>> {
-  let Some(book) = slot.book.as_ref() else {
-    return Some(None);
-  };
-  let replica = run.replica(slot);
-  let mut last = down;
+  let mut gone = gone;
   loop {
-    let decision = lock(book).decide(
-      std::time::Instant::now(),
-      last.healthy_since.map(Instant::into_std),
-    );
-    let (attempt, delay) = match decision {
-      Decision::GiveUp { restarts } => {
-        let error = format!(
-          "the backend ended {} times within restart.windowMs; it stays down",
-          restarts + 1
-        );
-        give_up(manager, run, slot, last.reason, restarts, error);
-        return Some(None);
-      }
-      Decision::Restart { attempt, delay } => (attempt, delay),
-    };
-    manager.emit_for(
-      replica,
-      Event::Restart {
-        attempt,
-        delay,
-        reason: last.reason,
-        pid: last.pid,
-        exit: last.exit.clone(),
-      },
-    );
-    manager.log(
-      Level::Warn,
-      format!(
-        "restarting the backend{} in {} ms (restart {attempt}, after {})",
-        replica
-          .map(|r| format!(" (replica {r})"))
-          .unwrap_or_default(),
-        delay.as_millis(),
-        last.reason.as_str()
-      ),
-    );
-    // The backoff is the owner's: it says when it is over, or drops `go` when a stop came first.
-    let (go, over) = oneshot::channel();
+    let (next, told) = oneshot::channel();
     mailbox::report(
       owner,
-      Input::Backoff {
+      Input::Down {
         run: run.clone(),
-        delay,
-        go,
+        slot: slot.index,
+        gone,
+        next,
       },
     );
-    tokio::select! {
+    let attempt = tokio::select! {
       biased;
       _ = stop_asked(stop) => return Some(None),
-      over = over => if over.is_err() {
-        return Some(None);
+      told = told => match told {
+        Ok(attempt) => attempt,
+        Err(_) => return Some(None),
       },
-    }
-    match restart_once(manager, run, slot, attempt, stop).await {
+    };
+    *restarts = attempt;
+    gone = match restart_once(manager, run, slot, attempt, stop, owner).await {
       Restarted::Up => return None,
       Restarted::Stopped(result) => return Some(result),
-      Restarted::Exited { pid, exit } => {
-        last = Down {
-          pid,
-          exit,
-          reason: Reason::Exit,
-          healthy_since: None,
-        }
-      }
-      Restarted::Fatal(error) => {
-        give_up(manager, run, slot, last.reason, attempt, error.to_string());
-        return Some(None);
-      }
-    }
+      Restarted::Exited { pid, exit } => Gone::Exited {
+        pid,
+        exit,
+        reason: Reason::Exit,
+      },
+      Restarted::Fatal(error) => Gone::Unstartable(error),
+    };
   }
 }
 
@@ -290,26 +241,27 @@ enum Replaced {
   /// A stop came meanwhile: what it stopped.
   Stopped(Option<StopResult>),
   /// The old process was stopped first (one process on its own port) and the new one did not come up.
-  Down(Down, PmError),
+  Down(Gone, PmError),
 }
 
-/// A reload of one slot. Behind the balancer or on the shared socket, the new process starts beside the
-/// old one, which is put out (drained, with the balancer) and stopped once the new one is in; a process on
-/// its own port is stopped first, then started again on that port.
+/// A reload of one slot (`why`: its reason, and the slot's restarts so far, for the record). Behind the
+/// balancer or on the shared socket, the new process starts beside the old one, which is put out (drained,
+/// with the balancer) and stopped once the new one is in; a process on its own port is stopped first, then
+/// started again on that port.
 async fn replace(
   manager: &Arc<Context>,
   run: &Arc<Run>,
   slot: &Arc<Slot>,
   old: &Arc<Instance>,
   stop: &mut watch::Receiver<bool>,
-  reason: Option<Reason>,
+  (reason, restarts): (Option<Reason>, u32),
+  owner: &Mailbox,
 ) -> Replaced {
   let replica = run.replica(slot);
-  let restarts = slot.restarts();
   if let Front::Direct = run.front {
     let result = manager.end(old, true, reason, replica).await;
     run.went_down(slot);
-    return match restart_once(manager, run, slot, restarts, stop).await {
+    return match restart_once(manager, run, slot, restarts, stop, owner).await {
       Restarted::Up => Replaced::Done,
       Restarted::Stopped(stopped) => Replaced::Stopped(stopped.or(Some(result))),
       Restarted::Exited { pid, exit } => {
@@ -322,22 +274,20 @@ async fn replace(
           signal: exit.signal.clone(),
           stderr_tail: Vec::new(),
         };
-        let down = Down {
+        let gone = Gone::Exited {
           pid,
           exit,
           reason: Reason::Exit,
-          healthy_since: None,
         };
-        Replaced::Down(down, error)
+        Replaced::Down(gone, error)
       }
       Restarted::Fatal(error) => {
-        let down = Down {
+        let gone = Gone::Exited {
           pid: old.info.pid,
           exit: result.exit,
           reason: Reason::Exit,
-          healthy_since: None,
         };
-        Replaced::Down(down, error)
+        Replaced::Down(gone, error)
       }
     };
   }
@@ -364,8 +314,9 @@ async fn replace(
   if let Some(reserved) = reservation {
     slot.set_port(reserved);
   }
-  run.went_up(slot, instance.clone(), latency, true);
+  run.went_up(slot, instance.clone(), true);
   manager.emit_for(replica, Event::Ready(ready_info(run, &instance)));
+  report_up(owner, run, slot, &instance, latency);
   if let Front::Balanced { balancer, .. } = &run.front {
     let open = balancer
       .drain(old_upstream, Instant::now() + manager.deadlines.stop)
@@ -389,29 +340,20 @@ async fn replace(
 fn ready_info(run: &Run, instance: &Instance) -> super::BackendInfo {
   match run.replicated() {
     true => instance.info.clone(),
-    false => run.info().unwrap_or_else(|| instance.info.clone()),
+    // One process: no replicas, so no health in it.
+    false => run.info(&[]).unwrap_or_else(|| instance.info.clone()),
   }
 }
 
-fn give_up(
-  manager: &Context,
-  run: &Run,
-  slot: &Slot,
-  reason: Reason,
-  restarts: u32,
-  error: String,
-) {
-  manager.log(
-    Level::Warn,
-    format!("the backend is down for good: {error}"),
-  );
-  let replica = run.replica(slot);
-  manager.emit_for(
-    replica,
-    Event::Failed {
-      reason,
-      restarts,
-      error,
+/// Tells the owner that `instance` is the slot's process now, ready after a probe of `latency`.
+fn report_up(owner: &Mailbox, run: &Arc<Run>, slot: &Slot, instance: &Instance, latency: Duration) {
+  mailbox::report(
+    owner,
+    Input::Up {
+      run: run.clone(),
+      slot: slot.index,
+      pid: instance.info.pid,
+      latency,
     },
   );
 }
@@ -437,6 +379,7 @@ async fn restart_once(
   slot: &Slot,
   attempt: u32,
   stop: &mut watch::Receiver<bool>,
+  owner: &Mailbox,
 ) -> Restarted {
   let mut launch = run.launch.clone();
   let place = place_of(run, slot, true);
@@ -445,8 +388,9 @@ async fn restart_once(
       if let Some(reserved) = reserved {
         slot.set_port(reserved);
       }
-      run.went_up(slot, instance.clone(), latency, false);
+      run.went_up(slot, instance.clone(), false);
       manager.emit_for(run.replica(slot), Event::Ready(ready_info(run, &instance)));
+      report_up(owner, run, slot, &instance, latency);
       Restarted::Up
     }
     Ok(Placed::NotUp(NotUp::Cancelled { stopped, .. })) => Restarted::Stopped(stopped),
@@ -537,6 +481,7 @@ async fn watchdog(
   slot: &Slot,
   instance: &Instance,
   owner: &Mailbox,
+  view: &watch::Receiver<View>,
 ) -> Reason {
   let o = &manager.options;
   let pid = instance.info.pid;
@@ -576,7 +521,9 @@ async fn watchdog(
       }
       _ = tick(&mut samples) => {
         if sends_stats() {
-          if let Some(stats) = run.stats() {
+          // Health and restarts as the owner published them.
+          let slots = view.borrow().slots_of(run);
+          if let Some(stats) = slots.and_then(|slots| run.stats(&slots)) {
             manager.emit(Event::Stats(stats));
           }
         }
@@ -585,11 +532,11 @@ async fn watchdog(
       }
     }
     // The owner answers unless a stop or the process's end came first (then this is dropped).
-    let Ok(restart) = taken.await else {
+    let Ok(said) = taken.await else {
       return std::future::pending().await;
     };
-    verdict::keep(manager, run, slot, instance).await;
-    if let Some(reason) = restart {
+    verdict::keep(manager, run, slot, instance, said.healthy).await;
+    if let Some(reason) = said.restart {
       return reason;
     }
   }

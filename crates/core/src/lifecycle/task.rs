@@ -11,16 +11,17 @@
 use super::context::Context;
 use super::deadlines::Deadlines;
 use super::launch::Runtime;
-use super::mailbox::{self, Command, Deadline, Input, Mailbox, Message, Reply};
-use super::run::{Front, Run, Slot};
+use super::mailbox::{self, Command, Deadline, Gone, Input, Mailbox, Message, Reply, Verdict};
+use super::run::{Front, Run};
 use super::start::{self, Outcome};
 use super::supervisor;
-use super::verdict;
+use super::verdict::{self, Care, Health};
+use super::view::{Phase, View};
 use super::{BackendInfo, Event, StopResult};
 use super::{Level, Reason};
 use crate::error::{PmError, Result};
 use crate::options::StartArgs;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -59,6 +60,8 @@ struct Starting {
 
 struct Up {
   run: Arc<Run>,
+  /// What the owner keeps of each slot of the run (its restart book, its process's health), by index.
+  care: Vec<Care>,
   /// Start calls while no process is up: answered when one is up again, or started afresh if the run
   /// ends by itself.
   waiting: Vec<StartCall>,
@@ -67,18 +70,52 @@ struct Up {
   restarts: Vec<Restart>,
 }
 
-/// One process's backoff before its restart: over at `at` (and `rest` after it, for a wait longer than
-/// the clock holds); then its supervisor is told to `go`.
+impl Up {
+  fn new(run: Arc<Run>, care: Vec<Care>) -> Up {
+    Up {
+      run,
+      care,
+      waiting: Vec::new(),
+      restarts: Vec::new(),
+    }
+  }
+
+  /// The backend as the app sees it, with the health the owner keeps of each replica.
+  fn info(&self) -> Option<BackendInfo> {
+    self.run.info(&self.views())
+  }
+
+  fn views(&self) -> Vec<super::run::SlotView> {
+    self.care.iter().map(Care::view).collect()
+  }
+
+  /// Running while a process is up, else between restarts.
+  fn into_state(self) -> State {
+    match self.run.any_running() {
+      true => State::Running(self),
+      false => State::Backoff(self),
+    }
+  }
+}
+
+/// One process's backoff before its restart `attempt`: over at `at` (and `rest` after it, for a wait
+/// longer than the clock holds); then its supervisor is told to `go`.
 struct Restart {
   at: Instant,
   rest: std::time::Duration,
-  go: Reply<()>,
+  attempt: u32,
+  go: Reply<u32>,
 }
 
 impl Restart {
-  fn new(delay: std::time::Duration, go: Reply<()>) -> Restart {
+  fn new(delay: std::time::Duration, attempt: u32, go: Reply<u32>) -> Restart {
     let (at, rest) = Deadlines::part_of(delay);
-    Restart { at, rest, go }
+    Restart {
+      at,
+      rest,
+      attempt,
+      go,
+    }
   }
 }
 
@@ -125,51 +162,13 @@ impl State {
   }
 }
 
-/// The state's name, as the app's synchronous reads see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-  Idle,
-  Starting,
-  Running,
-  Backoff,
-  Stopping,
-  Failed,
-}
-
-/// What the owner publishes for reads that do not wait: its state's name and the run it holds.
-pub struct View {
-  pub phase: Phase,
-  pub run: Option<Arc<Run>>,
-}
-
-impl View {
-  pub fn new() -> Arc<Mutex<View>> {
-    Arc::new(Mutex::new(View {
-      phase: Phase::Idle,
-      run: None,
-    }))
-  }
-
-  /// Something is under way: a start, a running or restarting backend, or a stop.
-  pub fn active(&self) -> bool {
-    !matches!(self.phase, Phase::Idle | Phase::Failed)
-  }
-
-  /// The run that is up (running, or between an exit and a restart).
-  pub fn up(&self) -> Option<Arc<Run>> {
-    match self.phase {
-      Phase::Running | Phase::Backoff => self.run.clone(),
-      _ => None,
-    }
-  }
-}
-
 struct Owner {
   ctx: Arc<Context>,
   /// The owner's own address, for the tasks it starts: weak, so that the mailbox closes (and the owner
   /// ends) once the manager and every task that reports to it are gone.
   mailbox: mpsc::WeakUnboundedSender<Message>,
-  view: Arc<Mutex<View>>,
+  /// Where the view is published.
+  view: watch::Sender<View>,
   state: State,
   /// The one deadline the state armed, if any.
   armed: Option<(Instant, Deadline)>,
@@ -181,7 +180,7 @@ pub async fn own(
   ctx: Arc<Context>,
   mailbox: mpsc::WeakUnboundedSender<Message>,
   mut messages: mpsc::UnboundedReceiver<Message>,
-  view: Arc<Mutex<View>>,
+  view: watch::Sender<View>,
 ) {
   let mut owner = Owner {
     ctx,
@@ -225,21 +224,28 @@ impl Owner {
   /// any more, before anyone is answered.
   fn set(&mut self, state: State) {
     self.state = state;
-    let view = View {
-      phase: self.state.name(),
-      run: self.state.run(),
-    };
-    let active = view.active();
-    // What was published before, not `self.state`: a handler takes the state out while it works on it.
-    let was_active = std::mem::replace(
-      &mut *self.view.lock().unwrap_or_else(|e| e.into_inner()),
-      view,
-    )
-    .active();
+    let (was_active, active) = self.publish();
     self.armed = self.deadline();
     if was_active && !active {
       self.ctx.emit(Event::Idle);
     }
+  }
+
+  /// Publishes the view of the state (also when only what it keeps of a slot changed); whether something
+  /// was under way before, and now.
+  fn publish(&self) -> (bool, bool) {
+    let view = View {
+      phase: self.state.name(),
+      run: self.state.run(),
+      slots: match &self.state {
+        State::Running(up) | State::Backoff(up) => up.views(),
+        _ => Vec::new(),
+      },
+    };
+    let active = view.active();
+    // What was published before, not `self.state`: a handler takes the state out while it works on it.
+    let was_active = self.view.send_replace(view).active();
+    (was_active, active)
   }
 
   /// The deadline a state arms when it is entered: a run's stop its force kill, a run with processes
@@ -285,7 +291,7 @@ impl Owner {
     match &mut self.state {
       State::Idle | State::Failed => self.begin_start(vec![call]),
       State::Starting(starting) => starting.callers.push(call),
-      State::Running(up) | State::Backoff(up) => match up.run.info() {
+      State::Running(up) | State::Backoff(up) => match up.info() {
         Some(info) => {
           let _ = call.reply.send(Ok((info, false)));
         }
@@ -374,8 +380,12 @@ impl Owner {
     match &mut self.state {
       State::Running(up) | State::Backoff(up) => {
         let (ctx, run) = (self.ctx.clone(), up.run.clone());
+        let Some(mailbox) = self.mailbox() else {
+          return;
+        };
         tokio::spawn(async move {
-          let _ = reply.send(supervisor::reload_all(ctx, run, None).await);
+          let result = supervisor::reload_all(ctx, run.clone(), None).await;
+          mailbox::report(&mailbox, Input::Reloaded { run, result, reply });
         });
       }
       // A start in progress is waited for first.
@@ -389,52 +399,42 @@ impl Owner {
   fn input(&mut self, input: Input) {
     match input {
       Input::Started(id, outcome) => self.started(id, outcome),
-      Input::Up(run) => match self.take() {
-        State::Running(up) | State::Backoff(up) if Arc::ptr_eq(&up.run, &run) => {
-          let Up {
-            run,
-            waiting,
-            restarts,
-          } = up;
+      Input::Up {
+        run,
+        slot,
+        pid,
+        latency,
+      } => match self.take() {
+        State::Running(mut up) | State::Backoff(mut up) if Arc::ptr_eq(&up.run, &run) => {
+          if let Some(care) = up.care.get_mut(slot) {
+            care.up(pid, latency);
+          }
           let mut still = Vec::new();
-          for call in waiting {
-            match run.info() {
+          for call in std::mem::take(&mut up.waiting) {
+            match up.info() {
               Some(info) => {
                 let _ = call.reply.send(Ok((info, false)));
               }
               None => still.push(call),
             }
           }
-          let state = match run.info() {
-            Some(_) => State::Running(Up {
-              run,
-              waiting: still,
-              restarts,
-            }),
-            None => State::Backoff(Up {
-              run,
-              waiting: still,
-              restarts,
-            }),
-          };
-          self.set(state);
+          up.waiting = still;
+          self.set(up.into_state());
         }
         other => self.state = other,
       },
-      Input::Down(run) => match self.take() {
-        State::Running(up) if Arc::ptr_eq(&up.run, &run) && run.info().is_none() => {
-          self.set(State::Backoff(up))
-        }
-        other => self.state = other,
-      },
-      Input::Backoff { run, delay, go } => {
-        match self.state.up_of(&run) {
-          Some(up) => up.restarts.push(Restart::new(delay, go)),
-          // Stopping, or another run: `go` is dropped, and nothing is restarted.
-          None => return,
-        }
-        let state = self.take();
-        self.set(state);
+      Input::Down {
+        run,
+        slot,
+        gone,
+        next,
+      } => self.down(&run, slot, gone, next),
+      Input::Reloaded { run, result, reply } => {
+        let info = match &mut self.state {
+          State::Running(up) | State::Backoff(up) if Arc::ptr_eq(&up.run, &run) => up.info(),
+          _ => None,
+        };
+        let _ = reply.send(result.map(|()| info));
       }
       Input::Deadline(Deadline::Restart) => {
         self.armed = None;
@@ -446,9 +446,10 @@ impl Owner {
           if restart.at > now {
             up.restarts.push(restart);
           } else if restart.rest.is_zero() {
-            let _ = restart.go.send(());
+            let _ = restart.go.send(restart.attempt);
           } else {
-            up.restarts.push(Restart::new(restart.rest, restart.go));
+            up.restarts
+              .push(Restart::new(restart.rest, restart.attempt, restart.go));
           }
         }
         let state = self.take();
@@ -467,7 +468,7 @@ impl Owner {
         pid,
         Reason::Unhealthy,
         answer,
-        |ctx, run, slot| verdict::probe(ctx, run, slot, outcome, latency),
+        |ctx, replica, health| verdict::probe(ctx, replica, health, outcome, latency),
       ),
       Input::Sample {
         run,
@@ -475,11 +476,23 @@ impl Owner {
         pid,
         memory_bytes,
         verdict: answer,
-      } => self.watched(&run, slot, pid, Reason::Memory, answer, |ctx, run, slot| {
-        verdict::memory(ctx, run, slot, memory_bytes)
-      }),
+      } => self.watched(
+        &run,
+        slot,
+        pid,
+        Reason::Memory,
+        answer,
+        |ctx, replica, health| verdict::memory(ctx, replica, health, memory_bytes),
+      ),
       Input::RunEnded(run, result) => match self.take() {
         State::Running(up) | State::Backoff(up) if Arc::ptr_eq(&up.run, &run) => {
+          if run.replicated() {
+            self.ctx.emit(Event::Failed {
+              reason: Reason::Exit,
+              restarts: up.care.iter().map(Care::restarts).sum(),
+              error: "no replica of the backend is left".into(),
+            });
+          }
           self.set(State::Failed);
           // It ended by itself (no restart, or its restarts failed): who waited for it starts it afresh.
           self.begin_start(up.waiting);
@@ -514,63 +527,100 @@ impl Owner {
   }
 
   /// A probe or sample of the process `pid` in slot `slot` of the run this state holds: `unhealthy` takes
-  /// the verdict (and reports it); one that makes the process unhealthy calls for a restart with `reason`
-  /// when the restart policy is on — for a probe of replicas on one socket, a reload of them all, started
-  /// here. Anything else (a stop under way, a process that is no longer the slot's) gets no answer.
+  /// the verdict on the slot's health (and reports it); one that makes the process unhealthy calls for a
+  /// restart with `reason` when the restart policy is on — for a probe of replicas on one socket, a
+  /// reload of them all, started here. Anything else (a stop under way, a process that is no longer the
+  /// slot's) gets no answer.
   fn watched(
     &mut self,
     run: &Arc<Run>,
     slot: usize,
     pid: u32,
     reason: Reason,
-    answer: Reply<Option<Reason>>,
-    unhealthy: impl FnOnce(&Context, &Run, &Slot) -> bool,
+    answer: Reply<Verdict>,
+    unhealthy: impl FnOnce(&Context, Option<usize>, &mut Health) -> bool,
   ) {
     let Some(up) = self.state.up_of(run) else {
       return;
     };
-    let Some(slot) = up.run.slots.get(slot).cloned() else {
+    let Some(care) = up.care.get_mut(slot).filter(|c| c.pid == Some(pid)) else {
       return;
     };
-    if slot.current().map(|i| i.info.pid) != Some(pid) {
-      return;
-    }
-    let restart = unhealthy(&self.ctx, run, &slot) && self.ctx.options.restart.is_some();
+    let replica = run.replicated().then_some(slot);
+    let restart =
+      unhealthy(&self.ctx, replica, &mut care.health) && self.ctx.options.restart.is_some();
+    let healthy = care.health.healthy;
+    self.publish();
     let shared = run.socket().is_some() && run.replicated();
-    if restart && reason == Reason::Unhealthy && shared {
+    let restart = if restart && reason == Reason::Unhealthy && shared {
       tokio::spawn(supervisor::reload_all(
         self.ctx.clone(),
         run.clone(),
         Some(Reason::Unhealthy),
       ));
-      let _ = answer.send(None);
+      None
     } else {
-      let _ = answer.send(restart.then_some(reason));
+      restart.then_some(reason)
+    };
+    let _ = answer.send(Verdict { healthy, restart });
+  }
+
+  /// The process of slot `slot` of the run this state holds went down without a stop: the restart
+  /// policy's book decides (`verdict::down`) — a restart, whose backoff is armed as the `Restart` deadline
+  /// and answered on `next` when it is over, or none (`next` is dropped: the slot ends). Down for a run
+  /// that is being stopped or is not this state's: nothing is restarted.
+  fn down(&mut self, run: &Arc<Run>, slot: usize, gone: Gone, next: Reply<u32>) {
+    let Some(up) = self.state.up_of(run) else {
+      return;
+    };
+    let replica = run.replicated().then_some(slot);
+    let Some(care) = up.care.get_mut(slot) else {
+      return;
+    };
+    if let Some((attempt, delay)) = verdict::down(&self.ctx, replica, care, gone) {
+      up.restarts.push(Restart::new(delay, attempt, next));
     }
+    let (State::Running(up) | State::Backoff(up)) = self.take() else {
+      return;
+    };
+    self.set(up.into_state());
   }
 
   fn started(&mut self, id: u64, outcome: Outcome) {
     match self.take() {
       State::Starting(starting) if starting.id == id => match outcome {
         Outcome::Up(started) => {
+          let care = started
+            .replicas
+            .iter()
+            .map(|(_, instance, latency)| {
+              Care::new(
+                self.ctx.options.restart.clone(),
+                instance.info.pid,
+                *latency,
+              )
+            })
+            .collect();
+          let replicas = started
+            .replicas
+            .into_iter()
+            .map(|(port, instance, _)| (port, instance))
+            .collect();
           let run = Run::new(
             &self.ctx.options,
             started.launch,
             started.public_port,
             started.front,
-            started.replicas,
+            replicas,
           );
-          if let Some(mailbox) = self.mailbox() {
-            supervisor::start(self.ctx.clone(), run.clone(), mailbox);
-          }
-          self.set(State::Running(Up {
-            run: run.clone(),
-            waiting: Vec::new(),
-            restarts: Vec::new(),
-          }));
-          let info = run
+          let up = Up::new(run.clone(), care);
+          let info = up
             .info()
             .ok_or_else(|| PmError::Internal("a run began without its backend".into()));
+          self.set(State::Running(up));
+          if let Some(mailbox) = self.mailbox() {
+            supervisor::start(self.ctx.clone(), run, mailbox, self.view.subscribe());
+          }
           for (index, call) in starting.callers.into_iter().enumerate() {
             let _ = call.reply.send(info.clone().map(|info| (info, index == 0)));
           }
