@@ -15,11 +15,26 @@ struct Recorded {
   idles: watch::Sender<usize>,
   /// Why each restart came, in order.
   restarts: watch::Sender<Vec<(Reason, u32)>>,
+  /// The lifecycle's events in order, in short (`exit`, `restart`, `ready`, `failed`, `idle`).
+  sequence: Mutex<Vec<String>>,
 }
 
 impl Events for Recorded {
   fn line(&self, _stream: Stream, _text: &str) {}
   fn emit(&self, event: Event) {
+    let short = match &event {
+      Event::Ready(_) => Some("ready".to_string()),
+      Event::Exit { expected, .. } => Some(format!("exit expected={expected}")),
+      Event::Restart {
+        attempt, reason, ..
+      } => Some(format!("restart {attempt} {}", reason.as_str())),
+      Event::Failed {
+        reason, restarts, ..
+      } => Some(format!("failed {} after {restarts}", reason.as_str())),
+      Event::Idle => Some("idle".to_string()),
+      _ => None,
+    };
+    self.sequence.lock().unwrap().extend(short);
     if event == Event::Idle {
       self.idles.send_modify(|n| *n += 1);
     }
@@ -364,6 +379,18 @@ async fn a_stop_during_a_restarts_backoff_wins() {
   assert!(pm.backend().is_none());
   assert!(record::list_records(dir.path(), None).unwrap().is_empty());
   assert_eq!(*exit_count.borrow(), 1, "no second process ran");
+  // Whether the owner took the down first (and armed the restart, which the stop then dropped) or the
+  // stop first (and the down of a run being stopped restarts nothing): no `ready`, no `failed`.
+  let sequence = events.sequence.lock().unwrap().clone();
+  let others: Vec<&String> = sequence
+    .iter()
+    .filter(|e| !e.starts_with("restart"))
+    .collect();
+  assert_eq!(others, ["exit expected=false", "idle"], "{sequence:?}");
+  assert!(
+    sequence.len() <= 3,
+    "one restart armed at most: {sequence:?}"
+  );
 }
 
 /// A crash's restart waits out the backoff the owner armed: meanwhile nothing runs and the backend stays
@@ -529,4 +556,98 @@ async fn idle_is_reported_when_nothing_is_under_way() {
     .unwrap();
   assert!(!pm.is_active());
   assert!(pm.backend().is_none());
+}
+
+/// The owner decides on restarts: a crash loop (each restart exits before it is ready, and each of those
+/// exits is one more down for the owner's book) is restarted as the policy allows, and given up on exactly
+/// once when it reaches `maxRestarts`; then nothing is under way and nothing more happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_is_given_up_once_at_max_restarts() {
+  let dir = tempfile::tempdir().unwrap();
+  let marker = dir.path().join("crashed");
+  // The first process serves; every later one exits with 7 before it is ready.
+  let launcher = format!(
+    "if [ -e \"$2\" ]; then exit 7; fi; : > \"$2\"; exec {} -m http.server \"$0\" --bind \"$1\"",
+    python3()
+  );
+  let text = |s: &str| Value::String(s.into());
+  let ms = Value::Number(20.0);
+  let (pm, events) = manager_with(
+    dir.path(),
+    vec![
+      ("command", text("/bin/sh")),
+      (
+        "args",
+        Value::Array(vec![
+          text("-c"),
+          text(&launcher),
+          text("{port}"),
+          text("{host}"),
+          text(&marker.display().to_string()),
+        ]),
+      ),
+      (
+        "restart",
+        Value::object(vec![
+          ("maxRestarts", Value::Number(2.0)),
+          ("initialDelayMs", ms.clone()),
+          ("maxDelayMs", ms),
+        ]),
+      ),
+    ],
+  );
+  let mut idles = events.idles.subscribe();
+  let info = start(&pm, dir.path()).await;
+  crate::os::signal::signal_pid(info.pid, crate::os::signal::Stop::Force);
+  tokio::time::timeout(Duration::from_secs(10), idles.wait_for(|n| *n >= 1))
+    .await
+    .expect("the owner gives up, and nothing is under way")
+    .unwrap();
+  assert!(!pm.is_active());
+  assert!(pm.backend().is_none() && pm.stats().is_none());
+  // Nothing was left to stop, and nothing happened after the give-up.
+  assert!(pm.stop().await.is_none());
+  let sequence = events.sequence.lock().unwrap().clone();
+  assert_eq!(
+    sequence,
+    [
+      "exit expected=false",
+      "restart 1 exit",
+      "exit expected=false",
+      "restart 2 exit",
+      "exit expected=false",
+      "failed exit after 2",
+      "idle"
+    ],
+    "{sequence:?}"
+  );
+  assert!(record::list_records(dir.path(), None).unwrap().is_empty());
+}
+
+/// A stop taken while the owner is in `Backoff` (its restart armed, the `restart` event out) drops the
+/// armed restart: nothing is spawned once the backoff would have been over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_in_backoff_never_spawns() {
+  let dir = tempfile::tempdir().unwrap();
+  let backoff = Duration::from_millis(500);
+  let (pm, events) = restarting_after(dir.path(), backoff);
+  let info = start(&pm, dir.path()).await;
+  let mut restarts = events.restarts.subscribe();
+  crate::os::signal::signal_pid(info.pid, crate::os::signal::Stop::Force);
+  tokio::time::timeout(Duration::from_secs(5), restarts.wait_for(|r| !r.is_empty()))
+    .await
+    .expect("the owner arms the restart")
+    .unwrap();
+  assert!(pm.is_active() && pm.backend().is_none(), "between restarts");
+  assert!(pm.stop().await.is_none(), "no process was running");
+  assert!(!pm.is_active());
+  // Past the backoff: nothing was started again.
+  tokio::time::sleep(backoff * 2).await;
+  let sequence = events.sequence.lock().unwrap().clone();
+  assert_eq!(
+    sequence,
+    ["exit expected=false", "restart 1 exit", "idle"],
+    "{sequence:?}"
+  );
+  assert!(record::list_records(dir.path(), None).unwrap().is_empty());
 }
