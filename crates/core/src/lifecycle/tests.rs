@@ -100,16 +100,16 @@ fn manager_with(dir: &std::path::Path, extra: Vec<(&str, Value)>) -> (Arc<Manage
   (Manager::new(options, events.clone()), events)
 }
 
-/// A manager that restarts its crashed backend after `backoff`, every time.
-fn restarting_after(dir: &std::path::Path, backoff: Duration) -> (Arc<Manager>, Arc<Recorded>) {
+/// A backend started by a manager that restarts it after `backoff` when it crashes, every time.
+async fn started_restarting_after(
+  dir: &std::path::Path,
+  backoff: Duration,
+) -> (Arc<Manager>, Arc<Recorded>, BackendInfo) {
   let ms = Value::Number(backoff.as_millis() as f64);
-  manager_with(
-    dir,
-    vec![(
-      "restart",
-      Value::object(vec![("initialDelayMs", ms.clone()), ("maxDelayMs", ms)]),
-    )],
-  )
+  let restart = Value::object(vec![("initialDelayMs", ms.clone()), ("maxDelayMs", ms)]);
+  let (pm, events) = manager_with(dir, vec![("restart", restart)]);
+  let info = start(&pm, dir).await;
+  (pm, events, info)
 }
 
 /// Force-kills the backend `pid` and waits until `exits` exits in all are reported.
@@ -121,6 +121,23 @@ async fn crash(events: &Recorded, pid: u32, exits: usize) -> watch::Receiver<usi
     .expect("the crash is reported")
     .unwrap();
   exit_count
+}
+
+/// Force-kills the backend `pid` and waits until `idle` was reported `idles` times in all (`what`: why
+/// it comes); nothing is under way then.
+async fn killed_until_idle(
+  pm: &Manager,
+  reported: &mut watch::Receiver<usize>,
+  pid: u32,
+  idles: usize,
+  what: &str,
+) {
+  crate::os::signal::signal_pid(pid, crate::os::signal::Stop::Force);
+  tokio::time::timeout(Duration::from_secs(10), reported.wait_for(|n| *n >= idles))
+    .await
+    .expect(what)
+    .unwrap();
+  assert!(!pm.is_active());
 }
 
 /// A manager whose backend is started by `/bin/sh` with `args`.
@@ -355,8 +372,7 @@ async fn no_record_is_written_after_the_end() {
 async fn a_stop_during_a_restarts_backoff_wins() {
   let dir = tempfile::tempdir().unwrap();
   let backoff = Duration::from_secs(1);
-  let (pm, events) = restarting_after(dir.path(), backoff);
-  let info = start(&pm, dir.path()).await;
+  let (pm, events, info) = started_restarting_after(dir.path(), backoff).await;
   let exit_count = crash(&events, info.pid, 1).await;
   // Asked in this order: a start (it waits for the restart), then a stop.
   let (args, runtime) = start_args(dir.path());
@@ -399,8 +415,7 @@ async fn a_stop_during_a_restarts_backoff_wins() {
 async fn a_restart_comes_once_the_owners_backoff_is_over() {
   let dir = tempfile::tempdir().unwrap();
   let backoff = Duration::from_millis(600);
-  let (pm, events) = restarting_after(dir.path(), backoff);
-  let info = start(&pm, dir.path()).await;
+  let (pm, events, info) = started_restarting_after(dir.path(), backoff).await;
   crash(&events, info.pid, 1).await;
   let crashed = std::time::Instant::now();
   assert!(pm.is_active(), "a backend between restarts is active");
@@ -549,12 +564,14 @@ async fn idle_is_reported_when_nothing_is_under_way() {
 
   let info2 = start(&pm, dir.path()).await;
   assert_ne!(info.pid, info2.pid);
-  crate::os::signal::signal_pid(info2.pid, crate::os::signal::Stop::Force);
-  tokio::time::timeout(Duration::from_secs(5), idles.wait_for(|n| *n >= 2))
-    .await
-    .expect("idle after an exit that nothing restarts")
-    .unwrap();
-  assert!(!pm.is_active());
+  killed_until_idle(
+    &pm,
+    &mut idles,
+    info2.pid,
+    2,
+    "idle after an exit that nothing restarts",
+  )
+  .await;
   assert!(pm.backend().is_none());
 }
 
@@ -598,12 +615,7 @@ async fn a_crash_loop_is_given_up_once_at_max_restarts() {
   );
   let mut idles = events.idles.subscribe();
   let info = start(&pm, dir.path()).await;
-  crate::os::signal::signal_pid(info.pid, crate::os::signal::Stop::Force);
-  tokio::time::timeout(Duration::from_secs(10), idles.wait_for(|n| *n >= 1))
-    .await
-    .expect("the owner gives up, and nothing is under way")
-    .unwrap();
-  assert!(!pm.is_active());
+  killed_until_idle(&pm, &mut idles, info.pid, 1, "the owner gives up").await;
   assert!(pm.backend().is_none() && pm.stats().is_none());
   // Nothing was left to stop, and nothing happened after the give-up.
   assert!(pm.stop().await.is_none());
@@ -630,8 +642,7 @@ async fn a_crash_loop_is_given_up_once_at_max_restarts() {
 async fn a_stop_in_backoff_never_spawns() {
   let dir = tempfile::tempdir().unwrap();
   let backoff = Duration::from_millis(500);
-  let (pm, events) = restarting_after(dir.path(), backoff);
-  let info = start(&pm, dir.path()).await;
+  let (pm, events, info) = started_restarting_after(dir.path(), backoff).await;
   let mut restarts = events.restarts.subscribe();
   crate::os::signal::signal_pid(info.pid, crate::os::signal::Stop::Force);
   tokio::time::timeout(Duration::from_secs(5), restarts.wait_for(|r| !r.is_empty()))

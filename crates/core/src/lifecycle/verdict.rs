@@ -99,38 +99,20 @@ pub fn probe(
   outcome: ProbeOutcome,
   latency: Duration,
 ) -> bool {
-  let threshold = manager.options.unhealthy_threshold;
-  if outcome.is_healthy() {
+  let change = if outcome.is_healthy() {
     health.failures = 0;
     health.latency = Some(latency);
-    if std::mem::take(&mut health.reported_probes) {
-      health.healthy = !health.reported_memory;
-      manager.emit_for(
-        replica,
-        Event::Healthy {
-          latency: Some(latency),
-          memory_bytes: None,
-        },
-      );
-    }
-    return false;
-  }
-  health.failures += 1;
-  if health.failures != threshold {
-    return false;
-  }
-  health.reported_probes = true;
-  health.healthy = false;
-  manager.emit_for(
-    replica,
-    Event::Unhealthy {
-      reason: Reason::Unhealthy,
-      failures: health.failures,
-      error: Some(outcome.describe()),
+    health.passed(Check::Probes).then_some(Event::Healthy {
+      latency: Some(latency),
       memory_bytes: None,
-    },
-  );
-  true
+    })
+  } else {
+    health.failures += 1;
+    let news =
+      health.failures == manager.options.unhealthy_threshold && health.failed(Check::Probes);
+    news.then(|| unhealthy(Reason::Unhealthy, health.failures, outcome.describe(), None))
+  };
+  tell(manager, replica, change)
 }
 
 /// Compares a memory sample with `maxMemoryBytes`; true when it made the process unhealthy (just now).
@@ -143,36 +125,69 @@ pub fn memory(
   let Some(limit) = manager.options.max_memory_bytes else {
     return false;
   };
-  if memory_bytes <= limit {
-    if std::mem::take(&mut health.reported_memory) {
-      health.healthy = !health.reported_probes;
-      manager.emit_for(
-        replica,
-        Event::Healthy {
-          latency: health.latency,
-          memory_bytes: Some(memory_bytes),
-        },
-      );
-    }
-    return false;
-  }
-  if health.reported_memory {
-    return false;
-  }
-  health.reported_memory = true;
-  health.healthy = false;
-  manager.emit_for(
-    replica,
-    Event::Unhealthy {
-      reason: Reason::Memory,
-      failures: 0,
-      error: Some(format!(
-        "its processes use {memory_bytes} bytes of memory, more than maxMemoryBytes ({limit})"
-      )),
+  let change = if memory_bytes <= limit {
+    health.passed(Check::Memory).then_some(Event::Healthy {
+      latency: health.latency,
       memory_bytes: Some(memory_bytes),
-    },
-  );
-  true
+    })
+  } else {
+    let error = format!(
+      "its processes use {memory_bytes} bytes of memory, more than maxMemoryBytes ({limit})"
+    );
+    health
+      .failed(Check::Memory)
+      .then(|| unhealthy(Reason::Memory, 0, error, Some(memory_bytes)))
+  };
+  tell(manager, replica, change)
+}
+
+/// What a verdict comes from: each check reports a process unhealthy once, until it passes again; the
+/// process is healthy while neither does.
+#[derive(Clone, Copy)]
+enum Check {
+  Probes,
+  Memory,
+}
+
+impl Health {
+  fn reported(&mut self, check: Check) -> &mut bool {
+    match check {
+      Check::Probes => &mut self.reported_probes,
+      Check::Memory => &mut self.reported_memory,
+    }
+  }
+
+  /// The check passed; true when it had reported the process unhealthy (`healthy` is then news).
+  fn passed(&mut self, check: Check) -> bool {
+    let was = std::mem::take(self.reported(check));
+    self.healthy = !self.reported_probes && !self.reported_memory;
+    was
+  }
+
+  /// The check failed; true when it had not reported the process unhealthy yet (`unhealthy` is news).
+  fn failed(&mut self, check: Check) -> bool {
+    self.healthy = false;
+    !std::mem::replace(self.reported(check), true)
+  }
+}
+
+fn unhealthy(reason: Reason, failures: u32, error: String, memory_bytes: Option<u64>) -> Event {
+  Event::Unhealthy {
+    reason,
+    failures,
+    error: Some(error),
+    memory_bytes,
+  }
+}
+
+/// Reports a change of verdict, if any; true when it made the process unhealthy.
+fn tell(manager: &Context, replica: Option<usize>, change: Option<Event>) -> bool {
+  let Some(event) = change else {
+    return false;
+  };
+  let unhealthy = matches!(event, Event::Unhealthy { .. });
+  manager.emit_for(replica, event);
+  unhealthy
 }
 
 /// The process of `replica` went down without a stop (or a restart of it could not start at all): the
