@@ -1,10 +1,12 @@
 //! The lifecycle of one named backend: clean up orphans → pick a port → spawn → record → wait until
 //! healthy → run, supervised → stop. `task` is the backend's owner: the one task that holds its state and
-//! takes the messages of `mailbox`; `manager` the public operations, which send it commands. Below the
-//! owner, each step returns what happened: `start` a start, `attempt` one try on one port, `instance` one
-//! spawned process and its record, `supervisor` what watches a running backend (exits, restarts,
-//! watchdog ticks, stats), `verdict` what the owner makes of a probe or memory sample, `restart` the restart policy's arithmetic, `launch` what to run; `context` is what
-//! they all use (options, events, log, ends).
+//! takes the messages of `mailbox`, and publishes the `view` that reads without waiting see; `manager` the
+//! public operations, which send it commands. `verdict` is what the owner makes of a probe, a memory sample
+//! or a process that went down, on what it keeps of each slot (health, the restart book of `restart`, the
+//! restart policy's arithmetic). Below the owner, each step returns what happened: `start` a start,
+//! `attempt` one try on one port, `instance` one spawned process and its record, `supervisor` what watches
+//! a running backend and carries out what the owner decided (exits, restarts, watchdog ticks, stats),
+//! `launch` what to run; `context` is what they all use (options, events, log, ends).
 
 mod context;
 mod deadlines;

@@ -1,12 +1,15 @@
 //! The owner of one backend: one task that holds its state and takes one message at a time from its
 //! mailbox (`mailbox`) — the app's commands, each answered on its own channel, and the inputs the steps
-//! below it send (a start's outcome, a process up or down, a restart's backoff, a watchdog probe or
-//! memory sample to take the verdict on, the run's end, a stop done), and the end of the one deadline its state armed (a stop's force kill, a backoff's end). Nothing else
-//! changes the state, so calls keep the order the app made them in, and a race between a call and what
-//! the backend does is decided by which message came first (docs/design.md §21). The work itself (a
-//! start, a stop's wait, a reload) runs in tasks of its own, so the owner always answers at once; each
-//! reports back through the mailbox. What the app reads without waiting (`backend`, `active`, `stats`) is
-//! the `View` the owner publishes before it answers anyone.
+//! below it send (a start's outcome, a process up or down, a watchdog probe or memory sample to take the
+//! verdict on, a reload done, the run's end, a stop done), and the end of the one deadline its state
+//! armed (a stop's force kill, a restart's backoff). Nothing else changes the state, so calls keep the
+//! order the app made them in, and a race between a call and what the backend does is decided by which
+//! message came first (docs/design.md §21). What it keeps of each process of the run (the restart
+//! policy's book, the health counters: `verdict::Care`) is its own too, in plain fields: it decides whether
+//! a process that went down is restarted, after which backoff, or given up on. The work itself (a start,
+//! a stop's wait, a reload, a restart once decided) runs in tasks of its own, so the owner always answers
+//! at once; each reports back through the mailbox. What the app reads without waiting (`backend`,
+//! `active`, `stats`) is the `View` the owner publishes (`view`) before it answers anyone.
 
 use super::context::Context;
 use super::deadlines::Deadlines;
@@ -40,8 +43,8 @@ enum State {
   Starting(Starting),
   /// Started and supervised, with a process up.
   Running(Up),
-  /// Started, with no process up: a restart's backoff is armed (`Deadline::Restart`), or a supervisor
-  /// starts a process again.
+  /// Started, with no process up: a restart's backoff is armed (`Deadline::Restart`), or a restart the
+  /// owner ordered is starting a process again.
   Backoff(Up),
   /// A stop is under way.
   Stopping(Stopping),
