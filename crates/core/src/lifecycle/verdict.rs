@@ -199,9 +199,8 @@ pub fn down(
   care: &mut Care,
   gone: Gone,
 ) -> Option<(u32, Duration)> {
-  let healthy_since = care.health.healthy_since;
-  care.health = Health::default();
-  care.pid = None;
+  let held = care.pid.take();
+  let health = std::mem::take(&mut care.health);
   let book = care.book.as_mut()?;
   let (pid, exit, reason) = match gone {
     Gone::Exited { pid, exit, reason } => (pid, exit, reason),
@@ -211,6 +210,9 @@ pub fn down(
       return None;
     }
   };
+  // How long it was healthy counts for the process the owner kept the health of; one that ended before
+  // it became the slot's (a restart's or a reload's that was never ready) never was.
+  let healthy_since = health.healthy_since.filter(|_| held == Some(pid));
   care.last = reason;
   let decision = book.decide(
     std::time::Instant::now(),
