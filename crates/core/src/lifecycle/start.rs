@@ -259,7 +259,7 @@ pub fn cancelled(stopped: Option<&StopResult>, stderr_tail: Vec<String>) -> PmEr
   }
 }
 
-fn exited_after_ready(instance: &Instance) -> PmError {
+pub fn exited_after_ready(instance: &Instance) -> PmError {
   let exit = instance.child.exit_info().unwrap_or_default();
   PmError::BackendExited {
     message: format!(
@@ -281,7 +281,8 @@ pub struct Started {
 }
 
 impl Started {
-  fn first_dead(&self) -> Option<Arc<Instance>> {
+  /// A process of the start that has exited since it was ready.
+  pub fn first_dead(&self) -> Option<Arc<Instance>> {
     self
       .replicas
       .iter()

@@ -592,6 +592,11 @@ impl Owner {
   fn started(&mut self, id: u64, outcome: Outcome) {
     match self.take() {
       State::Starting(starting) if starting.id == id => match outcome {
+        // It died after the start's own look and before the owner's: it ends as it would have there.
+        Outcome::Up(started) if started.first_dead().is_some() => {
+          self.state = State::Starting(starting);
+          self.died_after_ready(id, started);
+        }
         Outcome::Up(started) => {
           let care = started
             .replicas
@@ -685,6 +690,23 @@ impl Owner {
       },
       other => self.state = other,
     }
+  }
+
+  /// A start whose process died right after its health check (`started.first_dead()`): its processes are
+  /// ended and its lines written, then it comes back as failed.
+  fn died_after_ready(&self, id: u64, started: start::Started) {
+    let (ctx, Some(mailbox)) = (self.ctx.clone(), self.mailbox()) else {
+      return;
+    };
+    let Some(dead) = started.first_dead() else {
+      return;
+    };
+    tokio::spawn(async move {
+      start::end_started(&ctx, started, false).await;
+      ctx.flush_log().await;
+      let error = start::exited_after_ready(&dead);
+      mailbox::report(&mailbox, Input::Started(id, Outcome::Failed(error)));
+    });
   }
 
   /// Once the stop's lines are written (nothing more of it is written after the stop resolves: the app
