@@ -200,9 +200,19 @@ fn object<'env>(value: Unknown<'env>, at: &str) -> Result<Object<'env>> {
   Object::from_unknown(value).map_err(read_failed(at))
 }
 
-/// The value of `key`, or `None` when it is absent or undefined (or null, where `nullable`).
-pub fn field<T: FromJs>(object: &Object, key: &str, nullable: bool, at: &str) -> Result<Option<T>> {
+/// The value of `key` among the object's own `keys`, or `None` when it is absent or undefined (or null,
+/// where `nullable`).
+pub fn field<T: FromJs>(
+  object: &Object,
+  keys: &[String],
+  key: &str,
+  nullable: bool,
+  at: &str,
+) -> Result<Option<T>> {
   let path = child(at, key);
+  if !keys.iter().any(|k| k == key) {
+    return Ok(None);
+  }
   let Some(value) = object.get::<Unknown>(key).map_err(read_failed(&path))? else {
     return Ok(None);
   };
@@ -212,18 +222,28 @@ pub fn field<T: FromJs>(object: &Object, key: &str, nullable: bool, at: &str) ->
   T::from_js(value, &path).map(Some)
 }
 
-/// Refuses the first key, with a value, that is not one of `fields`; `what` names the object.
-pub fn refuse_unknown(object: &Object, fields: &[&str], what: &str) -> Result<()> {
-  let known: Vec<String> = fields.iter().map(|f| camel(f)).collect();
-  for key in Object::keys(object).map_err(read_failed(what))? {
-    if known.contains(&key) {
-      continue;
-    }
+/// The object's own enumerable keys (what JS's `Object.keys` gives), after refusing the first of them,
+/// with a value, that is not one of `fields` (Rust names) or `also` (keys the JS layer keeps for itself);
+/// `what` names the object.
+pub fn own_known_keys(
+  object: &Object,
+  fields: &[&str],
+  also: &[&str],
+  what: &str,
+) -> Result<Vec<String>> {
+  let known: Vec<String> = fields
+    .iter()
+    .map(|f| camel(f))
+    .chain(also.iter().map(|k| k.to_string()))
+    .collect();
+  let keys = Object::keys(object).map_err(read_failed(what))?;
+  for key in &keys {
     // Like an absent key, an undefined one (`{ ...rest }` of a key the JS layer took) is no option.
-    if object
-      .get::<Unknown>(&key)
-      .map_err(read_failed(what))?
-      .is_some()
+    if !known.contains(key)
+      && object
+        .get::<Unknown>(key)
+        .map_err(read_failed(what))?
+        .is_some()
     {
       return Err(PmError::invalid(format!(
         "unknown option {key:?} in {what}; known options: {}",
@@ -231,7 +251,7 @@ pub fn refuse_unknown(object: &Object, fields: &[&str], what: &str) -> Result<()
       )));
     }
   }
-  Ok(())
+  Ok(keys)
 }
 
 /// A value moved into the core's input type of the same shape.
@@ -363,12 +383,13 @@ pub fn nullable<T: FromJs>(value: Unknown, at: &str) -> Result<Option<T>> {
 /// (one key-set check, then each field by its type) and its move into `$core`, the core's input type of
 /// the same fields (the compiler keeps the two field lists equal). `what` names the object in messages
 /// when it is an argument of its own; nested, its key path does. A field marked `| null` takes `null` as
-/// absent. Docs are written `#[doc = "…"]`: napi's type generation reads a `///` passed through a macro
+/// absent. `also` lists keys the JS layer keeps for itself: accepted (and named among the known ones), not
+/// read. Docs are written `#[doc = "…"]`: napi's type generation reads a `///` passed through a macro
 /// as a raw string.
 macro_rules! js_object {
   (
     $(#[$attr:meta])*
-    $name:ident => $core:path, $what:literal {
+    $name:ident => $core:path, $what:literal $(, also [$($also:literal),+])? {
       $($(#[$field_attr:meta])* $field:ident: $ty:ty $(| $null:ident)?),+ $(,)?
     }
   ) => {
@@ -381,6 +402,7 @@ macro_rules! js_object {
 
     impl $name {
       const FIELDS: &'static [&'static str] = &[$(stringify!($field)),+];
+      const ALSO: &'static [&'static str] = &[$($($also),+)?];
     }
 
     impl FromJs for $name {
@@ -395,9 +417,15 @@ macro_rules! js_object {
       }
       fn convert(value: Unknown, _: Kind, at: &str) -> Result<Self> {
         let object = object(value, at)?;
-        refuse_unknown(&object, Self::FIELDS, &Self::called(at))?;
+        let keys = own_known_keys(&object, Self::FIELDS, Self::ALSO, &Self::called(at))?;
         Ok($name {
-          $($field: field(&object, &camel(stringify!($field)), js_object!(@nullable $($null)?), at)?,)+
+          $($field: field(
+            &object,
+            &keys,
+            &camel(stringify!($field)),
+            js_object!(@nullable $($null)?),
+            at,
+          )?,)+
         })
       }
     }
@@ -415,7 +443,7 @@ macro_rules! js_object {
 
 js_object! {
   #[doc = "The options of `new ProcessManager(options)` (docs/api.md); `logger` stays in the JS layer."]
-  ProcessManagerOptions => options::OptionsInput, "the ProcessManager options" {
+  ProcessManagerOptions => options::OptionsInput, "the ProcessManager options", also ["logger"] {
     #[doc = "Names the PID records, the log prefix and the state folder entry. Default `'backend'`."]
     name: String,
     #[doc = "Script run by the Node runtime, relative to `projectRoot`. Default `'backend-nodejs/server.js'`."]
