@@ -107,8 +107,8 @@ fn camel(field: &str) -> String {
 pub trait FromJs: Sized {
   /// What a value must be, in words (`"a string"`; `true` and `false` are two).
   fn expected(words: &mut Vec<&'static str>);
-  /// The values in an array of them (`"an array of strings"`).
-  const PLURAL: &'static str = "values";
+  /// What an array of these must be, in words.
+  const ARRAY: &'static str = "an array";
   fn accepts(kind: Kind) -> bool;
   /// Reads a value of a kind `accepts` took.
   fn convert(value: Unknown, kind: Kind, at: &str) -> Result<Self>;
@@ -134,12 +134,12 @@ pub trait FromJs: Sized {
 }
 
 macro_rules! scalar {
-  ($ty:ty, $kind:ident, [$($word:literal),+], $plural:literal) => {
+  ($ty:ty, $kind:ident, [$($word:literal),+], $array:literal) => {
     impl FromJs for $ty {
       fn expected(words: &mut Vec<&'static str>) {
         words.extend([$($word),+]);
       }
-      const PLURAL: &'static str = $plural;
+      const ARRAY: &'static str = $array;
       fn accepts(kind: Kind) -> bool {
         kind == Kind::$kind
       }
@@ -150,17 +150,13 @@ macro_rules! scalar {
   };
 }
 
-scalar!(String, String, ["a string"], "strings");
-scalar!(f64, Number, ["a number"], "numbers");
-scalar!(bool, Bool, ["true", "false"], "booleans");
+scalar!(String, String, ["a string"], "an array of strings");
+scalar!(f64, Number, ["a number"], "an array of numbers");
+scalar!(bool, Bool, ["true", "false"], "an array of booleans");
 
 impl<T: FromJs> FromJs for Vec<T> {
   fn expected(words: &mut Vec<&'static str>) {
-    words.push(match T::PLURAL {
-      "strings" => "an array of strings",
-      "numbers" => "an array of numbers",
-      _ => "an array",
-    });
+    words.push(T::ARRAY);
   }
   fn accepts(kind: Kind) -> bool {
     kind == Kind::Array
@@ -519,7 +515,7 @@ js_object! {
 
 js_object! {
   #[doc = "`logs`: where the log files go, how large one grows, how many rotated ones are kept."]
-  LogOptions => options::LogsInput, "the logs options" {
+  LogOptions => options::LogsInput, "the logs option" {
     #[doc = "Folder of the log files (created 0700; must be this user's and not writable by others)."]
     dir: String,
     #[doc = "`<name>.log` is rotated before it would pass this size (at least 4096). @default 10485760"]
