@@ -12,7 +12,7 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 /** The native half of `ProcessManager`: one named backend's lifecycle. */
 export declare class NativeManager {
   /** Checks the options (every rule of the API lives in the core) and makes the manager. */
-  constructor(options: Record<string, unknown> | undefined | null, onEvent: (event: NativeEvent) => void)
+  constructor(options: ProcessManagerOptions | undefined | null, onEvent: (event: NativeEvent) => void)
   /** Whether the app listens to `stdout` and `stderr` events: lines are sent to JS only while it does. */
   listenToOutput(stdout: boolean, stderr: boolean): void
   /** The options in force, defaults applied. */
@@ -32,7 +32,7 @@ export declare class NativeManager {
    * Begins a stop that `finishStopSync` will block on: the polite stop, the force kill after
    * `timeoutMs` (default 1000). Several managers' stops are begun first, then all waited for together.
    */
-  beginStopSync(options?: { timeoutMs?: number } | null): void
+  beginStopSync(options?: SyncStopOptions | null): void
   /**
    * Blocks the calling (JS) thread until the stop begun by `beginStopSync` is done: at most its
    * `timeoutMs`, then the force kill of the whole tree, then 250 ms to see it gone. Null when nothing ran;
@@ -40,7 +40,7 @@ export declare class NativeManager {
    */
   finishStopSync(): StopResult | null
   /** The last lines of this backend's log (`logs` option), oldest first; empty when it keeps no log. */
-  logs(options?: { lines?: number, stream?: 'out' | 'err' | 'pm' } | null): Promise<LogLine[]>
+  logs(options?: LogsOptions | null): Promise<LogLine[]>
   /**
    * Writes a diagnostics archive: `entries` (status, options, events, versions, made by the JS layer),
    * this manager's PID records and the last lines of every log of its log folder, every file cleaned of
@@ -95,6 +95,16 @@ export interface BalancerInForce {
   firstByteTimeoutMs: number
 }
 
+/** `balancer`: what the load balancer lets clients hold. */
+export interface BalancerLimits {
+  /** Client connections at once (each costs the app two descriptors); more wait in the kernel's queue. Default: a quarter of the app's open-file limit, at most 10000. */
+  maxConnections?: number
+  /** A connection with no byte either way this long is closed. `0`: never. Default 300000. */
+  idleTimeoutMs?: number
+  /** A replica that sends no byte of an answer this long after a request is taken out as frozen until a probe passes. `0`: off (default). */
+  firstByteTimeoutMs?: number
+}
+
 /** What a cleanup did with one file of the state folder. */
 export interface CleanupItem {
   file: string
@@ -105,12 +115,18 @@ export interface CleanupItem {
   detail: string
 }
 
+/** The options of `cleanupRecords(stateDir, options)`. */
+export interface CleanupOptions {
+  name?: string
+  stopTimeoutMs?: number
+}
+
 /**
  * Terminates orphaned backends (of `name`, or all) that still match their records, and deletes stale
  * and broken records of this library. Backends whose app is alive, and files that are not ours, are never
  * touched.
  */
-export declare function cleanupRecords(stateDir?: string | null, options?: { name?: string, stopTimeoutMs?: number } | null): Promise<CleanupItem[]>
+export declare function cleanupRecords(stateDir?: string | null, options?: CleanupOptions | null): Promise<CleanupItem[]>
 
 /** What ends the backends when the app dies without stopping them. */
 export type DeathGuard = 'auto' | 'guard' | 'none'
@@ -126,6 +142,12 @@ export interface DiagnosticsFile {
   /** The archive written (absolute). */
   path: string
   bytes: number
+}
+
+/** The folders a diagnostics archive takes records and logs from. */
+export interface DiagnosticsFolders {
+  stateDir?: string
+  logDir?: string
 }
 
 export interface ExitEvent {
@@ -147,7 +169,7 @@ export interface ExitEvent {
  * `backend-pm diagnostics OUT.zip`: `entries` (status, versions), the records of `stateDir` and the last
  * lines of every log of `logDir` (already redacted when written).
  */
-export declare function exportDiagnostics(file: string, folders: { stateDir?: string, logDir?: string }, entries: Record<string, string>): Promise<DiagnosticsFile>
+export declare function exportDiagnostics(file: string, folders: DiagnosticsFolders, entries: Record<string, string>): Promise<DiagnosticsFile>
 
 export interface FailedEvent {
   reason: Reason
@@ -161,7 +183,23 @@ export interface FailedEvent {
  * `exclude` and reserved ports; the port returned is reserved for 15 s for this process and the
  * user's other processes. Synchronous for the same reason as `isPortAvailable`.
  */
-export declare function findAvailablePort(startPort: number, options?: { endPort?: number, exclude?: number[], host?: string } | null): number
+export declare function findAvailablePort(startPort: number, options?: FindPortOptions | null): number
+
+/** The options of `findAvailablePort(startPort, options)`. */
+export interface FindPortOptions {
+  /** Last port to try. Default `startPort + 100` (at most 65535). */
+  endPort?: number
+  /** Ports never to return. */
+  exclude?: Array<number>
+  /** Check only this address instead of all four (127.0.0.1, ::1, 0.0.0.0, ::). */
+  host?: string
+}
+
+/** What a group checks of each member. */
+export interface GroupEntry {
+  name?: string
+  dependsOn?: string[] | null
+}
 
 /** One member of a group, in start order, with the indices of the members it depends on. */
 export interface GroupMember {
@@ -173,7 +211,7 @@ export interface GroupMember {
  * Checks a group's members (unique names, known dependencies, no cycle) and orders them so that every
  * dependency comes first.
  */
-export declare function groupOrder(entries: Array<{ name?: unknown, dependsOn?: unknown }>): Array<GroupMember>
+export declare function groupOrder(entries: Array<GroupEntry | unknown>): Array<GroupMember>
 
 /** One health probe's result (the dashboard's). */
 export interface HealthProbe {
@@ -199,6 +237,12 @@ export declare function isPortAvailable(port: number, host?: string | null): boo
 
 /** Hard OS limits applied at spawn (Unix). */
 export interface Limits {
+  openFiles?: number
+  coreDumps?: boolean
+}
+
+/** `limits`: hard OS limits applied at spawn (Unix). */
+export interface LimitsOptions {
   openFiles?: number
   coreDumps?: boolean
 }
@@ -229,13 +273,30 @@ export interface LogLine {
 }
 
 /** The names of the logs in `dir`. */
-export declare function logNames(dir: unknown): Promise<string[]>
+export declare function logNames(dir: string): Promise<string[]>
+
+/** `logs`: where the log files go, how large one grows, how many rotated ones are kept. */
+export interface LogOptions {
+  /** Folder of the log files (created 0700; must be this user's and not writable by others). */
+  dir?: string
+  /** `<name>.log` is rotated before it would pass this size (at least 4096). @default 10485760 */
+  maxBytes?: number
+  /** Rotated files kept besides `<name>.log` (0–100). @default 5 */
+  keep?: number
+}
 
 /** `logs` in force. */
 export interface LogsInForce {
   dir: string
   maxBytes: number
   keep: number
+}
+
+/** The options of `pm.logs(options)` and `readLogs(dir, name, options)`. */
+export interface LogsOptions {
+  /** @default 200 */
+  lines?: number
+  stream?: 'out' | 'err' | 'pm'
 }
 
 /** One notification from the core: `kind` names the event, `data` is its payload. */
@@ -312,6 +373,74 @@ export declare function portHolders(ports: number[]): Promise<PortHolder[]>
 /** Scheduling priority of the backend tree (nice 10/5/0/−5/−10; Windows priority classes). */
 export type Priority = 'low' | 'below-normal' | 'normal' | 'above-normal' | 'high'
 
+/** The options of `new ProcessManager(options)` (docs/api.md); `logger` stays in the JS layer. */
+export interface ProcessManagerOptions {
+  /** Names the PID records, the log prefix and the state folder entry. Default `'backend'`. */
+  name?: string
+  /** Script run by the Node runtime, relative to `projectRoot`. Default `'backend-nodejs/server.js'`. */
+  entry?: string
+  /** Executable to run instead of the Node runtime (Python, a Go binary, …); then `entry` is not used. */
+  command?: string
+  /** Arguments; every `{port}` and `{host}` is replaced by the chosen values. Default `[]`. */
+  args?: Array<string>
+  /** Working directory of the backend. Default: `projectRoot`. */
+  cwd?: string
+  /** Extra environment, merged over `process.env`. Default `{}`. */
+  env?: Record<string, string | number | boolean | null | undefined>
+  /** Address the backend listens on and is probed at: an IP address, or `'localhost'` for 127.0.0.1. Default `'127.0.0.1'`. */
+  host?: string
+  /** Preferred port. Default `8000`. */
+  port?: number
+  /** How many ports after `port` may be tried. Default `100`. */
+  portRange?: number
+  /** Environment variable that carries the port (`HOST` carries the host). Default `'PORT'`. */
+  portEnv?: string
+  /** HTTP path probed for readiness; any 2xx answer is healthy. Default `'/health'`. */
+  healthPath?: string
+  /** Timeout of one health probe. Default `1000`. */
+  healthTimeoutMs?: number
+  /** Deadline for the backend to become healthy. Default `10000`. */
+  startTimeoutMs?: number
+  /** Grace period after the polite stop request before the force kill. Default `5000`. */
+  stopTimeoutMs?: number
+  /** Folder holding the PID records. Default: a per-user state folder (see `defaultStateDir()`). */
+  stateDir?: string
+  /** The backend's stdout and stderr and the manager's own lines in `<dir>/<name>.log`, rotated by size, secrets redacted. `false`: no files. Default on: `{ dir: <stateDir>/logs with a stateDir, else defaultLogDir(), maxBytes: 10485760, keep: 5 }`. In Electron pass `app.getPath('logs')` as `dir`. */
+  logs?: boolean | LogOptions
+  /** What tells that the backend is ready. Default `'http'`. */
+  ready?: ReadyCheck | ReadyStdout
+  /** What ends the backends when the app dies without stopping them. Default `'auto'`. */
+  deathGuard?: DeathGuard
+  /** Start the backend again after an unexpected exit (or a watchdog/memory verdict), with a backoff. Default `false`. */
+  restart?: boolean | RestartPolicy
+  /** While running, probe health this often (the watchdog). `0`: off (default). */
+  healthIntervalMs?: number
+  /** Consecutive failed watchdog probes that make the backend unhealthy. Default `3`. */
+  unhealthyThreshold?: number
+  /** Resident memory of the whole tree above which it counts as failed (reason `memory`). `0`: off (default). */
+  maxMemoryBytes?: number
+  /** Emit `stats` this often. `0`: off (default). */
+  statsIntervalMs?: number
+  /** Scheduling priority of the backend tree (nice 10/5/0/−5/−10; Windows priority classes). Default `'normal'`. */
+  priority?: Priority
+  /** Hard OS limits applied at spawn (Unix). */
+  limits?: LimitsOptions
+  /** `false`: only `env` plus PATH, HOME/USERPROFILE, TMPDIR/TEMP/TMP, LANG, SystemRoot; an array: those names too. Default `true`. */
+  inheritEnv?: boolean | Array<string>
+  /** A fresh 32-byte secret per start in `BACKEND_TOKEN`, sent by every probe as a bearer token, returned as `BackendInfo.token`. Default `false`. */
+  token?: boolean
+  /** Polite stop requests tried before the signal: an HTTP request (`'POST /shutdown'`), closing stdin. */
+  shutdown?: ShutdownOptions
+  /** Processes of the backend behind the public port (1–64). Default 1. With more, `restart` defaults to on. */
+  replicas?: number
+  /** How the load balancer picks a replica for a new connection. Default `'least-connections'`. */
+  balance?: Balance
+  /** `'fd'`: the manager binds the public port and hands the socket over as descriptor 3 (`LISTEN_FDS=1`; Unix). Default `'port'`. */
+  listen?: Listen
+  /** What clients can make the load balancer hold; missing keys take their defaults. */
+  balancer?: BalancerLimits
+}
+
 /**
  * CPU and memory of each live process of `pids` (gone ones are left out). Synchronous: one small read per
  * process.
@@ -335,7 +464,7 @@ export interface ProcessUsage {
  * The last lines of the log of `name` in `dir` (rotated files included), oldest first. With no name, the
  * names of the logs in `dir` are listed instead (as lines of stream 'pm').
  */
-export declare function readLogs(dir: string, name: string, options?: { lines?: number, stream?: 'out' | 'err' | 'pm' } | null): Promise<LogLine[]>
+export declare function readLogs(dir: string, name: string, options?: LogsOptions | null): Promise<LogLine[]>
 
 /** What tells that the backend is ready, besides `{ stdout }`. */
 export type ReadyCheck = 'http' | 'port' | 'notify'
@@ -343,6 +472,11 @@ export type ReadyCheck = 'http' | 'port' | 'notify'
 /** Ready at the first stdout or stderr line that matches. */
 export interface ReadyStdout {
   stdout: string
+}
+
+/** `ready: { stdout }`: ready at the first output line that matches the pattern. */
+export interface ReadyStdoutOptions {
+  stdout?: string
 }
 
 /** Why a backend ended without anyone stopping it, and why it is restarted. */
@@ -426,6 +560,20 @@ export interface RestartInForce {
   resetAfterMs: number
 }
 
+/** `restart`: how often and how soon a backend that exits is started again. */
+export interface RestartPolicy {
+  /** More restarts than this within `windowMs` and the backend stays down (`failed`). Default 5. */
+  maxRestarts?: number
+  /** Default 60000. */
+  windowMs?: number
+  /** The first delay; it doubles up to `maxDelayMs`. Default 100. */
+  initialDelayMs?: number
+  /** Default 10000. */
+  maxDelayMs?: number
+  /** Once healthy this long, the delay starts over. Default 30000. */
+  resetAfterMs?: number
+}
+
 /** What the JS layer knows of its runtime. */
 export interface RuntimeInfo {
   /** `process.execPath`. */
@@ -440,6 +588,12 @@ export interface RuntimeInfo {
 export interface ShutdownInForce {
   http?: string
   stdin: boolean
+}
+
+/** `shutdown`: polite stop requests tried before the signal. */
+export interface ShutdownOptions {
+  http?: string
+  stdin?: boolean
 }
 
 /** The outcome of `start`: the backend, and whether this call started it. */
@@ -475,7 +629,12 @@ export interface StatusEvent {
  * Stops the backend of one record file, whatever its app's state (the monitor's and the dashboard's
  * stop): its live process must still match the record; this process and its parents are never signalled.
  */
-export declare function stopRecord(file: string, options?: { stopTimeoutMs?: number } | null): Promise<CleanupItem>
+export declare function stopRecord(file: string, options?: StopRecordOptions | null): Promise<CleanupItem>
+
+/** The options of `stopRecord(file, options)`. */
+export interface StopRecordOptions {
+  stopTimeoutMs?: number
+}
 
 /** How a stop went. */
 export interface StopResult {
@@ -491,6 +650,12 @@ export interface StopResult {
   survivors: Array<number>
   /** With `replicas > 1`: the stop of each replica (the fields above sum them up); empty otherwise. */
   replicas: Array<StopResult>
+}
+
+/** The options of `stopSync` and `stopAllSync`. */
+export interface SyncStopOptions {
+  /** How long the polite stop may take before the force kill of the whole tree, 0–60000. @default 1000 */
+  timeoutMs?: number
 }
 
 export interface UnhealthyEvent {

@@ -44,121 +44,22 @@ export interface Logger {
   error(message: string): void
 }
 
-export interface ProcessManagerOptions {
-  /** Names the PID records, the log prefix and the state folder entry. Default `'backend'`. */
-  name?: string
-  /** Script run by the Node runtime, relative to `projectRoot`. Default `'backend-nodejs/server.js'`. */
-  entry?: string
-  /** Executable to run instead of the Node runtime (Python, a Go binary, …); then `entry` is not used. */
-  command?: string
-  /** Arguments; every `{port}` and `{host}` is replaced by the chosen values. Default `[]`. */
-  args?: string[]
-  /** Working directory of the backend. Default: `projectRoot`. */
-  cwd?: string
-  /** Extra environment, merged over `process.env`. Default `{}`. */
-  env?: Record<string, string | number | boolean | null | undefined>
-  /** Address the backend listens on and is probed at: an IP address, or `'localhost'` for 127.0.0.1. Default `'127.0.0.1'`. */
-  host?: string
-  /** Preferred port. Default `8000`. */
-  port?: number
-  /** How many ports after `port` may be tried. Default `100`. */
-  portRange?: number
-  /** Environment variable that carries the port (`HOST` carries the host). Default `'PORT'`. */
-  portEnv?: string
-  /** HTTP path probed for readiness; any 2xx answer is healthy. Default `'/health'`. */
-  healthPath?: string
-  /** Timeout of one health probe. Default `1000`. */
-  healthTimeoutMs?: number
-  /** Deadline for the backend to become healthy. Default `10000`. */
-  startTimeoutMs?: number
-  /** Grace period after the polite stop request before the force kill. Default `5000`. */
-  stopTimeoutMs?: number
-  /** Folder holding the PID records. Default: a per-user state folder (see `defaultStateDir()`). */
-  stateDir?: string
-  /**
-   * The backend's stdout and stderr and the manager's own lines in `<dir>/<name>.log`, rotated by size, secrets
-   * redacted. `false`: no files. Default on: `{ dir: <stateDir>/logs with a stateDir, else defaultLogDir(),
-   * maxBytes: 10485760, keep: 5 }`. In Electron pass `app.getPath('logs')` as `dir`.
-   */
-  logs?: false | true | LogOptions
-  /** What tells that the backend is ready. Default `'http'`. */
-  ready?: ReadyCheck | ReadyStdout
-  /** What ends the backends when the app dies without stopping them. Default `'auto'`. */
-  deathGuard?: DeathGuard
+/**
+ * The options of `new ProcessManager(options)` (docs/api.md): the binding's generated type, which the native
+ * side reads and checks, plus what only the JS layer keeps.
+ */
+export interface ProcessManagerOptions extends native.ProcessManagerOptions {
   /** Where the manager logs; `false` silences it. Default `console`. */
   logger?: Logger | false
-
-  // Supervision (all off by default)
-  /** Start the backend again after an unexpected exit (or a watchdog/memory verdict), with a backoff. Default `false`. */
-  restart?: boolean | RestartPolicy
-  /** While running, probe health this often (the watchdog). `0`: off (default). */
-  healthIntervalMs?: number
-  /** Consecutive failed watchdog probes that make the backend unhealthy. Default `3`. */
-  unhealthyThreshold?: number
-  /** Resident memory of the whole tree above which it counts as failed (reason `memory`). `0`: off (default). */
-  maxMemoryBytes?: number
-  /** Emit `stats` this often. `0`: off (default). */
-  statsIntervalMs?: number
-  /** Scheduling priority of the backend tree (nice 10/5/0/−5/−10; Windows priority classes). Default `'normal'`. */
-  priority?: Priority
-  /** Hard OS limits applied at spawn (Unix). */
-  limits?: { openFiles?: number; coreDumps?: boolean }
-
-  // Isolation and access
-  /** `false`: only `env` plus PATH, HOME/USERPROFILE, TMPDIR/TEMP/TMP, LANG, SystemRoot; an array: those names too. Default `true`. */
-  inheritEnv?: boolean | string[]
-  /** A fresh 32-byte secret per start in `BACKEND_TOKEN`, sent by every probe as a bearer token, returned as `BackendInfo.token`. Default `false`. */
-  token?: boolean
-  /** Polite stop requests tried before the signal: an HTTP request (`'POST /shutdown'`), closing stdin. */
-  shutdown?: { http?: string; stdin?: boolean }
-
-  // Replicas
-  /** Processes of the backend behind the public port (1–64). Default 1. With more, `restart` defaults to on. */
-  replicas?: number
-  /** How the load balancer picks a replica for a new connection. Default `'least-connections'`. */
-  balance?: Balance
-  /** `'fd'`: the manager binds the public port and hands the socket over as descriptor 3 (`LISTEN_FDS=1`; Unix). Default `'port'`. */
-  listen?: Listen
-  /** What clients can make the load balancer hold; missing keys take their defaults. */
-  balancer?: BalancerLimits
 }
 
-export interface BalancerLimits {
-  /** Client connections at once (each costs the app two descriptors); more wait in the kernel's queue. Default: a quarter of the app's open-file limit, at most 10000. */
-  maxConnections?: number
-  /** A connection with no byte either way this long is closed. `0`: never. Default 300000. */
-  idleTimeoutMs?: number
-  /** A replica that sends no byte of an answer this long after a request is taken out as frozen until a probe passes. `0`: off (default). */
-  firstByteTimeoutMs?: number
-}
+export type BalancerLimits = native.BalancerLimits
 
-export interface LogOptions {
-  /** Folder of the log files (created 0700; must be this user's and not writable by others). */
-  dir?: string
-  /** `<name>.log` is rotated before it would pass this size (at least 4096). @default 10485760 */
-  maxBytes?: number
-  /** Rotated files kept besides `<name>.log` (0–100). @default 5 */
-  keep?: number
-}
+export type LogOptions = native.LogOptions
 
-export interface LogsOptions {
-  /** @default 200 */
-  lines?: number
-  stream?: LogStream
-}
+export type LogsOptions = native.LogsOptions
 
-export interface RestartPolicy {
-  /** More restarts than this within `windowMs` and the backend stays down (`failed`). Default 5. */
-  maxRestarts?: number
-  /** Default 60000. */
-  windowMs?: number
-  /** The first delay; it doubles up to `maxDelayMs`. Default 100. */
-  initialDelayMs?: number
-  /** Default 10000. */
-  maxDelayMs?: number
-  /** Once healthy this long, the delay starts over. Default 30000. */
-  resetAfterMs?: number
-}
+export type RestartPolicy = native.RestartPolicy
 
 /** Present on events about one replica: its index. */
 export interface ReplicaContext {
@@ -222,10 +123,7 @@ export interface StartFailedEvent {
   error: ProcessManagerError
 }
 
-export interface SyncStopOptions {
-  /** How long the polite stop may take before the force kill of the whole tree, 0–60000. @default 1000 */
-  timeoutMs?: number
-}
+export type SyncStopOptions = native.SyncStopOptions
 
 export interface DashboardOptions {
   /** Port on 127.0.0.1. Default: any free port. */
@@ -298,14 +196,7 @@ export declare class ProcessManager extends EventEmitter<ProcessManagerEvents> {
   dashboard(options?: DashboardOptions): Promise<Dashboard>
 }
 
-export interface FindPortOptions {
-  /** Last port to try. Default `startPort + 100` (at most 65535). */
-  endPort?: number
-  /** Ports never to return. */
-  exclude?: number[]
-  /** Check only this address instead of all four (127.0.0.1, ::1, 0.0.0.0, ::). */
-  host?: string
-}
+export type FindPortOptions = native.FindPortOptions
 
 /** True when `port` binds on 127.0.0.1, ::1 (where IPv6 exists), 0.0.0.0 and :: — or only on `options.host`. */
 export declare function isPortAvailable(port: number, options?: { host?: string }): Promise<boolean>
@@ -318,12 +209,9 @@ export declare function processUsage(pids: number[]): Promise<ProcessUsage[]>
 /** Every PID record of `stateDir` with its state, CPU, memory and port listener. */
 export declare function listRecords(stateDir?: string): Promise<RecordStatus[]>
 /** Terminates orphans (of `name`, or all) that match their records; deletes stale and unreadable records. */
-export declare function cleanupRecords(
-  stateDir?: string,
-  options?: { name?: string; stopTimeoutMs?: number },
-): Promise<CleanupItem[]>
+export declare function cleanupRecords(stateDir?: string, options?: native.CleanupOptions): Promise<CleanupItem[]>
 /** Stops the backend of one record file (its live process must match the record), whatever its app's state. */
-export declare function stopRecord(file: string, options?: { stopTimeoutMs?: number }): Promise<CleanupItem>
+export declare function stopRecord(file: string, options?: native.StopRecordOptions): Promise<CleanupItem>
 /** The per-user folder where PID records are kept by default. */
 export declare function defaultStateDir(): string
 /** The per-user log folder (the default `logs.dir` without a `stateDir`). */

@@ -108,3 +108,20 @@ where
 {
   promise(env, async move { bpm::blocking::run(work).await? }, convert)
 }
+
+/// Checks the arguments on the JS thread (a bad one throws there), then runs the blocking work with what
+/// the check made, like `blocking_promise`.
+pub fn checked_blocking_promise<'env, A, T, V>(
+  env: &'env Env,
+  check: impl FnOnce() -> Result<A>,
+  work: impl FnOnce(A) -> Result<T> + Send + 'static,
+  convert: impl FnOnce(T) -> V + 'static,
+) -> napi::Result<PromiseRaw<'env, V>>
+where
+  A: Send + 'static,
+  T: Send + 'static,
+  V: ToNapiValue + 'static,
+{
+  let args = sync(env, check)?;
+  blocking_promise(env, move || work(args), convert)
+}

@@ -236,38 +236,36 @@ impl From<&Options> for OptionsInForce {
 #[cfg(test)]
 mod tests {
   use super::*;
-  use bpm::options::Value;
+  use bpm::options::{
+    BalancerInput, Either as Union, OptionsInput, ReadyStdoutInput, ShutdownInput,
+  };
 
-  fn in_force(fields: Vec<(&str, Value)>) -> OptionsInForce {
-    OptionsInForce::from(&Options::parse(&Value::object(fields)).unwrap())
+  fn in_force(given: OptionsInput) -> OptionsInForce {
+    OptionsInForce::from(&Options::try_from(given).unwrap())
   }
 
   #[test]
   fn the_options_in_force_say_what_was_given_in_the_api_s_words() {
-    let s = |x: &str| Value::String(x.into());
-    let o = in_force(vec![
-      ("restart", Value::Bool(true)),
-      ("priority", s("below-normal")),
-      ("inheritEnv", Value::Array(vec![s("LANG")])),
-      (
-        "shutdown",
-        Value::object(vec![
-          ("http", s("POST /quit")),
-          ("stdin", Value::Bool(true)),
-        ]),
-      ),
-      ("maxMemoryBytes", Value::Number(1e9)),
-      ("ready", Value::object(vec![("stdout", s("listening on"))])),
-      ("logs", Value::Bool(false)),
-      (
-        "balancer",
-        Value::object(vec![
-          ("maxConnections", Value::Number(8.0)),
-          ("idleTimeoutMs", Value::Number(0.0)),
-          ("firstByteTimeoutMs", Value::Number(500.0)),
-        ]),
-      ),
-    ]);
+    let o = in_force(OptionsInput {
+      restart: Some(Union::A(true)),
+      priority: Some("below-normal".into()),
+      inherit_env: Some(Union::B(vec!["LANG".into()])),
+      shutdown: Some(ShutdownInput {
+        http: Some("POST /quit".into()),
+        stdin: Some(true),
+      }),
+      max_memory_bytes: Some(1e9),
+      ready: Some(Union::B(ReadyStdoutInput {
+        stdout: Some("listening on".into()),
+      })),
+      logs: Some(Union::A(false)),
+      balancer: Some(BalancerInput {
+        max_connections: Some(8.0),
+        idle_timeout_ms: Some(0.0),
+        first_byte_timeout_ms: Some(500.0),
+      }),
+      ..Default::default()
+    });
     let b = &o.balancer;
     assert_eq!(
       (
@@ -295,7 +293,10 @@ mod tests {
 
   #[test]
   fn off_is_false_or_zero_and_absent_paths_stay_absent() {
-    let o = in_force(vec![("inheritEnv", Value::Bool(false))]);
+    let o = in_force(OptionsInput {
+      inherit_env: Some(Union::A(false)),
+      ..Default::default()
+    });
     assert!(matches!(o.inherit_env, Either::A(false)));
     assert!(matches!(o.restart, Either::A(false)));
     assert!(matches!(o.ready, Either::A(ReadyCheck::Http)));

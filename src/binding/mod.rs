@@ -1,10 +1,11 @@
-//! The Node-API surface: hands JS values to the core (which checks them), and core results and errors back
-//! as JS values. No process logic lives here. The public API is the hand-written `index.js` on top.
+//! The Node-API surface: reads JS arguments into the core's input types (`input`), hands them to the core
+//! (which checks them), and core results and errors back as JS values. No process logic lives here. The
+//! public API is the hand-written `index.js` on top.
 
 mod error;
 mod events;
+mod input;
 mod js_options;
-mod value;
 
 use bpm::diagnostics;
 use bpm::lifecycle::launch::Runtime;
@@ -14,15 +15,15 @@ use bpm::net::{listeners, port, reservation};
 use bpm::options::{self, CleanupArgs, FindArgs, Options, StartArgs};
 use bpm::state;
 use bpm::state::orphans::{self, RecordState};
-use error::{blocking_promise, promise, promise_on_own_thread, sync};
+use error::{checked_blocking_promise, promise, promise_on_own_thread, sync};
 use events::{JsEvents, NativeEvent, Stats};
+use input::{core_options, nullable, optional, FromJs};
 use js_options::OptionsInForce;
 use napi::bindgen_prelude::{Function, Object, PromiseRaw};
 use napi::{Env, Unknown};
 use napi_derive::napi;
 use std::collections::HashMap;
 use std::sync::Arc;
-use value::from_js;
 
 // ---- ports -------------------------------------------------------------------------------------------
 
@@ -30,27 +31,30 @@ use value::from_js;
 /// `host` when given. Synchronous: a few binds take microseconds, less than a hop to another thread.
 #[napi(ts_args_type = "port: number, host?: string | null")]
 pub fn is_port_available(env: &Env, port: Unknown, host: Unknown) -> napi::Result<bool> {
-  let (port, host) = (from_js(port)?, from_js(host)?);
   sync(env, || {
-    let port = options::port(&port, "port")?;
-    let host = match host {
-      options::Value::Undefined | options::Value::Null => None,
-      h => Some(options::host(&h, "host")?),
-    };
+    let port = port_arg(port, "port")?;
+    let host = nullable(host, "host")?
+      .map(|h| options::host(h, "host"))
+      .transpose()?;
     Ok(port::is_port_available(port, host))
   })
+}
+
+/// A port argument.
+fn port_arg(value: Unknown, at: &str) -> bpm::Result<u16> {
+  options::port(f64::from_js(value, at)?, at)
 }
 
 /// The first available port from `startPort` (to `endPort`, default `startPort + 100`), skipping
 /// `exclude` and reserved ports; the port returned is reserved for 15 s for this process and the
 /// user's other processes. Synchronous for the same reason as `isPortAvailable`.
-#[napi(
-  ts_args_type = "startPort: number, options?: { endPort?: number, exclude?: number[], host?: string } | null"
-)]
+#[napi(ts_args_type = "startPort: number, options?: FindPortOptions | null")]
 pub fn find_available_port(env: &Env, start_port: Unknown, options: Unknown) -> napi::Result<u32> {
-  let (start, options) = (from_js(start_port)?, from_js(options)?);
   sync(env, || {
-    let args = FindArgs::parse(&start, &options)?;
+    let args = FindArgs::new(
+      f64::from_js(start_port, "startPort")?,
+      core_options::<input::FindPortOptions>(options, "")?,
+    )?;
     let reserved = port::find_available_port(&port::Search {
       start_port: args.start_port,
       end_port: args.end_port,
@@ -100,7 +104,7 @@ pub fn default_log_dir() -> String {
 /// The last lines of the log of `name` in `dir` (rotated files included), oldest first. With no name, the
 /// names of the logs in `dir` are listed instead (as lines of stream 'pm').
 #[napi(
-  ts_args_type = "dir: string, name: string, options?: { lines?: number, stream?: 'out' | 'err' | 'pm' } | null",
+  ts_args_type = "dir: string, name: string, options?: LogsOptions | null",
   ts_return_type = "Promise<LogLine[]>"
 )]
 pub fn read_logs<'env>(
@@ -109,17 +113,16 @@ pub fn read_logs<'env>(
   name: Unknown,
   options: Unknown,
 ) -> napi::Result<PromiseRaw<'env, Vec<LogLine>>> {
-  let (dir, name, options) = (from_js(dir)?, from_js(name)?, from_js(options)?);
-  let (dir, name, args) = sync(env, || {
-    Ok((
-      options::state_dir(Some(&dir))?,
-      options::name(&name)?,
-      options::LogsArgs::parse(&options)?,
-    ))
-  })?;
-  blocking_promise(
+  checked_blocking_promise(
     env,
-    move || {
+    || {
+      Ok((
+        dir_arg(dir)?,
+        name_arg(name)?,
+        options::LogsArgs::try_from(core_options::<input::LogsOptions>(options, "")?)?,
+      ))
+    },
+    move |(dir, name, args)| {
       // A folder others can write may hold planted lines: refused like a state folder.
       if !state::dir::check_state_dir(&dir)? {
         return Ok(Vec::new());
@@ -133,15 +136,29 @@ pub fn read_logs<'env>(
 /// The file `<dir>/<name>.log` (`backend-pm logs --follow` reads what is appended to it).
 #[napi(ts_args_type = "dir: string, name: string")]
 pub fn log_file_path(env: &Env, dir: Unknown, name: Unknown) -> napi::Result<String> {
-  let (dir, name) = (from_js(dir)?, from_js(name)?);
   sync(env, || {
-    let dir = options::state_dir(Some(&dir))?;
+    let dir = dir_arg(dir)?;
     Ok(
-      logs::file_of(&dir, &options::name(&name)?, 0)
+      logs::file_of(&dir, &name_arg(name)?, 0)
         .display()
         .to_string(),
     )
   })
+}
+
+/// A state or log folder argument; absent, the per-user state folder.
+fn dir_arg(value: Unknown) -> bpm::Result<std::path::PathBuf> {
+  options::state_dir(optional(value, "stateDir")?)
+}
+
+/// A backend name argument.
+fn name_arg(value: Unknown) -> bpm::Result<String> {
+  options::name(String::from_js(value, "name")?)
+}
+
+/// A file argument: a non-empty path.
+fn file_arg(value: Unknown) -> bpm::Result<std::path::PathBuf> {
+  options::non_empty_path(String::from_js(value, "file")?, "file")
 }
 
 /// Where a diagnostics archive was written, and its size.
@@ -171,7 +188,7 @@ fn sorted(entries: HashMap<String, String>) -> Vec<(String, String)> {
 /// `backend-pm diagnostics OUT.zip`: `entries` (status, versions), the records of `stateDir` and the last
 /// lines of every log of `logDir` (already redacted when written).
 #[napi(
-  ts_args_type = "file: string, folders: { stateDir?: string, logDir?: string }, entries: Record<string, string>",
+  ts_args_type = "file: string, folders: DiagnosticsFolders, entries: Record<string, string>",
   ts_return_type = "Promise<DiagnosticsFile>"
 )]
 pub fn export_diagnostics<'env>(
@@ -180,23 +197,13 @@ pub fn export_diagnostics<'env>(
   folders: Unknown,
   entries: HashMap<String, String>,
 ) -> napi::Result<PromiseRaw<'env, DiagnosticsFile>> {
-  let (file, folders) = (from_js(file)?, from_js(folders)?);
-  let (file, state_dir, log_dir) = sync(env, || {
-    let mut f = options::Fields::of(&folders, "the diagnostics folders")?;
-    let state_dir = f
-      .take("stateDir")
-      .map(|v| options::non_empty_path(v, "stateDir"))
-      .transpose()?;
-    let log_dir = f
-      .take("logDir")
-      .map(|v| options::non_empty_path(v, "logDir"))
-      .transpose()?;
-    f.finish()?;
-    Ok((options::non_empty_path(&file, "file")?, state_dir, log_dir))
-  })?;
-  blocking_promise(
+  checked_blocking_promise(
     env,
-    move || {
+    || {
+      let folders = options::folders(core_options::<input::DiagnosticsFolders>(folders, "")?)?;
+      Ok((file_arg(file)?, folders))
+    },
+    move |(file, (state_dir, log_dir))| {
       diagnostics::export(
         &file,
         sorted(entries),
@@ -212,14 +219,17 @@ pub fn export_diagnostics<'env>(
 }
 
 /// The names of the logs in `dir`.
-#[napi(ts_return_type = "Promise<string[]>")]
+#[napi(ts_args_type = "dir: string", ts_return_type = "Promise<string[]>")]
 pub fn log_names<'env>(
   env: &'env Env,
   dir: Unknown,
 ) -> napi::Result<PromiseRaw<'env, Vec<String>>> {
-  let dir = from_js(dir)?;
-  let dir = sync(env, || options::state_dir(Some(&dir)))?;
-  blocking_promise(env, move || Ok(logs::names_in(&dir)), |names| names)
+  checked_blocking_promise(
+    env,
+    || dir_arg(dir),
+    move |dir| Ok(logs::names_in(&dir)),
+    |names| names,
+  )
 }
 
 // ---- groups -------------------------------------------------------------------------------------------
@@ -233,11 +243,14 @@ pub struct GroupMember {
 
 /// Checks a group's members (unique names, known dependencies, no cycle) and orders them so that every
 /// dependency comes first.
-#[napi(ts_args_type = "entries: Array<{ name?: unknown, dependsOn?: unknown }>")]
-pub fn group_order(env: &Env, entries: Unknown) -> napi::Result<Vec<GroupMember>> {
-  let entries = from_js(entries)?;
+#[napi(ts_args_type = "entries: Array<GroupEntry | unknown>")]
+pub fn group_order(env: &Env, entries: Vec<Unknown>) -> napi::Result<Vec<GroupMember>> {
   sync(env, || {
-    let ordered = options::group::order(&entries)?;
+    let members = entries
+      .into_iter()
+      .map(|entry| input::options_object::<input::GroupEntry>(entry, ""))
+      .collect::<bpm::Result<_>>()?;
+    let ordered = options::group::order(members)?;
     Ok(
       ordered
         .into_iter()
@@ -275,15 +288,10 @@ pub fn port_holders<'env>(
   env: &'env Env,
   ports: Unknown,
 ) -> napi::Result<PromiseRaw<'env, Vec<PortHolder>>> {
-  let ports = from_js(ports)?;
-  blocking_promise(
+  checked_blocking_promise(
     env,
-    move || {
-      Ok(listeners::port_holders(
-        &options::ports(&ports, "ports")?,
-        &[],
-      ))
-    },
+    || options::ports(Vec::from_js(ports, "ports")?, "ports"),
+    move |ports| Ok(listeners::port_holders(&ports, &[])),
     |holders| {
       holders
         .into_iter()
@@ -317,9 +325,8 @@ pub struct ProcessUsage {
 /// process.
 #[napi(ts_args_type = "pids: number[]")]
 pub fn process_usage(env: &Env, pids: Unknown) -> napi::Result<Vec<ProcessUsage>> {
-  let pids = from_js(pids)?;
   sync(env, || {
-    let pids = options::pids(&pids)?;
+    let pids = options::pids(Vec::from_js(pids, "pids")?)?;
     Ok(
       bpm::os::tree::per_process(&pids)
         .into_iter()
@@ -437,10 +444,10 @@ pub fn record_statuses<'env>(
   env: &'env Env,
   state_dir: Unknown,
 ) -> napi::Result<PromiseRaw<'env, Vec<RecordStatus>>> {
-  let dir = from_js(state_dir)?;
-  blocking_promise(
+  checked_blocking_promise(
     env,
-    move || orphans::statuses(&options::state_dir(Some(&dir))?),
+    || dir_arg(state_dir),
+    move |dir| orphans::statuses(&dir),
     |statuses| statuses.into_iter().map(record_status).collect(),
   )
 }
@@ -463,7 +470,7 @@ pub struct CleanupItem {
 /// and broken records of this library. Backends whose app is alive, and files that are not ours, are never
 /// touched.
 #[napi(
-  ts_args_type = "stateDir?: string | null, options?: { name?: string, stopTimeoutMs?: number } | null",
+  ts_args_type = "stateDir?: string | null, options?: CleanupOptions | null",
   ts_return_type = "Promise<CleanupItem[]>"
 )]
 pub fn cleanup_records<'env>(
@@ -471,13 +478,15 @@ pub fn cleanup_records<'env>(
   state_dir: Unknown,
   options: Unknown,
 ) -> napi::Result<PromiseRaw<'env, Vec<CleanupItem>>> {
-  let (dir, options) = (from_js(state_dir)?, from_js(options)?);
-  blocking_promise(
+  checked_blocking_promise(
     env,
-    move || {
-      let args = CleanupArgs::parse(&dir, &options)?;
-      orphans::cleanup(&args.state_dir, args.name.as_deref(), args.stop_timeout)
+    || {
+      CleanupArgs::new(
+        optional(state_dir, "stateDir")?,
+        core_options::<input::CleanupOptions>(options, "")?,
+      )
     },
+    move |args| orphans::cleanup(&args.state_dir, args.name.as_deref(), args.stop_timeout),
     |items| items.into_iter().map(cleanup_item).collect(),
   )
 }
@@ -485,7 +494,7 @@ pub fn cleanup_records<'env>(
 /// Stops the backend of one record file, whatever its app's state (the monitor's and the dashboard's
 /// stop): its live process must still match the record; this process and its parents are never signalled.
 #[napi(
-  ts_args_type = "file: string, options?: { stopTimeoutMs?: number } | null",
+  ts_args_type = "file: string, options?: StopRecordOptions | null",
   ts_return_type = "Promise<CleanupItem>"
 )]
 pub fn stop_record<'env>(
@@ -493,20 +502,16 @@ pub fn stop_record<'env>(
   file: Unknown,
   options: Unknown,
 ) -> napi::Result<PromiseRaw<'env, CleanupItem>> {
-  let (file, options) = (from_js(file)?, from_js(options)?);
-  blocking_promise(
+  checked_blocking_promise(
     env,
-    move || {
-      let file = options::non_empty(&file, "file")?;
-      let mut f = options::Fields::of(&options, "the stopRecord options")?;
-      let grace = f
-        .take("stopTimeoutMs")
-        .map(|v| options::millis(v, "stopTimeoutMs", 0.0))
-        .transpose()?
-        .unwrap_or(options::DEFAULT_STOP_TIMEOUT);
-      f.finish()?;
-      orphans::stop_record(std::path::Path::new(&file), grace)
+    || {
+      let given = core_options::<input::StopRecordOptions>(options, "")?;
+      Ok((
+        file_arg(file)?,
+        options::stop_timeout(given.stop_timeout_ms)?,
+      ))
     },
+    move |(file, grace)| orphans::stop_record(&file, grace),
     cleanup_item,
   )
 }
@@ -662,15 +667,16 @@ impl NativeManager {
   /// Checks the options (every rule of the API lives in the core) and makes the manager.
   #[napi(
     constructor,
-    ts_args_type = "options: Record<string, unknown> | undefined | null, onEvent: (event: NativeEvent) => void"
+    ts_args_type = "options: ProcessManagerOptions | undefined | null, onEvent: (event: NativeEvent) => void"
   )]
   pub fn new(
     env: &Env,
     options: Unknown,
     on_event: Function<NativeEvent, ()>,
   ) -> napi::Result<Self> {
-    let options = from_js(options)?;
-    let options = sync(env, || Options::parse(&options))?;
+    let options = sync(env, || {
+      Options::try_from(core_options::<input::ProcessManagerOptions>(options, "")?)
+    })?;
     let events = Arc::new(JsEvents::new(on_event)?);
     Ok(NativeManager {
       inner: Manager::new(options, events.clone()),
@@ -721,8 +727,12 @@ impl NativeManager {
     is_packaged: Unknown,
     runtime: RuntimeInfo,
   ) -> napi::Result<PromiseRaw<'env, Started>> {
-    let (root, packaged) = (from_js(project_root)?, from_js(is_packaged)?);
-    let args = sync(env, || StartArgs::parse(&root, &packaged))?;
+    let args = sync(env, || {
+      StartArgs::new(
+        String::from_js(project_root, "projectRoot")?,
+        nullable(is_packaged, "isPackaged")?,
+      )
+    })?;
     let runtime = Runtime {
       node_path: runtime.node_path,
       electron: runtime.electron,
@@ -746,11 +756,10 @@ impl NativeManager {
 
   /// Begins a stop that `finishStopSync` will block on: the polite stop, the force kill after
   /// `timeoutMs` (default 1000). Several managers' stops are begun first, then all waited for together.
-  #[napi(ts_args_type = "options?: { timeoutMs?: number } | null")]
+  #[napi(ts_args_type = "options?: SyncStopOptions | null")]
   pub fn begin_stop_sync(&self, env: &Env, options: Unknown) -> napi::Result<()> {
-    let options = from_js(options)?;
     let grace = sync(env, || {
-      options::sync_stop_timeout(&options, "the stopSync options")
+      options::sync_stop_timeout(core_options::<input::SyncStopOptions>(options, "")?)
     })?;
     // Read before the stop is asked for: the owner may take the stop at once, and a stopping backend is
     // no longer published as the running one.
@@ -814,7 +823,7 @@ impl NativeManager {
 
   /// The last lines of this backend's log (`logs` option), oldest first; empty when it keeps no log.
   #[napi(
-    ts_args_type = "options?: { lines?: number, stream?: 'out' | 'err' | 'pm' } | null",
+    ts_args_type = "options?: LogsOptions | null",
     ts_return_type = "Promise<LogLine[]>"
   )]
   pub fn logs<'env>(
@@ -822,12 +831,11 @@ impl NativeManager {
     env: &'env Env,
     options: Unknown,
   ) -> napi::Result<PromiseRaw<'env, Vec<LogLine>>> {
-    let options = from_js(options)?;
-    let args = sync(env, || options::LogsArgs::parse(&options))?;
     let file = self.inner.log_file().cloned();
-    blocking_promise(
+    checked_blocking_promise(
       env,
-      move || {
+      || options::LogsArgs::try_from(core_options::<input::LogsOptions>(options, "")?),
+      move |args| {
         Ok(file.map_or_else(Vec::new, |file| {
           file.flush();
           file.tail(args.lines, args.stream)
@@ -850,12 +858,11 @@ impl NativeManager {
     file: Unknown,
     entries: HashMap<String, String>,
   ) -> napi::Result<PromiseRaw<'env, DiagnosticsFile>> {
-    let file = from_js(file)?;
-    let file = sync(env, || options::non_empty_path(&file, "file"))?;
     let manager = self.inner.clone();
-    blocking_promise(
+    checked_blocking_promise(
       env,
-      move || {
+      || file_arg(file),
+      move |file| {
         if let Some(log) = manager.log_file() {
           log.flush();
         }
@@ -896,12 +903,10 @@ impl NativeManager {
     env: &'env Env,
     port: Unknown,
   ) -> napi::Result<PromiseRaw<'env, bool>> {
-    let port = from_js(port)?;
-    let port = sync(env, || options::port(&port, "port"))?;
-    let manager = self.inner.clone();
-    promise(
+    self.on_port(
       env,
-      async move { Ok(manager.check_health(port).await) },
+      port,
+      |m, port| async move { m.check_health(port).await },
       |b| b,
     )
   }
@@ -914,12 +919,10 @@ impl NativeManager {
     env: &'env Env,
     port: Unknown,
   ) -> napi::Result<PromiseRaw<'env, HealthProbe>> {
-    let port = from_js(port)?;
-    let port = sync(env, || options::port(&port, "port"))?;
-    let manager = self.inner.clone();
-    promise(
+    self.on_port(
       env,
-      async move { Ok(manager.probe_health(port).await) },
+      port,
+      |m, port| async move { m.probe_health(port).await },
       |(outcome, took)| {
         use bpm::net::health::ProbeOutcome;
         let (status, error) = match outcome {
@@ -948,22 +951,16 @@ impl NativeManager {
     max_retries: Unknown,
     retry_delay_ms: Unknown,
   ) -> napi::Result<Object<'env>> {
-    let (port, retries, delay) = (
-      from_js(port)?,
-      from_js(max_retries)?,
-      from_js(retry_delay_ms)?,
-    );
     let (port, retries, delay) = sync(env, || {
       Ok((
-        options::port(&port, "port")?,
-        match retries {
-          options::Value::Undefined => options::DEFAULT_READY_RETRIES,
-          r => options::count(&r, "maxRetries")?,
-        },
-        match delay {
-          options::Value::Undefined => options::DEFAULT_READY_RETRY_DELAY,
-          d => options::millis(&d, "retryDelayMs", 0.0)?,
-        },
+        port_arg(port, "port")?,
+        optional(max_retries, "maxRetries")?.map_or(Ok(options::DEFAULT_READY_RETRIES), |r| {
+          options::count(r, "maxRetries")
+        })?,
+        optional(retry_delay_ms, "retryDelayMs")?
+          .map_or(Ok(options::DEFAULT_READY_RETRY_DELAY), |d| {
+            options::millis(d, "retryDelayMs", 0.0)
+          })?,
       ))
     })?;
     let manager = self.inner.clone();
@@ -978,13 +975,31 @@ impl NativeManager {
   /// (a reservation that never blocks this manager's own start).
   #[napi(ts_args_type = "startPort?: number")]
   pub fn find_available_port(&self, env: &Env, start_port: Unknown) -> napi::Result<u32> {
-    let start = from_js(start_port)?;
     sync(env, || {
-      let start = match start {
-        options::Value::Undefined => None,
-        s => Some(options::port(&s, "startPort")?),
-      };
+      let start = optional(start_port, "startPort")?
+        .map(|s| options::port(s, "startPort"))
+        .transpose()?;
       self.inner.find_available_port(start).map(u32::from)
     })
+  }
+}
+
+impl NativeManager {
+  /// A promise of `work` with this manager and a port argument (checked first: a bad one throws).
+  fn on_port<'env, T, V, F>(
+    &self,
+    env: &'env Env,
+    port: Unknown,
+    work: impl FnOnce(Arc<Manager>, u16) -> F,
+    convert: impl FnOnce(T) -> V + 'static,
+  ) -> napi::Result<PromiseRaw<'env, V>>
+  where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+    V: napi::bindgen_prelude::ToNapiValue + 'static,
+  {
+    let port = sync(env, || port_arg(port, "port"))?;
+    let running = work(self.inner.clone(), port);
+    promise(env, async move { Ok(running.await) }, convert)
   }
 }

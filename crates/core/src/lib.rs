@@ -6,6 +6,8 @@
 //!
 //! The small Rust API: [`Manager::new`] with [`Options`] (every field has a default) and an [`Events`]
 //! receiver such as [`event_channel`]'s, then [`Manager::start`] and [`Manager::stop`].
+//! [`Options`] are taken as built; to have values checked as the JS API checks them (ranges, names, ports,
+//! hosts), fill an [`options::OptionsInput`] and convert it with `Options::try_from`.
 //!
 //! ```
 //! # #[cfg(unix)]

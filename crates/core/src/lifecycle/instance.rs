@@ -83,7 +83,7 @@ impl Instance {
     }
     let dir = self.state_dir.clone();
     let to_write = record.clone();
-    let written = blocking::run(move || record::write_record(&dir, &to_write))
+    let written = blocking::write_in_turn(move || record::write_record(&dir, &to_write))
       .await
       .and_then(|written| written);
     file.path = Some(written?);
@@ -117,7 +117,7 @@ impl Instance {
       },
       start_time: backend.map_or(0, |b| b.start_time),
       owner_pid: me,
-      owner_start_time: process::identity(me).map_or(0, |o| o.start_time),
+      owner_start_time: process::own_start_time(),
       restarts: self.restarts,
       health_path: Some(self.health_path.clone()),
       healthy: *self.healthy.lock().unwrap_or_else(|e| e.into_inner()),

@@ -257,11 +257,7 @@ impl Launch {
 #[cfg(test)]
 mod tests {
   use super::*;
-  use crate::options::Value;
-
-  fn options(fields: Vec<(&str, Value)>) -> Options {
-    Options::parse(&Value::object(fields)).unwrap()
-  }
+  use crate::options::InheritEnv;
 
   #[test]
   fn a_packaged_app_runs_its_backend_from_app_asar_unpacked() {
@@ -278,7 +274,7 @@ mod tests {
       electron: true,
       env: vec![("A".into(), "1".into())],
     };
-    let launch = Launch::resolve(&options(vec![]), &start, &runtime).unwrap();
+    let launch = Launch::resolve(&Options::default(), &start, &runtime).unwrap();
     assert_eq!(launch.program, "/electron");
     assert_eq!(
       launch.args,
@@ -301,10 +297,13 @@ mod tests {
       project_root: dir.path().into(),
       is_packaged: false,
     };
-    let err = Launch::resolve(&options(vec![]), &start, &Runtime::default()).unwrap_err();
+    let err = Launch::resolve(&Options::default(), &start, &Runtime::default()).unwrap_err();
     assert!(err.to_string().contains("is a folder"), "{err}");
     let err = Launch::resolve(
-      &options(vec![("entry", Value::String("nope.js".into()))]),
+      &Options {
+        entry: "nope.js".into(),
+        ..Options::default()
+      },
       &start,
       &Runtime::default(),
     )
@@ -315,20 +314,12 @@ mod tests {
   #[test]
   fn each_attempt_gets_its_port_in_the_arguments_and_the_environment() {
     let dir = tempfile::tempdir().unwrap();
-    let o = options(vec![
-      ("command", Value::String("python3".into())),
-      (
-        "args",
-        Value::Array(vec![
-          Value::String("--port={port}".into()),
-          Value::String("{host}".into()),
-        ]),
-      ),
-      (
-        "env",
-        Value::object(vec![("PORT", Value::String("1".into()))]),
-      ),
-    ]);
+    let o = Options {
+      command: Some("python3".into()),
+      args: vec!["--port={port}".into(), "{host}".into()],
+      env: vec![("PORT".into(), "1".into())],
+      ..Options::default()
+    };
     let start = StartArgs {
       project_root: dir.path().into(),
       is_packaged: false,
@@ -345,18 +336,13 @@ mod tests {
   #[test]
   fn without_inherit_env_the_app_environment_stays_out_and_a_token_is_fresh_per_launch() {
     let dir = tempfile::tempdir().unwrap();
-    let o = options(vec![
-      ("command", Value::String("python3".into())),
-      (
-        "inheritEnv",
-        Value::Array(vec![Value::String("KEEP_ME".into())]),
-      ),
-      (
-        "env",
-        Value::object(vec![("MINE", Value::String("1".into()))]),
-      ),
-      ("token", Value::Bool(true)),
-    ]);
+    let o = Options {
+      command: Some("python3".into()),
+      inherit_env: InheritEnv::Only(vec!["KEEP_ME".into()]),
+      env: vec![("MINE".into(), "1".into())],
+      token: true,
+      ..Options::default()
+    };
     let start = StartArgs {
       project_root: dir.path().into(),
       is_packaged: false,

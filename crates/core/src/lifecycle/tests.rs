@@ -2,7 +2,7 @@
 
 use super::launch::Runtime;
 use super::*;
-use crate::options::{Options, StartArgs, Value};
+use crate::options::{Either, Options, OptionsInput, RestartInput, StartArgs};
 use crate::os::process;
 use crate::state::record;
 use std::sync::{Arc, Mutex};
@@ -68,34 +68,31 @@ fn python3() -> String {
 }
 
 fn manager(dir: &std::path::Path) -> (Arc<Manager>, Arc<Recorded>) {
-  manager_with(dir, Vec::new())
+  manager_with(dir, |_| {})
 }
 
-fn manager_with(dir: &std::path::Path, extra: Vec<(&str, Value)>) -> (Arc<Manager>, Arc<Recorded>) {
-  let text = |s: &str| Value::String(s.into());
-  let mut fields = vec![
-    ("name", text("core-test")),
-    ("command", text(&python3())),
-    (
-      "args",
-      Value::Array(
-        ["-m", "http.server", "{port}", "--bind", "{host}"]
-          .map(text)
-          .to_vec(),
-      ),
+/// A manager of a Python HTTP server on a free port, its records in `dir`, with `set`'s changes.
+fn manager_with(
+  dir: &std::path::Path,
+  set: impl FnOnce(&mut OptionsInput),
+) -> (Arc<Manager>, Arc<Recorded>) {
+  let mut given = OptionsInput {
+    name: Some("core-test".into()),
+    command: Some(python3()),
+    args: Some(
+      ["-m", "http.server", "{port}", "--bind", "{host}"]
+        .map(String::from)
+        .to_vec(),
     ),
-    (
-      "port",
-      Value::Number(crate::net::port::unused_port().into()),
-    ),
-    ("portRange", Value::Number(50.0)),
-    ("healthPath", text("/")),
-    ("stopTimeoutMs", Value::Number(2000.0)),
-    ("stateDir", text(&dir.display().to_string())),
-  ];
-  fields.retain(|(key, _)| extra.iter().all(|(k, _)| k != key));
-  fields.extend(extra);
-  let options = Options::parse(&Value::object(fields)).unwrap();
+    port: Some(crate::net::port::unused_port().into()),
+    port_range: Some(50.0),
+    health_path: Some("/".into()),
+    stop_timeout_ms: Some(2000.0),
+    state_dir: Some(dir.display().to_string()),
+    ..Default::default()
+  };
+  set(&mut given);
+  let options = Options::try_from(given).unwrap();
   let events = Arc::new(Recorded::default());
   (Manager::new(options, events.clone()), events)
 }
@@ -105,9 +102,14 @@ async fn started_restarting_after(
   dir: &std::path::Path,
   backoff: Duration,
 ) -> (Arc<Manager>, Arc<Recorded>, BackendInfo) {
-  let ms = Value::Number(backoff.as_millis() as f64);
-  let restart = Value::object(vec![("initialDelayMs", ms.clone()), ("maxDelayMs", ms)]);
-  let (pm, events) = manager_with(dir, vec![("restart", restart)]);
+  let ms = Some(backoff.as_millis() as f64);
+  let (pm, events) = manager_with(dir, |o| {
+    o.restart = Some(Either::B(RestartInput {
+      initial_delay_ms: ms,
+      max_delay_ms: ms,
+      ..Default::default()
+    }))
+  });
   let info = start(&pm, dir).await;
   (pm, events, info)
 }
@@ -142,14 +144,10 @@ async fn killed_until_idle(
 
 /// A manager whose backend is started by `/bin/sh` with `args`.
 fn launched_by(dir: &std::path::Path, args: &[&str]) -> (Arc<Manager>, Arc<Recorded>) {
-  let text = |s: &str| Value::String(s.into());
-  manager_with(
-    dir,
-    vec![
-      ("command", text("/bin/sh")),
-      ("args", Value::Array(args.iter().map(|a| text(a)).collect())),
-    ],
-  )
+  manager_with(dir, |o| {
+    o.command = Some("/bin/sh".into());
+    o.args = Some(args.iter().map(|a| a.to_string()).collect());
+  })
 }
 
 fn start_args(dir: &std::path::Path) -> (StartArgs, Runtime) {
@@ -442,16 +440,13 @@ async fn a_restart_comes_once_the_owners_backoff_is_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_owners_memory_verdict_restarts_the_process() {
   let dir = tempfile::tempdir().unwrap();
-  let (pm, events) = manager_with(
-    dir.path(),
-    vec![
-      ("maxMemoryBytes", Value::Number(1.0)),
-      (
-        "restart",
-        Value::object(vec![("initialDelayMs", Value::Number(100.0))]),
-      ),
-    ],
-  );
+  let (pm, events) = manager_with(dir.path(), |o| {
+    o.max_memory_bytes = Some(1.0);
+    o.restart = Some(Either::B(RestartInput {
+      initial_delay_ms: Some(100.0),
+      ..Default::default()
+    }));
+  });
   let info = start(&pm, dir.path()).await;
   let mut restarts = events.restarts.subscribe();
   tokio::time::timeout(
@@ -502,27 +497,19 @@ async fn parallel_starts_share_one_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bounded_stop_during_a_long_one_force_kills_at_its_own_deadline() {
   let dir = tempfile::tempdir().unwrap();
-  let text = |s: &str| Value::String(s.into());
   let stubborn = "import signal, runpy, sys\n\
     signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
     signal.signal(signal.SIGINT, signal.SIG_IGN)\n\
     sys.argv = ['server', sys.argv[1], '--bind', sys.argv[2]]\n\
     runpy.run_module('http.server', run_name='__main__')";
-  let (pm, _) = manager_with(
-    dir.path(),
-    vec![
-      (
-        "args",
-        Value::Array(vec![
-          text("-c"),
-          text(stubborn),
-          text("{port}"),
-          text("{host}"),
-        ]),
-      ),
-      ("stopTimeoutMs", Value::Number(60_000.0)),
-    ],
-  );
+  let (pm, _) = manager_with(dir.path(), |o| {
+    o.args = Some(
+      ["-c", stubborn, "{port}", "{host}"]
+        .map(String::from)
+        .to_vec(),
+    );
+    o.stop_timeout_ms = Some(60_000.0);
+  });
   let info = start(&pm, dir.path()).await;
   let began = std::time::Instant::now();
   let long = pm.stop();
@@ -587,32 +574,21 @@ async fn a_crash_loop_is_given_up_once_at_max_restarts() {
     "if [ -e \"$2\" ]; then exit 7; fi; : > \"$2\"; exec {} -m http.server \"$0\" --bind \"$1\"",
     python3()
   );
-  let text = |s: &str| Value::String(s.into());
-  let ms = Value::Number(20.0);
-  let (pm, events) = manager_with(
-    dir.path(),
-    vec![
-      ("command", text("/bin/sh")),
-      (
-        "args",
-        Value::Array(vec![
-          text("-c"),
-          text(&launcher),
-          text("{port}"),
-          text("{host}"),
-          text(&marker.display().to_string()),
-        ]),
-      ),
-      (
-        "restart",
-        Value::object(vec![
-          ("maxRestarts", Value::Number(2.0)),
-          ("initialDelayMs", ms.clone()),
-          ("maxDelayMs", ms),
-        ]),
-      ),
-    ],
-  );
+  let marker = marker.display().to_string();
+  let (pm, events) = manager_with(dir.path(), |o| {
+    o.command = Some("/bin/sh".into());
+    o.args = Some(
+      ["-c", &launcher, "{port}", "{host}", &marker]
+        .map(String::from)
+        .to_vec(),
+    );
+    o.restart = Some(Either::B(RestartInput {
+      max_restarts: Some(2.0),
+      initial_delay_ms: Some(20.0),
+      max_delay_ms: Some(20.0),
+      ..Default::default()
+    }));
+  });
   let mut idles = events.idles.subscribe();
   let info = start(&pm, dir.path()).await;
   killed_until_idle(&pm, &mut idles, info.pid, 1, "the owner gives up").await;

@@ -1,11 +1,12 @@
-//! The arguments of the functions other than the constructor.
+//! The arguments of the functions other than the constructor, each options object as JS gives it (an
+//! `…Input`, every field optional) and checked here.
 
 use super::*;
 
 /// A state folder argument, or the per-user default.
-pub fn state_dir(value: Option<&Value>) -> Result<PathBuf> {
+pub fn state_dir(value: Option<String>) -> Result<PathBuf> {
   match value {
-    None | Some(Value::Undefined) => Ok(crate::state::dir::default_state_dir()),
+    None => Ok(crate::state::dir::default_state_dir()),
     Some(v) => non_empty(v, "stateDir").map(PathBuf::from),
   }
 }
@@ -18,13 +19,11 @@ pub struct StartArgs {
 }
 
 impl StartArgs {
-  pub fn parse(project_root: &Value, is_packaged: &Value) -> Result<StartArgs> {
+  /// `isPackaged` absent (or null) is false.
+  pub fn new(project_root: String, is_packaged: Option<bool>) -> Result<StartArgs> {
     Ok(StartArgs {
       project_root: PathBuf::from(non_empty(project_root, "projectRoot")?),
-      is_packaged: match is_packaged {
-        Value::Undefined | Value::Null => false,
-        v => boolean(v, "isPackaged")?,
-      },
+      is_packaged: is_packaged.unwrap_or(false),
     })
   }
 }
@@ -38,25 +37,26 @@ pub struct FindArgs {
   pub host: Option<IpAddr>,
 }
 
+/// The options of `findAvailablePort`.
+#[derive(Debug, Clone, Default)]
+pub struct FindInput {
+  pub end_port: Option<f64>,
+  pub exclude: Option<Vec<f64>>,
+  pub host: Option<String>,
+}
+
 impl FindArgs {
-  pub fn parse(start: &Value, options: &Value) -> Result<FindArgs> {
+  pub fn new(start: f64, given: FindInput) -> Result<FindArgs> {
     let start_port = port(start, "startPort")?;
-    let mut f = Fields::of(options, "the findAvailablePort options")?;
-    let end_port = f
-      .take("endPort")
+    let end_port = given
+      .end_port
       .map(|v| port(v, "endPort"))
       .transpose()?
       .unwrap_or_else(|| start_port.saturating_add(DEFAULT_PORT_RANGE));
-    let exclude = match f.take("exclude") {
-      None => Vec::new(),
-      Some(Value::Array(items)) => items
-        .iter()
-        .map(|p| port(p, "every exclude entry"))
-        .collect::<Result<_>>()?,
-      Some(other) => return Err(bad("exclude", "an array of ports", other)),
-    };
-    let host = f.take("host").map(|v| host(v, "host")).transpose()?;
-    f.finish()?;
+    let exclude = given
+      .exclude
+      .map_or(Ok(Default::default()), |v| ports(v, "exclude"))?;
+    let host = given.host.map(|v| host(v, "host")).transpose()?;
     if end_port < start_port {
       return Err(PmError::invalid(format!(
         "endPort {end_port} is below startPort {start_port}"
@@ -79,59 +79,65 @@ pub struct CleanupArgs {
   pub stop_timeout: Duration,
 }
 
+/// The options of `cleanupRecords`.
+#[derive(Debug, Clone, Default)]
+pub struct CleanupInput {
+  pub name: Option<String>,
+  pub stop_timeout_ms: Option<f64>,
+}
+
 impl CleanupArgs {
-  pub fn parse(dir: &Value, options: &Value) -> Result<CleanupArgs> {
-    let state_dir = state_dir(Some(dir))?;
-    let mut f = Fields::of(options, "the cleanupRecords options")?;
-    let name = f.take("name").map(name).transpose()?;
-    let stop_timeout = f
-      .take("stopTimeoutMs")
-      .map(|v| millis(v, "stopTimeoutMs", 0.0))
-      .transpose()?
-      .unwrap_or(DEFAULT_STOP_TIMEOUT);
-    f.finish()?;
+  pub fn new(dir: Option<String>, given: CleanupInput) -> Result<CleanupArgs> {
     Ok(CleanupArgs {
-      state_dir,
-      name,
-      stop_timeout,
+      state_dir: state_dir(dir)?,
+      name: given.name.map(name).transpose()?,
+      stop_timeout: stop_timeout(given.stop_timeout_ms)?,
     })
   }
 }
 
-pub fn pids(value: &Value) -> Result<Vec<u32>> {
-  match value {
-    Value::Array(items) => items
-      .iter()
-      .map(|p| integer(p, "every pid", 1.0, u32::MAX as f64).map(|n| n as u32))
-      .collect(),
-    other => Err(bad("pids", "an array of process ids", other)),
-  }
+/// `stopTimeoutMs` of the functions that stop a backend of a record, or its default.
+pub fn stop_timeout(ms: Option<f64>) -> Result<Duration> {
+  ms.map_or(Ok(DEFAULT_STOP_TIMEOUT), |v| {
+    millis(v, "stopTimeoutMs", 0.0)
+  })
 }
 
-pub fn ports(value: &Value, what: &str) -> Result<Vec<u16>> {
-  match value {
-    Value::Array(items) => items
-      .iter()
-      .map(|p| port(p, &format!("every {what} entry")))
-      .collect(),
-    other => Err(bad(what, "an array of ports", other)),
-  }
+/// The options of `stopRecord(file, { stopTimeoutMs })`.
+#[derive(Debug, Clone, Default)]
+pub struct StopRecordInput {
+  pub stop_timeout_ms: Option<f64>,
+}
+
+pub fn pids(items: Vec<f64>) -> Result<Vec<u32>> {
+  items
+    .into_iter()
+    .map(|p| integer(p, "every pid", 1.0, u32::MAX as f64).map(|n| n as u32))
+    .collect()
+}
+
+pub fn ports(items: Vec<f64>, what: &str) -> Result<Vec<u16>> {
+  items
+    .into_iter()
+    .map(|p| port(p, &format!("every {what} entry")))
+    .collect()
 }
 
 /// The synchronous stop's default bound (`stopSync`, `stopAllSync`).
 pub const DEFAULT_SYNC_STOP_TIMEOUT: Duration = Duration::from_millis(1000);
 
-/// `stopSync({ timeoutMs })` and `stopAllSync({ timeoutMs })`: how long the polite stop may take before the
-/// force kill. At most a minute: the calling thread is blocked meanwhile.
-pub fn sync_stop_timeout(options: &Value, what: &str) -> Result<Duration> {
-  let mut f = Fields::of(options, what)?;
-  let timeout = f
-    .take("timeoutMs")
-    .map(|v| integer(v, "timeoutMs", 0.0, 60_000.0).map(|n| Duration::from_millis(n as u64)))
-    .transpose()?
-    .unwrap_or(DEFAULT_SYNC_STOP_TIMEOUT);
-  f.finish()?;
-  Ok(timeout)
+/// The options of `stopSync({ timeoutMs })` and `stopAllSync({ timeoutMs })`.
+#[derive(Debug, Clone, Default)]
+pub struct SyncStopInput {
+  pub timeout_ms: Option<f64>,
+}
+
+/// How long the polite stop may take before the force kill. At most a minute: the calling thread is
+/// blocked meanwhile.
+pub fn sync_stop_timeout(given: SyncStopInput) -> Result<Duration> {
+  given.timeout_ms.map_or(Ok(DEFAULT_SYNC_STOP_TIMEOUT), |v| {
+    integer(v, "timeoutMs", 0.0, 60_000.0).map(|n| Duration::from_millis(n as u64))
+  })
 }
 
 /// `pm.logs({ lines, stream })`: how many of the last lines, of which stream.
@@ -141,17 +147,23 @@ pub struct LogsArgs {
   pub stream: Option<crate::logs::LogStream>,
 }
 
+/// The options of `pm.logs` and `readLogs`.
+#[derive(Debug, Clone, Default)]
+pub struct LogsArgsInput {
+  pub lines: Option<f64>,
+  pub stream: Option<String>,
+}
+
 pub const DEFAULT_LOG_LINES: usize = 200;
 
-impl LogsArgs {
-  pub fn parse(options: &Value) -> Result<LogsArgs> {
-    let mut f = Fields::of(options, "the logs options")?;
-    let lines = f
-      .take("lines")
-      .map(|v| integer(v, "lines", 0.0, 1_000_000.0).map(|n| n as usize))
-      .transpose()?
-      .unwrap_or(DEFAULT_LOG_LINES);
-    let stream = match f.take("stream") {
+impl TryFrom<LogsArgsInput> for LogsArgs {
+  type Error = PmError;
+
+  fn try_from(given: LogsArgsInput) -> Result<LogsArgs> {
+    let lines = given.lines.map_or(Ok(DEFAULT_LOG_LINES), |v| {
+      integer(v, "lines", 0.0, 1_000_000.0).map(|n| n as usize)
+    })?;
+    let stream = match given.stream {
       None => None,
       Some(v) => {
         let text = string(v, "stream")?;
@@ -160,12 +172,32 @@ impl LogsArgs {
         })?)
       }
     };
-    f.finish()?;
     Ok(LogsArgs { lines, stream })
   }
 }
 
+/// The folders of `exportDiagnostics(file, { stateDir, logDir })`.
+#[derive(Debug, Clone, Default)]
+pub struct FoldersInput {
+  pub state_dir: Option<String>,
+  pub log_dir: Option<String>,
+}
+
+/// `(stateDir, logDir)`, each only when given.
+pub fn folders(given: FoldersInput) -> Result<(Option<PathBuf>, Option<PathBuf>)> {
+  Ok((
+    given
+      .state_dir
+      .map(|v| non_empty_path(v, "stateDir"))
+      .transpose()?,
+    given
+      .log_dir
+      .map(|v| non_empty_path(v, "logDir"))
+      .transpose()?,
+  ))
+}
+
 /// A path argument: a non-empty string.
-pub fn non_empty_path(value: &Value, what: &str) -> Result<PathBuf> {
+pub fn non_empty_path(value: String, what: &str) -> Result<PathBuf> {
   non_empty(value, what).map(PathBuf::from)
 }

@@ -1,57 +1,52 @@
 //! The members of a `BackendGroup`: unique names, dependencies that name other members, and no cycle. The
 //! JS group starts each member once its dependencies are up; this is where their order is checked.
 
-use super::{name, strings, Value};
+use super::{name, strings};
 use crate::error::{PmError, Result};
+
+/// One member as the group checks it: `{ name, dependsOn }` as given (`None`: not an options object).
+#[derive(Debug, Clone, Default)]
+pub struct MemberInput {
+  pub name: Option<String>,
+  pub depends_on: Option<Vec<String>>,
+}
 
 /// The members in an order where every dependency comes before what depends on it (`entries`:
 /// `[{ name, dependsOn }]`, as given). Each member's dependencies, as indices, come with it.
-pub fn order(entries: &Value) -> Result<Vec<(usize, Vec<usize>)>> {
-  let Value::Array(items) = entries else {
-    return Err(PmError::invalid(
-      "a BackendGroup takes an array of ProcessManager options, each with a name",
-    ));
-  };
-  if items.is_empty() {
+pub fn order(entries: Vec<Option<MemberInput>>) -> Result<Vec<(usize, Vec<usize>)>> {
+  if entries.is_empty() {
     return Err(PmError::invalid(
       "a BackendGroup needs at least one backend",
     ));
   }
-  let mut names = Vec::with_capacity(items.len());
-  let mut depends = Vec::with_capacity(items.len());
-  for (i, item) in items.iter().enumerate() {
-    let Value::Object(fields) = item else {
+  let count = entries.len();
+  let mut names = Vec::with_capacity(count);
+  let mut depends = Vec::with_capacity(count);
+  for (i, item) in entries.into_iter().enumerate() {
+    let Some(member) = item else {
       return Err(PmError::invalid(format!(
         "backend {i} of the group is not an options object"
       )));
     };
-    let field = |key: &str| {
-      fields
-        .iter()
-        .find(|(k, _)| k == key)
-        .map_or(Value::Undefined, |(_, v)| v.clone())
-    };
-    let member = match field("name") {
-      Value::Undefined => {
-        return Err(PmError::invalid(format!(
-          "backend {i} of the group has no name: each needs a unique one"
-        )))
-      }
-      v => name(&v)?,
-    };
-    if names.contains(&member) {
+    let Some(given) = member.name else {
       return Err(PmError::invalid(format!(
-        "two backends of the group are named {member:?}: names must be unique"
+        "backend {i} of the group has no name: each needs a unique one"
+      )));
+    };
+    let member_name = name(given)?;
+    if names.contains(&member_name) {
+      return Err(PmError::invalid(format!(
+        "two backends of the group are named {member_name:?}: names must be unique"
       )));
     }
-    let deps = match field("dependsOn") {
-      Value::Undefined | Value::Null => Vec::new(),
-      v => strings(&v, &format!("dependsOn of {member:?}"))?,
+    let deps = match member.depends_on {
+      None => Vec::new(),
+      Some(v) => strings(v, &format!("dependsOn of {member_name:?}"))?,
     };
-    names.push(member);
+    names.push(member_name);
     depends.push(deps);
   }
-  let mut edges = Vec::with_capacity(items.len());
+  let mut edges = Vec::with_capacity(count);
   for (i, deps) in depends.iter().enumerate() {
     let mut of = Vec::new();
     for dep in deps {
@@ -123,17 +118,14 @@ fn visit(
 mod tests {
   use super::*;
 
-  fn member(name: &str, deps: &[&str]) -> Value {
-    Value::object(vec![
-      ("name", Value::String(name.into())),
-      (
-        "dependsOn",
-        Value::Array(deps.iter().map(|d| Value::String((*d).into())).collect()),
-      ),
-    ])
+  fn member(name: &str, deps: &[&str]) -> Option<MemberInput> {
+    Some(MemberInput {
+      name: Some(name.into()),
+      depends_on: Some(deps.iter().map(|d| (*d).into()).collect()),
+    })
   }
 
-  fn names(entries: &Value) -> Vec<usize> {
+  fn names(entries: Vec<Option<MemberInput>>) -> Vec<usize> {
     order(entries)
       .unwrap()
       .into_iter()
@@ -143,38 +135,32 @@ mod tests {
 
   #[test]
   fn dependencies_come_first() {
-    let entries = Value::Array(vec![
-      member("worker", &["api", "db"]),
-      member("api", &["db"]),
-      member("db", &[]),
-    ]);
-    assert_eq!(names(&entries), vec![2, 1, 0]);
-    assert_eq!(order(&entries).unwrap()[2], (0, vec![1, 2]));
+    let entries = || {
+      vec![
+        member("worker", &["api", "db"]),
+        member("api", &["db"]),
+        member("db", &[]),
+      ]
+    };
+    assert_eq!(names(entries()), vec![2, 1, 0]);
+    assert_eq!(order(entries()).unwrap()[2], (0, vec![1, 2]));
   }
 
   #[test]
   fn cycles_unknown_names_and_duplicates_are_refused() {
-    let cycle = Value::Array(vec![
+    let error = |entries| order(entries).unwrap_err().to_string();
+    let cycle = vec![
       member("a", &["b"]),
       member("b", &["c"]),
       member("c", &["a"]),
-    ]);
-    let e = order(&cycle).unwrap_err().to_string();
+    ];
+    let e = error(cycle);
     assert!(e.contains("a → b → c → a"), "{e}");
-    let own = Value::Array(vec![member("a", &["a"])]);
-    assert!(order(&own).unwrap_err().to_string().contains("cycle"));
-    let unknown = Value::Array(vec![member("a", &["nope"])]);
-    assert!(order(&unknown)
-      .unwrap_err()
-      .to_string()
-      .contains("\"nope\""));
-    let twice = Value::Array(vec![member("a", &[]), member("a", &[])]);
-    assert!(order(&twice).unwrap_err().to_string().contains("unique"));
-    let nameless = Value::Array(vec![Value::object(vec![])]);
-    assert!(order(&nameless)
-      .unwrap_err()
-      .to_string()
-      .contains("no name"));
-    assert!(order(&Value::Array(vec![])).is_err());
+    assert!(error(vec![member("a", &["a"])]).contains("cycle"));
+    assert!(error(vec![member("a", &["nope"])]).contains("\"nope\""));
+    assert!(error(vec![member("a", &[]), member("a", &[])]).contains("unique"));
+    assert!(error(vec![Some(MemberInput::default())]).contains("no name"));
+    assert!(error(vec![None]).contains("not an options object"));
+    assert!(order(vec![]).is_err());
   }
 }

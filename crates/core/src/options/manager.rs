@@ -1,5 +1,6 @@
 //! The options of `new ProcessManager(options)`: v1's (what to run, where, how long to wait) and v2's
-//! supervision (restarts, watchdog, stats, priority, limits) and isolation (environment, token, shutdown).
+//! supervision (restarts, watchdog, stats, priority, limits) and isolation (environment, token, shutdown):
+//! `OptionsInput` as JS gives them, checked into `Options` by one `TryFrom`.
 
 use super::*;
 
@@ -101,27 +102,25 @@ pub enum ReadySignal {
 }
 
 impl ReadySignal {
-  fn parse(value: &Value) -> Result<ReadySignal> {
-    if let Value::Object(_) = value {
-      let mut f = Fields::of(value, "ready")?;
-      let pattern = f
-        .take("stdout")
-        .map(|v| non_empty(v, "ready.stdout"))
-        .transpose()?;
-      f.finish()?;
-      let pattern = pattern.ok_or_else(|| {
-        PmError::invalid(
-          "ready as an object needs stdout: a pattern of the line that says the backend is ready",
-        )
-      })?;
-      let regex = regex_lite::Regex::new(&pattern).map_err(|e| {
-        PmError::invalid(format!(
-          "ready.stdout {pattern:?} is not a pattern this library can match: {e}"
-        ))
-      })?;
-      return Ok(ReadySignal::Stdout(regex));
-    }
-    match string(value, "ready")?.as_str() {
+  fn parse(value: Either<String, ReadyStdoutInput>) -> Result<ReadySignal> {
+    let text = match value {
+      Either::A(text) => text,
+      Either::B(ReadyStdoutInput { stdout }) => {
+        let pattern = stdout.map(|p| non_empty(p, "ready.stdout")).transpose()?;
+        let pattern = pattern.ok_or_else(|| {
+          PmError::invalid(
+            "ready as an object needs stdout: a pattern of the line that says the backend is ready",
+          )
+        })?;
+        let regex = regex_lite::Regex::new(&pattern).map_err(|e| {
+          PmError::invalid(format!(
+            "ready.stdout {pattern:?} is not a pattern this library can match: {e}"
+          ))
+        })?;
+        return Ok(ReadySignal::Stdout(regex));
+      }
+    };
+    match string(text, "ready")?.as_str() {
       "http" => Ok(ReadySignal::Http),
       "port" => Ok(ReadySignal::Port),
       "notify" => platform::supported(platform::NO_NOTIFY).map(|()| ReadySignal::Notify),
@@ -144,6 +143,12 @@ pub enum DeathGuard {
 }
 
 impl DeathGuard {
+  const NAMES: [(&'static str, DeathGuard); 3] = [
+    ("auto", DeathGuard::Auto),
+    ("guard", DeathGuard::Guard),
+    ("none", DeathGuard::None),
+  ];
+
   /// The backends are watched by the guard process (Unix).
   #[cfg(unix)]
   pub fn uses_guard(self) -> bool {
@@ -156,11 +161,10 @@ impl DeathGuard {
   }
 
   pub fn name(self) -> &'static str {
-    match self {
-      DeathGuard::Auto => "auto",
-      DeathGuard::Guard => "guard",
-      DeathGuard::None => "none",
-    }
+    Self::NAMES
+      .iter()
+      .find(|(_, g)| *g == self)
+      .map_or("auto", |(n, _)| n)
   }
 }
 
@@ -172,6 +176,13 @@ pub enum Balance {
   RoundRobin,
 }
 
+impl Balance {
+  const NAMES: [(&'static str, Balance); 2] = [
+    ("least-connections", Balance::LeastConnections),
+    ("round-robin", Balance::RoundRobin),
+  ];
+}
+
 /// How the backend gets its socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listen {
@@ -179,6 +190,10 @@ pub enum Listen {
   Port,
   /// The manager binds it and hands it over as file descriptor 3 (`LISTEN_FDS`, `LISTEN_PID`).
   Fd,
+}
+
+impl Listen {
+  const NAMES: [(&'static str, Listen); 2] = [("port", Listen::Port), ("fd", Listen::Fd)];
 }
 
 /// When and how often a backend that exits (or is found unhealthy) is started again.
@@ -276,180 +291,135 @@ pub const MAX_REPLICAS: f64 = 64.0;
 /// defaults). Without `dir`, an explicit `stateDir` puts them in `<stateDir>/logs`, else the per-user log
 /// folder.
 fn logs(
-  value: &Value,
+  value: Either<bool, LogsInput>,
   state_dir: Option<&std::path::Path>,
 ) -> Result<Option<crate::logs::LogConfig>> {
   use crate::logs::{default_log_dir, LogConfig, DEFAULT_KEEP, DEFAULT_MAX_BYTES};
-  let default_dir =
-    || -> Result<PathBuf> { Ok(state_dir.map_or_else(default_log_dir, |d| d.join("logs"))) };
-  match value {
-    Value::Bool(false) => Ok(None),
-    Value::Bool(true) => Ok(Some(LogConfig {
-      dir: default_dir()?,
-      max_bytes: DEFAULT_MAX_BYTES,
-      keep: DEFAULT_KEEP,
-    })),
-    Value::Object(_) => {
-      let mut f = Fields::of(value, "logs")?;
-      let dir = f
-        .take("dir")
-        .map(|v| non_empty(v, "logs.dir"))
-        .transpose()?;
-      let max_bytes = f
-        .take("maxBytes")
-        .map(|v| integer(v, "logs.maxBytes", 4096.0, 2f64.powi(53)).map(|n| n as u64))
-        .transpose()?
-        .unwrap_or(DEFAULT_MAX_BYTES);
-      let keep = f
-        .take("keep")
-        .map(|v| integer(v, "logs.keep", 0.0, 100.0).map(|n| n as u32))
-        .transpose()?
-        .unwrap_or(DEFAULT_KEEP);
-      f.finish()?;
-      Ok(Some(LogConfig {
-        dir: match dir {
-          Some(d) => PathBuf::from(d),
-          None => default_dir()?,
-        },
-        max_bytes,
-        keep,
-      }))
-    }
-    other => Err(bad(
-      "logs",
-      "false, true or an object { dir, maxBytes, keep }",
-      other,
-    )),
-  }
+  let default_dir = || state_dir.map_or_else(default_log_dir, |d| d.join("logs"));
+  let given = match value {
+    Either::A(false) => return Ok(None),
+    Either::A(true) => LogsInput::default(),
+    Either::B(given) => given,
+  };
+  Ok(Some(LogConfig {
+    dir: match given.dir {
+      Some(d) => PathBuf::from(non_empty(d, "logs.dir")?),
+      None => default_dir(),
+    },
+    max_bytes: given.max_bytes.map_or(Ok(DEFAULT_MAX_BYTES), |n| {
+      integer(n, "logs.maxBytes", 4096.0, 2f64.powi(53)).map(|n| n as u64)
+    })?,
+    keep: given.keep.map_or(Ok(DEFAULT_KEEP), |n| {
+      integer(n, "logs.keep", 0.0, 100.0).map(|n| n as u32)
+    })?,
+  }))
 }
 
 /// `0` means off for the interval options.
-fn interval(value: &Value, what: &str) -> Result<Option<Duration>> {
-  let d = millis(value, what, 0.0)?;
+fn interval(n: f64, what: &str) -> Result<Option<Duration>> {
+  let d = millis(n, what, 0.0)?;
   Ok((!d.is_zero()).then_some(d))
 }
 
-fn restart(value: &Value) -> Result<Option<RestartPolicy>> {
-  match value {
-    Value::Bool(false) => Ok(None),
-    Value::Bool(true) => Ok(Some(RestartPolicy::default())),
-    Value::Object(_) => {
-      let defaults = RestartPolicy::default();
-      let mut f = Fields::of(value, "restart")?;
-      let mut ms = |key: &'static str, default: Duration| {
-        f.take(key)
-          .map(|v| millis(v, &format!("restart.{key}"), 0.0))
-          .transpose()
-          .map(|d| d.unwrap_or(default))
-      };
-      let window = ms("windowMs", defaults.window)?;
-      let initial_delay = ms("initialDelayMs", defaults.initial_delay)?;
-      let max_delay = ms("maxDelayMs", defaults.max_delay)?;
-      let reset_after = ms("resetAfterMs", defaults.reset_after)?;
-      let max_restarts = f
-        .take("maxRestarts")
-        .map(|v| integer(v, "restart.maxRestarts", 0.0, 1e6).map(|n| n as u32))
-        .transpose()?
-        .unwrap_or(defaults.max_restarts);
-      f.finish()?;
-      if max_delay < initial_delay {
-        return Err(PmError::invalid(
-          "restart.maxDelayMs must not be below restart.initialDelayMs",
-        ));
-      }
-      Ok(Some(RestartPolicy {
-        max_restarts,
-        window,
-        initial_delay,
-        max_delay,
-        reset_after,
-      }))
-    }
-    other => Err(bad("restart", "true, false or an object", other)),
+fn restart(value: Either<bool, RestartInput>) -> Result<Option<RestartPolicy>> {
+  let given = match value {
+    Either::A(false) => return Ok(None),
+    Either::A(true) => return Ok(Some(RestartPolicy::default())),
+    Either::B(given) => given,
+  };
+  let defaults = RestartPolicy::default();
+  let ms = |n: Option<f64>, key: &str, default: Duration| {
+    n.map_or(Ok(default), |n| millis(n, &format!("restart.{key}"), 0.0))
+  };
+  let policy = RestartPolicy {
+    max_restarts: given.max_restarts.map_or(Ok(defaults.max_restarts), |n| {
+      integer(n, "restart.maxRestarts", 0.0, 1e6).map(|n| n as u32)
+    })?,
+    window: ms(given.window_ms, "windowMs", defaults.window)?,
+    initial_delay: ms(
+      given.initial_delay_ms,
+      "initialDelayMs",
+      defaults.initial_delay,
+    )?,
+    max_delay: ms(given.max_delay_ms, "maxDelayMs", defaults.max_delay)?,
+    reset_after: ms(given.reset_after_ms, "resetAfterMs", defaults.reset_after)?,
+  };
+  if policy.max_delay < policy.initial_delay {
+    return Err(PmError::invalid(
+      "restart.maxDelayMs must not be below restart.initialDelayMs",
+    ));
   }
+  Ok(Some(policy))
 }
 
-fn priority(value: &Value) -> Result<Priority> {
-  let text = string(value, "priority")?;
-  Priority::NAMES
+/// One of a closed set of names, or a message that lists them.
+fn one_of<T: Copy>(text: String, what: &str, names: &[(&str, T)]) -> Result<T> {
+  let text = string(text, what)?;
+  names
     .iter()
     .find(|(n, _)| *n == text)
-    .map(|(_, p)| *p)
+    .map(|(_, v)| *v)
     .ok_or_else(|| {
-      PmError::invalid(format!(
-        "priority must be one of 'low', 'below-normal', 'normal', 'above-normal', 'high', got {text:?}"
-      ))
+      let quoted: Vec<String> = names.iter().map(|(n, _)| format!("'{n}'")).collect();
+      let (last, rest) = quoted.split_last().expect("a set of names is not empty");
+      let list = if names.len() > 3 {
+        format!("one of {}, {last}", rest.join(", "))
+      } else {
+        format!("{} or {last}", rest.join(", "))
+      };
+      PmError::invalid(format!("{what} must be {list}, got {text:?}"))
     })
 }
 
-fn limits(value: &Value) -> Result<Limits> {
-  let mut f = Fields::of(value, "limits")?;
-  let limits = Limits {
-    open_files: f
-      .take("openFiles")
-      .map(|v| integer(v, "limits.openFiles", 1.0, 1_048_576.0).map(|n| n as u64))
+fn limits(given: LimitsInput) -> Result<Limits> {
+  Ok(Limits {
+    open_files: given
+      .open_files
+      .map(|n| integer(n, "limits.openFiles", 1.0, 1_048_576.0).map(|n| n as u64))
       .transpose()?,
-    core_dumps: f
-      .take("coreDumps")
-      .map(|v| boolean(v, "limits.coreDumps"))
-      .transpose()?,
-  };
-  f.finish()?;
-  Ok(limits)
+    core_dumps: given.core_dumps,
+  })
 }
 
-fn inherit_env(value: &Value) -> Result<InheritEnv> {
+fn inherit_env(value: Either<bool, Vec<String>>) -> Result<InheritEnv> {
   match value {
-    Value::Bool(true) => Ok(InheritEnv::All),
-    Value::Bool(false) => Ok(InheritEnv::Only(Vec::new())),
-    Value::Array(_) => {
-      let names = strings(value, "inheritEnv")?;
+    Either::A(true) => Ok(InheritEnv::All),
+    Either::A(false) => Ok(InheritEnv::Only(Vec::new())),
+    Either::B(names) => {
+      let names = strings(names, "inheritEnv")?;
       for n in &names {
         env_name(n, "inheritEnv entry")?;
       }
       Ok(InheritEnv::Only(names))
     }
-    other => Err(bad(
-      "inheritEnv",
-      "true, false or an array of variable names",
-      other,
-    )),
   }
 }
 
 /// `{ maxConnections, idleTimeoutMs, firstByteTimeoutMs }`; missing keys take the defaults.
-fn balancer(value: &Value) -> Result<crate::net::balancer::Limits> {
+fn balancer(given: BalancerInput) -> Result<crate::net::balancer::Limits> {
   let defaults = crate::net::balancer::Limits::default();
-  let mut f = Fields::of(value, "balancer")?;
-  let max_connections = f
-    .take("maxConnections")
-    .map(|v| integer(v, "balancer.maxConnections", 1.0, 1_048_576.0).map(|n| n as usize))
-    .transpose()?
-    .unwrap_or(defaults.max_connections);
-  let idle_timeout = match f.take("idleTimeoutMs") {
-    None => defaults.idle_timeout,
-    Some(v) => interval(v, "balancer.idleTimeoutMs")?,
-  };
-  let first_byte_timeout = f
-    .take("firstByteTimeoutMs")
-    .map(|v| interval(v, "balancer.firstByteTimeoutMs"))
-    .transpose()?
-    .flatten();
-  f.finish()?;
   Ok(crate::net::balancer::Limits {
-    max_connections,
-    idle_timeout,
-    first_byte_timeout,
+    max_connections: given
+      .max_connections
+      .map_or(Ok(defaults.max_connections), |n| {
+        integer(n, "balancer.maxConnections", 1.0, 1_048_576.0).map(|n| n as usize)
+      })?,
+    idle_timeout: match given.idle_timeout_ms {
+      None => defaults.idle_timeout,
+      Some(n) => interval(n, "balancer.idleTimeoutMs")?,
+    },
+    first_byte_timeout: given
+      .first_byte_timeout_ms
+      .map_or(Ok(None), |n| interval(n, "balancer.firstByteTimeoutMs"))?,
   })
 }
 
 /// `{ http: 'POST /shutdown', stdin: true }`.
-fn shutdown(value: &Value) -> Result<Shutdown> {
-  let mut f = Fields::of(value, "shutdown")?;
-  let http = match f.take("http") {
+fn shutdown(given: ShutdownInput) -> Result<Shutdown> {
+  let http = match given.http {
     None => None,
-    Some(v) => {
-      let text = non_empty(v, "shutdown.http")?;
+    Some(text) => {
+      let text = non_empty(text, "shutdown.http")?;
       let parsed = text.split_once(' ').filter(|(method, path)| {
         !method.is_empty()
           && method.bytes().all(|b| b.is_ascii_uppercase())
@@ -464,13 +434,10 @@ fn shutdown(value: &Value) -> Result<Shutdown> {
       Some((method.to_string(), path.to_string()))
     }
   };
-  let stdin = f
-    .take("stdin")
-    .map(|v| boolean(v, "shutdown.stdin"))
-    .transpose()?
-    .unwrap_or(false);
-  f.finish()?;
-  Ok(Shutdown { http, stdin })
+  Ok(Shutdown {
+    http,
+    stdin: given.stdin.unwrap_or(false),
+  })
 }
 
 /// The options of `new ProcessManager()` without arguments: the API's defaults (docs/api.md), each in one
@@ -518,185 +485,184 @@ impl Default for Options {
   }
 }
 
-impl Options {
-  pub fn parse(value: &Value) -> Result<Options> {
+/// The options of `new ProcessManager(options)` as JS gives them: every field optional (absent: the
+/// default), numbers as JS numbers, unions as `Either`. The binding fills it from the JS object (after
+/// refusing unknown keys and values of the wrong JS type); `Options::try_from` checks every value.
+#[derive(Debug, Clone, Default)]
+pub struct OptionsInput {
+  pub name: Option<String>,
+  pub entry: Option<String>,
+  pub command: Option<String>,
+  pub args: Option<Vec<String>>,
+  pub cwd: Option<String>,
+  pub env: Option<Vec<(String, EnvValue)>>,
+  pub host: Option<String>,
+  pub port: Option<f64>,
+  pub port_range: Option<f64>,
+  pub port_env: Option<String>,
+  pub health_path: Option<String>,
+  pub health_timeout_ms: Option<f64>,
+  pub start_timeout_ms: Option<f64>,
+  pub stop_timeout_ms: Option<f64>,
+  pub state_dir: Option<String>,
+  pub logs: Option<Either<bool, LogsInput>>,
+  pub ready: Option<Either<String, ReadyStdoutInput>>,
+  pub death_guard: Option<String>,
+  pub restart: Option<Either<bool, RestartInput>>,
+  pub health_interval_ms: Option<f64>,
+  pub unhealthy_threshold: Option<f64>,
+  pub max_memory_bytes: Option<f64>,
+  pub stats_interval_ms: Option<f64>,
+  pub priority: Option<String>,
+  pub limits: Option<LimitsInput>,
+  pub inherit_env: Option<Either<bool, Vec<String>>>,
+  pub token: Option<bool>,
+  pub shutdown: Option<ShutdownInput>,
+  pub replicas: Option<f64>,
+  pub balance: Option<String>,
+  pub listen: Option<String>,
+  pub balancer: Option<BalancerInput>,
+}
+
+/// `logs: { dir, maxBytes, keep }`.
+#[derive(Debug, Clone, Default)]
+pub struct LogsInput {
+  pub dir: Option<String>,
+  pub max_bytes: Option<f64>,
+  pub keep: Option<f64>,
+}
+
+/// `ready: { stdout }`.
+#[derive(Debug, Clone, Default)]
+pub struct ReadyStdoutInput {
+  pub stdout: Option<String>,
+}
+
+/// `restart: { maxRestarts, windowMs, initialDelayMs, maxDelayMs, resetAfterMs }`.
+#[derive(Debug, Clone, Default)]
+pub struct RestartInput {
+  pub max_restarts: Option<f64>,
+  pub window_ms: Option<f64>,
+  pub initial_delay_ms: Option<f64>,
+  pub max_delay_ms: Option<f64>,
+  pub reset_after_ms: Option<f64>,
+}
+
+/// `limits: { openFiles, coreDumps }`.
+#[derive(Debug, Clone, Default)]
+pub struct LimitsInput {
+  pub open_files: Option<f64>,
+  pub core_dumps: Option<bool>,
+}
+
+/// `shutdown: { http, stdin }`.
+#[derive(Debug, Clone, Default)]
+pub struct ShutdownInput {
+  pub http: Option<String>,
+  pub stdin: Option<bool>,
+}
+
+/// `balancer: { maxConnections, idleTimeoutMs, firstByteTimeoutMs }`.
+#[derive(Debug, Clone, Default)]
+pub struct BalancerInput {
+  pub max_connections: Option<f64>,
+  pub idle_timeout_ms: Option<f64>,
+  pub first_byte_timeout_ms: Option<f64>,
+}
+
+impl TryFrom<OptionsInput> for Options {
+  type Error = PmError;
+
+  fn try_from(given: OptionsInput) -> Result<Options> {
     let d = Options::default();
-    let mut f = Fields::of(value, "the ProcessManager options")?;
-    let state_dir_value = f.take("stateDir");
-    let state_dir_given = state_dir_value.map(|v| state_dir(Some(v))).transpose()?;
-    let logs = logs(
-      f.take("logs").unwrap_or(&Value::Bool(true)),
-      state_dir_given.as_deref(),
-    )?;
-    let options = Options {
-      name: f.take("name").map(name).transpose()?.unwrap_or(d.name),
-      entry: f
-        .take("entry")
-        .map(|v| non_empty(v, "entry"))
-        .transpose()?
-        .unwrap_or(d.entry),
-      command: f
-        .take("command")
-        .map(|v| non_empty(v, "command"))
-        .transpose()?,
-      args: f
-        .take("args")
-        .map(|v| strings(v, "args"))
-        .transpose()?
-        .unwrap_or_default(),
-      cwd: f.take("cwd").map(|v| non_empty(v, "cwd")).transpose()?,
-      env: f
-        .take("env")
-        .map(|v| env(v, "env"))
-        .transpose()?
-        .unwrap_or_default(),
-      host: f
-        .take("host")
-        .map(|v| host(v, "host"))
-        .transpose()?
-        .unwrap_or(d.host),
-      port: f
-        .take("port")
-        .map(|v| port(v, "port"))
-        .transpose()?
-        .unwrap_or(d.port),
-      port_range: f
-        .take("portRange")
-        .map(port_range)
-        .transpose()?
-        .unwrap_or(d.port_range),
-      port_env: f
-        .take("portEnv")
-        .map(|v| {
-          let key = non_empty(v, "portEnv")?;
-          port_env(&key)?;
-          Ok::<_, PmError>(key)
-        })
-        .transpose()?
-        .unwrap_or(d.port_env),
-      health_path: f
-        .take("healthPath")
-        .map(health_path)
-        .transpose()?
-        .unwrap_or(d.health_path),
-      health_timeout: f
-        .take("healthTimeoutMs")
-        .map(|v| millis(v, "healthTimeoutMs", 1.0))
-        .transpose()?
-        .unwrap_or(d.health_timeout),
-      start_timeout: f
-        .take("startTimeoutMs")
-        .map(|v| millis(v, "startTimeoutMs", 0.0))
-        .transpose()?
-        .unwrap_or(d.start_timeout),
-      stop_timeout: f
-        .take("stopTimeoutMs")
-        .map(|v| millis(v, "stopTimeoutMs", 0.0))
-        .transpose()?
-        .unwrap_or(d.stop_timeout),
+    let state_dir_given = given
+      .state_dir
+      .map(|dir| state_dir(Some(dir)))
+      .transpose()?;
+    let restart_given = given.restart.is_some();
+    let mut options = Options {
+      name: given.name.map_or(Ok(d.name), name)?,
+      entry: given.entry.map_or(Ok(d.entry), |v| non_empty(v, "entry"))?,
+      command: given.command.map(|v| non_empty(v, "command")).transpose()?,
+      args: given
+        .args
+        .map_or(Ok(Default::default()), |v| strings(v, "args"))?,
+      cwd: given.cwd.map(|v| non_empty(v, "cwd")).transpose()?,
+      env: given
+        .env
+        .map_or(Ok(Default::default()), |v| env(v, "env"))?,
+      host: given.host.map_or(Ok(d.host), |v| host(v, "host"))?,
+      port: given.port.map_or(Ok(d.port), |v| port(v, "port"))?,
+      port_range: given.port_range.map_or(Ok(d.port_range), port_range)?,
+      port_env: given.port_env.map_or(Ok(d.port_env), |v| {
+        let key = non_empty(v, "portEnv")?;
+        port_env(&key)?;
+        Ok::<_, PmError>(key)
+      })?,
+      health_path: given.health_path.map_or(Ok(d.health_path), health_path)?,
+      health_timeout: given
+        .health_timeout_ms
+        .map_or(Ok(d.health_timeout), |v| millis(v, "healthTimeoutMs", 1.0))?,
+      start_timeout: given
+        .start_timeout_ms
+        .map_or(Ok(d.start_timeout), |v| millis(v, "startTimeoutMs", 0.0))?,
+      stop_timeout: given
+        .stop_timeout_ms
+        .map_or(Ok(d.stop_timeout), |v| millis(v, "stopTimeoutMs", 0.0))?,
+      logs: logs(
+        given.logs.unwrap_or(Either::A(true)),
+        state_dir_given.as_deref(),
+      )?,
       state_dir: state_dir_given.unwrap_or(d.state_dir),
-      logs,
-      ready: f
-        .take("ready")
-        .map(ReadySignal::parse)
-        .transpose()?
-        .unwrap_or(d.ready),
-      death_guard: match f.take("deathGuard") {
+      ready: given.ready.map_or(Ok(d.ready), ReadySignal::parse)?,
+      death_guard: match given.death_guard {
         None => d.death_guard,
-        Some(v) => match string(v, "deathGuard")?.as_str() {
-          "auto" => DeathGuard::Auto,
-          "guard" => platform::supported(platform::NO_GUARD).map(|()| DeathGuard::Guard)?,
-          "none" => DeathGuard::None,
-          other => {
-            return Err(PmError::invalid(format!(
-              "deathGuard must be 'auto', 'guard' or 'none', got {other:?}"
-            )))
+        Some(v) => match one_of(v, "deathGuard", &DeathGuard::NAMES)? {
+          DeathGuard::Guard => {
+            platform::supported(platform::NO_GUARD).map(|()| DeathGuard::Guard)?
           }
+          other => other,
         },
       },
-      restart: f.take("restart").map(restart).transpose()?.flatten(),
-      health_interval: f
-        .take("healthIntervalMs")
-        .map(|v| interval(v, "healthIntervalMs"))
-        .transpose()?
-        .flatten(),
-      unhealthy_threshold: f
-        .take("unhealthyThreshold")
-        .map(|v| count(v, "unhealthyThreshold"))
-        .transpose()?
-        .unwrap_or(d.unhealthy_threshold),
-      max_memory_bytes: f
-        .take("maxMemoryBytes")
+      restart: given.restart.map_or(Ok(None), restart)?,
+      health_interval: given
+        .health_interval_ms
+        .map_or(Ok(None), |v| interval(v, "healthIntervalMs"))?,
+      unhealthy_threshold: given
+        .unhealthy_threshold
+        .map_or(Ok(d.unhealthy_threshold), |v| {
+          count(v, "unhealthyThreshold")
+        })?,
+      max_memory_bytes: given
+        .max_memory_bytes
         .map(|v| integer(v, "maxMemoryBytes", 0.0, 2f64.powi(53)).map(|n| n as u64))
         .transpose()?
         .filter(|n| *n > 0),
-      stats_interval: f
-        .take("statsIntervalMs")
-        .map(|v| interval(v, "statsIntervalMs"))
-        .transpose()?
-        .flatten(),
-      priority: f
-        .take("priority")
-        .map(priority)
-        .transpose()?
-        .unwrap_or(d.priority),
-      limits: f
-        .take("limits")
-        .map(limits)
-        .transpose()?
-        .unwrap_or_default(),
-      inherit_env: f
-        .take("inheritEnv")
-        .map(inherit_env)
-        .transpose()?
-        .unwrap_or(d.inherit_env),
-      token: f
-        .take("token")
-        .map(|v| boolean(v, "token"))
-        .transpose()?
-        .unwrap_or(d.token),
-      shutdown: f
-        .take("shutdown")
-        .map(shutdown)
-        .transpose()?
-        .unwrap_or_default(),
-      replicas: f
-        .take("replicas")
-        .map(|v| integer(v, "replicas", 1.0, MAX_REPLICAS).map(|n| n as u16))
-        .transpose()?
-        .unwrap_or(d.replicas),
-      balance: match f.take("balance") {
-        None => d.balance,
-        Some(v) => match string(v, "balance")?.as_str() {
-          "least-connections" => Balance::LeastConnections,
-          "round-robin" => Balance::RoundRobin,
-          other => {
-            return Err(PmError::invalid(format!(
-              "balance must be 'least-connections' or 'round-robin', got {other:?}"
-            )))
-          }
-        },
-      },
-      listen: match f.take("listen") {
+      stats_interval: given
+        .stats_interval_ms
+        .map_or(Ok(None), |v| interval(v, "statsIntervalMs"))?,
+      priority: given
+        .priority
+        .map_or(Ok(d.priority), |v| one_of(v, "priority", &Priority::NAMES))?,
+      limits: given.limits.map_or(Ok(Default::default()), limits)?,
+      inherit_env: given.inherit_env.map_or(Ok(d.inherit_env), inherit_env)?,
+      token: given.token.unwrap_or(d.token),
+      shutdown: given.shutdown.map_or(Ok(Default::default()), shutdown)?,
+      replicas: given.replicas.map_or(Ok(d.replicas), |v| {
+        integer(v, "replicas", 1.0, MAX_REPLICAS).map(|n| n as u16)
+      })?,
+      balance: given
+        .balance
+        .map_or(Ok(d.balance), |v| one_of(v, "balance", &Balance::NAMES))?,
+      listen: match given.listen {
         None => d.listen,
-        Some(v) => match string(v, "listen")?.as_str() {
-          "port" => Listen::Port,
-          "fd" => platform::supported(platform::NO_LISTEN_FD).map(|()| Listen::Fd)?,
-          other => {
-            return Err(PmError::invalid(format!(
-              "listen must be 'port' or 'fd', got {other:?}"
-            )))
-          }
+        Some(v) => match one_of(v, "listen", &Listen::NAMES)? {
+          Listen::Fd => platform::supported(platform::NO_LISTEN_FD).map(|()| Listen::Fd)?,
+          other => other,
         },
       },
-      balancer: f
-        .take("balancer")
-        .map(balancer)
-        .transpose()?
-        .unwrap_or_default(),
+      balancer: given.balancer.map_or(Ok(Default::default()), balancer)?,
     };
-    let restart_given = matches!(value, Value::Object(fields) if fields.iter().any(|(k, v)| k == "restart" && !v.is_absent()));
-    let mut options = options;
     if options.replicas > 1 && !restart_given {
       // Replicas are restarted by default: a replica that dies would otherwise stay out for good.
       options.restart = Some(RestartPolicy::default());
@@ -706,12 +672,11 @@ impl Options {
         "shutdown.http cannot address one replica when replicas share one socket (listen: 'fd'); use shutdown.stdin or the signal",
       ));
     }
-    // The JS layer keeps the logger; it may still be in the object it passes on.
-    f.take("logger");
-    f.finish()?;
     Ok(options)
   }
+}
 
+impl Options {
   /// The last port of the range `startBackend` may use.
   pub fn last_port(&self) -> u16 {
     self.port.saturating_add(self.port_range)
@@ -729,13 +694,13 @@ impl Options {
 mod tests {
   use super::*;
 
-  fn opts(fields: Vec<(&str, Value)>) -> Result<Options> {
-    Options::parse(&Value::object(fields))
+  fn opts(given: OptionsInput) -> Result<Options> {
+    Options::try_from(given)
   }
 
   #[test]
   fn supervision_is_off_by_default_and_true_takes_the_documented_defaults() {
-    let o = Options::parse(&Value::Undefined).unwrap();
+    let o = opts(OptionsInput::default()).unwrap();
     assert_eq!(o.restart, None);
     assert_eq!(
       (o.health_interval, o.max_memory_bytes, o.stats_interval),
@@ -746,18 +711,20 @@ mod tests {
     assert_eq!(o.inherit_env, InheritEnv::All);
     assert!(!o.token);
     assert_eq!(o.shutdown, Shutdown::default());
-    let r = opts(vec![("restart", Value::Bool(true))])
+    let restart = |r| {
+      opts(OptionsInput {
+        restart: Some(r),
+        ..Default::default()
+      })
       .unwrap()
       .restart
-      .unwrap();
-    assert_eq!(r, RestartPolicy::default());
-    let partial = opts(vec![(
-      "restart",
-      Value::object(vec![("maxRestarts", Value::Number(2.0))]),
-    )])
-    .unwrap()
-    .restart
-    .unwrap();
+      .unwrap()
+    };
+    assert_eq!(restart(Either::A(true)), RestartPolicy::default());
+    let partial = restart(Either::B(RestartInput {
+      max_restarts: Some(2.0),
+      ..Default::default()
+    }));
     assert_eq!(
       (partial.max_restarts, partial.window),
       (2, Duration::from_secs(60))
@@ -766,59 +733,100 @@ mod tests {
 
   #[test]
   fn bad_v2_options_are_invalid_args() {
-    let s = |x: &str| Value::String(x.into());
-    let cases: Vec<(&str, Value, &str)> = vec![
+    type Case = (fn(&mut OptionsInput), &'static str);
+    let cases: Vec<Case> = vec![
       (
-        "restart",
-        s("yes"),
-        "restart must be true, false or an object",
-      ),
-      (
-        "restart",
-        Value::object(vec![("maxRestart", Value::Number(1.0))]),
-        "unknown option \"maxRestart\"",
-      ),
-      (
-        "restart",
-        Value::object(vec![
-          ("initialDelayMs", Value::Number(500.0)),
-          ("maxDelayMs", Value::Number(100.0)),
-        ]),
+        |o| {
+          o.restart = Some(Either::B(RestartInput {
+            initial_delay_ms: Some(500.0),
+            max_delay_ms: Some(100.0),
+            ..Default::default()
+          }))
+        },
         "maxDelayMs",
       ),
-      ("priority", s("urgent"), "priority must be one of"),
       (
-        "limits",
-        Value::object(vec![("openFiles", Value::Number(0.0))]),
+        |o| o.priority = Some("urgent".into()),
+        "priority must be one of 'low', 'below-normal', 'normal', 'above-normal', 'high', got \"urgent\"",
+      ),
+      (
+        |o| o.death_guard = Some("never".into()),
+        "deathGuard must be 'auto', 'guard' or 'none', got \"never\"",
+      ),
+      (
+        |o| o.balance = Some("random".into()),
+        "balance must be 'least-connections' or 'round-robin', got \"random\"",
+      ),
+      (
+        |o| {
+          o.limits = Some(LimitsInput {
+            open_files: Some(0.0),
+            ..Default::default()
+          })
+        },
         "limits.openFiles",
       ),
       (
-        "inheritEnv",
-        Value::Array(vec![s("A=B")]),
+        |o| o.inherit_env = Some(Either::B(vec!["A=B".into()])),
         "inheritEnv entry",
       ),
       (
-        "shutdown",
-        Value::object(vec![("http", s("/shutdown"))]),
+        |o| {
+          o.shutdown = Some(ShutdownInput {
+            http: Some("/shutdown".into()),
+            ..Default::default()
+          })
+        },
         "shutdown.http",
       ),
+      (|o| o.unhealthy_threshold = Some(0.0), "unhealthyThreshold"),
+      (|o| o.health_interval_ms = Some(-1.0), "healthIntervalMs"),
       (
-        "unhealthyThreshold",
-        Value::Number(0.0),
-        "unhealthyThreshold",
+        |o| o.ready = Some(Either::B(ReadyStdoutInput::default())),
+        "needs stdout",
       ),
-      ("healthIntervalMs", Value::Number(-1.0), "healthIntervalMs"),
-      ("token", s("true"), "token must be true or false"),
+      (
+        |o| o.ready = Some(Either::A("tcp".into())),
+        "ready must be 'http', 'port', 'notify' or { stdout: pattern }",
+      ),
+      (
+        |o| {
+          o.logs = Some(Either::B(LogsInput {
+            max_bytes: Some(10.0),
+            ..Default::default()
+          }))
+        },
+        "logs.maxBytes",
+      ),
     ];
-    for (key, value, expected) in cases {
-      let err = opts(vec![(key, value.clone())]).unwrap_err();
-      assert!(err.to_string().contains(expected), "{key}={value:?}: {err}");
+    for (set, expected) in cases {
+      let mut given = OptionsInput::default();
+      set(&mut given);
+      let err = opts(given.clone()).unwrap_err();
+      assert!(err.to_string().contains(expected), "{given:?}: {err}");
     }
   }
 
   #[test]
+  fn replicas_restart_by_default_unless_restart_is_given() {
+    let o = opts(OptionsInput {
+      replicas: Some(2.0),
+      ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(o.restart, Some(RestartPolicy::default()));
+    let off = opts(OptionsInput {
+      replicas: Some(2.0),
+      restart: Some(Either::A(false)),
+      ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(off.restart, None);
+  }
+
+  #[test]
   fn the_defaults_are_the_options_of_an_empty_object() {
-    let (parsed, default) = (Options::parse(&Value::Null).unwrap(), Options::default());
+    let (parsed, default) = (opts(OptionsInput::default()).unwrap(), Options::default());
     assert_eq!(
       (parsed.name, parsed.port, parsed.host, parsed.stop_timeout),
       (

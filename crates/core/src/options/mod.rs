@@ -1,9 +1,10 @@
 //! Every option and argument the API takes is checked here, once, for every entry point (the constructor,
-//! the free functions, the CLI through them). The binding hands over JS values as they are (`Value`); this
-//! module applies the defaults of the API reference (docs/api.md) and turns bad input into
-//! `ERR_INVALID_ARG` with a message that says what is wrong. Here: JS values and the checks of single
-//! values; `manager` holds the constructor's options, `calls` the arguments of the other functions.
-
+//! the free functions, the CLI through them). The binding hands over what JS gave as plain Rust input
+//! types (`OptionsInput` and the other `…Input`s: every field optional, numbers as `f64`, unions as
+//! `Either`), already sorted by JS type and with unknown keys refused; this module applies the defaults of
+//! the API reference (docs/api.md) and turns a bad value into `ERR_INVALID_ARG` with a message that says
+//! what is wrong. Here: the checks of single values; `manager` holds the constructor's options (one
+//! `TryFrom<OptionsInput> for Options`), `calls` the arguments of the other functions.
 mod calls;
 pub mod group;
 mod manager;
@@ -16,49 +17,25 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// A JS value as the binding found it, before any judgement.
+/// One of two shapes an option may take (`restart: true | { … }`, `ready: 'http' | { stdout }`).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-  Undefined,
-  Null,
-  Bool(bool),
+pub enum Either<A, B> {
+  A(A),
+  B(B),
+}
+
+/// A value of `env` as JS gives it: numbers and booleans become strings, `null` and `undefined` leave the
+/// variable out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EnvValue {
+  Text(String),
   Number(f64),
-  String(String),
-  Array(Vec<Value>),
-  Object(Vec<(String, Value)>),
-  /// A function, symbol, bigint or anything else no option takes; the name of its type.
-  Other(&'static str),
+  Bool(bool),
+  Unset,
 }
 
-impl Value {
-  fn describe(&self) -> String {
-    match self {
-      Value::Undefined => "undefined".into(),
-      Value::Null => "null".into(),
-      Value::Bool(b) => b.to_string(),
-      Value::Number(n) => js_number(*n),
-      Value::String(s) => format!("{s:?}"),
-      Value::Array(_) => "an array".into(),
-      Value::Object(_) => "an object".into(),
-      Value::Other(kind) => format!("a {kind}"),
-    }
-  }
-
-  fn is_absent(&self) -> bool {
-    matches!(self, Value::Undefined)
-  }
-
-  pub fn object(fields: Vec<(&str, Value)>) -> Value {
-    Value::Object(
-      fields
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect(),
-    )
-  }
-}
-
-fn js_number(n: f64) -> String {
+/// A number as JS prints it.
+pub fn js_number(n: f64) -> String {
   if n.is_nan() {
     "NaN".into()
   } else if n.is_infinite() {
@@ -66,6 +43,12 @@ fn js_number(n: f64) -> String {
   } else {
     format!("{n}")
   }
+}
+
+/// `what must be expected, got got`: the one shape of a wrong value's message (the binding uses it for a
+/// value of the wrong JS type, with `got` described as JS would).
+pub fn wrong(what: &str, expected: &str, got: &str) -> PmError {
+  PmError::invalid(format!("{what} must be {expected}, got {got}"))
 }
 
 /// Like JS timers, a duration may not exceed 2^31 - 1 ms (about 24.8 days).
@@ -88,74 +71,67 @@ pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
 
 // ---- single values -------------------------------------------------------------------------------
 
-fn bad(what: &str, expected: &str, got: &Value) -> PmError {
-  PmError::invalid(format!("{what} must be {expected}, got {}", got.describe()))
-}
-
 /// A string with no NUL (which no OS call can carry).
-pub fn string(value: &Value, what: &str) -> Result<String> {
-  match value {
-    Value::String(s) if s.contains('\0') => Err(PmError::invalid(format!(
+pub fn string(s: String, what: &str) -> Result<String> {
+  if s.contains('\0') {
+    return Err(PmError::invalid(format!(
       "{what} must not contain a NUL character"
-    ))),
-    Value::String(s) => Ok(s.clone()),
-    other => Err(bad(what, "a string", other)),
+    )));
   }
+  Ok(s)
 }
 
-pub fn non_empty(value: &Value, what: &str) -> Result<String> {
-  let s = string(value, what)?;
+pub fn non_empty(s: String, what: &str) -> Result<String> {
+  let s = string(s, what)?;
   if s.is_empty() {
     return Err(PmError::invalid(format!("{what} must not be empty")));
   }
   Ok(s)
 }
 
-fn integer(value: &Value, what: &str, min: f64, max: f64) -> Result<f64> {
-  match value {
-    Value::Number(n) if n.fract() == 0.0 && *n >= min && *n <= max => Ok(*n),
-    other => Err(bad(
-      what,
-      &format!("an integer from {} to {}", js_number(min), js_number(max)),
-      other,
-    )),
+fn integer(n: f64, what: &str, min: f64, max: f64) -> Result<f64> {
+  if n.fract() == 0.0 && n >= min && n <= max {
+    return Ok(n);
   }
+  Err(wrong(
+    what,
+    &format!("an integer from {} to {}", js_number(min), js_number(max)),
+    &js_number(n),
+  ))
 }
 
-pub fn port(value: &Value, what: &str) -> Result<u16> {
-  integer(value, what, 1.0, 65535.0).map(|n| n as u16)
+pub fn port(n: f64, what: &str) -> Result<u16> {
+  integer(n, what, 1.0, 65535.0).map(|n| n as u16)
 }
 
-pub fn port_range(value: &Value) -> Result<u16> {
-  integer(value, "portRange", 0.0, 65534.0).map(|n| n as u16)
+pub fn port_range(n: f64) -> Result<u16> {
+  integer(n, "portRange", 0.0, 65534.0).map(|n| n as u16)
 }
 
-pub fn count(value: &Value, what: &str) -> Result<u32> {
-  integer(value, what, 1.0, u32::MAX as f64).map(|n| n as u32)
+pub fn count(n: f64, what: &str) -> Result<u32> {
+  integer(n, what, 1.0, u32::MAX as f64).map(|n| n as u32)
 }
 
 /// A number of milliseconds from `min_ms` to `MAX_MS`.
-pub fn millis(value: &Value, what: &str, min_ms: f64) -> Result<Duration> {
-  match value {
-    Value::Number(n) if n.is_finite() && *n >= min_ms && *n <= MAX_MS => {
-      Ok(Duration::from_secs_f64(n / 1000.0))
-    }
-    other => Err(bad(
-      what,
-      &format!(
-        "a number of milliseconds from {} to {}",
-        js_number(min_ms),
-        js_number(MAX_MS)
-      ),
-      other,
-    )),
+pub fn millis(n: f64, what: &str, min_ms: f64) -> Result<Duration> {
+  if n.is_finite() && n >= min_ms && n <= MAX_MS {
+    return Ok(Duration::from_secs_f64(n / 1000.0));
   }
+  Err(wrong(
+    what,
+    &format!(
+      "a number of milliseconds from {} to {}",
+      js_number(min_ms),
+      js_number(MAX_MS)
+    ),
+    &js_number(n),
+  ))
 }
 
 /// An IP address literal (brackets allowed around IPv6); `localhost` is taken as 127.0.0.1, since the
 /// backend and the probe must agree on one address and the name may resolve to either family.
-pub fn host(value: &Value, what: &str) -> Result<IpAddr> {
-  let text = non_empty(value, what)?;
+pub fn host(text: String, what: &str) -> Result<IpAddr> {
+  let text = non_empty(text, what)?;
   if text == "localhost" {
     return Ok(DEFAULT_HOST);
   }
@@ -170,22 +146,12 @@ pub fn host(value: &Value, what: &str) -> Result<IpAddr> {
   })
 }
 
-pub fn boolean(value: &Value, what: &str) -> Result<bool> {
-  match value {
-    Value::Bool(b) => Ok(*b),
-    other => Err(bad(what, "true or false", other)),
-  }
-}
-
-pub fn strings(value: &Value, what: &str) -> Result<Vec<String>> {
-  match value {
-    Value::Array(items) => items
-      .iter()
-      .enumerate()
-      .map(|(i, v)| string(v, &format!("{what}[{i}]")))
-      .collect(),
-    other => Err(bad(what, "an array of strings", other)),
-  }
+pub fn strings(items: Vec<String>, what: &str) -> Result<Vec<String>> {
+  items
+    .into_iter()
+    .enumerate()
+    .map(|(i, s)| string(s, &format!("{what}[{i}]")))
+    .collect()
 }
 
 /// Characters a backend name may not hold: it names files on every system.
@@ -272,8 +238,8 @@ pub fn port_env(key: &str) -> Result<()> {
   Ok(())
 }
 
-pub fn name(value: &Value) -> Result<String> {
-  let name = string(value, "name")?;
+pub fn name(name: String) -> Result<String> {
+  let name = string(name, "name")?;
   validate_name(&name)?;
   Ok(name)
 }
@@ -288,27 +254,23 @@ fn env_name(key: &str, what: &str) -> Result<()> {
 }
 
 /// `{ NAME: value }`; numbers and booleans become strings, null and undefined leave the variable out.
-pub fn env(value: &Value, what: &str) -> Result<Vec<(String, String)>> {
-  let Value::Object(fields) = value else {
-    return Err(bad(what, "an object of strings", value));
-  };
+pub fn env(fields: Vec<(String, EnvValue)>, what: &str) -> Result<Vec<(String, String)>> {
   let mut out = Vec::with_capacity(fields.len());
   for (key, v) in fields {
-    env_name(key, &format!("{what} key"))?;
+    env_name(&key, &format!("{what} key"))?;
     let text = match v {
-      Value::Undefined | Value::Null => continue,
-      Value::String(_) => string(v, &format!("{what}.{key}"))?,
-      Value::Number(n) => js_number(*n),
-      Value::Bool(b) => b.to_string(),
-      other => return Err(bad(&format!("{what}.{key}"), "a string", other)),
+      EnvValue::Unset => continue,
+      EnvValue::Text(s) => string(s, &format!("{what}.{key}"))?,
+      EnvValue::Number(n) => js_number(n),
+      EnvValue::Bool(b) => b.to_string(),
     };
-    out.push((key.clone(), text));
+    out.push((key, text));
   }
   Ok(out)
 }
 
-fn health_path(value: &Value) -> Result<String> {
-  let path = non_empty(value, "healthPath")?;
+fn health_path(path: String) -> Result<String> {
+  let path = non_empty(path, "healthPath")?;
   if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
     return Err(PmError::invalid(format!(
       "healthPath must start with \"/\" and hold no spaces or control characters, got {path:?}"
@@ -317,70 +279,21 @@ fn health_path(value: &Value) -> Result<String> {
   Ok(path)
 }
 
-// ---- objects ---------------------------------------------------------------------------------------
-
-/// The fields of an options object, taken one by one; whatever is left over is an unknown option. The keys
-/// taken are the known ones: each parser names its options once, where it reads them.
-pub struct Fields<'a> {
-  what: &'a str,
-  fields: Vec<(&'a str, &'a Value)>,
-  known: Vec<&'static str>,
-}
-
-impl<'a> Fields<'a> {
-  /// `undefined` and `null` are an empty object: every option takes its default.
-  pub fn of(value: &'a Value, what: &'a str) -> Result<Self> {
-    let fields = match value {
-      Value::Undefined | Value::Null => Vec::new(),
-      Value::Object(fields) => fields.iter().map(|(k, v)| (k.as_str(), v)).collect(),
-      other => return Err(bad(what, "an object", other)),
-    };
-    Ok(Fields {
-      what,
-      fields,
-      known: Vec::new(),
-    })
-  }
-
-  /// The value of `key`, or `None` when it is missing or undefined.
-  pub fn take(&mut self, key: &'static str) -> Option<&'a Value> {
-    self.known.push(key);
-    let at = self.fields.iter().position(|(k, _)| *k == key)?;
-    let (_, value) = self.fields.remove(at);
-    (!value.is_absent()).then_some(value)
-  }
-
-  /// Refuses the first key no `take` asked for.
-  pub fn finish(self) -> Result<()> {
-    match self.fields.first() {
-      None => Ok(()),
-      Some((key, _)) => Err(PmError::invalid(format!(
-        "unknown option {key:?} in {}; known options: {}",
-        self.what,
-        self.known.join(", ")
-      ))),
-    }
-  }
-}
-
 #[cfg(test)]
 mod tests {
   use super::*;
 
-  fn opts(fields: Vec<(&str, Value)>) -> Result<Options> {
-    Options::parse(&Value::object(fields))
+  fn opts(given: OptionsInput) -> Result<Options> {
+    Options::try_from(given)
   }
 
-  fn n(x: f64) -> Value {
-    Value::Number(x)
-  }
-  fn s(x: &str) -> Value {
-    Value::String(x.into())
+  fn s(x: &str) -> Option<String> {
+    Some(x.into())
   }
 
   #[test]
   fn defaults_reproduce_the_original_setup() {
-    let o = Options::parse(&Value::Undefined).unwrap();
+    let o = opts(OptionsInput::default()).unwrap();
     assert_eq!(o.name, "backend");
     assert_eq!(o.entry, "backend-nodejs/server.js");
     assert_eq!((o.port, o.port_range), (8000, 100));
@@ -391,122 +304,103 @@ mod tests {
 
   #[test]
   fn bad_options_are_invalid_args_that_name_the_option() {
-    let cases: Vec<(&str, Value, &str)> = vec![
+    type Case = (fn(&mut OptionsInput), &'static str);
+    let cases: Vec<Case> = vec![
       (
-        "port",
-        n(0.0),
+        |o| o.port = Some(0.0),
         "port must be an integer from 1 to 65535, got 0",
       ),
-      ("port", n(1.5), "got 1.5"),
-      ("port", s("8000"), "got \"8000\""),
-      ("port", n(f64::NAN), "got NaN"),
-      ("portRange", n(-1.0), "portRange"),
-      ("stopTimeoutMs", n(1e300), "stopTimeoutMs"),
-      ("healthTimeoutMs", n(0.0), "healthTimeoutMs"),
-      ("name", s("a/b"), "'/'"),
-      ("name", s(""), "empty"),
-      ("name", n(5.0), "name must be a string, got 5"),
-      ("command", s("no\0de"), "NUL"),
+      (|o| o.port = Some(1.5), "got 1.5"),
+      (|o| o.port = Some(f64::NAN), "got NaN"),
+      (|o| o.port_range = Some(-1.0), "portRange"),
+      (|o| o.stop_timeout_ms = Some(1e300), "stopTimeoutMs"),
+      (|o| o.health_timeout_ms = Some(0.0), "healthTimeoutMs"),
+      (|o| o.name = s("a/b"), "'/'"),
+      (|o| o.name = s(""), "empty"),
+      (|o| o.command = s("no\0de"), "NUL"),
       (
-        "args",
-        Value::Array(vec![s("a\0")]),
+        |o| o.args = Some(vec!["a\0".into()]),
         "args[0] must not contain a NUL",
       ),
-      ("portEnv", s("A=B"), "portEnv"),
+      (|o| o.port_env = s("A=B"), "portEnv"),
       (
-        "portEnv",
-        s("BACKEND_TOKEN"),
+        |o| o.port_env = s("BACKEND_TOKEN"),
         "portEnv \"BACKEND_TOKEN\" cannot be used",
       ),
       (
-        "portEnv",
-        s("ld_preload"),
+        |o| o.port_env = s("ld_preload"),
         "portEnv \"ld_preload\" cannot be used",
       ),
-      ("portEnv", s("DYLD_INSERT_LIBRARIES"), "portEnv"),
-      ("portEnv", s("MY PORT"), "not a plain"),
-      ("name", s("\u{202E}\u{202E}"), "U+202E"),
-      ("name", s("api\u{200B}"), "U+200B"),
-      ("name", s("   "), "white space"),
-      ("name", s(" api"), "white space"),
-      ("host", s("banana"), "IP address"),
-      ("healthPath", s("health"), "healthPath"),
+      (|o| o.port_env = s("DYLD_INSERT_LIBRARIES"), "portEnv"),
+      (|o| o.port_env = s("MY PORT"), "not a plain"),
+      (|o| o.name = s("\u{202E}\u{202E}"), "U+202E"),
+      (|o| o.name = s("api\u{200B}"), "U+200B"),
+      (|o| o.name = s("   "), "white space"),
+      (|o| o.name = s(" api"), "white space"),
+      (|o| o.host = s("banana"), "IP address"),
+      (|o| o.health_path = s("health"), "healthPath"),
       (
-        "env",
-        Value::object(vec![("A", Value::Other("function"))]),
-        "env.A must be a string, got a function",
+        |o| o.env = Some(vec![("A=B".into(), EnvValue::Text("1".into()))]),
+        "env key \"A=B\"",
       ),
-      ("startTimeout", n(5.0), "unknown option \"startTimeout\""),
+      (
+        |o| o.env = Some(vec![("A".into(), EnvValue::Text("b\0".into()))]),
+        "env.A must not contain a NUL",
+      ),
     ];
-    for (key, value, expected) in cases {
-      let err = opts(vec![(key, value.clone())]).unwrap_err();
+    for (set, expected) in cases {
+      let mut given = OptionsInput::default();
+      set(&mut given);
+      let err = opts(given.clone()).unwrap_err();
       assert_eq!(err.code(), "ERR_INVALID_ARG");
-      assert!(err.to_string().contains(expected), "{key}={value:?}: {err}");
+      assert!(err.to_string().contains(expected), "{given:?}: {err}");
     }
-  }
-
-  #[test]
-  fn an_unknown_option_is_named_with_every_known_one() {
-    let err = opts(vec![("startTimeout", n(5.0))])
-      .unwrap_err()
-      .to_string();
-    assert!(
-      err.starts_with(
-        "unknown option \"startTimeout\" in the ProcessManager options; known options: "
-      ),
-      "{err}"
-    );
-    for key in [
-      "name",
-      "startTimeoutMs",
-      "stateDir",
-      "logs",
-      "balancer",
-      "logger",
-    ] {
-      assert!(err.contains(key), "{key}: {err}");
-    }
-    let nested = opts(vec![("logs", Value::object(vec![("size", n(1.0))]))])
-      .unwrap_err()
-      .to_string();
-    assert!(
-      nested.ends_with("in logs; known options: dir, maxBytes, keep"),
-      "{nested}"
-    );
   }
 
   #[test]
   fn a_long_name_counts_characters_not_bytes() {
-    let cjk: String = "名".repeat(100);
-    assert!(opts(vec![("name", s(&cjk))]).is_ok());
-    assert!(opts(vec![("name", s(&"名".repeat(101)))]).is_err());
+    let named = |n: String| {
+      opts(OptionsInput {
+        name: Some(n),
+        ..Default::default()
+      })
+    };
+    assert!(named("名".repeat(100)).is_ok());
+    assert!(named("名".repeat(101)).is_err());
   }
 
   #[test]
   fn localhost_and_bracketed_ipv6_are_hosts_everywhere() {
-    assert_eq!(
-      opts(vec![("host", s("localhost"))]).unwrap().host,
-      DEFAULT_HOST
-    );
-    let find = FindArgs::parse(&n(9000.0), &Value::object(vec![("host", s("localhost"))])).unwrap();
+    let hosted = |h: &str| {
+      opts(OptionsInput {
+        host: s(h),
+        ..Default::default()
+      })
+    };
+    assert_eq!(hosted("localhost").unwrap().host, DEFAULT_HOST);
+    let find = FindArgs::new(
+      9000.0,
+      FindInput {
+        host: s("localhost"),
+        ..Default::default()
+      },
+    )
+    .unwrap();
     assert_eq!(find.host, Some(DEFAULT_HOST));
-    assert_eq!(
-      opts(vec![("host", s("[::1]"))]).unwrap().host.to_string(),
-      "::1"
-    );
-    assert!(host(&s(":::::"), "host").is_err());
+    assert_eq!(hosted("[::1]").unwrap().host.to_string(), "::1");
+    assert!(host(":::::".into(), "host").is_err());
   }
 
   #[test]
   fn env_values_become_strings_and_null_leaves_them_out() {
-    let o = opts(vec![(
-      "env",
-      Value::object(vec![
-        ("A", n(1.0)),
-        ("B", Value::Bool(true)),
-        ("C", Value::Null),
+    let o = opts(OptionsInput {
+      env: Some(vec![
+        ("A".into(), EnvValue::Number(1.0)),
+        ("B".into(), EnvValue::Bool(true)),
+        ("C".into(), EnvValue::Unset),
       ]),
-    )])
+      ..Default::default()
+    })
     .unwrap();
     assert_eq!(
       o.env,
@@ -516,21 +410,27 @@ mod tests {
 
   #[test]
   fn cleanup_arguments_are_checked_like_the_constructor_options() {
-    for (options, expected) in [
+    for (given, expected) in [
       (
-        Value::object(vec![("stopTimeoutMs", s("x"))]),
+        CleanupInput {
+          stop_timeout_ms: Some(-1.0),
+          ..Default::default()
+        },
         "stopTimeoutMs",
       ),
       (
-        Value::object(vec![("name", n(5.0))]),
-        "name must be a string",
+        CleanupInput {
+          name: s("a/b"),
+          ..Default::default()
+        },
+        "name \"a/b\" cannot be used",
       ),
-      (s("x"), "must be an object"),
     ] {
-      let err = CleanupArgs::parse(&Value::Undefined, &options).unwrap_err();
+      let err = CleanupArgs::new(None, given).unwrap_err();
       assert!(err.to_string().contains(expected), "{err}");
     }
-    assert!(CleanupArgs::parse(&Value::Undefined, &Value::Null).is_ok());
+    assert!(CleanupArgs::new(None, CleanupInput::default()).is_ok());
+    assert!(CleanupArgs::new(s(""), CleanupInput::default()).is_err());
   }
 
   mod properties {
@@ -541,37 +441,44 @@ mod tests {
       #[test]
       fn ports_are_accepted_exactly_in_range(p in any::<f64>()) {
         let expected = p.fract() == 0.0 && (1.0..=65535.0).contains(&p);
-        prop_assert_eq!(port(&Value::Number(p), "port").is_ok(), expected);
+        prop_assert_eq!(port(p, "port").is_ok(), expected);
       }
 
       #[test]
       fn durations_are_accepted_only_when_finite_and_in_range(v in any::<f64>()) {
         let expected = v.is_finite() && (0.0..=MAX_MS).contains(&v);
-        prop_assert_eq!(millis(&Value::Number(v), "t", 0.0).is_ok(), expected);
+        prop_assert_eq!(millis(v, "t", 0.0).is_ok(), expected);
       }
 
       #[test]
       fn hosts_are_ip_literals_or_localhost(text in ".{0,40}") {
         let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(&text);
         let expected = text == "localhost" || (!text.contains('\0') && bare.parse::<IpAddr>().is_ok());
-        prop_assert_eq!(host(&Value::String(text.clone()), "host").is_ok(), expected);
+        prop_assert_eq!(host(text.clone(), "host").is_ok(), expected);
       }
 
-      /// Arbitrary option objects either parse or fail with ERR_INVALID_ARG; nothing panics.
+      /// Arbitrary option values either parse or fail with ERR_INVALID_ARG; nothing panics.
       #[test]
       fn arbitrary_options_parse_or_are_invalid_args(
-        keys in proptest::collection::vec(prop_oneof![
-          Just("name"), Just("port"), Just("portRange"), Just("host"), Just("env"), Just("args"),
-          Just("stopTimeoutMs"), Just("healthPath"), Just("portEnv"), Just("bogus"),
-        ], 0..5),
-        numbers in proptest::collection::vec(any::<f64>(), 5),
-        texts in proptest::collection::vec(".{0,12}", 5),
+        numbers in proptest::collection::vec(proptest::option::of(any::<f64>()), 6),
+        texts in proptest::collection::vec(proptest::option::of(".{0,12}"), 5),
       ) {
-        let fields = keys.iter().enumerate().map(|(i, k)| {
-          let v = if i % 2 == 0 { Value::Number(numbers[i]) } else { Value::String(texts[i].clone()) };
-          (*k, v)
-        }).collect();
-        if let Err(e) = Options::parse(&Value::object(fields)) {
+        let given = OptionsInput {
+          port: numbers[0],
+          port_range: numbers[1],
+          stop_timeout_ms: numbers[2],
+          replicas: numbers[3],
+          max_memory_bytes: numbers[4],
+          health_interval_ms: numbers[5],
+          name: texts[0].clone(),
+          host: texts[1].clone(),
+          health_path: texts[2].clone(),
+          port_env: texts[3].clone(),
+          args: texts[4].clone().map(|t| vec![t]),
+          env: texts[4].clone().map(|t| vec![(t.clone(), EnvValue::Text(t))]),
+          ..Default::default()
+        };
+        if let Err(e) = Options::try_from(given) {
           prop_assert_eq!(e.code(), "ERR_INVALID_ARG");
         }
       }

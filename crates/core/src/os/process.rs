@@ -32,6 +32,12 @@ pub fn own_pid() -> u32 {
   std::process::id()
 }
 
+/// This process's start time (read once: it never changes), 0 where the OS does not tell.
+pub fn own_start_time() -> u64 {
+  static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+  *START.get_or_init(|| identity(own_pid()).map_or(0, |i| i.start_time))
+}
+
 /// True when `pid` is alive and is still the process that `expected` describes (same start time, and the
 /// same executable where both are known).
 pub fn matches(pid: u32, expected: &Identity) -> bool {

@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 /// Who may have written a file, and how to open one without following a link: per platform, same names.
 #[cfg(unix)]
@@ -160,11 +159,7 @@ pub fn write_record(dir: &Path, record: &Record) -> Result<PathBuf> {
 /// `.<stem>-<pid>.<writer pid>.<writer start time>.tmp`: the writer is named, so that a cleanup can tell
 /// the temporary file of an app killed mid-write (writer gone, or its pid reused) from one being written.
 fn temp_path(dir: &Path, name: &str, pid: u32) -> PathBuf {
-  static WRITER: OnceLock<(u32, u64)> = OnceLock::new();
-  let (writer, start_time) = *WRITER.get_or_init(|| {
-    let me = process::own_pid();
-    (me, process::identity(me).map_or(0, |i| i.start_time))
-  });
+  let (writer, start_time) = (process::own_pid(), process::own_start_time());
   dir.join(format!(
     ".{}-{pid}.{writer}.{start_time}.tmp",
     file_stem(name)
