@@ -226,7 +226,11 @@ fn lines_written_together_rotate_between_lines() {
     assert!(text.ends_with('\n'), "file {n} ends with a whole line");
     let lines: Vec<String> = text.lines().map(|l| parse_line(l).unwrap().line).collect();
     if lines.contains(&long) {
-      assert_eq!(lines, [long.clone()], "file {n}: the long line alone");
+      assert_eq!(
+        lines,
+        std::slice::from_ref(&long),
+        "file {n}: the long line alone"
+      );
     } else {
       assert!(text.len() as u64 <= 1000, "file {n}: {} bytes", text.len());
     }

@@ -188,15 +188,13 @@ fn append(log: &Log, chunks: &[Vec<u8>]) -> Result<(), String> {
   make_folder(log).map_err(|e| e.to_string())?;
   let path = log.path();
   let shown = |e: std::io::Error| format!("{}: {e}", path.display());
-  // Declared before the file it goes into: the pieces borrow it.
-  let note;
   let mut file = LogFile::open(log, &path).map_err(shown)?;
   // The first line goes alone: once it went through, lines dropped before (if any) are told of in the file
   // and to the manager.
   let first_end = memchr::memchr(b'\n', first).map_or(first.len(), |i| i + 1);
   file.put(&first[..first_end]).map_err(shown)?;
   file.commit().map_err(shown)?;
-  note = log.recovered();
+  let note = log.recovered();
   if let Some(note) = &note {
     file.put_as_is(note);
   }
