@@ -1,7 +1,7 @@
 'use strict'
 // Ours in the log throughput bench (bench/logs.js), in a process of its own so that its CPU time is the
-// manager's alone: on `run` it starts bench/log-writer.py with the given `logs` option, waits for its exit
-// and for its last line ("done") in the log, and answers with the CPU this process spent meanwhile.
+// manager's alone: on `run` it starts bench/log-writer.py with the given `logs` option, waits for its last
+// line ("done") in the log and for its exit, and answers with the CPU this process spent meanwhile.
 const fs = require('node:fs')
 const path = require('node:path')
 const { ProcessManager } = require('..')
@@ -38,14 +38,16 @@ async function run({ cmd, dir, bytes, logs, result, name }) {
     pm.on('warning', (w) => warnings.push(w.message ?? String(w)))
     const exited = new Promise((resolve) => pm.once('exit', resolve))
     await pm.startBackend(dir)
-    await exited
     const file = path.join(dir, 'logs', `${name}.log`)
     let loggedAt = NaN
     if (logs !== false) {
+      // From the backend's end (it writes `result` after its last line), not from its `exit` event, which
+      // comes later: as pm2's log is watched by bench/logs.js, every millisecond.
       const limit = now() + 120000
-      while (!endsDone(file) && now() < limit) await sleep(5)
+      while (!(fs.existsSync(result) && endsDone(file)) && now() < limit) await sleep(1)
       loggedAt = endsDone(file) ? now() : NaN
     }
+    await exited
     const cpu = process.cpuUsage(cpu0)
     process.send({ ok: true, loggedAt, cpuMs: (cpu.user + cpu.system) / 1000, warnings })
   } catch (err) {

@@ -258,24 +258,25 @@ fn frame(time: String, stream: LogStream, replica: usize, text: &str) -> Vec<u8>
 }
 
 /// The lines framed as they are, when that is what `frame_into` would make of them: none is too long or
-/// holds a line break, and no secret is in them. Each check is one search over the whole batch rather
+/// holds a line break, and no secret is in them. Each check is one SIMD search over the whole batch rather
 /// than one per line (a secret found across two lines only sends the batch the slow way).
 fn frame_plain(prefix: &str, lines: &[&str], redactor: &Redactor) -> Option<Vec<u8>> {
   let size: usize = lines.iter().map(|l| prefix.len() + l.len() + 1).sum();
-  let mut framed = String::with_capacity(size);
-  for text in lines {
-    if text.len() > MAX_LINE_BYTES {
-      return None;
-    }
-    framed.push_str(prefix);
-    framed.push_str(text);
-    framed.push('\n');
-  }
-  let breaks = framed.bytes().filter(|&b| b == b'\n').count();
-  if breaks != lines.len() || framed.contains('\r') || redactor.finds_in(&framed) {
+  if lines.iter().any(|text| text.len() > MAX_LINE_BYTES) {
     return None;
   }
-  Some(framed.into_bytes())
+  let mut framed = writer::buffer(size);
+  for text in lines {
+    framed.extend_from_slice(prefix.as_bytes());
+    framed.extend_from_slice(text.as_bytes());
+    framed.push(b'\n');
+  }
+  let breaks = memchr::memchr_iter(b'\n', &framed).count();
+  if breaks != lines.len() || memchr::memchr(b'\r', &framed).is_some() || redactor.finds_in(&framed)
+  {
+    return None;
+  }
+  Some(framed)
 }
 
 /// Appends `prefix` (`time stream replica `) and `text` as one framed line to `out`.

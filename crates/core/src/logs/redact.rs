@@ -58,6 +58,8 @@ fn words(name: &str) -> Vec<String> {
 pub struct Redactor {
   /// Longest first, so a secret that contains another is replaced whole.
   secrets: Vec<String>,
+  /// A searcher per secret, built once: the log looks for them in every read of the backend's output.
+  finders: Vec<memchr::memmem::Finder<'static>>,
 }
 
 impl Redactor {
@@ -66,36 +68,35 @@ impl Redactor {
     token: Option<&str>,
     env: impl IntoIterator<Item = (&'a str, &'a str)>,
   ) -> Redactor {
-    let mut secrets: Vec<String> = env
-      .into_iter()
-      .filter(|(name, value)| is_secret_name(name) && value.chars().count() >= MIN_SECRET_CHARS)
-      .map(|(_, value)| value.to_string())
-      .chain(token.map(str::to_string))
-      .collect();
-    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    secrets.dedup();
-    Redactor { secrets }
+    Redactor::of(
+      env
+        .into_iter()
+        .filter(|(name, value)| is_secret_name(name) && value.chars().count() >= MIN_SECRET_CHARS)
+        .map(|(_, value)| value.to_string())
+        .chain(token.map(str::to_string))
+        .collect(),
+    )
   }
 
   /// These and `other`'s secrets.
   pub fn with(&self, other: &Redactor) -> Redactor {
-    let mut secrets: Vec<String> = self.secrets.iter().chain(&other.secrets).cloned().collect();
-    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    secrets.dedup();
-    Redactor { secrets }
+    Redactor::of(self.secrets.iter().chain(&other.secrets).cloned().collect())
   }
 
-  /// Whether a secret may be in `text`: true when it is (then `redact` would change it), and rarely when
-  /// only its start is. Only the start is looked for: a needle of up to 32 bytes is searched with SIMD,
-  /// a longer one (a token) byte by byte.
-  pub fn finds_in(&self, text: &str) -> bool {
-    self.secrets.iter().any(|secret| {
-      let mut end = secret.len().min(32);
-      while !secret.is_char_boundary(end) {
-        end -= 1;
-      }
-      text.contains(&secret[..end])
-    })
+  fn of(mut secrets: Vec<String>) -> Redactor {
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets.dedup();
+    secrets.retain(|s| !s.is_empty());
+    let finders = secrets
+      .iter()
+      .map(|s| memchr::memmem::Finder::new(s.as_bytes()).into_owned())
+      .collect();
+    Redactor { secrets, finders }
+  }
+
+  /// Whether a secret is in `text` (then `redact` would change it).
+  pub fn finds_in(&self, text: &[u8]) -> bool {
+    self.finders.iter().any(|f| f.find(text).is_some())
   }
 
   pub fn redact<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {

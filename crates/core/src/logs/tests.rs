@@ -200,3 +200,42 @@ fn lines_written_together_are_framed_as_each_alone() {
     assert!(got.iter().all(|(_, _, l)| !l.contains("0123456789abcdef")));
   }
 }
+
+/// Lines that reach the writer together (one read of a fast backend) are cut at rotation between lines:
+/// each file holds whole lines up to its size, and a line longer than the size goes alone into a file.
+#[test]
+fn lines_written_together_rotate_between_lines() {
+  let dir = tempfile::tempdir().unwrap();
+  let (log, warnings) = quiet_log(config(dir.path(), 1000, 20), "batch");
+  let none = Redactor::default();
+  let long = "z".repeat(1500);
+  let mut texts: Vec<String> = (0..60)
+    .map(|i| format!("line {i:04} {}", "x".repeat(40)))
+    .collect();
+  texts.insert(30, long.clone());
+  for batch in texts.chunks(25) {
+    let batch: Vec<&str> = batch.iter().map(String::as_str).collect();
+    log.lines(LogStream::Out, 0, &batch, &none);
+  }
+  log.flush();
+  let mut all = Vec::new();
+  for n in (0..=20).rev() {
+    let Ok(text) = std::fs::read_to_string(file_of(dir.path(), "batch", n)) else {
+      continue;
+    };
+    assert!(text.ends_with('\n'), "file {n} ends with a whole line");
+    let lines: Vec<String> = text.lines().map(|l| parse_line(l).unwrap().line).collect();
+    if lines.contains(&long) {
+      assert_eq!(
+        lines,
+        std::slice::from_ref(&long),
+        "file {n}: the long line alone"
+      );
+    } else {
+      assert!(text.len() as u64 <= 1000, "file {n}: {} bytes", text.len());
+    }
+    all.extend(lines);
+  }
+  assert_eq!(all, texts, "every line once, in order, none cut");
+  assert!(warnings.lock().unwrap().is_empty());
+}

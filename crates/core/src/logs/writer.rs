@@ -1,15 +1,16 @@
 //! The one writer thread of the process: it takes framed lines from a bounded queue, appends them to their
-//! log files in batches, and rotates a file by renaming before a line would take it past its size. Writes
+//! log files in batches, and rotates a file by renaming before a line would take it past its size. The
+//! queued pieces are written where they are, with vectored writes (no copy into a batch buffer). Writes
 //! are whole lines: a write that fails (a full disk) is cut back to where the file ended, so no half line is
 //! left for the next one to continue.
 
 use super::{file_of, Log};
 use std::fs;
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, OnceLock};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Bytes of framed lines waiting for the writer, over every backend of the process; beyond it lines are
 /// dropped. (Counted in lines, 16 Ki lines, it was ~2 MB of 100-byte lines: a backend writing as fast as it
@@ -17,11 +18,16 @@ use std::sync::{Arc, OnceLock};
 const QUEUE_BYTES: usize = 16 * 1024 * 1024;
 /// Bytes taken from the queue at most before they are written.
 const BATCH_BYTES: usize = 1024 * 1024;
-/// When the writer is ahead (its last batch was not full), it lets the next batch gather this long after
-/// its first line. Woken per line, it cost the pipe reader a futex wake per line and itself a folder
+/// When the writer is ahead (its last batch was smaller than `TRICKLE_BYTES`), it lets the next batch
+/// gather this long after its first line. Woken per line, it cost the pipe reader a futex wake per line and itself a folder
 /// check, an open and a write per line: a backend writing as fast as it could was slowed to 17 MB/s
 /// (bench/logs.js; 84 MB/s with `logs: false`). A line reaches its file at most this much later.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
+/// A batch smaller than this is a trickle, worth gathering for `LINGER`. A larger one means output comes in
+/// full pipe reads (~85 KB framed each): then the writer goes on at once. Lingering after every batch
+/// that was not full (1 MiB) left it asleep while a backend writing 600 MB/s filled the queue, and lines
+/// were dropped (bench/logs.js).
+const TRICKLE_BYTES: usize = 64 * 1024;
 
 enum Job {
   /// Framed lines of one log (each ends with its newline), and how many.
@@ -31,6 +37,40 @@ enum Job {
 
 /// Bytes queued and not yet taken by the writer.
 static QUEUED: AtomicUsize = AtomicUsize::new(0);
+
+/// Buffers of written pieces, at most this many bytes of them, kept for the next reads to be framed into:
+/// a fresh buffer per read (~85 KB for a full pipe) cost its page faults every time, a quarter of the pipe
+/// reader's time with a backend writing as fast as it could (freed buffers went back to the system).
+const SPARE_BYTES: usize = 4 * 1024 * 1024;
+/// Spare buffers are let go once the writer had nothing to do for this long.
+const SPARE_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+static SPARE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+fn spare() -> std::sync::MutexGuard<'static, Vec<Vec<u8>>> {
+  SPARE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An empty buffer to frame lines into: a spare one (of the most recently written pieces), or a new one.
+pub fn buffer(size: usize) -> Vec<u8> {
+  let mut buf = spare().pop().unwrap_or_default();
+  buf.reserve(size);
+  buf
+}
+
+/// Keeps written pieces' buffers for `buffer`, up to `SPARE_BYTES` in all.
+fn give_back(pieces: Vec<Vec<u8>>) {
+  let mut spare = spare();
+  let mut kept: usize = spare.iter().map(Vec::capacity).sum();
+  for mut piece in pieces {
+    if kept + piece.capacity() > SPARE_BYTES {
+      break;
+    }
+    kept += piece.capacity();
+    piece.clear();
+    spare.push(piece);
+  }
+}
 
 fn sender() -> Option<&'static Sender<Job>> {
   static QUEUE: OnceLock<Option<Sender<Job>>> = OnceLock::new();
@@ -77,9 +117,21 @@ pub fn flush() {
 
 fn run(rx: Receiver<Job>) {
   let mut ahead = true;
-  // Kept between batches: a fresh megabyte each time cost its page faults again.
-  let mut pending: Vec<u8> = Vec::new();
-  while let Ok(first) = rx.recv() {
+  loop {
+    // Idle with spare buffers: they go after a while (the memory of a burst is not kept for good).
+    let first = if spare().is_empty() {
+      rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+    } else {
+      rx.recv_timeout(SPARE_IDLE)
+    };
+    let first = match first {
+      Ok(job) => job,
+      Err(RecvTimeoutError::Timeout) => {
+        *spare() = Vec::new();
+        continue;
+      }
+      Err(RecvTimeoutError::Disconnected) => return,
+    };
     if ahead && matches!(first, Job::Lines(..)) {
       std::thread::sleep(LINGER);
     }
@@ -98,7 +150,7 @@ fn run(rx: Receiver<Job>) {
         Err(_) => break,
       }
     }
-    ahead = bytes < BATCH_BYTES;
+    ahead = bytes < TRICKLE_BYTES;
     let mut batches: Vec<(Arc<Log>, Vec<Vec<u8>>, usize)> = Vec::new();
     let mut flushes = Vec::new();
     for job in jobs {
@@ -116,12 +168,10 @@ fn run(rx: Receiver<Job>) {
       }
     }
     for (log, chunks, count) in batches {
-      if let Err(e) = append(&log, chunks, &mut pending) {
+      if let Err(e) = append(&log, &chunks) {
         log.drop_lines(count as u64, &e);
       }
-    }
-    if pending.capacity() > 4 * BATCH_BYTES {
-      pending = Vec::new();
+      give_back(chunks);
     }
     for done in flushes {
       let _ = done.send(());
@@ -130,45 +180,127 @@ fn run(rx: Receiver<Job>) {
 }
 
 /// Appends the chunks of framed lines (after a note of lines dropped before, if any), rotating as needed:
-/// a chunk that fits in the file goes whole, one that does not line by line.
-fn append(log: &Log, chunks: Vec<Vec<u8>>, pending: &mut Vec<u8>) -> Result<(), String> {
-  pending.clear();
-  let dir = &log.config.dir;
+/// the whole lines that fit in the file go in one piece, the next line starts a new file.
+fn append(log: &Log, chunks: &[Vec<u8>]) -> Result<(), String> {
+  let Some((first, later)) = chunks.split_first() else {
+    return Ok(());
+  };
   make_folder(log).map_err(|e| e.to_string())?;
   let path = log.path();
   let shown = |e: std::io::Error| format!("{}: {e}", path.display());
-  let mut file = open(&path).map_err(shown)?;
-  let mut size = file.metadata().map_err(shown)?.len();
-  let mut first_write = true;
-  for chunk in &chunks {
-    if !first_write && size + chunk.len() as u64 <= log.config.max_bytes {
-      pending.extend_from_slice(chunk);
-      size += chunk.len() as u64;
-      continue;
-    }
-    for line in chunk.split_inclusive(|&b| b == b'\n') {
-      let len = line.len() as u64;
-      if size > 0 && size + len > log.config.max_bytes {
-        commit(&mut file, pending, size).map_err(shown)?;
-        drop(file);
-        rotate(dir, &log.name, log.config.keep).map_err(shown)?;
-        file = open(&path).map_err(shown)?;
-        size = 0;
+  let mut file = LogFile::open(log, &path).map_err(shown)?;
+  // The first line goes alone: once it went through, lines dropped before (if any) are told of in the file
+  // and to the manager.
+  let first_end = memchr::memchr(b'\n', first).map_or(first.len(), |i| i + 1);
+  file.put(&first[..first_end]).map_err(shown)?;
+  file.commit().map_err(shown)?;
+  let note = log.recovered();
+  if let Some(note) = &note {
+    file.put_as_is(note);
+  }
+  file.put(&first[first_end..]).map_err(shown)?;
+  for chunk in later {
+    file.put(chunk).map_err(shown)?;
+  }
+  file.commit().map_err(shown)
+}
+
+/// A log file being appended to: the pieces of framed lines waiting to be written, and its size with them.
+struct LogFile<'a, 'p> {
+  log: &'a Log,
+  path: &'p Path,
+  file: fs::File,
+  size: u64,
+  pieces: Vec<&'a [u8]>,
+  /// The file's size before the pieces.
+  written: u64,
+}
+
+impl<'a, 'p> LogFile<'a, 'p> {
+  fn open(log: &'a Log, path: &'p Path) -> std::io::Result<LogFile<'a, 'p>> {
+    let file = open(path)?;
+    let size = file.metadata()?.len();
+    Ok(LogFile {
+      log,
+      path,
+      file,
+      size,
+      pieces: Vec::new(),
+      written: size,
+    })
+  }
+
+  /// Queues whole framed lines, rotating first whenever the next line would take the file past its size
+  /// (a line longer than that goes alone into a file of its own).
+  fn put(&mut self, mut lines: &'a [u8]) -> std::io::Result<()> {
+    let max = self.log.config.max_bytes;
+    while !lines.is_empty() {
+      let room = max.saturating_sub(self.size);
+      if lines.len() as u64 <= room {
+        self.put_as_is(lines);
+        return Ok(());
       }
-      pending.extend_from_slice(line);
-      size += len;
-      if first_write {
-        first_write = false;
-        commit(&mut file, pending, size).map_err(shown)?;
-        // The first line went through: if lines were dropped before, say so in the file and to the manager.
-        if let Some(note) = log.recovered() {
-          size += note.len() as u64;
-          pending.extend_from_slice(&note);
-        }
+      // `room` < `lines.len()` here, so it fits a usize.
+      let fit = memchr::memrchr(b'\n', &lines[..room as usize]).map_or(0, |i| i + 1);
+      if fit > 0 {
+        self.put_as_is(&lines[..fit]);
+        lines = &lines[fit..];
+      }
+      if self.size > 0 {
+        self.commit()?;
+        rotate(&self.log.config.dir, &self.log.name, self.log.config.keep)?;
+        self.file = open(self.path)?;
+        self.size = 0;
+        self.written = 0;
+        continue;
+      }
+      let end = memchr::memchr(b'\n', lines).map_or(lines.len(), |i| i + 1);
+      self.put_as_is(&lines[..end]);
+      lines = &lines[end..];
+    }
+    Ok(())
+  }
+
+  fn put_as_is(&mut self, bytes: &'a [u8]) {
+    self.pieces.push(bytes);
+    self.size += bytes.len() as u64;
+  }
+
+  /// Writes the pieces whole or not at all (the file is cut back to its old end when a write fails).
+  fn commit(&mut self) -> std::io::Result<()> {
+    if self.pieces.is_empty() {
+      return Ok(());
+    }
+    let result = write_all(&mut self.file, &self.pieces);
+    self.pieces.clear();
+    match result {
+      Ok(()) => {
+        self.written = self.size;
+        Ok(())
+      }
+      Err(e) => {
+        let _ = self.file.set_len(self.written);
+        self.size = self.written;
+        Err(e)
       }
     }
   }
-  commit(&mut file, pending, size).map_err(shown)
+}
+
+/// One vectored write after another until every piece is written (the system takes at most `IOV_MAX`
+/// pieces at once, and may take fewer bytes than offered).
+fn write_all(file: &mut fs::File, pieces: &[&[u8]]) -> std::io::Result<()> {
+  let mut slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
+  let mut left = &mut slices[..];
+  while !left.is_empty() {
+    match file.write_vectored(left) {
+      Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+      Ok(n) => IoSlice::advance_slices(&mut left, n),
+      Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+      Err(e) => return Err(e),
+    }
+  }
+  Ok(())
 }
 
 /// The log folder, checked like a state folder. It is made with its parents for the first line only: a
@@ -192,20 +324,6 @@ fn make_folder(log: &Log) -> crate::error::Result<()> {
       "it was removed with its parent folder while the app ran",
     )),
   }
-}
-
-/// Writes `pending` whole or not at all (the file is cut back to its old end when a write fails).
-fn commit(file: &mut fs::File, pending: &mut Vec<u8>, size_after: u64) -> std::io::Result<()> {
-  if pending.is_empty() {
-    return Ok(());
-  }
-  let before = size_after - pending.len() as u64;
-  let result = file.write_all(pending);
-  pending.clear();
-  if result.is_err() {
-    let _ = file.set_len(before);
-  }
-  result
 }
 
 fn open(path: &Path) -> std::io::Result<fs::File> {

@@ -112,7 +112,7 @@ impl LineBuffer {
     };
     let mut lines: Vec<std::borrow::Cow<'_, str>> = Vec::new();
     let mut at = 0;
-    while let Some(i) = text[at..].find('\n') {
+    while let Some(i) = memchr::memchr(b'\n', &text.as_bytes()[at..]) {
       if i >= MAX_LINE_BYTES {
         break;
       }
@@ -124,7 +124,7 @@ impl LineBuffer {
     while at < data.len() {
       let rest = &data[at..];
       let window = &rest[..rest.len().min(MAX_LINE_BYTES)];
-      let len = match window.iter().position(|&b| b == b'\n') {
+      let len = match memchr::memchr(b'\n', window) {
         Some(i) => i + 1,
         None if window.len() == MAX_LINE_BYTES => MAX_LINE_BYTES,
         None => break,
