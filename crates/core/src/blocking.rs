@@ -96,7 +96,10 @@ mod tests {
     assert_eq!(threads[0].1.as_deref(), Some("bpm-writes"));
 
     let panicked = write_in_turn(|| -> u32 { panic!("a write that panics") }).await;
-    assert!(matches!(panicked, Err(PmError::Internal(_))), "{panicked:?}");
+    assert!(
+      matches!(panicked, Err(PmError::Internal(_))),
+      "{panicked:?}"
+    );
     let after = write_in_turn(thread_name).await.unwrap();
     assert_eq!(after.as_deref(), Some("bpm-writes"));
   }
