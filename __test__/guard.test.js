@@ -8,6 +8,10 @@ const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const { ROOT, FIXTURE, tempDir, freeRun, isAlive, processTree, waitFor, killIfAlive, startScript, linuxOnly } = require('./helpers')
 
+// Starting the app, two backends and their grandchildren (five Node processes) is setup, not what is
+// measured: beside the heaviest test files on two shared cores it once took over 10 s.
+const UP_WITHIN_MS = 30000
+
 /** An app with two managers (one backend ignores SIGTERM), each backend with a grandchild in its group. */
 function app(t, stateDir, port, deathGuard) {
   return startScript(t, `
@@ -35,7 +39,7 @@ const rssKiB = (pid) => Number(/VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/$
 test("deathGuard 'guard': one small guard per app; SIGKILL the app and every backend group is gone (politely, then by force)", { skip: linuxOnly('reads /proc for the guard and its memory') }, async (t) => {
   const stateDir = tempDir(t)
   const running = app(t, stateDir, await freeRun(6), 'guard')
-  const { backends, grandchildren } = JSON.parse((await running.line(/^UP /)).slice(3))
+  const { backends, grandchildren } = JSON.parse((await running.line(/^UP /, UP_WITHIN_MS)).slice(3))
   const everything = [...backends, ...grandchildren]
   t.after(() => everything.forEach((p) => killIfAlive(p)))
   const guards = processTree(running.child.pid).filter((p) => comm(p) === 'sh' && !backends.includes(p))
@@ -56,7 +60,7 @@ test("deathGuard 'guard': one small guard per app; SIGKILL the app and every bac
 test("deathGuard 'none' (control): the parent-death signal is off, so a killed app's backends live on", { skip: linuxOnly('the parent-death signal is Linux\'s') }, async (t) => {
   const stateDir = tempDir(t)
   const running = app(t, stateDir, await freeRun(6), 'none')
-  const { backends, grandchildren } = JSON.parse((await running.line(/^UP /)).slice(3))
+  const { backends, grandchildren } = JSON.parse((await running.line(/^UP /, UP_WITHIN_MS)).slice(3))
   const everything = [...backends, ...grandchildren]
   t.after(() => everything.forEach((p) => killIfAlive(p)))
   process.kill(running.child.pid, 'SIGKILL')
