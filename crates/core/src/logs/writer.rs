@@ -188,13 +188,20 @@ fn append(log: &Log, chunks: &[Vec<u8>]) -> Result<(), String> {
   make_folder(log).map_err(|e| e.to_string())?;
   let path = log.path();
   let shown = |e: std::io::Error| format!("{}: {e}", path.display());
-  let mut file = LogFile::open(log, &path).map_err(shown)?;
+  let flood = chunks.iter().map(Vec::len).sum::<usize>() >= TRICKLE_BYTES;
+  let mut file = LogFile::open(log, &path, flood).map_err(shown)?;
   // The first line goes alone: once it went through, lines dropped before (if any) are told of in the file
   // and to the manager.
   let first_end = memchr::memchr(b'\n', first).map_or(first.len(), |i| i + 1);
   file.put(&first[..first_end]).map_err(shown)?;
   file.commit().map_err(shown)?;
-  let note = log.recovered();
+  // Lines dropped because the queue was full: told of once the writer caught up, so that a flood longer
+  // than the queue is one warning (and one note in the file), not one per batch written between drops.
+  let note = if QUEUED.load(Ordering::SeqCst) <= QUEUE_BYTES / 4 {
+    log.recovered()
+  } else {
+    None
+  };
   if let Some(note) = &note {
     file.put_as_is(note);
   }
@@ -214,12 +221,18 @@ struct LogFile<'a, 'p> {
   pieces: Vec<&'a [u8]>,
   /// The file's size before the pieces.
   written: u64,
+  /// Lines come in a flood: each file's blocks are reserved at once.
+  flood: bool,
 }
 
 impl<'a, 'p> LogFile<'a, 'p> {
-  fn open(log: &'a Log, path: &'p Path) -> std::io::Result<LogFile<'a, 'p>> {
+  fn open(log: &'a Log, path: &'p Path, flood: bool) -> std::io::Result<LogFile<'a, 'p>> {
     let file = open(path)?;
-    let size = file.metadata()?.len();
+    let meta = file.metadata()?;
+    if flood {
+      reserve(&file, &meta, log.config.max_bytes);
+    }
+    let size = meta.len();
     Ok(LogFile {
       log,
       path,
@@ -227,6 +240,7 @@ impl<'a, 'p> LogFile<'a, 'p> {
       size,
       pieces: Vec::new(),
       written: size,
+      flood,
     })
   }
 
@@ -250,6 +264,13 @@ impl<'a, 'p> LogFile<'a, 'p> {
         self.commit()?;
         rotate(&self.log.config.dir, &self.log.name, self.log.config.keep)?;
         self.file = open(self.path)?;
+        if self.flood {
+          reserve(
+            &self.file,
+            &self.file.metadata()?,
+            self.log.config.max_bytes,
+          );
+        }
         self.size = 0;
         self.written = 0;
         continue;
@@ -325,6 +346,28 @@ fn make_folder(log: &Log) -> crate::error::Result<()> {
     )),
   }
 }
+
+/// Reserves the next blocks of a log file, up to `RESERVE_AHEAD` past its end and never past its rotation
+/// size, keeping its size (Linux: `fallocate`), once fewer than half of those are: appended to in a flood,
+/// the file system then allocates in large pieces rather than page by page, a tenth of the writer's time
+/// (docs/performance.md, "Log throughput, third pass"). The space is what the file may take anyway. Where
+/// it cannot be (another file system, a full disk), the file is written as it would have been.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn reserve(file: &fs::File, meta: &fs::Metadata, max_bytes: u64) {
+  use std::os::unix::fs::MetadataExt;
+  let held = meta.blocks().saturating_mul(512);
+  let end = max_bytes.min(meta.len() + RESERVE_AHEAD);
+  if held < max_bytes.min(meta.len() + RESERVE_AHEAD / 2) {
+    let _ = rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, end);
+  }
+}
+
+/// How far past its end a log file written in a flood has its blocks reserved.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const RESERVE_AHEAD: u64 = 16 * 1024 * 1024;
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn reserve(_file: &fs::File, _meta: &fs::Metadata, _max_bytes: u64) {}
 
 /// Deletes a rotated file. On Unix its name goes at once and the file itself when another thread closes it:
 /// freeing the pages of 10 MB not yet on the disk was a fifth of the writer's time in a flood

@@ -306,6 +306,34 @@ mod tests {
     assert_eq!(output.stderr_tail(), ["one", "two", "three", "", "four"]);
   }
 
+  /// Lines without carriage returns, in UTF-8 and short enough go on as they were read, whole.
+  #[test]
+  fn plain_lines_go_on_as_read_and_others_line_by_line() {
+    let output = expecting(1);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let got = seen.clone();
+    let sink: LineSink = Arc::new(move |_, lines: &Lines<'_>| {
+      got.lock().unwrap().push((
+        lines.as_read().map(str::to_string),
+        lines.iter().map(str::to_string).collect::<Vec<_>>(),
+        lines.len(),
+      ));
+    });
+    let mut buffer = LineBuffer::new();
+    feed(&mut buffer, b"one\n\ntwo\nthr", &output, &sink);
+    feed(&mut buffer, b"ee\r\nfour\n", &output, &sink);
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+      seen[0],
+      (
+        Some("one\n\ntwo\n".to_string()),
+        vec!["one".into(), "".into(), "two".into()],
+        3
+      )
+    );
+    assert_eq!(seen[1], (None, vec!["three".into(), "four".into()], 2));
+  }
+
   #[test]
   fn bytes_that_are_not_utf8_spoil_only_their_own_line() {
     let (sink, calls) = collect();
