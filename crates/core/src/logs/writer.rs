@@ -14,8 +14,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 /// Bytes of framed lines waiting for the writer, over every backend of the process; beyond it lines are
 /// dropped. (Counted in lines, 16 Ki lines, it was ~2 MB of 100-byte lines: a backend writing as fast as it
-/// could filled it while the writer waited for the CPU.)
-const QUEUE_BYTES: usize = 16 * 1024 * 1024;
+/// could filled it while the writer waited for the CPU.) 16 MiB still overflowed in one 200 MB run of five
+/// at load ~2 (bench/logs.js, a backend writing 770 MB/s); the peaks seen otherwise were 1.4-9.6 MB. The
+/// memory is taken only while the writer is behind, and given back as it catches up (but for the spare
+/// buffers' 4 MiB, let go after 1 s idle): docs/performance.md, "Log throughput, third pass".
+const QUEUE_BYTES: usize = 64 * 1024 * 1024;
 /// Bytes taken from the queue at most before they are written.
 const BATCH_BYTES: usize = 1024 * 1024;
 /// When the writer is ahead (its last batch was smaller than `TRICKLE_BYTES`), it lets the next batch
