@@ -6,7 +6,7 @@
 
 use super::BackendInfo;
 use bpm::lifecycle::{self, Event, Events, Level};
-use bpm::os::spawn::{ExitInfo, Stream};
+use bpm::os::spawn::{ExitInfo, Lines, Stream};
 use napi::bindgen_prelude::{Either, Function, Null};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::Status;
@@ -415,13 +415,13 @@ impl JsEvents {
 }
 
 impl Events for JsEvents {
-  fn lines(&self, stream: Stream, lines: &[&str]) {
+  fn lines(&self, stream: Stream, lines: &Lines<'_>) {
     let at = match stream {
       Stream::Stdout => 0,
       Stream::Stderr => 1,
     };
     if self.listening[at].load(Ordering::SeqCst) {
-      for line in lines {
+      for line in lines.iter() {
         self.line(stream, line);
       }
     }

@@ -13,7 +13,7 @@ use crate::logs::{Log, LogStream, LogWarning, Redactor};
 use crate::net::health::{self, Secret, Target};
 use crate::net::reservation::Owner;
 use crate::options::Options;
-use crate::os::spawn::Stream;
+use crate::os::spawn::{Lines, Stream};
 use crate::os::stop::Polite;
 use crate::state::orphans::{self, CleanupAction};
 use std::future::Future;
@@ -155,13 +155,16 @@ impl Context {
   }
 
   /// Lines of the backend's output (of replica `replica`, 0 for a single process), those of one read.
-  pub fn lines(&self, stream: Stream, replica: usize, lines: &[&str], redactor: &Redactor) {
+  pub fn lines(&self, stream: Stream, replica: usize, lines: &Lines<'_>, redactor: &Redactor) {
     if let Some(file) = &self.log_file {
       let stream = match stream {
         Stream::Stdout => LogStream::Out,
         Stream::Stderr => LogStream::Err,
       };
-      file.lines(stream, replica, lines, redactor);
+      match lines.as_read() {
+        Some(text) => file.text(stream, replica, text, redactor),
+        None => file.lines(stream, replica, &lines.iter().collect::<Vec<_>>(), redactor),
+      }
     }
     self.events.lines(stream, lines);
   }

@@ -28,7 +28,7 @@ mod view;
 
 pub use manager::Manager;
 
-use crate::os::spawn::{ExitInfo, Stream};
+use crate::os::spawn::{ExitInfo, Lines, Stream};
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -194,8 +194,8 @@ pub enum Event {
 pub trait Events: Send + Sync {
   fn line(&self, stream: Stream, text: &str);
   /// The lines of one read of the backend's output, in order (by default: `line` for each).
-  fn lines(&self, stream: Stream, lines: &[&str]) {
-    for text in lines {
+  fn lines(&self, stream: Stream, lines: &Lines<'_>) {
+    for text in lines.iter() {
       self.line(stream, text);
     }
   }

@@ -331,7 +331,7 @@ async fn a_stop_during_a_start_cancels_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_record_is_written_after_the_end() {
   let dir = tempfile::tempdir().unwrap();
-  let sink: crate::os::spawn::LineSink = Arc::new(|_, _: &[&str]| {});
+  let sink: crate::os::spawn::LineSink = Arc::new(|_, _: &crate::os::spawn::Lines<'_>| {});
   let spec = crate::os::spawn::SpawnSpec {
     program: "sleep".into(),
     args: vec!["30".into()],

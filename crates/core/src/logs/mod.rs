@@ -186,6 +186,37 @@ impl Log {
     }
   }
 
+  /// Frames whole lines as they were read (`text`: each ends with its newline) and queues them as one
+  /// piece; never blocks. In one pass over `text`, each line is copied after its frame: what most output
+  /// is (no secret, no carriage return, no line too long) needs nothing more (docs/performance.md, "Log
+  /// throughput, third pass"). Other text goes line by line through `lines`.
+  pub fn text(
+    self: &Arc<Self>,
+    stream: LogStream,
+    replica: usize,
+    text: &str,
+    redactor: &Redactor,
+  ) {
+    if text.is_empty() {
+      return;
+    }
+    let prefix = format!("{} {} {replica} ", time::now_iso(), stream.as_str());
+    match frame_text(&prefix, text, redactor) {
+      Some((framed, count)) => {
+        if !writer::queue(self.clone(), framed, count) {
+          self.drop_lines(
+            count as u64,
+            "the log writer cannot keep up with the backend's output",
+          );
+        }
+      }
+      None => {
+        let lines: Vec<&str> = text.split_terminator('\n').collect();
+        self.lines(stream, replica, &lines, redactor);
+      }
+    }
+  }
+
   /// Waits until every line queued before this call has been written (or dropped). Blocking.
   pub fn flush(&self) {
     writer::flush();
@@ -277,6 +308,31 @@ fn frame_plain(prefix: &str, lines: &[&str], redactor: &Redactor) -> Option<Vec<
     return None;
   }
   Some(framed)
+}
+
+/// Whole lines (each ending with its newline) framed as they are, and how many, when that is what
+/// `frame_into` would make of them: no carriage return (one SIMD search), no secret (one per secret), no
+/// line too long (seen while framing).
+fn frame_text(prefix: &str, text: &str, redactor: &Redactor) -> Option<(Vec<u8>, usize)> {
+  let text = text.as_bytes();
+  if text.last() != Some(&b'\n') || memchr::memchr(b'\r', text).is_some() || redactor.finds_in(text)
+  {
+    return None;
+  }
+  // Room for lines of 62 bytes or longer with their frames; shorter ones grow it.
+  let mut framed = writer::buffer(text.len() + text.len() / 2 + prefix.len());
+  let mut count = 0;
+  let mut at = 0;
+  for end in memchr::memchr_iter(b'\n', text) {
+    if end - at > MAX_LINE_BYTES {
+      return None;
+    }
+    framed.extend_from_slice(prefix.as_bytes());
+    framed.extend_from_slice(&text[at..=end]);
+    at = end + 1;
+    count += 1;
+  }
+  Some((framed, count))
 }
 
 /// Appends `prefix` (`time stream replica `) and `text` as one framed line to `out`.

@@ -239,3 +239,109 @@ fn lines_written_together_rotate_between_lines() {
   assert_eq!(all, texts, "every line once, in order, none cut");
   assert!(warnings.lock().unwrap().is_empty());
 }
+
+/// Whole lines as read are framed in one pass: the file holds what framing each line alone would make of
+/// them, including the lines that need more (a secret, a carriage return, a line too long, an empty one).
+#[test]
+fn lines_as_read_are_framed_as_each_line_alone_would_be() {
+  let redactor = Redactor::new(Some("0123456789abcdef"), []);
+  let long = "y".repeat(MAX_LINE_BYTES + 10);
+  let texts = [
+    "plain one\nplain two\n\n".to_string(),
+    "a token 0123456789abcdef here\nafter\n".to_string(),
+    "with\ra return\nnext\n".to_string(),
+    format!("short\n{long}\nafter\n"),
+  ];
+  for text in texts {
+    let together = tempfile::tempdir().unwrap();
+    let alone = tempfile::tempdir().unwrap();
+    let (a, warnings) = quiet_log(config(together.path(), DEFAULT_MAX_BYTES, 1), "b");
+    let (b, _) = quiet_log(config(alone.path(), DEFAULT_MAX_BYTES, 1), "b");
+    a.text(LogStream::Out, 1, &text, &redactor);
+    for line in text.split_terminator('\n') {
+      b.line(LogStream::Out, 1, line, &redactor);
+    }
+    a.flush();
+    let read = |log: &Arc<Log>| {
+      std::fs::read_to_string(log.path())
+        .unwrap()
+        .lines()
+        .map(|l| parse_line(l).unwrap().line)
+        .collect::<Vec<_>>()
+    };
+    let got = read(&a);
+    assert_eq!(got.len(), text.split_terminator('\n').count());
+    assert_eq!(got, read(&b), "{text:?}");
+    assert!(got.iter().all(|l| !l.contains("0123456789abcdef")));
+    assert!(warnings.lock().unwrap().is_empty());
+  }
+}
+
+/// The lines of one flood, queued as fast as they come (64 KiB reads framed and handed over without
+/// waiting) up to less than the queue's bound: none is lost or split, whatever the writer's pace, and the
+/// files (their blocks reserved ahead in a flood) hold exactly the lines, rotated whole.
+#[test]
+fn a_flood_below_the_queue_bound_loses_no_line() {
+  let dir = tempfile::tempdir().unwrap();
+  let (log, warnings) = quiet_log(config(dir.path(), 1024 * 1024, 30), "flood");
+  let none = Redactor::default();
+  let mut sent = 0usize;
+  let mut read = String::new();
+  let mut framed = 0;
+  // ~10 MiB framed, below the 16 MiB bound.
+  while framed < 10 * 1024 * 1024 {
+    read.clear();
+    while read.len() < 64 * 1024 - 200 {
+      read.push_str(&format!("{sent:08} {}\n", "x".repeat(90)));
+      sent += 1;
+      framed += 100 + "2026-12-02T11:07:23.456Z out 0 ".len();
+    }
+    log.text(LogStream::Out, 0, &read, &none);
+  }
+  log.flush();
+  let mut next = 0usize;
+  for n in (0..=30).rev() {
+    let Ok(bytes) = std::fs::read(file_of(dir.path(), "flood", n)) else {
+      continue;
+    };
+    assert!(
+      bytes.len() as u64 <= 1024 * 1024,
+      "file {n}: {}",
+      bytes.len()
+    );
+    let text = String::from_utf8(bytes).expect("only the lines, no reserved zeros");
+    assert!(text.ends_with('\n'), "file {n} ends with a whole line");
+    for line in text.lines() {
+      let line = parse_line(line).unwrap().line;
+      assert_eq!(line, format!("{next:08} {}", "x".repeat(90)));
+      next += 1;
+    }
+  }
+  assert_eq!(next, sent, "every line once, in order");
+  assert!(warnings.lock().unwrap().is_empty());
+}
+
+/// Rotation in a flood keeps `keep` files besides the log (the oldest are deleted off the writer's thread,
+/// their names gone at once) and the newest lines.
+#[test]
+fn a_flood_rotates_keeping_the_newest_files() {
+  let dir = tempfile::tempdir().unwrap();
+  let (log, warnings) = quiet_log(config(dir.path(), 256 * 1024, 2), "kept");
+  let none = Redactor::default();
+  let lines: Vec<String> = (0..40_000)
+    .map(|i| format!("{i:06} {}", "k".repeat(60)))
+    .collect();
+  for piece in lines.chunks(1000) {
+    log.text(LogStream::Out, 0, &(piece.join("\n") + "\n"), &none);
+  }
+  log.flush();
+  let mut names: Vec<String> = std::fs::read_dir(dir.path())
+    .unwrap()
+    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    .collect();
+  names.sort();
+  assert_eq!(names, ["kept.1.log", "kept.2.log", "kept.log"]);
+  let tail = log.tail(1, None);
+  assert_eq!(tail[0].line, lines[lines.len() - 1]);
+  assert!(warnings.lock().unwrap().is_empty());
+}

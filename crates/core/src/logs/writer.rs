@@ -14,8 +14,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 /// Bytes of framed lines waiting for the writer, over every backend of the process; beyond it lines are
 /// dropped. (Counted in lines, 16 Ki lines, it was ~2 MB of 100-byte lines: a backend writing as fast as it
-/// could filled it while the writer waited for the CPU.)
-const QUEUE_BYTES: usize = 16 * 1024 * 1024;
+/// could filled it while the writer waited for the CPU.) 16 MiB still overflowed in one 200 MB run of five
+/// at load ~2 (bench/logs.js, a backend writing 770 MB/s); the peaks seen otherwise were 1.4-9.6 MB. The
+/// memory is taken only while the writer is behind, and given back as it catches up (but for the spare
+/// buffers' 4 MiB, let go after 1 s idle): docs/performance.md, "Log throughput, third pass".
+const QUEUE_BYTES: usize = 64 * 1024 * 1024;
 /// Bytes taken from the queue at most before they are written.
 const BATCH_BYTES: usize = 1024 * 1024;
 /// When the writer is ahead (its last batch was smaller than `TRICKLE_BYTES`), it lets the next batch
@@ -188,13 +191,20 @@ fn append(log: &Log, chunks: &[Vec<u8>]) -> Result<(), String> {
   make_folder(log).map_err(|e| e.to_string())?;
   let path = log.path();
   let shown = |e: std::io::Error| format!("{}: {e}", path.display());
-  let mut file = LogFile::open(log, &path).map_err(shown)?;
+  let flood = chunks.iter().map(Vec::len).sum::<usize>() >= TRICKLE_BYTES;
+  let mut file = LogFile::open(log, &path, flood).map_err(shown)?;
   // The first line goes alone: once it went through, lines dropped before (if any) are told of in the file
   // and to the manager.
   let first_end = memchr::memchr(b'\n', first).map_or(first.len(), |i| i + 1);
   file.put(&first[..first_end]).map_err(shown)?;
   file.commit().map_err(shown)?;
-  let note = log.recovered();
+  // Lines dropped because the queue was full: told of once the writer caught up, so that a flood longer
+  // than the queue is one warning (and one note in the file), not one per batch written between drops.
+  let note = if QUEUED.load(Ordering::SeqCst) <= QUEUE_BYTES / 4 {
+    log.recovered()
+  } else {
+    None
+  };
   if let Some(note) = &note {
     file.put_as_is(note);
   }
@@ -214,12 +224,18 @@ struct LogFile<'a, 'p> {
   pieces: Vec<&'a [u8]>,
   /// The file's size before the pieces.
   written: u64,
+  /// Lines come in a flood: each file's blocks are reserved at once.
+  flood: bool,
 }
 
 impl<'a, 'p> LogFile<'a, 'p> {
-  fn open(log: &'a Log, path: &'p Path) -> std::io::Result<LogFile<'a, 'p>> {
+  fn open(log: &'a Log, path: &'p Path, flood: bool) -> std::io::Result<LogFile<'a, 'p>> {
     let file = open(path)?;
-    let size = file.metadata()?.len();
+    let meta = file.metadata()?;
+    if flood {
+      reserve(&file, &meta, log.config.max_bytes);
+    }
+    let size = meta.len();
     Ok(LogFile {
       log,
       path,
@@ -227,6 +243,7 @@ impl<'a, 'p> LogFile<'a, 'p> {
       size,
       pieces: Vec::new(),
       written: size,
+      flood,
     })
   }
 
@@ -250,6 +267,13 @@ impl<'a, 'p> LogFile<'a, 'p> {
         self.commit()?;
         rotate(&self.log.config.dir, &self.log.name, self.log.config.keep)?;
         self.file = open(self.path)?;
+        if self.flood {
+          reserve(
+            &self.file,
+            &self.file.metadata()?,
+            self.log.config.max_bytes,
+          );
+        }
         self.size = 0;
         self.written = 0;
         continue;
@@ -326,6 +350,52 @@ fn make_folder(log: &Log) -> crate::error::Result<()> {
   }
 }
 
+/// Reserves the next blocks of a log file, up to `RESERVE_AHEAD` past its end and never past its rotation
+/// size, keeping its size (Linux: `fallocate`), once fewer than half of those are: appended to in a flood,
+/// the file system then allocates in large pieces rather than page by page, a tenth of the writer's time
+/// (docs/performance.md, "Log throughput, third pass"). The space is what the file may take anyway. Where
+/// it cannot be (another file system, a full disk), the file is written as it would have been.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn reserve(file: &fs::File, meta: &fs::Metadata, max_bytes: u64) {
+  use std::os::unix::fs::MetadataExt;
+  let held = meta.blocks().saturating_mul(512);
+  let end = max_bytes.min(meta.len() + RESERVE_AHEAD);
+  if held < max_bytes.min(meta.len() + RESERVE_AHEAD / 2) {
+    let _ = rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, end);
+  }
+}
+
+/// How far past its end a log file written in a flood has its blocks reserved.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const RESERVE_AHEAD: u64 = 16 * 1024 * 1024;
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn reserve(_file: &fs::File, _meta: &fs::Metadata, _max_bytes: u64) {}
+
+/// Deletes a rotated file. On Unix its name goes at once and the file itself when another thread closes it:
+/// freeing the pages of 10 MB not yet on the disk was a fifth of the writer's time in a flood
+/// (docs/performance.md, "Log throughput, third pass"). On Windows a file open elsewhere keeps its name
+/// until closed, and the rename after would fail: it is deleted here.
+fn remove(path: &Path) -> std::io::Result<()> {
+  #[cfg(unix)]
+  let held = {
+    let mut options = fs::OpenOptions::new();
+    options.read(true);
+    crate::state::record::no_follow(&mut options, 0o600);
+    options.open(path).ok()
+  };
+  gone_is_fine(fs::remove_file(path))?;
+  #[cfg(unix)]
+  if let Some(file) = held {
+    // Without a thread, the file is closed here.
+    let _ = std::thread::Builder::new()
+      .name("bpm-logs-rm".into())
+      .stack_size(crate::blocking::THREAD_STACK)
+      .spawn(move || drop(file));
+  }
+  Ok(())
+}
+
 fn open(path: &Path) -> std::io::Result<fs::File> {
   let mut options = fs::OpenOptions::new();
   options.append(true).create(true);
@@ -333,17 +403,20 @@ fn open(path: &Path) -> std::io::Result<fs::File> {
   options.open(path)
 }
 
+fn gone_is_fine(result: std::io::Result<()>) -> std::io::Result<()> {
+  match result {
+    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+    other => other,
+  }
+}
+
 /// `<name>.log` → `<name>.1.log` → … → `<name>.<keep>.log`, the oldest deleted (with `keep` 0, the log
 /// itself starts over).
 fn rotate(dir: &Path, name: &str, keep: u32) -> std::io::Result<()> {
-  let gone_is_fine = |r: std::io::Result<()>| match r {
-    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-    other => other,
-  };
   if keep == 0 {
-    return gone_is_fine(fs::remove_file(file_of(dir, name, 0)));
+    return remove(&file_of(dir, name, 0));
   }
-  gone_is_fine(fs::remove_file(file_of(dir, name, keep)))?;
+  remove(&file_of(dir, name, keep))?;
   for n in (1..keep).rev() {
     gone_is_fine(fs::rename(file_of(dir, name, n), file_of(dir, name, n + 1)))?;
   }

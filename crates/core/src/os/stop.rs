@@ -379,7 +379,8 @@ mod tests {
       cwd: std::env::temp_dir(),
       ..Default::default()
     };
-    let sink: crate::os::spawn::LineSink = std::sync::Arc::new(|_, _: &[&str]| {});
+    let sink: crate::os::spawn::LineSink =
+      std::sync::Arc::new(|_, _: &crate::os::spawn::Lines<'_>| {});
     let child = crate::os::spawn::spawn_held(spec, sink).await.unwrap();
     assert!(child.run_program().await.is_err());
     let stopped = stop_child(&child, Duration::from_secs(1), Polite::default()).await;
@@ -399,11 +400,12 @@ mod tests {
       ..Default::default()
     };
     let (up_tx, up) = std::sync::mpsc::channel();
-    let sink: crate::os::spawn::LineSink = std::sync::Arc::new(move |_, lines: &[&str]| {
-      if lines.contains(&"up") {
-        let _ = up_tx.send(());
-      }
-    });
+    let sink: crate::os::spawn::LineSink =
+      std::sync::Arc::new(move |_, lines: &crate::os::spawn::Lines<'_>| {
+        if lines.iter().any(|l| l == "up") {
+          let _ = up_tx.send(());
+        }
+      });
     let child = crate::os::spawn::spawn(spec, sink).await.unwrap();
     let _ended = Ended(child.pid);
     // The trap is set once it speaks.

@@ -15,7 +15,7 @@ use crate::lifecycle::{BackendInfo, Level, StopResult};
 use crate::net::health;
 use crate::net::listeners::{self, Holder};
 use crate::options::ReadySignal;
-use crate::os::spawn::{self, ExitInfo, LineSink, Stream};
+use crate::os::spawn::{self, ExitInfo, LineSink, Lines, Stream};
 use crate::os::stop::Polite;
 use crate::os::tree;
 use std::net::SocketAddr;
@@ -96,7 +96,7 @@ pub async fn run(
       ReadySignal::Stdout(pattern) => Some((pattern.clone(), line_seen.clone())),
       _ => None,
     };
-    Arc::new(move |stream: Stream, lines: &[&str]| {
+    Arc::new(move |stream: Stream, lines: &Lines<'_>| {
       nudge.notify_one();
       if starting.load(Ordering::Relaxed) && lines.iter().any(|line| says_port_taken(line, port)) {
         port_taken.store(true, Ordering::SeqCst);

@@ -25,7 +25,7 @@ mod spawner;
 
 #[cfg(windows)]
 pub(crate) use imp::Job;
-pub use output::{LineSink, Output, Stream};
+pub use output::{LineSink, Lines, Output, Stream};
 
 use crate::error::{PmError, Result};
 use std::future::Future;
@@ -353,7 +353,7 @@ mod tests {
   fn collect() -> (LineSink, Lines) {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink_lines = lines.clone();
-    let sink: LineSink = Arc::new(move |s, ls: &[&str]| {
+    let sink: LineSink = Arc::new(move |s, ls: &crate::os::spawn::Lines<'_>| {
       let mut all = sink_lines.lock().unwrap();
       all.extend(ls.iter().map(|l| (s, l.to_string())));
     });

@@ -6,7 +6,7 @@ use super::is_wine;
 use crate::net::{health, listeners};
 use crate::os::process;
 use crate::os::signal::{PinnedProcess, Stop};
-use crate::os::spawn::{self, Child, LineSink, SpawnSpec, Stream};
+use crate::os::spawn::{self, Child, LineSink, Lines, SpawnSpec, Stream};
 use crate::os::stop::{self, OrphanEnd, Polite};
 use crate::os::tree;
 use std::collections::HashSet;
@@ -56,7 +56,7 @@ fn node(script: &str) -> SpawnSpec {
 /// The lines a backend wrote, to be awaited.
 fn lines() -> (LineSink, watch::Receiver<Vec<(Stream, String)>>) {
   let (tx, rx) = watch::channel(Vec::new());
-  let sink: LineSink = Arc::new(move |stream, lines: &[&str]| {
+  let sink: LineSink = Arc::new(move |stream, lines: &Lines<'_>| {
     tx.send_modify(|all| all.extend(lines.iter().map(|line| (stream, line.to_string()))));
   });
   (sink, rx)
