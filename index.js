@@ -170,7 +170,8 @@ class ProcessManager extends EventEmitter {
   emit(kind, ...args) {
     if (kind !== 'stdout' && kind !== 'stderr') {
       const data = args[0] instanceof Error ? { message: args[0].message, code: args[0].code } : args[0]
-      this.#recentEvents.push({ time: new Date().toISOString(), kind, data: kind === 'start-failed' ? { error: describeError(data.error) } : data })
+      // The time is formatted when the events are exported, not on the way to a `ready`.
+      this.#recentEvents.push({ time: Date.now(), kind, data: kind === 'start-failed' ? { error: describeError(data.error) } : data })
       if (this.#recentEvents.length > RECENT_EVENTS) this.#recentEvents.shift()
     }
     return super.emit(kind, ...args)
@@ -185,7 +186,7 @@ class ProcessManager extends EventEmitter {
     const entries = {
       'status.json': json({ name, stateDir, backend, records }),
       'options.json': json(this.options),
-      'events.json': json(this.#recentEvents),
+      'events.json': json(this.#recentEvents.map((e) => ({ ...e, time: new Date(e.time).toISOString() }))),
       'versions.json': json(versions()),
     }
     return this.#native.exportDiagnostics(file, entries)

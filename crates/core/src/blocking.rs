@@ -28,13 +28,23 @@ pub async fn run<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -
     .map_err(|_| PmError::Internal("blocking work panicked".into()))
 }
 
-type Job = Box<dyn FnOnce() + Send>;
+/// Work for the writer thread.
+pub type Job = Box<dyn FnOnce() + Send>;
 
 /// Runs `work` (a small file write that can still wait on a slow disk) on the one thread of file writes,
 /// after the writes queued before it. That thread is made at the first call; where it cannot be, the work
 /// gets a thread of its own as with `run`.
 pub async fn write_in_turn<T: Send + 'static>(
   work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+  write_in_turn_then(move || (work(), None)).await
+}
+
+/// Like `write_in_turn`, for work that leaves something its caller need not wait for: `work` answers with
+/// its result and that rest, which runs on the same thread after the answer and before any write queued
+/// later (on a thread of its own, before the answer).
+pub async fn write_in_turn_then<T: Send + 'static>(
+  work: impl FnOnce() -> (T, Option<Job>) + Send + 'static,
 ) -> Result<T> {
   static WRITER: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
   let writer = WRITER.get_or_init(|| {
@@ -53,13 +63,18 @@ pub async fn write_in_turn<T: Send + 'static>(
   });
   let (tx, rx) = tokio::sync::oneshot::channel();
   let job: Job = Box::new(move || {
-    let _ = tx.send(work());
+    let (value, rest) = work();
+    let _ = tx.send(value);
+    if let Some(rest) = rest {
+      rest();
+    }
   });
   let queued = match writer {
     Some(sender) => sender.send(job),
     None => Err(mpsc::SendError(job)),
   };
   if let Err(mpsc::SendError(job)) = queued {
+    // The whole job, its rest included, is done before the answer is read.
     run(job).await?;
   }
   rx.await

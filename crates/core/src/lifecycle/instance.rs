@@ -37,6 +37,9 @@ pub struct Instance {
   /// When it was spawned: its uptime.
   pub spawned: Instant,
   record: tokio::sync::Mutex<RecordFile>,
+  /// The temporary file made after the first write for the next (the rewrite at ready); only the writer
+  /// thread puts it here and takes it, in the order of the writes.
+  spare: Arc<Mutex<Option<record::Spare>>>,
   stop_requested_at: Mutex<Option<Instant>>,
   /// The watchdog's verdict, kept in the record for `backend-pm status`.
   healthy: Mutex<Option<bool>>,
@@ -65,6 +68,7 @@ impl Instance {
       replica_of,
       spawned: Instant::now(),
       record: tokio::sync::Mutex::new(RecordFile::default()),
+      spare: Arc::new(Mutex::new(None)),
       stop_requested_at: Mutex::new(None),
       healthy: Mutex::new(None),
       health_path: health_path.to_string(),
@@ -77,15 +81,34 @@ impl Instance {
   /// since the last write. Nothing is written once the instance has ended.
   pub async fn write_record(&self) -> Result<()> {
     let mut file = self.record.lock().await;
-    let record = self.record_now();
+    let record = self.record_now(file.written.as_ref());
     if file.closed || file.written.as_ref() == Some(&record) {
       return Ok(());
     }
     let dir = self.state_dir.clone();
     let to_write = record.clone();
-    let written = blocking::write_in_turn(move || record::write_record(&dir, &to_write))
-      .await
-      .and_then(|written| written);
+    let first = file.path.is_none();
+    let spare = self.spare.clone();
+    let written = blocking::write_in_turn_then(move || {
+      let ready = lock(&spare).take();
+      let written = record::rewrite_record(&dir, &to_write, !first, ready);
+      // After the answer (and before any later write of the writer thread, which would make the
+      // temporary name again): the previous record that an exchange left under the temporary name is
+      // deleted, and after the first write the next one's file is made.
+      let leftover = written.as_ref().ok().and_then(|w| w.leftover.clone());
+      let prepare = first && written.is_ok();
+      let rest: blocking::Job = Box::new(move || {
+        if let Some(path) = leftover {
+          let _ = std::fs::remove_file(path);
+        }
+        if prepare {
+          *lock(&spare) = record::Spare::make(&dir, &to_write.name, to_write.pid);
+        }
+      });
+      (written.map(|w| w.path), Some(rest))
+    })
+    .await
+    .and_then(|written| written);
     file.path = Some(written?);
     self.record_failing.store(false, Ordering::SeqCst);
     file.written = Some(record);
@@ -98,9 +121,17 @@ impl Instance {
     !self.record_failing.swap(true, Ordering::SeqCst)
   }
 
-  fn record_now(&self) -> Record {
+  /// The record for what runs now. After the first write only the executable can have changed (the start
+  /// time is the fork's, kept across `exec`): only it is read again.
+  fn record_now(&self, written: Option<&Record>) -> Record {
     let me = process::own_pid();
-    let backend = process::identity(self.info.pid);
+    let backend = match written {
+      Some(before) if before.start_time != 0 => Some(process::Identity {
+        start_time: before.start_time,
+        exe: process::exe(self.info.pid),
+      }),
+      _ => process::identity(self.info.pid),
+    };
     Record {
       manager: MARKER.into(),
       version: RECORD_VERSION,
@@ -169,6 +200,10 @@ impl Instance {
         let outcome = stop::stop_child(&self.child, stop_timeout, polite).await;
         let mut file = self.record.lock().await;
         file.closed = true;
+        // Queued after the writes, so after the one that may still make it.
+        let spare = self.spare.clone();
+        let _ =
+          blocking::write_in_turn(move || lock(&spare).take().map(record::Spare::discard)).await;
         let mut delete_error = None;
         if outcome.survivors.is_empty() {
           if let Some(path) = file.path.take() {
@@ -213,4 +248,8 @@ pub struct EndReport {
   pub asked: bool,
   /// What went wrong deleting its record.
   pub delete_error: Option<String>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+  mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

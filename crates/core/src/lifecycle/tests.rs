@@ -364,6 +364,83 @@ async fn no_record_is_written_after_the_end() {
   );
 }
 
+/// The rewrite at ready names the executable that runs now (the server a launcher exec'd, here `sleep`
+/// after a held copy of this process), keeps the start time of the first write, and leaves nothing but
+/// the record in the folder (the previous record that an exchange leaves under the temporary name is
+/// deleted).
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rewrite_names_the_running_executable_and_leaves_only_the_record() {
+  let dir = tempfile::tempdir().unwrap();
+  let sink: crate::os::spawn::LineSink = Arc::new(|_, _: &[&str]| {});
+  let spec = crate::os::spawn::SpawnSpec {
+    program: "sleep".into(),
+    args: vec!["30".into()],
+    cwd: dir.path().into(),
+    env: std::env::vars().collect(),
+    ..Default::default()
+  };
+  let child = crate::os::spawn::spawn_held(spec, sink).await.unwrap();
+  let info = BackendInfo {
+    pid: child.pid,
+    port: crate::net::port::unused_port(),
+    host: "127.0.0.1".into(),
+    url: String::new(),
+    started_at: 1,
+    token: None,
+    replicas: None,
+  };
+  let instance = instance::Instance::new(
+    info,
+    child.clone(),
+    "rewrite",
+    dir.path().into(),
+    "/",
+    0,
+    None,
+  );
+  instance.write_record().await.unwrap();
+  let held = only_record(dir.path());
+  assert_eq!(held.exe, None, "held, it is still a copy of the app");
+  let own = crate::os::process::exe(crate::os::process::own_pid());
+  child.run_program().await.unwrap();
+  // The exec happens in the child after the gate opens: seen when its executable is no longer ours.
+  let deadline = std::time::Instant::now() + Duration::from_secs(5);
+  let exe = loop {
+    let exe = crate::os::process::exe(child.pid);
+    if exe.is_some() && exe != own {
+      break exe;
+    }
+    assert!(std::time::Instant::now() < deadline, "sleep never ran");
+    tokio::task::yield_now().await;
+  };
+  instance.write_record().await.unwrap();
+  // A write queued after it runs after what that write left to do.
+  crate::blocking::write_in_turn(|| ()).await.unwrap();
+  let ready = only_record(dir.path());
+  assert_eq!(ready.exe, exe);
+  assert_eq!(ready.start_time, held.start_time);
+  assert_eq!(ready.backend(), crate::os::process::AtPid::Recorded);
+  let files: Vec<_> = std::fs::read_dir(dir.path())
+    .unwrap()
+    .flatten()
+    .map(|e| e.file_name())
+    .collect();
+  assert_eq!(files.len(), 1, "{files:?}");
+  instance.request_stop();
+  instance
+    .end(Duration::from_secs(2), Default::default())
+    .await;
+  assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[cfg(unix)]
+fn only_record(dir: &std::path::Path) -> record::Record {
+  let mut entries = record::list_records(dir, None).unwrap();
+  assert_eq!(entries.len(), 1);
+  entries.remove(0).record.unwrap()
+}
+
 /// A stop during a restart's backoff wins over the restart, and over a start that waited for it: the
 /// owner takes the stop before the backoff's end, so nothing is started again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,6 +112,11 @@ pub fn identity(pid: u32) -> Option<Identity> {
   })
 }
 
+/// The executable of a live process (the part of its identity that an `exec` changes).
+pub fn exe(pid: u32) -> Option<String> {
+  imp::exe(pid)
+}
+
 pub fn process_group(pid: u32) -> Option<u32> {
   stat(pid).map(|s| s.group)
 }
@@ -275,7 +280,7 @@ pub(crate) mod imp {
       .then_some(parent)
   }
 
-  fn exe(pid: u32) -> Option<String> {
+  pub fn exe(pid: u32) -> Option<String> {
     Pinned::running(pid, false)?.image().ok()
   }
 

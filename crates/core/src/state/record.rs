@@ -135,25 +135,108 @@ pub fn record_path(dir: &Path, name: &str, pid: u32) -> PathBuf {
 /// record of another boot is stale anyway, decision 24). The fsync cost 2–3 ms on the way to `ready` (the
 /// record is rewritten there) and held a spawner thread while a child waited at its gate.
 pub fn write_record(dir: &Path, record: &Record) -> Result<PathBuf> {
+  let written = rewrite_record(dir, record, false, None)?;
+  if let Some(leftover) = written.leftover {
+    let _ = fs::remove_file(leftover);
+  }
+  Ok(written.path)
+}
+
+/// What a write left: the record's path, and (after an exchange) the file that now holds the previous
+/// record, under the temporary name, for the caller to delete when it has the time.
+pub struct Written {
+  pub path: PathBuf,
+  pub leftover: Option<PathBuf>,
+}
+
+/// An empty temporary record file made ahead of the write that will fill it (the rewrite at `ready`),
+/// which then skips the create: 0.05 ms of ext4 here. Named like any temporary record file: a cleanup
+/// removes it once its writer is gone.
+pub struct Spare {
+  file: fs::File,
+  path: PathBuf,
+}
+
+impl Spare {
+  /// The temporary file of the record of `name` at `pid`; `None` when it cannot be made (then the write
+  /// makes its own).
+  pub fn make(dir: &Path, name: &str, pid: u32) -> Option<Spare> {
+    let path = temp_path(dir, name, pid);
+    let file = create_temp(&path).ok()?;
+    Some(Spare { file, path })
+  }
+
+  /// Deletes it, unused.
+  pub fn discard(self) {
+    drop(self.file);
+    let _ = fs::remove_file(&self.path);
+  }
+}
+
+fn create_temp(path: &Path) -> std::io::Result<fs::File> {
+  let mut options = fs::OpenOptions::new();
+  options.write(true).create_new(true);
+  no_follow(&mut options, 0o600);
+  options.open(path)
+}
+
+/// Like `write_record`, into `spare` when there is one. With `over_existing` (the record was written
+/// before) the new file takes the final name by an exchange where the OS offers one (see
+/// `imp::exchange`): as atomic for a reader as the rename, without what ext4 and btrfs do on a rename
+/// over a file (start writing its data out: 0.15–0.9 ms here, on the way to `ready`). The previous record
+/// is then left under the temporary name.
+pub fn rewrite_record(
+  dir: &Path,
+  record: &Record,
+  over_existing: bool,
+  spare: Option<Spare>,
+) -> Result<Written> {
   crate::state::dir::ensure_state_dir(dir)?;
   let path = record_path(dir, &record.name, record.pid);
   let tmp = temp_path(dir, &record.name, record.pid);
   let body = serde_json::to_vec_pretty(record)
     .map_err(|e| PmError::Internal(format!("a record did not serialize: {e}")))?;
-  let write = || -> std::io::Result<()> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    no_follow(&mut options, 0o600);
-    let mut file = options.open(&tmp)?;
+  let spare = match spare {
+    Some(spare) if spare.path == tmp => Some(spare.file),
+    other => {
+      if let Some(other) = other {
+        other.discard();
+      }
+      None
+    }
+  };
+  let from_spare = spare.is_some();
+  let write = |file: Option<fs::File>| -> std::io::Result<bool> {
+    let mut file = match file {
+      Some(file) => file,
+      None => create_temp(&tmp)?,
+    };
     file.write_all(&body)?;
     drop(file);
-    imp::replace(&tmp, &path)
+    if over_existing && imp::exchange(&tmp, &path)? {
+      return Ok(true);
+    }
+    imp::replace(&tmp, &path).map(|()| false)
   };
-  write().map_err(|e| {
-    let _ = fs::remove_file(&tmp);
-    PmError::state_dir_io(dir, "a PID record cannot be written", e)
-  })?;
-  Ok(path)
+  // A spare deleted meanwhile (by hand) fails the rename: the write is made again without it.
+  let written = match write(spare) {
+    Err(e) if from_spare && e.kind() == std::io::ErrorKind::NotFound => write(None),
+    other => other,
+  };
+  match written {
+    Ok(exchanged) => Ok(Written {
+      path,
+      leftover: exchanged.then_some(tmp),
+    }),
+    Err(e) => {
+      let _ = fs::remove_file(&tmp);
+      Err(PmError::state_dir_io(
+        dir,
+        "a PID record cannot be written",
+        e,
+      ))
+    }
+  }
 }
 
 /// `.<stem>-<pid>.<writer pid>.<writer start time>.tmp`: the writer is named, so that a cleanup can tell
@@ -407,6 +490,52 @@ pub(crate) mod tests {
       healthy: None,
       boot_id: process::boot_id(),
     }
+  }
+
+  /// A rewrite over the record takes its place in one step; the previous record is left under the
+  /// temporary name (on Linux, where the exchange is made) for the caller to delete, and the folder then
+  /// holds the new record alone.
+  #[test]
+  fn a_rewrite_replaces_the_record_and_says_what_it_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut record = sample("api", 4244);
+    record.exe = None;
+    let first = rewrite_record(dir.path(), &record, false, None).unwrap();
+    assert!(first.leftover.is_none());
+    record.exe = Some("/usr/bin/server".into());
+    let spare = Spare::make(dir.path(), &record.name, record.pid);
+    assert!(spare.is_some());
+    let second = rewrite_record(dir.path(), &record, true, spare).unwrap();
+    assert_eq!(second.path, first.path);
+    assert_eq!(read_record(&second.path).unwrap(), record);
+    if let Some(leftover) = &second.leftover {
+      assert_eq!(
+        read_record(leftover).unwrap().exe,
+        None,
+        "the previous record"
+      );
+      fs::remove_file(leftover).unwrap();
+    }
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    // `write_record` deletes what it left itself.
+    record.port = 8001;
+    write_record(dir.path(), &record).unwrap();
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    // The record gone (deleted by a cleanup meanwhile), a rewrite makes it again.
+    fs::remove_file(&first.path).unwrap();
+    let again = rewrite_record(dir.path(), &record, true, None).unwrap();
+    assert!(again.leftover.is_none());
+    assert_eq!(read_record(&again.path).unwrap(), record);
+    // A spare deleted meanwhile: the write makes its own file.
+    let spare = Spare::make(dir.path(), &record.name, record.pid).unwrap();
+    fs::remove_file(&spare.path).unwrap();
+    record.port = 8002;
+    let without = rewrite_record(dir.path(), &record, true, Some(spare)).unwrap();
+    if let Some(leftover) = without.leftover {
+      fs::remove_file(leftover).unwrap();
+    }
+    assert_eq!(read_record(&without.path).unwrap(), record);
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
   }
 
   /// Only its owner can read or write a record (Windows: the folder's private access is inherited).

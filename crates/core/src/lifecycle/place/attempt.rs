@@ -237,17 +237,21 @@ pub async fn run(
       match ready {
         Ok(ready) => {
           starting.store(false, Ordering::Relaxed);
-          notices.keep_reading(manager, child.clone(), place.index());
           // A launcher (a shell, a version manager's shim, an `env` shebang) may have exec'd the real
           // server since the last write: the record names it before the start resolves, or a status or
           // cleanup reading it then would find a stranger at the pid and call the live backend stale.
-          if let Err(e) = instance.write_record().await {
+          // The write is queued first (`biased`), and what else is to be done here runs while the
+          // writer thread writes.
+          let (written, ()) = tokio::join!(biased; instance.write_record(), async {
+            notices.keep_reading(manager, child.clone(), place.index());
+            manager.log(Level::Info, format!(
+              "backend is ready at {} ({} health checks in {} ms)",
+              instance.info.url, ready.probes, waiting_since.elapsed().as_millis()
+            ));
+          });
+          if let Err(e) = written {
             manager.record_not_updated(&instance, &e);
           }
-          manager.log(Level::Info, format!(
-            "backend is ready at {} ({} health checks in {} ms)",
-            instance.info.url, ready.probes, waiting_since.elapsed().as_millis()
-          ));
           Ok(Attempt::Ready(instance, ready.latency))
         }
         Err(not_ready) => {

@@ -16,6 +16,26 @@ pub fn replace(from: &Path, to: &Path) -> io::Result<()> {
   fs::rename(from, to)
 }
 
+/// Swaps `from` and `to` in one step (Linux `renameat2(RENAME_EXCHANGE)`): a reader of `to` finds the old
+/// file or the new one, never neither. `Ok(false)` where it cannot be done (a file system or kernel
+/// without it, or `to` gone), for the caller to rename instead.
+#[cfg(target_os = "linux")]
+pub fn exchange(from: &Path, to: &Path) -> io::Result<bool> {
+  use rustix::fs::{renameat_with, RenameFlags, CWD};
+  use rustix::io::Errno;
+  match renameat_with(CWD, from, CWD, to, RenameFlags::EXCHANGE) {
+    Ok(()) => Ok(true),
+    Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP | Errno::NOENT) => Ok(false),
+    Err(e) => Err(e.into()),
+  }
+}
+
+/// Elsewhere a rename over the file costs no flush that an exchange would save.
+#[cfg(not(target_os = "linux"))]
+pub fn exchange(_from: &Path, _to: &Path) -> io::Result<bool> {
+  Ok(false)
+}
+
 /// Opens a symbolic link as an error (ELOOP), never what it points to, and never blocks on a FIFO; a
 /// created file gets `mode`.
 pub fn no_follow(options: &mut fs::OpenOptions, mode: u32) {

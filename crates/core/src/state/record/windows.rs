@@ -13,6 +13,11 @@ pub fn is_own(_meta: &fs::Metadata) -> bool {
   true
 }
 
+/// No exchange on Windows: the caller renames (`replace`).
+pub fn exchange(_from: &Path, _to: &Path) -> io::Result<bool> {
+  Ok(false)
+}
+
 /// Renames `from` over `to`. Windows refuses to replace a file that another process has open without
 /// delete sharing (a reader of the state folder, an antivirus scan) with "access denied"; that lasts as
 /// long as the other's read, so the rename is retried for up to ~1 s (as npm's graceful-fs does).
