@@ -372,7 +372,7 @@ async fn no_record_is_written_after_the_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rewrite_names_the_running_executable_and_leaves_only_the_record() {
   let dir = tempfile::tempdir().unwrap();
-  let sink: crate::os::spawn::LineSink = Arc::new(|_, _: &[&str]| {});
+  let sink: crate::os::spawn::LineSink = Arc::new(|_, _: &crate::os::spawn::Lines<'_>| {});
   let spec = crate::os::spawn::SpawnSpec {
     program: "sleep".into(),
     args: vec!["30".into()],
