@@ -384,9 +384,20 @@ mod tests {
     assert_eq!(tree[0], pid);
     let members: HashSet<u32> = group_members(pid).into_iter().map(|m| m.pid).collect();
     assert_eq!(members, tree.iter().copied().collect());
-    let total = usage(&tree);
+    // The two reads happen at different instants, and a child that is still
+    // exec'ing changes its resident size between them: read again until two
+    // reads agree (the processes settle within milliseconds).
+    let sample = || {
+      let total = usage(&tree);
+      let each = per_process(&tree);
+      (total, each)
+    };
+    let (mut total, mut each) = sample();
+    wait_until(|| {
+      (total, each) = sample();
+      each.iter().map(|u| u.memory_bytes).sum::<u64>() == total.memory_bytes
+    });
     assert_eq!(total.process_count, 4);
-    let each = per_process(&tree);
     assert_eq!(each.len(), 4);
     assert_eq!(
       each.iter().map(|u| u.memory_bytes).sum::<u64>(),
