@@ -465,28 +465,18 @@ impl Owner {
         outcome,
         latency,
         verdict: answer,
-      } => self.watched(
-        &run,
-        slot,
-        pid,
-        Reason::Unhealthy,
-        answer,
-        |ctx, replica, health| verdict::probe(ctx, replica, health, outcome, latency),
-      ),
+      } => self.watched(&run, slot, pid, Reason::Unhealthy, answer, |ctx, health| {
+        verdict::probe(ctx, health, outcome, latency)
+      }),
       Input::Sample {
         run,
         slot,
         pid,
         memory_bytes,
         verdict: answer,
-      } => self.watched(
-        &run,
-        slot,
-        pid,
-        Reason::Memory,
-        answer,
-        |ctx, replica, health| verdict::memory(ctx, replica, health, memory_bytes),
-      ),
+      } => self.watched(&run, slot, pid, Reason::Memory, answer, |ctx, health| {
+        verdict::memory(ctx, health, memory_bytes)
+      }),
       Input::RunEnded(run, result) => match self.take() {
         State::Running(up) | State::Backoff(up) if Arc::ptr_eq(&up.run, &run) => {
           if run.replicated() {
@@ -541,7 +531,7 @@ impl Owner {
     pid: u32,
     reason: Reason,
     answer: Reply<Verdict>,
-    unhealthy: impl FnOnce(&Context, Option<usize>, &mut Health) -> bool,
+    judge: impl FnOnce(&Context, &mut Health) -> Option<Event>,
   ) {
     let Some(up) = self.state.up_of(run) else {
       return;
@@ -550,10 +540,15 @@ impl Owner {
       return;
     };
     let replica = run.replicated().then_some(slot);
-    let restart =
-      unhealthy(&self.ctx, replica, &mut care.health) && self.ctx.options.restart.is_some();
+    let change = judge(&self.ctx, &mut care.health);
     let healthy = care.health.healthy;
+    // Published before it is told: an app that reads `stats()` on the event sees the new verdict.
     self.publish();
+    let restart =
+      matches!(change, Some(Event::Unhealthy { .. })) && self.ctx.options.restart.is_some();
+    if let Some(event) = change {
+      self.ctx.emit_for(replica, event);
+    }
     let shared = run.socket().is_some() && run.replicated();
     let restart = if restart && reason == Reason::Unhealthy && shared {
       tokio::spawn(supervisor::reload_all(

@@ -91,15 +91,15 @@ pub async fn keep(manager: &Context, run: &Run, slot: &Slot, instance: &Instance
   }
 }
 
-/// Counts a watchdog probe of the process of `replica`; true when it made the process unhealthy (just now).
+/// Counts a watchdog probe of a process: the change of verdict it makes, if any (`healthy` or
+/// `unhealthy`), for the owner to report once it has published the new state.
 pub fn probe(
   manager: &Context,
-  replica: Option<usize>,
   health: &mut Health,
   outcome: ProbeOutcome,
   latency: Duration,
-) -> bool {
-  let change = if outcome.is_healthy() {
+) -> Option<Event> {
+  if outcome.is_healthy() {
     health.failures = 0;
     health.latency = Some(latency);
     health.passed(Check::Probes).then_some(Event::Healthy {
@@ -111,21 +111,13 @@ pub fn probe(
     let news =
       health.failures == manager.options.unhealthy_threshold && health.failed(Check::Probes);
     news.then(|| unhealthy(Reason::Unhealthy, health.failures, outcome.describe(), None))
-  };
-  tell(manager, replica, change)
+  }
 }
 
-/// Compares a memory sample with `maxMemoryBytes`; true when it made the process unhealthy (just now).
-pub fn memory(
-  manager: &Context,
-  replica: Option<usize>,
-  health: &mut Health,
-  memory_bytes: u64,
-) -> bool {
-  let Some(limit) = manager.options.max_memory_bytes else {
-    return false;
-  };
-  let change = if memory_bytes <= limit {
+/// Compares a memory sample with `maxMemoryBytes`: the change of verdict it makes, if any.
+pub fn memory(manager: &Context, health: &mut Health, memory_bytes: u64) -> Option<Event> {
+  let limit = manager.options.max_memory_bytes?;
+  if memory_bytes <= limit {
     health.passed(Check::Memory).then_some(Event::Healthy {
       latency: health.latency,
       memory_bytes: Some(memory_bytes),
@@ -137,8 +129,7 @@ pub fn memory(
     health
       .failed(Check::Memory)
       .then(|| unhealthy(Reason::Memory, 0, error, Some(memory_bytes)))
-  };
-  tell(manager, replica, change)
+  }
 }
 
 /// What a verdict comes from: each check reports a process unhealthy once, until it passes again; the
@@ -178,16 +169,6 @@ fn unhealthy(reason: Reason, failures: u32, error: String, memory_bytes: Option<
     error: Some(error),
     memory_bytes,
   }
-}
-
-/// Reports a change of verdict, if any; true when it made the process unhealthy.
-fn tell(manager: &Context, replica: Option<usize>, change: Option<Event>) -> bool {
-  let Some(event) = change else {
-    return false;
-  };
-  let unhealthy = matches!(event, Event::Unhealthy { .. });
-  manager.emit_for(replica, event);
-  unhealthy
 }
 
 /// The process of `replica` went down without a stop (or a restart of it could not start at all): the
