@@ -437,7 +437,7 @@ test('balancer.idleTimeoutMs: a connection with no byte either way is closed by 
   assert.equal(sockets.size, 1, 'the busy connection was closed')
 })
 
-test('balancer.firstByteTimeoutMs: a frozen replica (SIGSTOP) is taken out; later requests go to the other', { skip: posixOnly('SIGSTOP') }, async (t) => {
+test('balancer.firstByteTimeoutMs: a frozen replica (SIGSTOP) is taken out and reported unhealthy; later requests go to the other; healthy again once it answers', { skip: posixOnly('SIGSTOP') }, async (t) => {
   const { pm } = fixtureManager(t, {
     port: await freeRun(3),
     replicas: 2,
@@ -447,6 +447,12 @@ test('balancer.firstByteTimeoutMs: a frozen replica (SIGSTOP) is taken out; late
   trackReplicas(t, pm)
   const info = await pm.startBackend(ROOT)
   const [frozen, other] = info.replicas.map((r) => r.pid)
+  const verdicts = []
+  // What the app sees at each event: the verdict is published before it is told.
+  const seenHealth = () => pm.backend.replicas.map((r) => r.healthy)
+  pm.on('unhealthy', (e) => verdicts.push(['unhealthy', e, seenHealth()]))
+  pm.on('healthy', (e) => verdicts.push(['healthy', e, seenHealth()]))
+  const unhealthy = once(pm, 'unhealthy')
   process.kill(frozen, 'SIGSTOP')
   t.after(() => killIfAlive(frozen, 'SIGCONT'))
   const served = []
@@ -466,6 +472,20 @@ test('balancer.firstByteTimeoutMs: a frozen replica (SIGSTOP) is taken out; late
   assert.ok(failures.length <= 1, `more than the first request to the frozen replica failed: ${failures.join('; ')}`)
   assert.ok(served.length >= 23)
   assert.ok(served.slice(-20).every((p) => p === other), `served by ${served}`)
+  // Reported once, for that replica, and seen so in pm.backend.
+  const [verdict] = await unhealthy
+  assert.equal(verdict.reason, 'health')
+  assert.equal(verdict.replica, 0)
+  assert.match(verdict.error, /balancer\.firstByteTimeoutMs \(500 ms\)/)
+  const healthy = once(pm, 'healthy')
+  // SIGCONT was sent above: the next probe (within a second) finds it answering and puts it back.
+  const [back] = await healthy
+  assert.equal(back.replica, 0)
+  assert.deepEqual(verdicts.map(([kind, e, health]) => [kind, e.replica, health]), [['unhealthy', 0, [false, true]], ['healthy', 0, [true, true]]])
+  assert.deepEqual(pm.backend.replicas.map((r) => [r.pid, r.healthy]), [[frozen, true], [other, true]])
+  const answered = new Set()
+  for (let i = 0; i < 8 && answered.size < 2; i++) answered.add(pidOf((await httpGet(info.url, {}, 3000)).body))
+  assert.deepEqual([...answered].sort(), [frozen, other].sort(), 'both replicas answer again')
 })
 
 test('options: replicas out of range, an unknown balance, bad balancer limits, and listen fd with shutdown.http and replicas are refused', { skip: posixOnly("listen: 'fd' is refused on Windows before the other checks") }, () => {

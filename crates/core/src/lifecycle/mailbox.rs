@@ -9,6 +9,7 @@ use super::run::Run;
 use super::start::Outcome;
 use super::{BackendInfo, Reason, StopResult};
 use crate::error::{PmError, Result};
+use crate::net::balancer::TakenOut;
 use crate::net::health::ProbeOutcome;
 use crate::options::StartArgs;
 use crate::os::spawn::ExitInfo;
@@ -79,6 +80,15 @@ pub enum Input {
     slot: usize,
     pid: u32,
     memory_bytes: u64,
+    verdict: Reply<Verdict>,
+  },
+  /// The balancer took the process `pid` in slot `slot` of `run` out (`why`): as `Probe`, but never a
+  /// restart.
+  TakenOut {
+    run: Arc<Run>,
+    slot: usize,
+    pid: u32,
+    why: TakenOut,
     verdict: Reply<Verdict>,
   },
   /// Every supervisor of `run` is done: what a stop stopped (`None`: it ended by itself).

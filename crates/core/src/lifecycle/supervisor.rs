@@ -40,7 +40,11 @@ pub fn start(manager: Arc<Context>, run: Arc<Run>, owner: Mailbox, view: watch::
         (slot.index, result)
       });
     }
-    let put_back = tokio::spawn(put_back_refusing(manager.clone(), run.clone()));
+    let put_back = tokio::spawn(put_back_taken_out(
+      manager.clone(),
+      run.clone(),
+      owner.clone(),
+    ));
     let mut results: Vec<(usize, Option<StopResult>)> = Vec::new();
     while let Some(joined) = slots.join_next().await {
       match joined {
@@ -414,39 +418,75 @@ fn place_of(run: &Run, slot: &Slot, keep: bool) -> Place {
   )
 }
 
-/// Replicas the balancer took out because they refused a connection: probed every second (the watchdog
-/// does it too, when there is one) and put back once they answer.
-async fn put_back_refusing(manager: Arc<Context>, run: Arc<Run>) {
+/// Replicas the balancer took out (a refused or reset connection, or frozen): the owner takes the verdict
+/// (`unhealthy`), then each is probed every second (the watchdog does it too, when there is one) and
+/// put back through the owner (`healthy`) once it answers.
+async fn put_back_taken_out(manager: Arc<Context>, run: Arc<Run>, owner: Mailbox) {
   let Front::Balanced { balancer, .. } = &run.front else {
     return;
   };
   let Some(mut failures) = balancer.take_failures() else {
     return;
   };
-  while let Some(id) = failures.recv().await {
+  while let Some((id, why)) = failures.recv().await {
     let Some(slot) = run.slots.iter().find(|s| s.upstream() == id).cloned() else {
       continue;
     };
-    let (manager, run, balancer) = (manager.clone(), run.clone(), balancer.clone());
+    let Some(instance) = slot.current() else {
+      continue;
+    };
+    let (manager, run, owner) = (manager.clone(), run.clone(), owner.clone());
+    let balancer = balancer.clone();
     tokio::spawn(async move {
+      let pid = instance.info.pid;
+      let (verdict, taken) = oneshot::channel();
+      let (slot_index, watched) = (slot.index, run.clone());
+      mailbox::report(
+        &owner,
+        Input::TakenOut {
+          run: watched,
+          slot: slot_index,
+          pid,
+          why,
+          verdict,
+        },
+      );
+      // No answer: a stop came first, or the owner does not hold the process yet (or any more).
+      if let Ok(said) = taken.await {
+        verdict::keep(&manager, &run, &slot, &instance, said.healthy).await;
+      }
+      let secret = owner::secret(instance.info.token.clone(), move || vec![pid]);
+      let target = manager.target(instance.info.port, secret);
       loop {
         tokio::time::sleep(manager.deadlines.put_back).await;
-        let Some(instance) = slot.current() else {
-          return;
-        };
-        if slot.upstream() != id || run.stop_requested() {
+        let still = slot.current().is_some_and(|i| i.info.pid == pid);
+        if !still || slot.upstream() != id || run.stop_requested() {
           return;
         }
-        let pid = instance.info.pid;
-        let secret = owner::secret(instance.info.token.clone(), move || vec![pid]);
-        let target = manager.target(instance.info.port, secret);
-        if health::probe(&target, manager.deadlines.probe)
-          .await
-          .is_healthy()
-        {
-          balancer.set_healthy(id, true);
-          return;
+        let began = Instant::now();
+        let outcome = health::probe(&target, manager.deadlines.probe).await;
+        if !outcome.is_healthy() {
+          continue;
         }
+        let latency = began.elapsed();
+        let (verdict, taken) = oneshot::channel();
+        let watched = run.clone();
+        mailbox::report(
+          &owner,
+          Input::Probe {
+            run: watched,
+            slot: slot_index,
+            pid,
+            outcome,
+            latency,
+            verdict,
+          },
+        );
+        match taken.await {
+          Ok(said) => verdict::keep(&manager, &run, &slot, &instance, said.healthy).await,
+          Err(_) => balancer.set_healthy(id, true),
+        }
+        return;
       }
     });
   }

@@ -465,17 +465,36 @@ impl Owner {
         outcome,
         latency,
         verdict: answer,
-      } => self.watched(&run, slot, pid, Reason::Unhealthy, answer, |ctx, health| {
-        verdict::probe(ctx, health, outcome, latency)
-      }),
+      } => self.watched(
+        &run,
+        slot,
+        pid,
+        Some(Reason::Unhealthy),
+        answer,
+        |ctx, health| verdict::probe(ctx, health, outcome, latency),
+      ),
       Input::Sample {
         run,
         slot,
         pid,
         memory_bytes,
         verdict: answer,
-      } => self.watched(&run, slot, pid, Reason::Memory, answer, |ctx, health| {
-        verdict::memory(ctx, health, memory_bytes)
+      } => self.watched(
+        &run,
+        slot,
+        pid,
+        Some(Reason::Memory),
+        answer,
+        |ctx, health| verdict::memory(ctx, health, memory_bytes),
+      ),
+      Input::TakenOut {
+        run,
+        slot,
+        pid,
+        why,
+        verdict: answer,
+      } => self.watched(&run, slot, pid, None, answer, |ctx, health| {
+        verdict::taken_out(ctx, health, why)
       }),
       Input::RunEnded(run, result) => match self.take() {
         State::Running(up) | State::Backoff(up) if Arc::ptr_eq(&up.run, &run) => {
@@ -519,9 +538,9 @@ impl Owner {
     }
   }
 
-  /// A probe or sample of the process `pid` in slot `slot` of the run this state holds: `unhealthy` takes
-  /// the verdict on the slot's health (and reports it); one that makes the process unhealthy calls for a
-  /// restart with `reason` when the restart policy is on — for a probe of replicas on one socket, a
+  /// A probe, sample or take-out of the process `pid` in slot `slot` of the run this state holds: `judge`
+  /// takes the verdict on the slot's health, which is published, then reported; one that makes the process
+  /// unhealthy calls for a restart with `reason` (if any) when the restart policy is on — for a probe of replicas on one socket, a
   /// reload of them all, started here. Anything else (a stop under way, a process that is no longer the
   /// slot's) gets no answer.
   fn watched(
@@ -529,7 +548,7 @@ impl Owner {
     run: &Arc<Run>,
     slot: usize,
     pid: u32,
-    reason: Reason,
+    reason: Option<Reason>,
     answer: Reply<Verdict>,
     judge: impl FnOnce(&Context, &mut Health) -> Option<Event>,
   ) {
@@ -544,13 +563,14 @@ impl Owner {
     let healthy = care.health.healthy;
     // Published before it is told: an app that reads `stats()` on the event sees the new verdict.
     self.publish();
-    let restart =
-      matches!(change, Some(Event::Unhealthy { .. })) && self.ctx.options.restart.is_some();
+    let restart = reason.filter(|_| {
+      matches!(change, Some(Event::Unhealthy { .. })) && self.ctx.options.restart.is_some()
+    });
     if let Some(event) = change {
       self.ctx.emit_for(replica, event);
     }
     let shared = run.socket().is_some() && run.replicated();
-    let restart = if restart && reason == Reason::Unhealthy && shared {
+    let restart = if restart == Some(Reason::Unhealthy) && shared {
       tokio::spawn(supervisor::reload_all(
         self.ctx.clone(),
         run.clone(),
@@ -558,7 +578,7 @@ impl Owner {
       ));
       None
     } else {
-      restart.then_some(reason)
+      restart
     };
     let _ = answer.send(Verdict { healthy, restart });
   }

@@ -12,6 +12,7 @@ use super::mailbox::Gone;
 use super::restart::{Decision, RestartBook};
 use super::run::{Run, Slot, SlotView};
 use super::{Event, Level, Reason};
+use crate::net::balancer::TakenOut;
 use crate::net::health::ProbeOutcome;
 use crate::options::RestartPolicy;
 use std::time::Duration;
@@ -29,6 +30,8 @@ pub struct Health {
   reported_probes: bool,
   /// `unhealthy` was reported for memory, and not yet `healthy`.
   reported_memory: bool,
+  /// `unhealthy` was reported because the balancer took the process out, and not yet `healthy`.
+  reported_traffic: bool,
   /// Since when the current process has been healthy.
   healthy_since: Option<Instant>,
 }
@@ -102,7 +105,9 @@ pub fn probe(
   if outcome.is_healthy() {
     health.failures = 0;
     health.latency = Some(latency);
-    health.passed(Check::Probes).then_some(Event::Healthy {
+    // An answer also puts back a process the balancer took out (its probes are the same request).
+    let traffic = health.passed(Check::Traffic);
+    (health.passed(Check::Probes) || traffic).then_some(Event::Healthy {
       latency: Some(latency),
       memory_bytes: None,
     })
@@ -112,6 +117,28 @@ pub fn probe(
       health.failures == manager.options.unhealthy_threshold && health.failed(Check::Probes);
     news.then(|| unhealthy(Reason::Unhealthy, health.failures, outcome.describe(), None))
   }
+}
+
+/// The balancer took the process out (`why`): unhealthy until a probe answers again. Never a restart by
+/// itself: the watchdog's probes decide that.
+pub fn taken_out(manager: &Context, health: &mut Health, why: TakenOut) -> Option<Event> {
+  let error = match why {
+    TakenOut::Refused => "the balancer took it out: a connection to it was refused or timed out".into(),
+    TakenOut::Reset => {
+      "the balancer took it out: it reset a connection before answering".into()
+    }
+    TakenOut::Frozen => format!(
+      "the balancer took it out: it sent no byte of an answer within balancer.firstByteTimeoutMs ({} ms) of a request",
+      manager
+        .options
+        .balancer
+        .first_byte_timeout
+        .map_or(0, |t| t.as_millis())
+    ),
+  };
+  health
+    .failed(Check::Traffic)
+    .then(|| unhealthy(Reason::Unhealthy, 0, error, None))
 }
 
 /// Compares a memory sample with `maxMemoryBytes`: the change of verdict it makes, if any.
@@ -138,6 +165,7 @@ pub fn memory(manager: &Context, health: &mut Health, memory_bytes: u64) -> Opti
 enum Check {
   Probes,
   Memory,
+  Traffic,
 }
 
 impl Health {
@@ -145,13 +173,14 @@ impl Health {
     match check {
       Check::Probes => &mut self.reported_probes,
       Check::Memory => &mut self.reported_memory,
+      Check::Traffic => &mut self.reported_traffic,
     }
   }
 
   /// The check passed; true when it had reported the process unhealthy (`healthy` is then news).
   fn passed(&mut self, check: Check) -> bool {
     let was = std::mem::take(self.reported(check));
-    self.healthy = !self.reported_probes && !self.reported_memory;
+    self.healthy = !self.reported_probes && !self.reported_memory && !self.reported_traffic;
     was
   }
 

@@ -184,6 +184,17 @@ struct Pick {
   load: LoadGuard,
 }
 
+/// Why the balancer took an upstream out of rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TakenOut {
+  /// A connect to it was refused or timed out.
+  Refused,
+  /// It reset a connection before its first answer byte.
+  Reset,
+  /// It sent no byte of an answer within `first_byte_timeout` of a request.
+  Frozen,
+}
+
 struct Shared {
   strategy: Strategy,
   limits: Limits,
@@ -193,7 +204,7 @@ struct Shared {
   table: Mutex<Table>,
   /// Signalled whenever an upstream may have become routable, for connections held while none was.
   routable: Notify,
-  failures: mpsc::UnboundedSender<usize>,
+  failures: mpsc::UnboundedSender<(usize, TakenOut)>,
   phase: watch::Sender<Phase>,
   /// Every client connection the balancer holds, from accept until both sockets are closed.
   connections: Arc<Load>,
@@ -244,14 +255,14 @@ impl Shared {
     })
   }
 
-  /// `id` failed a connection (see `take_failures`): take it out and tell the owner, once per time it was
-  /// put in.
-  fn mark_failed(&self, id: usize, epoch: u64) {
+  /// `id` failed a connection (see `take_failures`): take it out and tell the owner why, once per time it
+  /// was put in.
+  fn mark_failed(&self, id: usize, epoch: u64, why: TakenOut) {
     let mut table = self.table();
     if let Some(upstream) = table.get_mut(id) {
       if upstream.epoch == epoch && upstream.healthy {
         upstream.healthy = false;
-        let _ = self.failures.send(id);
+        let _ = self.failures.send((id, why));
       }
     }
   }
@@ -273,7 +284,7 @@ impl Shared {
           Ok(Err(error)) if is_local_exhaustion(&error) => return None,
           Ok(Err(_)) | Err(_) => {
             drop(pick.load);
-            self.mark_failed(pick.id, pick.epoch);
+            self.mark_failed(pick.id, pick.epoch, TakenOut::Refused);
             tried.push(pick.id);
           }
         }
@@ -295,7 +306,7 @@ impl Shared {
 pub struct Balancer {
   shared: Arc<Shared>,
   accept_loop: Mutex<Option<JoinHandle<()>>>,
-  failures: Mutex<Option<mpsc::UnboundedReceiver<usize>>>,
+  failures: Mutex<Option<mpsc::UnboundedReceiver<(usize, TakenOut)>>>,
 }
 
 impl Balancer {
@@ -400,11 +411,10 @@ impl Balancer {
     load.wait_idle(deadline).await
   }
 
-  /// Reports, once per time an upstream was put in, each id the balancer took out: its connect failed
-  /// (refused or timed out), it reset a connection before answering, or it sent no first byte within
-  /// `first_byte_timeout` (frozen). The owner probes it and calls `set_healthy(id, true)`. The
-  /// receiver can be taken once; the queue grows by at most one entry per upstream between two restores.
-  pub fn take_failures(&self) -> Option<mpsc::UnboundedReceiver<usize>> {
+  /// Reports, once per time an upstream was put in, each id the balancer took out and why. The owner
+  /// probes it and calls `set_healthy(id, true)`. The receiver can be taken once; the queue grows by at
+  /// most one entry per upstream between two restores.
+  pub fn take_failures(&self) -> Option<mpsc::UnboundedReceiver<(usize, TakenOut)>> {
     self
       .failures
       .lock()
@@ -751,7 +761,9 @@ async fn open(
       },
       _ = sleep_until(answer_due.unwrap_or_else(Instant::now)), if answer_due.is_some() && !frozen => {
         frozen = true;
-        trying.shared.mark_failed(trying.pick.id, trying.pick.epoch);
+        trying
+          .shared
+          .mark_failed(trying.pick.id, trying.pick.epoch, TakenOut::Frozen);
       }
       ready = upstream.readable() => {
         if ready.is_err() {
@@ -827,7 +839,7 @@ async fn connect_and_relay(shared: &Shared, mut client: TcpStream, activity: &Ac
         // A reset is how a killed replica's queued connections end: take it out until a probe passes. A
         // clean close comes from a live process (or one exiting, which its owner sees anyway).
         if !clean_end {
-          shared.mark_failed(pick.id, pick.epoch);
+          shared.mark_failed(pick.id, pick.epoch, TakenOut::Reset);
         }
         tried.push(pick.id);
       }

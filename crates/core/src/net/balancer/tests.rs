@@ -308,7 +308,10 @@ async fn a_down_upstream_is_skipped_without_client_errors_and_reported_once() {
     let answer = answer.unwrap_or_else(|e| panic!("request {n} failed: {e}"));
     assert_ne!(answered_by(&answer), 1);
   }
-  assert_eq!(timeout(WAIT, failures.recv()).await.unwrap(), Some(1));
+  assert_eq!(
+    timeout(WAIT, failures.recv()).await.unwrap(),
+    Some((1, TakenOut::Refused))
+  );
   assert!(failures.try_recv().is_err(), "reported more than once");
   let status = balancer.upstreams();
   assert!(!status.iter().find(|u| u.id == 1).unwrap().healthy);
@@ -322,7 +325,11 @@ async fn a_down_upstream_is_skipped_without_client_errors_and_reported_once() {
 /// result and the balancer (with its failure reports).
 async fn reset_while_queued(
   body: Vec<u8>,
-) -> (io::Result<Vec<u8>>, Started, mpsc::UnboundedReceiver<usize>) {
+) -> (
+  io::Result<Vec<u8>>,
+  Started,
+  mpsc::UnboundedReceiver<(usize, TakenOut)>,
+) {
   let dying = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
   let live = TestUpstream::start(1, Mode::Reply).await;
   let balancer = start_balancer(Strategy::LeastConnections);
@@ -348,7 +355,10 @@ async fn a_get_reset_before_the_first_byte_is_replayed_on_another_upstream() {
   if under_wine() {
     return;
   }
-  assert_eq!(timeout(WAIT, failures.recv()).await.unwrap(), Some(0));
+  assert_eq!(
+    timeout(WAIT, failures.recv()).await.unwrap(),
+    Some((0, TakenOut::Reset))
+  );
   assert_eq!(balancer.close(Instant::now() + WAIT).await, 0);
 }
 
@@ -807,13 +817,17 @@ async fn a_failure_from_before_a_restore_does_not_take_the_upstream_out_again() 
   let stale = balancer.shared.pick(&[]).unwrap();
   balancer.set_healthy(0, false);
   balancer.set_healthy(0, true);
-  balancer.shared.mark_failed(stale.id, stale.epoch);
+  balancer
+    .shared
+    .mark_failed(stale.id, stale.epoch, TakenOut::Refused);
   assert!(balancer.upstreams()[0].healthy);
   assert!(failures.try_recv().is_err());
   let current = balancer.shared.pick(&[]).unwrap();
-  balancer.shared.mark_failed(current.id, current.epoch);
+  balancer
+    .shared
+    .mark_failed(current.id, current.epoch, TakenOut::Refused);
   assert!(!balancer.upstreams()[0].healthy);
-  assert_eq!(failures.try_recv().unwrap(), 0);
+  assert_eq!(failures.try_recv().unwrap(), (0, TakenOut::Refused));
   drop((stale, current));
   assert_eq!(balancer.active_connections(0), 0);
 }
@@ -904,7 +918,10 @@ async fn an_upstream_silent_after_a_request_is_taken_out_as_frozen() {
   let mut hanging = TcpStream::connect(balancer.local_addr()).await.unwrap();
   hanging.write_all(GET).await.unwrap();
   until(|| balancer.active_connections(0) == 1).await;
-  assert_eq!(timeout(WAIT, failures.recv()).await.unwrap(), Some(0));
+  assert_eq!(
+    timeout(WAIT, failures.recv()).await.unwrap(),
+    Some((0, TakenOut::Frozen))
+  );
   assert!(!balancer.upstreams()[0].healthy);
   for n in 0..6 {
     let answer = request(balancer.local_addr(), format!("request {n}").as_bytes()).await;
