@@ -261,6 +261,11 @@ class ProcessManager extends EventEmitter {
     return this.#native.checkHealth(port)
   }
 
+  /** A start, a running or restarting backend, or a stop is under way (`pm.backend` is null while it starts): for the Electron helper. */
+  [Symbol.for('backend-process-manager.active')]() {
+    return this.#native.active
+  }
+
   /** The dashboard's health probe: `{ status, latencyMs, error }`, with the token only for the backend's own listener. */
   [Symbol.for('backend-process-manager.probeHealth')](port) {
     return this.#native.probeHealth(port)

@@ -8,7 +8,7 @@ const path = require('node:path')
 const { EventEmitter, once } = require('node:events')
 const { ProcessManager, BackendGroup } = require('..')
 const { manage } = require('backend-process-manager/electron')
-const { ROOT, FIXTURE, tempDir, freeRun, isAlive, records, fixtureManager, startScript, posixOnly, wineLacks, killIfAlive } = require('./helpers')
+const { ROOT, FIXTURE, tempDir, freeRun, isAlive, records, fixtureManager, startScript, posixOnly, wineLacks, killIfAlive, waitFor } = require('./helpers')
 
 /** An app script whose manager(s) start the fixture backend; `quit` is its code run once they are up. */
 function appScript({ stateDir, port, count = 1, env = {}, quit }) {
@@ -212,4 +212,37 @@ test('manage() of a group: before-quit stops every member, then the app quits', 
   await quit
   for (const pid of pids) assert.equal(isAlive(pid), false)
   assert.deepEqual(records(stateDir), [])
+})
+
+test('manage(): a backend still starting is stopped too — before-quit waits for it, will-quit stops it synchronously', async (t) => {
+  for (const via of ['before-quit', 'will-quit']) {
+    const { pm, stateDir } = fixtureManager(t, { port: await freeRun(3), startTimeoutMs: 20000, env: { LISTEN_DELAY_MS: '15000' } })
+    const app = new StandInApp()
+    const managed = manage(app, pm)
+    const starting = pm.startBackend(ROOT).catch((err) => err)
+    await waitFor(() => records(stateDir).length === 1, 5000, 'the starting backend\'s record')
+    const pid = Number(/-(\d+)\.json$/.exec(records(stateDir)[0])[1])
+    assert.equal(pm.backend, null, 'not ready yet')
+    if (via === 'before-quit') {
+      const quit = once(app, 'quit')
+      app.quit()
+      assert.deepEqual(app.quits, ['before-quit prevented'])
+      await quit
+    } else {
+      app.emit('will-quit', { preventDefault() {} })
+    }
+    assert.equal(isAlive(pid), false, `${via}: the starting backend is gone`)
+    assert.deepEqual(records(stateDir), [])
+    await starting
+    managed.dispose()
+  }
+})
+
+test('manage(): the error box names the backend\'s log file, not only its folder', async (t) => {
+  const { pm } = fixtureManager(t, { port: await freeRun(3), env: { EXIT_AT_START: '3' } })
+  const boxes = []
+  manage(new StandInApp(), pm, { dialog: { showErrorBox: (title, content) => boxes.push({ title, content }) } })
+  await pm.startBackend(ROOT).catch(() => {})
+  assert.equal(boxes.length, 1)
+  assert.ok(boxes[0].content.includes(path.join(pm.options.logs.dir, 'fixture.log')), boxes[0].content)
 })

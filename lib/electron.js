@@ -5,6 +5,9 @@
 // tested) under plain Node with stand-ins that follow Electron's documented event semantics.
 
 const { invalidArg } = require('./format.js')
+const { logFilePath } = require('../binding.js')
+
+const ACTIVE = Symbol.for('backend-process-manager.active')
 
 const isGroup = (target) => typeof target?.startAll === 'function' && typeof target?.stopAll === 'function'
 
@@ -19,13 +22,14 @@ function needsEvents(what, value, events = ['on', 'removeListener']) {
   }
 }
 
-/** The text of an error dialog: what happened, the backend's last output, where its log is. */
-function describe(error, target) {
+/** The text of an error dialog: what happened, the backend's last output, its log file (a group's member: `name`). */
+function describe(error, target, name) {
   const lines = [typeof error === 'string' ? error : error?.message ?? String(error)]
   if (error?.code) lines.push(`(${error.code})`)
   if (error?.stderrTail?.length) lines.push('', 'Last output of the backend:', ...error.stderrTail)
-  const logDirs = managersOf(target).map((pm) => pm.options.logs?.dir).filter(Boolean)
-  if (logDirs.length > 0) lines.push('', `Logs: ${[...new Set(logDirs)].join(', ')}`)
+  const managers = managersOf(target).filter((pm) => name === undefined || pm.options.name === name)
+  const logFiles = managers.filter((pm) => pm.options.logs).map((pm) => logFilePath(pm.options.logs.dir, pm.options.name))
+  if (logFiles.length > 0) lines.push('', `Log: ${logFiles.join(', ')}`)
   return lines.join('\n')
 }
 
@@ -55,7 +59,8 @@ function manage(app, target, options = {}) {
     emitter.on(event, listener)
     added.push([emitter, event, listener])
   }
-  const running = () => managersOf(target).some((pm) => pm.backend !== null)
+  // A backend still starting (or waiting to restart) has no `pm.backend` yet, but its process must not outlive the app.
+  const running = () => managersOf(target).some((pm) => pm.backend !== null || pm[ACTIVE]?.() === true)
   const stopSync = () => (isGroup(target) ? target.stopAllSync() : target.stopSync())
   const stopLimitMs = () => Math.max(...managersOf(target).map((pm) => pm.options.stopTimeoutMs)) + 1000
   /** Set once the stop is done (or the update took over): later quits go through untouched. */
@@ -95,8 +100,8 @@ function manage(app, target, options = {}) {
     on(target, 'ready', close)
   }
   if (dialog) {
-    on(target, 'failed', (event) => dialog.showErrorBox(`The backend${event.name ? ` ${event.name}` : ''} stopped and is not restarted`, describe(event.error, target)))
-    on(target, 'start-failed', (event) => dialog.showErrorBox(`The backend${event.name ? ` ${event.name}` : ''} could not start`, describe(event.error, target)))
+    on(target, 'failed', (event) => dialog.showErrorBox(`The backend${event.name ? ` ${event.name}` : ''} stopped and is not restarted`, describe(event.error, target, event.name)))
+    on(target, 'start-failed', (event) => dialog.showErrorBox(`The backend${event.name ? ` ${event.name}` : ''} could not start`, describe(event.error, target, event.name)))
   }
   return {
     dispose() {
