@@ -667,7 +667,8 @@ export interface UnhealthyEvent {
 }
 
 /**
- * What an `unhealthy` verdict is about: the watchdog's probes, or the tree's memory. (docs/api.md names the
+ * What an `unhealthy` verdict is about: the watchdog's probes (or, for a replica, the balancer taking it
+ * out), or the tree's memory. (docs/api.md names the
  * first `'health'` here and `'unhealthy'` as the reason of the `restart`, `failed` and `exit` it leads to.)
  */
 export type Verdict = 'health' | 'memory'

@@ -48,6 +48,25 @@ test('a backend\'s output and the manager\'s lines go to <stateDir>/logs/<name>.
   await assert.rejects(pm.logs({ line: 5 }), { code: 'ERR_INVALID_ARG', message: /unknown option "line"/ })
 })
 
+test('with replicas, each replica\'s output and the manager\'s lines about it carry its index', async (t) => {
+  const stateDir = tempDir(t)
+  const { pm } = fixtureManager(t, { stateDir, port: await freeRun(4), name: 'twice', replicas: 2 })
+  const b = await pm.startBackend(ROOT)
+  const [first, second] = b.replicas.map((r) => r.pid)
+  t.after(() => pm.stopBackend())
+  await pm.stopBackend()
+  const lines = (await pm.logs({ lines: 1000 })).filter((l) => l.stream === 'pm')
+  for (const [index, pid] of [[0, first], [1, second]]) {
+    const about = lines.filter((l) => l.line.includes(`pid ${pid}`))
+    assert.ok(about.some((l) => l.line.startsWith(`backend started with pid ${pid}`)), JSON.stringify(about))
+    assert.ok(about.some((l) => l.line.startsWith(`backend pid ${pid} stopped (`)), JSON.stringify(about))
+    assert.deepEqual([...new Set(about.map((l) => l.replica))], [index], `the lines about pid ${pid}`)
+  }
+  const text = fs.readFileSync(path.join(stateDir, 'logs', 'twice.log'), 'utf8')
+  assert.match(text, new RegExp(` pm 1 backend started with pid ${second}`))
+  assert.match(text, new RegExp(` out 1 BOOT ${second}\\n`))
+})
+
 test('the token and secret-looking environment values never reach the log file', async (t) => {
   const stateDir = tempDir(t)
   const pm = new ProcessManager({

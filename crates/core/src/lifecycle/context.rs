@@ -79,10 +79,22 @@ impl Context {
     }
   }
 
+  /// A line of the manager's own about the backend (its log file's `pm 0` line, and a `log` event).
   pub fn log(&self, level: Level, message: impl Into<String>) {
+    self.log_for(None, level, message);
+  }
+
+  /// A line of the manager's own about replica `replica` (`pm <index>` in the log file), or about the
+  /// backend (`None`: `pm 0`).
+  pub fn log_for(&self, replica: Option<usize>, level: Level, message: impl Into<String>) {
     let message = message.into();
     if let Some(file) = &self.log_file {
-      file.line(LogStream::Manager, 0, &message, &self.redactor());
+      file.line(
+        LogStream::Manager,
+        replica.unwrap_or(0),
+        &message,
+        &self.redactor(),
+      );
     }
     self.events.emit(Event::Log { level, message });
   }
@@ -245,7 +257,7 @@ impl Context {
     }
     let pid = instance.info.pid;
     if request_stop && instance.child.exit_info().is_none() {
-      self.log(Level::Info, format!("stopping backend pid {pid}"));
+      self.log_for(replica, Level::Info, format!("stopping backend pid {pid}"));
     }
     let stop_timeout = self.stop_timeout();
     let ended = instance.end(stop_timeout, self.polite(instance)).await;
@@ -257,10 +269,11 @@ impl Context {
     }) = ended.report
     {
       if let Some(problem) = delete_error {
-        self.log(Level::Warn, problem);
+        self.log_for(replica, Level::Warn, problem);
       }
       if result.forced {
-        self.log(
+        self.log_for(
+          replica,
           Level::Warn,
           format!(
             "backend pid {pid} did not stop within {} ms; force-killed its process group",
@@ -269,7 +282,7 @@ impl Context {
         );
       }
       if !result.survivors.is_empty() {
-        self.log(
+        self.log_for(replica,
             Level::Warn,
             format!(
               "processes {:?} of backend pid {pid} are still alive after the force kill (uninterruptible?); their record is kept, and a later cleanup will end them",
@@ -281,11 +294,13 @@ impl Context {
       let expected = asked && reason.is_none();
       let describe = result.exit.describe();
       match (expected, reason) {
-        (true, _) => self.log(
+        (true, _) => self.log_for(
+          replica,
           Level::Info,
           format!("backend pid {pid} stopped ({describe})"),
         ),
-        (false, Some(r)) => self.log(
+        (false, Some(r)) => self.log_for(
+          replica,
           Level::Warn,
           format!(
             "backend pid {pid} stopped because it was {} ({describe})",
@@ -295,7 +310,8 @@ impl Context {
             }
           ),
         ),
-        (false, None) => self.log(
+        (false, None) => self.log_for(
+          replica,
           Level::Warn,
           format!("backend pid {pid} exited unexpectedly ({describe})"),
         ),

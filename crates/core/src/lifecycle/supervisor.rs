@@ -76,7 +76,11 @@ pub async fn reload_all(
       break;
     }
     if let Err(e) = slot.reload(reason).await {
-      manager.log(Level::Warn, format!("reload failed: {e}"));
+      manager.log_for(
+        run.replicated().then_some(slot.index),
+        Level::Warn,
+        format!("reload failed: {e}"),
+      );
       return Err(e);
     }
   }
@@ -327,7 +331,8 @@ async fn replace(
       .await;
     balancer.remove(old_upstream);
     if open > 0 {
-      manager.log(
+      manager.log_for(
+        replica,
         Level::Warn,
         format!(
           "{open} connections to backend pid {} were still open after stopTimeoutMs; it is stopped anyway",

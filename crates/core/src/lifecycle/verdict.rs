@@ -249,7 +249,8 @@ pub fn down(
       exit,
     },
   );
-  manager.log(
+  manager.log_for(
+    replica,
     Level::Warn,
     format!(
       "restarting the backend{} in {} ms (restart {attempt}, after {})",
@@ -270,7 +271,8 @@ fn give_up(
   restarts: u32,
   error: String,
 ) {
-  manager.log(
+  manager.log_for(
+    replica,
     Level::Warn,
     format!("the backend is down for good: {error}"),
   );

@@ -76,7 +76,8 @@ pub async fn run(
   let mut spec = launch.on_port(port, o.host, &o.port_env, place.socket());
   // `ready: 'notify'`: the backend says READY=1 on a socket of this start's own.
   let notices = Notices::open(&o.ready, &mut spec)?;
-  manager.log(
+  manager.log_for(
+    place.index(),
     Level::Info,
     format!("starting backend: {} {}", spec.program, spec.args.join(" ")),
   );
@@ -150,14 +151,15 @@ pub async fn run(
       .end(manager.deadlines.stop, Polite::default())
       .await;
     if let Some(problem) = ended.report.and_then(|r| r.delete_error) {
-      manager.log(Level::Warn, problem);
+      manager.log_for(place.index(), Level::Warn, problem);
     }
     return Err(e);
   }
   // Its record names no executable until it is ready: the program may be a launcher that execs the server
   // (a shell, a version manager's shim, an `env` shebang), and a record naming the launcher would make the
   // server a stranger at its own pid. Its start time identifies it meanwhile.
-  manager.log(
+  manager.log_for(
+    place.index(),
     Level::Info,
     format!("backend started with pid {} on port {port}", child.pid),
   );
@@ -244,7 +246,7 @@ pub async fn run(
           // writer thread writes.
           let (written, ()) = tokio::join!(biased; instance.write_record(), async {
             notices.keep_reading(manager, child.clone(), place.index());
-            manager.log(Level::Info, format!(
+            manager.log_for(place.index(), Level::Info, format!(
               "backend is ready at {} ({} health checks in {} ms)",
               instance.info.url, ready.probes, waiting_since.elapsed().as_millis()
             ));
@@ -256,7 +258,7 @@ pub async fn run(
         }
         Err(not_ready) => {
           let last = not_ready.last.describe();
-          manager.log(Level::Warn, format!(
+          manager.log_for(place.index(), Level::Warn, format!(
             "backend not healthy after {} ms and {} health checks (last: {last}); stopping it",
             manager.deadlines.start.as_millis(), not_ready.probes
           ));

@@ -91,7 +91,8 @@ pub async fn place(
         if shared || try_index == ADDRESS_IN_USE_RETRIES {
           return Err(port_lost(port, exited));
         }
-        ctx.log(
+        ctx.log_for(
+          place.index(),
           Level::Warn,
           format!(
             "another program took port {port} before the backend could; trying the next port"

@@ -98,9 +98,11 @@ mod imp {
   fn report(ctx: &Context, notice: ready::Notice, replica: Option<usize>) {
     match notice {
       ready::Notice::Status(text) => ctx.emit_for(replica, Event::Status { text }),
-      ready::Notice::Stopping => {
-        ctx.log(Level::Info, "the backend says it is stopping (STOPPING=1)")
-      }
+      ready::Notice::Stopping => ctx.log_for(
+        replica,
+        Level::Info,
+        "the backend says it is stopping (STOPPING=1)",
+      ),
       ready::Notice::Ready => {}
     }
   }
