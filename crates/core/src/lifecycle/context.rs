@@ -261,6 +261,14 @@ impl Context {
     }
     let stop_timeout = self.stop_timeout();
     let ended = instance.end(stop_timeout, self.polite(instance)).await;
+    // Its last lines (a flooded pipe holds up to 1 MiB written before it ended) are read before the stop
+    // is reported, so they reach the log before the stop's own line and its flush; a grandchild that
+    // keeps the pipes open is not waited for longer than this.
+    instance
+      .child
+      .output
+      .wait_closed(self.deadlines.output_drain)
+      .await;
     let result = ended.result;
     // Reported once, by the call that ended it, before that call returns.
     if let Some(EndReport {
