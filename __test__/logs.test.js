@@ -95,6 +95,9 @@ test('a flood of output rotates by size: at most keep old files, none over maxBy
   await pm.stopBackend()
   const files = fs.readdirSync(dir).sort()
   assert.deepEqual(files, ['flood.1.log', 'flood.2.log', 'flood.log'])
+  // Everything the backend wrote (a flooded pipe holds up to 1 MiB when it ends) is in the log when the
+  // stop resolves, before the stop's own line, which is the last.
+  assert.match(fs.readFileSync(path.join(dir, 'flood.log'), 'utf8').trimEnd().split('\n').at(-1), / pm 0 backend pid \d+ stopped \(/)
   for (const f of files) {
     const text = fs.readFileSync(path.join(dir, f), 'utf8')
     assert.ok(Buffer.byteLength(text) <= 256 * 1024, `${f}: ${Buffer.byteLength(text)} bytes`)
@@ -197,6 +200,10 @@ test('backend-pm logs NAME prints the last lines, --json as objects, --follow wh
   // Without a name, the one log there is shown.
   const only = await cli(['logs', '--state-dir', stateDir, '--lines', '1'])
   assert.match(only.stdout, / pm 0 backend is ready at /)
+  // A name with no log says so (on stderr, stdout stays the log's), naming the logs there.
+  const typo = await cli(['logs', 'cli-log', '--state-dir', stateDir])
+  assert.equal(typo.stdout, '')
+  assert.match(typo.stderr, /No log of "cli-log" in .* \(logs there: cli-logs\)/)
   const follow = startProcess(t, process.execPath, [CLI, 'logs', 'cli-logs', '--state-dir', stateDir, '--lines', '1', '--follow'])
   await follow.line(/ pm 0 backend is ready/)
   await pm.stopBackend()
