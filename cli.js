@@ -233,7 +233,13 @@ async function logs(values, positionals, options) {
     return logs(values, names, options)
   }
   const show = (l) => print(values.json ? JSON.stringify(l) : `${l.time} ${l.stream} ${l.replica} ${l.line}`)
-  for (const l of await readLogs(dir, name, { lines })) show(l)
+  const found = await readLogs(dir, name, { lines })
+  for (const l of found) show(l)
+  if (found.length === 0 && !fs.existsSync(require('./binding.js').logFilePath(dir, name))) {
+    // A mistyped name reads as an empty log otherwise. Said on stderr: stdout (and --json) stay the log's.
+    const names = await logNames(dir)
+    console.error(`No log of ${JSON.stringify(name)} in ${dir}${names.length > 0 ? ` (logs there: ${names.join(', ')})` : ''}.${values.follow ? ' Waiting for it…' : ''}`)
+  }
   if (!values.follow) return 0
   return follow(require('./binding.js').logFilePath(dir, name), show)
 }

@@ -40,8 +40,10 @@ pub enum PmError {
     last_health_error: String,
   },
 
-  #[error("state folder {path} cannot be used: {reason}")]
+  #[error("{folder} {path} cannot be used: {reason}")]
   StateDir {
+    /// "state folder", or "log folder" (the same checks, `ERR_STATE_DIR` both).
+    folder: &'static str,
     path: String,
     reason: String,
     #[source]
@@ -92,7 +94,13 @@ impl PmError {
   }
 
   pub fn state_dir(path: &std::path::Path, reason: impl Into<String>) -> Self {
+    PmError::folder("state folder", path, reason)
+  }
+
+  /// A private folder (`folder`: what it is, e.g. "log folder") that cannot be used.
+  pub fn folder(folder: &'static str, path: &std::path::Path, reason: impl Into<String>) -> Self {
     PmError::StateDir {
+      folder,
       path: path.display().to_string(),
       reason: reason.into(),
       source: None,
@@ -101,7 +109,18 @@ impl PmError {
 
   /// A state-folder error caused by an OS error, which is kept as the cause.
   pub fn state_dir_io(path: &std::path::Path, doing: &str, err: io::Error) -> Self {
+    PmError::folder_io("state folder", path, doing, err)
+  }
+
+  /// As `folder`, caused by an OS error, which is kept as the cause.
+  pub fn folder_io(
+    folder: &'static str,
+    path: &std::path::Path,
+    doing: &str,
+    err: io::Error,
+  ) -> Self {
     PmError::StateDir {
+      folder,
       path: path.display().to_string(),
       reason: format!("{doing}: {err}"),
       source: Some(Arc::new(err)),

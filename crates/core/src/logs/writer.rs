@@ -331,19 +331,21 @@ fn write_all(file: &mut fs::File, pieces: &[&[u8]]) -> std::io::Result<()> {
 /// folder removed while the app runs (a test's temporary folder, a user's cleanup) is made again only if
 /// its parent is still there, so a late line cannot bring back a tree someone deleted.
 fn make_folder(log: &Log) -> crate::error::Result<()> {
+  use crate::state::dir::{check_private_dir, ensure_private_dir, Holds};
   let dir = &log.config.dir;
   if !log
     .folder_made
     .swap(true, std::sync::atomic::Ordering::SeqCst)
   {
-    return crate::state::dir::ensure_state_dir(dir);
+    return ensure_private_dir(dir, Holds::Logs);
   }
-  if crate::state::dir::check_state_dir(dir)? {
+  if check_private_dir(dir, Holds::Logs)? {
     return Ok(());
   }
   match dir.parent() {
-    Some(parent) if parent.is_dir() => crate::state::dir::ensure_state_dir(dir),
-    _ => Err(crate::error::PmError::state_dir(
+    Some(parent) if parent.is_dir() => ensure_private_dir(dir, Holds::Logs),
+    _ => Err(crate::error::PmError::folder(
+      "log folder",
       dir,
       "it was removed with its parent folder while the app ran",
     )),

@@ -8,6 +8,46 @@ use std::path::{Path, PathBuf};
 
 const APP: &str = "backend-process-manager";
 
+/// What a private folder holds: its messages name it, and the option that chooses another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holds {
+  /// PID records (`stateDir`).
+  Records,
+  /// Log files (`logs.dir`).
+  Logs,
+}
+
+impl Holds {
+  fn folder(self) -> &'static str {
+    match self {
+      Holds::Records => "state folder",
+      Holds::Logs => "log folder",
+    }
+  }
+
+  fn option(self) -> &'static str {
+    match self {
+      Holds::Records => "`stateDir`",
+      Holds::Logs => "`logs.dir`",
+    }
+  }
+
+  fn contents(self) -> &'static str {
+    match self {
+      Holds::Records => "its records",
+      Holds::Logs => "its log files",
+    }
+  }
+
+  fn error(self, dir: &Path, reason: impl Into<String>) -> PmError {
+    PmError::folder(self.folder(), dir, reason)
+  }
+
+  fn error_io(self, dir: &Path, doing: &str, err: std::io::Error) -> PmError {
+    PmError::folder_io(self.folder(), dir, doing, err)
+  }
+}
+
 /// The per-user folder for records: `$XDG_RUNTIME_DIR` (cleared at logout) or `$XDG_STATE_HOME` on Linux,
 /// Application Support on macOS, `%LOCALAPPDATA%` on Windows — never a world-writable temp path.
 pub fn default_state_dir() -> PathBuf {
@@ -32,7 +72,12 @@ fn per_user_base() -> PathBuf {
 /// Creates the folder (mode 0700) if needed; checks that it is a folder this user owns, can write and no
 /// one else can write. A symbolic link to such a folder is fine.
 pub fn ensure_state_dir(dir: &Path) -> Result<()> {
-  if check_state_dir(dir)? {
+  ensure_private_dir(dir, Holds::Records)
+}
+
+/// As `ensure_state_dir`, for a folder that holds `holds`.
+pub fn ensure_private_dir(dir: &Path, holds: Holds) -> Result<()> {
+  if check_private_dir(dir, holds)? {
     return Ok(());
   }
   let mut builder = fs::DirBuilder::new();
@@ -40,37 +85,40 @@ pub fn ensure_state_dir(dir: &Path) -> Result<()> {
   imp::create_private(&mut builder);
   builder
     .create(dir)
-    .map_err(|e| PmError::state_dir_io(dir, "it cannot be created", e))?;
-  imp::make_private(dir).map_err(|e| PmError::state_dir_io(dir, "it cannot be made private", e))?;
-  match check_state_dir(dir)? {
+    .map_err(|e| holds.error_io(dir, "it cannot be created", e))?;
+  imp::make_private(dir).map_err(|e| holds.error_io(dir, "it cannot be made private", e))?;
+  match check_private_dir(dir, holds)? {
     true => Ok(()),
-    false => Err(PmError::state_dir(
-      dir,
-      "it vanished right after it was created",
-    )),
+    false => Err(holds.error(dir, "it vanished right after it was created")),
   }
 }
 
 /// For reading and cleaning records: `false` when the folder does not exist (it has no records), `true` when
 /// it passes the checks of `ensure_state_dir`; refused otherwise. Nothing is created.
 pub fn check_state_dir(dir: &Path) -> Result<bool> {
+  check_private_dir(dir, Holds::Records)
+}
+
+/// As `check_state_dir`, for a folder that holds `holds`.
+pub fn check_private_dir(dir: &Path, holds: Holds) -> Result<bool> {
   let meta = match fs::metadata(dir) {
     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-    other => other.map_err(|e| PmError::state_dir_io(dir, "it cannot be read", e))?,
+    other => other.map_err(|e| holds.error_io(dir, "it cannot be read", e))?,
   };
   if !meta.is_dir() {
-    return Err(PmError::state_dir(
+    return Err(holds.error(
       dir,
-      "it is not a folder. Pass a folder as `stateDir`",
+      format!("it is not a folder. Pass a folder as {}", holds.option()),
     ));
   }
-  imp::check_private(dir, &meta).map(|()| true)
+  imp::check_private(dir, &meta, holds).map(|()| true)
 }
 
 /// Unix: mode 0700 at creation; a folder is private when this user owns it and no one else can write it.
 #[cfg(unix)]
 mod imp {
-  use crate::error::{PmError, Result};
+  use super::Holds;
+  use crate::error::Result;
   use std::fs;
   use std::path::Path;
 
@@ -83,38 +131,44 @@ mod imp {
     Ok(())
   }
 
-  pub fn check_private(dir: &Path, meta: &fs::Metadata) -> Result<()> {
+  pub fn check_private(dir: &Path, meta: &fs::Metadata, holds: Holds) -> Result<()> {
     use rustix::fs::{access, Access};
     use std::os::unix::fs::MetadataExt;
     if meta.uid() != rustix::process::geteuid().as_raw() {
-      return Err(PmError::state_dir(
+      return Err(holds.error(
         dir,
-        "it belongs to another user. Use a folder of your own as `stateDir`",
+        format!(
+          "it belongs to another user. Use a folder of your own as {}",
+          holds.option()
+        ),
       ));
     }
     if meta.mode() & 0o022 != 0 {
       let shared_temp = meta.mode() & 0o1000 != 0;
-      return Err(PmError::state_dir(
+      return Err(holds.error(
         dir,
         if shared_temp {
-          "it is a shared temporary folder that every user can write to, where another user could plant records. Use a folder of your own (the default state folder is one)".to_string()
+          format!("it is a shared temporary folder that every user can write to, where another user could plant files. Use a folder of your own as {} (the default one is)", holds.option())
         } else {
           format!(
-            "other users can write to it (mode {:o}), so its records cannot be trusted. Run `chmod go-w {}` or choose another `stateDir`",
+            "other users can write to it (mode {:o}), so {} cannot be trusted. Run `chmod go-w {}` or choose another {}",
             meta.mode() & 0o777,
-            dir.display()
+            holds.contents(),
+            dir.display(),
+            holds.option()
           )
         },
       ));
     }
     access(dir, Access::WRITE_OK | Access::EXEC_OK)
-      .map_err(|e| PmError::state_dir_io(dir, "it is not writable", e.into()))
+      .map_err(|e| holds.error_io(dir, "it is not writable", e.into()))
   }
 }
 
 #[cfg(windows)]
 mod imp {
-  use crate::error::{PmError, Result};
+  use super::Holds;
+  use crate::error::Result;
   use std::fs;
   use std::path::Path;
 
@@ -128,23 +182,22 @@ mod imp {
 
   /// Windows: the folder's owner must be this user and its DACL may let only this user, SYSTEM and
   /// Administrators write (os/win/security.rs).
-  pub fn check_private(dir: &Path, _meta: &fs::Metadata) -> Result<()> {
+  pub fn check_private(dir: &Path, _meta: &fs::Metadata, holds: Holds) -> Result<()> {
     use crate::os::win::security::{access_of_path, Access};
     match access_of_path(dir) {
       Ok(Access::Private) => Ok(()),
-      Ok(Access::OtherOwner) => Err(PmError::state_dir(
+      Ok(Access::OtherOwner) => Err(holds.error(
         dir,
-        "it belongs to another user. Use a folder of your own as `stateDir`",
+        format!(
+          "it belongs to another user. Use a folder of your own as {}",
+          holds.option()
+        ),
       )),
-      Ok(Access::OthersCanWrite(_)) => Err(PmError::state_dir(
+      Ok(Access::OthersCanWrite(_)) => Err(holds.error(
         dir,
-        "other users can write to it, so its records cannot be trusted. Remove their write access (Properties, Security) or choose another `stateDir` (the default state folder is private)",
+        format!("other users can write to it, so {} cannot be trusted. Remove their write access (Properties, Security) or choose another {} (the default one is private)", holds.contents(), holds.option()),
       )),
-      Err(e) => Err(PmError::state_dir_io(
-        dir,
-        "its permissions cannot be read",
-        e,
-      )),
+      Err(e) => Err(holds.error_io(dir, "its permissions cannot be read", e)),
     }
   }
 }
@@ -180,6 +233,20 @@ mod tests {
     let err = ensure_state_dir(&created).unwrap_err();
     assert_eq!(err.code(), "ERR_STATE_DIR");
     assert!(err.to_string().contains("chmod go-w"), "{err}");
+    assert!(err.to_string().starts_with("state folder "), "{err}");
+    // A log folder is checked the same way, and its messages name what it holds and its option.
+    let err = ensure_private_dir(&created, Holds::Logs).unwrap_err();
+    assert_eq!(err.code(), "ERR_STATE_DIR");
+    let text = err.to_string();
+    assert!(text.starts_with("log folder "), "{text}");
+    assert!(
+      text.contains("its log files") && text.contains("`logs.dir`"),
+      "{text}"
+    );
+    assert!(
+      !text.contains("stateDir") && !text.contains("records"),
+      "{text}"
+    );
     let err = ensure_state_dir(Path::new("/tmp")).unwrap_err();
     assert!(err.to_string().contains("shared temporary folder"), "{err}");
 
