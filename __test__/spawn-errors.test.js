@@ -28,7 +28,7 @@ test('a bare command name not on the PATH: reason not-found, with the folders se
   const err = await startFails(t, { command: 'no-such-backend-bpm', inheritEnv: false, env: { PATH: [bin, path.join(bin, 'sub')].join(path.delimiter) } })
   assert.equal(err.reason, 'not-found')
   assert.deepEqual(err.searched, [bin, path.join(bin, 'sub')])
-  assert.equal(err.path, undefined)
+  assert.equal(err.path, 'no-such-backend-bpm', 'the path tried is the name as given, looked for in `searched`')
   assert.match(err.message, /not found in the folders of the backend's PATH/)
   assert.match(err.message, /full path of the program as `command`/)
 })
