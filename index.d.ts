@@ -94,7 +94,7 @@ export interface ProcessManagerError extends Error {
   stderrTail?: string[]
   port?: number
   lastHealthError?: string
-  /** `ERR_STATE_DIR`, `ERR_FILE_WRITE`: the folder or file; `ERR_SPAWN_FAILED`: the program or entry tried. */
+  /** `ERR_STATE_DIR`, `ERR_FILE_WRITE`: the folder or file; `ERR_SPAWN_FAILED`: the program or entry tried (for a bare command name not found, the name as given; see `searched`). */
   path?: string
   /** `ERR_SPAWN_FAILED`: why the program could not be started. */
   reason?: 'not-found' | 'not-executable' | 'permission' | 'blocked'

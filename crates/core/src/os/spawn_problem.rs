@@ -16,7 +16,7 @@ pub enum Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpawnProblem {
   pub kind: Kind,
-  /// The file tried (absolute), when there is one.
+  /// The file tried (absolute), when there is one; for a bare name found nowhere, the name as given.
   pub path: Option<PathBuf>,
   /// For a bare command name: the `PATH` folders it was looked for in.
   pub searched: Option<Vec<String>>,
@@ -37,7 +37,9 @@ fn is_bare(program: &str) -> bool {
   !program.contains('/') && !(cfg!(windows) && (program.contains('\\') || program.contains(':')))
 }
 
-/// Where a bare name would be found, as the OS's program search tries it (Windows: with `PATHEXT`).
+/// Where a bare name would be found, as the OS's program search tries it (Windows: with `PATHEXT`): the
+/// first candidate that is a runnable file (Unix: with an execute bit; `execvp` passes over the others),
+/// else the first that exists (what the error is about).
 fn find_in(dirs: &[PathBuf], program: &str) -> Option<PathBuf> {
   let names: Vec<String> = if cfg!(windows) && Path::new(program).extension().is_none() {
     let exts = std::env::var("PATHEXT").unwrap_or_else(|_| ".COM;.EXE;.BAT;.CMD".into());
@@ -49,10 +51,39 @@ fn find_in(dirs: &[PathBuf], program: &str) -> Option<PathBuf> {
   } else {
     vec![program.to_string()]
   };
-  dirs
+  let candidates: Vec<PathBuf> = dirs
     .iter()
     .flat_map(|d| names.iter().map(move |n| d.join(n)))
-    .find(|p| p.exists())
+    .collect();
+  let found = candidates.iter().find(|p| runnable(p));
+  found
+    .or_else(|| candidates.iter().find(|p| p.exists()))
+    .cloned()
+}
+
+#[cfg(unix)]
+fn runnable(path: &Path) -> bool {
+  use std::os::unix::fs::PermissionsExt;
+  std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(windows)]
+fn runnable(path: &Path) -> bool {
+  path.is_file()
+}
+
+/// The program file the spawn will run for `program` (run from `cwd`, with `path_env` as its `PATH`): a bare
+/// name found in the `PATH` folders, any other path from `cwd`. `Err`: a bare name found in none of them,
+/// with the folders searched.
+pub fn locate(program: &str, cwd: &Path, path_env: Option<&str>) -> Result<PathBuf, Vec<String>> {
+  if !is_bare(program) {
+    let joined = cwd.join(program);
+    return Ok(std::path::absolute(&joined).unwrap_or(joined));
+  }
+  let dirs: Vec<PathBuf> = path_env
+    .map(|p| std::env::split_paths(p).collect())
+    .unwrap_or_default();
+  find_in(&dirs, program).ok_or_else(|| dirs.iter().map(|d| d.display().to_string()).collect())
 }
 
 /// What went wrong starting `program` (run from `cwd`, with `path_env` as its `PATH`), from the OS error and
@@ -63,37 +94,28 @@ pub fn classify(
   path_env: Option<&str>,
   error: &std::io::Error,
 ) -> SpawnProblem {
-  let (path, searched) = if is_bare(program) {
-    let dirs: Vec<PathBuf> = path_env
-      .map(|p| std::env::split_paths(p).collect())
-      .unwrap_or_default();
-    match find_in(&dirs, program) {
-      Some(found) => (Some(found), None),
-      None => {
-        return SpawnProblem {
-          kind: Kind::NotFound,
-          path: None,
-          searched: Some(dirs.iter().map(|d| d.display().to_string()).collect()),
-        }
+  let path = match locate(program, cwd, path_env) {
+    Ok(path) => path,
+    // The path tried is the name as given, looked for in each folder searched.
+    Err(searched) => {
+      return SpawnProblem {
+        kind: Kind::NotFound,
+        path: Some(PathBuf::from(program)),
+        searched: Some(searched),
       }
     }
-  } else {
-    (
-      Some(std::path::absolute(cwd.join(program)).unwrap_or_else(|_| cwd.join(program))),
-      None,
-    )
   };
-  let kind = match path.as_deref().map(std::fs::metadata) {
-    Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Kind::NotFound,
-    Some(Err(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => Kind::Permission,
-    Some(Ok(meta)) if meta.is_dir() => Kind::NotExecutable,
-    Some(Ok(meta)) => by_error(&meta, error),
-    _ => by_error_alone(error),
+  let kind = match std::fs::metadata(&path) {
+    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Kind::NotFound,
+    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Kind::Permission,
+    Ok(meta) if meta.is_dir() => Kind::NotExecutable,
+    Ok(meta) => by_error(&meta, error),
+    Err(_) => by_error_alone(error),
   };
   SpawnProblem {
     kind,
-    path,
-    searched,
+    path: Some(path),
+    searched: None,
   }
 }
 
@@ -199,6 +221,7 @@ mod tests {
       &enoent(),
     );
     assert_eq!(p.kind, Kind::NotFound);
+    assert_eq!(p.path, Some(PathBuf::from("no-such-server")));
     assert_eq!(p.searched.unwrap(), vec!["/usr/local/bin", "/usr/bin"]);
   }
 

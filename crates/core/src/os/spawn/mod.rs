@@ -323,6 +323,29 @@ fn path_of(spec: &SpawnSpec) -> Option<String> {
     .map(|(_, v)| v.clone())
 }
 
+/// Unix: refuses, before anything is forked, a file the system would not run as a program but `execvp`
+/// would hand to `/bin/sh` as a script (os/exec_format.rs): the error an ENOEXEC gives, with what to do.
+#[cfg(unix)]
+fn refuse_format(program: &str, cwd: &Path, path_env: Option<&str>) -> Result<()> {
+  use crate::os::spawn_problem::{locate, Kind, SpawnProblem};
+  let Ok(path) = locate(program, cwd, path_env) else {
+    return Ok(());
+  };
+  let Some(refusal) = crate::os::exec_format::refusal(&path) else {
+    return Ok(());
+  };
+  Err(PmError::SpawnFailed {
+    command: program.to_string(),
+    reason: refusal.advice(&path.display().to_string()),
+    problem: Some(SpawnProblem {
+      kind: Kind::NotExecutable,
+      path: Some(path),
+      searched: None,
+    }),
+    source: Some(Arc::new(std::io::Error::from_raw_os_error(libc::ENOEXEC))),
+  })
+}
+
 fn spawn_error(program: &str, cwd: &Path, path_env: Option<&str>, e: std::io::Error) -> PmError {
   let problem = crate::os::spawn_problem::classify(program, cwd, path_env, &e);
   PmError::SpawnFailed {
