@@ -212,3 +212,27 @@ test('backend-pm logs NAME prints the last lines, --json as objects, --follow wh
   const [code] = await follow.exited
   assert.equal(code, 0)
 })
+
+test('a line up to 64 KiB arrives whole; a longer one is cut to 64 KiB with a mark, the same in the stdout events, pm.logs() and the file', async (t) => {
+  const stateDir = tempDir(t)
+  const pm = new ProcessManager({
+    name: 'long-lines', command: process.execPath, args: ['-e', printingBackend('`${"a".repeat(20000)}\\n${"b".repeat(70000)}\\nafter`')],
+    stateDir, port: await freeRun(3), logger: false,
+  })
+  t.after(() => pm.stopBackend())
+  const events = []
+  pm.on('stdout', (line) => events.push(line))
+  const after = new Promise((resolve) => pm.on('stdout', (line) => line === 'after' && resolve()))
+  await pm.startBackend(ROOT)
+  await after
+  const cut = `${'b'.repeat(64 * 1024)}…[truncated ${70000 - 64 * 1024} bytes]`
+  const expected = ['a'.repeat(20000), cut, 'after']
+  assert.deepEqual(events.map((l) => l.length), expected.map((l) => l.length), 'stdout events')
+  assert.deepEqual(events, expected, 'stdout events')
+  const logged = (await pm.logs({ stream: 'out' })).map((l) => l.line)
+  assert.deepEqual(logged.map((l) => l.length), expected.map((l) => l.length), 'pm.logs()')
+  assert.deepEqual(logged, expected, 'pm.logs()')
+  const file = fs.readFileSync(path.join(stateDir, 'logs', 'long-lines.log'), 'utf8')
+  const out = file.trimEnd().split('\n').filter((l) => / out 0 /.test(l)).map((l) => l.replace(LINE, ''))
+  assert.deepEqual(out, expected, 'the log file')
+})

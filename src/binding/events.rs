@@ -16,8 +16,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Output lines waiting for the JS thread beyond this many are dropped (and counted), so a backend that
-/// floods its output can neither block nor grow the app's memory without bound.
+/// floods its output can neither block nor grow the app's memory without bound. A line counts once per
+/// `PENDING_LINE_BYTES` begun (a line is up to 64 KiB and a mark), which bounds the bytes waiting too.
 const MAX_PENDING_LINES: usize = 4096;
+const PENDING_LINE_BYTES: usize = 16 * 1024;
+
+/// How many of `MAX_PENDING_LINES` a line of `len` bytes takes.
+fn pending_weight(len: usize) -> usize {
+  1 + len / PENDING_LINE_BYTES
+}
 
 /// Why a backend ended without anyone stopping it, and why it is restarted.
 #[napi(string_enum = "lowercase")]
@@ -361,11 +368,12 @@ impl NativeEvent {
     }
   }
 
-  fn is_line(&self) -> bool {
-    matches!(
-      self,
-      NativeEvent::Stdout { .. } | NativeEvent::Stderr { .. }
-    )
+  /// A line's length, for any other event none.
+  fn line_len(&self) -> Option<usize> {
+    match self {
+      NativeEvent::Stdout { data } | NativeEvent::Stderr { data } => Some(data.len()),
+      _ => None,
+    }
   }
 }
 
@@ -389,8 +397,8 @@ impl JsEvents {
       .weak::<true>()
       .max_queue_size::<0>()
       .build_callback(move |ctx| {
-        if ctx.value.is_line() {
-          delivered.fetch_sub(1, Ordering::Relaxed);
+        if let Some(len) = ctx.value.line_len() {
+          delivered.fetch_sub(pending_weight(len), Ordering::Relaxed);
         }
         Ok(ctx.value)
       })?;
@@ -429,8 +437,9 @@ impl Events for JsEvents {
   }
 
   fn line(&self, stream: Stream, line: &str) {
-    if self.pending_lines.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_LINES {
-      self.pending_lines.fetch_sub(1, Ordering::Relaxed);
+    let weight = pending_weight(line.len());
+    if self.pending_lines.fetch_add(weight, Ordering::Relaxed) >= MAX_PENDING_LINES {
+      self.pending_lines.fetch_sub(weight, Ordering::Relaxed);
       self.dropped_lines.fetch_add(1, Ordering::Relaxed);
       return;
     }

@@ -17,8 +17,18 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// A line longer than this is cut, with a mark saying how much was left out.
+/// A line longer than this is cut, with a mark saying how much was left out (`…[truncated N bytes]`): the
+/// pipe reader cuts the backend's lines (os::spawn::output), the log any other line.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// The longest a cut line is: `MAX_LINE_BYTES` and the longest mark. The log cuts only lines longer than
+/// this, so that a line the pipe reader has cut is written as it is, not cut again.
+const MAX_CUT_LINE: usize = MAX_LINE_BYTES + "…[truncated  bytes]".len() + 20;
+
+/// Appends the mark saying that `dropped` bytes of a line were left out.
+pub fn push_truncation_mark(text: &mut String, dropped: usize) {
+  use std::fmt::Write;
+  let _ = write!(text, "…[truncated {dropped} bytes]");
+}
 const APP: &str = "backend-process-manager";
 
 /// Where and how much (the `logs` option).
@@ -279,11 +289,12 @@ pub fn file_of(dir: &Path, name: &str, n: u32) -> PathBuf {
   }
 }
 
-/// `time stream replica text\n`, the text cut at `MAX_LINE_BYTES` (on a character boundary) and kept on one
-/// line: a carriage return or newline inside it cannot forge another line.
+/// `time stream replica text\n`, the text (when longer than `MAX_CUT_LINE`) cut at `MAX_LINE_BYTES` (on a
+/// character boundary) and kept on one line: a carriage return or newline inside it cannot forge another
+/// line.
 fn frame(time: String, stream: LogStream, replica: usize, text: &str) -> Vec<u8> {
   let prefix = format!("{time} {} {replica} ", stream.as_str());
-  let mut line = Vec::with_capacity(prefix.len() + text.len().min(MAX_LINE_BYTES) + 32);
+  let mut line = Vec::with_capacity(prefix.len() + text.len().min(MAX_CUT_LINE) + 32);
   frame_into(&mut line, &prefix, text);
   line
 }
@@ -293,7 +304,7 @@ fn frame(time: String, stream: LogStream, replica: usize, text: &str) -> Vec<u8>
 /// than one per line (a secret found across two lines only sends the batch the slow way).
 fn frame_plain(prefix: &str, lines: &[&str], redactor: &Redactor) -> Option<Vec<u8>> {
   let size: usize = lines.iter().map(|l| prefix.len() + l.len() + 1).sum();
-  if lines.iter().any(|text| text.len() > MAX_LINE_BYTES) {
+  if lines.iter().any(|text| text.len() > MAX_CUT_LINE) {
     return None;
   }
   let mut framed = writer::buffer(size);
@@ -324,7 +335,7 @@ fn frame_text(prefix: &str, text: &str, redactor: &Redactor) -> Option<(Vec<u8>,
   let mut count = 0;
   let mut at = 0;
   for end in memchr::memchr_iter(b'\n', text) {
-    if end - at > MAX_LINE_BYTES {
+    if end - at > MAX_CUT_LINE {
       return None;
     }
     framed.extend_from_slice(prefix.as_bytes());
@@ -337,7 +348,7 @@ fn frame_text(prefix: &str, text: &str, redactor: &Redactor) -> Option<(Vec<u8>,
 
 /// Appends `prefix` (`time stream replica `) and `text` as one framed line to `out`.
 fn frame_into(out: &mut Vec<u8>, prefix: &str, text: &str) {
-  let (kept, cut) = if text.len() > MAX_LINE_BYTES {
+  let (kept, cut) = if text.len() > MAX_CUT_LINE {
     let mut at = MAX_LINE_BYTES;
     while !text.is_char_boundary(at) {
       at -= 1;
@@ -356,7 +367,9 @@ fn frame_into(out: &mut Vec<u8>, prefix: &str, text: &str) {
     }
   }
   if cut > 0 {
-    out.extend_from_slice(format!("…[truncated {cut} bytes]").as_bytes());
+    let mut mark = String::new();
+    push_truncation_mark(&mut mark, cut);
+    out.extend_from_slice(mark.as_bytes());
   }
   out.push(b'\n');
 }

@@ -105,6 +105,19 @@ fn a_very_long_line_is_cut_with_a_mark() {
   assert!(text.ends_with(&format!("…[truncated {} bytes]\n", MAX_LINE_BYTES)));
 }
 
+/// A line the pipe reader has cut (64 KiB and its mark) is written as it is, not cut again.
+#[test]
+fn a_line_already_cut_is_written_as_it_is() {
+  let mut cut = "é".repeat(MAX_LINE_BYTES / 2);
+  push_truncation_mark(&mut cut, usize::MAX);
+  assert!(cut.len() <= MAX_CUT_LINE);
+  let framed = frame("T".into(), LogStream::Out, 0, &cut);
+  assert_eq!(
+    String::from_utf8(framed).unwrap(),
+    format!("T out 0 {cut}\n")
+  );
+}
+
 #[test]
 fn secrets_are_redacted_in_the_file() {
   let dir = tempfile::tempdir().unwrap();
@@ -166,7 +179,7 @@ fn names_of_logs_skip_rotated_files() {
 #[test]
 fn lines_written_together_are_framed_as_each_alone() {
   let redactor = Redactor::new(Some("0123456789abcdef"), []);
-  let long = "y".repeat(MAX_LINE_BYTES + 5);
+  let long = "y".repeat(MAX_CUT_LINE + 5);
   let batches: Vec<Vec<&str>> = vec![
     vec!["plain one", "plain two", ""],
     vec!["a token 0123456789abcdef here", "after"],
@@ -245,7 +258,7 @@ fn lines_written_together_rotate_between_lines() {
 #[test]
 fn lines_as_read_are_framed_as_each_line_alone_would_be() {
   let redactor = Redactor::new(Some("0123456789abcdef"), []);
-  let long = "y".repeat(MAX_LINE_BYTES + 10);
+  let long = "y".repeat(MAX_CUT_LINE + 10);
   let texts = [
     "plain one\nplain two\n\n".to_string(),
     "a token 0123456789abcdef here\nafter\n".to_string(),
