@@ -5,14 +5,22 @@ const test = require('node:test')
 const assert = require('node:assert/strict')
 const path = require('node:path')
 const { execFile } = require('node:child_process')
-const { linuxOnly } = require('./helpers')
+const { linuxOnly, tempDir } = require('./helpers')
+
+/** Runs scripts/soak.js with `args` in a state folder the test removes; its JSON report, or a failure that says how it ended. */
+async function soak(t, args) {
+  const script = path.join(__dirname, '..', 'scripts', 'soak.js')
+  const env = { ...process.env, SOAK_STATE_DIR: tempDir(t) }
+  // The timeout only guards against a hang: a loaded machine has taken over 120 s for the short soak.
+  const { stdout, stderr, code, signal } = await new Promise((resolve) => {
+    execFile(process.execPath, ['--expose-gc', script, ...args, '--json'], { timeout: 300000, env }, (err, stdout, stderr) => resolve({ code: err ? err.code : 0, signal: err?.signal ?? null, stdout, stderr }))
+  })
+  assert.ok(stdout.trim().startsWith('{'), `the soak ended without its report (code ${code}, signal ${signal}): ${stderr.slice(-2000)}`)
+  return { ...JSON.parse(stdout), stderr, code }
+}
 
 test('short soak: 50 mixed cycles after warm-up, then 20 starts from the exit handler, leave nothing behind', { skip: linuxOnly('counts descriptors in /proc/self/fd') }, async (t) => {
-  const script = path.join(__dirname, '..', 'scripts', 'soak.js')
-  const { stdout, stderr, code } = await new Promise((resolve) => {
-    execFile(process.execPath, ['--expose-gc', script, '--cycles', '50', '--warmup', '100', '--from-exit', '20', '--json'], { timeout: 120000 }, (err, stdout, stderr) => resolve({ code: err ? err.code : 0, stdout, stderr }))
-  })
-  const { ok, figures, limits } = JSON.parse(stdout)
+  const { ok, figures, limits, stderr, code } = await soak(t, ['--cycles', '50', '--warmup', '100', '--from-exit', '20'])
   t.diagnostic(JSON.stringify(figures))
   assert.equal(figures.processesLeft, 0)
   assert.equal(figures.recordsLeft, 0)
@@ -25,11 +33,7 @@ test('short soak: 50 mixed cycles after warm-up, then 20 starts from the exit ha
 })
 
 test('short restart soak: 30 kill → restart → stop cycles leave nothing behind', { skip: linuxOnly('counts descriptors in /proc/self/fd') }, async (t) => {
-  const script = path.join(__dirname, '..', 'scripts', 'soak.js')
-  const { stdout, stderr, code } = await new Promise((resolve) => {
-    execFile(process.execPath, ['--expose-gc', script, '--restarts', '--cycles', '30', '--warmup', '20', '--from-exit', '0', '--json'], { timeout: 120000 }, (err, stdout, stderr) => resolve({ code: err ? err.code : 0, stdout, stderr }))
-  })
-  const { ok, figures, limits } = JSON.parse(stdout)
+  const { ok, figures, limits, stderr, code } = await soak(t, ['--restarts', '--cycles', '30', '--warmup', '20', '--from-exit', '0'])
   t.diagnostic(JSON.stringify(figures))
   assert.equal(figures.restarts, 50)
   assert.equal(figures.processesLeft, 0)

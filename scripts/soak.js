@@ -36,7 +36,8 @@ const { isAlive } = require('../__test__/procs.js')
 const jitter = (maxMs) => new Promise((r) => setTimeout(r, Math.floor(Math.random() * maxMs)))
 
 async function main() {
-  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'bpm-soak-'))
+  // SOAK_STATE_DIR: a folder the caller removes, even when it has to kill the soak (the test does).
+  const stateDir = process.env.SOAK_STATE_DIR ?? fs.mkdtempSync(path.join(os.tmpdir(), 'bpm-soak-'))
   const pids = new Set()
   const counts = { cycles: 0, starts: 0, stops: 0, crashes: 0, stopsDuringStart: 0, parallel: 0, restarts: 0, startsFromExit: 0, startsFromExitFailed: 0 }
   const manager = (name, env = {}, options = {}) => {
