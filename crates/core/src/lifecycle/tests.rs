@@ -327,19 +327,25 @@ async fn a_stop_during_a_start_cancels_it() {
   assert!(record::list_records(dir.path(), None).unwrap().is_empty());
 }
 
-/// A record is never written again once its backend ended (a late rewrite once left records behind).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_record_is_written_after_the_end() {
-  let dir = tempfile::tempdir().unwrap();
+/// An instance of `sleep 30` named `name`, its records in `dir`: held at its gate (`held`), or running.
+async fn sleeping_instance(
+  dir: &std::path::Path,
+  name: &str,
+  held: bool,
+) -> (Arc<instance::Instance>, Arc<crate::os::spawn::Child>) {
   let sink: crate::os::spawn::LineSink = Arc::new(|_, _: &crate::os::spawn::Lines<'_>| {});
   let spec = crate::os::spawn::SpawnSpec {
     program: "sleep".into(),
     args: vec!["30".into()],
-    cwd: dir.path().into(),
+    cwd: dir.into(),
     env: std::env::vars().collect(),
     ..Default::default()
   };
-  let child = crate::os::spawn::spawn(spec, sink).await.unwrap();
+  let child = match held {
+    true => crate::os::spawn::spawn_held(spec, sink).await,
+    false => crate::os::spawn::spawn(spec, sink).await,
+  }
+  .unwrap();
   let info = BackendInfo {
     pid: child.pid,
     port: crate::net::port::unused_port(),
@@ -349,7 +355,15 @@ async fn no_record_is_written_after_the_end() {
     token: None,
     replicas: None,
   };
-  let instance = instance::Instance::new(info, child, "late", dir.path().into(), "/", 0, None);
+  let instance = instance::Instance::new(info, child.clone(), name, dir.into(), "/", 0, None);
+  (instance, child)
+}
+
+/// A record is never written again once its backend ended (a late rewrite once left records behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_record_is_written_after_the_end() {
+  let dir = tempfile::tempdir().unwrap();
+  let (instance, _) = sleeping_instance(dir.path(), "late", false).await;
   instance.write_record().await.unwrap();
   assert_eq!(record::list_records(dir.path(), None).unwrap().len(), 1);
   instance.request_stop();
@@ -372,33 +386,7 @@ async fn no_record_is_written_after_the_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rewrite_names_the_running_executable_and_leaves_only_the_record() {
   let dir = tempfile::tempdir().unwrap();
-  let sink: crate::os::spawn::LineSink = Arc::new(|_, _: &crate::os::spawn::Lines<'_>| {});
-  let spec = crate::os::spawn::SpawnSpec {
-    program: "sleep".into(),
-    args: vec!["30".into()],
-    cwd: dir.path().into(),
-    env: std::env::vars().collect(),
-    ..Default::default()
-  };
-  let child = crate::os::spawn::spawn_held(spec, sink).await.unwrap();
-  let info = BackendInfo {
-    pid: child.pid,
-    port: crate::net::port::unused_port(),
-    host: "127.0.0.1".into(),
-    url: String::new(),
-    started_at: 1,
-    token: None,
-    replicas: None,
-  };
-  let instance = instance::Instance::new(
-    info,
-    child.clone(),
-    "rewrite",
-    dir.path().into(),
-    "/",
-    0,
-    None,
-  );
+  let (instance, child) = sleeping_instance(dir.path(), "rewrite", true).await;
   instance.write_record().await.unwrap();
   let held = only_record(dir.path());
   assert_eq!(held.exe, None, "held, it is still a copy of the app");
