@@ -26,7 +26,9 @@ pub struct Held {
 pub async fn spawn_held(spec: SpawnSpec, sink: LineSink) -> Result<Arc<Child>> {
   let (program, cwd, path_env) = (spec.program.clone(), spec.cwd.clone(), path_of(&spec));
   let failed = |e: std::io::Error| spawn_error(&program, &cwd, path_env.as_deref(), e);
-  super::refuse_format(&program, &cwd, path_env.as_deref())?;
+  // A look at the file (and the PATH search of a bare name): off the async worker.
+  let look = (program.clone(), cwd.clone(), path_env.clone());
+  crate::blocking::run(move || super::refuse_format(&look.0, &look.1, look.2.as_deref())).await??;
   let mut command = build_command(&spec);
   configure(&mut command, &spec);
   // Pipes of our own: the spawn returns only once the program runs, and its output must be read before.
