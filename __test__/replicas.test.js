@@ -437,7 +437,7 @@ test('balancer.idleTimeoutMs: a connection with no byte either way is closed by 
   assert.equal(sockets.size, 1, 'the busy connection was closed')
 })
 
-test('balancer.firstByteTimeoutMs: a frozen replica (SIGSTOP) is taken out and reported unhealthy; later requests go to the other; healthy again once it answers', { skip: posixOnly('SIGSTOP') }, async (t) => {
+test('balancer.firstByteTimeoutMs: a frozen replica (SIGSTOP) is taken out and reported unhealthy; later requests go to the other; healthy again once it answers', { skip: posixOnly('SIGSTOP'), timeout: 60000 }, async (t) => {
   const { pm } = fixtureManager(t, {
     port: await freeRun(3),
     replicas: 2,
