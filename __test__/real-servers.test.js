@@ -1,15 +1,16 @@
 'use strict'
 // Real servers started the ways their users start them (uvicorn, gunicorn, flask's reloader, express,
-// nodemon, npm start): each becomes ready, shows as running, and stopBackend() leaves nothing behind — no
+// nodemon, npm start, go run): each becomes ready, shows as running, and stopBackend() leaves nothing behind — no
 // process of its tree, no listener on its port, no record.
-// The Python servers are installed at pinned versions by scripts/test-deps.js into .cache/pydeps.
+// The Python servers are installed at pinned versions by scripts/test-deps.js into .cache/pydeps; Go is
+// Debian's golang-go (.ci/run installs it), its build cache in .cache/go-build.
 const test = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const path = require('node:path')
 const { ProcessManager, isPortAvailable } = require('..')
 const { ROOT, tempDir, freeRun, isAlive, processTree, groupMembers, records, waitFor, killIfAlive, memoryLogger, httpGet, linuxOnly } = require('./helpers')
-const { ensurePythonDeps, PYDEPS, PYTHON } = require('../scripts/test-deps.js')
+const { ensurePythonDeps, onPath, PYDEPS, PYTHON } = require('../scripts/test-deps.js')
 
 const SERVERS_DIR = path.join(__dirname, 'fixtures', 'servers')
 const NODEMON = path.join(ROOT, 'node_modules', '.bin', 'nodemon')
@@ -17,7 +18,9 @@ const PYTHON_ENV = { PYTHONPATH: PYDEPS, PYTHONDONTWRITEBYTECODE: '1', PYTHONUNB
 
 // `processes`: how many processes the server runs once it is up (the tree is watched until it has them all).
 // uvicorn's reloader and workers are multiprocessing "spawn" children, which also start a resource tracker.
-// (`go run` belongs here too, but needs Go installed.)
+// `go run` builds the program, then runs it as its own child: a stop of `go` alone would leave the server.
+// `needs`: a program that must be on PATH (the test fails, saying how to install it, when it is not).
+// `tempEnv`: a variable set to a temporary folder of the test's own.
 const SERVERS = [
   { name: 'uvicorn', command: PYTHON, args: ['-m', 'uvicorn', 'asgi_app:app', '--host', '{host}', '--port', '{port}'], processes: 1 },
   { name: 'uvicorn --reload', command: PYTHON, args: ['-m', 'uvicorn', 'asgi_app:app', '--reload', '--host', '{host}', '--port', '{port}'], processes: 3 },
@@ -28,6 +31,8 @@ const SERVERS = [
   { name: 'express', entry: 'express-app.js', processes: 1 },
   { name: 'nodemon', command: NODEMON, args: ['--no-update-notifier', 'http-server.js'], processes: 2 },
   { name: 'npm start', command: 'npm', args: ['start'], env: { npm_config_update_notifier: 'false' }, processes: 3 },
+  // GOTMPDIR: `go run` builds in a temporary folder that it deletes only if it is not ended by a signal.
+  { name: 'go run', command: 'go', args: ['run', 'http-server.go'], env: { GOCACHE: path.join(ROOT, '.cache', 'go-build') }, tempEnv: 'GOTMPDIR', processes: 2, needs: { program: 'go', install: 'apt-get install -y golang-go' } },
 ]
 
 test.before(() => ensurePythonDeps())
@@ -45,7 +50,8 @@ for (const server of SERVERS) {
   test(`${server.name}: ready, shown running, and stopBackend() leaves no process, listener or record`, { skip: linuxOnly('Python servers from .cache/pydeps and trees read from /proc'), timeout: 90000 }, async (t) => {
     const stateDir = tempDir(t)
     const port = await freeRun(10)
-    const { name, processes, ...launch } = server
+    const { name, processes, needs, tempEnv, ...launch } = server
+    if (needs) assert.ok(onPath(needs.program), `this test needs ${needs.program} on PATH: ${needs.install}`)
     const pm = new ProcessManager({
       name: 'real',
       cwd: SERVERS_DIR,
@@ -54,7 +60,7 @@ for (const server of SERVERS) {
       startTimeoutMs: 30000,
       logger: memoryLogger(),
       ...launch,
-      env: { ...PYTHON_ENV, ...server.env },
+      env: { ...PYTHON_ENV, ...server.env, ...(tempEnv ? { [tempEnv]: tempDir(t) } : {}) },
     })
     const output = []
     pm.on('stdout', (l) => output.push(l))

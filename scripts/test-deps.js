@@ -1,8 +1,13 @@
 'use strict'
-// Installs the Python servers that __test__/real-servers.test.js runs (uvicorn, gunicorn, flask and what they
-// need), at pinned versions, into .cache/pydeps with `pip install --target`: no virtualenv, nothing in the
-// user's site-packages. Idempotent: once installed, a stamp naming the pins makes the next run instant.
-// `node scripts/test-deps.js` installs; require() it for `ensurePythonDeps()` and `PYDEPS` (PYTHONPATH).
+// What the JS tests need besides npm's packages, so that `npm test` passes on a fresh machine:
+// - the Python servers that __test__/real-servers.test.js runs (uvicorn, gunicorn, flask and what they need),
+//   at pinned versions, into .cache/pydeps with `pip install --target`: no virtualenv, nothing in the user's
+//   site-packages. Idempotent: once installed, a stamp naming the pins makes the next run instant.
+// - on Linux, the programs some tests drive: tmux (the monitor in a terminal), Debian's Chromium (the
+//   dashboard in a browser), Go (`go run`). Missing ones are installed with apt-get when this runs as root
+//   on a system that has it (Debian, Ubuntu); otherwise it says what to install, and those tests fail saying so.
+// `node scripts/test-deps.js` installs both (npm test runs it first); require() it for `ensurePythonDeps()`
+// and `PYDEPS` (PYTHONPATH).
 const fs = require('node:fs')
 const path = require('node:path')
 const { spawnSync } = require('node:child_process')
@@ -45,13 +50,48 @@ function ensurePythonDeps() {
   return PYDEPS
 }
 
-module.exports = { ensurePythonDeps, PYDEPS, PYTHON, PINS }
+// Program → the Debian package that has it.
+const SYSTEM_TOOLS = { tmux: 'tmux', chromium: 'chromium', go: 'golang-go' }
+
+/** Whether `program` is an executable file in a folder of PATH. */
+function onPath(program) {
+  return (process.env.PATH ?? '').split(path.delimiter).some((dir) => {
+    try {
+      fs.accessSync(path.join(dir, program), fs.constants.X_OK)
+      return true
+    } catch {
+      return false
+    }
+  })
+}
+
+/**
+ * Installs the missing test programs with apt-get when it can (Linux, root, apt-get present); returns the
+ * Debian packages still missing (empty when all are there).
+ */
+function ensureSystemTools() {
+  if (process.platform !== 'linux') return []
+  const missing = () => Object.entries(SYSTEM_TOOLS).filter(([program]) => !onPath(program)).map(([, pkg]) => pkg)
+  const packages = missing()
+  if (packages.length === 0 || process.getuid() !== 0 || !onPath('apt-get')) return packages
+  console.log(`installing the programs some tests drive: ${packages.join(' ')} (apt-get)…`)
+  // Waits for another apt-get's lock instead of failing at once.
+  const apt = (...args) => spawnSync('apt-get', ['-o', 'DPkg::Lock::Timeout=600', ...args], { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } })
+  apt('update', '-qq')
+  apt('install', '-y', '-qq', ...packages)
+  return missing()
+}
+
+module.exports = { ensurePythonDeps, ensureSystemTools, onPath, PYDEPS, PYTHON, PINS }
 
 if (require.main === module) {
   try {
     const started = Date.now()
     ensurePythonDeps()
     console.log(`Python test servers ready in ${path.relative(process.cwd(), PYDEPS) || PYDEPS} (${Date.now() - started} ms)`)
+    const missing = ensureSystemTools()
+    // Not an error here: the tests that need them fail, each saying what it needs.
+    if (missing.length > 0) console.error(`not installed (some tests will fail until they are): ${missing.join(' ')}; apt-get install -y ${missing.join(' ')}`)
   } catch (err) {
     console.error(err.message)
     process.exit(1)
