@@ -17,4 +17,4 @@ mkdir -p target/wine-js
   echo "require('../../scripts/test-wine.js')"
 } >"$script"
 export XPLAT_NODE_SCRIPT=$script
-exec bash "$tools/test-windows.sh" . --lib -- --exact 'the Rust tests run in their own step'
+exec bash "$tools/test-windows.sh" . -p backend-process-manager-core --lib -- --exact 'the Rust tests run in their own step'
