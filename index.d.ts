@@ -48,9 +48,15 @@ export interface Logger {
  * The options of `new ProcessManager(options)` (docs/api.md): the binding's generated type, which the native
  * side reads and checks, plus what only the JS layer keeps.
  */
-export interface ProcessManagerOptions extends native.ProcessManagerOptions {
+export interface ProcessManagerOptions extends Omit<native.ProcessManagerOptions, 'ready'> {
   /** Where the manager logs; `false` silences it. Default `console`. */
   logger?: Logger | false
+  /**
+   * What tells that the backend is ready. Default `'http'`. `{ stdout }`: the first stdout or stderr line that
+   * matches, a string in JavaScript's regex syntax or a RegExp (its `i` and `s` flags apply); look-around and
+   * back-references are refused.
+   */
+  ready?: ReadyCheck | { stdout: string | RegExp }
 }
 
 export type BalancerLimits = native.BalancerLimits

@@ -117,8 +117,58 @@ test('ready: { stdout } — a backend that exits before its line fails at once w
   assert.ok(Date.now() - began < 5000)
 })
 
+// A backend that says it is ready in its own words, then serves nothing (nothing is probed with { stdout }).
+const SAYS_READY = "console.log('Server READY on ' + process.env.PORT); setInterval(() => {}, 1000)"
+
+test('ready: { stdout } takes a RegExp, its i flag included: a line that differs only in case is the signal with it, and not without', async (t) => {
+  const pm = manager(t, { name: 'regexp-line', command: process.execPath, args: ['-e', SAYS_READY], port: await freeRun(3), ready: { stdout: /^server ready on \d+$/i } })
+  // The pattern as given; the core has it as `(?i)` and the rewritten source.
+  assert.deepEqual(pm.options.ready, { stdout: '/^server ready on \\d+$/i' })
+  const b = await pm.startBackend(ROOT)
+  assert.ok(isAlive(b.pid))
+  assert.ok((await pm.logs()).some((l) => l.stream === 'out' && l.line === `Server READY on ${b.port}`), 'the line was written')
+  // Without the flag the same line is not the signal: the start runs into its deadline.
+  const strict = manager(t, { name: 'regexp-case', command: process.execPath, args: ['-e', SAYS_READY], port: await freeRun(3), ready: { stdout: /^server ready on \d+$/ }, startTimeoutMs: 1500 })
+  const err = await strict.startBackend(ROOT).catch((e) => e)
+  assert.equal(err.code, 'ERR_START_TIMEOUT')
+})
+
+// JavaScript forms that the core's engine refuses or reads another way (lib/js-regex.js rewrites them), each
+// with a line it matches in JavaScript: `\<` and `\>` are the characters (word boundaries in Rust), `{,2}` is
+// text (a repetition in Rust), `--` in a class ends a range (a set difference in Rust), `\cI` is a tab, `[^]`
+// any character, `\z` the letter (the end of the text in Rust), `\q` the letter (refused in Rust).
+const LINE = 'up <1> {,2} [+-] z\t.'
+const JS_FORMS = ['^up \\<1\\> ', ' \\{?{,2}\\}? ', '\\[[+--]{2}\\]', 'z\\cI\\.$', '[^]\\z', '^\\q?up', '^u\\p?p ']
+
+test('ready: { stdout } patterns mean what they mean in JavaScript: the rewrite for the core keeps their meaning, and the core accepts it', () => {
+  const { toCoreRegex } = require('../lib/js-regex.js')
+  const lines = [LINE, 'up 1 2', 'up <1>', '[+-]', '[,,]', '[ab]', 'z\t.', 'a\rb', 'a\nb', 'a\u2028b', 'ab', 'ready {,2} now', 'x{2}', 'q', 'K', '\u0000', 'é', '😀']
+  const patterns = [...JS_FORMS, 'a.b', '^a[^]b$', 'a[\\b]?b', 'x{2}', 'x\\{2}', '[\\]]', '[a-]', '[-a]', '[\\d-z]+', '[]', '\\0', '\\x41|\\u00e9', '\\/', '(?<n>a)b', '[\\s\\S]', 'a|', '\\cJ', 'K\\K?']
+  for (const pattern of patterns) {
+    const rewritten = toCoreRegex(pattern)
+    for (const line of lines) {
+      assert.equal(new RegExp(rewritten).test(line), new RegExp(pattern).test(line), `${JSON.stringify(pattern)} -> ${JSON.stringify(rewritten)} on ${JSON.stringify(line)}`)
+    }
+    assert.doesNotThrow(() => new ProcessManager({ ready: { stdout: pattern }, logger: false }), pattern)
+  }
+})
+
+test('ready: { stdout } in JavaScript forms that the core reads differently: each is the signal on a line it matches in JavaScript', async (t) => {
+  for (const pattern of JS_FORMS) {
+    assert.ok(new RegExp(pattern).test(LINE), `${pattern} matches the line in JavaScript`)
+    const pm = manager(t, { name: 'js-forms', command: process.execPath, args: ['-e', `console.log(${JSON.stringify(LINE)}); setInterval(() => {}, 1000)`], port: await freeRun(3), ready: { stdout: pattern }, startTimeoutMs: 5000 })
+    const b = await pm.startBackend(ROOT).catch((e) => assert.fail(`${pattern}: ${e.message}`))
+    assert.ok(isAlive(b.pid))
+    await pm.stopBackend()
+  }
+})
+
 test('bad ready options are refused at construction, naming the option', () => {
-  for (const [ready, message] of [['tcp', /ready must be/], [{ stdout: '(' }, /ready.stdout/], [{ stdout: '' }, /ready.stdout/], [{ stderr: 'x' }, /unknown option "stderr" in ready/], [{}, /needs stdout/], [5, /ready must be a string/]]) {
+  for (const [ready, message] of [['tcp', /ready must be/], [{ stdout: '(' }, /ready.stdout/], [{ stdout: '' }, /ready.stdout/], [{ stderr: 'x' }, /unknown option "stderr" in ready/],
+    // JavaScript's syntax: Rust's inline flags are not JavaScript; look-around is JavaScript but not matched here.
+    [{ stdout: '(?i)ready' }, /ready.stdout "\(\?i\)ready" is not a JavaScript regular expression/], [{ stdout: '(?<=on )\\d+' }, /ready.stdout "\(\?<=on \)\\\\d\+" is not a pattern this library can match: look-around/],
+    [{ stdout: /(a)\1/ }, /ready.stdout \/\(a\)\\1\/ is not a pattern this library can match: backreferences/], [{ stdout: '(?<n>a)\\k<n>' }, /back-references are not supported/],
+    [{ stdout: new RegExp('ready', 'v') }, /ready.stdout \/ready\/v: the flag v is not supported/], [{}, /needs stdout/], [5, /ready must be a string/]]) {
     assert.throws(() => new ProcessManager({ ready, logger: false }), { code: 'ERR_INVALID_ARG', message }, JSON.stringify(ready))
   }
   assert.equal(new ProcessManager({ logger: false }).options.ready, 'http')

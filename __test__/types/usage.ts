@@ -144,6 +144,12 @@ async function main(): Promise<void> {
   // @ts-expect-error timeoutMs is a number
   pm.stopSync({ timeoutMs: '5' })
 
+  // A readiness line as a string in JavaScript's syntax or as a RegExp.
+  new ProcessManager({ ready: { stdout: 'Uvicorn running on' } })
+  new ProcessManager({ ready: { stdout: /uvicorn running on/i } })
+  // @ts-expect-error the pattern is a string or a RegExp
+  new ProcessManager({ ready: { stdout: 42 } })
+
   // @ts-expect-error ports are numbers
   await pm.isPortAvailable('80')
   // @ts-expect-error unknown option
