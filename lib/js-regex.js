@@ -49,7 +49,16 @@ function escape(pattern, i, inClass, unicode, named) {
   }
   if (c === 'u') {
     const four = pattern.slice(i + 2, i + 6)
-    if (four.length === 4 && isHex(four)) return { text: hex(parseInt(four, 16)), next: i + 6, atom: true }
+    if (four.length === 4 && isHex(four)) {
+      const code = parseInt(four, 16)
+      // A surrogate pair (`\ud83d\ude00`) is one character of the line; the core has no lone surrogates.
+      const low = /^\\u([dD][c-fC-F][0-9a-fA-F]{2})/.exec(pattern.slice(i + 6))
+      if (code >= 0xd800 && code <= 0xdbff && low) {
+        const pair = String.fromCharCode(code, parseInt(low[1], 16))
+        return { text: literal(pair), next: i + 12, atom: true }
+      }
+      return { text: hex(code), next: i + 6, atom: true }
+    }
     const braced = unicode && /^\{([0-9a-fA-F]+)\}/.exec(pattern.slice(i + 2))
     if (braced) return { text: `\\u{${braced[1]}}`, next: i + 2 + braced[0].length, atom: true }
   }
