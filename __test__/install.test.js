@@ -36,7 +36,7 @@ test('the packed packages install into a fresh project and work there', { skip: 
   fs.mkdirSync(localTarballs)
   const [localPack] = JSON.parse(npm(['pack', '--json', '--pack-destination', localTarballs], ROOT))
   const shipped = localPack.files.map((f) => f.path).filter((f) => f !== binaryName).sort()
-  assert.deepEqual(shipped, ['LICENSE', 'README.md', 'binding.d.ts', 'binding.js', 'cli.js', 'electron.d.ts', 'index.d.ts', 'index.js', 'lib/dashboard-page.js', 'lib/dashboard.js', 'lib/electron.js', 'lib/format.js', 'lib/group.js', 'lib/monitor.js', 'lib/uplot.generated.js', 'package.json'])
+  assert.deepEqual(shipped, ['LICENSE', 'README.md', 'binding.d.ts', 'binding.js', 'cli.js', 'electron.d.ts', 'index.d.ts', 'index.js', 'lib/dashboard-page.js', 'lib/dashboard.js', 'lib/electron.js', 'lib/format.js', 'lib/group.js', 'lib/js-regex.js', 'lib/monitor.js', 'lib/uplot.generated.js', 'package.json'])
   assert.ok(localPack.files.some((f) => f.path === binaryName), 'a built checkout packs its binary')
   const release = path.join(work, 'release')
   for (const file of shipped) fs.cpSync(path.join(ROOT, file), path.join(release, file), { recursive: true })
