@@ -7,7 +7,7 @@ const { EventEmitter } = require('node:events')
 const native = require('./binding.js')
 const { BackendGroup: Group } = require('./lib/group.js')
 const { invalidArg } = require('./lib/format.js')
-const { toCoreRegex, NotSupported } = require('./lib/js-regex.js')
+const { readyForCore } = require('./lib/js-regex.js')
 
 /** The options the JS layer keeps for itself. */
 function splitLogger(options) {
@@ -17,41 +17,6 @@ function splitLogger(options) {
     throw invalidArg(`logger must be an object with info, warn and error methods, or false, got ${logger === null ? 'null' : typeof logger}`)
   }
   return { logger, rest }
-}
-
-/**
- * `ready: { stdout }` takes JavaScript's regular expressions (docs/api.md): a string that `new RegExp`
- * compiles, or a RegExp (its `i` and `s` flags become inline flags; `d`, `g`, `m`, `u` and `y` change nothing
- * for one line matched once). Returns the option for the core, its pattern rewritten by lib/js-regex.js into
- * forms that the core's engine reads the same way, and the pattern as given, for `pm.options`.
- */
-function readyOption(ready) {
-  if (ready === null || typeof ready !== 'object' || Array.isArray(ready)) return { ready, shown: null }
-  const { stdout } = ready
-  if (stdout instanceof RegExp) {
-    const unsupported = [...stdout.flags].filter((f) => !'dgimsuy'.includes(f))
-    if (unsupported.length > 0) throw invalidArg(`ready.stdout ${stdout}: the flag ${unsupported.join(', ')} is not supported (d, g, i, m, s, u and y are)`)
-    const inline = [...stdout.flags].filter((f) => f === 'i' || f === 's').join('')
-    const pattern = forCore(String(stdout), stdout.source, stdout.flags)
-    return { ready: { ...ready, stdout: inline ? `(?${inline})${pattern}` : pattern }, shown: { ...ready, stdout: String(stdout) } }
-  }
-  if (typeof stdout !== 'string') return { ready, shown: null }
-  try {
-    new RegExp(stdout)
-  } catch (err) {
-    throw invalidArg(`ready.stdout ${JSON.stringify(stdout)} is not a JavaScript regular expression: ${err.message}`)
-  }
-  return { ready: { ...ready, stdout: forCore(JSON.stringify(stdout), stdout, '') }, shown: ready }
-}
-
-/** `source` rewritten for the core (lib/js-regex.js); `shown`: the pattern as the app wrote it, for the error. */
-function forCore(shown, source, flags) {
-  try {
-    return toCoreRegex(source, flags)
-  } catch (err) {
-    if (err instanceof NotSupported) throw invalidArg(`ready.stdout ${shown} is not a pattern this library can match: ${err.message}`)
-    throw err
-  }
 }
 
 function runtime() {
@@ -81,24 +46,16 @@ class ProcessManager extends EventEmitter {
   constructor(options) {
     super()
     const { logger, rest } = splitLogger(options)
-    let forNative = rest
-    if (rest && typeof rest === 'object' && 'ready' in rest) {
-      const { ready, shown } = readyOption(rest.ready)
-      forNative = { ...rest, ready }
-      this.#readyShown = shown
-    }
+    const ready = rest && typeof rest === 'object' && 'ready' in rest ? readyForCore(rest.ready) : null
+    this.#readyShown = ready?.shown ?? null
     // The native side holds this callback for good; through a WeakRef it does not hold the manager, so an
     // idle manager the app no longer uses can be garbage-collected (a running one is held by #keepAlive).
     const onEvent = ProcessManager.#forwarder(new WeakRef(this))
     try {
-      this.#native = new native.NativeManager(forNative, onEvent)
+      this.#native = new native.NativeManager(ready ? { ...rest, ready: ready.ready } : rest, onEvent)
     } catch (err) {
       // The core's message quotes the pattern it was given: the app's own is the one to show.
-      const given = forNative?.ready?.stdout
-      if (this.#readyShown && err.code === 'ERR_INVALID_ARG' && typeof given === 'string') {
-        const own = rest.ready.stdout
-        err.message = err.message.replace(JSON.stringify(given), own instanceof RegExp ? String(own) : JSON.stringify(own))
-      }
+      if (ready?.quoted && err.code === 'ERR_INVALID_ARG') err.message = err.message.replace(JSON.stringify(ready.ready.stdout), ready.quoted)
       throw err
     }
     this.#logger = logger

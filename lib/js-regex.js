@@ -9,11 +9,12 @@
 // back-references by name are refused here.
 // Still ASCII in the core: `\s` (JavaScript's also has the Unicode spaces) and the i flag's case folding.
 
-/** A JavaScript form the core's engine cannot match (the caller says which option). */
+const { invalidArg } = require('./format.js')
+
+/** A JavaScript form the core's engine cannot match (readyForCore names the option). */
 class NotSupported extends Error {}
 
 const hex = (code) => (code < 0x100 ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`)
-const isHex = (s) => /^[0-9a-fA-F]+$/.test(s)
 // The escapes that mean the same in both engines, as they are (outside a class; `\b` and `\B` are assertions).
 const SAME_ESCAPES = new Set('bBdDfnrsStvwW')
 // In a class `\b` is a backspace in JavaScript; `\B` is the letter.
@@ -44,13 +45,12 @@ function escape(pattern, i, inClass, unicode, named) {
     // Annex B: a backslash, then the letter c.
     return { text: '\\\\', next: i + 1, atom: true }
   }
-  if (c === 'x' && isHex(pattern.slice(i + 2, i + 4)) && pattern.slice(i + 2, i + 4).length === 2) {
-    return { text: hex(parseInt(pattern.slice(i + 2, i + 4), 16)), next: i + 4, atom: true }
-  }
+  const two = c === 'x' && /^[0-9a-fA-F]{2}/.exec(pattern.slice(i + 2))
+  if (two) return { text: hex(parseInt(two[0], 16)), next: i + 4, atom: true }
   if (c === 'u') {
-    const four = pattern.slice(i + 2, i + 6)
-    if (four.length === 4 && isHex(four)) {
-      const code = parseInt(four, 16)
+    const four = /^[0-9a-fA-F]{4}/.exec(pattern.slice(i + 2))
+    if (four) {
+      const code = parseInt(four[0], 16)
       // A surrogate pair (`\ud83d\ude00`) is one character of the line; the core has no lone surrogates.
       const low = /^\\u([dD][c-fC-F][0-9a-fA-F]{2})/.exec(pattern.slice(i + 6))
       if (code >= 0xd800 && code <= 0xdbff && low) {
@@ -163,4 +163,43 @@ function toCoreRegex(source, flags = '') {
   return out
 }
 
-module.exports = { toCoreRegex, NotSupported }
+/**
+ * The `ready` option for the core: `{ ready, shown, quoted }`. `ready: { stdout }` takes JavaScript's regular
+ * expressions (docs/api.md): a string that `new RegExp` compiles, or a RegExp (its `i` and `s` flags become
+ * inline flags; `d`, `g`, `m`, `u` and `y` change nothing for one line matched once); its pattern goes to the
+ * core rewritten by `toCoreRegex`. `shown`: the option as given, for `pm.options` (a RegExp as its literal);
+ * `quoted`: the pattern as the app wrote it, for the core's error messages. Other values go as they are.
+ */
+function readyForCore(ready) {
+  const stdout = ready !== null && typeof ready === 'object' && !Array.isArray(ready) ? ready.stdout : undefined
+  let source, flags, quoted
+  if (stdout instanceof RegExp) {
+    const unsupported = [...stdout.flags].filter((f) => !'dgimsuy'.includes(f))
+    if (unsupported.length > 0) throw invalidArg(`ready.stdout ${stdout}: the flag ${unsupported.join(', ')} is not supported (d, g, i, m, s, u and y are)`)
+    source = stdout.source
+    flags = stdout.flags
+    quoted = String(stdout)
+  } else if (typeof stdout === 'string') {
+    try {
+      new RegExp(stdout)
+    } catch (err) {
+      throw invalidArg(`ready.stdout ${JSON.stringify(stdout)} is not a JavaScript regular expression: ${err.message}`)
+    }
+    source = stdout
+    flags = ''
+    quoted = JSON.stringify(stdout)
+  } else {
+    return { ready, shown: null, quoted: null }
+  }
+  let pattern
+  try {
+    pattern = toCoreRegex(source, flags)
+  } catch (err) {
+    if (err instanceof NotSupported) throw invalidArg(`ready.stdout ${quoted} is not a pattern this library can match: ${err.message}`)
+    throw err
+  }
+  const inline = [...flags].filter((f) => f === 'i' || f === 's').join('')
+  return { ready: { ...ready, stdout: inline ? `(?${inline})${pattern}` : pattern }, shown: { ...ready, stdout: stdout instanceof RegExp ? quoted : stdout }, quoted }
+}
+
+module.exports = { toCoreRegex, readyForCore }

@@ -61,4 +61,4 @@ function main() {
 }
 
 if (require.main === module) process.exit(main())
-module.exports = { stamp, builtProfile }
+module.exports = { stamp }
