@@ -183,10 +183,11 @@ test('the app exiting while its backend starts: the backend dies with it; the ne
 
 test('cleanupRecords deletes broken records of its own, leaves every other file, and signals nothing', async (t) => {
   const stateDir = tempDir(t)
-  const foreign = ['', '{', 'null', '[]', '{"version":1,"pid":1}', '\u0000\u0001binary', '{"total": 12}']
+  const foreign = [' ', '{', 'null', '[]', '{"version":1,"pid":1}', '\u0000\u0001binary', '{"total": 12}']
   foreign.forEach((text, i) => fs.writeFileSync(path.join(stateDir, `x-${i + 10}.json`), text, { mode: 0o600 }))
-  const broken = [recordOf({ name: 'x', pid: 1, port: 1, exe: null, startTime: 0, ownerPid: 1, ownerStartTime: 0 }), { manager: 'backend-process-manager', version: 9 }]
-  broken.forEach((r, i) => fs.writeFileSync(path.join(stateDir, `x-${i + 50}.json`), JSON.stringify(r), { mode: 0o600 }))
+  // Empty or zeroed: a record's write cut short by a machine crash (records are not fsynced).
+  const broken = [JSON.stringify(recordOf({ name: 'x', pid: 1, port: 1, exe: null, startTime: 0, ownerPid: 1, ownerStartTime: 0 })), JSON.stringify({ manager: 'backend-process-manager', version: 9 }), '', '\u0000'.repeat(256)]
+  broken.forEach((text, i) => fs.writeFileSync(path.join(stateDir, `x-${i + 50}.json`), text, { mode: 0o600 }))
   const items = await cleanupRecords(stateDir, { stopTimeoutMs: 100 })
   assert.equal(items.length, foreign.length + broken.length)
   const byFile = new Map(items.map((i) => [path.basename(i.file), i.action]))

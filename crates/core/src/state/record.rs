@@ -391,6 +391,15 @@ pub fn lock_record(path: &Path) -> Option<fs::File> {
 
 /// A record of ours, a broken record of ours (`Invalid`), or someone else's file (`Foreign`).
 pub fn parse_record(text: &str) -> std::result::Result<Record, Problem> {
+  // Records are renamed into place whole, but not flushed (`write_record`): after a machine crash or a
+  // power loss a record written in its last seconds can come back empty, or as zeros, under its name. No
+  // writer leaves such a file otherwise, and deleting it loses nothing: it is ours to delete, where any
+  // other file without the marker is left alone.
+  if text.bytes().all(|b| b == 0) {
+    return Err(Problem::Invalid(
+      "it is empty (a write cut short by a machine crash or power loss)".into(),
+    ));
+  }
   let value: serde_json::Value =
     serde_json::from_str(text).map_err(|_| Problem::Foreign("it is not JSON".into()))?;
   if value.get("manager").and_then(|m| m.as_str()) != Some(MARKER) {
@@ -620,7 +629,7 @@ pub(crate) mod tests {
   #[test]
   fn files_without_the_marker_are_foreign_and_broken_records_of_ours_invalid() {
     for text in [
-      "",
+      " ",
       "{",
       "null",
       "[1,2]",
@@ -637,6 +646,17 @@ pub(crate) mod tests {
       parse_record(&ours_but_broken),
       Err(Problem::Invalid(_))
     ));
+  }
+
+  #[test]
+  fn an_empty_or_zeroed_file_is_a_write_cut_short_and_may_be_deleted() {
+    for text in ["", "\0", "\0\0\0\0\0\0\0\0"] {
+      match parse_record(text) {
+        Err(Problem::Invalid(reason)) => assert!(reason.contains("empty"), "{reason}"),
+        other => panic!("{text:?}: {other:?}"),
+      }
+    }
+    assert!(matches!(parse_record("\0{"), Err(Problem::Foreign(_))));
   }
 
   #[test]
@@ -769,7 +789,7 @@ pub(crate) mod tests {
       fn only_a_file_with_the_marker_is_ours(text in record_like()) {
         let marked = serde_json::from_str::<serde_json::Value>(&text)
           .is_ok_and(|v| v.get("manager").and_then(|m| m.as_str()) == Some(MARKER));
-        if !marked {
+        if !marked && !text.bytes().all(|b| b == 0) {
           prop_assert!(matches!(parse_record(&text), Err(Problem::Foreign(_))));
         }
       }
