@@ -13,8 +13,9 @@
 mod imp {
   use std::io::Write;
   use std::process::{Child, ChildStdin, Command, Stdio};
-  use std::sync::{Mutex, OnceLock};
+  use std::sync::Mutex;
   use std::time::Duration;
+  use tokio::sync::OnceCell;
 
   /// The script: POSIX sh (dash, bash, macOS's sh), with `kill` and `sleep` as every Unix has them.
   const SCRIPT: &str = r#"
@@ -51,8 +52,14 @@ exit 0
   }
 
   impl Guard {
-    /// Starts a guard process. Its own process group and session, so a signal to the app's group (Ctrl-C
-    /// in a terminal) does not reach it; it ignores hang-ups too.
+    /// Starts a guard process. Its own process group, so a signal to the app's group (Ctrl-C in a terminal)
+    /// does not reach it; it ignores hang-ups too.
+    ///
+    /// No `pre_exec` step (it had one for `setsid`): with one, the standard library forks and then waits
+    /// for the child's `exec` to close a channel that any process forked meanwhile also holds, and a
+    /// backend forked then waits at its gate for a record write that the blocked start never made
+    /// (seen: two backends started at once, both starts hung). Without one it uses `posix_spawn`, which
+    /// returns once the child has exec'd, whatever else was forked.
     pub fn start() -> std::io::Result<Guard> {
       use std::os::unix::process::CommandExt;
       let mut command = Command::new("/bin/sh");
@@ -62,14 +69,8 @@ exit 0
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .current_dir("/");
-      // SAFETY: setsid is async-signal-safe and touches only the child's own session.
-      unsafe {
-        command.pre_exec(|| {
-          rustix::process::setsid()?;
-          Ok(())
-        });
-      }
+        .current_dir("/")
+        .process_group(0);
       let mut process = command.spawn()?;
       let pipe = process.stdin.take();
       Ok(Guard {
@@ -110,11 +111,21 @@ exit 0
     }
   }
 
-  static GUARD: OnceLock<Option<Guard>> = OnceLock::new();
+  static GUARD: OnceCell<Option<Guard>> = OnceCell::const_new();
 
-  /// The app's one guard, started on first use; `None` when it cannot be started (no /bin/sh).
-  pub fn shared() -> Option<&'static Guard> {
-    GUARD.get_or_init(|| Guard::start().ok()).as_ref()
+  /// The app's one guard, started on first use (on a thread of its own: a spawn waits for the `exec`),
+  /// while other starts that need it meanwhile wait without holding an async worker; `None` when it
+  /// cannot be started (no /bin/sh).
+  pub async fn shared() -> Option<&'static Guard> {
+    GUARD
+      .get_or_init(|| async {
+        crate::blocking::run(|| Guard::start().ok())
+          .await
+          .ok()
+          .flatten()
+      })
+      .await
+      .as_ref()
   }
 
   /// The guard, if one was started (a group is forgotten only where it could have been told).
@@ -131,6 +142,7 @@ pub use imp::{shared, started};
 #[cfg(all(test, unix))]
 mod tests {
   use super::*;
+  use std::os::fd::AsRawFd;
   use std::os::unix::process::CommandExt;
   use std::time::{Duration, Instant};
 
@@ -161,6 +173,68 @@ mod tests {
       std::thread::sleep(Duration::from_millis(10));
     }
     done()
+  }
+
+  /// A guard starts while other threads fork (the spawner threads forking backends held at their gates):
+  /// its start must not wait for a process forked meanwhile, which holds every descriptor open at its fork,
+  /// to exec. Here the forked processes wait on a pipe until all the starts returned (or gave up).
+  #[test]
+  fn a_guard_starts_while_processes_forked_meanwhile_are_held() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    // Close-on-exec: the guards started here must not hold it.
+    let (release_read, release_write) =
+      rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+    let release_write_fd = release_write.as_raw_fd();
+    let forking = Arc::new(AtomicBool::new(true));
+    let (began_tx, began_rx) = std::sync::mpsc::channel();
+    let forker = {
+      let forking = forking.clone();
+      std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while forking.load(Ordering::SeqCst) && held.len() < 500 {
+          // SAFETY: the child only closes, reads and exits (async-signal-safe calls).
+          match unsafe { libc::fork() } {
+            0 => unsafe {
+              // Its copy of the write end closed, the read ends when the test closes its own.
+              libc::close(release_write_fd);
+              let mut byte = 0u8;
+              libc::read(release_read.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
+              libc::_exit(0);
+            },
+            pid if pid > 0 => held.push(pid),
+            _ => break,
+          }
+          if held.len() == 5 {
+            let _ = began_tx.send(());
+          }
+        }
+        held
+      })
+    };
+    let began = began_rx.recv_timeout(Duration::from_secs(10));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+      for _ in 0..20 {
+        let guard = Guard::start().unwrap();
+        guard.close();
+      }
+      let _ = done_tx.send(());
+    });
+    let started = done_rx.recv_timeout(Duration::from_secs(10));
+    forking.store(false, Ordering::SeqCst);
+    drop(release_write);
+    let held = forker.join().unwrap();
+    for pid in &held {
+      // SAFETY: each is a child of this process, reaped once.
+      unsafe { libc::waitpid(*pid, std::ptr::null_mut(), 0) };
+    }
+    assert!(began.is_ok(), "no process was forked");
+    assert!(
+      started.is_ok(),
+      "the guard's start waited for processes forked meanwhile ({} held)",
+      held.len()
+    );
   }
 
   /// End of file (the app died) ends the groups it was told about — politely, then by force after the

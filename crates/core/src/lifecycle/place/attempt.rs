@@ -117,7 +117,7 @@ pub async fn run(
   spec.no_parent_death_signal = !o.death_guard.parent_death_signal();
   let child = spawn::spawn_held(spec, sink).await?;
   // Held at its gate: the guard knows its group before its program can run.
-  notify::tell_guard(manager, child.pid);
+  notify::tell_guard(manager, child.pid).await;
   let info = BackendInfo {
     pid: child.pid,
     port,

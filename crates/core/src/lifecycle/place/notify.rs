@@ -109,11 +109,12 @@ mod imp {
 
   /// Tells the death guard (when the options use one) about the group of `pid`, held at its gate: the
   /// guard knows it before its program can run.
-  pub fn tell_guard(ctx: &Context, pid: u32) {
+  pub async fn tell_guard(ctx: &Context, pid: u32) {
     if !ctx.options.death_guard.uses_guard() {
       return;
     }
-    let told = crate::os::guard::shared().is_some_and(|g| g.watch(pid, ctx.deadlines.stop));
+    let guard = crate::os::guard::shared().await;
+    let told = guard.is_some_and(|g| g.watch(pid, ctx.deadlines.stop));
     if !told {
       ctx.log(
         Level::Warn,
@@ -157,5 +158,5 @@ mod imp {
   }
 
   /// No guard off Unix: Windows ends the tree with its job object.
-  pub fn tell_guard(_ctx: &Context, _pid: u32) {}
+  pub async fn tell_guard(_ctx: &Context, _pid: u32) {}
 }
