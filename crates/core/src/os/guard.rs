@@ -193,8 +193,9 @@ mod tests {
       std::thread::spawn(move || {
         let mut held = Vec::new();
         while forking.load(Ordering::SeqCst) && held.len() < 500 {
-          // SAFETY: the child only closes, reads and exits (async-signal-safe calls).
+          // SAFETY: fork in a threaded process; the child below makes only async-signal-safe calls.
           match unsafe { libc::fork() } {
+            // SAFETY: in the child: close, read and _exit, async-signal-safe, on descriptors open in it.
             0 => unsafe {
               // Its copy of the write end closed, the read ends when the test closes its own.
               libc::close(release_write_fd);
