@@ -182,9 +182,8 @@ mod tests {
   fn a_guard_starts_while_processes_forked_meanwhile_are_held() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    // Close-on-exec: the guards started here must not hold it.
-    let (release_read, release_write) =
-      rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+    // Close-on-exec (as the standard library makes pipes): the guards started here must not hold it.
+    let (release_read, release_write) = std::io::pipe().unwrap();
     let release_write_fd = release_write.as_raw_fd();
     let forking = Arc::new(AtomicBool::new(true));
     let (began_tx, began_rx) = std::sync::mpsc::channel();
