@@ -20,6 +20,7 @@ mod imp {
   /// The script: POSIX sh (dash, bash, macOS's sh), with `kill` and `sleep` as every Unix has them.
   const SCRIPT: &str = r#"
 trap '' HUP INT TERM QUIT PIPE
+cd /
 groups=""
 grace=0
 while IFS=' ' read -r op ms; do
@@ -59,7 +60,10 @@ exit 0
     /// for the child's `exec` to close a channel that any process forked meanwhile also holds, and a
     /// backend forked then waits at its gate for a record write that the blocked start never made
     /// (seen: two backends started at once, both starts hung). Without one it uses `posix_spawn`, which
-    /// returns once the child has exec'd, whatever else was forked.
+    /// returns once the child has exec'd, whatever else was forked. The script leaves the app's folder
+    /// itself (`cd /`): asked for here, a folder makes the standard library fork where the C library has
+    /// no `posix_spawn_file_actions_addchdir_np` (glibc before 2.29). Starts also start the guard before
+    /// they fork their backend, so neither way can a start wait on a backend held for it.
     pub fn start() -> std::io::Result<Guard> {
       use std::os::unix::process::CommandExt;
       let mut command = Command::new("/bin/sh");
@@ -69,7 +73,6 @@ exit 0
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .current_dir("/")
         .process_group(0);
       let mut process = command.spawn()?;
       let pipe = process.stdin.take();

@@ -115,9 +115,10 @@ pub async fn run(
   };
   // Held before its program until its record is on disk (docs/design.md §25).
   spec.no_parent_death_signal = !o.death_guard.parent_death_signal();
+  notify::start_guard(manager).await;
   let child = spawn::spawn_held(spec, sink).await?;
   // Held at its gate: the guard knows its group before its program can run.
-  notify::tell_guard(manager, child.pid).await;
+  notify::tell_guard(manager, child.pid);
   let info = BackendInfo {
     pid: child.pid,
     port,

@@ -2,7 +2,7 @@
 //! (`READY=1`, `STATUS=`, `STOPPING=1`) and the death guard are Unix's; elsewhere they are nothing
 //! (`ready: 'notify'` is refused at construction off Unix, and no guard is started).
 
-pub use imp::{tell_guard, Notices};
+pub use imp::{start_guard, tell_guard, Notices};
 
 #[cfg(unix)]
 mod imp {
@@ -107,14 +107,22 @@ mod imp {
     }
   }
 
+  /// Starts the death guard (when the options use one) if it is not running yet, before the backend is
+  /// forked: a backend held at its gate meanwhile would hold the guard's spawn up (if the spawn waited for
+  /// its `exec`), and that backend's own start would be waiting for the guard.
+  pub async fn start_guard(ctx: &Context) {
+    if ctx.options.death_guard.uses_guard() {
+      crate::os::guard::shared().await;
+    }
+  }
+
   /// Tells the death guard (when the options use one) about the group of `pid`, held at its gate: the
   /// guard knows it before its program can run.
-  pub async fn tell_guard(ctx: &Context, pid: u32) {
+  pub fn tell_guard(ctx: &Context, pid: u32) {
     if !ctx.options.death_guard.uses_guard() {
       return;
     }
-    let guard = crate::os::guard::shared().await;
-    let told = guard.is_some_and(|g| g.watch(pid, ctx.deadlines.stop));
+    let told = crate::os::guard::started().is_some_and(|g| g.watch(pid, ctx.deadlines.stop));
     if !told {
       ctx.log(
         Level::Warn,
@@ -158,5 +166,7 @@ mod imp {
   }
 
   /// No guard off Unix: Windows ends the tree with its job object.
-  pub async fn tell_guard(_ctx: &Context, _pid: u32) {}
+  pub async fn start_guard(_ctx: &Context) {}
+
+  pub fn tell_guard(_ctx: &Context, _pid: u32) {}
 }
