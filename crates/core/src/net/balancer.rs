@@ -282,17 +282,16 @@ impl Shared {
           Ok(Ok(stream)) => return Some((stream, pick)),
           // Our own descriptors or ports ran out: no fault of the upstream, and no other would do better.
           Ok(Err(error)) if is_local_exhaustion(&error) => return None,
-          // The handshake completed and the upstream reset the connection before the connect's result was
-          // read (its listener closed with the connection queued: the replica was killed): a reset, as when
-          // the result is read first.
-          Ok(Err(error)) if error.kind() == io::ErrorKind::ConnectionReset => {
+          failed => {
+            // A reset: the handshake completed and the upstream reset the connection before the connect's
+            // result was read (its listener closed with the connection queued: the replica was killed), as
+            // when the result is read first.
+            let why = match failed {
+              Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => TakenOut::Reset,
+              _ => TakenOut::Refused,
+            };
             drop(pick.load);
-            self.mark_failed(pick.id, pick.epoch, TakenOut::Reset);
-            tried.push(pick.id);
-          }
-          Ok(Err(_)) | Err(_) => {
-            drop(pick.load);
-            self.mark_failed(pick.id, pick.epoch, TakenOut::Refused);
+            self.mark_failed(pick.id, pick.epoch, why);
             tried.push(pick.id);
           }
         }

@@ -116,10 +116,10 @@ exit 0
 
   static GUARD: OnceCell<Option<Guard>> = OnceCell::const_new();
 
-  /// The app's one guard, started on first use (on a thread of its own: a spawn waits for the `exec`),
-  /// while other starts that need it meanwhile wait without holding an async worker; `None` when it
-  /// cannot be started (no /bin/sh).
-  pub async fn shared() -> Option<&'static Guard> {
+  /// Starts the app's one guard if it is not started yet (on a thread of its own: a spawn waits for the
+  /// `exec`), while other starts that need it meanwhile wait without holding an async worker. Where it
+  /// cannot be started (no /bin/sh) `started()` stays `None`.
+  pub async fn start_shared() {
     GUARD
       .get_or_init(|| async {
         crate::blocking::run(|| Guard::start().ok())
@@ -127,11 +127,10 @@ exit 0
           .ok()
           .flatten()
       })
-      .await
-      .as_ref()
+      .await;
   }
 
-  /// The guard, if one was started (a group is forgotten only where it could have been told).
+  /// The guard, if one was started (a group is told or forgotten only where it could have been).
   pub fn started() -> Option<&'static Guard> {
     GUARD.get().and_then(Option::as_ref)
   }
@@ -140,7 +139,7 @@ exit 0
 #[cfg(all(test, unix))]
 use imp::Guard;
 #[cfg(unix)]
-pub use imp::{shared, started};
+pub use imp::{start_shared, started};
 
 #[cfg(all(test, unix))]
 mod tests {

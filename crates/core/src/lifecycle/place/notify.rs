@@ -112,7 +112,7 @@ mod imp {
   /// its `exec`), and that backend's own start would be waiting for the guard.
   pub async fn start_guard(ctx: &Context) {
     if ctx.options.death_guard.uses_guard() {
-      crate::os::guard::shared().await;
+      crate::os::guard::start_shared().await;
     }
   }
 
