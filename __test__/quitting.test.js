@@ -246,3 +246,19 @@ test('manage(): the error box names the backend\'s log file, not only its folder
   assert.equal(boxes.length, 1)
   assert.ok(boxes[0].content.includes(path.join(pm.options.logs.dir, 'fixture.log')), boxes[0].content)
 })
+
+test('manage(): a backend that fails for good shows an error box with its last stderr lines and its log file', async (t) => {
+  const restart = { maxRestarts: 1, initialDelayMs: 10 }
+  const { pm } = fixtureManager(t, { port: await freeRun(3), restart, env: { ONCE_FILE: path.join(tempDir(t), 'first'), CRASH_AGAIN: '1' } })
+  const boxes = []
+  manage(new StandInApp(), pm, { dialog: { showErrorBox: (title, content) => boxes.push({ title, content }) } })
+  const failed = once(pm, 'failed')
+  const { pid } = await pm.startBackend(ROOT)
+  killIfAlive(pid)
+  await failed
+  await waitFor(() => boxes.length > 0, 5000, 'the error box')
+  assert.equal(boxes.length, 1)
+  assert.match(boxes[0].title, /stopped and is not restarted/)
+  assert.match(boxes[0].content, /crashing again on purpose/, 'the stderr tail')
+  assert.ok(boxes[0].content.includes(path.join(pm.options.logs.dir, 'fixture.log')), boxes[0].content)
+})

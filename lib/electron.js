@@ -33,6 +33,17 @@ function describe(error, target, name) {
   return lines.join('\n')
 }
 
+/** Lines of stderr kept for an error dialog, as many as an `ERR_BACKEND_EXITED` error's `stderrTail`. */
+const STDERR_TAIL_LINES = 20
+
+/** The last stderr lines of the backend (or replica) a `failed` event is about, from its log file; none with `logs: false`. */
+async function lastStderr(target, event) {
+  const pm = isGroup(target) ? target.get(event.name) : target
+  if (!pm?.options.logs) return []
+  const lines = await pm.logs({ stream: 'err', lines: event.replica === undefined ? STDERR_TAIL_LINES : 1000 })
+  return lines.filter((l) => event.replica === undefined || l.replica === event.replica).slice(-STDERR_TAIL_LINES).map((l) => l.line)
+}
+
 /**
  * Wires Electron's conventions for `target` (a `ProcessManager` or a `BackendGroup`): the first `before-quit`
  * is held until its backends have stopped (bounded by the largest `stopTimeoutMs` plus 1 s), then the app
@@ -100,7 +111,11 @@ function manage(app, target, options = {}) {
     on(target, 'ready', close)
   }
   if (dialog) {
-    on(target, 'failed', (event) => dialog.showErrorBox(`The backend${event.name ? ` ${event.name}` : ''} stopped and is not restarted`, describe(event.error, target, event.name)))
+    on(target, 'failed', (event) => {
+      // The event carries the error's message only: its stderr tail is read back from the backend's log.
+      const show = (stderrTail) => dialog.showErrorBox(`The backend${event.name ? ` ${event.name}` : ''} stopped and is not restarted`, describe({ message: event.error, stderrTail }, target, event.name))
+      lastStderr(target, event).then(show, () => show([]))
+    })
     on(target, 'start-failed', (event) => dialog.showErrorBox(`The backend${event.name ? ` ${event.name}` : ''} could not start`, describe(event.error, target, event.name)))
   }
   return {
