@@ -7,7 +7,7 @@ const fs = require('node:fs')
 const path = require('node:path')
 const { execFileSync } = require('node:child_process')
 const { ProcessManager } = require('..')
-const { ROOT, tempDir, freeRun, cli } = require('./helpers')
+const { ROOT, tempDir, freeRun, cli, posixOnly } = require('./helpers')
 
 const hasPython = (() => {
   try {
@@ -70,6 +70,21 @@ test('an archive that cannot be written rejects with ERR_FILE_WRITE naming it; n
   const file = path.join(tempDir(t), 'no-such-folder', 'x.zip')
   await assert.rejects(pm.exportDiagnostics(file), (err) => err.code === 'ERR_FILE_WRITE' && err.path === file && /x\.zip/.test(err.message))
   await assert.rejects(pm.exportDiagnostics(''), { code: 'ERR_INVALID_ARG' })
+})
+
+test('a log folder others can write is refused with ERR_STATE_DIR naming it as the log folder and logs.dir', { skip: posixOnly('folder mode bits') }, async (t) => {
+  const logDir = path.join(tempDir(t), 'open')
+  fs.mkdirSync(logDir)
+  fs.chmodSync(logDir, 0o777)
+  const pm = new ProcessManager({ stateDir: tempDir(t), logs: { dir: logDir }, logger: false })
+  const file = path.join(tempDir(t), 'x.zip')
+  await assert.rejects(pm.exportDiagnostics(file), (err) => {
+    assert.equal(err.code, 'ERR_STATE_DIR')
+    assert.equal(err.path, logDir)
+    assert.match(err.message, /^log folder .*logs\.dir/)
+    return true
+  })
+  assert.equal(fs.existsSync(file), false)
 })
 
 test('backend-pm diagnostics OUT.zip: status, records and logs of the state folder', { skip: !hasPython && 'python3 (the zip reader) is not installed' }, async (t) => {

@@ -43,7 +43,7 @@ pub fn export(
     }
   }
   if let Some(dir) = sources.log_dir {
-    if crate::state::dir::check_state_dir(dir)? {
+    if crate::state::dir::check_private_dir(dir, crate::state::dir::Holds::Logs)? {
       for name in logs::names_in(dir) {
         let lines = logs::read_tail(dir, &name, 0, LOG_LINES, None);
         let text: String = lines
