@@ -13,7 +13,7 @@ export interface ElectronApp {
 export interface ManageOptions {
   /** A splash `BrowserWindow`: closed on the first `ready`. */
   splash?: { close(): void; isDestroyed?(): boolean }
-  /** Electron's `dialog`: `failed` and `start-failed` show `dialog.showErrorBox(title, content)`. */
+  /** Electron's `dialog`: `failed` and `start-failed` show `dialog.showErrorBox(title, content)` (none once the app quits). */
   dialog?: { showErrorBox(title: string, content: string): void }
   /** Electron's `autoUpdater`: `before-quit-for-update` stops the backends first (synchronously). */
   autoUpdater?: Pick<EventEmitter, 'on' | 'removeListener'>

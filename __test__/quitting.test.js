@@ -262,3 +262,20 @@ test('manage(): a backend that fails for good shows an error box with its last s
   assert.match(boxes[0].content, /crashing again on purpose/, 'the stderr tail')
   assert.ok(boxes[0].content.includes(path.join(pm.options.logs.dir, 'fixture.log')), boxes[0].content)
 })
+
+test('manage(): a start that the quit itself cancels shows no error box', async (t) => {
+  const { pm, stateDir } = fixtureManager(t, { port: await freeRun(3), startTimeoutMs: 20000, env: { LISTEN_DELAY_MS: '15000' } })
+  const app = new StandInApp()
+  const boxes = []
+  manage(app, pm, { dialog: { showErrorBox: (title, content) => boxes.push({ title, content }) } })
+  const failures = []
+  pm.on('start-failed', (e) => failures.push(e.error.code))
+  const starting = pm.startBackend(ROOT).catch((err) => err)
+  await waitFor(() => records(stateDir).length === 1, 5000, 'the starting backend\'s record')
+  const quit = once(app, 'quit')
+  app.quit()
+  await quit
+  await starting
+  assert.equal(failures.length, 1, 'the start did fail')
+  assert.deepEqual(boxes, [])
+})

@@ -77,11 +77,14 @@ function manage(app, target, options = {}) {
   /** Set once the stop is done (or the update took over): later quits go through untouched. */
   let stopped = false
   let stopping = null
+  /** Set once the app quits (or updates, or the system shuts down): a start that the quit cancels is no error to show. */
+  let quitting = false
 
   on(app, 'before-quit', (event) => {
     if (stopped || !running()) return
     event.preventDefault()
     if (stopping) return
+    quitting = true
     let timer
     const bound = new Promise((resolve) => (timer = setTimeout(resolve, stopLimitMs())))
     const stop = isGroup(target) ? target.stopAll() : target.stopBackend()
@@ -93,13 +96,20 @@ function manage(app, target, options = {}) {
   })
   // No promise is awaited past this point: what still runs is stopped here, blocking.
   on(app, 'will-quit', () => {
+    quitting = true
     if (running()) stopSync()
   })
-  if (powerMonitor) on(powerMonitor, 'shutdown', () => stopSync())
+  if (powerMonitor) {
+    on(powerMonitor, 'shutdown', () => {
+      quitting = true
+      stopSync()
+    })
+  }
   if (autoUpdater) {
     // The updater quits the app itself and replaces its files: nothing may hold them, and the quit must not be held.
     on(autoUpdater, 'before-quit-for-update', () => {
       stopped = true
+      quitting = true
       stopSync()
     })
   }
@@ -111,12 +121,15 @@ function manage(app, target, options = {}) {
     on(target, 'ready', close)
   }
   if (dialog) {
+    const showErrorBox = (title, content) => {
+      if (!quitting) dialog.showErrorBox(title, content)
+    }
     on(target, 'failed', (event) => {
       // The event carries the error's message only: its stderr tail is read back from the backend's log.
-      const show = (stderrTail) => dialog.showErrorBox(`The backend${event.name ? ` ${event.name}` : ''} stopped and is not restarted`, describe({ message: event.error, stderrTail }, target, event.name))
+      const show = (stderrTail) => showErrorBox(`The backend${event.name ? ` ${event.name}` : ''} stopped and is not restarted`, describe({ message: event.error, stderrTail }, target, event.name))
       lastStderr(target, event).then(show, () => show([]))
     })
-    on(target, 'start-failed', (event) => dialog.showErrorBox(`The backend${event.name ? ` ${event.name}` : ''} could not start`, describe(event.error, target, event.name)))
+    on(target, 'start-failed', (event) => showErrorBox(`The backend${event.name ? ` ${event.name}` : ''} could not start`, describe(event.error, target, event.name)))
   }
   return {
     dispose() {
