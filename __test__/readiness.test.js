@@ -205,6 +205,23 @@ test("listen: 'fd' + 'http' — one probe waits in the held socket's backlog: th
   assert.deepEqual(lines.filter((l) => /^(CONNECTION|REQUEST) /.test(l)), ['CONNECTION 1', 'REQUEST GET /health'])
 })
 
+test("listen: 'fd' + 'port' — ready only once the backend accepts from the held socket (a connect alone completes at once there)", { skip: posixOnly("listen: 'fd' (a socket as fd 3) is refused on Windows") }, async (t) => {
+  const lines = []
+  const acceptAfter = 1200
+  const pm = manager(t, { name: 'fd-port', command: process.execPath, args: ['-e', HANDED_SOCKET_SERVER], env: { ACCEPT_AFTER_MS: String(acceptAfter) }, port: await freeRun(3), listen: 'fd', ready: 'port' })
+  pm.on('stdout', (l) => lines.push(l))
+  const began = Date.now()
+  const b = await pm.startBackend(ROOT)
+  assert.ok(Date.now() - began >= acceptAfter, `ready after ${Date.now() - began} ms, before the backend accepted (after ${acceptAfter} ms)`)
+  assert.ok(lines.includes('accepting'), JSON.stringify(lines))
+  assert.equal(await httpGet(`${b.url}/`).then((r) => r.status), 200)
+  await pm.stopBackend()
+  assert.equal(isAlive(b.pid), false)
+  // One probe: it is the first connection, and nothing was written to it.
+  assert.equal(lines.filter((l) => /^CONNECTION /.test(l))[0], 'CONNECTION 1')
+  assert.ok(!lines.includes('REQUEST GET /health'), JSON.stringify(lines))
+})
+
 test("listen: 'fd' + 'http' — a backend that exits while the probe waits in the backlog fails at once with ERR_BACKEND_EXITED", { skip: posixOnly("listen: 'fd' (a socket as fd 3) is refused on Windows") }, async (t) => {
   const pm = manager(t, { name: 'fd-exit', command: process.execPath, args: ['-e', HANDED_SOCKET_SERVER], env: { ACCEPT_AFTER_MS: '300', EXIT_INSTEAD: '1' }, port: await freeRun(3), listen: 'fd', startTimeoutMs: 20000 })
   const began = Date.now()

@@ -90,6 +90,62 @@ where
   }
 }
 
+/// `listen: 'fd'` + `'port'`: a connect to the socket this process holds completes at once whether the
+/// backend accepts or not (the kernel queues it in the backlog), so what is waited for is the accept. One
+/// probe is queued, and the backend is ready when the socket's queue is empty again: a process that holds
+/// it took the probe (any of them, as with `'http'` over a held socket). An empty queue has no event of
+/// its own: it is looked at after each output line of the backend and every `every`. A queue never seen
+/// holding the probe is looked at once more after `GRACE` (the kernel may still be queueing it when the
+/// connect returns) before the probe counts as accepted. Nothing is written to the probe.
+pub async fn wait_for_accept(
+  listener: &std::net::TcpListener,
+  addr: SocketAddr,
+  deadline: Instant,
+  every: Duration,
+  nudge: &Notify,
+) -> Result<Ready, NotReady> {
+  const GRACE: Duration = Duration::from_millis(5);
+  let began = Instant::now();
+  let not_ready = |last| NotReady { last, probes: 1 };
+  let _probe = match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(addr)).await {
+    Ok(Ok(probe)) => probe,
+    Ok(Err(e)) => return Err(not_ready(ProbeOutcome::Failed(e.to_string()))),
+    Err(_) => return Err(not_ready(ProbeOutcome::TimedOut)),
+  };
+  let mut seen_queued = false;
+  let mut looked_again = false;
+  loop {
+    match (
+      crate::net::listeners::has_queued_connection(listener),
+      seen_queued,
+    ) {
+      (true, _) => seen_queued = true,
+      (false, true) => break,
+      (false, false) if looked_again => break,
+      (false, false) => {
+        looked_again = true;
+        tokio::time::sleep(GRACE).await;
+        continue;
+      }
+    }
+    if Instant::now() >= deadline {
+      return Err(not_ready(ProbeOutcome::Failed(format!(
+        "the backend did not accept from the socket it was handed (one connection waited {} ms in its backlog)",
+        began.elapsed().as_millis()
+      ))));
+    }
+    tokio::select! {
+      _ = nudge.notified() => {}
+      _ = tokio::time::sleep(every) => {}
+      _ = tokio::time::sleep_until(deadline) => {}
+    }
+  }
+  Ok(Ready {
+    probes: 1,
+    latency: began.elapsed(),
+  })
+}
+
 /// What a backend says on its notify socket (Unix: `ready: 'notify'`).
 #[cfg(unix)]
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,5 +234,57 @@ mod tests {
     );
     assert_eq!(notices(b"STOPPING=1"), vec![Notice::Stopping]);
     assert!(notices(b"READY=0\nWATCHDOG=1").is_empty());
+  }
+
+  /// With a held socket, a connect completes while nobody accepts: ready comes with the accept, not before,
+  /// and a socket nobody accepts from is not ready at the deadline.
+  #[tokio::test]
+  async fn a_held_socket_is_ready_when_its_queued_probe_is_accepted() {
+    let listener = std::sync::Arc::new(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let addr = listener.local_addr().unwrap();
+    let nudge = Notify::new();
+    let every = Duration::from_millis(5);
+
+    let unaccepted = wait_for_accept(
+      &listener,
+      addr,
+      Instant::now() + Duration::from_millis(300),
+      every,
+      &nudge,
+    )
+    .await;
+    let last = unaccepted.expect_err("nobody accepted").last;
+    assert!(
+      matches!(&last, ProbeOutcome::Failed(why) if why.contains("did not accept")),
+      "{last:?}"
+    );
+    // That probe is still queued: taken here, as a backend would have.
+    listener.accept().unwrap();
+
+    let accepted_at = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let accepter = {
+      let (listener, accepted_at) = (listener.clone(), accepted_at.clone());
+      std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        let connection = listener.accept().unwrap();
+        *accepted_at.lock().unwrap() = Some(std::time::Instant::now());
+        connection
+      })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    wait_for_accept(&listener, addr, deadline, every, &nudge)
+      .await
+      .expect("accepted");
+    let ready_at = std::time::Instant::now();
+    let (mut connection, _) = accepter.join().unwrap();
+    let accepted_at = accepted_at
+      .lock()
+      .unwrap()
+      .expect("the accepter took the probe");
+    assert!(ready_at >= accepted_at, "ready before the accept");
+    // Nothing was written to the probe: it reads as closed once ready dropped it.
+    let mut read = Vec::new();
+    std::io::Read::read_to_end(&mut connection, &mut read).unwrap();
+    assert!(read.is_empty(), "{read:?}");
   }
 }

@@ -116,6 +116,34 @@ pub struct Listener {
   pub key: u64,
 }
 
+/// A connection waits in `listener`'s accept queue (the socket is readable): no process that holds it has
+/// accepted it yet.
+#[cfg(unix)]
+pub fn has_queued_connection(listener: &std::net::TcpListener) -> bool {
+  use rustix::event::{PollFd, PollFlags, Timespec};
+  let mut fds = [PollFd::new(listener, PollFlags::IN)];
+  let now = Timespec {
+    tv_sec: 0,
+    tv_nsec: 0,
+  };
+  rustix::event::poll(&mut fds, Some(&now)).is_ok_and(|ready| ready == 1)
+}
+
+/// A connection waits in `listener`'s accept queue (the socket is readable): no process that holds it has
+/// accepted it yet.
+#[cfg(windows)]
+pub fn has_queued_connection(listener: &std::net::TcpListener) -> bool {
+  use std::os::windows::io::AsRawSocket;
+  use windows_sys::Win32::Networking::WinSock::{WSAPoll, POLLRDNORM, WSAPOLLFD};
+  let mut fds = [WSAPOLLFD {
+    fd: listener.as_raw_socket() as _,
+    events: POLLRDNORM,
+    revents: 0,
+  }];
+  // SAFETY: `fds` is one valid WSAPOLLFD for a socket `listener` keeps open; a zero timeout returns at once.
+  unsafe { WSAPoll(fds.as_mut_ptr(), 1, 0) == 1 }
+}
+
 #[cfg(target_os = "linux")]
 mod imp {
   use super::Listener;

@@ -230,9 +230,15 @@ pub async fn run(
           },
           own_listener,
         ).await,
-        ReadySignal::Port => ready::wait_for_port(
-          SocketAddr::new(host, port), manager.deadlines.probe, deadline, QUIET_LOOK_EVERY, &nudge, own_listener,
-        ).await,
+        // `listen: 'fd'`: the socket this process holds queues a connect at once; the accept is waited for.
+        ReadySignal::Port => match place.socket() {
+          Some(socket) => ready::wait_for_accept(
+            &socket, SocketAddr::new(host, port), deadline, QUIET_LOOK_EVERY, &nudge,
+          ).await,
+          None => ready::wait_for_port(
+            SocketAddr::new(host, port), manager.deadlines.probe, deadline, QUIET_LOOK_EVERY, &nudge, own_listener,
+          ).await,
+        },
         ReadySignal::Stdout(pattern) => line_seen.wait(deadline, &format!("{:?}", pattern.as_str())).await,
         ReadySignal::Notify => notices.wait_ready(manager, deadline, place.index()).await,
       }

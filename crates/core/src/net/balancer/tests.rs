@@ -1,4 +1,5 @@
 use super::*;
+use crate::net::listeners;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Whether the tests run under Wine, whose sockets differ from Windows' in the ways the tests below name.
@@ -240,35 +241,6 @@ async fn until(mut condition: impl FnMut() -> bool) {
     .expect("condition never became true");
 }
 
-/// Whether a connection waits in `listener`'s accept queue: a listening socket is readable then. The
-/// balancer counts a connection for an upstream before its connect completes, so a test that resets the
-/// queue waits for this too (under valgrind the connect came after the listener closed: refused, not reset).
-#[cfg(unix)]
-fn has_queued_connection(listener: &std::net::TcpListener) -> bool {
-  use rustix::event::{PollFd, PollFlags, Timespec};
-  let mut fds = [PollFd::new(listener, PollFlags::IN)];
-  let now = Timespec {
-    tv_sec: 0,
-    tv_nsec: 0,
-  };
-  rustix::event::poll(&mut fds, Some(&now)).unwrap() == 1
-}
-
-#[cfg(windows)]
-fn has_queued_connection(listener: &std::net::TcpListener) -> bool {
-  use std::os::windows::io::AsRawSocket;
-  use windows_sys::Win32::Networking::WinSock::{WSAPoll, POLLRDNORM, WSAPOLLFD};
-  let mut fds = [WSAPOLLFD {
-    fd: listener.as_raw_socket() as _,
-    events: POLLRDNORM,
-    revents: 0,
-  }];
-  // SAFETY: `fds` is one valid WSAPOLLFD for a socket `listener` keeps open; a zero timeout returns at once.
-  let ready = unsafe { WSAPoll(fds.as_mut_ptr(), 1, 0) };
-  assert!(ready >= 0, "WSAPoll: {}", io::Error::last_os_error());
-  ready == 1
-}
-
 async fn spread_counts(strategy: Strategy) -> Vec<usize> {
   let (_upstreams, balancer) = balancing(strategy, Mode::Reply, 3).await;
   let mut counts = vec![0; 3];
@@ -366,7 +338,9 @@ async fn reset_while_queued(
   balancer.add(0, dying.local_addr().unwrap());
   let addr = balancer.local_addr();
   let exchange = tokio::spawn(async move { request(addr, &body).await });
-  until(|| balancer.active_connections(0) == 1 && has_queued_connection(&dying)).await;
+  // The balancer counts a connection for an upstream before its connect completes: the reset waits until
+  // it is in the accept queue too (under valgrind the connect came after the listener closed: refused).
+  until(|| balancer.active_connections(0) == 1 && listeners::has_queued_connection(&dying)).await;
   balancer.add(1, live.addr);
   drop(dying);
   (exchange.await.unwrap(), balancer, failures)
