@@ -65,6 +65,26 @@ test('pm.exportDiagnostics(): a zip with status, records, logs, options, events 
   if (fs.existsSync('/usr/bin/unzip')) execFileSync('unzip', ['-t', file], { stdio: 'ignore' })
 })
 
+test('a secret with a quote, a backslash or a newline is redacted in the JSON files too, where it is escaped', { skip: !hasPython && 'python3 (the zip reader) is not installed' }, async (t) => {
+  const stateDir = tempDir(t)
+  const password = 'pa"ss\\wo\nrd-42'
+  const pm = new ProcessManager({
+    name: 'escaped', command: process.execPath, args: ['-e', LOUD_BACKEND], env: { DB_PASSWORD: password, STRIPE_API_KEY: SECRET },
+    stateDir, port: await freeRun(3), logger: false,
+  })
+  t.after(() => pm.stopBackend())
+  await pm.startBackend(ROOT)
+  const file = path.join(tempDir(t), 'support.zip')
+  await pm.exportDiagnostics(file)
+  const escaped = JSON.stringify(password).slice(1, -1)
+  assert.notEqual(escaped, password)
+  for (const [name, text] of Object.entries(unzip(file))) {
+    assert.ok(!text.includes(password), `${name} holds the password`)
+    assert.ok(!text.includes(escaped), `${name} holds the password, JSON-escaped`)
+  }
+  assert.equal(JSON.parse(unzip(file)['options.json']).env.DB_PASSWORD, '[redacted]')
+})
+
 test('an archive that cannot be written rejects with ERR_FILE_WRITE naming it; nothing is left', async (t) => {
   const pm = new ProcessManager({ stateDir: tempDir(t), logger: false })
   const file = path.join(tempDir(t), 'no-such-folder', 'x.zip')

@@ -56,9 +56,13 @@ fn words(name: &str) -> Vec<String> {
 /// Replaces known secrets in text.
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
-  /// Longest first, so a secret that contains another is replaced whole.
+  /// The secrets as they were given.
   secrets: Vec<String>,
-  /// A searcher per secret, built once: the log looks for them in every read of the backend's output.
+  /// What is replaced: each secret, and as JSON writes it when that differs (a quote, a backslash or a
+  /// control character escaped: the diagnostics archive's JSON files hold values that way). Longest first,
+  /// so a secret that contains another is replaced whole.
+  forms: Vec<String>,
+  /// A searcher per form, built once: the log looks for them in every read of the backend's output.
   finders: Vec<memchr::memmem::Finder<'static>>,
 }
 
@@ -84,14 +88,31 @@ impl Redactor {
   }
 
   fn of(mut secrets: Vec<String>) -> Redactor {
-    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    secrets.dedup();
     secrets.retain(|s| !s.is_empty());
-    let finders = secrets
+    secrets.sort();
+    secrets.dedup();
+    let mut forms: Vec<String> = secrets
+      .iter()
+      .flat_map(|s| {
+        let json = serde_json::to_string(s).unwrap_or_default();
+        let escaped = json
+          .get(1..json.len().saturating_sub(1))
+          .filter(|e| *e != s.as_str())
+          .map(str::to_string);
+        std::iter::once(s.clone()).chain(escaped)
+      })
+      .collect();
+    forms.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    forms.dedup();
+    let finders = forms
       .iter()
       .map(|s| memchr::memmem::Finder::new(s.as_bytes()).into_owned())
       .collect();
-    Redactor { secrets, finders }
+    Redactor {
+      secrets,
+      forms,
+      finders,
+    }
   }
 
   /// Whether a secret is in `text` (then `redact` would change it).
@@ -101,7 +122,7 @@ impl Redactor {
 
   pub fn redact<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
     let mut out = std::borrow::Cow::Borrowed(text);
-    for secret in &self.secrets {
+    for secret in &self.forms {
       if out.contains(secret.as_str()) {
         out = std::borrow::Cow::Owned(out.replace(secret.as_str(), REDACTED));
       }
@@ -158,6 +179,12 @@ mod tests {
     assert_eq!(
       r.redact("login hunter22 with tok3n-abcdef at /home/someone, key abc"),
       "login [redacted] with [redacted] at /home/someone, key abc"
+    );
+    let quoted = Redactor::new(None, [("DB_PASSWORD", "pa\"ss\\wo\nrd")]);
+    assert_eq!(
+      quoted.redact(r#"{"DB_PASSWORD": "pa\"ss\\wo\nrd"} and pa"ss\wo"#),
+      r#"{"DB_PASSWORD": "[redacted]"} and pa"ss\wo"#,
+      "as JSON escapes it"
     );
     assert!(matches!(
       r.redact("nothing here"),
