@@ -9,7 +9,7 @@ const path = require('node:path')
 const { execFileSync } = require('node:child_process')
 const { once } = require('node:events')
 const { ProcessManager } = require('..')
-const { ROOT, FIXTURE, CLI, tempDir, freeRun, fixtureManager, startProcess, httpGet, linuxOnly, posixOnly } = require('./helpers')
+const { ROOT, FIXTURE, CLI, tempDir, freeRun, fixtureManager, startProcess, httpGet, cli, linuxOnly, posixOnly } = require('./helpers')
 
 const LINE = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (out|err|pm) \d+ /
 
@@ -185,6 +185,53 @@ test('a log folder made read-only mid-run: lines are dropped with one warning, t
   assert.match(warnings[0].message, /Read-only file system|read-only/i)
   assert.notEqual(pm.backend.pid, b.pid)
   assert.equal((await httpGet(`${pm.backend.url}/health`)).status, 200)
+})
+
+test('a log file that is a hard link to a file elsewhere is not written through: lines are dropped with one warning, the backend runs', { skip: posixOnly('hard links and modes as on Unix') }, async (t) => {
+  const stateDir = tempDir(t)
+  const dir = path.join(stateDir, 'logs')
+  fs.mkdirSync(dir, { mode: 0o700 })
+  const outside = path.join(tempDir(t), 'elsewhere.txt')
+  fs.writeFileSync(outside, 'not a log\n', { mode: 0o644 })
+  fs.linkSync(outside, path.join(dir, 'linked.log'))
+  const { pm } = fixtureManager(t, { stateDir, port: await freeRun(3), name: 'linked' })
+  const warned = once(pm, 'warning', { signal: AbortSignal.timeout(15000) })
+  const b = await pm.startBackend(ROOT)
+  const [warning] = await warned
+  assert.equal(warning.code, 'ERR_LOG_WRITE')
+  assert.match(warning.message, /linked\.log.*link/)
+  assert.equal((await httpGet(`${b.url}/health`)).status, 200, 'the backend runs')
+  await pm.stopBackend()
+  assert.equal(fs.readFileSync(outside, 'utf8'), 'not a log\n')
+})
+
+test('a FIFO in place of a log file blocks nothing: lines are dropped with a warning; pm.logs(), backend-pm logs and diagnostics return', { skip: posixOnly('mkfifo') }, async (t) => {
+  const stateDir = tempDir(t)
+  const dir = path.join(stateDir, 'logs')
+  fs.mkdirSync(dir, { mode: 0o700 })
+  const fifo = path.join(dir, 'piped.log')
+  execFileSync('mkfifo', ['-m', '600', fifo])
+  // A reader stuck opening the FIFO is let go (it sees end of file) by a writer that opens and closes it.
+  t.after(() => {
+    try {
+      fs.closeSync(fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK))
+    } catch {}
+  })
+  const { pm } = fixtureManager(t, { stateDir, port: await freeRun(3), name: 'piped' })
+  const warned = once(pm, 'warning', { signal: AbortSignal.timeout(15000) })
+  const b = await pm.startBackend(ROOT)
+  const [warning] = await warned
+  assert.equal(warning.code, 'ERR_LOG_WRITE')
+  assert.match(warning.message, /piped\.log/)
+  let timer
+  const hung = new Promise((resolve) => (timer = setTimeout(resolve, 10000, 'hung')))
+  assert.deepEqual(await Promise.race([pm.logs(), hung]), [])
+  clearTimeout(timer)
+  assert.equal((await httpGet(`${b.url}/health`)).status, 200, 'the backend runs')
+  const logs = await cli(['logs', 'piped', '--state-dir', stateDir])
+  assert.equal(logs.code, 0, logs.stderr)
+  const diagnostics = await cli(['diagnostics', path.join(tempDir(t), 'piped.zip'), '--state-dir', stateDir])
+  assert.equal(diagnostics.code, 0, diagnostics.stderr)
 })
 
 test('backend-pm logs NAME prints the last lines, --json as objects, --follow what comes next until Ctrl-C', { skip: posixOnly('Ctrl-C as SIGINT sent with kill()') }, async (t) => {

@@ -411,7 +411,7 @@ pub fn read_tail(
     if found.len() >= want {
       break;
     }
-    let Ok(text) = std::fs::read(file_of(dir, name, n)) else {
+    let Ok(text) = read_file(&file_of(dir, name, n)) else {
       continue;
     };
     let text = String::from_utf8_lossy(&text);
@@ -426,6 +426,22 @@ pub fn read_tail(
     found = newest;
   }
   found
+}
+
+/// A log file's bytes, read without following a symbolic link and only from a regular file: a FIFO in its
+/// place would block the read until something wrote to it.
+fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+  use std::io::Read;
+  let mut options = std::fs::OpenOptions::new();
+  options.read(true);
+  crate::state::record::no_follow(&mut options, 0);
+  let mut file = options.open(path)?;
+  if !file.metadata()?.is_file() {
+    return Err(std::io::ErrorKind::InvalidInput.into());
+  }
+  let mut text = Vec::new();
+  file.read_to_end(&mut text)?;
+  Ok(text)
 }
 
 /// The highest `n` of an existing `<name>.<n>.log` (a smaller `keep` than a previous run's leaves some).

@@ -402,7 +402,33 @@ fn open(path: &Path) -> std::io::Result<fs::File> {
   let mut options = fs::OpenOptions::new();
   options.append(true).create(true);
   crate::state::record::no_follow(&mut options, 0o600);
-  options.open(path)
+  let file = options.open(path)?;
+  own_file(&file)?;
+  Ok(file)
+}
+
+/// A log file is written only when it is a regular file with no other name: a hard link to a file elsewhere
+/// is refused, as a symbolic link is by the open (a FIFO with no reader fails the nonblocking open).
+#[cfg(unix)]
+fn own_file(file: &fs::File) -> std::io::Result<()> {
+  use std::os::unix::fs::MetadataExt;
+  let meta = file.metadata()?;
+  if !meta.is_file() {
+    return Err(std::io::Error::other(
+      "it is not a regular file, so it is not written",
+    ));
+  }
+  if meta.nlink() > 1 {
+    return Err(std::io::Error::other(
+      "it is a hard link to a file with another name, so it is not written",
+    ));
+  }
+  Ok(())
+}
+
+#[cfg(not(unix))]
+fn own_file(_file: &fs::File) -> std::io::Result<()> {
+  Ok(())
 }
 
 fn gone_is_fine(result: std::io::Result<()>) -> std::io::Result<()> {
