@@ -187,6 +187,21 @@ test('a log folder made read-only mid-run: lines are dropped with one warning, t
   assert.equal((await httpGet(`${pm.backend.url}/health`)).status, 200)
 })
 
+test('a secret cut by the 64 KiB line limit leaves no part of it in the log: what is left of it is redacted', async (t) => {
+  const stateDir = tempDir(t)
+  const secret = 'sk-live-0123456789abcdef'
+  const pm = new ProcessManager({
+    name: 'cut-secret', command: process.execPath, args: ['-e', printingBackend('"a".repeat(64 * 1024 - 10) + process.env.MY_API_KEY + " tail"')],
+    env: { MY_API_KEY: secret }, stateDir, port: await freeRun(3), logger: false,
+  })
+  t.after(() => pm.stopBackend())
+  await pm.startBackend(ROOT)
+  await pm.stopBackend()
+  const text = fs.readFileSync(path.join(stateDir, 'logs', 'cut-secret.log'), 'utf8')
+  assert.ok(!text.includes(secret.slice(0, 10)), 'the first 10 characters of the secret')
+  assert.match(text, / out 0 a+\[redacted\]…\[truncated \d+ bytes\]\n/)
+})
+
 test('a log file that is a hard link to a file elsewhere is not written through: lines are dropped with one warning, the backend runs', { skip: posixOnly('hard links and modes as on Unix') }, async (t) => {
   const stateDir = tempDir(t)
   const dir = path.join(stateDir, 'logs')

@@ -300,11 +300,14 @@ fn frame(time: String, stream: LogStream, replica: usize, text: &str) -> Vec<u8>
 }
 
 /// The lines framed as they are, when that is what `frame_into` would make of them: none is too long or
-/// holds a line break, and no secret is in them. Each check is one SIMD search over the whole batch rather
+/// holds a line break, and no secret is in them (nor the start of one cut off with the rest of its line). Each check is one SIMD search over the whole batch rather
 /// than one per line (a secret found across two lines only sends the batch the slow way).
 fn frame_plain(prefix: &str, lines: &[&str], redactor: &Redactor) -> Option<Vec<u8>> {
   let size: usize = lines.iter().map(|l| prefix.len() + l.len() + 1).sum();
-  if lines.iter().any(|text| text.len() > MAX_CUT_LINE) {
+  if lines
+    .iter()
+    .any(|text| text.len() > MAX_CUT_LINE || redactor.cut_in(text))
+  {
     return None;
   }
   let mut framed = writer::buffer(size);

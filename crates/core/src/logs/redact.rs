@@ -127,7 +127,43 @@ impl Redactor {
         out = std::borrow::Cow::Owned(out.replace(secret.as_str(), REDACTED));
       }
     }
+    if let Some((start, mark)) = self.cut_secret(&out) {
+      let mut cut = out.into_owned();
+      cut.replace_range(start..mark, REDACTED);
+      out = std::borrow::Cow::Owned(cut);
+    }
     out
+  }
+
+  /// Whether `text` is a line cut at its length limit whose kept part ends with the start of a secret (the
+  /// rest of it was cut off, so it is not found whole). Cheap for other lines: a suffix compare.
+  pub fn cut_in(&self, text: &str) -> bool {
+    self.cut_secret(text).is_some()
+  }
+
+  /// In a line cut at its length limit (`…[truncated N bytes]` at its end), where the start of a secret
+  /// that ends the kept part begins (its longest such start, however short), and where the mark begins.
+  fn cut_secret(&self, text: &str) -> Option<(usize, usize)> {
+    const MARK: &str = "…[truncated ";
+    if self.forms.is_empty() || !text.ends_with(" bytes]") {
+      return None;
+    }
+    let mark = text.rfind(MARK)?;
+    let count = text[mark + MARK.len()..].strip_suffix(" bytes]")?;
+    if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
+      return None;
+    }
+    let kept = &text[..mark];
+    self
+      .forms
+      .iter()
+      .filter_map(|form| {
+        (1..form.len())
+          .rev()
+          .find(|&n| form.is_char_boundary(n) && kept.ends_with(&form[..n]))
+      })
+      .max()
+      .map(|n| (mark - n, mark))
   }
 }
 
@@ -185,6 +221,15 @@ mod tests {
       quoted.redact(r#"{"DB_PASSWORD": "pa\"ss\\wo\nrd"} and pa"ss\wo"#),
       r#"{"DB_PASSWORD": "[redacted]"} and pa"ss\wo"#,
       "as JSON escapes it"
+    );
+    assert_eq!(
+      r.redact("aaa tok3n-a…[truncated 9 bytes]"),
+      "aaa [redacted]…[truncated 9 bytes]",
+      "the start of a secret cut off"
+    );
+    assert_eq!(
+      r.redact("aaa tok…[truncated 9 bytes] more"),
+      "aaa tok…[truncated 9 bytes] more"
     );
     assert!(matches!(
       r.redact("nothing here"),
