@@ -107,6 +107,21 @@ test('a flood of output rotates by size: at most keep old files, none over maxBy
   assert.deepEqual(pm.options.logs, { dir, maxBytes: 256 * 1024, keep: 2 })
 })
 
+test('rotated files a larger keep left (a previous run\'s) go at the next rotation: at most keep are left', async (t) => {
+  const stateDir = tempDir(t)
+  const dir = path.join(tempDir(t), 'logs')
+  fs.mkdirSync(dir, { mode: 0o700 })
+  for (const n of [2, 3, 4]) fs.writeFileSync(path.join(dir, `shrunk.${n}.log`), `2020-01-01T00:00:00.000Z out 0 from keep 4\n`, { mode: 0o600 })
+  const { pm, seen } = fixtureManager(t, { stateDir, name: 'shrunk', port: await freeRun(3), env: { FLOOD_MB: '1', FLOOD_MARK_FILE: path.join(stateDir, 'flooded') }, logs: { dir, maxBytes: 256 * 1024, keep: 1 } })
+  await pm.startBackend(ROOT)
+  await seen(/^BOOT/)
+  const { waitFor } = require('./helpers')
+  await waitFor(() => fs.existsSync(path.join(stateDir, 'flooded')), 20000, 'the flood to be written')
+  await pm.stopBackend()
+  assert.deepEqual(fs.readdirSync(dir).sort(), ['shrunk.1.log', 'shrunk.log'])
+  assert.ok((await pm.logs({ lines: 1e6 })).every((l) => !l.line.includes('from keep 4')))
+})
+
 test('logs: false keeps no file; bad logs options are refused naming the key', async (t) => {
   const stateDir = tempDir(t)
   const { pm } = fixtureManager(t, { stateDir, port: await freeRun(3), logs: false })

@@ -439,8 +439,15 @@ fn gone_is_fine(result: std::io::Result<()>) -> std::io::Result<()> {
 }
 
 /// `<name>.log` → `<name>.1.log` → … → `<name>.<keep>.log`, the oldest deleted (with `keep` 0, the log
-/// itself starts over).
+/// itself starts over), and any past `<name>.<keep>.log`.
 fn rotate(dir: &Path, name: &str, keep: u32) -> std::io::Result<()> {
+  // Rotated files past `keep`, left by a run with a larger one, go too (up to the first one missing): at
+  // most `keep` are left. One lstat per rotation when there are none.
+  let mut n = keep.saturating_add(1);
+  while fs::symlink_metadata(file_of(dir, name, n)).is_ok() {
+    remove(&file_of(dir, name, n))?;
+    n = n.saturating_add(1);
+  }
   if keep == 0 {
     return remove(&file_of(dir, name, 0));
   }
