@@ -83,6 +83,23 @@ test('the token and secret-looking environment values never reach the log file',
   assert.match(text, / err 0 to stderr\n/)
 })
 
+test('a secret printed line by line (a PEM key) or percent-encoded in a URL never reaches the log file either', async (t) => {
+  const stateDir = tempDir(t)
+  const key = ['-----BEGIN PRIVATE KEY-----', 'MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7', 'k3mQ9xT0aVbY2pLr8sWnHdE1uFcZ4gJo', '-----END PRIVATE KEY-----', ''].join('\n')
+  const password = 'p@ss/w0rd:42'
+  const pm = new ProcessManager({
+    name: 'encoded', command: process.execPath, args: ['-e', printingBackend('`${process.env.PRIVATE_KEY}url=postgres://app:${encodeURIComponent(process.env.DB_PASSWORD)}@localhost/app`')],
+    env: { PRIVATE_KEY: key, DB_PASSWORD: password }, stateDir, port: await freeRun(3), logger: false,
+  })
+  t.after(() => pm.stopBackend())
+  await pm.startBackend(ROOT)
+  await pm.stopBackend()
+  const text = fs.readFileSync(path.join(stateDir, 'logs', 'encoded.log'), 'utf8')
+  for (const line of key.split('\n').filter((l) => l.length >= 6)) assert.ok(!text.includes(line), `the key's line ${line}`)
+  assert.ok(!text.includes(encodeURIComponent(password)), 'the password, percent-encoded')
+  assert.match(text, / out 0 url=postgres:\/\/app:\[redacted\]@localhost\/app\n/)
+})
+
 test('a flood of output rotates by size: at most keep old files, none over maxBytes, no line split', async (t) => {
   const stateDir = tempDir(t)
   const dir = path.join(tempDir(t), 'logs')

@@ -58,9 +58,8 @@ fn words(name: &str) -> Vec<String> {
 pub struct Redactor {
   /// The secrets as they were given.
   secrets: Vec<String>,
-  /// What is replaced: each secret, and as JSON writes it when that differs (a quote, a backslash or a
-  /// control character escaped: the diagnostics archive's JSON files hold values that way). Longest first,
-  /// so a secret that contains another is replaced whole.
+  /// What is replaced (`forms_of`): each secret, and the other forms it is printed in. Longest first, so a
+  /// secret that contains another is replaced whole.
   forms: Vec<String>,
   /// A searcher per form, built once: the log looks for them in every read of the backend's output.
   finders: Vec<memchr::memmem::Finder<'static>>,
@@ -91,17 +90,7 @@ impl Redactor {
     secrets.retain(|s| !s.is_empty());
     secrets.sort();
     secrets.dedup();
-    let mut forms: Vec<String> = secrets
-      .iter()
-      .flat_map(|s| {
-        let json = serde_json::to_string(s).unwrap_or_default();
-        let escaped = json
-          .get(1..json.len().saturating_sub(1))
-          .filter(|e| *e != s.as_str())
-          .map(str::to_string);
-        std::iter::once(s.clone()).chain(escaped)
-      })
-      .collect();
+    let mut forms: Vec<String> = secrets.iter().flat_map(|s| forms_of(s)).collect();
     forms.sort_by_key(|s| std::cmp::Reverse(s.len()));
     forms.dedup();
     let finders = forms
@@ -167,6 +156,51 @@ impl Redactor {
   }
 }
 
+/// A secret as it is given, and as it is printed otherwise:
+/// - as JSON writes it (a quote, a backslash or a control character escaped: the diagnostics archive's JSON
+///   files hold values that way);
+/// - percent-encoded, as it is in a URL (a password in a database URL): every byte escaped but the
+///   unreserved ones (RFC 3986, Python's `quote(safe='')`), and also keeping `!'()*` (`encodeURIComponent`);
+/// - line by line, for a secret of several lines (a PEM private key): a backend that prints it prints it
+///   as several lines, and each is searched in a line of its own. Lines shorter than a secret value can be
+///   are not (`MIN_SECRET_CHARS`).
+fn forms_of(secret: &str) -> Vec<String> {
+  let mut forms = vec![secret.to_string()];
+  let json = serde_json::to_string(secret).unwrap_or_default();
+  forms.extend(
+    json
+      .get(1..json.len().saturating_sub(1))
+      .map(str::to_string),
+  );
+  forms.push(percent_encoded(secret, b""));
+  forms.push(percent_encoded(secret, b"!'()*"));
+  if secret.contains(['\n', '\r']) {
+    forms.extend(
+      secret
+        .split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|line| line.chars().count() >= MIN_SECRET_CHARS)
+        .map(str::to_string),
+    );
+  }
+  forms.sort();
+  forms.dedup();
+  forms
+}
+
+/// `text` with every byte escaped as `%XX` but ASCII letters, digits, `-._~` and `also_kept`.
+fn percent_encoded(text: &str, also_kept: &[u8]) -> String {
+  let mut out = String::with_capacity(text.len());
+  for &b in text.as_bytes() {
+    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || also_kept.contains(&b) {
+      out.push(b as char);
+    } else {
+      out.push_str(&format!("%{b:02X}"));
+    }
+  }
+  out
+}
+
 #[cfg(test)]
 mod tests {
   use super::*;
@@ -218,9 +252,28 @@ mod tests {
     );
     let quoted = Redactor::new(None, [("DB_PASSWORD", "pa\"ss\\wo\nrd")]);
     assert_eq!(
-      quoted.redact(r#"{"DB_PASSWORD": "pa\"ss\\wo\nrd"} and pa"ss\wo"#),
-      r#"{"DB_PASSWORD": "[redacted]"} and pa"ss\wo"#,
+      quoted.redact(r#"{"DB_PASSWORD": "pa\"ss\\wo\nrd"} and pa"ss"#),
+      r#"{"DB_PASSWORD": "[redacted]"} and pa"ss"#,
       "as JSON escapes it"
+    );
+    let url = Redactor::new(None, [("DB_PASSWORD", "p@ss/w0rd (x)!")]);
+    assert_eq!(
+      url.redact("postgres://app:p%40ss%2Fw0rd%20%28x%29%21@db/app and p%40ss%2Fw0rd%20(x)!@db"),
+      "postgres://app:[redacted]@db/app and [redacted]@db",
+      "percent-encoded, strictly and as encodeURIComponent does"
+    );
+    let key = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nBKcwggSjAgEAAoIBAQC7\nab\n-----END PRIVATE KEY-----\n";
+    let pem = Redactor::new(None, [("PRIVATE_KEY", key)]);
+    assert_eq!(
+      pem.redact("key: MIIEvQIBADANBgkqhkiG9w0BAQEFAASC"),
+      "key: [redacted]",
+      "a line of a secret of several lines, printed on its own"
+    );
+    assert_eq!(pem.redact("  BKcwggSjAgEAAoIBAQC7"), "  [redacted]");
+    assert_eq!(
+      pem.redact("ab cd"),
+      "ab cd",
+      "too short a line to be told from text"
     );
     assert_eq!(
       r.redact("aaa tok3n-a…[truncated 9 bytes]"),
