@@ -244,18 +244,35 @@ async function logs(values, positionals, options) {
   return follow(require('./binding.js').logFilePath(dir, name), show)
 }
 
-/** Prints what is appended to `file` until Ctrl-C, from its current end; a rotated file is followed by its successor. */
+/** The log file's status when it is a regular file (not a link, a FIFO or a folder), else null. */
+function logFileStat(file) {
+  try {
+    const st = fs.lstatSync(file)
+    return st.isFile() ? st : null
+  } catch {
+    return null // not there (yet), or between a rotation's renames
+  }
+}
+
+/**
+ * Prints what is appended to `file` until Ctrl-C, from its current end; a rotated file is followed by its
+ * successor. As the other readings of a log, never through a link (where the OS can refuse one) and never from
+ * anything but a regular file.
+ */
 function follow(file, show) {
-  let at = fs.existsSync(file) ? fs.statSync(file).size : 0
-  let ino = fs.existsSync(file) ? fs.statSync(file).ino : null
+  const first = logFileStat(file)
+  let at = first ? first.size : 0
+  let ino = first ? first.ino : null
   let rest = ''
+  // Not through a link, and an open that cannot wait (on a FIFO swapped in after the look).
+  const flags = fs.constants.O_RDONLY | (fs.constants.O_NOFOLLOW ?? 0) | (fs.constants.O_NONBLOCK ?? 0)
   return new Promise((resolve) => {
     const timer = setInterval(() => {
-      let st
-      try {
-        st = fs.statSync(file)
-      } catch {
-        return // between a rotation's renames
+      const st = logFileStat(file)
+      if (!st) {
+        // Whatever regular file comes next is another one, even with the same inode number.
+        ino = null
+        return
       }
       if (st.ino !== ino || st.size < at) {
         ino = st.ino
@@ -263,12 +280,21 @@ function follow(file, show) {
         rest = ''
       }
       if (st.size <= at) return
-      const fd = fs.openSync(file, 'r')
+      let fd
+      let read
       const buffer = Buffer.alloc(st.size - at)
-      fs.readSync(fd, buffer, 0, buffer.length, at)
-      fs.closeSync(fd)
-      at = st.size
-      const text = rest + buffer.toString('utf8')
+      try {
+        fd = fs.openSync(file, flags)
+        // Still the file looked at (not something swapped in since).
+        if (fs.fstatSync(fd).ino !== st.ino) return
+        read = fs.readSync(fd, buffer, 0, buffer.length, at)
+      } catch {
+        return
+      } finally {
+        if (fd !== undefined) fs.closeSync(fd)
+      }
+      at += read
+      const text = rest + buffer.subarray(0, read).toString('utf8')
       const parts = text.split('\n')
       rest = parts.pop()
       for (const part of parts) {

@@ -307,6 +307,30 @@ test('backend-pm logs NAME prints the last lines, --json as objects, --follow wh
   assert.equal(code, 0)
 })
 
+test('backend-pm logs --follow never reads through a link in the log\'s place, and goes on with the regular file that replaces it', { skip: posixOnly('symlinks, and Ctrl-C as SIGINT sent with kill()') }, async (t) => {
+  const dir = path.join(tempDir(t), 'logs')
+  fs.mkdirSync(dir, { mode: 0o700 })
+  const elsewhere = path.join(tempDir(t), 'elsewhere.log')
+  fs.writeFileSync(elsewhere, '')
+  const log = path.join(dir, 'linked.log')
+  fs.writeFileSync(log, '2026-12-03T09:59:59.000Z out 0 FOLLOWING\n', { mode: 0o600 })
+  const follow = startProcess(t, process.execPath, [CLI, 'logs', 'linked', '--log-dir', dir, '--lines', '1', '--follow'], { mergeStderr: true })
+  await follow.line(/ out 0 FOLLOWING$/)
+  // The log replaced by a link to a file elsewhere, which then grows.
+  fs.unlinkSync(log)
+  fs.symlinkSync(elsewhere, log)
+  fs.appendFileSync(elsewhere, '2026-12-03T10:00:00.000Z out 0 THROUGH-THE-LINK\n')
+  // No event tells that the follower looked and read nothing: a second is five of its looks.
+  await new Promise((resolve) => setTimeout(resolve, 1000))
+  fs.unlinkSync(log)
+  fs.writeFileSync(log, '2026-12-03T10:00:01.000Z out 0 A-REGULAR-FILE\n', { mode: 0o600 })
+  await follow.line(/ out 0 A-REGULAR-FILE$/)
+  assert.deepEqual(follow.lines.filter((l) => l.includes('THROUGH-THE-LINK')), [])
+  follow.child.kill('SIGINT')
+  const [code] = await follow.exited
+  assert.equal(code, 0)
+})
+
 test('a line up to 64 KiB arrives whole; a longer one is cut to 64 KiB with a mark, the same in the stdout events, pm.logs() and the file', async (t) => {
   const stateDir = tempDir(t)
   const pm = new ProcessManager({
