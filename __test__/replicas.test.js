@@ -11,7 +11,7 @@ const net = require('node:net')
 const path = require('node:path')
 const http = require('node:http')
 const { once } = require('node:events')
-const { ROOT, tempDir, freeRun, isAlive, records, waitFor, killIfAlive, fixtureManager, httpGet, httpRequest, cli, posixOnly, linuxOnly, startProcess } = require('./helpers')
+const { ROOT, tempDir, freeRun, isAlive, records, waitFor, killIfAlive, fixtureManager, httpGet, httpRequest, cli, posixOnly, linuxOnly, startProcess, UNDER_WINE } = require('./helpers')
 const { isPortAvailable } = require('..')
 
 /** The pid a fixture answer names. */
@@ -124,7 +124,9 @@ test('one replica SIGKILLed under load: no request fails, and 3 healthy replicas
   const took = Date.now() - killedAt
   t.diagnostic(`${served.length} requests; 3 healthy replicas again ${took} ms after the kill`)
   assert.deepEqual(failures, [], 'no request failed')
-  assert.ok(took < 5000, `healthy again after ${took} ms`)
+  // Under Wine a node.exe takes 1-5 s to start on a busy machine (5.2 s seen once): its bound is wider there.
+  const bound = UNDER_WINE ? 15000 : 5000
+  assert.ok(took < bound, `healthy again after ${took} ms`)
   assert.ok(!isAlive(victim))
   const { served: later } = await load(info.url, { until: (i) => i === 30 })
   assert.ok(later.includes(restarted.pid), 'the restarted replica serves')

@@ -51,23 +51,27 @@ function runFile(file) {
 }
 
 /**
- * A file is run once more, the first run reported, when Wine failed it: its run ended without node --test's
- * summary (its process ended early, even with exit code 0, as seen once under Wine), or a process start failed
- * with Wine's own ERROR_INTERNAL_ERROR (os error 1359: seen once in a `node.exe` start with two files running,
- * not on a rerun). A second such run is a failure like any other.
+ * A file is run again (up to `WINE_RUNS` runs in all, the earlier ones reported) when Wine failed it, not a
+ * test: its run ended without node --test's summary (its process ended early, even with exit code 0, seen
+ * under Wine; once its rerun right after ended at once too), or a process start failed with Wine's own
+ * ERROR_INTERNAL_ERROR (os error 1359: seen once in a `node.exe` start with two files running, not on a
+ * rerun). A test that fails is never run again; the last run counts like any other.
  */
+const WINE_RUNS = 3
 async function runFileChecked(file) {
-  const first = await runFile(file)
   const tap = path.join(logDir, `${file}.tap`)
-  const why = Number.isNaN(first.tests)
-    ? `ended after ${first.seconds.toFixed(1)} s without a summary (exit ${first.code})`
-    : first.code !== 0 && /\(os error 1359\)/.test(fs.readFileSync(tap, 'utf8'))
-      ? `failed (${first.failures.join('; ')}) with Wine's internal error 1359 in a process start`
-      : null
-  if (why === null) return first
-  fs.renameSync(tap, path.join(logDir, `${file}.first.tap`))
-  const again = await runFile(file)
-  return { ...again, rerun: `the first run ${why}; ${file}.first.tap` }
+  const reruns = []
+  for (let run = 1; ; run++) {
+    const result = await runFile(file)
+    const why = Number.isNaN(result.tests)
+      ? `ended after ${result.seconds.toFixed(1)} s without a summary (exit ${result.code})`
+      : result.code !== 0 && /\(os error 1359\)/.test(fs.readFileSync(tap, 'utf8'))
+        ? `failed (${result.failures.join('; ')}) with Wine's internal error 1359 in a process start`
+        : null
+    if (why === null || run === WINE_RUNS) return reruns.length === 0 ? result : { ...result, rerun: reruns.join('; ') }
+    fs.renameSync(tap, path.join(logDir, `${file}.${run}.tap`))
+    reruns.push(`run ${run} ${why} (${file}.${run}.tap)`)
+  }
 }
 
 async function main() {
