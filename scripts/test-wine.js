@@ -44,10 +44,25 @@ function runFile(file) {
       fs.writeFileSync(path.join(logDir, `${file}.tap`), out)
       const count = (key) => Number(new RegExp(`^# ${key} (\\d+)$`, 'm').exec(out)?.[1] ?? NaN)
       // Top-level failures only ("not ok" at the start of a line); their subtests are in the .tap file.
-      const failures = [...out.matchAll(/^not ok \d+ - (.*)$/gm)].map((m) => m[1]).filter((name) => !/ # SKIP\b/.test(name))
+      const failures = [...out.matchAll(/^not ok \d+ - (.*)$/gm)]
+        .filter((m) => !/ # SKIP\b/.test(m[1]))
+        .map((m) => `${m[1]}${whyFailed(out.slice(m.index + m[0].length))}`)
       resolve({ file, code, tests: count('tests'), pass: count('pass'), fail: count('fail'), skipped: count('skipped'), failures, seconds: (Date.now() - started) / 1000 })
     })
   })
+}
+
+/**
+ * What a CI log needs to tell a failure without the .tap file: from the YAML block after a top-level
+ * "not ok", its error (first 4 lines) and the test file's line in its stack.
+ */
+function whyFailed(rest) {
+  const block = /^  ---\n([\s\S]*?)^  \.\.\.$/m.exec(rest)?.[1] ?? ''
+  const inline = /^  error: '(.*)'$/m.exec(block)?.[1]
+  const lines = inline !== undefined ? [inline] : (/^  error: \|-\n((?:    .*\n)+)/m.exec(block)?.[1] ?? '').split('\n').map((l) => l.trim())
+  const message = lines.filter(Boolean).slice(0, 4).join(' / ')
+  const at = /\\__test__\\([^\\\n]+\.js:\d+):\d+\)?$/m.exec(block)?.[1] ?? /\/__test__\/([^/\n]+\.js:\d+):\d+\)?$/m.exec(block)?.[1]
+  return message || at ? `\n      ${message}${at ? ` (at ${at})` : ''}` : ''
 }
 
 /**
