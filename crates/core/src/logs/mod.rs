@@ -435,10 +435,7 @@ pub fn read_tail(
 /// place would block the read until something wrote to it.
 fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
   use std::io::Read;
-  let mut options = std::fs::OpenOptions::new();
-  options.read(true);
-  crate::state::record::no_follow(&mut options, 0);
-  let mut file = options.open(path)?;
+  let mut file = crate::state::record::open_no_follow(path)?;
   if !file.metadata()?.is_file() {
     return Err(std::io::ErrorKind::InvalidInput.into());
   }

@@ -341,7 +341,9 @@ pub(crate) fn no_follow(options: &mut fs::OpenOptions, mode: u32) {
   imp::no_follow(options, mode);
 }
 
-fn open_no_follow(path: &Path) -> std::io::Result<fs::File> {
+/// Opens `path` for reading without following a symbolic link (refused on Unix, opened as itself on
+/// Windows) and without blocking on a FIFO in its place.
+pub(crate) fn open_no_follow(path: &Path) -> std::io::Result<fs::File> {
   let mut options = fs::OpenOptions::new();
   options.read(true);
   no_follow(&mut options, 0);
