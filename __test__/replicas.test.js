@@ -179,7 +179,7 @@ test("listen: 'fd' with 2 replicas: both serve, a kill under load fails nothing,
     until: (i) => i === 40,
   })
   assert.deepEqual(failures, [], 'no request failed after a replica was killed')
-  await waitFor(() => replicaPids(pm).length === 2, 10000, 'the killed replica to be back')
+  await waitFor(() => replicaPids(pm).length === 2 && !replicaPids(pm).includes(pids[0]), 10000, 'the killed replica to be back')
 
   // Every replica down (in its backoff): the socket is still the manager's, so the port is held, and a
   // client that connects meanwhile is served once a replica is back.
