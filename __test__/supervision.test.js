@@ -7,7 +7,7 @@ const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const path = require('node:path')
 const { once } = require('node:events')
-const { ROOT, tempDir, freeRun, isAlive, records, waitFor, killIfAlive, fixtureManager, httpGet, KILLED, linuxOnly } = require('./helpers')
+const { ROOT, tempDir, freeRun, isAlive, records, waitFor, killIfAlive, fixtureManager, httpGet, holdPort, KILLED, linuxOnly } = require('./helpers')
 
 /** The next `count` events of `kind`, in order. */
 function next(pm, kind, count = 1, timeoutMs = 15000) {
@@ -101,6 +101,28 @@ test('stopBackend() during a restart delay cancels the restart for good', async 
   // startBackend() after that starts afresh.
   const again = await pm.startBackend(ROOT)
   assert.equal(again.port, first.port)
+})
+
+test('a restart whose port another program took moves to a new port: port-changed, and ready, backend and url name the new one', async (t) => {
+  const { pm, stateDir } = fixtureManager(t, { port: await freeRun(3), restart: { initialDelayMs: 500 } })
+  const first = await pm.startBackend(ROOT)
+  const scheduled = next(pm, 'restart')
+  const changed = next(pm, 'port-changed')
+  const ready = next(pm, 'ready')
+  process.kill(first.pid, 'SIGKILL')
+  await scheduled
+  // Another program takes the port during the restart delay.
+  await holdPort(t, '127.0.0.1', first.port)
+  const [moved] = await changed
+  const [second] = await ready
+  assert.equal(moved.previous, first.port)
+  assert.notEqual(moved.port, first.port)
+  assert.equal(second.port, moved.port, 'ready names the new port')
+  assert.equal(second.url, `http://127.0.0.1:${moved.port}`)
+  assert.deepEqual(pm.backend, second)
+  assert.equal((await httpGet(`${pm.backend.url}/`)).body, `pid ${second.pid}\n`, 'the url reaches the backend')
+  const record = JSON.parse(fs.readFileSync(path.join(stateDir, `fixture-${second.pid}.json`), 'utf8'))
+  assert.equal(record.port, moved.port)
 })
 
 test('health turning 500: unhealthy, then restarted with reason "unhealthy"', async (t) => {

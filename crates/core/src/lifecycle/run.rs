@@ -257,11 +257,17 @@ impl Run {
         })
         .collect()
     });
+    // One process on its own port is where the app reaches it: a restart that found its port taken by
+    // another program moved it (`port-changed`), and the app's URL follows.
+    let port = match self.front {
+      Front::Direct => first.info.port,
+      _ => self.public_port,
+    };
     Some(BackendInfo {
       pid: first.info.pid,
-      port: self.public_port,
+      port,
       host: first.info.host.clone(),
-      url: super::context::url_for(self.host, self.public_port),
+      url: super::context::url_for(self.host, port),
       started_at: first.info.started_at,
       token: self.launch.token.clone(),
       replicas,
