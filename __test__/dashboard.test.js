@@ -337,6 +337,32 @@ test('pm.dashboard(): live samples of this backend; Restart starts it again with
   assert.equal(await connectError('127.0.0.1', Number(url.port)), 'ECONNREFUSED', 'closed')
 })
 
+test('dashboards of a backend with replicas: the snapshot lists its replicas under it (the app\'s: no actions of their own; the CLI\'s: Stop each)', { skip: posixOnly('ends the dashboard with SIGTERM') }, async (t) => {
+  const { pm, stateDir } = fixtureManager(t, { name: 'twice', port: await freeRun(3), replicas: 2 })
+  const backend = await pm.startBackend(ROOT)
+  const pids = backend.replicas.map((r) => r.pid).sort()
+
+  const dash = await pm.dashboard()
+  t.after(() => dash.close())
+  const url = new URL(dash.url)
+  const inApp = await httpGet(`${url.origin}/snapshot?token=${url.searchParams.get('token')}`)
+  assert.equal(inApp.status, 200, inApp.body)
+  const [line] = JSON.parse(inApp.body).backends
+  assert.deepEqual(line.actions, ['stop', 'restart'])
+  assert.deepEqual(line.replicas.map((r) => r.pid).sort(), pids)
+  assert.deepEqual(line.replicas.map((r) => r.actions), [[], []])
+
+  const cliDash = await cliDashboard(t, stateDir)
+  const fromCli = await httpGet(`${cliDash.origin}/snapshot?token=${cliDash.token}`)
+  assert.equal(fromCli.status, 200, fromCli.body)
+  const [record] = JSON.parse(fromCli.body).backends
+  assert.equal(record.port, backend.port)
+  assert.deepEqual(record.replicas.map((r) => r.pid).sort(), pids)
+  assert.deepEqual(record.replicas.map((r) => r.actions), [['stop'], ['stop']])
+  cliDash.proc.child.kill('SIGTERM')
+  assert.equal((await cliDash.proc.exited)[0], 0)
+})
+
 test('dashboard of several managers (as a group feeds it): group names, one entry each; an outside kill shows as exited, Start brings it back', async (t) => {
   const { serveDashboard, managerSource } = require('../lib/dashboard.js')
   const api = fixtureManager(t, { name: 'api', port: await freeRun(3) })

@@ -56,7 +56,7 @@ function view(line, actions) {
     healthError: line.healthError ?? null,
     logFile: line.logFile ?? null,
     stderrTail: line.stderrTail ?? [],
-    replicas: (line.replicas ?? []).map((r) => view(r, actions(r))),
+    replicas: (line.replicas ?? []).map((r) => view(r, actions)),
     actions: actions(line),
   }
 }
