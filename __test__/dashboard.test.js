@@ -242,6 +242,15 @@ test('CLI dashboard: every request needs the token; POSTs need JSON from the pag
   assert.equal(await connectError('127.0.0.1', dash.port), 'ECONNREFUSED')
 })
 
+test('CLI dashboard: a SIGTERM as soon as the URL is printed still ends it cleanly (exit 0)', { skip: posixOnly('ends the dashboard with SIGTERM') }, async (t) => {
+  const stateDir = tempDir(t)
+  for (let i = 0; i < 5; i++) {
+    const dash = await cliDashboard(t, stateDir)
+    dash.proc.child.kill('SIGTERM')
+    assert.deepEqual(await dash.proc.exited, [0, null], `run ${i + 1}`)
+  }
+})
+
 test('CLI dashboard --open: the browser is given a private redirect file, never a secret on its command line', { skip: linuxOnly('the browser is opened through xdg-open') }, async (t) => {
   const stateDir = tempDir(t)
   // A stand-in xdg-open on PATH records every argument it was given (what other users see in /proc/*/cmdline).

@@ -424,6 +424,14 @@ function openBrowser(url) {
 /** `backend-pm dashboard [--port N] [--open]`: serves until SIGINT, SIGTERM or SIGHUP; resolves to the exit code. */
 async function command({ port, open }, { stateDir, name, logDir = null, stopTimeoutMs }) {
   const dashboard = await serveDashboard({ source: recordsSource({ stateDir, name, logDir, stopTimeoutMs }), port })
+  // Listened for before the URL is printed: a stop sent as soon as the URL is read is a clean stop too.
+  const signal = new Promise((resolve) => {
+    const handlers = ['SIGINT', 'SIGTERM', 'SIGHUP'].map((sig) => [sig, () => {
+      for (const [s, fn] of handlers) process.off(s, fn)
+      resolve(sig)
+    }])
+    for (const [s, fn] of handlers) process.on(s, fn)
+  })
   process.stdout.write(`Dashboard of ${stateDir}${name !== undefined ? ` (backends named ${JSON.stringify(name)})` : ''}:\n  ${dashboard.url}\n`)
   process.stdout.write('The URL carries a secret: whoever has it can stop these backends. Ctrl-C stops the dashboard.\n')
   let redirect = null
@@ -438,17 +446,11 @@ async function command({ port, open }, { stateDir, name, logDir = null, stopTime
       process.stderr.write(`could not open a browser (${err.message}); open the URL above\n`)
     }
   }
-  const signal = await new Promise((resolve) => {
-    const handlers = ['SIGINT', 'SIGTERM', 'SIGHUP'].map((sig) => [sig, () => {
-      for (const [s, fn] of handlers) process.off(s, fn)
-      resolve(sig)
-    }])
-    for (const [s, fn] of handlers) process.on(s, fn)
-  })
+  const received = await signal
   await dashboard.close()
   removeRedirect()
   process.off('exit', removeRedirect)
-  process.stdout.write(`dashboard stopped (${signal})\n`)
+  process.stdout.write(`dashboard stopped (${received})\n`)
   return 0
 }
 
