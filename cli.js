@@ -454,9 +454,11 @@ async function main(argv) {
       process.stderr.write(`backend-pm: ${err.message}\n\n${USAGE}\n`)
       return 2
     }
-    process.stderr.write(`backend-pm: ${err.message}${err.code ? ` (${err.code})` : ''}\n`)
+    // An option the API refuses is bad usage, like a malformed value: the usage follows the message.
+    const usage = err.code === 'ERR_INVALID_ARG'
+    process.stderr.write(`backend-pm: ${err.message}${err.code ? ` (${err.code})` : ''}\n${usage ? `\n${USAGE}\n` : ''}`)
     if (err.stderrTail?.length) process.stderr.write(`last output of the backend:\n  ${err.stderrTail.join('\n  ')}\n`)
-    return err.code === 'ERR_INVALID_ARG' ? 2 : 1
+    return usage ? 2 : 1
   }
 }
 

@@ -208,6 +208,15 @@ test('numbers on the command line take every value the option takes, and are ref
   assert.equal(isAlive(pid), false)
 })
 
+test('an option the API refuses (ERR_INVALID_ARG) is bad usage: the message, then the usage, exit 2', async () => {
+  for (const [args, message] of [[['status', '--port', '99999'], /port must be an integer/], [['cleanup', '--name', 'a/b'], /name "a\/b" cannot be used/], [['test-ports', '--host', '::1', '70000'], /port must be an integer/]]) {
+    const { code, stderr } = await cli(args)
+    assert.equal(code, 2, `${args.join(' ')}: ${stderr}`)
+    assert.match(stderr, message)
+    assert.match(stderr, /Usage: backend-pm <command>/, args.join(' '))
+  }
+})
+
 test('status counts unreadable records apart from stale ones, and leaves foreign files alone', async (t) => {
   const stateDir = tempDir(t)
   staleRecord(stateDir)
