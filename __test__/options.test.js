@@ -23,6 +23,19 @@ test('defaults reproduce the original setup', () => {
   assert.equal(pm.backend, null)
 })
 
+test('v2 options are off by default; replicas turn restart on unless it is set to false', () => {
+  const o = new ProcessManager().options
+  assert.deepEqual(
+    { restart: o.restart, healthIntervalMs: o.healthIntervalMs, unhealthyThreshold: o.unhealthyThreshold, maxMemoryBytes: o.maxMemoryBytes, statsIntervalMs: o.statsIntervalMs, priority: o.priority, limits: o.limits, inheritEnv: o.inheritEnv, token: o.token, replicas: o.replicas, balance: o.balance, listen: o.listen, shutdown: o.shutdown },
+    { restart: false, healthIntervalMs: 0, unhealthyThreshold: 3, maxMemoryBytes: 0, statsIntervalMs: 0, priority: 'normal', limits: {}, inheritEnv: true, token: false, replicas: 1, balance: 'least-connections', listen: 'port', shutdown: { stdin: false } },
+  )
+  const policy = { maxRestarts: 5, windowMs: 60000, initialDelayMs: 100, maxDelayMs: 10000, resetAfterMs: 30000 }
+  assert.deepEqual(new ProcessManager({ restart: true }).options.restart, policy)
+  assert.deepEqual(new ProcessManager({ restart: { maxRestarts: 2 } }).options.restart, { ...policy, maxRestarts: 2 })
+  assert.deepEqual(new ProcessManager({ replicas: 2 }).options.restart, policy)
+  assert.equal(new ProcessManager({ replicas: 2, restart: false }).options.restart, false)
+})
+
 test('the default state folder is per user, not a shared /tmp path', () => {
   const dir = defaultStateDir()
   assert.ok(path.isAbsolute(dir))
