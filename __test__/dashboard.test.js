@@ -11,6 +11,7 @@ const path = require('node:path')
 const http = require('node:http')
 const { fileURLToPath: url2path } = require('node:url')
 const { ROOT, CLI, tempDir, freeRun, fixtureManager, startProcess, httpGet, waitFor, isAlive, processTree, killIfAlive, posixOnly, linuxOnly } = require('./helpers')
+const { ProcessManager } = require('..')
 
 const CHROMIUM = '/usr/bin/chromium'
 const ARTIFACTS = path.join(ROOT, 'target', 'test-artifacts')
@@ -413,6 +414,9 @@ test('CLI dashboard --port: serves on that port; a port in use is an error (exit
   const [code] = await second.exited
   assert.equal(code, 1)
   assert.match(second.stderr(), new RegExp(`port ${port} is in use.*ERR_NO_FREE_PORT`))
+  // pm.dashboard() rejects as every ERR_NO_FREE_PORT does: with the range it tried.
+  const pm = new ProcessManager({ logger: false, stateDir })
+  await assert.rejects(pm.dashboard({ port }), { code: 'ERR_NO_FREE_PORT', startPort: port, endPort: port })
 })
 
 const { recordOf } = require('./helpers')

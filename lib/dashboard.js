@@ -362,6 +362,8 @@ async function serveDashboard({ source, port = 0 }) {
     server.once('error', (err) => {
       const e = new Error(err.code === 'EADDRINUSE' ? `port ${port} is in use: choose another or leave it out` : `the dashboard cannot listen on 127.0.0.1:${port}: ${err.message}`)
       e.code = err.code === 'EADDRINUSE' ? 'ERR_NO_FREE_PORT' : 'ERR_INTERNAL'
+      // The range tried, as every ERR_NO_FREE_PORT carries it: the one port asked for.
+      if (e.code === 'ERR_NO_FREE_PORT') Object.assign(e, { startPort: port, endPort: port })
       e.cause = err
       source.close()
       reject(e)
