@@ -312,15 +312,14 @@ class ProcessManager extends EventEmitter {
    * A live page of this backend (charts of CPU, memory, health latency and restarts; Stop and Restart) on
    * 127.0.0.1, behind a random token carried by `url`. Resolves to `{ url, close() }`.
    */
-  async dashboard(options = {}) {
-    if (options === null || typeof options !== 'object' || Array.isArray(options)) throw invalidArg(`dashboard options must be an object, got ${options === null ? 'null' : typeof options}`)
-    for (const key of Object.keys(options)) if (key !== 'port') throw invalidArg(`unknown dashboard option ${JSON.stringify(key)} (known: port)`)
-    const { serveDashboard, managerSource } = require('./lib/dashboard.js')
+  async dashboard(options) {
+    const { serveDashboard, managerSource, dashboardOptions } = require('./lib/dashboard.js')
+    const { port } = dashboardOptions(options)
     const source = managerSource([{ manager: this, restart: () => this.#restartBackend(), canRestart: () => this.#lastStart !== null }], {
       title: this.options.name,
       subtitle: 'backend-process-manager',
     })
-    const served = await serveDashboard({ source, port: options.port ?? 0 })
+    const served = await serveDashboard({ source, port })
     return { url: served.url, close: served.close }
   }
 

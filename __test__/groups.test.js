@@ -3,7 +3,7 @@
 // reverse-order stop, re-emitted events. Every test stops what it started.
 const test = require('node:test')
 const assert = require('node:assert/strict')
-const { ROOT, FIXTURE, tempDir, freeRun, isAlive, records, killIfAlive, httpGet, memoryLogger } = require('./helpers')
+const { ROOT, FIXTURE, tempDir, freeRun, isAlive, records, killIfAlive, httpGet, httpRequest, waitFor, memoryLogger } = require('./helpers')
 const { BackendGroup, isPortAvailable } = require('..')
 
 /** A group of fixture backends sharing one private state folder; stopped (and its pids killed) after the test. */
@@ -93,6 +93,49 @@ test('independent backends start in parallel; one that fails stops the other', a
   for (const pid of pids) assert.ok(!isAlive(pid), `pid ${pid} is gone`)
   assert.deepEqual(records(stateDir), [])
   assert.equal(await isPortAvailable(port), true)
+})
+
+test('group.dashboard(): every member on one page, followed across startAll() (a member whose env is a function gets a new manager); Stop and Start per member', async (t) => {
+  const [apiPort, workerPort] = [await freeRun(3), await freeRun(3)]
+  const { group } = fixtureGroup(t, [
+    { name: 'api', port: apiPort },
+    { name: 'worker', port: workerPort, dependsOn: ['api'], env: ({ api }) => ({ API_URL: api.url }) },
+  ])
+  await assert.rejects(group.dashboard({ prot: 1 }), { code: 'ERR_INVALID_ARG' })
+  await assert.rejects(group.dashboard({ port: -1 }), { code: 'ERR_INVALID_ARG' })
+  const dash = await group.dashboard()
+  t.after(() => dash.close())
+  assert.deepEqual(Object.keys(dash).sort(), ['close', 'url'])
+  const url = new URL(dash.url)
+  const token = url.searchParams.get('token')
+  assert.equal(url.hostname, '127.0.0.1')
+  assert.equal((await httpGet(`${url.origin}/snapshot`)).status, 403)
+  const snapshot = async () => JSON.parse((await httpGet(`${url.origin}/snapshot?token=${token}`)).body)
+  const action = (body) => httpRequest(`${url.origin}/action?token=${token}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+  assert.deepEqual((await snapshot()).backends.map((b) => [b.name, b.state, b.actions]), [['api', 'stopped', []], ['worker', 'stopped', []]])
+
+  const started = await group.startAll(ROOT)
+  // A snapshot is at most 1.5 s old.
+  const states = async () => (await snapshot()).backends.map((b) => b.state).join(' ')
+  await waitFor(async () => (await states()) === 'running running', 5000, 'both running on the page')
+  const running = (await snapshot()).backends
+  assert.deepEqual(running.map((b) => [b.name, b.state, b.pid, b.port, b.actions]), [
+    ['api', 'running', started.api.pid, started.api.port, ['stop', 'restart']],
+    ['worker', 'running', started.worker.pid, started.worker.port, ['stop', 'restart']],
+  ])
+
+  const stopped = await action({ id: running[1].id, action: 'stop' })
+  assert.equal(stopped.status, 200, stopped.body)
+  assert.equal(group.get('worker').backend, null)
+  assert.equal(isAlive(started.worker.pid), false)
+  await waitFor(async () => (await states()) === 'running stopped', 5000, 'the worker stopped on the page')
+  assert.deepEqual((await snapshot()).backends.map((b) => [b.name, b.state, b.actions]), [['api', 'running', ['stop', 'restart']], ['worker', 'stopped', ['start']]])
+  const again = await action({ id: running[1].id, action: 'start' })
+  assert.equal(again.status, 200, again.body)
+  const worker = group.get('worker').backend
+  assert.notEqual(worker.pid, started.worker.pid)
+  assert.equal(JSON.parse((await httpGet(`${worker.url}/env`)).body).API_URL, started.api.url, 'started again with its env')
+  await waitFor(async () => (await snapshot()).backends[1].pid === worker.pid, 5000, 'the new worker on the page')
 })
 
 test('cycles, unknown dependencies, duplicate and missing names are refused at construction', () => {

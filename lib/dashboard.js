@@ -456,4 +456,37 @@ async function command({ port, open }, { stateDir, name, logDir = null, stopTime
   return 0
 }
 
-module.exports = { serveDashboard, recordsSource, managerSource, command }
+/** The options of `pm.dashboard()` and `group.dashboard()`: `{ port? }` (checked by `serveDashboard`), nothing else. */
+function dashboardOptions(options = {}) {
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) throw invalidArg(`dashboard options must be an object, got ${options === null ? 'null' : typeof options}`)
+  for (const key of Object.keys(options)) if (key !== 'port') throw invalidArg(`unknown dashboard option ${JSON.stringify(key)} (known: port)`)
+  return { port: options.port ?? 0 }
+}
+
+/**
+ * A `managerSource` of managers that may be replaced (a group member whose `env` is a function gets a new
+ * manager at each `startAll()`): `current()` says which they are now, and the page follows them.
+ */
+function followingSource(current, make) {
+  let managers = current()
+  let inner = make(managers)
+  const now = () => {
+    const latest = current()
+    if (latest.some((m, i) => m !== managers[i])) {
+      inner.close()
+      managers = latest
+      inner = make(latest)
+    }
+    return inner
+  }
+  return {
+    title: inner.title,
+    subtitle: inner.subtitle,
+    note: inner.note,
+    sample: () => now().sample(),
+    act: (id, action) => now().act(id, action),
+    close: () => inner.close(),
+  }
+}
+
+module.exports = { serveDashboard, recordsSource, managerSource, followingSource, dashboardOptions, command }

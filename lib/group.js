@@ -19,6 +19,8 @@ class BackendGroup extends EventEmitter {
   #order = []
   #ProcessManager
   #starting = null
+  /** The arguments of the last `startAll()`, for the dashboard's Start and Restart of one member. */
+  #lastStart = null
 
   /**
    * @param {Array<import('../index').BackendGroupMember>} entries
@@ -78,6 +80,7 @@ class BackendGroup extends EventEmitter {
    * field naming the one that failed. Resolves with `{ name: BackendInfo }`.
    */
   async startAll(projectRoot = process.cwd(), isPackaged = false) {
+    this.#lastStart = [projectRoot, isPackaged]
     this.#starting ??= this.#startAll(projectRoot, isPackaged).finally(() => (this.#starting = null))
     return this.#starting
   }
@@ -152,6 +155,33 @@ class BackendGroup extends EventEmitter {
     }
     const results = await Promise.allSettled(this.#order.map(stopOf))
     return Object.fromEntries(this.#order.map((n, i) => [n, results[i].status === 'fulfilled' ? results[i].value : null]))
+  }
+
+  /**
+   * A live page of every backend of the group (charts of CPU, memory, health latency and restarts; Stop and
+   * Restart of each) on 127.0.0.1, behind a random token carried by `url`, as `pm.dashboard()`. Start and
+   * Restart start one member with the arguments of the last `startAll()`. Resolves to `{ url, close() }`.
+   */
+  async dashboard(options) {
+    const { serveDashboard, managerSource, followingSource, dashboardOptions } = require('./dashboard.js')
+    const { port } = dashboardOptions(options)
+    const managers = () => this.#order.map((name) => this.#members.get(name).pm)
+    const source = followingSource(managers, (pms) =>
+      managerSource(
+        pms.map((pm) => ({
+          manager: pm,
+          restart: async () => {
+            const [projectRoot, isPackaged] = this.#lastStart
+            await pm.stopBackend()
+            return pm.startBackend(projectRoot, isPackaged)
+          },
+          canRestart: () => this.#lastStart !== null,
+        })),
+        { title: this.#order.join(', '), subtitle: 'backend-process-manager' },
+      ),
+    )
+    const served = await serveDashboard({ source, port })
+    return { url: served.url, close: served.close }
   }
 
   /** Every backend in start order: its name, what it depends on, the running backend (or null), and its stats. */

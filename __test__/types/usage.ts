@@ -105,6 +105,8 @@ async function main(): Promise<void> {
   group.on('stdout', (e) => e.name + e.line)
   const member: ProcessManager | undefined = group.get('api')
   const statuses = await group.status()
+  const groupPage: Dashboard = await group.dashboard({ port: 0 })
+  await groupPage.close()
   const stoppedGroup = await group.stopAll()
   void [all, member, statuses.map((s) => s.dependsOn), stoppedGroup.api?.pid]
   // @ts-expect-error members need a name
