@@ -232,6 +232,9 @@ async function logs(values, positionals, options) {
     }
     return logs(values, names, options)
   }
+  // Ctrl-C and SIGTERM end a follower cleanly from the start: a stop sent as soon as the first lines show
+  // would otherwise find no handler yet while the rest print, and end it by the signal's default action.
+  const stopped = values.follow ? stopSignal() : null
   const show = (l) => print(values.json ? JSON.stringify(l) : `${l.time} ${l.stream} ${l.replica} ${l.line}`)
   const found = await readLogs(dir, name, { lines })
   for (const l of found) show(l)
@@ -241,7 +244,15 @@ async function logs(values, positionals, options) {
     console.error(`No log of ${JSON.stringify(name)} in ${dir}${names.length > 0 ? ` (logs there: ${names.join(', ')})` : ''}.${values.follow ? ' Waiting for it…' : ''}`)
   }
   if (!values.follow) return 0
-  return follow(require('./binding.js').logFilePath(dir, name), show)
+  return follow(require('./binding.js').logFilePath(dir, name), show, stopped)
+}
+
+/** Resolves at the first SIGINT or SIGTERM, which no longer end the process by themselves. */
+function stopSignal() {
+  return new Promise((resolve) => {
+    process.once('SIGINT', resolve)
+    process.once('SIGTERM', resolve)
+  })
 }
 
 /** The log file's status when it is a regular file (not a link, a FIFO or a folder), else null. */
@@ -255,11 +266,11 @@ function logFileStat(file) {
 }
 
 /**
- * Prints what is appended to `file` until Ctrl-C, from its current end; a rotated file is followed by its
- * successor. As the other readings of a log, never through a link (where the OS can refuse one) and never from
- * anything but a regular file.
+ * Prints what is appended to `file` until `stopped` (Ctrl-C), from its current end; a rotated file is
+ * followed by its successor. As the other readings of a log, never through a link (where the OS can refuse
+ * one) and never from anything but a regular file.
  */
-function follow(file, show) {
+function follow(file, show, stopped) {
   const first = logFileStat(file)
   let at = first ? first.size : 0
   let ino = first ? first.ino : null
@@ -302,12 +313,10 @@ function follow(file, show) {
         if (l) show(l)
       }
     }, 200)
-    const end = () => {
+    stopped.then(() => {
       clearInterval(timer)
       resolve(0)
-    }
-    process.once('SIGINT', end)
-    process.once('SIGTERM', end)
+    })
   })
 }
 

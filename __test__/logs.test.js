@@ -307,6 +307,20 @@ test('backend-pm logs NAME prints the last lines, --json as objects, --follow wh
   assert.equal(code, 0)
 })
 
+test('backend-pm logs --follow: a SIGTERM as soon as the first line shows still ends it cleanly (exit 0), however many lines come before', { skip: posixOnly('ends the follower with SIGTERM') }, async (t) => {
+  const dir = path.join(tempDir(t), 'logs')
+  fs.mkdirSync(dir, { mode: 0o700 })
+  const line = (i) => `2026-12-03T10:00:00.000Z out 0 line ${i} ${'x'.repeat(200)}\n`
+  fs.writeFileSync(path.join(dir, 'many.log'), Array.from({ length: 5000 }, (_, i) => line(i)).join(''), { mode: 0o600 })
+  for (let round = 0; round < 5; round++) {
+    const follow = startProcess(t, process.execPath, [CLI, 'logs', 'many', '--log-dir', dir, '--lines', '5000', '--follow'])
+    await follow.line(/ out 0 line 0 /)
+    follow.child.kill('SIGTERM')
+    const [code, signal] = await follow.exited
+    assert.deepEqual([code, signal], [0, null], `round ${round}: ended by the signal's default action instead of cleanly`)
+  }
+})
+
 test('backend-pm logs --follow never reads through a link in the log\'s place, and goes on with the regular file that replaces it', { skip: posixOnly('symlinks, and Ctrl-C as SIGINT sent with kill()') }, async (t) => {
   const dir = path.join(tempDir(t), 'logs')
   fs.mkdirSync(dir, { mode: 0o700 })
