@@ -190,6 +190,8 @@ test('manage(): the splash closes on the first ready; a failed start shows an er
   assert.match(boxes[0].title, /could not start/)
   assert.match(boxes[0].content, /ERR_BACKEND_EXITED/)
   assert.match(boxes[0].content, /failing at start on purpose/)
+  // The box shows the last output itself: no pointer to the error object's `stderrTail` field for the user.
+  assert.doesNotMatch(boxes[0].content, /stderrTail/)
   assert.throws(() => manage(app, failing, { splashh: {} }), { code: 'ERR_INVALID_ARG', message: /splashh/ })
   assert.throws(() => manage({}, failing), { code: 'ERR_INVALID_ARG' })
 })

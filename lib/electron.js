@@ -24,7 +24,10 @@ function needsEvents(what, value, events = ['on', 'removeListener']) {
 
 /** The text of an error dialog: what happened, the backend's last output, its log file (a group's member: `name`). */
 function describe(error, target, name) {
-  const lines = [typeof error === 'string' ? error : error?.message ?? String(error)]
+  let message = typeof error === 'string' ? error : error?.message ?? String(error)
+  // The box lists the last output itself: the message's pointer to the error's `stderrTail` field means nothing to a user.
+  if (error?.stderrTail?.length) message = message.replace(/\.? See stderrTail for its last output\.?$/, '.')
+  const lines = [message]
   if (error?.code) lines.push(`(${error.code})`)
   if (error?.stderrTail?.length) lines.push('', 'Last output of the backend:', ...error.stderrTail)
   const managers = managersOf(target).filter((pm) => name === undefined || pm.options.name === name)
