@@ -149,7 +149,7 @@ async function status(values, options) {
   let records = await listRecords(stateDir)
   if (name !== undefined) records = records.filter((r) => r.name === name)
   if (values.json) return printJson({ stateDir, records })
-  print(`State folder: ${stateDir}`)
+  print(`State folder: ${stateDir}${name !== undefined ? ` (backends named ${JSON.stringify(name)})` : ''}`)
   print(records.length === 0 ? 'No backend records.' : recordsTable(records))
   const count = (state) => records.filter((r) => r.state === state).length
   const [orphans, stale, invalid] = [count('orphaned'), count('stale'), count('invalid')]

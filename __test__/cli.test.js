@@ -255,6 +255,9 @@ test('defaults come from "backendProcessManager" in ./package.json', async (t) =
   const report = JSON.parse(stdout)
   assert.equal(report.stateDir, stateDir)
   assert.deepEqual(report.records.map((r) => [r.name, r.state]), [['api', 'stale']], 'only the configured name')
+  // The table says it is limited to that name, so the other app's backends are not silently missing from it.
+  const text = await cli(['status'], { cwd: project })
+  assert.match(text.stdout, /^State folder: .*records \(backends named "api"\)$/m)
   const cleaned = JSON.parse((await cli(['cleanup', '--json'], { cwd: project })).stdout)
   assert.deepEqual(cleaned.items.map((i) => i.name), ['api'])
   assert.ok(fs.existsSync(other), "another app's record is not the configured name's to clean")
