@@ -66,8 +66,9 @@ test('monitor --once prints one frame of at most 80 columns with every record; -
   const long = byName.get(LONG_NAME)
   assert.equal(long.processCount, 2)
   assert.ok(isAlive(busy))
-  // Well above idle even on a loaded machine (16 % seen with a load average of 12 on 2 cores).
-  assert.ok(long.cpuPercent > 5, `a spinning tree at ${long.cpuPercent}%`)
+  // Above idle (an idle tree reads ~0.0x %) even on a loaded machine: 16 % seen with a load average of 12 on
+  // 2 cores, 3.4 % with the whole suite run under `nice -n 10` beside builds (the spinner inherits the nice).
+  assert.ok(long.cpuPercent > 1, `a spinning tree at ${long.cpuPercent}%`)
   assert.ok(alpha.cpuPercent < long.cpuPercent, `idle ${alpha.cpuPercent}% < busy ${long.cpuPercent}%`)
   const gone = byName.get('gone')
   assert.equal(gone.state, 'stale')
