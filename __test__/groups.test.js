@@ -2,6 +2,8 @@
 // BackendGroup with real processes: dependency order, env from the started dependencies, all or nothing,
 // reverse-order stop, re-emitted events. Every test stops what it started.
 const test = require('node:test')
+const path = require('node:path')
+const fs = require('node:fs')
 const assert = require('node:assert/strict')
 const { ROOT, FIXTURE, tempDir, freeRun, isAlive, records, killIfAlive, httpGet, httpRequest, waitFor, memoryLogger } = require('./helpers')
 const { BackendGroup, isPortAvailable } = require('..')
@@ -136,6 +138,31 @@ test('group.dashboard(): every member on one page, followed across startAll() (a
   assert.notEqual(worker.pid, started.worker.pid)
   assert.equal(JSON.parse((await httpGet(`${worker.url}/env`)).body).API_URL, started.api.url, 'started again with its env')
   await waitFor(async () => (await snapshot()).backends[1].pid === worker.pid, 5000, 'the new worker on the page')
+})
+
+test('group.dashboard(): a member whose new manager (env a function) fails its start shows failed, with its stderr; the other member keeps its state', async (t) => {
+  const crash = path.join(tempDir(t), 'crash')
+  const [apiPort, workerPort] = [await freeRun(3), await freeRun(3)]
+  const { group } = fixtureGroup(t, [
+    { name: 'api', port: apiPort },
+    { name: 'worker', port: workerPort, dependsOn: ['api'], env: ({ api }) => ({ API_URL: api.url, CRASH_IF_EXISTS: crash }) },
+  ])
+  const dash = await group.dashboard()
+  t.after(() => dash.close())
+  const url = new URL(dash.url)
+  const snapshot = async () => JSON.parse((await httpGet(`${url.origin}/snapshot?token=${url.searchParams.get('token')}`)).body).backends
+  await group.startAll(ROOT)
+  await waitFor(async () => (await snapshot()).map((b) => b.state).join(' ') === 'running running', 5000, 'both running on the page')
+  await group.stopAll()
+  fs.writeFileSync(crash, '')
+  const error = await group.startAll(ROOT).then(() => null, (e) => e)
+  assert.equal(error?.backend, 'worker')
+  // The failure happened on a manager the page had not sampled yet: it shows all the same.
+  await waitFor(async () => (await snapshot())[1].state === 'failed', 5000, 'the worker failed on the page')
+  const [api, worker] = await snapshot()
+  assert.match(worker.stderrTail.join('\n'), /fixture: crashing on purpose/)
+  assert.deepEqual(worker.actions, ['start'])
+  assert.equal(api.state, 'stopped', 'the api, stopped by the all-or-nothing start')
 })
 
 test('cycles, unknown dependencies, duplicate and missing names are refused at construction', () => {

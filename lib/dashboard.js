@@ -99,8 +99,11 @@ function recordsSource({ stateDir, name, logDir = null, stopTimeoutMs, stopRecor
 }
 
 /**
- * Managers of the app itself: `members` is `[{ manager, group?, restart?, canRestart? }]` (a group of
- * backends passes one entry per member, with its group name). Figures come from `manager.stats()` — or
+ * Managers of the app itself: `members` is `[{ manager, group?, restart?, canRestart?, events? }]` (a group
+ * of backends passes one entry per member, with its group name). `manager` may be a function returning the
+ * member's manager now (a group member whose `env` is a function gets a new one at each `startAll()`); its
+ * events then come from `events`, an emitter that passes them on with the member's `name` (the group), so
+ * nothing that happens on a new manager is missed and the member's state is kept. Figures come from `manager.stats()` — or
  * its `stats` events when it emits them, so the app's own CPU sampling windows are not cut short — and
  * health from its watchdog when it runs one, else from a probe of our own (with the backend's token); the
  * path of its log file, and for a backend that failed or exited on its own, its last stderr lines.
@@ -109,11 +112,16 @@ function recordsSource({ stateDir, name, logDir = null, stopTimeoutMs, stopRecor
 function managerSource(members, { title = 'Backends', subtitle = '' } = {}) {
   const used = new Set()
   const entries = members.map((m) => {
-    const name = m.manager.options.name
+    const managerNow = typeof m.manager === 'function' ? m.manager : () => m.manager
+    const name = managerNow().options.name
     let id = m.group ? `${m.group}/${name}` : name
     for (let i = 2; used.has(id); i++) id = `${m.group ? `${m.group}/` : ''}${name}#${i}`
     used.add(id)
-    const entry = { ...m, id, phase: m.manager.backend ? 'running' : 'stopped', lastStats: null, busy: false, restarts: null }
+    const entry = { ...m, id, phase: managerNow().backend ? 'running' : 'stopped', lastStats: null, busy: false, restarts: null }
+    Object.defineProperty(entry, 'manager', { get: managerNow })
+    // Listened to on the emitter that passes the member's events on (only those naming it), else on its manager.
+    entry.emitter = m.events ?? managerNow()
+    const own = m.events ? (fn) => (payload) => payload?.name === name && fn(payload) : (fn) => fn
     entry.listeners = {
       ready: () => (entry.phase = 'running'),
       restart: () => (entry.phase = 'restarting'),
@@ -126,7 +134,8 @@ function managerSource(members, { title = 'Backends', subtitle = '' } = {}) {
       },
       stats: (s) => (entry.lastStats = s),
     }
-    for (const [event, fn] of Object.entries(entry.listeners)) m.manager.on(event, fn)
+    for (const event of Object.keys(entry.listeners)) entry.listeners[event] = own(entry.listeners[event])
+    for (const [event, fn] of Object.entries(entry.listeners)) entry.emitter.on(event, fn)
     return entry
   })
   const aborter = new AbortController()
@@ -216,7 +225,7 @@ function managerSource(members, { title = 'Backends', subtitle = '' } = {}) {
     },
     close() {
       aborter.abort()
-      for (const e of entries) for (const [event, fn] of Object.entries(e.listeners)) e.manager.off(event, fn)
+      for (const e of entries) for (const [event, fn] of Object.entries(e.listeners)) e.emitter.off(event, fn)
     },
   }
 }
@@ -233,7 +242,11 @@ function tokenMatches(given, expectedDigest) {
  * (`?token=`). Resolves to `{ url, port, close() }`.
  */
 async function serveDashboard({ source, port = 0 }) {
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw invalidArg(`port must be an integer from 0 to 65535, got ${port}`)
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    // The source is this dashboard's from here on (it listens to the managers): closed on every failure.
+    source.close()
+    throw invalidArg(`port must be an integer from 0 to 65535, got ${port}`)
+  }
   const token = crypto.randomBytes(32).toString('hex')
   const digest = sha256(token)
   const page = buildPage(source)
@@ -463,30 +476,4 @@ function dashboardOptions(options = {}) {
   return { port: options.port ?? 0 }
 }
 
-/**
- * A `managerSource` of managers that may be replaced (a group member whose `env` is a function gets a new
- * manager at each `startAll()`): `current()` says which they are now, and the page follows them.
- */
-function followingSource(current, make) {
-  let managers = current()
-  let inner = make(managers)
-  const now = () => {
-    const latest = current()
-    if (latest.some((m, i) => m !== managers[i])) {
-      inner.close()
-      managers = latest
-      inner = make(latest)
-    }
-    return inner
-  }
-  return {
-    title: inner.title,
-    subtitle: inner.subtitle,
-    note: inner.note,
-    sample: () => now().sample(),
-    act: (id, action) => now().act(id, action),
-    close: () => inner.close(),
-  }
-}
-
-module.exports = { serveDashboard, recordsSource, managerSource, followingSource, dashboardOptions, command }
+module.exports = { serveDashboard, recordsSource, managerSource, dashboardOptions, command }

@@ -80,7 +80,8 @@ class BackendGroup extends EventEmitter {
    * field naming the one that failed. Resolves with `{ name: BackendInfo }`.
    */
   async startAll(projectRoot = process.cwd(), isPackaged = false) {
-    this.#lastStart = [projectRoot, isPackaged]
+    // A call that joins a start under way keeps that start's arguments (they are the ones in use).
+    if (this.#starting === null) this.#lastStart = [projectRoot, isPackaged]
     this.#starting ??= this.#startAll(projectRoot, isPackaged).finally(() => (this.#starting = null))
     return this.#starting
   }
@@ -163,22 +164,22 @@ class BackendGroup extends EventEmitter {
    * Restart start one member with the arguments of the last `startAll()`. Resolves to `{ url, close() }`.
    */
   async dashboard(options) {
-    const { serveDashboard, managerSource, followingSource, dashboardOptions } = require('./dashboard.js')
+    const { serveDashboard, managerSource, dashboardOptions } = require('./dashboard.js')
     const { port } = dashboardOptions(options)
-    const managers = () => this.#order.map((name) => this.#members.get(name).pm)
-    const source = followingSource(managers, (pms) =>
-      managerSource(
-        pms.map((pm) => ({
-          manager: pm,
-          restart: async () => {
-            const [projectRoot, isPackaged] = this.#lastStart
-            await pm.stopBackend()
-            return pm.startBackend(projectRoot, isPackaged)
-          },
-          canRestart: () => this.#lastStart !== null,
-        })),
-        { title: this.#order.join(', '), subtitle: 'backend-process-manager' },
-      ),
+    const source = managerSource(
+      this.#order.map((name) => ({
+        // Whichever manager the member has now, its events through the group (which names it in each).
+        manager: () => this.#members.get(name).pm,
+        events: this,
+        restart: async () => {
+          const [projectRoot, isPackaged] = this.#lastStart
+          const pm = this.#members.get(name).pm
+          await pm.stopBackend()
+          return pm.startBackend(projectRoot, isPackaged)
+        },
+        canRestart: () => this.#lastStart !== null,
+      })),
+      { title: this.#order.join(', '), subtitle: 'backend-process-manager' },
     )
     const served = await serveDashboard({ source, port })
     return { url: served.url, close: served.close }
