@@ -5,7 +5,7 @@ const fs = require('node:fs')
 const path = require('node:path')
 const { parseArgs } = require('node:util')
 const { ProcessManager, isPortAvailable, findPortHolders, listRecords, cleanupRecords, defaultStateDir, defaultLogDir, readLogs, logNames, exportDiagnostics } = require('./index.js')
-const { recordsTable, table } = require('./lib/format.js')
+const { recordsTable, table, messageForPeople } = require('./lib/format.js')
 
 const USAGE = `Usage: backend-pm <command> [options]
 
@@ -465,7 +465,7 @@ async function main(argv) {
     }
     // An option the API refuses is bad usage, like a malformed value: the usage follows the message.
     const usage = err.code === 'ERR_INVALID_ARG'
-    process.stderr.write(`backend-pm: ${err.message}${err.code ? ` (${err.code})` : ''}\n${usage ? `\n${USAGE}\n` : ''}`)
+    process.stderr.write(`backend-pm: ${messageForPeople(err.message)}${err.code ? ` (${err.code})` : ''}\n${usage ? `\n${USAGE}\n` : ''}`)
     if (err.stderrTail?.length) process.stderr.write(`last output of the backend:\n  ${err.stderrTail.join('\n  ')}\n`)
     return usage ? 2 : 1
   }

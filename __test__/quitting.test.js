@@ -192,6 +192,13 @@ test('manage(): the splash closes on the first ready; a failed start shows an er
   assert.match(boxes[0].content, /failing at start on purpose/)
   // The box shows the last output itself: no pointer to the error object's `stderrTail` field for the user.
   assert.doesNotMatch(boxes[0].content, /stderrTail/)
+  // Nor when it wrote nothing to stderr (no tail to show).
+  const { pm: silent } = fixtureManager(t, { port: await freeRun(3), args: ['-e', 'process.exit(5)'] })
+  manage(app, silent, { dialog: { showErrorBox: (title, content) => boxes.push({ title, content }) } })
+  await assert.rejects(silent.startBackend(ROOT), (e) => e.code === 'ERR_BACKEND_EXITED' && e.stderrTail.length === 0)
+  assert.equal(boxes.length, 2)
+  assert.match(boxes[1].content, /exited with exit code 5 before it became healthy\.\n/)
+  assert.doesNotMatch(boxes[1].content, /stderrTail/)
   assert.throws(() => manage(app, failing, { splashh: {} }), { code: 'ERR_INVALID_ARG', message: /splashh/ })
   assert.throws(() => manage({}, failing), { code: 'ERR_INVALID_ARG' })
 })

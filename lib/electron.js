@@ -4,7 +4,7 @@
 // for one manager or group. It uses only the objects passed in — no require('electron') — so it runs (and is
 // tested) under plain Node with stand-ins that follow Electron's documented event semantics.
 
-const { invalidArg } = require('./format.js')
+const { invalidArg, messageForPeople } = require('./format.js')
 const { logFilePath } = require('../binding.js')
 
 const ACTIVE = Symbol.for('backend-process-manager.active')
@@ -24,10 +24,8 @@ function needsEvents(what, value, events = ['on', 'removeListener']) {
 
 /** The text of an error dialog: what happened, the backend's last output, its log file (a group's member: `name`). */
 function describe(error, target, name) {
-  let message = typeof error === 'string' ? error : error?.message ?? String(error)
   // The box lists the last output itself: the message's pointer to the error's `stderrTail` field means nothing to a user.
-  if (error?.stderrTail?.length) message = message.replace(/\.? See stderrTail for its last output\.?$/, '.')
-  const lines = [message]
+  const lines = [messageForPeople(typeof error === 'string' ? error : error?.message ?? String(error))]
   if (error?.code) lines.push(`(${error.code})`)
   if (error?.stderrTail?.length) lines.push('', 'Last output of the backend:', ...error.stderrTail)
   const managers = managersOf(target).filter((pm) => name === undefined || pm.options.name === name)

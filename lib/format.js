@@ -171,4 +171,10 @@ function recordsTable(records) {
   )
 }
 
-module.exports = { formatDuration, formatBytes, table, recordsTable, groupRecords, byBackend, totals, everyLine, replicaLabel, managerReplicaLines, invalidArg }
+/**
+ * An error's message for a person rather than a program: without its pointer to the `stderrTail` field
+ * (those who show the message show the tail itself, or there is none to show).
+ */
+const messageForPeople = (message) => String(message).replace(/\.? See stderrTail for its last output\.?$/, '.')
+
+module.exports = { messageForPeople, formatDuration, formatBytes, table, recordsTable, groupRecords, byBackend, totals, everyLine, replicaLabel, managerReplicaLines, invalidArg }
