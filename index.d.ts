@@ -267,6 +267,6 @@ export declare class BackendGroup extends EventEmitter<GroupEvents> {
   /** That backend's `ProcessManager` (a member with an `env` function gets a new one at each `startAll()`). */
   get(name: string): ProcessManager | undefined
   status(): Promise<GroupMemberStatus[]>
-  /** A live page of every backend of the group on 127.0.0.1, as `ProcessManager.dashboard()`; Start and Restart use the last `startAll()`'s arguments. */
+  /** A live page of every backend of the group on 127.0.0.1, as `ProcessManager.dashboard()`; Start and Restart use the last `startAll()`'s arguments, once the member's dependencies run. */
   dashboard(options?: DashboardOptions): Promise<Dashboard>
 }

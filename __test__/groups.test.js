@@ -5,7 +5,7 @@ const test = require('node:test')
 const path = require('node:path')
 const fs = require('node:fs')
 const assert = require('node:assert/strict')
-const { ROOT, FIXTURE, tempDir, freeRun, isAlive, records, killIfAlive, httpGet, httpRequest, waitFor, memoryLogger } = require('./helpers')
+const { ROOT, FIXTURE, tempDir, freeRun, isAlive, records, killIfAlive, httpGet, httpRequest, waitFor, memoryLogger, holdPort } = require('./helpers')
 const { BackendGroup, isPortAvailable } = require('..')
 
 /** A group of fixture backends sharing one private state folder; stopped (and its pids killed) after the test. */
@@ -163,6 +163,38 @@ test('group.dashboard(): a member whose new manager (env a function) fails its s
   assert.match(worker.stderrTail.join('\n'), /fixture: crashing on purpose/)
   assert.deepEqual(worker.actions, ['start'])
   assert.equal(api.state, 'stopped', 'the api, stopped by the all-or-nothing start')
+})
+
+test('group.dashboard(): Start of a member waits for its dependencies and calls its env function with them as they are now (a dependency that moved to another port)', async (t) => {
+  const [apiPort, workerPort] = [await freeRun(3), await freeRun(3)]
+  const { group } = fixtureGroup(t, [
+    { name: 'api', port: apiPort },
+    { name: 'worker', port: workerPort, dependsOn: ['api'], env: ({ api }) => ({ API_URL: api.url }) },
+  ])
+  const dash = await group.dashboard()
+  t.after(() => dash.close())
+  const url = new URL(dash.url)
+  const token = url.searchParams.get('token')
+  const snapshot = async () => JSON.parse((await httpGet(`${url.origin}/snapshot?token=${token}`)).body).backends
+  const action = async (id, what) => JSON.parse((await httpRequest(`${url.origin}/action?token=${token}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ id, action: what }) })).body)
+  const started = await group.startAll(ROOT)
+  await waitFor(async () => (await snapshot()).map((b) => b.state).join(' ') === 'running running', 5000, 'both running on the page')
+  const [api, worker] = await snapshot()
+  assert.equal((await action(worker.id, 'stop')).ok, true)
+  assert.equal((await action(api.id, 'stop')).ok, true)
+  await waitFor(async () => (await snapshot()).map((b) => b.state).join(' ') === 'stopped stopped', 5000, 'both stopped on the page')
+  const refused = await action(worker.id, 'start')
+  assert.equal(refused.ok, false)
+  assert.match(refused.error, /depends on api, which is not running/)
+  assert.equal(group.get('worker').backend, null, 'not started without its dependency')
+  // Another program takes the api's port: the api starts on another one, and the worker is told that one.
+  await holdPort(t, '127.0.0.1', started.api.port)
+  assert.equal((await action(api.id, 'start')).ok, true)
+  const movedApi = group.get('api').backend
+  assert.notEqual(movedApi.port, started.api.port)
+  assert.equal((await action(worker.id, 'start')).ok, true)
+  const body = JSON.parse((await httpGet(`${group.get('worker').backend.url}/env`)).body)
+  assert.equal(body.API_URL, movedApi.url)
 })
 
 test('cycles, unknown dependencies, duplicate and missing names are refused at construction', () => {

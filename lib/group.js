@@ -12,6 +12,16 @@ const { invalidArg } = require('./format.js')
 const MEMBER_EVENTS = ['ready', 'exit', 'restart', 'failed', 'start-failed', 'unhealthy', 'healthy', 'port-changed', 'stats', 'stdout', 'stderr', 'warning', 'status']
 
 
+/** The env of a member whose `env` is a function, from its started dependencies' `BackendInfo`s (`infos`). */
+function envOf(member, infos) {
+  const env = member.envFn(infos)
+  if (env !== undefined && env !== null && (typeof env !== 'object' || Array.isArray(env))) {
+    const name = member.options.name
+    throw Object.assign(invalidArg(`env() of ${JSON.stringify(name)} must return an object, got ${Array.isArray(env) ? 'an array' : typeof env}`), { backend: name })
+  }
+  return env ?? {}
+}
+
 class BackendGroup extends EventEmitter {
   /** name → { options, dependsOn, envFn, pm } */
   #members = new Map()
@@ -103,16 +113,8 @@ class BackendGroup extends EventEmitter {
         name,
         Promise.all(deps).then(async (ok) => {
           if (failure.error || ok.includes(false)) return false
-          if (member.envFn) {
-            const running = member.pm.backend
-            if (!running) {
-              const infos = Object.fromEntries(member.dependsOn.map((d) => [d, started.get(d)]))
-              const env = member.envFn(infos)
-              if (env !== undefined && env !== null && (typeof env !== 'object' || Array.isArray(env))) {
-                throw Object.assign(invalidArg(`env() of ${JSON.stringify(name)} must return an object, got ${Array.isArray(env) ? 'an array' : typeof env}`), { backend: name })
-              }
-              member.pm = this.#manager(member, env ?? {})
-            }
+          if (member.envFn && !member.pm.backend) {
+            member.pm = this.#manager(member, envOf(member, Object.fromEntries(member.dependsOn.map((d) => [d, started.get(d)]))))
           }
           try {
             started.set(name, await member.pm.startBackend(projectRoot, isPackaged))
@@ -159,9 +161,27 @@ class BackendGroup extends EventEmitter {
   }
 
   /**
+   * Starts one member again on its own (the dashboard's Start and Restart): its dependencies must be running,
+   * and a member whose `env` is a function gets it from them as they are now, as `startAll()` gives it.
+   */
+  async #restartMember(name, projectRoot, isPackaged) {
+    const member = this.#members.get(name)
+    const down = member.dependsOn.filter((d) => !this.#members.get(d).pm.backend)
+    if (down.length > 0) {
+      throw new Error(`${name} depends on ${down.join(', ')}, which ${down.length === 1 ? 'is' : 'are'} not running: start ${down.length === 1 ? 'it' : 'them'} first`)
+    }
+    await member.pm.stopBackend()
+    if (member.envFn) {
+      member.pm = this.#manager(member, envOf(member, Object.fromEntries(member.dependsOn.map((d) => [d, this.#members.get(d).pm.backend]))))
+    }
+    return member.pm.startBackend(projectRoot, isPackaged)
+  }
+
+  /**
    * A live page of every backend of the group (charts of CPU, memory, health latency and restarts; Stop and
    * Restart of each) on 127.0.0.1, behind a random token carried by `url`, as `pm.dashboard()`. Start and
-   * Restart start one member with the arguments of the last `startAll()`. Resolves to `{ url, close() }`.
+   * Restart start one member with the arguments of the last `startAll()`, once its dependencies run (an
+   * `env` function is called again with them). Resolves to `{ url, close() }`.
    */
   async dashboard(options) {
     const { serveDashboard, managerSource, dashboardOptions } = require('./dashboard.js')
@@ -171,12 +191,7 @@ class BackendGroup extends EventEmitter {
         // Whichever manager the member has now, its events through the group (which names it in each).
         manager: () => this.#members.get(name).pm,
         events: this,
-        restart: async () => {
-          const [projectRoot, isPackaged] = this.#lastStart
-          const pm = this.#members.get(name).pm
-          await pm.stopBackend()
-          return pm.startBackend(projectRoot, isPackaged)
-        },
+        restart: () => this.#restartMember(name, ...this.#lastStart),
         canRestart: () => this.#lastStart !== null,
       })),
       { title: this.#order.join(', '), subtitle: 'backend-process-manager' },
