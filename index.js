@@ -313,14 +313,9 @@ class ProcessManager extends EventEmitter {
    * 127.0.0.1, behind a random token carried by `url`. Resolves to `{ url, close() }`.
    */
   async dashboard(options) {
-    const { serveDashboard, managerSource, dashboardOptions } = require('./lib/dashboard.js')
-    const { port } = dashboardOptions(options)
-    const source = managerSource([{ manager: this, restart: () => this.#restartBackend(), canRestart: () => this.#lastStart !== null }], {
-      title: this.options.name,
-      subtitle: 'backend-process-manager',
-    })
-    const served = await serveDashboard({ source, port })
-    return { url: served.url, close: served.close }
+    const { managerDashboard } = require('./lib/dashboard.js')
+    const member = { manager: this, restart: () => this.#restartBackend(), canRestart: () => this.#lastStart !== null }
+    return managerDashboard([member], this.options.name, options)
   }
 
   /** Stop, then start with the arguments of the last `startBackend()`. */

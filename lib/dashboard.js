@@ -134,8 +134,7 @@ function managerSource(members, { title = 'Backends', subtitle = '' } = {}) {
       },
       stats: (s) => (entry.lastStats = s),
     }
-    for (const event of Object.keys(entry.listeners)) entry.listeners[event] = own(entry.listeners[event])
-    for (const [event, fn] of Object.entries(entry.listeners)) entry.emitter.on(event, fn)
+    for (const [event, fn] of Object.entries(entry.listeners)) entry.emitter.on(event, (entry.listeners[event] = own(fn)))
     return entry
   })
   const aborter = new AbortController()
@@ -469,11 +468,16 @@ async function command({ port, open }, { stateDir, name, logDir = null, stopTime
   return 0
 }
 
-/** The options of `pm.dashboard()` and `group.dashboard()`: `{ port? }` (checked by `serveDashboard`), nothing else. */
-function dashboardOptions(options = {}) {
+/**
+ * `pm.dashboard(options)` and `group.dashboard(options)`: the page of `members` (as `managerSource` takes
+ * them) under `title`. `options` is `{ port? }` (checked by `serveDashboard`), nothing else.
+ */
+async function managerDashboard(members, title, options = {}) {
   if (options === null || typeof options !== 'object' || Array.isArray(options)) throw invalidArg(`dashboard options must be an object, got ${options === null ? 'null' : typeof options}`)
   for (const key of Object.keys(options)) if (key !== 'port') throw invalidArg(`unknown dashboard option ${JSON.stringify(key)} (known: port)`)
-  return { port: options.port ?? 0 }
+  const source = managerSource(members, { title, subtitle: 'backend-process-manager' })
+  const served = await serveDashboard({ source, port: options.port ?? 0 })
+  return { url: served.url, close: served.close }
 }
 
-module.exports = { serveDashboard, recordsSource, managerSource, dashboardOptions, command }
+module.exports = { serveDashboard, recordsSource, managerSource, managerDashboard, command }

@@ -12,9 +12,9 @@ const { invalidArg } = require('./format.js')
 const MEMBER_EVENTS = ['ready', 'exit', 'restart', 'failed', 'start-failed', 'unhealthy', 'healthy', 'port-changed', 'stats', 'stdout', 'stderr', 'warning', 'status']
 
 
-/** The env of a member whose `env` is a function, from its started dependencies' `BackendInfo`s (`infos`). */
-function envOf(member, infos) {
-  const env = member.envFn(infos)
+/** The env of a member whose `env` is a function, from its started dependencies (`infoOf(name)`: a `BackendInfo`). */
+function envOf(member, infoOf) {
+  const env = member.envFn(Object.fromEntries(member.dependsOn.map((d) => [d, infoOf(d)])))
   if (env !== undefined && env !== null && (typeof env !== 'object' || Array.isArray(env))) {
     const name = member.options.name
     throw Object.assign(invalidArg(`env() of ${JSON.stringify(name)} must return an object, got ${Array.isArray(env) ? 'an array' : typeof env}`), { backend: name })
@@ -114,7 +114,7 @@ class BackendGroup extends EventEmitter {
         Promise.all(deps).then(async (ok) => {
           if (failure.error || ok.includes(false)) return false
           if (member.envFn && !member.pm.backend) {
-            member.pm = this.#manager(member, envOf(member, Object.fromEntries(member.dependsOn.map((d) => [d, started.get(d)]))))
+            member.pm = this.#manager(member, envOf(member, (d) => started.get(d)))
           }
           try {
             started.set(name, await member.pm.startBackend(projectRoot, isPackaged))
@@ -172,7 +172,7 @@ class BackendGroup extends EventEmitter {
     }
     await member.pm.stopBackend()
     if (member.envFn) {
-      member.pm = this.#manager(member, envOf(member, Object.fromEntries(member.dependsOn.map((d) => [d, this.#members.get(d).pm.backend]))))
+      member.pm = this.#manager(member, envOf(member, (d) => this.#members.get(d).pm.backend))
     }
     return member.pm.startBackend(projectRoot, isPackaged)
   }
@@ -184,20 +184,15 @@ class BackendGroup extends EventEmitter {
    * `env` function is called again with them). Resolves to `{ url, close() }`.
    */
   async dashboard(options) {
-    const { serveDashboard, managerSource, dashboardOptions } = require('./dashboard.js')
-    const { port } = dashboardOptions(options)
-    const source = managerSource(
-      this.#order.map((name) => ({
-        // Whichever manager the member has now, its events through the group (which names it in each).
-        manager: () => this.#members.get(name).pm,
-        events: this,
-        restart: () => this.#restartMember(name, ...this.#lastStart),
-        canRestart: () => this.#lastStart !== null,
-      })),
-      { title: this.#order.join(', '), subtitle: 'backend-process-manager' },
-    )
-    const served = await serveDashboard({ source, port })
-    return { url: served.url, close: served.close }
+    const { managerDashboard } = require('./dashboard.js')
+    const members = this.#order.map((name) => ({
+      // Whichever manager the member has now, its events through the group (which names it in each).
+      manager: () => this.#members.get(name).pm,
+      events: this,
+      restart: () => this.#restartMember(name, ...this.#lastStart),
+      canRestart: () => this.#lastStart !== null,
+    }))
+    return managerDashboard(members, this.#order.join(', '), options)
   }
 
   /** Every backend in start order: its name, what it depends on, the running backend (or null), and its stats. */
