@@ -4,7 +4,7 @@ const test = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const path = require('node:path')
-const { ROOT, FIXTURE, CLI, tempDir, holdPort, freeRun, isAlive, records, killIfAlive, fixtureManager, startScript, cli, recordOf, startProcess, waitFor, posixOnly, wineLacks } = require('./helpers')
+const { ROOT, FIXTURE, CLI, tempDir, holdPort, freeRun, isAlive, records, fixtureManager, startScript, cli, recordOf, startProcess, waitFor, posixOnly, wineLacks, killAfter } = require('./helpers')
 
 /**
  * The orphan tests make an orphan by killing its app. On Windows the app's death ends its backend's job
@@ -22,7 +22,7 @@ async function makeOrphan(t, stateDir) {
     pm.startBackend(process.cwd()).then((b) => console.log('READY', b.pid, b.port))`
   const owner = startScript(t, code)
   const [, pid, port] = (await owner.line(/^READY/)).split(' ').map(Number)
-  t.after(() => killIfAlive(pid))
+  killAfter(t, pid)
   owner.child.kill('SIGKILL')
   await owner.exited
   return { pid, port }

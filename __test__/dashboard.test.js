@@ -10,7 +10,7 @@ const net = require('node:net')
 const path = require('node:path')
 const http = require('node:http')
 const { fileURLToPath: url2path } = require('node:url')
-const { ROOT, CLI, tempDir, freeRun, fixtureManager, startProcess, httpGet, waitFor, isAlive, processTree, killIfAlive, posixOnly, linuxOnly } = require('./helpers')
+const { ROOT, CLI, tempDir, freeRun, fixtureManager, startProcess, httpGet, waitFor, isAlive, processTree, posixOnly, linuxOnly, killIfAlive } = require('./helpers')
 const { ProcessManager } = require('..')
 
 const CHROMIUM = '/usr/bin/chromium'

@@ -7,7 +7,7 @@ const path = require('node:path')
 const { execFile } = require('node:child_process')
 const { once } = require('node:events')
 const { ProcessManager, cleanupRecords } = require('..')
-const { ROOT, FIXTURE, tempDir, freeRun, isAlive, records, waitFor, killIfAlive, memoryLogger, fixtureManager, startScript, recordOf, posixOnly, wineLacks, linuxOnly } = require('./helpers')
+const { ROOT, FIXTURE, tempDir, freeRun, isAlive, records, waitFor, memoryLogger, fixtureManager, startScript, recordOf, posixOnly, wineLacks, linuxOnly, killAfter } = require('./helpers')
 
 test('a backend that closes stdout and stderr keeps running and stops normally', { skip: wineLacks('CTRL_BREAK_EVENT is not delivered (GenerateConsoleCtrlEvent fails), so the stop is forced') }, async (t) => {
   const { pm } = fixtureManager(t, { port: await freeRun(3), env: { CLOSE_STDIO: '1' } })
@@ -41,7 +41,7 @@ test('a grandchild that calls setsid leaves the group and survives the stop (doc
   const b = await pm.startBackend(ROOT)
   const detached = Number((await seen(/^DETACHED /))[0].split(' ')[1])
   await seen(/^GRANDCHILD /)
-  t.after(() => killIfAlive(detached))
+  killAfter(t, detached)
   await pm.stopBackend()
   assert.equal(isAlive(b.pid), false)
   assert.equal(isAlive(grandchildren[0]), false, 'the grandchild in the group is gone')
@@ -95,7 +95,7 @@ test('a record replaced by a symlink is neither followed nor overwritten', { ski
 test('records writable by others or owned by another user are ignored with a warning', { skip: posixOnly('file modes and owners') }, async (t) => {
   const stateDir = tempDir(t)
   const bystander = require('node:child_process').spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' })
-  t.after(() => killIfAlive(bystander.pid))
+  killAfter(t, bystander.pid)
   await once(bystander, 'spawn')
   const start = Number(fs.readFileSync(`/proc/${bystander.pid}/stat`, 'utf8').split(') ')[1].split(' ')[19])
   // A record that would match the live process exactly, with a dead owner: only its file's trust differs.
@@ -135,7 +135,7 @@ test('two processes cleaning up the same orphan: exactly one kill, no error', { 
     pm.startBackend(process.cwd()).then((b) => console.log('READY', b.pid))`
   const owner = startScript(t, code)
   const pid = Number((await owner.line(/^READY/)).split(' ')[1])
-  t.after(() => killIfAlive(pid))
+  killAfter(t, pid)
   owner.child.kill('SIGKILL')
   await owner.exited
   const sigterms = () => (fs.existsSync(sigtermLog) ? fs.readFileSync(sigtermLog, 'utf8').split('\n').filter(Boolean).length : 0)
@@ -170,7 +170,7 @@ test('the app exiting while its backend starts: the backend dies with it; the ne
     pm.startBackend(process.cwd()).catch(() => {})`
   const app = startScript(t, code)
   const pid = Number((await app.line(/^BOOT /)).split(' ')[1])
-  t.after(() => killIfAlive(pid))
+  killAfter(t, pid)
   await app.exited
   await waitFor(() => !isAlive(pid), 1000, 'the backend to end with its app')
   assert.deepEqual(records(stateDir), [`fixture-${pid}.json`], 'the app had no time to delete its record')

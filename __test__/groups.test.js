@@ -5,7 +5,7 @@ const test = require('node:test')
 const path = require('node:path')
 const fs = require('node:fs')
 const assert = require('node:assert/strict')
-const { ROOT, FIXTURE, tempDir, freeRun, isAlive, records, killIfAlive, httpGet, httpRequest, waitFor, memoryLogger, holdPort } = require('./helpers')
+const { ROOT, FIXTURE, tempDir, freeRun, isAlive, records, httpGet, httpRequest, waitFor, memoryLogger, holdPort, own, killAll } = require('./helpers')
 const { BackendGroup, isPortAvailable } = require('..')
 
 /** A group of fixture backends sharing one private state folder; stopped (and its pids killed) after the test. */
@@ -15,11 +15,11 @@ function fixtureGroup(t, members) {
     members.map((m) => ({ command: process.execPath, args: [FIXTURE], stateDir, logger: false, startTimeoutMs: 5000, ...m })),
   )
   const pids = new Set()
-  group.on('ready', (e) => pids.add(e.pid))
-  group.on('stdout', ({ line }) => /^BOOT \d+$/.test(line) && pids.add(Number(line.slice(5))))
+  group.on('ready', (e) => pids.add(own(e.pid)))
+  group.on('stdout', ({ line }) => /^BOOT \d+$/.test(line) && pids.add(own(Number(line.slice(5)))))
   t.after(async () => {
     await group.stopAll().catch(() => {})
-    for (const pid of pids) killIfAlive(pid)
+    await killAll(pids)
   })
   return { group, stateDir, pids }
 }

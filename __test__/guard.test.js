@@ -6,7 +6,7 @@
 const test = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
-const { ROOT, FIXTURE, tempDir, freeRun, isAlive, processTree, waitFor, killIfAlive, startScript, linuxOnly } = require('./helpers')
+const { ROOT, FIXTURE, tempDir, freeRun, isAlive, processTree, waitFor, startScript, linuxOnly, killAfter } = require('./helpers')
 
 // Starting the app, two backends and their grandchildren (five Node processes) is setup, not what is
 // measured: beside the heaviest test files on two shared cores it once took over 10 s.
@@ -41,11 +41,11 @@ test("deathGuard 'guard': one small guard per app; SIGKILL the app and every bac
   const running = app(t, stateDir, await freeRun(6), 'guard')
   const { backends, grandchildren } = JSON.parse((await running.line(/^UP /, UP_WITHIN_MS)).slice(3))
   const everything = [...backends, ...grandchildren]
-  t.after(() => everything.forEach((p) => killIfAlive(p)))
+  killAfter(t, ...everything)
   const guards = processTree(running.child.pid).filter((p) => comm(p) === 'sh' && !backends.includes(p))
   assert.equal(guards.length, 1, `one guard for two backends: ${guards}`)
   const [guard] = guards
-  t.after(() => killIfAlive(guard))
+  killAfter(t, guard)
   const rss = rssKiB(guard)
   t.diagnostic(`guard pid ${guard}: ${rss} KiB resident`)
   assert.ok(rss <= 2048, `the guard holds ${rss} KiB`)
@@ -62,7 +62,7 @@ test("deathGuard 'none' (control): the parent-death signal is off, so a killed a
   const running = app(t, stateDir, await freeRun(6), 'none')
   const { backends, grandchildren } = JSON.parse((await running.line(/^UP /, UP_WITHIN_MS)).slice(3))
   const everything = [...backends, ...grandchildren]
-  t.after(() => everything.forEach((p) => killIfAlive(p)))
+  killAfter(t, ...everything)
   process.kill(running.child.pid, 'SIGKILL')
   await running.exited
   // Long enough for a parent-death SIGTERM to have ended the polite one (it exits at once on SIGTERM).

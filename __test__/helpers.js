@@ -93,18 +93,84 @@ async function waitFor(predicate, timeoutMs = 5000, what = 'condition') {
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
 }
 
-/** Kills a process this test started, if it still runs. */
-function killIfAlive(pid, signal = 'SIGKILL') {
-  try {
-    if (pid > 1 && isAlive(pid)) process.kill(pid, signal)
-  } catch {}
+/**
+ * What tells the process now at `pid` from a later one given the same pid, or null when none runs there:
+ * Linux: its start time in clock ticks (/proc); elsewhere: when it started (ms since the epoch, a range: its
+ * age from the addon, taken from the clock before and after asking), a promise.
+ */
+function identityOf(pid) {
+  if (process.platform === 'linux') return procStat(pid)?.startTicks ?? null
+  const { processUsage } = require('..')
+  const before = Date.now()
+  return processUsage([pid]).then(([usage]) => {
+    const after = Date.now()
+    return usage === undefined ? null : { from: before - usage.elapsedMs, to: after - usage.elapsedMs }
+  }, () => null)
 }
 
-/** Kills a process this test started and every descendant it has now; resolves once they are all gone. */
-async function killTree(pid, timeoutMs = 5000) {
-  const pids = processTree(pid)
-  for (const p of pids) killIfAlive(p)
-  await waitFor(() => pids.every((p) => !isAlive(p)), timeoutMs, `the processes ${pids.join(', ')} to end`)
+function sameIdentity(a, b) {
+  if (a === null || b === null) return false
+  if (typeof a === 'number') return a === b
+  // Start times read at two moments: the same process when the ranges meet (20 ms for clock steps).
+  return a.from <= b.to + 20 && b.from <= a.to + 20
+}
+
+/**
+ * The processes the tests learned of and may kill later, each with its identity as it was then. A pid alone
+ * is not enough: Windows (and Wine) give a freed pid to the next process at once, and Linux reuses pids after
+ * pid_max (32768 here) of them; a cleanup that killed "the pid of a backend that ended long ago" killed
+ * another test file's process (seen under Wine: a file's process ended midway, a backend died at its start).
+ */
+const identities = new Map()
+
+/** Notes `pid` as a process the test may kill later: the one there now. Returns `pid`. */
+function own(pid) {
+  if (pid > 1) identities.set(pid, identityOf(pid))
+  return pid
+}
+
+/**
+ * Kills a process this test started (noted with `own()` when learned, or the one at `pid` now), if it still
+ * runs, and only if it is that process, not a later one given its pid. Off Linux this resolves once done.
+ */
+function killIfAlive(pid, signal = 'SIGKILL') {
+  if (!(pid > 1)) return undefined
+  if (!identities.has(pid)) own(pid)
+  const kill = (then, now) => {
+    try {
+      if (sameIdentity(then, now)) process.kill(pid, signal)
+    } catch {}
+  }
+  if (process.platform === 'linux') return kill(identities.get(pid), identityOf(pid))
+  return Promise.all([identities.get(pid), identityOf(pid)]).then(([then, now]) => kill(then, now))
+}
+
+/** Whether the process noted at `pid` (`own()`) still runs: alive, and not a later process given its pid. */
+async function stillRuns(pid) {
+  return isAlive(pid) && sameIdentity(await identities.get(pid), await identityOf(pid))
+}
+
+/** Kills each of `pids` as `killIfAlive()` does; resolves once done. */
+async function killAll(pids, signal = 'SIGKILL') {
+  await Promise.all([...pids].map((p) => killIfAlive(p, signal)))
+}
+
+/** Notes `pids` now (`own()`) and kills them after the test, the same processes only. */
+function killAfter(t, ...pids) {
+  for (const p of pids) own(p)
+  t.after(() => killAll(pids))
+}
+
+/**
+ * Kills a child process this test spawned and every descendant it has now; resolves once they are all gone.
+ * Nothing is done once the child has been reaped (its `exit` came): its pid may belong to another process.
+ */
+async function killTree(child, timeoutMs = 5000) {
+  if (child.exitCode !== null || child.signalCode !== null) return
+  const pids = processTree(child.pid)
+  for (const p of pids) own(p)
+  await killAll(pids)
+  await waitFor(async () => (await Promise.all(pids.map(stillRuns))).every((runs) => !runs), timeoutMs, `the processes ${pids.join(', ')} to end`)
 }
 
 /** A logger that keeps lines for assertions. */
@@ -139,17 +205,17 @@ function fixtureManager(t, options = {}) {
   const grandchildren = []
   const lines = []
   const waiters = new Set()
-  pm.on('ready', (b) => started.push(b.pid, ...(b.replicas ?? []).map((r) => r.pid)))
+  pm.on('ready', (b) => started.push(own(b.pid), ...(b.replicas ?? []).map((r) => own(r.pid))))
   pm.on('stdout', (line) => {
     const m = /^GRANDCHILD (\d+)$/.exec(line)
-    if (m) grandchildren.push(Number(m[1]))
+    if (m) grandchildren.push(own(Number(m[1])))
     // The fixture's announcements come first; a backend flooding its output must not fill the test's memory.
     if (lines.length < 1000) lines.push(line)
     for (const w of [...waiters]) w()
   })
   stopping = async () => {
     await pm.stopBackend().catch(() => {})
-    for (const pid of [...started, ...grandchildren]) killIfAlive(pid)
+    await killAll([...started, ...grandchildren])
   }
   /** Resolves once the backend has written `count` stdout lines matching `re` (its BOOT line, grandchildren…). */
   const seen = (re, count = 1, timeoutMs = 10000) =>
@@ -207,7 +273,7 @@ function startProcess(t, command, args, { cwd = ROOT, env = {}, mergeStderr = fa
   child.stderr.on('data', (d) => (stderr += d))
   const exited = once(child, 'exit')
   // The app's backend and anything else it started go with it.
-  t.after(() => killTree(child.pid))
+  t.after(() => killTree(child))
   /** Resolves with the first output line matching `re`. */
   const line = (re, timeoutMs = 10000) =>
     new Promise((resolve, reject) => {
@@ -293,7 +359,10 @@ module.exports = {
   groupMembers,
   records,
   waitFor,
+  own,
   killIfAlive,
+  killAll,
+  killAfter,
   killTree,
   memoryLogger,
   fixtureManager,

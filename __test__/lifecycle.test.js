@@ -9,7 +9,7 @@ const http = require('node:http')
 const { spawn, spawnSync } = require('node:child_process')
 const { once } = require('node:events')
 const { ProcessManager } = require('..')
-const { ROOT, FIXTURE, tempDir, holdPort, freeRun, isAlive, records, waitFor, killIfAlive, memoryLogger, fixtureManager, startScript, recordOf, posixOnly, wineLacks, KILLED, linuxOnly } = require('./helpers')
+const { ROOT, FIXTURE, tempDir, holdPort, freeRun, isAlive, records, waitFor, memoryLogger, fixtureManager, startScript, recordOf, posixOnly, wineLacks, KILLED, linuxOnly, killAfter } = require('./helpers')
 
 function get(url) {
   return new Promise((resolve, reject) => {
@@ -173,7 +173,7 @@ test('a backend with two grandchildren: after stop none of the three runs', asyn
 test('a record naming an unrelated live process is stale: nothing is killed, the record is deleted, a foreign file kept', { skip: linuxOnly('reads the start time from /proc') }, async (t) => {
   const stateDir = tempDir(t)
   const bystander = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' })
-  t.after(() => killIfAlive(bystander.pid))
+  killAfter(t, bystander.pid)
   await once(bystander, 'spawn')
   const start = Number(fs.readFileSync(`/proc/${bystander.pid}/stat`, 'utf8').split(') ')[1].split(' ')[19])
   // Same pid and executable, but the start time of an earlier process: a reused pid. Its owner is gone.
@@ -203,7 +203,7 @@ test('an orphan that ignores SIGTERM survives its killed app; the next manager t
   const stateDir = tempDir(t)
   const owner = ownerScript(t, stateDir, { IGNORE_SIGTERM: '1' }, { port: await freeRun(3) })
   const [, pid] = (await owner.line(/^READY/)).split(' ').map(Number)
-  t.after(() => killIfAlive(pid))
+  killAfter(t, pid)
   owner.child.kill('SIGKILL')
   await owner.exited
   assert.equal(isAlive(pid), true, 'ignoring SIGTERM, it outlives its app')
@@ -220,7 +220,7 @@ test('a backend gets SIGTERM when its app is killed, and is gone soon after', { 
   const sigtermLog = path.join(tempDir(t), 'sigterms')
   const owner = ownerScript(t, stateDir, { SIGTERM_LOG_FILE: sigtermLog }, { port: await freeRun(3) })
   const [, pid] = (await owner.line(/^READY/)).split(' ').map(Number)
-  t.after(() => killIfAlive(pid))
+  killAfter(t, pid)
   owner.child.kill('SIGKILL')
   await owner.exited
   const killedAt = Date.now()
@@ -234,10 +234,10 @@ test('two running apps with managers of the same name each keep their own backen
   const port = await freeRun(6)
   const first = ownerScript(t, stateDir, {}, { port })
   const [, pid1] = (await first.line(/^READY/)).split(' ').map(Number)
-  t.after(() => killIfAlive(pid1))
+  killAfter(t, pid1)
   const second = ownerScript(t, stateDir, {}, { port })
   const [, pid2, port2] = (await second.line(/^READY/)).split(' ').map(Number)
-  t.after(() => killIfAlive(pid2))
+  killAfter(t, pid2)
   assert.notEqual(pid1, pid2)
   assert.notEqual(port2, port)
   assert.equal(isAlive(pid1), true, "the second start did not kill the first app's backend")

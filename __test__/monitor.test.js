@@ -7,7 +7,7 @@ const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
 const { execFileSync, spawnSync } = require('node:child_process')
-const { ROOT, CLI, tempDir, freeRun, fixtureManager, cli, recordOf, waitFor, isAlive, processTree, killIfAlive, posixOnly, wineLacks } = require('./helpers')
+const { ROOT, CLI, tempDir, freeRun, fixtureManager, cli, recordOf, waitFor, isAlive, processTree, posixOnly, wineLacks, killAll } = require('./helpers')
 const { RecordSampler, sparkline } = require('../lib/monitor.js')
 
 const ANSI = /\x1b\[[0-9;?]*[A-Za-z]/g
@@ -172,7 +172,7 @@ function tmux(t, width) {
   t.after(async () => {
     const inside = server ? processTree(server) : []
     spawnSync('tmux', ['-S', socket, 'kill-server'], { env, stdio: 'ignore' })
-    for (const p of inside) killIfAlive(p)
+    await killAll(inside)
     await waitFor(() => inside.every((p) => !isAlive(p)), 5000, 'the tmux server and its panes to end')
     fs.rmSync(dir, { recursive: true, force: true })
   })

@@ -12,8 +12,10 @@ function procStat(pid) {
     return null
   }
   // The command name may hold spaces and parentheses: the fields start after its last ')'.
-  const [state, ppid, pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-  return { state, ppid: Number(ppid), pgrp: Number(pgrp) }
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  const [state, ppid, pgrp] = fields
+  // Field 22 of the file, its start time in clock ticks since boot: with the pid, what names one process.
+  return { state, ppid: Number(ppid), pgrp: Number(pgrp), startTicks: Number(fields[19]) }
 }
 
 /**

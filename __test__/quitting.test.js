@@ -8,7 +8,7 @@ const path = require('node:path')
 const { EventEmitter, once } = require('node:events')
 const { ProcessManager, BackendGroup } = require('..')
 const { manage } = require('backend-process-manager/electron')
-const { ROOT, FIXTURE, tempDir, freeRun, isAlive, records, fixtureManager, startScript, posixOnly, wineLacks, killIfAlive, waitFor } = require('./helpers')
+const { ROOT, FIXTURE, tempDir, freeRun, isAlive, records, fixtureManager, startScript, posixOnly, wineLacks, waitFor, killIfAlive, killAfter } = require('./helpers')
 
 /** An app script whose manager(s) start the fixture backend; `quit` is its code run once they are up. */
 function appScript({ stateDir, port, count = 1, env = {}, quit }) {
@@ -36,7 +36,7 @@ test('stopSync() from process.on("exit") stops a backend that ignores SIGTERM wi
     quit: `process.on('exit', () => { const began = Date.now(); report([managers[0].stopSync({ timeoutMs: 400 })], began) }); process.exit(0)`,
   }))
   const [pid] = await startedPids(app)
-  t.after(() => killIfAlive(pid))
+  killAfter(t, pid)
   const { results, ms } = await stopped(app)
   assert.equal(results[0].pid, pid)
   assert.equal(results[0].forced, true)
@@ -57,7 +57,7 @@ test('stopAllSync() from a SIGTERM handler that calls process.exit(): every mana
     quit: `process.on('SIGTERM', () => process.exit(0)); process.on('exit', () => { const began = Date.now(); report(ProcessManager.stopAllSync({ timeoutMs: 2000 }), began) }); console.log('READY-FOR-SIGTERM')`,
   }))
   const pids = await startedPids(app)
-  t.after(() => pids.forEach((p) => killIfAlive(p)))
+  killAfter(t, ...pids)
   await app.line(/^READY-FOR-SIGTERM/)
   app.child.kill('SIGTERM')
   const { results, ms } = await stopped(app)
@@ -91,7 +91,7 @@ test('ProcessManager.stopAll() stops groups in reverse dependency order and lone
   const started = await group.startAll(ROOT)
   const alone = await lone.startBackend(ROOT)
   const pids = [started['stopall-api'].pid, started['stopall-web'].pid, alone.pid]
-  t.after(() => pids.forEach((p) => killIfAlive(p)))
+  killAfter(t, ...pids)
   const results = await ProcessManager.stopAll()
   assert.deepEqual(results.map((r) => r.pid).sort(), [...pids].sort())
   assert.deepEqual(order, ['stopall-web', 'stopall-api'], 'the dependent first')
@@ -215,7 +215,7 @@ test('manage() of a group: before-quit stops every member, then the app quits', 
   manage(app, group)
   const started = await group.startAll(ROOT)
   const pids = Object.values(started).map((b) => b.pid)
-  t.after(() => pids.forEach((p) => killIfAlive(p)))
+  killAfter(t, ...pids)
   const quit = once(app, 'quit')
   app.quit()
   await quit

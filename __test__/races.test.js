@@ -5,7 +5,7 @@ const test = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const path = require('node:path')
-const { FIXTURE, tempDir, freeRun, startScript, killTree, httpGet, wineLacks } = require('./helpers')
+const { FIXTURE, tempDir, freeRun, startScript, httpGet, wineLacks, killTree } = require('./helpers')
 
 const APP = path.join(__dirname, 'fixtures', 'app.js')
 
@@ -63,7 +63,7 @@ async function round(t, count) {
     }
     return { problems, ports, misserved }
   } finally {
-    await Promise.all(apps.map((a) => killTree(a.child.pid)))
+    await Promise.all(apps.map((a) => killTree(a.child)))
   }
 }
 

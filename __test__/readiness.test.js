@@ -6,7 +6,7 @@ const test = require('node:test')
 const assert = require('node:assert/strict')
 const path = require('node:path')
 const { ProcessManager } = require('..')
-const { ROOT, tempDir, freeRun, isAlive, records, killIfAlive, httpGet, linuxOnly } = require('./helpers')
+const { ROOT, tempDir, freeRun, isAlive, records, httpGet, linuxOnly, own, killAll } = require('./helpers')
 const { ensurePythonDeps, PYDEPS, PYTHON } = require('../scripts/test-deps.js')
 
 const PYTHON_ENV = { PYTHONPATH: PYDEPS, PYTHONDONTWRITEBYTECODE: '1', PYTHONUNBUFFERED: '1' }
@@ -15,10 +15,10 @@ const SERVERS = path.join(__dirname, 'fixtures', 'servers')
 function manager(t, options) {
   const pm = new ProcessManager({ stateDir: tempDir(t), logger: false, startTimeoutMs: 8000, ...options })
   const pids = []
-  pm.on('ready', (b) => pids.push(b.pid))
+  pm.on('ready', (b) => pids.push(own(b.pid)))
   t.after(async () => {
     await pm.stopBackend().catch(() => {})
-    pids.forEach((p) => killIfAlive(p))
+    await killAll(pids)
   })
   return pm
 }

@@ -9,7 +9,7 @@ const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const path = require('node:path')
 const { ProcessManager, isPortAvailable } = require('..')
-const { ROOT, tempDir, freeRun, isAlive, processTree, groupMembers, records, waitFor, killIfAlive, memoryLogger, httpGet, linuxOnly } = require('./helpers')
+const { ROOT, tempDir, freeRun, isAlive, processTree, groupMembers, records, waitFor, memoryLogger, httpGet, linuxOnly, own, killAll, killAfter } = require('./helpers')
 const { ensurePythonDeps, onPath, PYDEPS, PYTHON } = require('../scripts/test-deps.js')
 
 const SERVERS_DIR = path.join(__dirname, 'fixtures', 'servers')
@@ -68,7 +68,7 @@ for (const server of SERVERS) {
     const seen = new Set()
     t.after(async () => {
       await pm.stopBackend().catch(() => {})
-      for (const p of seen) killIfAlive(p)
+      await killAll(seen)
     })
 
     const b = await pm.startBackend(SERVERS_DIR)
@@ -128,7 +128,7 @@ for (const backend of TOKEN_BACKENDS) {
     })
     t.after(() => pm.stopBackend())
     const b = await pm.startBackend(SERVERS_DIR)
-    t.after(() => processTree(b.pid).forEach((p) => killIfAlive(p)))
+    killAfter(t, ...processTree(b.pid))
     assert.equal((await httpGet(`${b.url}/health`)).status, 401)
     assert.equal((await httpGet(`${b.url}/health`, { authorization: `Bearer ${b.token}` })).status, 200)
     assert.equal((await httpGet(`${b.url}/health`, { authorization: 'Bearer guessed' })).status, 401)
@@ -170,11 +170,11 @@ for (const server of FD_SERVERS) {
     pm.on('stderr', (l) => output.push(l))
     const seen = new Set()
     const look = () => {
-      for (const r of pm.backend?.replicas ?? []) processTree(r.pid).forEach((p) => seen.add(p))
+      for (const r of pm.backend?.replicas ?? []) processTree(r.pid).forEach((p) => seen.add(own(p)))
     }
     t.after(async () => {
       await pm.stopBackend().catch(() => {})
-      for (const p of seen) killIfAlive(p)
+      await killAll(seen)
     })
     const b = await pm.startBackend(SERVERS_DIR)
     look()

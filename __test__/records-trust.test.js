@@ -8,12 +8,12 @@ const path = require('node:path')
 const { spawn } = require('node:child_process')
 const { once } = require('node:events')
 const { ProcessManager, listRecords, cleanupRecords, stopRecord } = require('..')
-const { ROOT, tempDir, isAlive, procStat, killIfAlive, recordOf, cli, fixtureManager, freeRun, linuxOnly } = require('./helpers')
+const { ROOT, tempDir, isAlive, procStat, recordOf, cli, fixtureManager, freeRun, linuxOnly, killAfter } = require('./helpers')
 
 /** A process of this test that does nothing, started with `setsid` (`detached`) when `ownGroup`. */
 async function bystander(t, { ownGroup = false } = {}) {
   const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore', detached: ownGroup })
-  t.after(() => killIfAlive(child.pid))
+  killAfter(t, child.pid)
   await once(child, 'spawn')
   return child.pid
 }

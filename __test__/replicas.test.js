@@ -11,7 +11,7 @@ const net = require('node:net')
 const path = require('node:path')
 const http = require('node:http')
 const { once } = require('node:events')
-const { ROOT, tempDir, freeRun, isAlive, records, waitFor, killIfAlive, fixtureManager, httpGet, httpRequest, cli, posixOnly, linuxOnly, startProcess, UNDER_WINE } = require('./helpers')
+const { ROOT, tempDir, freeRun, isAlive, records, waitFor, fixtureManager, httpGet, httpRequest, cli, posixOnly, linuxOnly, startProcess, UNDER_WINE, own, killIfAlive, killAll } = require('./helpers')
 const { isPortAvailable } = require('..')
 
 /** The pid a fixture answer names. */
@@ -44,13 +44,11 @@ const replicaPids = (pm) => (pm.backend?.replicas ?? []).map((r) => r.pid)
 function trackReplicas(t, pm) {
   const seen = new Set()
   const note = (info) => {
-    seen.add(info.pid)
-    for (const r of info.replicas ?? []) seen.add(r.pid)
+    seen.add(own(info.pid))
+    for (const r of info.replicas ?? []) seen.add(own(r.pid))
   }
   pm.on('ready', note)
-  t.after(() => {
-    for (const pid of seen) killIfAlive(pid)
-  })
+  t.after(() => killAll(seen))
   return seen
 }
 
@@ -463,6 +461,7 @@ test('balancer.firstByteTimeoutMs: a frozen replica (SIGSTOP) is taken out and r
   pm.on('healthy', (e) => verdicts.push(['healthy', e, seenHealth()]))
   const unhealthy = once(pm, 'unhealthy')
   process.kill(frozen, 'SIGSTOP')
+  own(frozen)
   t.after(() => killIfAlive(frozen, 'SIGCONT'))
   const served = []
   const failures = []

@@ -8,7 +8,7 @@ const os = require('node:os')
 const path = require('node:path')
 const { spawn } = require('node:child_process')
 const { once } = require('node:events')
-const { ROOT, freeRun, fixtureManager, killTree, waitFor, linuxOnly, wineLacks } = require('./helpers')
+const { ROOT, freeRun, fixtureManager, waitFor, linuxOnly, wineLacks, killTree } = require('./helpers')
 
 const SETPRIV = '/usr/bin/setpriv'
 const NOBODY = 65534
@@ -38,7 +38,7 @@ async function startStranger(t, port) {
     console.log('READY')
   `
   const child = spawn(SETPRIV, [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', process.execPath, '-e', code], { stdio: ['pipe', 'pipe', 'inherit'] })
-  t.after(() => killTree(child.pid))
+  t.after(() => killTree(child))
   const lines = []
   const waiters = new Set()
   let buffer = ''

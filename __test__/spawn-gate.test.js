@@ -10,7 +10,7 @@ const path = require('node:path')
 const { execFileSync } = require('node:child_process')
 const { once } = require('node:events')
 const { ProcessManager, isPortAvailable } = require('..')
-const { ROOT, FIXTURE, tempDir, freeRun, isAlive, groupMembers, waitFor, killIfAlive, memoryLogger, startScript, linuxOnly } = require('./helpers')
+const { ROOT, FIXTURE, tempDir, freeRun, isAlive, groupMembers, waitFor, memoryLogger, startScript, linuxOnly, own, killIfAlive } = require('./helpers')
 
 const notRoot = process.platform === 'linux' && process.getuid() !== 0 && 'needs root to mount a small tmpfs (or a read-only bind mount) as the state folder'
 
@@ -194,6 +194,7 @@ test('a running backend whose PID record cannot be rewritten keeps running; one 
   const warnings = []
   pm.on('warning', (w) => warnings.push(w))
   const b = await pm.startBackend(ROOT)
+  own(b.pid)
   t.after(async () => {
     await pm.stopBackend().catch(() => {})
     killIfAlive(b.pid)

@@ -7,7 +7,7 @@ const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const path = require('node:path')
 const { once } = require('node:events')
-const { ROOT, tempDir, freeRun, isAlive, records, waitFor, killIfAlive, fixtureManager, httpGet, holdPort, KILLED, linuxOnly, UNDER_WINE } = require('./helpers')
+const { ROOT, tempDir, freeRun, isAlive, records, waitFor, fixtureManager, httpGet, holdPort, KILLED, linuxOnly, UNDER_WINE, killAfter } = require('./helpers')
 
 /** The next `count` events of `kind`, in order. */
 function next(pm, kind, count = 1, timeoutMs = 15000) {
@@ -303,7 +303,7 @@ test('a restarting backend keeps the app alive; a script exits by itself after t
   const app = startScript(t, code)
   await app.line(/^RESTARTING$/)
   const pid = Number((await app.line(/^BACK \d+$/)).split(' ')[1])
-  t.after(() => killIfAlive(pid))
+  killAfter(t, pid)
   await app.line(/^STOPPED$/)
   const [exitCode] = await app.exited
   assert.equal(exitCode, 0)

@@ -13,7 +13,7 @@ test('10 backends, or 5 backends of 2 replicas, add at most 2 threads to the app
   const stateDir = tempDir(t)
   const firstPort = await freeRun(40)
   const child = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'threads.js'), ROOT, stateDir, String(firstPort), '10', '5x2'], { stdio: ['ignore', 'pipe', 'pipe'] })
-  t.after(() => killTree(child.pid))
+  t.after(() => killTree(child))
   let out = ''
   let err = ''
   child.stdout.on('data', (d) => (out += d))

@@ -8,7 +8,7 @@ const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const path = require('node:path')
 const { ProcessManager, isPortAvailable } = require('..')
-const { ROOT, FIXTURE, tempDir, freeRun, procStat, isAlive, processTree, records, waitFor, killIfAlive, memoryLogger, startScript, cli, linuxOnly } = require('./helpers')
+const { ROOT, FIXTURE, tempDir, freeRun, procStat, isAlive, processTree, records, waitFor, memoryLogger, startScript, cli, linuxOnly, killAfter } = require('./helpers')
 
 const APP = path.join(__dirname, 'fixtures', 'app.js')
 const NODEMON = path.join(ROOT, 'node_modules', '.bin', 'nodemon')
@@ -76,7 +76,7 @@ async function orphanBehindWrapper(t, wrapper) {
   const info = JSON.parse((await app.line(/^READY /, 20000)).slice('READY '.length))
   const server = Number((await app.line(/^OUT BOOT \d+$/)).split(' ')[2])
   const tree = processTree(info.pid)
-  t.after(() => [...tree, server].forEach((p) => killIfAlive(p)))
+  killAfter(t, ...tree, server)
   assert.equal(info.port, port)
   assert.ok(tree.includes(server), `the server ${server} runs under the wrapper ${info.pid} (tree ${tree})`)
   assert.equal(procStat(server).pgrp, info.pid, 'the server is in the wrapper\'s process group')
@@ -106,7 +106,7 @@ function nextApp(t, wrapper, orphan) {
 async function startNext(t, pm, orphan) {
   const b = await pm.startBackend(orphan.proj.dir)
   const tree = processTree(b.pid)
-  t.after(() => tree.forEach((p) => killIfAlive(p)))
+  killAfter(t, ...tree)
   return b
 }
 
