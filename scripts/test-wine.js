@@ -60,7 +60,11 @@ function whyFailed(rest) {
   const block = /^  ---\n([\s\S]*?)^  \.\.\.$/m.exec(rest)?.[1] ?? ''
   const inline = /^  error: '(.*)'$/m.exec(block)?.[1]
   const lines = inline !== undefined ? [inline] : (/^  error: \|-\n((?:    .*\n)+)/m.exec(block)?.[1] ?? '').split('\n').map((l) => l.trim())
-  const message = lines.filter(Boolean).slice(0, 4).join(' / ')
+  // A file whose process ended midway fails as a whole ("test failed"): how it ended tells a crash from a kill.
+  const exit = /^  exitCode: (.*)$/m.exec(block)?.[1]
+  const signal = /^  signal: (.*)$/m.exec(block)?.[1]
+  const ended = exit !== undefined ? [`its process ended with exit code ${exit}${signal && signal !== '~' ? `, signal ${signal}` : ''}`] : []
+  const message = [...lines.filter(Boolean).slice(0, 4), ...ended].join(' / ')
   const at = /\\__test__\\([^\\\n]+\.js:\d+):\d+\)?$/m.exec(block)?.[1] ?? /\/__test__\/([^/\n]+\.js:\d+):\d+\)?$/m.exec(block)?.[1]
   return message || at ? `\n      ${message}${at ? ` (at ${at})` : ''}` : ''
 }
@@ -70,8 +74,11 @@ function whyFailed(rest) {
  * test: its run ended without node --test's summary (its process ended early, even with exit code 0, seen
  * under Wine; once its rerun right after ended at once too), or a process start failed with Wine's own
  * ERROR_INTERNAL_ERROR (os error 1359: seen once in a `node.exe` start with two files running, not on a
- * rerun). A test that fails is never run again; the last run counts like any other.
+ * rerun). Node reports that error as `spawn UNKNOWN` (libuv has no name for it): the fixture backend says
+ * so when it cannot start a grandchild. A test that fails is never run again; the last run counts like any
+ * other.
  */
+const WINE_START_FAILURE = /\(os error 1359\)|could not start a grandchild: spawn UNKNOWN/
 const WINE_RUNS = 3
 async function runFileChecked(file) {
   const tap = path.join(logDir, `${file}.tap`)
@@ -80,8 +87,8 @@ async function runFileChecked(file) {
     const result = await runFile(file)
     const why = Number.isNaN(result.tests)
       ? `ended after ${result.seconds.toFixed(1)} s without a summary (exit ${result.code})`
-      : result.code !== 0 && /\(os error 1359\)/.test(fs.readFileSync(tap, 'utf8'))
-        ? `failed (${result.failures.join('; ')}) with Wine's internal error 1359 in a process start`
+      : result.code !== 0 && WINE_START_FAILURE.test(fs.readFileSync(tap, 'utf8'))
+        ? `failed (${result.failures.join('; ')}) with Wine's internal error in a process start`
         : null
     if (why === null || run === WINE_RUNS) return reruns.length === 0 ? result : { ...result, rerun: reruns.join('; ') }
     fs.renameSync(tap, path.join(logDir, `${file}.${run}.tap`))
