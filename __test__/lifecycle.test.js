@@ -180,12 +180,16 @@ test('a record naming an unrelated live process is stale: nothing is killed, the
   const reused = recordOf({ name: 'fixture', pid: bystander.pid, port: 8000, exe: fs.realpathSync(process.execPath), startTime: start - 1, ownerPid: 999999, ownerStartTime: 1 })
   fs.writeFileSync(path.join(stateDir, `fixture-${bystander.pid}.json`), JSON.stringify(reused), { mode: 0o600 })
   fs.writeFileSync(path.join(stateDir, 'fixture-12345.json'), '{ this is not json', { mode: 0o600 })
+  // A record of ours cut short (it opens with the marker, then the JSON ends): it cannot be parsed, so it goes.
+  const cutShort = JSON.stringify(recordOf({ name: 'fixture', pid: 12346 }), null, 2)
+  fs.writeFileSync(path.join(stateDir, 'fixture-12346.json'), cutShort.slice(0, cutShort.indexOf('"pid"')), { mode: 0o600 })
   const logger = memoryLogger()
   const pm = new ProcessManager({ name: 'fixture', stateDir, logger })
   assert.equal(await pm.killExistingBackend(), false)
   assert.equal(isAlive(bystander.pid), true)
-  assert.deepEqual(records(stateDir), ['fixture-12345.json'], 'the stale record is deleted; a file that is not a record is left')
+  assert.deepEqual(records(stateDir), ['fixture-12345.json'], 'the stale and the cut-short record are deleted; a file that is not a record is left')
   assert.ok(logger.lines.some((l) => l.startsWith('warn:') && l.includes('fixture-12345.json') && l.includes('not a PID record')), logger.lines.join('\n'))
+  assert.ok(logger.lines.some((l) => l.startsWith('warn:') && l.includes('fixture-12346.json') && l.includes('cut short')), logger.lines.join('\n'))
 })
 
 /** An app process that starts a fixture backend and prints `READY <pid> <port>`. */

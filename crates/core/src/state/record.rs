@@ -402,8 +402,15 @@ pub fn parse_record(text: &str) -> std::result::Result<Record, Problem> {
       "it is empty (a write cut short by a machine crash or power loss)".into(),
     ));
   }
-  let value: serde_json::Value =
-    serde_json::from_str(text).map_err(|_| Problem::Foreign("it is not JSON".into()))?;
+  let value: serde_json::Value = serde_json::from_str(text).map_err(|_| {
+    if opens_with_marker(text) {
+      Problem::Invalid(
+        "it is not JSON, though it opens as a record of ours (cut short or damaged)".into(),
+      )
+    } else {
+      Problem::Foreign("it is not JSON".into())
+    }
+  })?;
   if value.get("manager").and_then(|m| m.as_str()) != Some(MARKER) {
     return Err(Problem::Foreign(format!(
       "it has no \"manager\": \"{MARKER}\" field, so it is not a PID record of this library"
@@ -413,6 +420,22 @@ pub fn parse_record(text: &str) -> std::result::Result<Record, Problem> {
     .map_err(|e| Problem::Invalid(format!("it is not a valid record: {e}")))?;
   record.validate().map_err(Problem::Invalid)?;
   Ok(record)
+}
+
+/// Whether `text` opens the way every record this library writes does, `{ "manager": "<MARKER>"` (the
+/// first field; any whitespace): a file that does so and is not JSON is one of ours, cut short or damaged,
+/// and may be deleted (API: "a record that cannot be parsed is deleted with a warning"); any other file
+/// that is not JSON is left alone.
+fn opens_with_marker(text: &str) -> bool {
+  let rest = text.trim_start().strip_prefix('{').map(str::trim_start);
+  let rest = rest
+    .and_then(|r| r.strip_prefix("\"manager\""))
+    .map(str::trim_start);
+  let rest = rest.and_then(|r| r.strip_prefix(':')).map(str::trim_start);
+  rest.is_some_and(|r| {
+    r.strip_prefix('"')
+      .is_some_and(|r| r.starts_with(&format!("{MARKER}\"")))
+  })
 }
 
 /// Every file of `dir` named like a record (`<name>-<digits>.json`; optionally only those of backend
@@ -650,6 +673,33 @@ pub(crate) mod tests {
     ));
   }
 
+  /// A record of ours cut short anywhere after its marker is not JSON, yet plainly ours: invalid (deleted by
+  /// a cleanup). Text that names the marker elsewhere, another "manager", or is cut inside the marker itself
+  /// (not yet known to be ours) stays foreign.
+  #[test]
+  fn a_record_of_ours_cut_short_is_invalid_and_other_text_foreign() {
+    let whole =
+      String::from_utf8(serde_json::to_vec_pretty(&sample("api", 4242)).unwrap()).unwrap();
+    let marker_end = whole.find(MARKER).unwrap() + MARKER.len() + 1;
+    for cut in [marker_end, marker_end + 1, whole.len() / 2, whole.len() - 1] {
+      match parse_record(&whole[..cut]) {
+        Err(Problem::Invalid(reason)) => assert!(reason.contains("cut short"), "{reason}"),
+        other => panic!("cut at {cut}: {other:?}"),
+      }
+    }
+    for text in [
+      format!("{{\"note\": \"{MARKER}\", "),
+      format!("{{\"manager\": \"{MARKER}-fork\", "),
+      format!("{{ \"manager\" : \"{MARKER}"),
+      format!("[\"manager\", \"{MARKER}\""),
+    ] {
+      assert!(
+        matches!(parse_record(&text), Err(Problem::Foreign(_))),
+        "{text:?}"
+      );
+    }
+  }
+
   #[test]
   fn an_empty_or_zeroed_file_is_a_write_cut_short_and_may_be_deleted() {
     for text in ["", "\0", "\0\0\0\0\0\0\0\0"] {
@@ -790,7 +840,7 @@ pub(crate) mod tests {
       #[test]
       fn only_a_file_with_the_marker_is_ours(text in record_like()) {
         let marked = serde_json::from_str::<serde_json::Value>(&text)
-          .is_ok_and(|v| v.get("manager").and_then(|m| m.as_str()) == Some(MARKER));
+          .map_or_else(|_| opens_with_marker(&text), |v| v.get("manager").and_then(|m| m.as_str()) == Some(MARKER));
         if !marked && !text.bytes().all(|b| b == 0) {
           prop_assert!(matches!(parse_record(&text), Err(Problem::Foreign(_))));
         }
