@@ -16,6 +16,9 @@ function splitLogger(options) {
   if (logger !== false && (logger === null || typeof logger !== 'object')) {
     throw invalidArg(`logger must be an object with info, warn and error methods, or false, got ${logger === null ? 'null' : typeof logger}`)
   }
+  // A logger of another shape (`{}`, `{ log }`) would silence every line without a word: refused.
+  const missing = logger === false ? [] : ['info', 'warn', 'error'].filter((m) => typeof logger[m] !== 'function')
+  if (missing.length > 0) throw invalidArg(`logger must be an object with info, warn and error methods, or false; it has no ${missing.join(', ')} method`)
   return { logger, rest }
 }
 

@@ -62,12 +62,19 @@ test('bad options throw ERR_INVALID_ARG at construction', () => {
     { host: 'not a host' },
     { healthPath: 'health' },
     { logger: 'loud' },
+    { logger: {} },
+    { logger: { log: () => {} } },
+    { logger: { info() {}, warn() {}, error: 'x' } },
     { startTimeout: 5 }, // a typo of startTimeoutMs
   ]
   for (const options of bad) {
     assert.throws(() => new ProcessManager(options), { code: 'ERR_INVALID_ARG' }, JSON.stringify(options))
   }
   assert.throws(() => new ProcessManager('x'), { code: 'ERR_INVALID_ARG' })
+  assert.throws(() => new ProcessManager({ logger: { info() {} } }), { code: 'ERR_INVALID_ARG', message: /no warn, error method/ })
+  // A class instance's methods (electron-log, winston) live on its prototype: accepted.
+  class Logger { info() {} warn() {} error() {} }
+  assert.doesNotThrow(() => new ProcessManager({ logger: new Logger() }))
 })
 
 test('names that would disguise themselves and port variables the manager or a loader owns are refused, naming the option', () => {
