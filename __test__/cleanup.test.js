@@ -19,6 +19,8 @@ const canChoosePids = () => {
   }
 }
 
+/** Not yet reaped: its pid is still its own. */
+const running = (child) => child.exitCode === null && child.signalCode === null
 const idle = () => spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' })
 
 /** A new idle process given `pid` (tried again while other processes take it first); killed after the test. */
@@ -26,7 +28,7 @@ async function processAt(t, pid) {
   for (let tries = 0; tries < 50; tries++) {
     fs.writeFileSync(NS_LAST_PID, String(pid - 1))
     const child = idle()
-    t.after(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'))
+    t.after(() => running(child) && child.kill('SIGKILL'))
     await once(child, 'spawn')
     if (child.pid === pid) return child
     child.kill('SIGKILL')
@@ -59,9 +61,9 @@ test('a noted pid given to a later process: killIfAlive, killAfter and killTree 
 })
 
 test('a noted process that still runs is killed: by killIfAlive, by killAfter, and by killTree with what it started', async (t) => {
-  const exited = (child) => (child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : once(child, 'exit'))
+  const exited = (child) => (running(child) ? once(child, 'exit') : Promise.resolve())
   const [byPid, byHook] = [idle(), idle()]
-  t.after(() => [byPid, byHook].forEach((c) => c.exitCode === null && c.signalCode === null && c.kill('SIGKILL')))
+  t.after(() => [byPid, byHook].forEach((c) => running(c) && c.kill('SIGKILL')))
   await Promise.all([once(byPid, 'spawn'), once(byHook, 'spawn')])
   own(byPid.pid)
   await killIfAlive(byPid.pid)
@@ -77,7 +79,7 @@ test('a noted process that still runs is killed: by killIfAlive, by killAfter, a
   const parent = spawn(process.execPath, ['-e', `
     const c = require('node:child_process').spawn(process.execPath, ['-e', 'process.stdin.resume(); process.stdin.on("end", () => process.exit(0))'], { stdio: ['pipe', 'ignore', 'ignore'] })
     console.log(c.pid); setInterval(() => {}, 1000)`], { stdio: ['ignore', 'pipe', 'ignore'] })
-  t.after(() => parent.exitCode === null && parent.signalCode === null && parent.kill('SIGKILL'))
+  t.after(() => running(parent) && parent.kill('SIGKILL'))
   const [grandchild] = await once(parent.stdout, 'data')
   const grandchildPid = Number(String(grandchild).trim())
   await killTree(parent)

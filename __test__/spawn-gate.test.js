@@ -10,7 +10,7 @@ const path = require('node:path')
 const { execFileSync } = require('node:child_process')
 const { once } = require('node:events')
 const { ProcessManager, isPortAvailable } = require('..')
-const { ROOT, FIXTURE, tempDir, freeRun, isAlive, groupMembers, waitFor, memoryLogger, startScript, linuxOnly, own, killIfAlive } = require('./helpers')
+const { procStat, ROOT, FIXTURE, tempDir, freeRun, isAlive, groupMembers, waitFor, memoryLogger, startScript, linuxOnly, own, killIfAlive } = require('./helpers')
 
 const notRoot = process.platform === 'linux' && process.getuid() !== 0 && 'needs root to mount a small tmpfs (or a read-only bind mount) as the state folder'
 
@@ -35,14 +35,7 @@ function ranPids(file) {
 }
 
 /** The start time of a process (clock ticks after boot, /proc/PID/stat), or null when there is none. */
-function startTime(pid) {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
-    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19])
-  } catch {
-    return null
-  }
-}
+const startTime = (pid) => procStat(pid)?.startTicks ?? null
 
 /** A backend process seen now: its pid and start time, so that a cleanup never signals a reused pid. */
 const seen = (pid) => ({ pid, start: startTime(pid) })
